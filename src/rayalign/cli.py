@@ -1,0 +1,61 @@
+"""`rayalign <stage> CONFIG.yaml [key.sub=value ...]`, `rayalign run PIPELINE.yaml`, `rayalign serve ...`.
+
+Exit codes: 0 success, 1 a stage failed, 2 a configuration error (the message names the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rayalign.config import ConfigError
+
+
+def _stage_main(stage: str, argv: list[str]) -> int:
+    from rayalign.stages import run_stage
+
+    p = argparse.ArgumentParser(prog=f"rayalign {stage}", description=f"run the {stage} stage")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = p.parse_args(argv)
+    result = run_stage(stage, args.config, args.overrides)
+    if isinstance(result, dict):
+        brief = {k: v for k, v in result.items() if k not in ("shards",)}
+        print(json.dumps(brief, indent=2, default=str)[:4000])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rayalign.stages import STAGES
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = sorted(STAGES) + [c for c in ("run", "serve") if c not in STAGES]
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: rayalign <command> [args]\n\ncommands:\n  " + "\n  ".join(commands)
+              + "\n\n`rayalign <command> --help` for a command's arguments.")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "run" and "run" not in STAGES:
+            from rayalign.pipeline import main as pipeline_main
+
+            return pipeline_main(rest)
+        if cmd == "serve" and "serve" not in STAGES:
+            from rayalign.serve.cli import main as serve_main
+
+            return serve_main(rest)
+        if cmd not in STAGES:
+            print(f"rayalign: unknown command {cmd!r}; available: {', '.join(commands)}", file=sys.stderr)
+            return 2
+        return _stage_main(cmd, rest)
+    except ConfigError as e:
+        print(f"rayalign: config error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rayalign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""`rayalign prepare CONFIG.yaml`: read → validate → tokenise → pack → parquet shards + manifest.
+
+    rayalign prepare rayjobs/configs/prepare_chat.yaml output=runs/chat_packed
+
+Output rows (packed kinds `corpus`, `chat`): input_ids, labels, position_ids, seq_lens, doc_ids,
+num_tokens, num_targets — ready for the training loop. `pairs` rows keep their text and add the
+token ids of prompt, chosen and rejected; `prompts` rows are validated and normalised.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+
+from rayalign.config import Cfg
+from rayalign.data.packing import pack, packing_efficiency
+from rayalign.data.schemas import SCHEMAS
+from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chat, tokenize_pair, tokenize_text
+
+INT_LIST = pa.list_(pa.int32())
+PACKED_SCHEMA = pa.schema([
+    ("input_ids", INT_LIST), ("labels", INT_LIST), ("position_ids", INT_LIST), ("seq_lens", INT_LIST),
+    ("doc_ids", pa.list_(pa.string())), ("num_tokens", pa.int64()), ("num_targets", pa.int64()),
+])
+PAIR_TOKEN_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
+    ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST),
+])
+
+
+class PrepareConfig(Cfg):
+    kind: Literal["corpus", "chat", "prompts", "pairs"]
+    inputs: list[str]
+    output: str
+    model: str = "builtin:smollm2-135m-instruct"  # whose tokenizer and chat template to use
+    max_length: int = 1024  # longest sample in tokens
+    overlength: Literal["truncate", "quarantine"] = "quarantine"
+    pack: bool = True  # corpus/chat only
+    seq_len: int = 1024  # packed row length (≥ max_length)
+    pool: PoolConfig = PoolConfig()
+
+
+class PrepareProcessor:
+    def __init__(self, cfg: PrepareConfig):
+        from rayalign.models.loader import load_tokenizer
+
+        self.cfg = cfg
+        self.tok = load_tokenizer(cfg.model)
+        packed = cfg.kind in ("corpus", "chat") and cfg.pack
+        self.output_schema = PACKED_SCHEMA if packed else (
+            PAIR_TOKEN_SCHEMA if cfg.kind == "pairs" else SCHEMAS[cfg.kind])
+
+    def _fit(self, t: Tokenized) -> tuple[Tokenized | None, str]:
+        """Apply the over-length policy; returns (sample or None, detail)."""
+        n, limit = len(t), self.cfg.max_length
+        if n <= limit:
+            return t, ""
+        if self.cfg.overlength == "quarantine":
+            return None, f"{n} tokens > max_length {limit}; raise max_length or set overlength: truncate"
+        t = Tokenized(t.input_ids[:limit], t.labels[:limit])
+        if t.num_targets == 0:
+            return None, f"{n} tokens > max_length {limit} and truncation leaves no target token"
+        return t, ""
+
+    def process(self, rows: list[dict]) -> ProcessResult:
+        kind, quarantine, samples, ids = self.cfg.kind, [], [], []
+        stats = {"tokens": 0, "targets": 0, "truncated": 0}
+        out_rows = []
+        for row in rows:
+            try:
+                if kind == "corpus":
+                    t = tokenize_text(self.tok, row["text"])
+                elif kind == "chat":
+                    t = tokenize_chat(self.tok, row["messages"])
+                elif kind == "pairs":
+                    p = tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])
+                    longest = len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))
+                    if longest > self.cfg.max_length:
+                        quarantine.append(quarantine_row("prepare", row["_index"], "over_length",
+                                                         f"{longest} tokens > max_length {self.cfg.max_length}", row["id"]))
+                        continue
+                    out_rows.append({**row, **p})
+                    stats["tokens"] += longest
+                    continue
+                else:  # prompts
+                    out_rows.append(row)
+                    continue
+            except TemplateError as e:
+                quarantine.append(quarantine_row("prepare", row["_index"], "template_error", str(e), row["id"]))
+                continue
+            if kind == "chat" and t.num_targets == 0:
+                quarantine.append(quarantine_row("prepare", row["_index"], "no_assistant_turn",
+                                                 "no assistant token survives tokenisation", row["id"]))
+                continue
+            fitted, detail = self._fit(t)
+            if fitted is None:
+                quarantine.append(quarantine_row("prepare", row["_index"], "over_length", detail, row["id"]))
+                continue
+            stats["truncated"] += int(len(fitted) < len(t))
+            samples.append(fitted)
+            ids.append(row["id"])
+            stats["tokens"] += len(fitted)
+            stats["targets"] += fitted.num_targets
+        if kind in ("corpus", "chat"):
+            if self.cfg.pack:
+                packed = pack(samples, self.cfg.seq_len, self.tok.pad_token_id, ids)
+                out_rows = [r.as_dict() for r in packed]
+                stats["slots"] = len(packed) * self.cfg.seq_len
+            else:
+                out_rows = [{"input_ids": s.input_ids, "labels": s.labels, "position_ids": list(range(len(s))),
+                             "seq_lens": [len(s)], "doc_ids": [i], "num_tokens": len(s), "num_targets": s.num_targets}
+                            for s, i in zip(samples, ids)]
+                self.output_schema = PACKED_SCHEMA
+                stats["slots"] = stats["tokens"]
+            stats["rows"] = len(out_rows)
+        return ProcessResult(out_rows, quarantine, stats)
+
+
+def run_prepare(cfg: PrepareConfig, log=print) -> dict:
+    if cfg.kind in ("corpus", "chat") and cfg.pack and cfg.seq_len < cfg.max_length:
+        from rayalign.config import ConfigError
+
+        raise ConfigError(f"seq_len ({cfg.seq_len}) must be ≥ max_length ({cfg.max_length}) so every sample fits a row")
+    manifest = run_sharded("prepare", cfg.inputs, cfg.output, lambda: PrepareProcessor(cfg), kind=cfg.kind,
+                           pool=cfg.pool, config_hash=cfg.hash(), extra={"kind": cfg.kind, "model": cfg.model}, log=log)
+    st = manifest["stats"]
+    if st.get("slots"):
+        manifest["packing_efficiency"] = st["tokens"] / st["slots"]
+    print_summary(manifest, log)
+    return manifest
+
+
+def print_summary(manifest: dict, log=print) -> None:
+    c = manifest["counts"]
+    log(f"[{manifest['stage']}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']}  → {c['out_rows']} output rows")
+    for reason, n in c["by_reason"].items():
+        log(f"    quarantined {n:5d}  {reason}")
+    if "packing_efficiency" in manifest:
+        log(f"    packing efficiency {manifest['packing_efficiency']:.3f}  ({int(manifest['stats']['tokens'])} tokens)")
+
+
+__all__ = ["PrepareConfig", "PrepareProcessor", "run_prepare", "packing_efficiency", "PACKED_SCHEMA"]

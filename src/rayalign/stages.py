@@ -1,0 +1,39 @@
+"""The stage registry: name → (config class, run function), imported lazily.
+
+Adding a stage is one line here; the CLI, `rayjobs/` entry points and the pipeline runner all
+look stages up in this table. A run function takes its typed config and returns a dict summary
+(the manifest for dataset stages, metrics and checkpoint path for training stages).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+# stage name -> "module:ConfigClass", "module:run_function"
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("rayalign.data.prepare:PrepareConfig", "rayalign.data.prepare:run_prepare"),
+}
+
+
+def _resolve(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def get_stage(name: str) -> tuple[type, Callable[..., dict]]:
+    if name not in STAGES:
+        from rayalign.config import ConfigError
+
+        raise ConfigError(f"unknown stage {name!r}; available: {', '.join(sorted(STAGES))}")
+    cfg_ref, run_ref = STAGES[name]
+    return _resolve(cfg_ref), _resolve(run_ref)
+
+
+def run_stage(name: str, config_path: str | None = None, overrides: list[str] | None = None,
+              data: dict | None = None) -> dict:
+    from rayalign.config import load_config
+
+    cfg_cls, run = get_stage(name)
+    cfg = load_config(cfg_cls, config_path, overrides, data=data)
+    return run(cfg)
