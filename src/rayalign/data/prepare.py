@@ -17,7 +17,7 @@ from rayalign.config import Cfg
 from rayalign.data.packing import pack, packing_efficiency
 from rayalign.data.schemas import SCHEMAS
 from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
-from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chat, tokenize_pair, tokenize_text
+from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
 
 INT_LIST = pa.list_(pa.int32())
 PACKED_SCHEMA = pa.schema([
@@ -67,13 +67,17 @@ class PrepareProcessor:
         kind, quarantine, samples, ids = self.cfg.kind, [], [], []
         stats = {"tokens": 0, "targets": 0, "truncated": 0}
         out_rows = []
-        for row in rows:
+        # one batched tokenizer call per shard for the packed kinds (the Rust tokenizer does the loop)
+        batch: list = [None] * len(rows)
+        if kind == "corpus":
+            batch = tokenize_texts(self.tok, [r["text"] for r in rows])
+        elif kind == "chat":
+            batch = tokenize_chats(self.tok, [r["messages"] for r in rows])
+        for row, t in zip(rows, batch):
             try:
-                if kind == "corpus":
-                    t = tokenize_text(self.tok, row["text"])
-                elif kind == "chat":
-                    t = tokenize_chat(self.tok, row["messages"])
-                elif kind == "pairs":
+                if isinstance(t, TemplateError):
+                    raise t
+                if kind == "pairs":
                     p = tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])
                     longest = len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))
                     if longest > self.cfg.max_length:
@@ -83,7 +87,7 @@ class PrepareProcessor:
                     out_rows.append({**row, **p})
                     stats["tokens"] += longest
                     continue
-                else:  # prompts
+                if kind == "prompts":
                     out_rows.append(row)
                     continue
             except TemplateError as e:

@@ -43,18 +43,15 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
         if m["role"] != "assistant":
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = render(tokenizer, messages[: i + 1])
+        # the conversation through the last turn is the full text: skip one render per chat
+        through = full if i == len(messages) - 1 else render(tokenizer, messages[: i + 1])
         if not full.startswith(through) or not through.startswith(before):
             raise TemplateError("chat template is not prefix-stable; assistant spans cannot be located")
         spans.append((len(before), len(through)))
     return full, spans
 
 
-def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized:
-    """input_ids of the whole conversation; labels = ids on assistant tokens, -100 elsewhere."""
-    text, spans = assistant_char_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+def _labels_from_spans(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
     labels = [IGNORE] * len(ids)
     si = 0
     for t, (s, e) in enumerate(offsets):
@@ -62,14 +59,50 @@ def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized:
             si += 1
         if si < len(spans) and spans[si][0] <= s < spans[si][1] and e > s:
             labels[t] = ids[t]
-    return Tokenized(list(ids), labels)
+    return labels
+
+
+def tokenize_chats(tokenizer, chats: list[list[dict]]) -> list[Tokenized | TemplateError]:
+    """Batch version of :func:`tokenize_chat` (one tokenizer call for all texts); template errors per chat."""
+    rendered: list[tuple[str, list] | TemplateError] = []
+    for messages in chats:
+        try:
+            rendered.append(assistant_char_spans(tokenizer, messages))
+        except TemplateError as e:
+            rendered.append(e)
+    texts = [r[0] for r in rendered if not isinstance(r, TemplateError)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": []}
+    out: list[Tokenized | TemplateError] = []
+    k = 0
+    for r in rendered:
+        if isinstance(r, TemplateError):
+            out.append(r)
+            continue
+        ids, offsets = enc["input_ids"][k], enc["offset_mapping"][k]
+        k += 1
+        out.append(Tokenized(list(ids), _labels_from_spans(ids, offsets, r[1])))
+    return out
+
+
+def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized:
+    """input_ids of the whole conversation; labels = ids on assistant tokens, -100 elsewhere."""
+    result = tokenize_chats(tokenizer, [messages])[0]
+    if isinstance(result, TemplateError):
+        raise result
+    return result
+
+
+def tokenize_texts(tokenizer, texts: list[str], add_eos: bool = True) -> list[Tokenized]:
+    """Plain documents (continued pretraining): every token is a target; EOS closes each document."""
+    if not texts:
+        return []
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    return [Tokenized(list(ids) + eos, list(ids) + eos)
+            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def tokenize_text(tokenizer, text: str, add_eos: bool = True) -> Tokenized:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if add_eos and tokenizer.eos_token_id is not None:
-        ids = ids + [tokenizer.eos_token_id]
-    return Tokenized(list(ids), list(ids))
+    return tokenize_texts(tokenizer, [text], add_eos)[0]
 
 
 def tokenize_prompt(tokenizer, messages: list[dict]) -> list[int]:
