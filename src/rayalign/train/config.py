@@ -1,0 +1,96 @@
+"""Typed configuration of a training run; each piece owns its section.
+
+A run folder (`output_dir`) holds: `metrics.jsonl`, `checkpoints/step-NNNNNN/{model,state}`,
+`final/` (the last model as a Hugging Face folder), `prepared/` when the stage tokenised raw
+inputs itself, and `ray/` (Ray Train's own copy of reported checkpoints) when run on Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from rayalign.config import Cfg
+from rayalign.data.shards import PoolConfig
+from rayalign.models.adapters import PeftConfig
+
+
+class ObjectiveSpec(BaseModel):
+    """`objective: {name: sft}`; any further keys go to the objective's factory as kwargs."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "sft"
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainDataConfig(Cfg):
+    path: str | None = None  # a prepared dataset folder (parquet shards + manifest.json)
+    inputs: list[str] = []  # or raw files: the stage runs `prepare` into <output_dir>/prepared first
+    max_length: int = 1024
+    seq_len: int = 1024
+    overlength: Literal["truncate", "quarantine"] = "quarantine"
+    shuffle: bool = True  # seeded permutation of rows per epoch
+    pool: PoolConfig = PoolConfig(workers=0)
+
+
+class OptimConfig(Cfg):
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+class CheckpointConfig(Cfg):
+    every: int = 0  # steps between periodic checkpoints (0: only the final one)
+    keep_last: int = 2  # periodic checkpoints kept in the run folder and by Ray
+
+
+class ScalingConfig(Cfg):
+    workers: int = 0  # 0: run in this process (no Ray); N ≥ 1: Ray Train TorchTrainer with N workers
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = {}
+    max_failures: int = 1
+    report_every: int = 10  # steps between metric reports to Ray (each costs a round-trip)
+    storage_path: str | None = None  # Ray Train storage (local dir or s3://); default <output_dir>/ray
+
+
+class TrainConfig(Cfg):
+    model: str = "builtin:smollm2-135m-instruct"
+    output_dir: str
+    name: str = "train"
+    data: TrainDataConfig = TrainDataConfig()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    reference_model: str | None = None  # for objectives that need one; default: `model`
+    peft: PeftConfig = PeftConfig()
+    optim: OptimConfig = OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    micro_batch_size: int = 1  # rows per forward pass per rank
+    grad_accum: int = 1  # micro-batches per optimizer step per rank
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    seed: int = 0
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 mixed precision on GPU, fp32 on CPU
+    activation_checkpointing: bool = False
+    log_every: int = 1
+    tensorboard: bool = False  # only if the tensorboard package is installed
+    progress: bool = True
+    peak_tflops: float | None = None  # per device, for MFU; default: looked up for known GPUs
+    stop_at_step: int | None = None  # save a checkpoint and stop early (resume later with the same config)
+    log_samples: bool = False  # write the doc ids each rank consumed per step (resume audits)
+    torch_threads: int = 1  # per worker; more threads than cores is much slower under contention
+
+    @field_validator("micro_batch_size", "grad_accum", "epochs", "log_every")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be ≥ 1")
+        return v

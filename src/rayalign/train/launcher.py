@@ -1,0 +1,90 @@
+"""Runs a TrainConfig: in this process (`scaling.workers: 0`) or on Ray Train (`workers: N`).
+
+This is the only training module that imports Ray. It maps the config to ScalingConfig (workers,
+GPUs, resources per worker), RunConfig (storage path, run name, FailureConfig(max_failures),
+checkpoint retention) and TorchConfig (gloo on CPU, NCCL on GPU), and gives the loop a `Hooks`
+object that reports metrics/checkpoints to Ray and hands back Ray's latest checkpoint after a
+worker failure. Other stages (prefer, reward) call `launch(cfg)` with their own objective.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rayalign.train.config import TrainConfig
+from rayalign.train.loop import LocalHooks, train_loop
+
+# Environment forwarded to Ray Train workers (the test hook and thread limits).
+FORWARD_ENV = ("RAYALIGN_TEST_KILL_AT_STEP", "RAYALIGN_CACHE", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+
+
+class RayHooks(LocalHooks):
+    def device(self):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def resume_from(self) -> str | None:
+        import pyarrow.fs
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            return checkpoint.path
+        return checkpoint.to_directory()  # remote storage: download once per worker
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        # Every rank must call report; only rank 0 hands over the (shared) checkpoint folder.
+        ck = None
+        if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
+            ck = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        ray.train.report(metrics, checkpoint=ck)
+
+
+def _ray_worker(config: dict) -> None:
+    train_loop(config, hooks=RayHooks())
+
+
+def launch(cfg: TrainConfig) -> dict:
+    out = Path(cfg.output_dir).resolve()
+    cfg = cfg.model_copy(update={"output_dir": str(out)})
+    if cfg.scaling.workers == 0:
+        return train_loop(cfg)
+
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayalign.raycluster import ensure_ray
+
+    ensure_ray()
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = sc.gpus_per_worker
+    env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env.update(OMP_NUM_THREADS=str(cfg.torch_threads), RAYALIGN_TRAIN_WORKER="1")
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config=cfg.model_dump(mode="json"),
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=sc.workers, use_gpu=sc.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=sc.storage_path or str(out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, cfg.checkpoint.keep_last)),
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
+    result = trainer.fit()
+    # Rank 0 wrote the summary into the run folder (shared storage on a multi-node cluster).
+    summary = json.loads((out / "summary.json").read_text())
+    if result.checkpoint is not None:
+        summary["ray_checkpoint"] = result.checkpoint.path
+    return summary

@@ -1,0 +1,99 @@
+"""What the train loop optimises: a registry of objectives behind one small protocol.
+
+The loop never branches on a loss name. It asks the objective to (1) collate parquet rows into
+tensors, (2) count the normalisation units in a micro-batch (target tokens, pairs, ...) and (3)
+return the SUM of per-unit losses. The loop divides by the GLOBAL count of the whole optimizer step
+(all micro-batches on all ranks), so 4 micro-batches of 1 row equal 1 micro-batch of 4 rows and
+2 ranks equal 1 process.
+
+Other components add entries to OBJECTIVES ("name" -> "module:factory"); the factory gets the
+`objective:` section of the train config minus `name` as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+class Objective(Protocol):
+    name: str
+    needs_reference: bool  # True: the loop keeps a frozen reference model unless rows carry ref log-probs
+    model_class: str  # "causal_lm" or "sequence_classification" (num_labels=1)
+
+    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]: ...
+
+    def count(self, batch: dict) -> torch.Tensor: ...
+
+    def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+OBJECTIVES: dict[str, str] = {
+    "sft": "rayalign.train.objective:CausalLMObjective",
+    "pretrain": "rayalign.train.objective:CausalLMObjective",
+    "causal_lm": "rayalign.train.objective:CausalLMObjective",
+}
+
+
+def get_objective(name: str, **kwargs: Any) -> Objective:
+    if name not in OBJECTIVES:
+        from rayalign.config import ConfigError
+
+        raise ConfigError(f"objective.name: unknown objective {name!r}; available: {', '.join(sorted(OBJECTIVES))}")
+    module, factory = OBJECTIVES[name].split(":")
+    obj = getattr(importlib.import_module(module), factory)(**kwargs)
+    if getattr(obj, "name", None) in (None, "", "causal_lm") and name != "causal_lm":
+        obj.name = name
+    return obj
+
+
+def pad_to(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
+    n = length or max(len(s) for s in seqs)
+    return torch.tensor([list(s) + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+
+
+def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token negative log-likelihoods: logits at t predict labels at t+1; -100 is skipped.
+
+    The cross-entropy runs in fp32 (bf16 log-softmax over a 50k+ vocabulary loses digits).
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+class CausalLMObjective:
+    """Causal LM over packed rows (pretraining) or assistant-only SFT: the labels decide which.
+
+    Rows follow PACKED_SCHEMA. The model gets `position_ids` and NO attention mask (and no cache):
+    transformers then builds a document-masked causal mask from the position resets, so packed
+    documents never attend to each other. Rows of unequal length are right-padded; the padding
+    continues the position count (a separate "document") and carries label -100.
+    """
+
+    needs_reference = False
+    model_class = "causal_lm"
+
+    def __init__(self, name: str = "causal_lm"):
+        self.name = name
+
+    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        pos = [list(r["position_ids"]) + list(range(n - len(r["position_ids"]))) for r in rows]
+        return {"input_ids": pad_to([r["input_ids"] for r in rows], pad_id, n),
+                "labels": pad_to([r["labels"] for r in rows], IGNORE, n),
+                "position_ids": torch.tensor(pos, dtype=torch.long)}
+
+    def count(self, batch: dict) -> torch.Tensor:
+        return (batch["labels"][:, 1:] != IGNORE).sum()
+
+    def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        nll = token_nll_sum(out.logits, batch["labels"])
+        return nll, {}

@@ -1,0 +1,51 @@
+"""The `sft` and `pretrain` stages: (prepare raw inputs if needed) → launch the train loop.
+
+    rayalign sft rayjobs/configs/sft.yaml
+    rayalign pretrain rayjobs/configs/pretrain.yaml max_steps=20
+
+`data.path` names a prepared (packed) dataset; or `data.inputs` lists raw files, which the stage
+tokenises and packs itself into `<output_dir>/prepared` with `rayalign prepare` (resumable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayalign.config import ConfigError
+from rayalign.train.config import ObjectiveSpec, TrainConfig
+
+
+class SFTConfig(TrainConfig):
+    objective: ObjectiveSpec = ObjectiveSpec(name="sft")
+
+
+class PretrainConfig(TrainConfig):
+    objective: ObjectiveSpec = ObjectiveSpec(name="pretrain")
+
+
+def ensure_prepared(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """Return cfg with data.path set, running `prepare` on data.inputs when no path was given."""
+    if cfg.data.path:
+        return cfg
+    if not cfg.data.inputs:
+        raise ConfigError("data: give either data.path (a prepared dataset folder) or data.inputs (raw files)")
+    from rayalign.data.prepare import PrepareConfig, run_prepare
+
+    target = Path(cfg.output_dir) / "prepared"
+    d = cfg.data
+    run_prepare(PrepareConfig(kind=kind, inputs=d.inputs, output=str(target), model=cfg.model,
+                              max_length=d.max_length, seq_len=d.seq_len, overlength=d.overlength, pool=d.pool))
+    data = d.model_copy(update={"path": str(target)})
+    return cfg.model_copy(update={"data": data})
+
+
+def run_sft(cfg: SFTConfig) -> dict:
+    from rayalign.train.launcher import launch
+
+    return launch(ensure_prepared(cfg, "chat"))
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    from rayalign.train.launcher import launch
+
+    return launch(ensure_prepared(cfg, "corpus"))
