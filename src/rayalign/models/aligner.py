@@ -220,17 +220,29 @@ def remove_aligner(model: nn.Module) -> nn.Module:
     return model
 
 
-def aligner_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{"prefix", "gate"}`` as full CPU tensors (gathers FSDP2 DTensor shards: call on every rank)."""
+def aligner_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None
+                       ) -> dict[str, torch.Tensor]:
+    """``{"prefix", "gate"}`` as full CPU tensors.
+
+    Without ``state_dict`` FSDP2 DTensor shards are gathered here (a collective: call on every
+    rank). With a full, already gathered model state dict (what a rank-0-only checkpoint writer
+    holds) the two tensors are taken from it and no collective runs.
+    """
     params = getattr(model, "aligner", None)
     if params is None:
         raise AlignerError("model has no Aligner; call add_aligner(model) first")
     out = {}
     for name in ("prefix", "gate"):
-        t = getattr(params, name).detach()
-        if hasattr(t, "full_tensor"):  # DTensor under FSDP2: a collective every rank must join
-            t = t.full_tensor()
-        out[name] = t.cpu().contiguous()
+        if state_dict is not None:
+            keys = [k for k in state_dict if k == f"aligner.{name}" or k.endswith(f".aligner.{name}")]
+            if len(keys) != 1:
+                raise AlignerError(f"state_dict holds {len(keys)} entries for aligner.{name}, expected 1")
+            t = state_dict[keys[0]].detach()
+        else:
+            t = getattr(params, name).detach()
+            if hasattr(t, "full_tensor"):  # DTensor under FSDP2: a collective every rank must join
+                t = t.full_tensor()
+        out[name] = t.to("cpu", copy=True).contiguous()  # a snapshot, never a view of the live parameter
     return out
 
 
@@ -239,14 +251,19 @@ def _is_writer() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def save_aligner(model: nn.Module, out_dir: str | Path) -> Path:
-    """Write ``aligner.safetensors`` and ``aligner_config.json`` into ``out_dir`` (rank 0 writes)."""
+def save_aligner(model: nn.Module, out_dir: str | Path,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``aligner.safetensors`` and ``aligner_config.json`` into ``out_dir``.
+
+    Two ways to call it under FSDP2: on every rank without ``state_dict`` (the shards are gathered,
+    rank 0 writes), or on rank 0 alone with the full model state dict gathered beforehand.
+    """
     from safetensors.torch import save_file
 
-    state = aligner_state_dict(model)
+    state = aligner_state_dict(model, state_dict)
     params = model.aligner
     out = Path(out_dir)
-    if _is_writer():
+    if state_dict is not None or _is_writer():
         out.mkdir(parents=True, exist_ok=True)
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "method": "aligner"})
         cfg = model.config
