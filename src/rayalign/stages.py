@@ -13,6 +13,7 @@ from typing import Any, Callable
 # stage name -> "module:ConfigClass", "module:run_function"
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("rayalign.data.prepare:PrepareConfig", "rayalign.data.prepare:run_prepare"),
+    "reference": ("rayalign.prefer.reference:ReferenceConfig", "rayalign.prefer.reference:run_reference"),
     "sft": ("rayalign.train.stages:SFTConfig", "rayalign.train.stages:run_sft"),
     "pretrain": ("rayalign.train.stages:PretrainConfig", "rayalign.train.stages:run_pretrain"),
 }

@@ -1,0 +1,207 @@
+"""Preference and reward objectives for the train loop: pairs → one forward → a pure loss.
+
+A micro-batch of B pairs becomes ONE forward pass over 2B rows: rows [0, B) are prompt+chosen,
+rows [B, 2B) prompt+rejected (right-padded, labels −100 on the prompt and the padding). The model
+computes logits only over the trailing window that holds response tokens (``logits_to_keep``), so
+the vocabulary-wide projection is skipped on the shared prompt part.
+
+Reference log-probs come from the rows when the `reference` stage precomputed them
+(``ref_chosen_logp`` / ``ref_rejected_logp``), else from a frozen reference model the loop passes
+in; both paths use the very same collate and `sequence_logps`, so they agree to float precision.
+
+These classes implement the train loop's Objective protocol (`rayalign.train.objective`):
+`collate`, `count` (pairs) and `loss` returning the SUM over the micro-batch plus metric sums.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from rayalign.objectives.logps import IGNORE, sequence_logps
+from rayalign.objectives.preference import PREFERENCE_LOSSES, PairLogps
+from rayalign.objectives.reward import bradley_terry
+
+REF_KEYS = ("ref_chosen_logp", "ref_rejected_logp")
+
+
+def _ids(value: Any) -> list[int]:
+    # rows arrive as python lists (jsonl), numpy arrays (parquet / Ray Data) or tensors
+    return [int(x) for x in value]
+
+
+def collate_pairs(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows with prompt_ids / chosen_ids / rejected_ids → the concatenated 2B-row batch."""
+    if not rows:
+        raise ValueError("collate_pairs got no rows")
+    for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        if key not in rows[0]:
+            raise KeyError(f"pair rows need {key!r}: train on the output of `rayalign reference` "
+                           f"(or `rayalign prepare` with kind: pairs), not on raw pairs")
+    prompts = [_ids(r["prompt_ids"]) for r in rows]
+    responses = [_ids(r["chosen_ids"]) for r in rows] + [_ids(r["rejected_ids"]) for r in rows]
+    prompts = prompts + prompts
+    width = max(len(p) + len(y) for p, y in zip(prompts, responses))
+    n = len(responses)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, (p, y) in enumerate(zip(prompts, responses)):
+        seq = p + y
+        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        labels[i, len(p): len(seq)] = torch.tensor(y, dtype=torch.long)
+        attention_mask[i, : len(seq)] = 1
+    # logits are needed from the position before the earliest response token on
+    first_target = min(len(p) for p in prompts)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+             "logits_to_keep": torch.tensor(width - first_target + 1, dtype=torch.long),
+             "pad_id": torch.tensor(pad_id, dtype=torch.long)}
+    if all(r.get(k) is not None for r in rows for k in REF_KEYS):
+        for k in REF_KEYS:
+            batch[k] = torch.tensor([float(r[k]) for r in rows], dtype=torch.float32)
+    return batch
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """One forward over chosen and rejected together → (chosen, rejected, chosen_tokens, rejected_tokens)."""
+    keep = int(batch["logits_to_keep"])  # one scalar per micro-batch, not per token
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                logits_to_keep=keep, use_cache=False)
+    logps, counts = sequence_logps(out.logits, batch["labels"])
+    b = logps.shape[0] // 2
+    return logps[:b], logps[b:], counts[:b], counts[b:]
+
+
+def check_params(name: str, fn, params: dict) -> dict:
+    """Reject hyper-parameters the loss does not take, naming the allowed ones."""
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("lp", "kl")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        from rayalign.config import ConfigError
+
+        raise ConfigError(f"objective {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(allowed) or '(none)'}")
+    return dict(params)
+
+
+class PreferenceObjective:
+    """Any loss of `PREFERENCE_LOSSES` as a train-loop objective; the loss function is the only difference."""
+
+    model_class = "causal_lm"
+
+    def __init__(self, name: str, **params: Any):
+        if name not in PREFERENCE_LOSSES:
+            from rayalign.config import ConfigError
+
+            raise ConfigError(f"unknown preference loss {name!r}; available: {', '.join(sorted(PREFERENCE_LOSSES))}")
+        self.name = name
+        self.fn, self.needs_reference = PREFERENCE_LOSSES[name]
+        self.params = check_params(name, self.fn, params)
+
+    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate_pairs(rows, pad_id)
+
+    def count(self, batch: dict) -> torch.Tensor:
+        return torch.tensor(batch["input_ids"].shape[0] // 2, dtype=torch.float32)
+
+    def reference_logps(self, batch: dict, ref_model=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not self.needs_reference:
+            return None, None
+        if all(k in batch for k in REF_KEYS):
+            return batch["ref_chosen_logp"], batch["ref_rejected_logp"]
+        if ref_model is None:
+            raise ValueError(f"objective {self.name!r} needs reference log-probs: the rows carry no "
+                             f"ref_chosen_logp/ref_rejected_logp and no reference model was given")
+        with torch.no_grad():
+            ref_c, ref_r, _, _ = pair_logps(ref_model, batch)
+        return ref_c, ref_r
+
+    def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chosen, rejected, n_c, n_r = pair_logps(model, batch)
+        ref_c, ref_r = self.reference_logps(batch, ref_model)
+        lp = PairLogps(chosen, rejected, ref_c, ref_r, n_c, n_r)
+        per_pair, metrics = self.fn(lp, **self.params)
+        sums = {k: v.sum() for k, v in metrics.items()}
+        sums["logps_chosen"] = chosen.detach().sum()
+        sums["logps_rejected"] = rejected.detach().sum()
+        return per_pair.sum(), sums
+
+
+def _ensure_pad_id(model, pad_id: int) -> None:
+    # HF sequence-classification heads pool at the rightmost non-pad token and refuse batches
+    # when the config has no pad id; set it once (it is then saved with the checkpoint too).
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_id
+
+
+def sequence_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scalar reward of every row: the head's output at the last real token, [rows]."""
+    _ensure_pad_id(model, int(batch["pad_id"]))
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return out.logits[:, 0].float()
+
+
+class RewardObjective:
+    """Bradley–Terry reward model: a one-output sequence-classification head trained on pairs."""
+
+    name = "reward"
+    needs_reference = False
+    model_class = "sequence_classification"
+
+    def __init__(self, **params: Any):
+        if params:
+            from rayalign.config import ConfigError
+
+            raise ConfigError(f"objective 'reward' takes no parameters, got {', '.join(sorted(params))}")
+
+    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate_pairs(rows, pad_id)
+
+    def count(self, batch: dict) -> torch.Tensor:
+        return torch.tensor(batch["input_ids"].shape[0] // 2, dtype=torch.float32)
+
+    def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rewards = sequence_rewards(model, batch)
+        b = rewards.shape[0] // 2
+        per_pair, metrics = bradley_terry(rewards[:b], rewards[b:])
+        return per_pair.sum(), {k: v.sum() for k, v in metrics.items()}
+
+
+# factories named in the train loop's OBJECTIVES registry ("module:factory")
+def apo_zero(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("apo_zero", **kw)
+
+
+def apo_down(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("apo_down", **kw)
+
+
+def dpo(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("dpo", **kw)
+
+
+def ipo(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("ipo", **kw)
+
+
+def simpo(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("simpo", **kw)
+
+
+def orpo(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("orpo", **kw)
+
+
+def kto(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("kto", **kw)
+
+
+def apo_zero_unpaired(**kw: Any) -> PreferenceObjective:
+    return PreferenceObjective("apo_zero_unpaired", **kw)
+
+
+def reward(**kw: Any) -> RewardObjective:
+    return RewardObjective(**kw)

@@ -1,0 +1,2 @@
+"""Preference stages: `reference` (reference log-probs once), `prefer` (preference optimisation),
+`reward` (Bradley–Terry reward model) and `score` (rewards for every row)."""

@@ -1,0 +1,137 @@
+"""`rayalign reference CONFIG.yaml`: reference-model log-probs for every pair, computed once.
+
+    rayalign reference rayjobs/configs/prefer_tiny.yaml  # or: python rayjobs/reference.py CONFIG.yaml
+
+A sharded Ray Data pass (`run_sharded`): an actor pool holds the frozen reference model, reads pairs
+(raw jsonl/json/parquet validated as kind "pairs", or a prepared pairs dataset folder), tokenises
+them if needed and adds ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log π_ref over the
+response tokens) and the response token counts. Training then reads these columns, so the
+reference model never sits in training memory and is never run twice over the same pair.
+
+The batch layout and the log-prob function are the training objective's own (`collate_pairs`,
+`pair_logps`), which is what makes precomputed and on-the-fly reference log-probs agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+
+from rayalign.config import Cfg, ConfigError
+from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, dataset_files, quarantine_row, run_sharded
+
+INT_LIST = pa.list_(pa.int32())
+REFERENCE_COLUMNS = [("ref_chosen_logp", pa.float64()), ("ref_rejected_logp", pa.float64()),
+                     ("chosen_tokens", pa.int32()), ("rejected_tokens", pa.int32())]
+
+
+def reference_schema() -> pa.Schema:
+    from rayalign.data.prepare import PAIR_TOKEN_SCHEMA
+
+    return pa.schema(list(PAIR_TOKEN_SCHEMA) + [pa.field(n, t) for n, t in REFERENCE_COLUMNS])
+
+
+class ReferenceConfig(Cfg):
+    inputs: list[str]  # raw pair files, or folders written by `prepare` (kind: pairs) / `reference`
+    output: str
+    model: str = "builtin:smollm2-135m-instruct"  # the reference policy (usually the SFT checkpoint)
+    adapter: str | None = None  # a LoRA/Aligner folder applied on top of `model`
+    dtype: Literal["auto", "fp32", "bf16"] = "fp32"
+    max_length: int = 1024  # prompt + longest response, in tokens; longer pairs are quarantined
+    batch_size: int = 8  # pairs per forward pass (2 × rows: chosen and rejected together)
+    pool: PoolConfig = PoolConfig()
+
+
+def split_inputs(inputs: list[str]) -> tuple[list[str], str | None]:
+    """Dataset folders (holding manifest.json) become their parquet shards with no re-validation
+    (kind None); raw files are validated as pairs. Mixing both in one run is refused."""
+    folders = [i for i in inputs if (Path(i) / MANIFEST).exists() or (Path(i) / "data").is_dir()]
+    if folders and len(folders) != len(inputs):
+        raise ConfigError("inputs: mix of dataset folders and raw files; run them as two stages")
+    if folders:
+        return [f for d in folders for f in dataset_files(d)], None
+    return list(inputs), "pairs"
+
+
+class ReferenceProcessor:
+    """Holds the tokenizer and the frozen reference model; scores pairs in length-sorted batches."""
+
+    def __init__(self, cfg: ReferenceConfig):
+        import torch
+
+        from rayalign.models.loader import load_model, load_tokenizer
+
+        self.cfg = cfg
+        self.device = "cuda" if cfg.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.tok = load_tokenizer(cfg.model)
+        self.model = load_model(cfg.model, dtype=cfg.dtype, device=self.device, adapter=cfg.adapter)
+        self.model.requires_grad_(False)
+        self.output_schema = reference_schema()
+
+    def _tokenised(self, row: dict) -> tuple[dict | None, tuple[str, str] | None]:
+        from rayalign.data.tokenize import TemplateError, tokenize_pair
+
+        if row.get("prompt_ids") is None:
+            try:
+                row = {**row, **tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])}
+            except TemplateError as e:
+                return None, ("template_error", str(e))
+        longest = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+        if longest > self.cfg.max_length:
+            return None, ("over_length", f"{longest} tokens > max_length {self.cfg.max_length}; "
+                                         f"raise max_length or shorten the pair")
+        return row, None
+
+    def process(self, rows: list[dict]) -> ProcessResult:
+        import torch
+
+        from rayalign.objectives.pairs import collate_pairs, pair_logps
+
+        good, quarantine = [], []
+        for i, row in enumerate(rows):
+            out, reason = self._tokenised(row)
+            if reason is not None:
+                quarantine.append(quarantine_row("reference", row.get("_index", i), reason[0], reason[1],
+                                                 str(row.get("id", ""))))
+            else:
+                good.append(out)
+        # batches of similar length waste less compute on padding; output keeps the input order
+        order = sorted(range(len(good)), key=lambda i: len(good[i]["prompt_ids"])
+                       + max(len(good[i]["chosen_ids"]), len(good[i]["rejected_ids"])))
+        stats = {"pairs": 0.0, "response_tokens": 0.0}
+        bs = self.cfg.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(order), bs):
+                idx = order[start:start + bs]
+                batch = collate_pairs([good[i] for i in idx], self.tok.pad_token_id)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                chosen, rejected, n_c, n_r = (t.cpu().tolist() for t in pair_logps(self.model, batch))
+                for j, i in enumerate(idx):
+                    good[i].update(ref_chosen_logp=chosen[j], ref_rejected_logp=rejected[j],
+                                   chosen_tokens=n_c[j], rejected_tokens=n_r[j])
+                    stats["response_tokens"] += n_c[j] + n_r[j]
+        stats["pairs"] = float(len(good))
+        return ProcessResult(good, quarantine, stats)
+
+
+def has_reference_columns(path: str | Path) -> bool:
+    """True when a dataset folder already carries reference log-probs (the `reference` stage's output)."""
+    import pyarrow.parquet as pq
+
+    files = dataset_files(path) if (Path(path) / "data").is_dir() else []
+    return bool(files) and "ref_chosen_logp" in pq.read_schema(files[0]).names
+
+
+def run_reference(cfg: ReferenceConfig, log=print) -> dict:
+    files, kind = split_inputs(cfg.inputs)
+    manifest = run_sharded("reference", files, cfg.output, lambda: ReferenceProcessor(cfg), kind=kind,
+                           pool=cfg.pool, config_hash=cfg.hash(),
+                           extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter}, log=log)
+    c = manifest["counts"]
+    log(f"[reference] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} pairs "
+        f"with reference log-probs of {cfg.model}")
+    for reason, n in c["by_reason"].items():
+        log(f"    quarantined {n:5d}  {reason}")
+    return manifest

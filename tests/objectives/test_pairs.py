@@ -1,0 +1,121 @@
+"""Sequence log-probs and the one-forward pair batch, checked against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rayalign.objectives.logps import IGNORE, sequence_logps
+from rayalign.objectives.pairs import PreferenceObjective, RewardObjective, collate_pairs, pair_logps
+
+ROWS = [
+    {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10]},
+    {"prompt_ids": [11], "chosen_ids": [12, 13, 14], "rejected_ids": [15, 16]},
+]
+
+
+def test_sequence_logps_hand_worked():
+    """Vocab 2, one row [a, b, a] with labels [-100, 1, 0] (the first token is never predicted).
+
+    Position 0 logits (0, 0) → log p(token 1) = log 1/2 = −0.693147.
+    Position 1 logits (log 3, 0) → p = (3/4, 1/4) → log p(token 0) = log 3/4 = −0.287682.
+    Sum −0.980829 over 2 target tokens; position 2's logits predict nothing.
+    """
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3), 0.0], [5.0, -5.0]]])
+    labels = torch.tensor([[IGNORE, 1, 0]])
+    logp, n = sequence_logps(logits, labels)
+    assert float(logp[0]) == pytest.approx(math.log(0.5) + math.log(0.75), abs=1e-6)
+    assert int(n[0]) == 2
+
+
+def test_sequence_logps_with_trailing_window_equals_full():
+    """Logits for only the last K positions give the same sums when the targets lie inside the window."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    labels = torch.tensor([[IGNORE, IGNORE, IGNORE, 4, 5, IGNORE], [IGNORE, IGNORE, 1, 2, 3, 4]])
+    full, n_full = sequence_logps(logits, labels)
+    # the earliest target is label 2, predicted by position 1: the last 5 positions suffice
+    part, n_part = sequence_logps(logits[:, -5:], labels)
+    assert torch.allclose(full, part) and torch.equal(n_full, n_part)
+
+
+def test_collate_concatenates_chosen_then_rejected():
+    """B = 2 pairs → 4 rows: [p0+c0, p1+c1, p0+r0, p1+r1], width max(5, 4, 4, 3) = 5, pad id 0."""
+    b = collate_pairs(ROWS, pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [11, 12, 13, 14, 0], [5, 6, 7, 10, 0], [11, 15, 16, 0, 0]]
+    assert b["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9], [IGNORE, 12, 13, 14, IGNORE],
+                                    [IGNORE, IGNORE, IGNORE, 10, IGNORE], [IGNORE, 15, 16, IGNORE, IGNORE]]
+    assert b["attention_mask"].sum(1).tolist() == [5, 4, 4, 3]
+    # the shortest prompt has 1 token: logits are needed from position 0 → all 5 positions
+    assert int(b["logits_to_keep"]) == 5
+    assert "ref_chosen_logp" not in b
+    with_ref = collate_pairs([{**r, "ref_chosen_logp": -1.5, "ref_rejected_logp": -2.5} for r in ROWS], pad_id=0)
+    assert with_ref["ref_rejected_logp"].tolist() == [-2.5, -2.5]
+
+
+def test_collate_names_the_missing_column():
+    with pytest.raises(KeyError, match="prompt_ids"):
+        collate_pairs([{"prompt": "hi", "chosen": "a", "rejected": "b"}], pad_id=0)
+
+
+def _one_by_one(model, prompt: list[int], response: list[int]) -> float:
+    """Reference implementation: one unpadded sequence, full log-softmax, sum over the response."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return sum(float(logp[len(prompt) - 1 + j, tok]) for j, tok in enumerate(response))
+
+
+def test_pair_logps_one_forward_matches_sequences_scored_alone(tiny_model_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from rayalign.data.tokenize import tokenize_pair
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    rows = [tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r) for q, c, r in [
+        ("What is 2+2?", "4", "It is five, I think, or maybe six."),
+        ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
+    ]]
+    with torch.no_grad():
+        chosen, rejected, n_c, n_r = pair_logps(model, collate_pairs(rows, tokenizer.pad_token_id))
+    for i, row in enumerate(rows):
+        assert float(chosen[i]) == pytest.approx(_one_by_one(model, row["prompt_ids"], row["chosen_ids"]), abs=1e-4)
+        assert float(rejected[i]) == pytest.approx(_one_by_one(model, row["prompt_ids"], row["rejected_ids"]), abs=1e-4)
+        assert int(n_c[i]) == len(row["chosen_ids"]) and int(n_r[i]) == len(row["rejected_ids"])
+
+
+def test_objective_uses_row_reference_or_reference_model(tiny_model_path, tokenizer):
+    """With ref log-probs equal to the policy's own, every log-ratio is 0: APO-zero = (1 − ½) + ½ = 1 per pair.
+
+    The same holds with the policy passed as its own reference model (the on-the-fly path).
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    obj = PreferenceObjective("apo_zero", beta=0.1)
+    batch = obj.collate(ROWS, pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        c, r, _, _ = pair_logps(model, batch)
+        on_the_fly, m1 = obj.loss(model, batch, ref_model=model)
+    rows = [{**row, "ref_chosen_logp": float(c[i]), "ref_rejected_logp": float(r[i])} for i, row in enumerate(ROWS)]
+    with torch.no_grad():
+        precomputed, m2 = obj.loss(model, obj.collate(rows, pad_id=tokenizer.pad_token_id))
+    assert float(obj.count(batch)) == 2.0
+    assert float(on_the_fly) == pytest.approx(2.0, abs=1e-6)
+    assert float(precomputed) == pytest.approx(2.0, abs=1e-6)
+    assert float(m1["accuracy"]) == 0.0 and float(m2["margins"]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="reference"):
+        obj.loss(model, batch)
+
+
+def test_unknown_objective_parameter_is_named():
+    from rayalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gamma.*allowed: beta"):
+        PreferenceObjective("dpo", gamma=1.0)
+    with pytest.raises(ConfigError, match="available"):
+        PreferenceObjective("nope")
+    with pytest.raises(ConfigError, match="no parameters"):
+        RewardObjective(beta=0.1)

@@ -1,0 +1,100 @@
+"""The `reference` stage: every good pair gets reference log-probs, bad rows are quarantined, and the
+Ray actor pool writes exactly what the in-process run writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rayalign.data.shards import read_dataset
+from rayalign.prefer.reference import ReferenceConfig, has_reference_columns, run_reference
+
+PAIRS = str(Path(__file__).resolve().parents[2] / "rayjobs" / "data" / "pairs.jsonl")
+TINY = "tiny-random:llama"
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "inproc"
+    run_reference(ReferenceConfig(inputs=[PAIRS], output=str(out), model=TINY, batch_size=8,
+                                  pool={"workers": 0, "shard_rows": 128}))
+    return out
+
+
+def test_counts_reconcile_and_bad_rows_are_quarantined(in_process):
+    """The bundled file holds 220 good pairs and 7 bad rows, one per reason."""
+    import json
+
+    manifest = json.loads((in_process / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert (c["in"], c["ok"], c["quarantined"], c["out_rows"]) == (227, 220, 7, 220)
+    assert c["by_reason"] == {"chosen_equals_rejected": 1, "invalid_utf8": 1, "missing_field": 1, "not_an_object": 1,
+                              "null_value": 1, "unparseable_json": 1, "wrong_type": 1}
+    import pyarrow.parquet as pq
+
+    files = sorted((in_process / "quarantine").glob("*.parquet"))
+    reasons = [r for f in files for r in pq.read_table(f).column("reason").to_pylist()]
+    assert sorted(reasons) == sorted(c["by_reason"])
+    assert has_reference_columns(in_process)
+
+
+def test_reference_logps_equal_the_model_scoring_each_pair_alone(in_process, tiny_model_path):
+    """Spot-check 3 pairs against an unbatched forward with a full log-softmax (an independent computation)."""
+    from transformers import AutoModelForCausalLM
+
+    table = read_dataset(in_process)
+    assert table.num_rows == 220
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    for row in table.take([0, 57, 219]).to_pylist():
+        for side in ("chosen", "rejected"):
+            ids = torch.tensor([row["prompt_ids"] + row[f"{side}_ids"]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            n = len(row["prompt_ids"])
+            expected = sum(float(logp[n - 1 + j, t]) for j, t in enumerate(row[f"{side}_ids"]))
+            assert row[f"ref_{side}_logp"] == pytest.approx(expected, abs=1e-4)
+            assert row[f"{side}_tokens"] == len(row[f"{side}_ids"])
+
+
+@pytest.mark.timeout(240)
+def test_ray_actor_pool_matches_in_process_and_resumes(ray_cluster, in_process, tmp_path):
+    """2 actors at 0.5 CPU over 4 shards give the same rows and values; a re-run skips every shard."""
+    cfg = ReferenceConfig(inputs=[PAIRS], output=str(tmp_path / "ray"), model=TINY, batch_size=8,
+                          pool={"workers": 2, "num_cpus": 0.5, "shard_rows": 64})
+    manifest = run_reference(cfg)
+    assert manifest["counts"]["ok"] == 220 and len(manifest["shards"]) == 4
+    ray_rows = {r["id"]: r for r in read_dataset(tmp_path / "ray").to_pylist()}
+    local_rows = {r["id"]: r for r in read_dataset(in_process).to_pylist()}
+    assert ray_rows.keys() == local_rows.keys()
+    worst = max(abs(ray_rows[k][f"ref_{s}_logp"] - local_rows[k][f"ref_{s}_logp"])
+                for k in local_rows for s in ("chosen", "rejected"))
+    assert worst <= 1e-4  # different batch compositions, same numbers up to fp32 rounding
+    logs: list[str] = []
+    again = run_reference(cfg, log=logs.append)
+    assert again["counts"] == manifest["counts"] and any("already complete" in m for m in logs)
+
+
+def test_dataset_folder_input_is_read_without_revalidation(in_process, tmp_path):
+    """A folder written by `prepare` (kind: pairs) or `reference` is read as is: tokens reused, same values."""
+    out = tmp_path / "again"
+    manifest = run_reference(ReferenceConfig(inputs=[str(in_process)], output=str(out), model=TINY, batch_size=8,
+                                             pool={"workers": 0}), log=lambda m: None)
+    assert manifest["counts"] == {"in": 220, "ok": 220, "quarantined": 0, "out_rows": 220, "by_reason": {}}
+    first = read_dataset(in_process).column("ref_chosen_logp").to_pylist()
+    again = read_dataset(out).column("ref_chosen_logp").to_pylist()
+    assert max(abs(a - b) for a, b in zip(first, again)) <= 1e-4
+
+
+def test_over_length_pairs_are_quarantined_with_the_fix(tmp_path):
+    manifest = run_reference(ReferenceConfig(inputs=[PAIRS], output=str(tmp_path / "short"), model=TINY,
+                                             max_length=40, pool={"workers": 0}), log=lambda m: None)
+    c = manifest["counts"]
+    assert c["by_reason"].get("over_length", 0) > 0 and c["in"] == c["ok"] + c["quarantined"] == 227
+    import pyarrow.parquet as pq
+
+    details = [d for f in (tmp_path / "short" / "quarantine").glob("*.parquet")
+               for d, r in zip(pq.read_table(f).column("detail").to_pylist(), pq.read_table(f).column("reason").to_pylist())
+               if r == "over_length"]
+    assert all("raise max_length" in d for d in details)
