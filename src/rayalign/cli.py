@@ -26,6 +26,19 @@ def _stage_main(stage: str, argv: list[str]) -> int:
     return 0
 
 
+def job_main(stage: str, doc: str, argv: list[str] | None = None) -> int:
+    """Entry point shared by the `rayjobs/<stage>.py` scripts: `python rayjobs/X.py CONFIG [overrides]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(doc)
+        return 0 if argv else 2
+    try:
+        return _stage_main(stage, argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     from rayalign.stages import STAGES
 
