@@ -1,0 +1,243 @@
+"""The OpenAI-compatible HTTP ingress and the Serve application that wires it to the engine.
+
+    ingress (FastAPI, num_cpus 0)  ──handle──▶  EngineServer replicas (autoscaled, batched)
+
+The ingress owns everything that needs no model: API-key check, body-size limit, JSON and field
+validation, the model name. Each becomes an OpenAI-shaped error with the right status before any
+engine work is queued. Overload is bounded twice: the engine deployment's `max_ongoing_requests`
++ `max_queued_requests` (the handle raises BackPressureError → 503 here) and the ingress's own
+limits (Serve's proxy answers 503). A slow client never holds more than its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rayalign.generate.engine import GenRequest, SamplingParams
+from rayalign.serve import protocol as P
+from rayalign.serve.config import ServeConfig
+from rayalign.serve.engine_server import EngineServer
+
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(title="rayalign", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error_response(e: P.ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    # Unknown routes and wrong methods in OpenAI's error shape too, not FastAPI's {"detail": ...}.
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return _error_response(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                      code=kind))
+
+
+def _overloaded(what: str) -> P.ApiError:
+    return P.ApiError(503, f"server overloaded ({what}); retry shortly", type="server_error",
+                      code="overloaded", headers={"Retry-After": "1"})
+
+
+@serve.ingress(api)
+class OpenAIIngress:
+    def __init__(self, engine, cfg: dict):
+        self.engine = engine
+        self.cfg = ServeConfig.model_validate(cfg)
+        self.created = int(time.time())
+
+    # -- shared checks ---------------------------------------------------------------------
+
+    def _auth(self, request: Request) -> None:
+        key = self.cfg.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not given:
+            raise P.ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no key oracle
+            raise P.ApiError(401, "incorrect API key provided", code="invalid_api_key")
+
+    async def _body(self, request: Request) -> bytes:
+        """Read the body, refusing (413) as soon as it passes the limit; never buffers more."""
+        limit = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise P.ApiError(413, f"request body is {declared} bytes; the limit is {limit}",
+                             code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise P.ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_model(self, name: str) -> None:
+        if name != self.cfg.model_name:
+            raise P.ApiError(404, f"The model '{name}' does not exist; this server serves "
+                                  f"'{self.cfg.model_name}' (see GET /v1/models)", param="model",
+                             code="model_not_found")
+
+    def _params(self, body) -> SamplingParams:
+        if body.n > self.cfg.max_n:
+            raise P.ApiError(400, f"invalid value for 'n': at most {self.cfg.max_n} (got {body.n})",
+                             param="n", code="invalid_value")
+        # max_tokens is settled by the engine replica, which knows the prompt length.
+        return SamplingParams(temperature=body.temperature, top_p=body.top_p, stop=body.stop or [], n=body.n,
+                              seed=body.seed, max_tokens=1)
+
+    async def _handle(self, request: Request, model_cls, make_req, chunk_fn, response_fn, prefix: str):
+        try:
+            self._auth(request)
+            body = P.parse_body(await self._body(request), model_cls, self.cfg.max_body_bytes)
+            self._check_model(body.model)
+            req = make_req(body, self._params(body))
+            if body.stream:
+                return await self._stream(req, body, chunk_fn, prefix)
+            try:
+                out = await self.engine.generate.remote(req, body.requested_max_tokens())
+            except Exception as e:  # noqa: BLE001
+                raise self._engine_failure(e) from None
+            if "error" in out:
+                raise P.ApiError(out["status"], **out["error"])
+            return JSONResponse(response_fn(P.new_id(prefix), self.cfg.model_name, out["texts"],
+                                            out["finish_reasons"], out["prompt_tokens"], out["completion_tokens"]))
+        except P.ApiError as e:
+            return _error_response(e)
+
+    def _engine_failure(self, e: Exception) -> P.ApiError:
+        from ray.serve.exceptions import BackPressureError
+
+        if isinstance(e, BackPressureError):
+            return _overloaded("request queue full")
+        if isinstance(e, (asyncio.CancelledError,)):
+            raise e
+        log.exception("engine call failed")
+        return P.ApiError(503, f"engine unavailable: {type(e).__name__}", type="server_error",
+                          code="engine_unavailable", headers={"Retry-After": "1"})
+
+    async def _stream(self, req: GenRequest, body, chunk_fn, prefix: str):
+        gen = self.engine.options(stream=True).stream.remote(req, body.requested_max_tokens())
+        try:
+            first = await gen.__anext__()  # admission result: errors still get a proper status
+        except Exception as e:  # noqa: BLE001
+            gen.cancel()
+            raise self._engine_failure(e) from None
+        if "error" in first:
+            raise P.ApiError(first["status"], **first["error"])
+        rid, created, model = P.new_id(prefix), int(time.time()), self.cfg.model_name
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chat = prefix == "chatcmpl"
+
+        async def events():
+            completion_tokens = 0
+            done = False
+            try:
+                if chat:  # OpenAI opens each choice with the role
+                    for i in range(body.n):
+                        yield P.sse(chunk_fn(rid, model, created, i, {"role": "assistant", "content": ""}, None))
+                async for item in gen:
+                    i = item["index"]
+                    if "delta" in item:
+                        payload = {"content": item["delta"]} if chat else item["delta"]
+                        yield P.sse(chunk_fn(rid, model, created, i, payload, None))
+                    else:
+                        completion_tokens += item["completion_tokens"]
+                        yield P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"]))
+                if include_usage:
+                    obj = "chat.completion.chunk" if chat else "text_completion"
+                    yield P.sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                                 "usage": P.usage(first["prompt_tokens"], completion_tokens)})
+                yield P.sse("[DONE]")
+                done = True
+            except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, end the stream
+                log.exception("stream failed")
+                yield P.sse({"error": {"message": f"stream failed: {type(e).__name__}: {e}",
+                                       "type": "server_error", "param": None, "code": "stream_error"}})
+            finally:
+                if not done:  # client disconnected (or error): free the engine slot now
+                    gen.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- routes ------------------------------------------------------------------------------
+
+    @api.get("/health")
+    async def health(self):
+        try:
+            info = await asyncio.wait_for(self.engine.info.remote(), timeout=10)
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"status": "unavailable", "reason": type(e).__name__}, status_code=503)
+        return {"status": "ok", **info}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        try:
+            self._auth(request)
+        except P.ApiError as e:
+            return _error_response(e)
+        return {"object": "list", "data": [self._model_card()]}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request):
+        try:
+            self._auth(request)
+            self._check_model(model_id)
+        except P.ApiError as e:
+            return _error_response(e)
+        return self._model_card()
+
+    def _model_card(self) -> dict:
+        return {"id": self.cfg.model_name, "object": "model", "created": self.created, "owned_by": "rayalign"}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._handle(
+            request, P.ChatCompletionRequest,
+            lambda body, params: GenRequest(messages=body.chat_messages(), params=params),
+            P.chat_chunk, P.chat_response, "chatcmpl")
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._handle(
+            request, P.CompletionRequest,
+            lambda body, params: GenRequest(prompt=body.prompt, params=params),
+            P.completion_chunk, P.completion_response, "cmpl")
+
+
+def build_app(cfg: ServeConfig):
+    """The Serve application: engine deployment (autoscaled or fixed) bound into the ingress."""
+    engine_opts: dict = dict(
+        ray_actor_options={"num_cpus": cfg.engine_num_cpus},
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+    )
+    if cfg.autoscaling is not None:
+        a = cfg.autoscaling
+        engine_opts["autoscaling_config"] = {
+            "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+            "initial_replicas": max(a.min_replicas, 1),
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+        }
+    else:
+        engine_opts["num_replicas"] = cfg.num_replicas
+    engine = serve.deployment(EngineServer, name="EngineServer").options(**engine_opts).bind(cfg.model_dump())
+    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+        max_queued_requests=cfg.ingress_max_ongoing_requests,
+    )
+    return ingress.bind(engine, cfg.model_dump())

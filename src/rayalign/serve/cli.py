@@ -1,0 +1,60 @@
+"""`rayalign serve --model SPEC [--adapter PATH] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+[--config serve.yaml] [key=value ...]` — serve an OpenAI-compatible endpoint until Ctrl-C.
+
+    rayalign serve --model builtin:smollm2-135m-instruct --port 8000
+    curl http://127.0.0.1:8000/v1/models
+
+Flags override the YAML file, `key=value` overrides (e.g. `batch.max_batch_size=4`) override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+
+from rayalign.config import load_config
+from rayalign.serve.config import ServeConfig
+
+
+def parse_config(argv: list[str]) -> ServeConfig:
+    p = argparse.ArgumentParser(prog="rayalign serve", description="OpenAI-compatible endpoint on Ray Serve")
+    p.add_argument("--config", help="serve YAML (see rayjobs/configs/serve.yaml)")
+    p.add_argument("--model", help="model spec: HF folder, builtin:smollm2-135m-instruct, tiny-random:llama")
+    p.add_argument("--adapter", help="LoRA / Aligner folder applied on load (hf backend)")
+    p.add_argument("--backend", choices=["hf", "vllm"])
+    p.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--api-key", default=os.environ.get("RAYALIGN_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $RAYALIGN_API_KEY)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = p.parse_args(argv)
+    flags = [f"{k}={v}" for k, v in (("model", args.model), ("adapter", args.adapter), ("backend", args.backend),
+                                     ("host", args.host), ("port", args.port)) if v is not None]
+    cfg = load_config(ServeConfig, args.config, flags + list(args.overrides))
+    if args.api_key:
+        cfg.api_key = args.api_key  # not through YAML parsing: a key like "123" must stay a string
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rayalign.serve.server import start, stop
+
+    cfg = parse_config(list(argv or []))
+    # SIGTERM (kubectl, systemd, `kill`) shuts down as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        url = start(cfg)
+        print(f"rayalign: serving {cfg.model_name} ({cfg.backend}) at {url}/v1  (Ctrl-C to stop)", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("rayalign: shutting down", flush=True)
+        return 0
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            stop(cfg)
+            ray.shutdown()

@@ -1,0 +1,62 @@
+"""Start, wait for and stop the serving app on a (local or joined) Ray cluster.
+
+    url = start(ServeConfig(model="tiny-random:llama", port=8000))   # returns once ready
+    ...                                                                # clients use url + "/v1"
+    stop(cfg)
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+from rayalign.serve.config import ServeConfig
+
+
+def base_url(cfg: ServeConfig) -> str:
+    prefix = cfg.route_prefix.rstrip("/")
+    return f"http://{cfg.host}:{cfg.port}{prefix}"
+
+
+def start(cfg: ServeConfig, ready_timeout_s: float = 300.0) -> str:
+    """Deploy the app (joining Ray or starting a loopback cluster) and wait until /health is ok."""
+    from ray import serve
+
+    from rayalign.raycluster import ensure_ray
+    from rayalign.serve.app import build_app
+
+    ensure_ray()
+    # HTTP binds where the config says; the default is loopback only (no exposure by accident).
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    url = base_url(cfg)
+    wait_ready(url, ready_timeout_s)
+    return url
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    """serve.run returns when replicas are up; this also proves the HTTP proxy routes to them."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as r:  # noqa: S310 - our own loopback URL
+                if r.status == 200:
+                    return
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last = e
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/health not ready after {timeout_s:.0f}s (last error: {last})")
+
+
+def stop(cfg: ServeConfig | None = None, shutdown_serve: bool = True) -> None:
+    """Delete the app; with `shutdown_serve` also stop Serve's controller and HTTP proxy."""
+    from ray import serve
+
+    if cfg is not None:
+        try:
+            serve.delete(cfg.app_name)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    if shutdown_serve:
+        serve.shutdown()
