@@ -14,6 +14,9 @@ from typing import Any, Callable
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("rayalign.data.prepare:PrepareConfig", "rayalign.data.prepare:run_prepare"),
     "reference": ("rayalign.prefer.reference:ReferenceConfig", "rayalign.prefer.reference:run_reference"),
+    "prefer": ("rayalign.prefer.stages:PreferConfig", "rayalign.prefer.stages:run_prefer"),
+    "reward": ("rayalign.prefer.stages:RewardConfig", "rayalign.prefer.stages:run_reward"),
+    "score": ("rayalign.prefer.score:ScoreConfig", "rayalign.prefer.score:run_score"),
     "sft": ("rayalign.train.stages:SFTConfig", "rayalign.train.stages:run_sft"),
     "pretrain": ("rayalign.train.stages:PretrainConfig", "rayalign.train.stages:run_pretrain"),
 }

@@ -32,17 +32,9 @@ def _ids(value: Any) -> list[int]:
     return [int(x) for x in value]
 
 
-def collate_pairs(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows with prompt_ids / chosen_ids / rejected_ids → the concatenated 2B-row batch."""
-    if not rows:
-        raise ValueError("collate_pairs got no rows")
-    for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
-        if key not in rows[0]:
-            raise KeyError(f"pair rows need {key!r}: train on the output of `rayalign reference` "
-                           f"(or `rayalign prepare` with kind: pairs), not on raw pairs")
-    prompts = [_ids(r["prompt_ids"]) for r in rows]
-    responses = [_ids(r["chosen_ids"]) for r in rows] + [_ids(r["rejected_ids"]) for r in rows]
-    prompts = prompts + prompts
+def collate_sequences(prompts: Sequence[list[int]], responses: Sequence[list[int]],
+                      pad_id: int) -> dict[str, torch.Tensor]:
+    """prompt+response rows, right-padded; labels hold the response ids only (−100 elsewhere)."""
     width = max(len(p) + len(y) for p, y in zip(prompts, responses))
     n = len(responses)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -55,9 +47,22 @@ def collate_pairs(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         attention_mask[i, : len(seq)] = 1
     # logits are needed from the position before the earliest response token on
     first_target = min(len(p) for p in prompts)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-             "logits_to_keep": torch.tensor(width - first_target + 1, dtype=torch.long),
-             "pad_id": torch.tensor(pad_id, dtype=torch.long)}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "logits_to_keep": torch.tensor(width - first_target + 1, dtype=torch.long),
+            "pad_id": torch.tensor(pad_id, dtype=torch.long)}
+
+
+def collate_pairs(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows with prompt_ids / chosen_ids / rejected_ids → the concatenated 2B-row batch."""
+    if not rows:
+        raise ValueError("collate_pairs got no rows")
+    for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        if key not in rows[0]:
+            raise KeyError(f"pair rows need {key!r}: train on the output of `rayalign reference` "
+                           f"(or `rayalign prepare` with kind: pairs), not on raw pairs")
+    prompts = [_ids(r["prompt_ids"]) for r in rows]
+    responses = [_ids(r["chosen_ids"]) for r in rows] + [_ids(r["rejected_ids"]) for r in rows]
+    batch = collate_sequences(prompts + prompts, responses, pad_id)
     if all(r.get(k) is not None for r in rows for k in REF_KEYS):
         for k in REF_KEYS:
             batch[k] = torch.tensor([float(r[k]) for r in rows], dtype=torch.float32)

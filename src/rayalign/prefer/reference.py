@@ -24,7 +24,8 @@ from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, dataset_fi
 
 INT_LIST = pa.list_(pa.int32())
 REFERENCE_COLUMNS = [("ref_chosen_logp", pa.float64()), ("ref_rejected_logp", pa.float64()),
-                     ("chosen_tokens", pa.int32()), ("rejected_tokens", pa.int32())]
+                     ("chosen_tokens", pa.int32()), ("rejected_tokens", pa.int32()),
+                     ("num_tokens", pa.int64())]  # both rows of the pair: the train loop's tokens/s
 
 
 def reference_schema() -> pa.Schema:
@@ -109,8 +110,9 @@ class ReferenceProcessor:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 chosen, rejected, n_c, n_r = (t.cpu().tolist() for t in pair_logps(self.model, batch))
                 for j, i in enumerate(idx):
-                    good[i].update(ref_chosen_logp=chosen[j], ref_rejected_logp=rejected[j],
-                                   chosen_tokens=n_c[j], rejected_tokens=n_r[j])
+                    row = good[i]
+                    row.update(ref_chosen_logp=chosen[j], ref_rejected_logp=rejected[j], chosen_tokens=n_c[j],
+                               rejected_tokens=n_r[j], num_tokens=2 * len(row["prompt_ids"]) + n_c[j] + n_r[j])
                     stats["response_tokens"] += n_c[j] + n_r[j]
         stats["pairs"] = float(len(good))
         return ProcessResult(good, quarantine, stats)

@@ -37,6 +37,15 @@ OBJECTIVES: dict[str, str] = {
     "sft": "rayalign.train.objective:CausalLMObjective",
     "pretrain": "rayalign.train.objective:CausalLMObjective",
     "causal_lm": "rayalign.train.objective:CausalLMObjective",
+    "apo_zero": "rayalign.objectives.pairs:apo_zero",
+    "apo_down": "rayalign.objectives.pairs:apo_down",
+    "dpo": "rayalign.objectives.pairs:dpo",
+    "ipo": "rayalign.objectives.pairs:ipo",
+    "simpo": "rayalign.objectives.pairs:simpo",
+    "orpo": "rayalign.objectives.pairs:orpo",
+    "kto": "rayalign.objectives.pairs:kto",
+    "apo_zero_unpaired": "rayalign.objectives.pairs:apo_zero_unpaired",
+    "reward": "rayalign.objectives.pairs:reward",
 }
 
 
