@@ -26,6 +26,9 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     address = os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {k: os.environ[k] for k in local_ray_env()}}
     if address:
+        # inside `ray job submit` the job already has a runtime_env (working_dir, env_vars): let
+        # Ray merge ours into it instead of refusing to start the driver over a conflict
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
         return
     ray.init(

@@ -1,0 +1,95 @@
+"""A real Ray head started with `ray start --head --block` (dashboard + job server on 127.0.0.1).
+
+It lives in its own `--temp-dir`, so it cannot collide with other clusters on this machine, and it
+is stopped by signalling exactly the `ray start --block` process this fixture started (which drains
+and stops its own children); any straggler whose command line names our temp dir is then killed by
+PID. `ray stop` is never used: it would stop every cluster of this user.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def head_env() -> dict[str, str]:
+    """Env for the head and for every client: loopback only, token auth disabled on both sides."""
+    env = dict(os.environ)
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _pids_under(temp_dir: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if temp_dir in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return [p for p in pids if p != os.getpid()]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="rayalign-head-", dir="/tmp")
+    gcs_port, dash_port = free_port(), free_port()
+    # every fixed default port (agent 52365, client server 10001, ...) could be taken by another
+    # cluster on this shared machine: give each listener a free one
+    extra_ports = [f"--{flag}={free_port()}" for flag in (
+        "object-manager-port", "node-manager-port", "ray-client-server-port", "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
+    log = open(Path(temp_dir) / "head.log", "w")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(gcs_port), "--num-cpus", "2", "--include-dashboard=true",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", temp_dir,
+         "--disable-usage-stats", *extra_ports],
+        env=head_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{dash_port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray head exited early: {(Path(temp_dir) / 'head.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{dashboard}/api/version", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("ray head's job server did not come up within 90 s") from None
+                time.sleep(0.5)
+        yield {"gcs": f"127.0.0.1:{gcs_port}", "dashboard": dashboard, "temp_dir": temp_dir, "env": head_env()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for pid in _pids_under(temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()

@@ -1,0 +1,136 @@
+"""The pipeline runner on prepare-only pipelines, in-process (pools with workers: 0, no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayalign.config import ConfigError
+from rayalign.pipeline import (apply_pipeline_overrides, interpolate, load_pipeline, main, read_record,
+                               run_pipeline, validate_pipeline)
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "rayjobs" / "data"
+INLINE = {"workers": 0, "shard_rows": 64}
+
+
+def write_pipeline(tmp_path: Path, stages: list[dict], **top) -> Path:
+    doc = {"run_dir": str(tmp_path / "run"), "defaults": {"model": "tiny-random:llama"}, "start_ray": False,
+           "stages": stages, **top}
+    p = tmp_path / "pipeline.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return p
+
+
+def two_stage(tmp_path: Path) -> Path:
+    return write_pipeline(tmp_path, [
+        {"name": "chat", "stage": "prepare",
+         "config": {"kind": "chat", "inputs": [str(DATA / "chat.jsonl")], "max_length": 256, "seq_len": 512,
+                    "pool": INLINE}},
+        {"name": "pairs", "stage": "prepare",
+         "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")],
+                    "max_length": "${stages.chat.max_length}", "output": "${run_dir}/pairs-out", "pool": INLINE}},
+    ])
+
+
+def test_interpolation_rules():
+    ctx = {"run_dir": "runs/a", "defaults": {"model": "m"},
+           "stages": {"sft": {"config": {"output": "runs/a/sft", "lr": 1e-4}, "result": {"checkpoint": "ck/7", "metrics": {"loss": 1.5}}}}}
+    # a whole-string reference keeps its type; an embedded one is pasted as text
+    assert interpolate("${stages.sft.metrics.loss}", ctx, "x") == 1.5
+    assert interpolate("${stages.sft.lr}", ctx, "x") == 1e-4  # falls back to the config
+    assert interpolate({"a": ["${run_dir}/eval", "${defaults.model}"]}, ctx, "x") == {"a": ["runs/a/eval", "m"]}
+    assert interpolate("${stages.sft.checkpoint}", ctx, "x") == "ck/7"  # result before config
+    with pytest.raises(ConfigError, match="not an earlier stage"):
+        interpolate("${stages.prefer.checkpoint}", ctx, "stages[3] (eval).config.model")
+    with pytest.raises(ConfigError, match="no 'nope'"):
+        interpolate("${stages.sft.nope}", ctx, "x")
+
+
+def test_overrides_address_stages_by_name(tmp_path):
+    data = {"run_dir": "r", "stages": [{"name": "a", "stage": "prepare", "config": {}}]}
+    apply_pipeline_overrides(data, ["stages.a.config.max_length=5", "run_dir=r2"])
+    assert data == {"run_dir": "r2", "stages": [{"name": "a", "stage": "prepare", "config": {"max_length": 5}}]}
+    with pytest.raises(ConfigError, match="no stage named 'b'; stages: a"):
+        apply_pipeline_overrides(data, ["stages.b.config.x=1"])
+
+
+def test_validation_names_stage_and_field(tmp_path):
+    p = write_pipeline(tmp_path, [{"name": "chat", "stage": "prepare", "config": {"kind": "chat", "inputs": ["x"],
+                                                                                  "max_lenght": 3}}])
+    with pytest.raises(ConfigError) as e:
+        validate_pipeline(load_pipeline(p), str(p))
+    msg = str(e.value)
+    assert "stages[0] (chat)" in msg and "max_lenght: unknown key" in msg and "max_length" in msg
+    p2 = write_pipeline(tmp_path, [{"name": "x", "stage": "no_such_stage"}])
+    with pytest.raises(ConfigError, match="unknown stage 'no_such_stage'"):
+        validate_pipeline(load_pipeline(p2), str(p2))
+    p3 = write_pipeline(tmp_path, [{"name": "a", "stage": "prepare"}, {"name": "a", "stage": "prepare"}])
+    with pytest.raises(ConfigError, match="used twice"):
+        load_pipeline(p3)
+
+
+@pytest.mark.timeout(120)
+def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
+    p = two_stage(tmp_path)
+    assert main([str(p)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and [s["name"] for s in summary["stages"]] == ["chat", "pairs"]
+    # counts of the bundled sample data (10 / 7 deliberately broken rows), defaults and output rules applied
+    chat, pairs = summary["stages"]
+    assert chat["counts"]["in"] == 230 and chat["counts"]["ok"] == 220 and chat["output"] == str(run / "chat")
+    assert pairs["counts"] == {**pairs["counts"], "in": 227, "ok": 220, "out_rows": 220}
+    assert pairs["output"] == str(run / "pairs-out") and 0 < chat["metrics"]["packing_efficiency"] <= 1
+    rec = read_record(str(run), "pairs")
+    assert rec["status"] == "complete" and rec["config"]["max_length"] == 256 and rec["config"]["model"] == "tiny-random:llama"
+    assert summary["final_model"] is None  # no training stage
+
+    capsys.readouterr()
+    assert main([str(p)]) == 0  # everything skipped
+    out = capsys.readouterr().out
+    assert out.count("already complete") == 2
+    assert all(s["skipped"] for s in json.loads((run / "summary.json").read_text())["stages"])
+
+    assert main([str(p), "stages.pairs.config.max_length=300"]) == 0  # only the changed stage runs
+    s3 = json.loads((run / "summary.json").read_text())["stages"]
+    assert [s["skipped"] for s in s3] == [True, False] and read_record(str(run), "pairs")["config"]["max_length"] == 300
+
+
+@pytest.mark.timeout(120)
+def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
+    p = write_pipeline(tmp_path, [
+        {"name": "chat", "stage": "prepare",
+         "config": {"kind": "chat", "inputs": [str(DATA / "chat.jsonl")], "max_length": 256, "seq_len": 512, "pool": INLINE}},
+        {"name": "broken", "stage": "prepare",
+         "config": {"kind": "prompts", "inputs": [str(tmp_path / "missing.jsonl")], "pool": INLINE}},
+        {"name": "never", "stage": "prepare",
+         "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}},
+    ])
+    assert main([str(p), "stages.chat.config.max_length=200"]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'broken' (prepare) failed" in err
+    assert f"rayalign run {p} stages.chat.config.max_length=200" in err
+    rec = read_record(str(tmp_path / "run"), "broken")
+    assert rec["status"] == "failed" and "missing.jsonl" in rec["error"]
+    assert read_record(str(tmp_path / "run"), "never") is None
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and [s["status"] for s in summary["stages"]] == ["complete", "failed"]
+
+    # fix the cause and resume: the finished stage is skipped, the failed one and the rest run
+    (tmp_path / "missing.jsonl").write_text('{"id": "p0", "prompt": "hi"}\n')
+    assert main([str(p), "stages.chat.config.max_length=200"]) == 0
+    stages = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
+    assert [(s["name"], s["skipped"]) for s in stages] == [("chat", True), ("broken", False), ("never", False)]
+    assert stages[1]["counts"]["ok"] == 1
+
+
+def test_final_model_reference(tmp_path):
+    p = write_pipeline(tmp_path, [{"name": "chat", "stage": "prepare",
+                                   "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}}],
+                       final_model="${stages.chat.output}")
+    summary = run_pipeline(load_pipeline(p))
+    assert summary["final_model"] == str(tmp_path / "run" / "chat")
