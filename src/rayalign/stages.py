@@ -19,6 +19,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "score": ("rayalign.prefer.score:ScoreConfig", "rayalign.prefer.score:run_score"),
     "sft": ("rayalign.train.stages:SFTConfig", "rayalign.train.stages:run_sft"),
     "pretrain": ("rayalign.train.stages:PretrainConfig", "rayalign.train.stages:run_pretrain"),
+    "rewrite": ("rayalign.generate.rewrite:RewriteConfig", "rayalign.generate.rewrite:run_rewrite"),
+    "pas": ("rayalign.generate.pas:PASConfig", "rayalign.generate.pas:run_pas"),
+    "sample": ("rayalign.generate.sample:SampleConfig", "rayalign.generate.sample:run_sample"),
+    "clair": ("rayalign.generate.clair:ClairConfig", "rayalign.generate.clair:run_clair"),
+    "judge": ("rayalign.generate.judge:JudgeConfig", "rayalign.generate.judge:run_judge"),
 }
 
 

@@ -150,10 +150,12 @@ class _StopFlag:
 
     def __init__(self):
         self.event = threading.Event()
+        self.length = 0  # sequence length at the last step: prompt + generated tokens
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
+        self.length = input_ids.shape[1]
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
@@ -294,7 +296,11 @@ class HFEngine(_Base):
         return results  # type: ignore[return-value]
 
     def stream(self, request: GenRequest) -> Iterator[str]:
-        """Yield text deltas (n=1); joined they equal `generate`'s text at temperature 0."""
+        """Yield text deltas (n=1); joined they equal `generate`'s text at temperature 0.
+
+        The generator's return value (StopIteration.value) is {"completion_tokens", "finish_reason"}
+        counted like `generate` does, so servers can report exact usage after a stream.
+        """
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         p = request.params.model_copy(update={"n": 1})
@@ -331,6 +337,8 @@ class HFEngine(_Base):
                 thread.join()
         if errors:
             raise errors[0]
+        n_gen = max(flag.length - len(ids), 0)
+        return {"completion_tokens": n_gen, "finish_reason": "length" if n_gen >= p.max_tokens else "stop"}
 
 
 def vllm_env_defaults() -> None:
@@ -364,6 +372,12 @@ class VLLMEngine(_Base):
 
     def max_context(self) -> int:
         return int(self.llm.llm_engine.model_config.max_model_len)
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now rather than in an interpreter-exit hook."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     def _params(self, p: SamplingParams, **extra):
         from vllm import SamplingParams as VSP

@@ -1,0 +1,12 @@
+"""Run the `judge` generation stage as a Ray job (config → stage → manifest summary).
+
+    ray job submit --working-dir . -- python rayjobs/judge.py rayjobs/configs/judge.yaml
+    python rayjobs/judge.py rayjobs/configs/judge.yaml pool.workers=2   # on a local Ray cluster
+"""
+
+import sys
+
+from rayalign.cli import job_main
+
+if __name__ == "__main__":  # guard required: a vllm engine spawns its engine-core process
+    sys.exit(job_main("judge", __doc__))

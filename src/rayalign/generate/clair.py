@@ -1,0 +1,170 @@
+"""`rayalign clair CONFIG.yaml`: contrastive revisions (D'Oosterlinck et al. 2024) → preference pairs.
+
+    rayalign clair rayjobs/configs/clair.yaml inputs=[runs/sample/data] output=runs/clair
+
+A reviser minimally revises each sampled response (templates/clair_revise.txt: copy what needs no
+change, never mention the revision); the pair is chosen = revision, rejected = original, with
+contrastiveness stats (token Jaccard, normalised token edit distance). Revisers (`reviser`):
+
+- ``llm``: a model through the Engine (`reviser_engine`, by default the stage's engine);
+- ``verifier``: for prompts whose meta holds checkable ``constraints`` (generate/verify.py) the LLM
+  revision is kept only if it passes the check; otherwise (`rule_fallback`) the rule-based minimal
+  fix is tried. Prompts without constraints get the plain LLM revision;
+- ``rule``: the rule-based minimal fix only, no model — for the embedded default, where no model
+  stronger than the policy exists.
+
+`data/` holds only usable pairs in the `pairs` schema (id, prompt, chosen, rejected, meta) plus
+reviser, status, jaccard, edit_distance, raw, sample_id, reviser_model, prompt_version, so the
+`reference`/`prefer` stages read it directly. Every other row — identical pair, unparseable or
+failing revision, engine error, bad input — goes to quarantine/ with its status as the reason and
+the raw reply; the manifest counts each, and in = pairs + quarantined.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+
+from rayalign.data.schemas import SCHEMAS, validate_row
+from rayalign.data.shards import ProcessResult
+from rayalign.generate import verify
+from rayalign.generate.common import (GenStageConfig, chat_requests, count_status, dumps, engine_for, first_text,
+                                      quarantine, run_gen_stage)
+from rayalign.generate.contrast import contrast_stats
+from rayalign.generate.engine import EngineConfig, SamplingParams
+from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
+
+CLAIR_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
+    ("reviser", pa.string()), ("status", pa.string()), ("jaccard", pa.float64()), ("edit_distance", pa.float64()),
+    ("raw", pa.string()), ("sample_id", pa.string()), ("reviser_model", pa.string()), ("prompt_version", pa.string()),
+])
+PAIR_STATUSES = ("revised", "verified", "rule_fixed")
+
+
+class ClairConfig(GenStageConfig):
+    reviser: Literal["llm", "verifier", "rule"] = "llm"
+    reviser_engine: EngineConfig | None = None  # None: the stage's engine (`engine` / `model`)
+    params: SamplingParams = SamplingParams(max_tokens=512)
+    rule_fallback: bool = True  # verifier: try the rule fix when the LLM revision fails the check
+    revise_statuses: list[str] = ["ok", "truncated"]  # sample statuses worth revising (a cut-off answer is a fine "rejected")
+
+
+def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
+    """A sample row (or any row with prompt/messages + response) → (normalised row, status, detail)."""
+    status = row.get("status") or "ok"
+    if status not in revise_statuses:
+        return None, f"input_{status}", f"the sampled response has status {status!r}; revise_statuses is {revise_statuses}"
+    norm, reason = validate_row("prompts", {k: row.get(k) for k in ("id", "messages", "prompt", "meta") if k in row})
+    if reason is not None:
+        return None, f"input_{reason.code}", reason.detail
+    resp = row.get("response")
+    if not isinstance(resp, str) or not resp.strip():
+        return None, "input_no_response", "field 'response' is missing or empty"
+    norm["response"] = resp
+    return norm, "ok", ""
+
+
+def decide(original: str, revision: str | None, parse_status: str, finish: str) -> tuple[str | None, str]:
+    """Status of an LLM revision before any verification: (chosen or None, status)."""
+    if finish == "error":
+        return None, "engine_error"
+    if finish == "length":
+        return None, "truncated"
+    if revision is None:
+        return None, parse_status  # "empty"
+    if " ".join(revision.split()) == " ".join(original.split()):
+        return None, "identical"
+    return revision, "revised"
+
+
+class ClairProcessor:
+    output_schema = CLAIR_SCHEMA
+
+    def __init__(self, cfg: ClairConfig):
+        self.cfg = cfg
+        self.rcfg = cfg.reviser_engine or cfg.policy_engine()
+        self.engine = engine_for(self.rcfg) if cfg.reviser != "rule" else None
+        self.version = template_version("clair_revise") if cfg.reviser != "rule" else "rule"
+        self.reviser_model = self.rcfg.model if cfg.reviser != "rule" else "rule"
+
+    def _llm(self, rows: list[dict]) -> list[tuple[str | None, str, str]]:
+        """(revision or None, status, raw) per row."""
+        if not rows:
+            return []
+        reqs = chat_requests([user_turn("clair_revise", prompt=prompt_text(r["messages"]), response=r["response"])
+                              for r in rows], self.cfg.params.model_copy(update={"n": 1}))
+        out = []
+        for r, res in zip(rows, self.engine.generate(reqs)):
+            raw, finish = first_text(res)
+            rev, st = parse_revision(raw) if finish != "error" else (None, "engine_error")
+            chosen, status = decide(r["response"], rev, st, finish)
+            out.append((chosen, status, raw if res.ok else (res.error or "")))
+        return out
+
+    def _revise(self, rows: list[dict]) -> list[tuple[str | None, str, str]]:
+        mode = self.cfg.reviser
+        if mode == "llm":
+            return self._llm(rows)
+        results: list[tuple[str | None, str, str] | None] = [None] * len(rows)
+        to_llm = []
+        for i, r in enumerate(rows):
+            if not verify.checkable(r["meta"]):
+                if mode == "rule":
+                    results[i] = (None, "not_checkable", "")
+                else:
+                    to_llm.append(i)
+            elif verify.check(r["meta"], r["response"]):
+                results[i] = (None, "original_passes", "")  # nothing to fix: no contrast to learn from
+            elif mode == "rule":
+                fixed = verify.rule_fix(r["meta"], r["response"])
+                results[i] = (fixed, "rule_fixed", "") if fixed is not None else (None, "unfixable", "")
+            else:
+                to_llm.append(i)
+        for i, (chosen, status, raw) in zip(to_llm, self._llm([rows[i] for i in to_llm])):
+            r = rows[i]
+            if not verify.checkable(r["meta"]):
+                results[i] = (chosen, status, raw)
+            elif chosen is not None and verify.check(r["meta"], chosen):
+                results[i] = (chosen, "verified", raw)
+            else:
+                fixed = verify.rule_fix(r["meta"], r["response"]) if self.cfg.rule_fallback else None
+                why = "revision_fails_check" if chosen is not None else status
+                results[i] = (fixed, "rule_fixed", raw) if fixed is not None else (None, why, raw)
+        return results  # type: ignore[return-value]
+
+    def process(self, rows: list[dict]) -> ProcessResult:
+        good, quarantined, stats = [], [], {"jaccard_sum": 0.0, "edit_distance_sum": 0.0}
+        for i, row in enumerate(rows):
+            norm, status, detail = read_input(row, self.cfg.revise_statuses)
+            if norm is None:
+                count_status(stats, status)
+                quarantined.append(quarantine("clair", row.get("_index", i), status, detail, row))
+            else:
+                norm["_index"] = row.get("_index", i)
+                good.append(norm)
+        out = []
+        for r, (chosen, status, raw) in zip(good, self._revise(good)):
+            count_status(stats, status)
+            if chosen is None or status not in PAIR_STATUSES:
+                quarantined.append(quarantine("clair", r["_index"], status, f"no pair: {status}",
+                                              {"id": r["id"], "prompt": r["messages"], "response": r["response"], "raw": raw}))
+                continue
+            st = contrast_stats(r["response"], chosen)
+            stats["jaccard_sum"] += st["jaccard"]
+            stats["edit_distance_sum"] += st["edit_distance"]
+            out.append({"id": r["id"], "prompt": r["messages"], "chosen": chosen, "rejected": r["response"],
+                        "meta": r["meta"], "reviser": self.cfg.reviser, "status": status, **st, "raw": raw,
+                        "sample_id": r["id"], "reviser_model": self.reviser_model, "prompt_version": self.version})
+        return ProcessResult(out, quarantined, stats)
+
+
+def run_clair(cfg: ClairConfig, log=print) -> dict:
+    manifest = run_gen_stage("clair", cfg, lambda: ClairProcessor(cfg), kind=None,
+                             extra={"reviser": cfg.reviser}, log=log)
+    n = manifest["counts"]["out_rows"]
+    st = manifest["stats"]
+    if n:
+        manifest["contrast"] = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
+        log(f"    contrast: {dumps(manifest['contrast'])}")
+    return manifest

@@ -1,0 +1,86 @@
+"""What every generation stage shares: its config fields, engine reuse per actor, and the run call.
+
+A generation stage is a `run_sharded` stage whose Processor holds an Engine: Ray Data feeds shards
+to an actor pool sized by `pool` (fractional CPUs so a 2-CPU box never deadlocks), each actor
+builds its engine once, and every shard lands as a parquet file; a re-run skips finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from rayalign.config import Cfg
+from rayalign.data.shards import PoolConfig, quarantine_row, run_sharded
+from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
+
+
+class GenStageConfig(Cfg):
+    inputs: list[str]
+    output: str
+    model: str | None = None  # shorthand for engine.model (pipeline `defaults.model` lands here)
+    engine: EngineConfig = EngineConfig()
+    params: SamplingParams = SamplingParams()
+    pool: PoolConfig = PoolConfig()
+
+    def policy_engine(self) -> EngineConfig:
+        return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def engine_for(cfg: EngineConfig) -> Engine:
+    """One engine per config per process: a stage needing the same model twice loads it once."""
+    key = cfg.hash()
+    if key not in _ENGINES:
+        _ENGINES[key] = make_engine(cfg)
+    return _ENGINES[key]
+
+
+def meta_dict(meta: Any) -> dict:
+    if isinstance(meta, dict):
+        return meta
+    try:
+        value = json.loads(meta or "{}")
+    except (TypeError, json.JSONDecodeError):
+        return {"raw_meta": str(meta)}
+    return value if isinstance(value, dict) else {"raw_meta": value}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def chat_requests(prompts: list[list[dict]], params: SamplingParams, ids: list[str] | None = None) -> list[GenRequest]:
+    return [GenRequest(messages=m, params=params, request_id=(ids[i] if ids else "")) for i, m in enumerate(prompts)]
+
+
+def first_text(res: GenResult) -> tuple[str, str]:
+    """(text, finish_reason) of a result's first completion; ("", "error") for an error row."""
+    if not res.ok or not res.texts:
+        return "", "error"
+    return res.texts[0], (res.finish_reasons[0] if res.finish_reasons else "stop")
+
+
+def quarantine(stage: str, index: int, code: str, detail: str, raw: dict) -> dict:
+    return quarantine_row(stage, index, code, detail, dumps(raw))
+
+
+def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], kind: str | None,
+                  extra: dict | None = None, log=print) -> dict:
+    manifest = run_sharded(stage, cfg.inputs, cfg.output, factory, kind=kind, pool=cfg.pool,
+                           config_hash=cfg.hash(), extra={"model": cfg.policy_engine().model, **(extra or {})}, log=log)
+    c = manifest["counts"]
+    log(f"[{stage}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} output rows")
+    for reason, n in c["by_reason"].items():
+        log(f"    quarantined {n:5d}  {reason}")
+    statuses = {k[len("status."):]: int(v) for k, v in manifest["stats"].items() if k.startswith("status.")}
+    if statuses:
+        manifest["status_counts"] = dict(sorted(statuses.items()))
+        log(f"    statuses: {manifest['status_counts']}")
+    return manifest
+
+
+def count_status(stats: dict, status: str) -> None:
+    stats[f"status.{status}"] = stats.get(f"status.{status}", 0) + 1

