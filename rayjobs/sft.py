@@ -8,27 +8,9 @@ restarts from the last checkpoint after a worker failure); `workers: 0` trains i
 Prints the summary: final checkpoint (a Hugging Face folder), final loss, steps, metrics file.
 """
 
-from __future__ import annotations
-
-import json
 import sys
 
-from rayalign.config import ConfigError
-from rayalign.stages import run_stage
-
-
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    try:
-        summary = run_stage("sft", argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
-
+from rayalign.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job_main("sft", __doc__))

@@ -213,7 +213,6 @@ def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> dict:
                                       time.perf_counter() - win_start, n_params, peak, world, distributed,
                                       order.epoch_of(step), device)
             win_loss, win_count, win_tokens, win_metrics = zero(), zero(), 0, {}
-            win_start = time.perf_counter()
 
         is_final = done == total_steps
         stopping = cfg.stop_at_step is not None and done == cfg.stop_at_step
@@ -235,9 +234,15 @@ def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> dict:
                 marker.write_text(str(done))
                 print(f"[train] test hook: rank {rank} exits at step {done}", flush=True)
                 os._exit(1)
+        if done % cfg.log_every == 0:
+            win_start = time.perf_counter()  # after any checkpoint: saving is not training time
         if stopping:
             break
     writer.close()
+    if not last_record and rank == 0:  # nothing left to run (resumed at the end): report the logged tail
+        from rayalign.train.metrics import read_metrics
+
+        last_record = (read_metrics(out) or [{}])[-1]
 
     summary: dict[str, Any] = {"steps": step + 1 if total_steps > start else start, "total_steps": total_steps,
                                "final_loss": last_record.get("loss"), "metrics_file": str(out / "metrics.jsonl"),
