@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sample": ("rayalign.generate.sample:SampleConfig", "rayalign.generate.sample:run_sample"),
     "clair": ("rayalign.generate.clair:ClairConfig", "rayalign.generate.clair:run_clair"),
     "judge": ("rayalign.generate.judge:JudgeConfig", "rayalign.generate.judge:run_judge"),
+    "eval": ("rayalign.eval.stage:EvalConfig", "rayalign.eval.stage:run_eval"),
 }
 
 

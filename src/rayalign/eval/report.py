@@ -1,0 +1,161 @@
+"""The report folder: `report.md` (tables) and PNG plots (matplotlib, Agg backend: no display needed).
+
+Plots: pass rate by constraint kind (baseline vs aligned), the training curve of every training
+stage (from its `metrics.jsonl`: one JSON object per step with `step`, `loss`, `lr`, ...), and the
+reward margins over steps of preference stages (any metrics key containing "margin").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a killed run
+    return rows
+
+
+def training_logs(run_dir: str | Path | None) -> dict[str, list[dict]]:
+    """Stage name → its per-step metrics rows, for every `metrics.jsonl` one or two levels down."""
+    if not run_dir or not Path(run_dir).exists():
+        return {}
+    logs = {}
+    root = Path(run_dir)
+    for p in sorted(list(root.glob("*/metrics.jsonl")) + list(root.glob("*/*/metrics.jsonl"))):
+        rows = [r for r in read_jsonl(p) if "step" in r]
+        if rows:
+            logs[str(p.parent.relative_to(root))] = rows
+    return logs
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: list[dict], keys: list[str], title: str, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, marker="." if len(pts) < 30 else None)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_by_kind(results: dict, path: Path) -> Path:
+    plt = _plt()
+    tags = [t for t in ("baseline", "aligned") if t in results]
+    kinds = sorted(results["aligned"]["ifeval"]["by_kind"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(kinds)), 3.8))
+    width = 0.8 / len(tags)
+    for j, tag in enumerate(tags):
+        vals = [results[tag]["ifeval"]["by_kind"].get(k, 0.0) for k in kinds]
+        ax.bar([i + j * width for i in range(len(kinds))], vals, width, label=f"{tag}")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(kinds))])
+    ax.set_xticklabels(kinds, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("pass rate")
+    ax.set_title("instruction following: pass rate by constraint kind")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _f(v) -> str:
+    return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def _stage_table(run_dir: str | Path | None) -> list[str]:
+    p = Path(run_dir) / "summary.json" if run_dir else None
+    if not p or not p.exists():
+        return []
+    summary = json.loads(p.read_text())
+    lines = ["## Pipeline stages", "", "| stage | kind | status | seconds | rows in / ok / out | key metrics |",
+             "|---|---|---|---:|---|---|"]
+    for s in summary.get("stages", []):
+        c = s.get("counts") or {}
+        rows = f"{c.get('in')} / {c.get('ok')} / {c.get('out_rows')}" if c else ""
+        metrics = ", ".join(f"{k}={_f(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
+        lines.append(f"| {s['name']} | {s['stage']} | {s['status']}{' (skipped)' if s.get('skipped') else ''} | "
+                     f"{_f(s.get('seconds'))} | {rows} | {metrics} |")
+    return lines + [""]
+
+
+def write_report(folder: str | Path, results: dict, run_dir: str | Path | None = None) -> Path:
+    folder = Path(folder)
+    plots = folder / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    tags = [t for t in ("baseline", "aligned") if t in results]
+    md = ["# rayalign evaluation report", ""]
+    md += [f"- {tag}: `{results['models'][tag]}`" for tag in tags]
+    md += [f"- suite: {results.get('suite')} ({results.get('prompts')} prompts)", ""]
+
+    md += ["## Summary", "", "| metric | " + " | ".join(tags) + " |", "|---|" + "---:|" * len(tags)]
+    rows = [("prompt-level accuracy", lambda r: r["ifeval"]["prompt_accuracy"]),
+            ("instruction-level accuracy", lambda r: r["ifeval"]["instruction_accuracy"]),
+            ("reward-model score (mean)", lambda r: r.get("reward", {}).get("mean")),
+            ("held-out preference accuracy", lambda r: r.get("heldout", {}).get("accuracy")),
+            ("held-out log-prob margin", lambda r: r.get("heldout", {}).get("margin"))]
+    for label, get in rows:
+        vals = [get(results[t]) for t in tags]
+        if any(v is not None for v in vals):
+            md.append(f"| {label} | " + " | ".join(_f(v) for v in vals) + " |")
+    md.append("")
+    if "judge" in results:
+        j = results["judge"]
+        md += [f"LLM judge, aligned vs baseline over {j['pairs']} prompts (both orders): win rate "
+               f"**{j['win_rate']:.3f}** ({j['wins']} wins, {j['losses']} losses, {j['ties']} split/unclear).", ""]
+
+    by_kind = results["aligned"]["ifeval"]["by_kind"]
+    counts = results["aligned"]["ifeval"]["kind_counts"]
+    md += ["## Pass rate by constraint kind", "",
+           "| kind | n | " + " | ".join(tags) + (" | Δ |" if len(tags) == 2 else " |"),
+           "|---|---:|" + "---:|" * len(tags) + ("---:|" if len(tags) == 2 else "")]
+    for k in sorted(by_kind):
+        vals = [results[t]["ifeval"]["by_kind"].get(k) for t in tags]
+        delta = f" | {vals[1] - vals[0]:+.3f}" if len(tags) == 2 else ""
+        md.append(f"| {k} | {counts[k]} | " + " | ".join(_f(v) for v in vals) + delta + " |")
+    plot_by_kind(results, plots / "ifeval_by_kind.png")
+    md += ["", "![pass rate by kind](plots/ifeval_by_kind.png)", ""]
+
+    md += _stage_table(run_dir)
+    logs = training_logs(run_dir)
+    if logs:
+        md += ["## Training curves", ""]
+    for name, rows in logs.items():
+        safe = name.replace("/", "_")
+        loss_keys = [k for k in rows[0] if "loss" in k and isinstance(rows[0][k], (int, float))]
+        if loss_keys:
+            plot_curves(rows, loss_keys, f"{name}: loss", plots / f"train_{safe}.png")
+            first, last = rows[0].get(loss_keys[0]), rows[-1].get(loss_keys[0])
+            md += [f"### {name}", "", f"{len(rows)} logged steps; {loss_keys[0]} {_f(first)} → {_f(last)}", "",
+                   f"![{name} loss](plots/train_{safe}.png)", ""]
+        margin_keys = sorted({k for r in rows for k in r if "margin" in k and isinstance(r[k], (int, float))})
+        if margin_keys:
+            plot_curves(rows, margin_keys, f"{name}: reward margins", plots / f"margins_{safe}.png")
+            md += [f"![{name} margins](plots/margins_{safe}.png)", ""]
+    path = folder / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path

@@ -1,0 +1,231 @@
+"""`rayalign eval CONFIG.yaml`: base vs aligned on verifiable instructions, reward, judge, held-out pairs.
+
+    rayalign eval rayjobs/configs/eval.yaml model=runs/q/prefer/final baseline_model=builtin:smollm2-135m-instruct
+
+For `model` and (if given) `baseline_model`:
+1. instruction following: every suite prompt (the project's `suite/ifeval.jsonl`, or any JSONL of
+   {id, prompt, constraints}) is answered through the Engine; `checks.check_response` scores each
+   constraint. Prompt-level accuracy = all constraints of a prompt pass; instruction-level = the
+   share of constraints passed; plus a pass rate per constraint kind.
+2. reward (if `reward_model`): the mean reward-model score of the responses.
+3. judge (if `judge_model` and a baseline): pairwise win rate of `model` against `baseline_model`,
+   each pair judged in both orders; a win counts 1, a loss 0, a split or unparseable verdict ½.
+4. held-out preference accuracy (if `heldout_pairs`, a prepared `pairs` dataset): how often the
+   policy's log-prob margin prefers the chosen response (`prefer.evaluate.preference_accuracy`).
+
+Writes `<output>/results.json`, `<output>/responses.jsonl` and the report folder (`report.md` +
+PNG plots, with training curves from `run_dir`'s stages when given).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from rayalign.config import Cfg, ConfigError
+from rayalign.eval.checks import check_response
+from rayalign.generate.engine import SamplingParams
+
+
+class EvalConfig(Cfg):
+    model: str
+    baseline_model: str | None = None
+    output: str
+    suite: str = "builtin"  # the packaged suite, or a JSONL path of {id, prompt, constraints}
+    limit: int | None = None  # first N suite prompts (quick runs)
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 8
+    max_model_len: int = 2048
+    params: SamplingParams = SamplingParams(max_tokens=192)
+    reward_model: str | None = None
+    judge_model: str | None = None
+    judge_limit: int | None = 40
+    heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
+    heldout_limit: int | None = 200
+    run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
+
+
+def load_suite(spec: str, limit: int | None = None) -> list[dict]:
+    if spec == "builtin":
+        text = resources.files("rayalign.eval").joinpath("suite/ifeval.jsonl").read_text()
+        source = "builtin suite"
+    else:
+        p = Path(spec)
+        if not p.exists():
+            raise ConfigError(f"suite: {spec} does not exist; use 'builtin' or a JSONL of {{id, prompt, constraints}}")
+        text, source = p.read_text(), spec
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("constraints"), list):
+            raise ConfigError(f"{source} line {n}: each row needs 'prompt' (string) and 'constraints' (list)")
+        row.setdefault("id", f"suite-{n}")
+        check_response(row["constraints"], "")  # unknown kinds / bad params fail here, before any generation
+        rows.append(row)
+    return rows[:limit] if limit else rows
+
+
+def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
+    """Greedy (by default) answers through the Engine; a failed row answers "" (and fails its checks)."""
+    from rayalign.generate.engine import EngineConfig, GenRequest, make_engine
+
+    engine = make_engine(EngineConfig(backend=cfg.backend, model=model, batch_size=cfg.batch_size,
+                                      max_model_len=cfg.max_model_len))
+    results = engine.generate([GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params)
+                               for p in prompts])
+    _close(engine)
+    return [r.texts[0] if r.ok and r.texts else "" for r in results]
+
+
+def _close(engine) -> None:
+    close = getattr(engine, "close", None) or getattr(engine, "shutdown", None)
+    if callable(close):
+        close()
+
+
+def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, list[list[bool]]]:
+    passes = [check_response(r["constraints"], text) for r, text in zip(suite, responses)]
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for r, ok in zip(suite, passes):
+        for c, v in zip(r["constraints"], ok):
+            by_kind[c["kind"]].append(v)
+    flat = [v for ok in passes for v in ok]
+    scores = {
+        "prompt_accuracy": sum(all(ok) for ok in passes) / max(len(passes), 1),
+        "instruction_accuracy": sum(flat) / max(len(flat), 1),
+        "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
+        "kind_counts": {k: len(v) for k, v in sorted(by_kind.items())},
+    }
+    return scores, passes
+
+
+def reward_scores(reward_model: str, prompts: list[str], responses: list[str], batch_size: int = 8) -> list[float]:
+    import torch
+
+    from rayalign.data.tokenize import tokenize_pair
+    from rayalign.models.loader import load_tokenizer, resolve_model_path
+    from rayalign.objectives.pairs import collate_sequences, sequence_rewards
+    from rayalign.prefer.evaluate import load_reward_model
+
+    tok = load_tokenizer(reward_model)
+    model = load_reward_model(resolve_model_path(reward_model))
+    seqs = []
+    for p, y in zip(prompts, responses):
+        t = tokenize_pair(tok, [{"role": "user", "content": p}], y, y)  # response on both sides: its ids once
+        seqs.append((t["prompt_ids"], t["chosen_ids"]))
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i:i + batch_size]
+            batch = collate_sequences([s[0] for s in chunk], [s[1] for s in chunk], tok.pad_token_id)
+            out.extend(sequence_rewards(model, batch).tolist())
+    return out
+
+
+def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: list[str]) -> dict:
+    """Each pair is judged twice (ours as A, then as B) so position bias cancels out."""
+    from rayalign.generate.engine import EngineConfig, GenRequest, make_engine
+    from rayalign.generate.prompts import parse_judgement, user_turn
+
+    n = min(len(prompts), cfg.judge_limit or len(prompts))
+    reqs = []
+    for p, a, b in zip(prompts[:n], ours[:n], base[:n]):
+        reqs.append(user_turn("judge", prompt=p, response_a=a, response_b=b))
+        reqs.append(user_turn("judge", prompt=p, response_a=b, response_b=a))
+    engine = make_engine(EngineConfig(backend=cfg.backend, model=cfg.judge_model, batch_size=cfg.batch_size,
+                                      max_model_len=cfg.max_model_len))
+    verdicts = engine.generate([GenRequest(messages=m, params=SamplingParams(max_tokens=16)) for m in reqs])
+    _close(engine)
+    wins = losses = ties = 0
+    for k in range(n):
+        first = parse_judgement(verdicts[2 * k].texts[0] if verdicts[2 * k].ok else "")[0]
+        second = parse_judgement(verdicts[2 * k + 1].texts[0] if verdicts[2 * k + 1].ok else "")[0]
+        ours_first, ours_second = first == "A", second == "B"
+        base_first, base_second = first == "B", second == "A"
+        if ours_first and ours_second:
+            wins += 1
+        elif base_first and base_second:
+            losses += 1
+        else:
+            ties += 1
+    return {"pairs": n, "wins": wins, "losses": losses, "ties": ties,
+            "win_rate": (wins + 0.5 * ties) / max(n, 1)}
+
+
+def heldout_accuracy(model: str, dataset: str, limit: int | None) -> dict:
+    from rayalign.models.loader import load_model, load_tokenizer
+    from rayalign.prefer.evaluate import load_rows, preference_accuracy
+
+    rows = load_rows(dataset, limit)
+    tok = load_tokenizer(model)
+    return preference_accuracy(load_model(model, dtype="fp32"), rows, tok.pad_token_id)
+
+
+def run_eval(cfg: EvalConfig, log=print) -> dict:
+    from rayalign.eval.report import write_report
+
+    t0 = time.time()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    suite = load_suite(cfg.suite, cfg.limit)
+    prompts = [r["prompt"] for r in suite]
+    models = {"aligned": cfg.model}
+    if cfg.baseline_model:
+        models["baseline"] = cfg.baseline_model
+    results: dict = {"models": models, "suite": cfg.suite, "prompts": len(suite)}
+    responses: dict[str, list[str]] = {}
+    passes: dict[str, list[list[bool]]] = {}
+    for tag, spec in models.items():
+        log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
+        responses[tag] = generate(cfg, spec, prompts)
+        results[tag] = {}
+        results[tag]["ifeval"], passes[tag] = instruction_scores(suite, responses[tag])
+        if cfg.reward_model:
+            rewards = reward_scores(cfg.reward_model, prompts, responses[tag], cfg.batch_size)
+            results[tag]["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
+        if cfg.heldout_pairs:
+            results[tag]["heldout"] = heldout_accuracy(spec, cfg.heldout_pairs, cfg.heldout_limit)
+        ife = results[tag]["ifeval"]
+        log(f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
+            f"{ife['instruction_accuracy']:.3f}")
+    if cfg.judge_model and cfg.baseline_model:
+        log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
+        results["judge"] = judge_win_rate(cfg, prompts, responses["aligned"], responses["baseline"])
+    with open(out / "responses.jsonl", "w") as fh:
+        for i, row in enumerate(suite):
+            rec = {"id": row["id"], "prompt": row["prompt"], "constraints": row["constraints"]}
+            for tag in models:
+                rec[tag] = {"response": responses[tag][i], "passed": passes[tag][i]}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    metrics = flat_metrics(results)
+    results["metrics"] = metrics
+    results["seconds"] = round(time.time() - t0, 3)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    report = write_report(out / "report", results, run_dir=cfg.run_dir)
+    log(f"[eval] report: {report}")
+    return {"metrics": metrics, "results": str(out / "results.json"), "report": str(report),
+            "counts": {"in": len(suite), "ok": len(suite), "quarantined": 0, "out_rows": len(suite)}}
+
+
+def flat_metrics(results: dict) -> dict:
+    """The handful of numbers a pipeline summary shows: `aligned/prompt_accuracy`, `judge/win_rate`, ..."""
+    m = {}
+    for tag in ("aligned", "baseline"):
+        r = results.get(tag)
+        if not r:
+            continue
+        m[f"{tag}/prompt_accuracy"] = r["ifeval"]["prompt_accuracy"]
+        m[f"{tag}/instruction_accuracy"] = r["ifeval"]["instruction_accuracy"]
+        if "reward" in r:
+            m[f"{tag}/reward"] = r["reward"]["mean"]
+        if "heldout" in r:
+            m[f"{tag}/heldout_accuracy"] = r["heldout"]["accuracy"]
+    if "judge" in results:
+        m["judge/win_rate"] = results["judge"]["win_rate"]
+    return m

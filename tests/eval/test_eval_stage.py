@@ -1,0 +1,94 @@
+"""The eval stage: scoring by hand-worked numbers, then a real run on the tiny model (HF engine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rayalign.eval.checks import check_response
+from rayalign.eval.report import training_logs, write_report
+from rayalign.eval.stage import EvalConfig, instruction_scores, load_suite, run_eval
+
+REPO = Path(__file__).resolve().parents[2]
+
+SUITE = [
+    {"id": "a", "prompt": "p1", "constraints": [{"kind": "no_commas"}, {"kind": "max_words", "max": 3}]},
+    {"id": "b", "prompt": "p2", "constraints": [{"kind": "lowercase"}]},
+    {"id": "c", "prompt": "p3", "constraints": [{"kind": "no_commas"}]},
+]
+
+
+def test_instruction_scores_by_hand():
+    """Responses: 'one two' passes both of a; 'Hi' fails b's lowercase; 'x, y' fails c's no_commas.
+    Prompt level: 1 of 3 prompts fully passes → 1/3. Instruction level: 2 of 4 constraints → 0.5.
+    By kind: no_commas 1/2, max_words 1/1, lowercase 0/1."""
+    scores, passes = instruction_scores(SUITE, ["one two", "Hi", "x, y"])
+    assert passes == [[True, True], [False], [False]]
+    assert scores["prompt_accuracy"] == pytest.approx(1 / 3)
+    assert scores["instruction_accuracy"] == 0.5
+    assert scores["by_kind"] == {"lowercase": 0.0, "max_words": 1.0, "no_commas": 0.5}
+    assert scores["kind_counts"] == {"lowercase": 1, "max_words": 1, "no_commas": 2}
+
+
+def test_suite_loading_errors(tmp_path):
+    assert len(load_suite("builtin")) >= 100 and len(load_suite("builtin", limit=5)) == 5
+    bad = tmp_path / "s.jsonl"
+    bad.write_text('{"prompt": "x", "constraints": [{"kind": "shout"}]}\n')
+    with pytest.raises(ValueError, match="unknown constraint kind 'shout'"):
+        load_suite(str(bad))
+
+
+def test_report_with_training_curves(tmp_path):
+    run = tmp_path / "run"
+    (run / "sft").mkdir(parents=True)
+    (run / "sft" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 - 0.1 * s, "lr": 1e-4}) + "\n"
+                                                       for s in range(1, 11)))
+    (run / "prefer").mkdir()
+    (run / "prefer" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.69, "margins": 0.05 * s}) + "\n"
+                                                          for s in range(1, 6)) + '{"step": 6, "lo')  # torn last line
+    logs = training_logs(run)
+    assert sorted(logs) == ["prefer", "sft"] and len(logs["prefer"]) == 5
+    scores, _ = instruction_scores(SUITE, ["one two", "Hi", "x, y"])
+    base, _ = instruction_scores(SUITE, ["a, b", "hi", "x y"])
+    results = {"models": {"aligned": "m1", "baseline": "m0"}, "suite": "t", "prompts": 3,
+               "aligned": {"ifeval": scores}, "baseline": {"ifeval": base}}
+    report = write_report(tmp_path / "report", results, run_dir=run)
+    text = report.read_text()
+    assert "| no_commas | 2 | 0.500 | 0.500 | +0.000 |" in text
+    assert "| lowercase | 1 | 1.000 | 0.000 | -1.000 |" in text
+    assert "10 logged steps; loss 2.900 → 2.000" in text
+    for png in ("ifeval_by_kind.png", "train_sft.png", "train_prefer.png", "margins_prefer.png"):
+        assert (tmp_path / "report" / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(300)
+def test_eval_tiny_model_end_to_end(tmp_path):
+    """Aligned and baseline are the same tiny model, decoded greedily: identical answers, equal scores,
+    and a judge that can only split (or fail to parse) → win rate exactly 0.5."""
+    from rayalign.data.prepare import PrepareConfig, run_prepare
+
+    pairs = tmp_path / "pairs"
+    run_prepare(PrepareConfig(kind="pairs", inputs=[str(REPO / "rayjobs/data/pairs.jsonl")], output=str(pairs),
+                              model="tiny-random:llama", max_length=256, pool={"workers": 0}), log=lambda *_: None)
+    cfg = EvalConfig(model="tiny-random:llama", baseline_model="tiny-random:llama", output=str(tmp_path / "eval"),
+                     limit=8, params={"max_tokens": 12}, judge_model="tiny-random:llama", judge_limit=4,
+                     heldout_pairs=str(pairs), heldout_limit=16)
+    out = run_eval(cfg, log=lambda *_: None)
+    m = out["metrics"]
+    assert m["aligned/prompt_accuracy"] == m["baseline/prompt_accuracy"]
+    assert m["aligned/heldout_accuracy"] == m["baseline/heldout_accuracy"]
+    assert 0.0 <= m["aligned/heldout_accuracy"] <= 1.0
+    assert m["judge/win_rate"] == 0.5
+    results = json.loads(Path(out["results"]).read_text())
+    assert results["judge"]["wins"] == results["judge"]["losses"]
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    # the stored pass flags are the checker's verdicts on the stored responses
+    for r in rows:
+        assert r["aligned"]["response"] == r["baseline"]["response"]
+        assert r["aligned"]["passed"] == check_response(r["constraints"], r["aligned"]["response"])
+    flat = [v for r in rows for v in r["aligned"]["passed"]]
+    assert results["aligned"]["ifeval"]["instruction_accuracy"] == pytest.approx(sum(flat) / len(flat))
+    assert Path(out["report"]).exists()
