@@ -74,9 +74,11 @@ def parse_hint(raw: str) -> tuple[str | None, str]:
     text = (raw or "").strip()
     if not text:
         return None, "empty"
-    m = re.search(r"hint\s*:\s*(.+)", text, flags=re.IGNORECASE)
+    m = re.search(r"hint\s*:[ \t]*(.*)", text, flags=re.IGNORECASE)
     if m:
         hint = m.group(1).strip()
+        if not hint:  # a bare "Hint:" label with nothing after it on its line
+            return None, "unparseable"
     else:
         lines = [ln for ln in text.splitlines() if ln.strip()]
         if len(lines) != 1:  # several unlabeled lines: we cannot tell which one is the hint
@@ -89,7 +91,7 @@ def parse_hint(raw: str) -> tuple[str | None, str]:
 def parse_verdict(raw: str) -> tuple[bool | None, str]:
     """→ (accepted?, status). Only an explicit ACCEPT/REJECT counts; anything else is unparseable."""
     text = (raw or "").strip()
-    m = re.search(r"verdict\s*[:\-]?\s*\**\s*(accept|reject)", text, flags=re.IGNORECASE)
+    m = re.search(r"verdict[\s:*\-]*(accept|reject)", text, flags=re.IGNORECASE)
     if not m:
         m = re.match(r"\W*(accept|reject)\b", text, flags=re.IGNORECASE)
     if not m:

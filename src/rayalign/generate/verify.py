@@ -1,12 +1,13 @@
 """Checkable constraints for the verifier-guided reviser: `check(prompt_meta, response) -> bool`.
 
-A prompt's meta may hold ``constraints``: a list of ``{"type": ..., "value": ...}`` dicts, e.g.
-``{"type": "lowercase"}``, ``{"type": "ends_with", "value": "Done"}``, ``{"type": "max_words",
-"value": 20}``. When `rayalign.eval.checks.check_response(constraints, response) -> list[bool]`
-exists (the eval stage's IFEval-like checks) it decides; otherwise the small table below does.
+A prompt's meta may hold ``constraints``: the eval suite's format, a list of ``{"kind": KIND,
+**params}`` dicts such as ``{"kind": "lowercase"}`` or ``{"kind": "end_with", "phrase": "Done"}``.
+Checking is delegated to `rayalign.eval.checks.check_response` (IFEval-like checks, owned by eval),
+so the reviser and the evaluation agree on what "passes" means.
 
 `rule_fix` is the minimal, rule-based revision for the embedded default, where no model stronger
-than the policy exists: it changes only what a failing constraint requires.
+than the policy exists: it changes only what a failing constraint requires, for the kinds that
+have an honest minimal fix (below); other failures are "unfixable".
 """
 
 from __future__ import annotations
@@ -15,21 +16,32 @@ import json
 import re
 from typing import Callable
 
-
-def _words(text: str) -> list[str]:
-    return text.split()
+from rayalign.eval.checks import WORD, check_response
 
 
-# type -> (check(response, value) -> bool, fix(response, value) -> str)
-RULES: dict[str, tuple[Callable[[str, object], bool], Callable[[str, object], str]]] = {
-    "lowercase": (lambda r, v: r == r.lower(), lambda r, v: r.lower()),
-    "uppercase": (lambda r, v: r == r.upper(), lambda r, v: r.upper()),
-    "no_comma": (lambda r, v: "," not in r, lambda r, v: r.replace(",", "")),
-    "ends_with": (lambda r, v: r.rstrip().endswith(str(v)), lambda r, v: f"{r.rstrip()} {v}"),
-    "starts_with": (lambda r, v: r.lstrip().startswith(str(v)), lambda r, v: f"{v} {r.lstrip()}"),
-    "contains": (lambda r, v: str(v).lower() in r.lower(), lambda r, v: f"{r.rstrip()} {v}"),
-    "max_words": (lambda r, v: len(_words(r)) <= int(v), lambda r, v: " ".join(_words(r)[: int(v)])),
-    "min_words": (lambda r, v: len(_words(r)) >= int(v), None),  # no honest minimal fix
+def _drop_words(text: str, words: list[str]) -> str:
+    for w in words:
+        text = re.sub(rf"\b{re.escape(w)}\b\s?", "", text, flags=re.IGNORECASE)
+    return text
+
+
+def _truncate_words(text: str, n: int) -> str:
+    matches = list(WORD.finditer(text))
+    return text if len(matches) <= n else text[: matches[n - 1].end()] if n > 0 else ""
+
+
+# kind -> fix(response, **params) -> str; each touches only what its check looks at
+FIXES: dict[str, Callable[..., str]] = {
+    "lowercase": lambda r: r.lower(),
+    "uppercase": lambda r: r.upper(),
+    "no_commas": lambda r: r.replace(",", ""),
+    "end_with": lambda r, phrase: f"{r.rstrip()} {phrase}",
+    "start_with": lambda r, phrase: f"{phrase} {r.lstrip()}",
+    "include_keywords": lambda r, keywords: r.rstrip() + "".join(
+        f" {k}" for k in keywords if not re.search(rf"\b{re.escape(k)}\b", r, flags=re.IGNORECASE)),
+    "forbidden_words": lambda r, words: _drop_words(r, words),
+    "max_words": lambda r, max: _truncate_words(r, int(max)),  # noqa: A006 (suite param name)
+    "quotation": lambda r: f'"{r.strip()}"',
 }
 
 
@@ -39,35 +51,13 @@ def constraints_of(prompt_meta: dict | str | None) -> list[dict]:
             prompt_meta = json.loads(prompt_meta or "{}")
         except json.JSONDecodeError:
             return []
-    cons = (prompt_meta or {}).get("constraints") or []
-    return [c for c in cons if isinstance(c, dict) and "type" in c]
-
-
-def _external():
-    try:
-        from rayalign.eval.checks import check_response  # type: ignore[attr-defined]
-
-        return check_response
-    except ImportError:
-        return None
-
-
-def check_all(constraints: list[dict], response: str) -> list[bool]:
-    ext = _external()
-    if ext is not None:
-        return [bool(x) for x in ext(constraints, response)]
-    out = []
-    for c in constraints:
-        rule = RULES.get(c["type"])
-        if rule is None:
-            raise ValueError(f"unknown constraint type {c['type']!r}; known: {', '.join(sorted(RULES))}")
-        out.append(bool(rule[0](response, c.get("value"))))
-    return out
+    cons = (prompt_meta or {}).get("constraints") if isinstance(prompt_meta, dict) else None
+    return [c for c in (cons or []) if isinstance(c, dict) and "kind" in c]
 
 
 def check(prompt_meta: dict | str | None, response: str) -> bool:
     """True when the response satisfies every constraint in the prompt's meta (none → True)."""
-    return all(check_all(constraints_of(prompt_meta), response))
+    return all(check_response(constraints_of(prompt_meta), response))
 
 
 def checkable(prompt_meta: dict | str | None) -> bool:
@@ -75,15 +65,19 @@ def checkable(prompt_meta: dict | str | None) -> bool:
 
 
 def rule_fix(prompt_meta: dict | str | None, response: str) -> str | None:
-    """Apply the fix of each failing constraint in order; None when some failure has no fix."""
+    """Apply the fix of each failing constraint; None when the result still fails.
+
+    Fixes can undo each other (appending "Done" breaks `lowercase`), so passes repeat, at most
+    once per constraint, until every check holds.
+    """
     cons = constraints_of(prompt_meta)
     text = response
-    for c, ok in zip(cons, check_all(cons, text)):
-        if ok:
-            continue
-        rule = RULES.get(c["type"])
-        if rule is None or rule[1] is None:
-            return None
-        text = rule[1](text, c.get("value"))
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    return text if check(prompt_meta, text) else None
+    for _ in range(len(cons)):
+        results = check_response(cons, text)
+        if all(results):
+            return text
+        for c, ok in zip(cons, results):
+            fix = FIXES.get(c["kind"])
+            if not ok and fix is not None:
+                text = fix(text, **{k: v for k, v in c.items() if k != "kind"})
+    return text if all(check_response(cons, text)) else None

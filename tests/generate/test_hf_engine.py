@@ -1,0 +1,83 @@
+"""The HF backend on the tiny model: batching with left padding, n/seed, stop strings, per-row
+errors, streaming (deltas join to the generate text) and token counting."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayalign.generate.engine import (Engine, EngineConfig, GenRequest, SamplingParams, _stream_with_stops, cut_at_stop,
+                                      make_engine)
+
+TINY = "tiny-random:llama"
+MSGS = [[{"role": "user", "content": "Hello there, how are you?"}],
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour of the sky at noon."}]]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return make_engine(EngineConfig(backend="hf", model=TINY, max_model_len=256, batch_size=8))
+
+
+def test_protocol_and_counts(engine, tokenizer):
+    assert isinstance(engine, Engine) and engine.model_name == TINY
+    ids = tokenizer.apply_chat_template(MSGS[0], tokenize=False, add_generation_prompt=True)
+    assert engine.count_tokens(messages=MSGS[0]) == len(tokenizer(ids, add_special_tokens=False)["input_ids"])
+    assert engine.count_tokens(prompt="one two") == len(tokenizer("one two")["input_ids"])
+    assert engine.max_context() == 256
+
+
+def test_batched_left_padding_equals_one_by_one(engine):
+    """Greedy outputs must not depend on batch composition: padding is on the left and masked."""
+    p = SamplingParams(max_tokens=10)
+    reqs = [GenRequest(messages=m, params=p) for m in MSGS]
+    batched = engine.generate(reqs)
+    single = [engine.generate([r])[0] for r in reqs]
+    assert [b.texts for b in batched] == [s.texts for s in single]
+    assert [b.completion_tokens for b in batched] == [s.completion_tokens for s in single] == [[10]] * 3
+    assert all(b.finish_reasons == ["length"] for b in batched)
+    assert [b.prompt_tokens for b in batched] == [engine.count_tokens(messages=m) for m in MSGS]
+
+
+def test_n_seed_and_errors_are_rows(engine):
+    samp = SamplingParams(max_tokens=6, temperature=1.0, n=3, seed=7)
+    reqs = [GenRequest(prompt="Once upon a time", params=samp),
+            GenRequest(prompt="word " * 300, params=SamplingParams(max_tokens=6)),  # 301 + 6 > 256
+            GenRequest(params=SamplingParams(max_tokens=6))]  # neither messages nor prompt
+    a, too_long, empty = engine.generate(reqs)
+    assert a.ok and len(a.texts) == 3 and len(set(a.texts)) > 1  # three different samples
+    assert engine.generate([reqs[0]])[0].texts == a.texts  # the seed reproduces them
+    assert not too_long.ok and "max_model_len 256" in too_long.error and too_long.finish_reasons == ["error"]
+    assert not empty.ok and "neither messages nor prompt" in empty.error
+
+
+def test_stop_strings_generate_and_stream_agree(engine):
+    req = GenRequest(messages=MSGS[0], params=SamplingParams(max_tokens=12))
+    full = engine.generate([req])[0].texts[0]
+    stop = full[4:7]  # a stop string the greedy output is known to contain
+    cut = full[: full.find(stop)]
+    sreq = GenRequest(messages=MSGS[0], params=SamplingParams(max_tokens=12, stop=[stop]))
+    res = engine.generate([sreq])[0]
+    assert res.texts == [cut] and res.finish_reasons == ["stop"]
+    assert "".join(engine.stream(sreq)) == cut
+
+
+def test_stream_deltas_join_to_generate(engine):
+    for req in (GenRequest(messages=MSGS[2], params=SamplingParams(max_tokens=12)),
+                GenRequest(prompt="The capital of", params=SamplingParams(max_tokens=12))):
+        deltas = list(engine.stream(req))
+        assert len(deltas) > 1
+        assert "".join(deltas) == engine.generate([req])[0].texts[0]
+    # abandoning a stream early releases the engine (the worker thread is told to stop)
+    it = engine.stream(GenRequest(prompt="a", params=SamplingParams(max_tokens=50)))
+    next(it)
+    it.close()
+    assert engine.generate([GenRequest(prompt="a", params=SamplingParams(max_tokens=2))])[0].ok
+
+
+def test_stop_helpers():
+    assert cut_at_stop("abc. def\n", ["\n", "."]) == ("abc", True)
+    assert cut_at_stop("abc", ["x", ""]) == ("abc", False)
+    # a stop string split across deltas is never emitted, and no text after it
+    assert "".join(_stream_with_stops(iter(["ab", "c<", "/s", ">tail"]), ["</s>"])) == "abc"
+    assert "".join(_stream_with_stops(iter(["ab", "c<"]), ["</s>"])) == "abc<"

@@ -1,0 +1,164 @@
+"""Pure parts of the generation stages: templates (snapshots), reply parsers fed malformed output,
+contrast stats worked by hand, verifier checks and rule fixes, status decisions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rayalign.generate import verify
+from rayalign.generate.clair import decide, read_input
+from rayalign.generate.contrast import contrast_stats, edit_distance, normalised_edit_distance, token_jaccard
+from rayalign.generate.judge import combine
+from rayalign.generate.pas import augment, rule_check, script_of
+from rayalign.generate.prompts import (TEMPLATES, parse_hint, parse_judgement, parse_revision, parse_rewrite,
+                                       parse_verdict, render, template_version)
+from rayalign.generate.rewrite import judge_rewrite
+
+SNAP = Path(__file__).parent / "snapshots"
+VALUES = {
+    "rewrite": dict(document="Water boils at 50 degrees. {braces} and $x$ stay."),
+    "pas_hint": dict(prompt="How do I bake bread?", max_words="30"),
+    "pas_critique": dict(prompt="How do I bake bread?", hint="Cover ingredients, proofing time and oven temperature."),
+    "clair_revise": dict(prompt="What is 2+2?", response="2+2 is 5."),
+    "judge": dict(prompt="What is 2+2?", response_a="4", response_b="5"),
+}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_snapshot(name):
+    """Rendered prompts are compared with files under snapshots/ (UPDATE_SNAPSHOTS=1 rewrites them)."""
+    text = render(name, **VALUES[name])
+    path = SNAP / f"{name}.txt"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.write_text(text + "\n")
+    assert text + "\n" == path.read_text()
+    assert "$" not in text.replace("$x$", "")  # every placeholder was filled
+    assert template_version(name).startswith(f"{name}@") and len(template_version(name)) == len(name) + 9
+
+
+def test_render_missing_value_raises():
+    with pytest.raises(KeyError):
+        render("judge", prompt="p", response_a="a")
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("[UNCHANGED]", (None, "unchanged")),
+    ("  unchanged. ", (None, "unchanged")),
+    ("", (None, "empty")),
+    ("Here is the rewritten document:\nWater boils at 100 °C.", ("Water boils at 100 °C.", "ok")),
+    ("Rewritten document: Water boils.", ("Water boils.", "ok")),
+    ("Sure:\n\n", (None, "empty")),
+])
+def test_parse_rewrite(raw, expected):
+    assert parse_rewrite(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("Hint: mention flour, water, yeast.", ("mention flour, water, yeast.", "ok")),
+    ('hint:   "Give the oven temperature."\nextra chatter', ("\"Give the oven temperature.\"".strip('"'), "ok")),
+    ("Cover proofing time.", ("Cover proofing time.", "ok")),
+    ("first line\nsecond line", (None, "unparseable")),
+    ("   ", (None, "empty")),
+    ("Hint:", (None, "unparseable")),
+    (None, (None, "empty")),
+])
+def test_parse_hint(raw, expected):
+    assert parse_hint(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("VERDICT: ACCEPT", (True, "ok")),
+    ("verdict - reject - it answers the prompt", (False, "ok")),
+    ("**Verdict:** **Reject**", (False, "ok")),
+    ("Accept.", (True, "ok")),
+    ("I think the hint is fine", (None, "unparseable")),
+    ("", (None, "unparseable")),
+])
+def test_parse_verdict(raw, expected):
+    assert parse_verdict(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("Better: A", ("A", "ok")),
+    ("better response: (b)", ("B", "ok")),
+    ("[[A]]", ("A", "ok")),
+    ("B", ("B", "ok")),
+    ("Better: A. Actually Better: B", (None, "ambiguous")),
+    ("Both are good.", (None, "unparseable")),
+    ("", (None, "unparseable")),
+])
+def test_parse_judgement(raw, expected):
+    assert parse_judgement(raw) == expected
+
+
+def test_parse_revision_malformed():
+    assert parse_revision("") == (None, "empty")
+    assert parse_revision("Here's the revised response:\n") == (None, "empty")
+    assert parse_revision("Revised response: 2+2 is 4.") == ("2+2 is 4.", "ok")
+
+
+def test_contrast_stats_by_hand():
+    """'the cat sat' vs 'the dog sat': sets {the,cat,sat} / {the,dog,sat} → |∩|=2, |∪|=4 → 0.5;
+    token edit distance 1 (one substitution) / 3 tokens → 1/3."""
+    assert token_jaccard("the cat sat", "the dog sat") == 0.5
+    assert normalised_edit_distance("the cat sat", "the dog sat") == pytest.approx(1 / 3)
+    assert edit_distance(list("kitten"), list("sitting")) == 3  # the textbook example
+    assert contrast_stats("", "") == {"jaccard": 1.0, "edit_distance": 0.0}
+    assert contrast_stats("a b", "c d") == {"jaccard": 0.0, "edit_distance": 1.0}
+
+
+def test_verify_uses_eval_checks_and_rule_fix():
+    meta = {"constraints": [{"kind": "lowercase"}, {"kind": "end_with", "phrase": "Done"}, {"kind": "no_commas"}]}
+    assert not verify.check(meta, "Rome, Italy.")
+    # the fixes interact (appending "Done" breaks lowercase): repeated passes reach a fixed point
+    assert verify.rule_fix(meta, "Rome, Italy.") == "rome italy. done"
+    assert verify.check('{"constraints": [{"kind": "max_words", "max": 2}]}', "one two")  # meta as JSON text
+    assert verify.rule_fix({"constraints": [{"kind": "max_words", "max": 2}]}, "one two three.") == "one two"
+    assert verify.rule_fix({"constraints": [{"kind": "min_words", "min": 5}]}, "too short") is None  # no honest fix
+    assert verify.check({}, "anything") and not verify.checkable("{}") and not verify.checkable("not json")
+
+
+def test_rewrite_statuses():
+    orig = "Water boils at 50 degrees at sea level."
+    assert judge_rewrite(orig, "", "error", 0.6, 1.8) == ("", "engine_error", 0.0)
+    assert judge_rewrite(orig, "[UNCHANGED]", "stop", 0.6, 1.8) == (orig, "unchanged", 1.0)
+    assert judge_rewrite(orig, f"  {orig}\n", "stop", 0.6, 1.8)[1] == "unchanged"
+    assert judge_rewrite(orig, "Water boils.", "stop", 0.6, 1.8)[1] == "too_short"  # 12/39 chars
+    assert judge_rewrite(orig, orig * 3, "stop", 0.6, 1.8)[1] == "too_long"
+    assert judge_rewrite(orig, "Water boils at", "length", 0.6, 1.8)[1] == "truncated"
+    text, status, ratio = judge_rewrite(orig, "Water boils at 100 degrees at sea level.", "stop", 0.6, 1.8)
+    assert status == "rewritten" and ratio == pytest.approx(40 / 39)
+
+
+def test_pas_rules():
+    assert script_of("How are you?") == "LATIN" and script_of("你好吗") == "CJK" and script_of("123") is None
+    assert rule_check("How do I bake bread?", "Mention proofing.", 30) == "ok"
+    assert rule_check("How do I bake bread?", "word " * 31, 30) == "too_long"
+    assert rule_check("How do I bake bread?", "提到发酵时间", 30) == "language_changed"
+    assert rule_check("How do I bake bread?", "how do i bake  bread?", 30) == "echoes_prompt"
+    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    assert augment(msgs, "H")[2]["content"] == "Q2\n\nH" and msgs[2]["content"] == "Q2"
+
+
+def test_judge_combine_position_bias():
+    assert combine("A", "B", swap=True) == ("A", "judged")  # B in swapped order = A in original order
+    assert combine("A", "A", swap=True) == (None, "inconsistent")
+    assert combine("B", None, swap=True) == (None, "judge_unparseable")
+    assert combine("B", None, swap=False) == ("B", "judged")
+    assert combine(None, "A", swap=True) == (None, "judge_unparseable")
+
+
+def test_clair_decide_and_input():
+    assert decide("x", "y", "ok", "stop") == ("y", "revised")
+    assert decide("a  b", "a b", "ok", "stop") == (None, "identical")
+    assert decide("x", None, "empty", "stop") == (None, "empty")
+    assert decide("x", "y", "ok", "length") == (None, "truncated")
+    assert decide("x", None, "engine_error", "error") == (None, "engine_error")
+    ok = ["ok", "truncated"]
+    assert read_input({"id": "1", "prompt": "Q", "response": "A"}, ok)[1] == "ok"
+    assert read_input({"id": "1", "prompt": "Q", "response": "A", "status": "engine_error"}, ok)[1] == "input_engine_error"
+    assert read_input({"id": "1", "prompt": "Q", "response": " "}, ok)[1] == "input_no_response"
+    assert read_input({"id": "1", "response": "A"}, ok)[1] == "input_missing_field"
