@@ -44,7 +44,8 @@ class PasCfg(Cfg):
     enabled: bool = False
     # Model spec of the hint model; None reuses the served model itself.
     model: str | None = None
-    max_hint_tokens: int = Field(48, ge=1)
+    max_hint_tokens: int = Field(64, ge=1)
+    max_words: int = Field(30, ge=1)  # hints longer than this are dropped (PAS rule check)
 
 
 class ServeConfig(Cfg):

@@ -26,7 +26,18 @@ from rayalign.serve.config import ServeConfig
 
 log = logging.getLogger("ray.serve")
 
-_END = object()
+class _End:
+    """End of an engine stream, carrying the generator's return value (usage info, if any)."""
+
+    def __init__(self, value):
+        self.value = value if isinstance(value, dict) else {}
+
+
+def _next(it):
+    try:
+        return next(it)
+    except StopIteration as stop:
+        return _End(stop.value)
 
 
 def build_engine(cfg: ServeConfig, model: str | None = None, adapter: str | None = None):
@@ -55,6 +66,8 @@ class EngineServer:
         self._batched.set_batch_wait_timeout_s(self.cfg.batch.batch_wait_timeout_s)
         self.active_streams = 0
         self.streams_cancelled = 0
+        self.deltas_streamed = 0
+        self.last_hint: str | None = None  # the latest PAS hint (introspection for tests)
         self.batch_sizes: list[int] = []  # last batch sizes, for tests and the benchmark
         # One thread per request this replica may hold at once (+ spares). With the small default
         # pool, streams parked on the engine's lock could starve the stream holding it: deadlock.
@@ -89,15 +102,17 @@ class EngineServer:
         return GenRequest(messages=req.messages, prompt=req.prompt, params=params, request_id=req.request_id)
 
     def _with_hint(self, messages: list[dict]) -> list[dict]:
-        user = pas_mod.last_user_text(messages)
-        if user is None:
+        if not any(m.get("role") == "user" for m in messages):
             return messages
+        words = self.cfg.pas.max_words
         hint_params = SamplingParams(temperature=0.0, max_tokens=self.cfg.pas.max_hint_tokens)
-        [res] = self.hint_engine.generate([GenRequest(messages=pas_mod.hint_messages(user), params=hint_params)])
+        [res] = self.hint_engine.generate([GenRequest(messages=pas_mod.hint_messages(messages, words),
+                                                      params=hint_params)])
         if not res.ok:  # a failed hint must not fail the user's request: answer without it
             log.warning("PAS hint failed: %s", res.error)
             return messages
-        return pas_mod.augment(messages, pas_mod.clean_hint(res.texts[0]))
+        self.last_hint = pas_mod.accept_hint(messages, res.texts[0], words)
+        return pas_mod.augment(messages, self.last_hint)
 
     # -- non-streaming -------------------------------------------------------------------------
 
@@ -137,6 +152,7 @@ class EngineServer:
         yield {"prompt_tokens": n_prompt}
         loop = asyncio.get_running_loop()
         self.active_streams += 1
+        it, pending = None, None  # the engine iterator being consumed and its in-flight next()
         try:
             p = admitted.params
             for index in range(p.n):
@@ -144,30 +160,38 @@ class EngineServer:
                 seed = None if p.seed is None else p.seed + index
                 one = GenRequest(messages=admitted.messages, prompt=admitted.prompt,
                                  params=p.model_copy(update={"n": 1, "seed": seed}), request_id=admitted.request_id)
-                it = self.engine.stream(one)
-                parts: list[str] = []
+                it, parts = self.engine.stream(one), []
                 while True:
-                    fut = loop.run_in_executor(self.pool, next, it, _END)
-                    try:
-                        delta = await asyncio.shield(fut)
-                    except asyncio.CancelledError:
-                        # The client left. The worker thread is inside next(); close the iterator
-                        # once that returns (closing a running generator is an error), which
-                        # stops the engine's generation.
-                        self.streams_cancelled += 1
-                        fut.add_done_callback(lambda _f, it=it: self.pool.submit(_close, it))
-                        raise
-                    if delta is _END:
+                    # shield: a cancellation must not orphan the thread's result (see finally)
+                    pending = loop.run_in_executor(self.pool, _next, it)
+                    delta = await asyncio.shield(pending)
+                    pending = None
+                    if isinstance(delta, _End):
+                        end_info = delta.value
                         break
                     if delta:
                         parts.append(delta)
+                        self.deltas_streamed += 1
                         yield {"index": index, "delta": delta}
-                text = "".join(parts)
-                n_tok = await self._run(self._count, text)
-                finish = "length" if n_tok >= p.max_tokens else "stop"
+                it = None
+                if "completion_tokens" in end_info:  # exact counts from the engine
+                    n_tok, finish = end_info["completion_tokens"], end_info.get("finish_reason", "stop")
+                else:  # an engine that only yields text: re-tokenise (close, not always exact)
+                    n_tok = await self._run(self._count, "".join(parts))
+                    finish = "length" if n_tok >= p.max_tokens else "stop"
                 yield {"index": index, "finish_reason": finish, "completion_tokens": n_tok}
         finally:
             self.active_streams -= 1
+            if it is not None:
+                # Abandoned mid-choice (client gone: Serve cancelled us at an await, or closed us
+                # at a yield). Closing the engine iterator stops its generation; if a worker is
+                # still inside next(), close after it returns (closing a running generator fails).
+                self.streams_cancelled += 1
+                abandoned = it
+                if pending is not None and not pending.done():
+                    pending.add_done_callback(lambda _f: self.pool.submit(_close, abandoned))
+                else:
+                    self.pool.submit(_close, abandoned)
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -177,6 +201,7 @@ class EngineServer:
 
     async def stats(self) -> dict[str, Any]:
         return {"active_streams": self.active_streams, "streams_cancelled": self.streams_cancelled,
+                "deltas_streamed": self.deltas_streamed,
                 "batch_sizes": list(self.batch_sizes)}
 
     async def check_health(self) -> None:

@@ -1,51 +1,39 @@
 """PAS at serve time: a hint model writes a short complement to the user's prompt, and the served
 model answers the prompt with that complement appended (Baichuan Alignment report, PAS).
 
-The hint supplements the question (what to cover, which constraints matter); it never answers
-it. The project's PAS stage owns the canonical template; until it exposes one, this module uses
-the simple template below so the serving hook works on its own.
+The template, parser, rule checks and the way a hint is appended are the PAS stage's own
+(`rayalign.generate.pas` / `generate.prompts`), so serve-time hints match the ones in SFT data.
+There is no critic pass at serve time (it would double the latency); a hint that fails the rule
+checks is dropped and the prompt is answered as is.
 """
 
 from __future__ import annotations
 
-HINT_SYSTEM = (
-    "You improve prompts. Given a user's prompt, write ONE short complementary hint (at most 30 words) "
-    "that tells an assistant what a great answer should cover or respect. Do not answer the prompt."
-)
+from rayalign.generate.pas import augment as _augment
+from rayalign.generate.pas import rule_check
+from rayalign.generate.prompts import parse_hint, prompt_text, user_turn
 
 
-def hint_messages(user_text: str) -> list[dict]:
-    """Chat messages asking the hint model for a complement of `user_text`."""
-    try:  # the PAS stage's template, once it exists, wins over the fallback above
-        from rayalign.generate.tasks import pas_hint_messages  # type: ignore[attr-defined]
-
-        return pas_hint_messages(user_text)
-    except ImportError:
-        return [{"role": "system", "content": HINT_SYSTEM},
-                {"role": "user", "content": f"Prompt:\n{user_text}\n\nHint:"}]
+def hint_messages(messages: list[dict], max_words: int) -> list[dict]:
+    """Chat messages asking the hint model for a complement of the conversation's last user turn."""
+    return user_turn("pas_hint", prompt=_prompt(messages), max_words=str(max_words))
 
 
-def clean_hint(text: str, max_words: int = 30) -> str:
-    """First paragraph of the hint, capped at `max_words` words (a 135M model rambles)."""
-    first = text.strip().split("\n\n")[0].strip()
-    words = first.split()
-    return " ".join(words[:max_words])
+def accept_hint(messages: list[dict], raw: str, max_words: int) -> str | None:
+    """The parsed hint if it passes the PAS stage's rule checks, else None."""
+    hint, status = parse_hint(raw)
+    if hint is None or status != "ok":
+        return None
+    return hint if rule_check(_prompt(messages), hint, max_words) == "ok" else None
 
 
-def augment(messages: list[dict], hint: str) -> list[dict]:
-    """Append the hint to the last user turn; other turns are untouched (copies, not mutations)."""
-    if not hint:
+def augment(messages: list[dict], hint: str | None) -> list[dict]:
+    """The messages with the hint appended to the last user turn (copies; input untouched)."""
+    if not hint or not any(m.get("role") == "user" for m in messages):
         return messages
-    out = [dict(m) for m in messages]
-    for m in reversed(out):
-        if m.get("role") == "user":
-            m["content"] = f"{m.get('content') or ''}\n\n{hint}"
-            break
-    return out
+    return _augment(messages, hint)
 
 
-def last_user_text(messages: list[dict]) -> str | None:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return m.get("content") or ""
-    return None
+def _prompt(messages: list[dict]) -> str:
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    return prompt_text(messages[: last + 1])

@@ -1,0 +1,78 @@
+"""Pure checks of the wire format and config (no Ray, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rayalign.config import ConfigError, load_config
+from rayalign.serve import pas
+from rayalign.serve.config import ServeConfig
+from rayalign.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, parse_body, sse
+
+
+def test_parse_body_errors():
+    with pytest.raises(ApiError) as ei:
+        parse_body(b"x" * 2000, ChatCompletionRequest, limit=1024)
+    assert ei.value.status == 413
+    with pytest.raises(ApiError) as ei:
+        parse_body(b"{nope", ChatCompletionRequest, limit=1024)
+    assert ei.value.status == 400 and ei.value.code == "invalid_json"
+    with pytest.raises(ApiError) as ei:
+        parse_body(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                               "top_p": 0}).encode(), ChatCompletionRequest, limit=1024)
+    assert ei.value.param == "top_p" and ei.value.status == 400
+
+
+def test_request_normalisation():
+    r = parse_body(json.dumps({"model": "m", "messages": [
+        {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]},
+        {"role": "user", "content": "hi"}], "stop": "END", "max_completion_tokens": 5,
+        "frequency_penalty": 0.5}).encode(), ChatCompletionRequest, limit=4096)
+    assert r.chat_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert r.stop == ["END"] and r.requested_max_tokens() == 5
+    c = parse_body(b'{"model": "m", "prompt": ["only one"]}', CompletionRequest, limit=4096)
+    assert c.prompt == "only one"
+    with pytest.raises(ApiError) as ei:
+        parse_body(b'{"model": "m", "prompt": ["a", "b"]}', CompletionRequest, limit=4096)
+    assert ei.value.param == "prompt"
+
+
+def test_sse_framing():
+    assert sse("[DONE]") == b"data: [DONE]\n\n"
+    assert sse({"a": 1}) == b'data: {"a":1}\n\n'
+
+
+def test_config_defaults_and_errors(tmp_path):
+    cfg = ServeConfig()
+    assert cfg.host == "127.0.0.1" and cfg.ingress_num_cpus == 0
+    p = tmp_path / "s.yaml"
+    p.write_text("model: tiny-random:llama\nautoscaling: {min_replicas: 3, max_replicas: 2}\n")
+    with pytest.raises(ConfigError, match="min_replicas"):
+        load_config(ServeConfig, p)
+    p.write_text("modle: x\n")
+    with pytest.raises(ConfigError, match="modle"):
+        load_config(ServeConfig, p)
+
+
+def test_cli_flags_override_yaml(tmp_path):
+    from rayalign.serve.cli import parse_config
+
+    p = tmp_path / "s.yaml"
+    p.write_text("model: tiny-random:llama\nport: 9000\n")
+    cfg = parse_config(["--config", str(p), "--port", "9001", "--api-key", "123", "batch.max_batch_size=2"])
+    assert (cfg.port, cfg.api_key, cfg.batch.max_batch_size, cfg.model) == (9001, "123", 2, "tiny-random:llama")
+
+
+def test_pas_hint_parsing_and_augment():
+    msgs = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "List two fruits."}]
+    assert "List two fruits." in pas.hint_messages(msgs, 30)[0]["content"]
+    hint = pas.accept_hint(msgs, "Hint: Name common fruits, one per line.", 30)
+    assert hint == "Name common fruits, one per line."
+    assert pas.accept_hint(msgs, "Hint: " + "word " * 40, 30) is None  # too long: dropped
+    out = pas.augment(msgs, hint)
+    assert out[2]["content"] == "List two fruits.\n\nName common fruits, one per line."
+    assert out[0] == msgs[0] and msgs[2]["content"] == "List two fruits."
+    assert pas.augment(msgs, None) is msgs
