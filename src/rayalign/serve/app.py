@@ -241,3 +241,17 @@ def build_app(cfg: ServeConfig):
         max_queued_requests=cfg.ingress_max_ongoing_requests,
     )
     return ingress.bind(engine, cfg.model_dump())
+
+
+def app_builder(args: dict):
+    """Serve application builder: `import_path: rayalign.serve.app:app_builder` with `args:` being a
+    ServeConfig mapping (KubeRay RayService serveConfigV2, `serve run`, `serve deploy`).
+    `api_key` falls back to $RAYALIGN_API_KEY so manifests can take it from a Secret."""
+    import os
+
+    from rayalign.config import validate_config
+
+    data = dict(args or {})
+    if not data.get("api_key") and os.environ.get("RAYALIGN_API_KEY"):
+        data["api_key"] = os.environ["RAYALIGN_API_KEY"]
+    return build_app(validate_config(ServeConfig, data, "serve application args"))
