@@ -81,3 +81,25 @@ def test_stop_helpers():
     # a stop string split across deltas is never emitted, and no text after it
     assert "".join(_stream_with_stops(iter(["ab", "c<", "/s", ">tail"]), ["</s>"])) == "abc"
     assert "".join(_stream_with_stops(iter(["ab", "c<"]), ["</s>"])) == "abc<"
+
+
+def test_adapter_is_applied(engine, tmp_path):
+    """A LoRA folder given as `adapter` changes the greedy output exactly as the peft model does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from rayalign.models.loader import load_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(load_model(TINY), LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False))
+    lora.save_pretrained(str(tmp_path / "lora"))
+    adapted = make_engine(EngineConfig(backend="hf", model=TINY, max_model_len=256, adapter=str(tmp_path / "lora")))
+    req = GenRequest(messages=MSGS[0], params=SamplingParams(max_tokens=8))
+    got = adapted.generate([req])[0].texts[0]
+    ids = engine.render_ids(messages=MSGS[0])
+    with torch.inference_mode():
+        ref = lora.eval().generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                   max_new_tokens=8, do_sample=False, pad_token_id=engine.tok.pad_token_id)
+    assert got == engine.tok.decode(ref[0, len(ids):], skip_special_tokens=True)
+    assert got != engine.generate([req])[0].texts[0]
