@@ -19,13 +19,15 @@ A pipeline YAML:
 Rules, in the order they apply to each stage's `config`:
 1. `defaults`: a key is copied into a stage's config when the stage's config class has that field
    and the stage does not set it (so `model` reaches every stage that takes a model).
-2. `output`: when the config class has an `output` field and the stage leaves it out, it becomes
-   `<run_dir>/<name>`.
+2. `output` / `output_dir`: when the config class has such a field and the stage leaves it out, it
+   becomes `<run_dir>/<name>`.
 3. `${...}` references: `${run_dir}`, `${defaults.KEY}`, `${stages.NAME.KEY[.SUB...]}`. A stage
    reference looks the key up in that (earlier) stage's result dict first — e.g. `checkpoint`
    of a training stage, `counts` of a dataset stage — then in its resolved config (e.g. `output`).
-   A string that is exactly one reference takes the referenced value with its type; a reference
-   inside a longer string is pasted in as text.
+   `${stages.NAME.config.KEY}` always reads the config. A string that is exactly one reference
+   takes the referenced value with its type; a reference inside a longer string is pasted in as
+   text. `--dry-run` validates configs before any stage ran: references to results not known yet
+   become placeholder strings such as "<stages.sft.checkpoint>".
 
 A finished stage records `<run_dir>/<name>/stage.json` (status, config hash, result); a re-run
 skips a stage whose record is complete with an equal config hash, and re-runs a half-finished one,
@@ -62,6 +64,7 @@ STAGE_RECORD = "stage.json"
 SUMMARY = "summary.json"
 # result keys too bulky for summaries (per-shard reports stay in the stage's own manifest)
 BULKY_KEYS = ("shards",)
+OUTPUT_FIELDS = ("output", "output_dir")
 REF = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -149,11 +152,16 @@ def _lookup(ctx: dict, ref: str, where: str) -> Any:
                               f"(earlier stages: {earlier})")
         entry = ctx["stages"][name]
         result, config = entry["result"], entry["config"]
+        if parts[2] == "config" and len(parts) >= 4:  # explicit: the stage's resolved config
+            return _walk(config, parts[3:], ref, where)
         if result is not None and parts[2] in result:
             return _walk(result, parts[2:], ref, where)
-        if parts[2] in config:
+        if parts[2] in config and not (result is None and isinstance(config[parts[2]], dict)):
             return _walk(config, parts[2:], ref, where)
-        if result is None:  # the stage has not run (dry run): its result keys are unknown yet
+        if result is None:
+            # the stage has not run (dry run): its result keys are unknown yet. A config *section*
+            # of the same name (a training stage's `checkpoint:` settings) is not what
+            # `${stages.sft.checkpoint}` means, so it stays a placeholder too.
             return _Unresolved(f"<{ref}>")
         raise ConfigError(f"{where}: ${{{ref}}}: stage {name!r} has no {parts[2]!r} in its result "
                           f"({', '.join(sorted(result))}) or config ({', '.join(sorted(config))})")
@@ -205,8 +213,9 @@ def resolve_stage(pipe: PipelineConfig, index: int, ctx: dict, source: str = "<p
     for key, val in pipe.defaults.items():
         if key in fields and key not in raw:
             raw[key] = copy.deepcopy(val)
-    if "output" in fields and "output" not in raw:
-        raw["output"] = str(stage_dir(pipe.run_dir, spec.name))
+    for key in OUTPUT_FIELDS:  # dataset stages name it `output`, training stages `output_dir`
+        if key in fields and key not in raw:
+            raw[key] = str(stage_dir(pipe.run_dir, spec.name))
     raw = interpolate(raw, ctx, f"{where}.config")
     return validate_config(cfg_cls, raw, where), run_fn
 
@@ -261,10 +270,12 @@ def stage_summary(spec: StageSpec, record: dict, skipped: bool) -> dict:
     metrics = result.get("metrics")
     if not isinstance(metrics, dict):  # dataset stages: their top-level numbers (packing_efficiency, ...)
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    config = record.get("config") or {}
+    output = next((config[k] for k in OUTPUT_FIELDS if config.get(k)), None)
     return {
         "name": spec.name, "stage": spec.stage, "status": record.get("status"), "skipped": skipped,
         "seconds": record.get("seconds"), "config_hash": record.get("config_hash"),
-        "output": (record.get("config") or {}).get("output"), "checkpoint": result.get("checkpoint"),
+        "output": output, "checkpoint": result.get("checkpoint"),
         "counts": result.get("counts"), "metrics": metrics, "result": result,
     }
 
@@ -414,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             cfgs = validate_pipeline(pipe, args.pipeline)
             for spec, cfg in zip(pipe.stages, cfgs):
-                console.print(f"[green]✓[/green] {spec.name} ({spec.stage}): {json.dumps(cfg.model_dump(mode='json'))[:300]}")
+                print(f"ok {spec.name} ({spec.stage}): {json.dumps(cfg.model_dump(mode='json'))[:160]}")
             return 0
         resume = "rayalign run " + " ".join(shlex.quote(a) for a in [args.pipeline, *args.overrides])
         run_pipeline(pipe, source=args.pipeline, resume_cmd=resume, stop_after=args.stop_after, console=console)

@@ -24,11 +24,9 @@ import time
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
-from typing import Literal
-
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.checks import check_response
-from rayalign.generate.engine import SamplingParams
+from rayalign.generate.engine import EngineConfig, SamplingParams
 
 
 class EvalConfig(Cfg):
@@ -37,16 +35,20 @@ class EvalConfig(Cfg):
     output: str
     suite: str = "builtin"  # the packaged suite, or a JSONL path of {id, prompt, constraints}
     limit: int | None = None  # first N suite prompts (quick runs)
-    backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = 8
-    max_model_len: int = 2048
+    # how to run each model: backend, dtype, batch size, tensor parallelism (its `model` is replaced
+    # by `model` / `baseline_model`); `judge_engine` the same for the judge (default: `engine`)
+    engine: EngineConfig = EngineConfig()
     params: SamplingParams = SamplingParams(max_tokens=192)
     reward_model: str | None = None
     judge_model: str | None = None
+    judge_engine: EngineConfig | None = None
     judge_limit: int | None = 40
     heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
     heldout_limit: int | None = 200
     run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
+    # > 0: every model runs in a Ray task holding this many GPUs (a GPU cluster's CPU head cannot
+    # host the engine); 0: in this process
+    num_gpus: float = 0.0
 
 
 def load_suite(spec: str, limit: int | None = None) -> list[dict]:
@@ -71,12 +73,23 @@ def load_suite(spec: str, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+def on_device(cfg: EvalConfig, fn, *args):
+    """Run `fn(*args)` here, or in a Ray task with `num_gpus` GPUs when the config asks for them."""
+    if cfg.num_gpus <= 0:
+        return fn(*args)
+    import ray
+
+    from rayalign.raycluster import ensure_ray
+
+    ensure_ray()
+    return ray.get(ray.remote(num_gpus=cfg.num_gpus, num_cpus=1)(fn).remote(*args))
+
+
 def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
     """Greedy (by default) answers through the Engine; a failed row answers "" (and fails its checks)."""
-    from rayalign.generate.engine import EngineConfig, GenRequest, make_engine
+    from rayalign.generate.engine import GenRequest, make_engine
 
-    engine = make_engine(EngineConfig(backend=cfg.backend, model=model, batch_size=cfg.batch_size,
-                                      max_model_len=cfg.max_model_len))
+    engine = make_engine(cfg.engine.model_copy(update={"model": model}))
     results = engine.generate([GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params)
                                for p in prompts])
     _close(engine)
@@ -130,7 +143,7 @@ def reward_scores(reward_model: str, prompts: list[str], responses: list[str], b
 
 def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: list[str]) -> dict:
     """Each pair is judged twice (ours as A, then as B) so position bias cancels out."""
-    from rayalign.generate.engine import EngineConfig, GenRequest, make_engine
+    from rayalign.generate.engine import GenRequest, make_engine
     from rayalign.generate.prompts import parse_judgement, user_turn
 
     n = min(len(prompts), cfg.judge_limit or len(prompts))
@@ -138,8 +151,7 @@ def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: l
     for p, a, b in zip(prompts[:n], ours[:n], base[:n]):
         reqs.append(user_turn("judge", prompt=p, response_a=a, response_b=b))
         reqs.append(user_turn("judge", prompt=p, response_a=b, response_b=a))
-    engine = make_engine(EngineConfig(backend=cfg.backend, model=cfg.judge_model, batch_size=cfg.batch_size,
-                                      max_model_len=cfg.max_model_len))
+    engine = make_engine((cfg.judge_engine or cfg.engine).model_copy(update={"model": cfg.judge_model}))
     verdicts = engine.generate([GenRequest(messages=m, params=SamplingParams(max_tokens=16)) for m in reqs])
     _close(engine)
     wins = losses = ties = 0
@@ -183,20 +195,20 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     passes: dict[str, list[list[bool]]] = {}
     for tag, spec in models.items():
         log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-        responses[tag] = generate(cfg, spec, prompts)
+        responses[tag] = on_device(cfg, generate, cfg, spec, prompts)
         results[tag] = {}
         results[tag]["ifeval"], passes[tag] = instruction_scores(suite, responses[tag])
         if cfg.reward_model:
-            rewards = reward_scores(cfg.reward_model, prompts, responses[tag], cfg.batch_size)
+            rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses[tag], cfg.engine.batch_size)
             results[tag]["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
         if cfg.heldout_pairs:
-            results[tag]["heldout"] = heldout_accuracy(spec, cfg.heldout_pairs, cfg.heldout_limit)
+            results[tag]["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
         ife = results[tag]["ifeval"]
         log(f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
             f"{ife['instruction_accuracy']:.3f}")
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
-        results["judge"] = judge_win_rate(cfg, prompts, responses["aligned"], responses["baseline"])
+        results["judge"] = on_device(cfg, judge_win_rate, cfg, prompts, responses["aligned"], responses["baseline"])
     with open(out / "responses.jsonl", "w") as fh:
         for i, row in enumerate(suite):
             rec = {"id": row["id"], "prompt": row["prompt"], "constraints": row["constraints"]}
