@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
+from rayalign.generate.common import engine_for
 from rayalign.models.loader import BUILTIN_SMOLLM2
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -21,11 +22,16 @@ PROMPTS = [
 ]
 
 
+VLLM_CFG = EngineConfig(backend="vllm", model=BUILTIN_SMOLLM2, dtype="float32", max_model_len=1024,
+                        vllm_kwargs={"enforce_eager": True})
+
+
 @pytest.fixture(scope="module")
 def engines():
     pytest.importorskip("vllm")
+    # through engine_for so that an in-process stage with the same engine config reuses this engine
+    vllm = engine_for(VLLM_CFG)
     base = dict(model=BUILTIN_SMOLLM2, dtype="float32", max_model_len=1024)
-    vllm = make_engine(EngineConfig(backend="vllm", vllm_kwargs={"enforce_eager": True}, **base))
     hf = make_engine(EngineConfig(backend="hf", **base))
     yield vllm, hf
     vllm.close()
@@ -64,3 +70,20 @@ def test_vllm_stream_concatenates_to_generate_and_errors_are_rows(engines):
     assert "," not in stopped.texts[0]
     assert vllm.count_tokens(messages=PROMPTS[0]) == hf.count_tokens(messages=PROMPTS[0])
     assert vllm.max_context() == 1024
+
+
+@pytest.mark.timeout(300)
+def test_sample_stage_on_vllm(engines, tmp_path):
+    """The sample stage with backend vllm (in-process pool, reusing the module's engine): real text."""
+    from rayalign.data.shards import read_dataset
+    from rayalign.stages import run_stage
+
+    inp = tmp_path / "p.jsonl"
+    inp.write_text('{"id": "a", "prompt": "What is the capital of France?"}\n{"id": "b", "prompt": "Name a fruit."}\n')
+    m = run_stage("sample", data={"inputs": [str(inp)], "output": str(tmp_path / "out"),
+                                  "engine": VLLM_CFG.model_dump(), "pool": {"workers": 0},
+                                  "params": {"n": 2, "temperature": 0.7, "max_tokens": 24, "seed": 0}})
+    rows = read_dataset(tmp_path / "out").to_pylist()
+    assert m["counts"]["out_rows"] == 4 and sorted(r["id"] for r in rows) == ["a-s0", "a-s1", "b-s0", "b-s1"]
+    assert all(r["status"] in ("ok", "truncated") and r["response"].strip() for r in rows)
+    assert all(0 < r["completion_tokens"] <= 24 for r in rows)

@@ -30,7 +30,7 @@ from rayalign.data.schemas import SCHEMAS, validate_row
 from rayalign.data.shards import ProcessResult
 from rayalign.generate import verify
 from rayalign.generate.common import (GenStageConfig, chat_requests, count_status, dumps, engine_for, first_text,
-                                      quarantine, run_gen_stage)
+                                      quarantine, run_gen_stage, save_manifest)
 from rayalign.generate.contrast import contrast_stats
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
@@ -167,4 +167,5 @@ def run_clair(cfg: ClairConfig, log=print) -> dict:
     if n:
         manifest["contrast"] = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
         log(f"    contrast: {dumps(manifest['contrast'])}")
+        save_manifest(cfg.output, manifest)
     return manifest

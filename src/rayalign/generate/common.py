@@ -8,10 +8,11 @@ builds its engine once, and every shard lands as a parquet file; a re-run skips 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 from rayalign.config import Cfg
-from rayalign.data.shards import PoolConfig, quarantine_row, run_sharded
+from rayalign.data.shards import MANIFEST, PoolConfig, quarantine_row, run_sharded
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
 
 
@@ -36,6 +37,15 @@ def engine_for(cfg: EngineConfig) -> Engine:
     if key not in _ENGINES:
         _ENGINES[key] = make_engine(cfg)
     return _ENGINES[key]
+
+
+class EngineProcessor:
+    """Base of the stage processors: the config and the policy engine, built once per actor."""
+
+    def __init__(self, cfg: GenStageConfig):
+        self.cfg = cfg
+        self.ecfg = cfg.policy_engine()
+        self.engine = engine_for(self.ecfg)
 
 
 def meta_dict(meta: Any) -> dict:
@@ -79,7 +89,13 @@ def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], k
     if statuses:
         manifest["status_counts"] = dict(sorted(statuses.items()))
         log(f"    statuses: {manifest['status_counts']}")
+        save_manifest(cfg.output, manifest)
     return manifest
+
+
+def save_manifest(out_dir: str, manifest: dict) -> None:
+    """Rewrite manifest.json with the keys a generation stage adds (status counts, contrast)."""
+    (Path(out_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
 
 def count_status(stats: dict, status: str) -> None:

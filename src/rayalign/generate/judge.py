@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from rayalign.data.schemas import SCHEMAS
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import (GenStageConfig, chat_requests, count_status, engine_for, first_text, quarantine,
-                                      run_gen_stage)
+from rayalign.generate.common import (EngineProcessor, GenStageConfig, chat_requests, count_status, engine_for,
+                                      first_text, quarantine, run_gen_stage)
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_judgement, prompt_text, template_version, user_turn
 
@@ -51,13 +51,11 @@ def combine(first: str | None, swapped: str | None, swap: bool) -> tuple[str | N
     return (first, "judged") if back == first else (None, "inconsistent")
 
 
-class JudgeProcessor:
+class JudgeProcessor(EngineProcessor):
     output_schema = JUDGE_SCHEMA
 
     def __init__(self, cfg: JudgeConfig):
-        self.cfg = cfg
-        self.ecfg = cfg.policy_engine()
-        self.engine = engine_for(self.ecfg)
+        super().__init__(cfg)
         self.jcfg = cfg.judge_engine or self.ecfg
         self.judge = engine_for(self.jcfg)
         self.version = template_version("judge")

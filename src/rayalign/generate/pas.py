@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import GenStageConfig, chat_requests, count_status, engine_for, first_text, run_gen_stage
+from rayalign.generate.common import (EngineProcessor, GenStageConfig, chat_requests, count_status, engine_for,
+                                      first_text, run_gen_stage)
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_hint, parse_verdict, prompt_text, template_version, user_turn
 
@@ -75,13 +76,11 @@ def augment(messages: list[dict], hint: str) -> list[dict]:
     return out
 
 
-class PASProcessor:
+class PASProcessor(EngineProcessor):
     output_schema = PAS_SCHEMA
 
     def __init__(self, cfg: PASConfig):
-        self.cfg = cfg
-        self.ecfg = cfg.policy_engine()
-        self.engine = engine_for(self.ecfg)
+        super().__init__(cfg)
         self.critic = engine_for(cfg.critic) if cfg.critic else self.engine
         self.version = f"{template_version('pas_hint')}+{template_version('pas_critique')}"
 

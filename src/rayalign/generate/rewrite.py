@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import GenStageConfig, count_status, engine_for, first_text, run_gen_stage
+from rayalign.generate.common import EngineProcessor, GenStageConfig, count_status, first_text, run_gen_stage
 from rayalign.generate.engine import GenRequest, SamplingParams
 from rayalign.generate.prompts import parse_rewrite, template_version, user_turn
 
@@ -65,13 +65,11 @@ def judge_rewrite(original: str, raw: str, finish: str, min_ratio: float, max_ra
     return text, "rewritten", ratio
 
 
-class RewriteProcessor:
+class RewriteProcessor(EngineProcessor):
     output_schema = REWRITE_SCHEMA
 
     def __init__(self, cfg: RewriteConfig):
-        self.cfg = cfg
-        self.ecfg = cfg.policy_engine()
-        self.engine = engine_for(self.ecfg)
+        super().__init__(cfg)
         self.version = template_version("rewrite")
 
     def process(self, rows: list[dict]) -> ProcessResult:

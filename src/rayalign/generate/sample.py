@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import GenStageConfig, chat_requests, count_status, engine_for, run_gen_stage
+from rayalign.generate.common import EngineProcessor, GenStageConfig, chat_requests, count_status, run_gen_stage
 from rayalign.generate.engine import SamplingParams
 
 SAMPLE_SCHEMA = pa.schema([
@@ -36,13 +36,11 @@ def sample_status(text: str, finish: str) -> str:
     return "truncated" if finish == "length" else "ok"
 
 
-class SampleProcessor:
+class SampleProcessor(EngineProcessor):
     output_schema = SAMPLE_SCHEMA
 
     def __init__(self, cfg: SampleConfig):
-        self.cfg = cfg
-        self.ecfg = cfg.policy_engine()
-        self.engine = engine_for(self.ecfg)
+        super().__init__(cfg)
 
     def process(self, rows: list[dict]) -> ProcessResult:
         n = self.cfg.params.n
