@@ -72,6 +72,9 @@ class StageSpec(Cfg):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     stage: str
     config: dict[str, Any] = {}
+    # a dataset stage that read rows but wrote none (everything quarantined) fails the run here,
+    # where the cause is, instead of a later stage failing on an empty input; true allows it
+    allow_empty: bool = False
 
 
 class PipelineConfig(Cfg):
@@ -293,6 +296,7 @@ def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd
     from rich.console import Console
 
     console = console or Console(highlight=False)
+    validate_pipeline(pipe, source)  # a typo in the last stage fails now, not after hours of work
     run_dir = pipe.run_dir
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     if pipe.start_ray:
@@ -325,6 +329,7 @@ def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd
             t0 = time.time()
             try:
                 result = run_fn(cfg)
+                check_not_empty(spec, result)
             except BaseException as e:  # record the failure (also on Ctrl-C), then stop the run
                 record.update(status="failed", finished=_now(), seconds=round(time.time() - t0, 3),
                               error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-8000:])
@@ -348,6 +353,20 @@ def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd
     summary = _write_summary(pipe, summaries, t_run, status="complete" if done else "partial", ctx=ctx)
     print_table(summary, console)
     return summary
+
+
+def check_not_empty(spec: StageSpec, result: Any) -> None:
+    counts = result.get("counts") if isinstance(result, dict) else None
+    if spec.allow_empty or not isinstance(counts, dict):
+        return
+    if counts.get("in", 0) > 0 and counts.get("out_rows", 1) == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in (counts.get("by_reason") or {}).items()) or "none recorded"
+        raise EmptyOutput(f"read {counts['in']} rows but wrote none (quarantined by reason: {reasons}); "
+                          f"see its quarantine/ folder, or set allow_empty: true on the stage")
+
+
+class EmptyOutput(RuntimeError):
+    """A dataset stage produced no rows: everything downstream would fail on an empty input."""
 
 
 def _final_model(pipe: PipelineConfig, summaries: list[dict], ctx: dict | None) -> str | None:

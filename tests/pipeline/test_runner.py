@@ -134,3 +134,25 @@ def test_final_model_reference(tmp_path):
                        final_model="${stages.chat.output}")
     summary = run_pipeline(load_pipeline(p))
     assert summary["final_model"] == str(tmp_path / "run" / "chat")
+
+
+def test_stage_with_no_output_rows_fails_the_run(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n{"id": "b", "prompt": ""}\n')  # missing field, empty text
+    stages = [{"name": "p", "stage": "prepare", "config": {"kind": "prompts", "inputs": [str(bad)], "pool": INLINE}}]
+    p = write_pipeline(tmp_path, stages)
+    assert main([str(p)]) == 1
+    err = capsys.readouterr().err
+    assert "read 2 rows but wrote none (quarantined by reason: empty_text: 1, missing_field: 1)" in err
+    stages[0]["allow_empty"] = True
+    p = write_pipeline(tmp_path, stages)
+    assert main([str(p)]) == 0
+
+
+def test_bad_later_stage_fails_before_anything_runs(tmp_path):
+    p = write_pipeline(tmp_path, [
+        {"name": "a", "stage": "prepare", "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}},
+        {"name": "b", "stage": "prepare", "config": {"kind": "prompts", "inputs": ["x"], "shard_rows": 3}},
+    ])
+    assert main([str(p)]) == 2
+    assert not (tmp_path / "run" / "a").exists()
