@@ -1,0 +1,209 @@
+"""Serving latency/throughput over real HTTP vs the same engine called in-process, plus a load run.
+
+    python benchmarks/bench_serve.py --quick     # ~2-3 min on 2 CPUs (tiny-random:llama)
+    python benchmarks/bench_serve.py --model builtin:smollm2-135m-instruct --requests 64
+
+Both sides use the same engine (`make_engine`, hf backend) on the same machine:
+- endpoint: a Ray Serve app on 127.0.0.1 (ingress + one batched engine replica), POST
+  /v1/completions from c concurrent async clients (c = 1, 4, 16), every request timed end to end;
+- in-process: `engine.generate` on the same prompts, c at a time in one call (what server-side
+  batching can at best achieve), no HTTP, no Ray.
+The overhead ratio is endpoint / in-process (p50 latency and requests/s).
+
+The load run sends N requests (default 1,000) from 16 clients, 10% of them malformed in rotating
+ways (bad JSON, missing field, bad value, unknown model, oversize body, wrong API key), and
+reports the status-code histogram: it must hold 0 5xx. Results go to
+benchmarks/results/<date>-serve-cpu.md. Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def body(i: int, args) -> dict:
+    return {"model": args.model, "prompt": f"Request number {i}: tell me something.",
+            "max_tokens": args.max_tokens, "temperature": 0}
+
+
+async def endpoint_level(url: str, args, conc: int) -> dict:
+    import httpx
+
+    n = max(args.requests, conc)
+    lat: list[float] = []
+    codes: Counter = Counter()
+    sem = asyncio.Semaphore(conc)
+    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {KEY}"},
+                                 limits=httpx.Limits(max_connections=conc)) as client:
+        async def one(i):
+            async with sem:
+                t = time.perf_counter()
+                r = await client.post(f"{url}/v1/completions", json=body(i, args))
+                lat.append(time.perf_counter() - t)
+                codes[r.status_code] += 1
+
+        await one(-1)  # warm-up: connection, first batch
+        lat.clear()
+        codes.clear()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    return {"p50": pct(lat, 50), "p95": pct(lat, 95), "rps": n / wall, "codes": dict(codes)}
+
+
+def inprocess_level(engine, args, conc: int) -> dict:
+    from rayalign.generate.engine import GenRequest, SamplingParams
+
+    n = max(args.requests, conc)
+    p = SamplingParams(max_tokens=args.max_tokens, temperature=0)
+    reqs = [GenRequest(prompt=body(i, args)["prompt"], params=p) for i in range(n)]
+    engine.generate(reqs[:1])  # warm-up
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    for s in range(0, n, conc):  # c requests arrive together; each waits for its whole batch
+        t = time.perf_counter()
+        engine.generate(reqs[s:s + conc])
+        lat.extend([time.perf_counter() - t] * len(reqs[s:s + conc]))
+    wall = time.perf_counter() - t0
+    return {"p50": pct(lat, 50), "p95": pct(lat, 95), "rps": n / wall}
+
+
+def malformed(i: int, args, limit: int):
+    """(headers, content) of the i-th bad request; rotates through the failure kinds."""
+    import json
+
+    good = json.dumps(body(i, args)).encode()
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    kinds = [
+        (auth, good[:-5]),                                                     # truncated JSON → 400
+        (auth, json.dumps({"model": args.model}).encode()),                    # missing prompt → 400
+        (auth, json.dumps({**body(i, args), "temperature": 9}).encode()),      # bad value → 400
+        (auth, json.dumps({**body(i, args), "model": "nope"}).encode()),      # unknown model → 404
+        (auth, b'{"model": "' + b"x" * (limit + 10) + b'"}'),                 # too large → 413
+        ({"Authorization": "Bearer wrong"}, good),                             # bad key → 401
+    ]
+    return kinds[i % len(kinds)]
+
+
+async def load_run(url: str, args, limit: int) -> dict:
+    import httpx
+
+    codes: Counter = Counter()
+    sem = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)) as client:
+        async def one(i):
+            async with sem:
+                if i % 10 == 9:  # 10% malformed
+                    headers, content = malformed(i // 10, args, limit)
+                    r = await client.post(f"{url}/v1/completions", headers=headers, content=content)
+                else:
+                    r = await client.post(f"{url}/v1/completions", json=body(i, args),
+                                          headers={"Authorization": f"Bearer {KEY}"})
+                codes[r.status_code] += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(args.load_requests)))
+        wall = time.perf_counter() - t0
+    return {"codes": dict(sorted(codes.items())), "wall": wall,
+            "5xx": sum(v for k, v in codes.items() if k >= 500)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="tiny-random:llama")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (finishes in ~2-3 min)")
+    ap.add_argument("--requests", type=int, default=None, help="timed requests per concurrency level")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--load-requests", type=int, default=1000)
+    args = ap.parse_args()
+    args.requests = args.requests or (24 if args.quick else 96)
+
+    from rayalign.generate.engine import EngineConfig, make_engine
+    from rayalign.raycluster import ensure_ray
+    from rayalign.serve.config import ServeConfig
+    from rayalign.serve.server import start, stop
+
+    levels = (1, 4, 16)
+    limit = 64 * 1024
+    print(f"in-process engine ({args.model}) ...", flush=True)
+    import torch
+
+    # The Serve replica reserves 1 CPU, so Ray gives it one torch thread; match it here (two
+    # threads on a shared 2-core box were up to 20x slower, STACK.md) so the baseline is fair.
+    torch.set_num_threads(1)
+    engine = make_engine(EngineConfig(backend="hf", model=args.model))
+    base = {c: inprocess_level(engine, args, c) for c in levels}
+    del engine
+
+    ensure_ray(num_cpus=2)
+    cfg = ServeConfig(model=args.model, port=free_port(), api_key=KEY, engine_num_cpus=1, max_body_bytes=limit,
+                      max_ongoing_requests=16, max_queued_requests=64, batch={"max_batch_size": 16})
+    t = time.perf_counter()
+    url = start(cfg)
+    startup = time.perf_counter() - t
+    print(f"endpoint ready at {url} in {startup:.1f}s", flush=True)
+    try:
+        served = {c: asyncio.run(endpoint_level(url, args, c)) for c in levels}
+        print(f"load run: {args.load_requests} requests, 10% malformed ...", flush=True)
+        load = asyncio.run(load_run(url, args, limit))
+    finally:
+        stop(cfg)
+
+    rows = ["| clients | endpoint p50 (s) | endpoint p95 (s) | endpoint req/s | in-process p50 (s) | "
+            "in-process p95 (s) | in-process req/s | overhead p50 (x) | req/s ratio |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c in levels:
+        e, b = served[c], base[c]
+        rows.append(f"| {c} | {e['p50']:.3f} | {e['p95']:.3f} | {e['rps']:.1f} | {b['p50']:.3f} | {b['p95']:.3f} | "
+                    f"{b['rps']:.1f} | {e['p50'] / b['p50']:.2f} | {e['rps'] / b['rps']:.2f} |")
+    bad_codes = {c: served[c]["codes"] for c in levels if set(served[c]["codes"]) != {200}}
+    lines = [
+        f"# bench_serve — {dt.date.today()} — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "",
+        f"Model `{args.model}` (hf backend, fp32), completions of {args.max_tokens} tokens at temperature 0, "
+        f"{args.requests} timed requests per level. Endpoint: Ray Serve on 127.0.0.1, one engine replica "
+        f"(1 CPU, `serve.batch` up to 16), ingress 0 CPUs; in-process: `engine.generate` (1 torch thread, like the replica) with the c requests "
+        f"of a level in one call. Serve startup: {startup:.1f}s.",
+        "",
+        *rows,
+        "",
+        f"Non-200 answers during the timed levels: {bad_codes or 'none'}.",
+        "",
+        f"Load run: {args.load_requests} requests from 16 clients, 10% malformed: status codes "
+        f"{load['codes']} in {load['wall']:.1f}s — **{load['5xx']} 5xx**.",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    out = ROOT / "benchmarks" / "results" / f"{dt.date.today()}-serve-cpu.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out}")
+    return 1 if load["5xx"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
