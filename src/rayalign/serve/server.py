@@ -50,7 +50,8 @@ def wait_ready(url: str, timeout_s: float) -> None:
 
 
 def stop(cfg: ServeConfig | None = None, shutdown_serve: bool = True) -> None:
-    """Delete the app; with `shutdown_serve` also stop Serve's controller and HTTP proxy."""
+    """Delete the app; then, if `shutdown_serve` and no other app is left on the cluster, stop
+    Serve's controller and HTTP proxy too (a joined cluster may serve other people's apps)."""
     from ray import serve
 
     if cfg is not None:
@@ -58,5 +59,11 @@ def stop(cfg: ServeConfig | None = None, shutdown_serve: bool = True) -> None:
             serve.delete(cfg.app_name)
         except Exception:  # noqa: BLE001 - already gone
             pass
-    if shutdown_serve:
+    if not shutdown_serve:
+        return
+    try:
+        others = [name for name in serve.status().applications if cfg is None or name != cfg.app_name]
+    except Exception:  # noqa: BLE001 - Serve not running at all
+        return
+    if not others:
         serve.shutdown()

@@ -1,0 +1,56 @@
+"""`rayalign serve` as a user runs it: a subprocess that joins the session's Ray cluster, prints
+the URL, answers the official client, and on Ctrl-C (SIGINT) deletes its app and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
+    from ray import serve
+
+    port = _free_port()
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rayalign.cli", "serve", "--model", "tiny-random:llama", "--port", str(port),
+             "app_name=cli-app", "engine_num_cpus=0.5"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
+        try:
+            deadline = time.monotonic() + 180
+            while "serving tiny-random:llama" not in log.read_text():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            url = f"http://127.0.0.1:{port}/v1"
+            assert url in log.read_text()  # the printed URL is the one that works
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+            assert [m.id for m in client.models.list().data] == ["tiny-random:llama"]
+            r = client.chat.completions.create(model="tiny-random:llama", max_tokens=3, temperature=0,
+                                               messages=[{"role": "user", "content": "hi"}])
+            assert r.usage.completion_tokens >= 1
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "shutting down" in log.read_text()
+    assert "cli-app" not in serve.status().applications  # its app is gone from the cluster
