@@ -397,12 +397,13 @@ def print_table(summary: dict, console) -> None:
     from rich.table import Table
 
     t = Table(title=f"pipeline {summary['run_dir']}: {summary['status']}")
-    for col in ("stage", "kind", "status", "seconds", "rows in/ok/out", "key metrics"):
+    for col in ("stage", "kind", "status", "seconds", "rows in/ok/out"):
         t.add_column(col)
+    t.add_column("key metrics", overflow="fold")
     for s in summary["stages"]:
         c = s.get("counts") or {}
         rows = f"{c.get('in', '')}/{c.get('ok', '')}/{c.get('out_rows', '')}" if c else ""
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list((s.get("metrics") or {}).items())[:4])
+        metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in list((s.get("metrics") or {}).items())[:4])
         status = s["status"] + (" (skipped)" if s.get("skipped") else "")
         t.add_row(s["name"], s["stage"], status, _fmt(s.get("seconds")), rows, metrics)
     console.print(t)
