@@ -20,6 +20,9 @@ def test_collate_pads_rows_and_continues_positions():
     assert b["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
     # targets are counted after the shift (label at t is predicted from t-1): 6 and 7 → 2
     assert CausalLMObjective().count(b).item() == 2
+    # logits are kept only where some row's next token is a target: positions 0 (→6) and 1 (→7)
+    assert b["logit_positions"].tolist() == [0, 1]
+    assert b["target_labels"].tolist() == [[6, 7], [-100, -100]]
 
 
 def test_token_nll_sum_hand_worked():

@@ -52,6 +52,9 @@ def _ray_worker(config: dict) -> None:
 
 
 def launch(cfg: TrainConfig) -> dict:
+    from rayalign.train.objective import get_objective
+
+    get_objective(cfg.objective.name, **cfg.objective.kwargs())  # a bad name fails here, not in N workers
     out = Path(cfg.output_dir).resolve()
     cfg = cfg.model_copy(update={"output_dir": str(out)})
     if cfg.scaling.workers == 0:

@@ -95,14 +95,24 @@ class CausalLMObjective:
     def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         n = max(len(r["input_ids"]) for r in rows)
         pos = [list(r["position_ids"]) + list(range(n - len(r["position_ids"]))) for r in rows]
-        return {"input_ids": pad_to([r["input_ids"] for r in rows], pad_id, n),
-                "labels": pad_to([r["labels"] for r in rows], IGNORE, n),
-                "position_ids": torch.tensor(pos, dtype=torch.long)}
+        labels = pad_to([r["labels"] for r in rows], IGNORE, n)
+        # Only positions whose NEXT token is a target need logits. The LM head over a 50k-word
+        # vocabulary is a large share of a small model's compute and memory, and in SFT most
+        # positions are prompt or padding. Indices are found here, on the CPU, so the loss never
+        # syncs with the device; positions are shared by the rows of the micro-batch.
+        shifted = labels[:, 1:]
+        keep = (shifted != IGNORE).any(dim=0).nonzero().squeeze(1)
+        return {"input_ids": pad_to([r["input_ids"] for r in rows], pad_id, n), "labels": labels,
+                "position_ids": torch.tensor(pos, dtype=torch.long),
+                "logit_positions": keep, "target_labels": shifted[:, keep]}
 
     def count(self, batch: dict) -> torch.Tensor:
         return (batch["labels"][:, 1:] != IGNORE).sum()
 
     def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-        nll = token_nll_sum(out.logits, batch["labels"])
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                    logits_to_keep=batch["logit_positions"])
+        logits = out.logits.float()  # [B, K, V]: the kept positions only
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["target_labels"].reshape(-1),
+                              ignore_index=IGNORE, reduction="sum")
         return nll, {}
