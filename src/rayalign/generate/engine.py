@@ -239,14 +239,14 @@ class HFEngine(_Base):
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids_list], device=self.device)
         attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids_list], device=self.device)
-        if p.seed is not None:
-            torch.manual_seed(p.seed)
         kw = self._gen_kwargs(p)
         if p.stop:
             from transformers import StoppingCriteriaList
 
             kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tok, width, p.stop)])
         with self._lock, torch.inference_mode():
+            if p.seed is not None:  # under the lock: another thread's generate must not consume the RNG
+                torch.manual_seed(p.seed)
             out = self.model.generate(input_ids=input_ids, attention_mask=attn, **kw)
         gen = out[:, width:].tolist()  # one host transfer for the whole batch
         results = []
