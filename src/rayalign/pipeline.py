@@ -30,7 +30,9 @@ Rules, in the order they apply to each stage's `config`:
    become placeholder strings such as "<stages.sft.checkpoint>".
 
 A finished stage records `<run_dir>/<name>/stage.json` (status, config hash, result); a re-run
-skips a stage whose record is complete with an equal config hash, and re-runs a half-finished one,
+skips a stage whose record is complete with an equal hash — of its config and of the earlier
+stages it references, so a change upstream re-runs everything downstream of it (a completed stage
+that must re-run has `<run_dir>/<name>/` cleared first) — and re-runs a half-finished one,
 which resumes on its own (dataset stages skip finished shards; training stages restart from their
 last checkpoint). A failed stage stops the run, records the error, and prints the command that
 resumes. At the end `<run_dir>/summary.json` lists every stage's outputs, counts and key metrics,
@@ -45,10 +47,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -149,6 +153,7 @@ def _lookup(ctx: dict, ref: str, where: str) -> Any:
         return _walk(ctx["defaults"], parts[1:], ref, where)
     if parts[0] == "stages" and len(parts) >= 3:
         name = parts[1]
+        ctx.setdefault("used", set()).add(name)  # this stage now depends on `name` (see stage_hash)
         if name not in ctx["stages"]:
             earlier = ", ".join(ctx["stages"]) or "none"
             raise ConfigError(f"{where}: ${{{ref}}} refers to stage {name!r}, which is not an earlier stage "
@@ -202,7 +207,7 @@ def stage_dir(run_dir: str, name: str) -> Path:
 
 
 def resolve_stage(pipe: PipelineConfig, index: int, ctx: dict, source: str = "<pipeline>"):
-    """(config class instance, run function) for stage `index`, references resolved against `ctx`."""
+    """(config class instance, run function, hash) for stage `index`, references resolved against `ctx`."""
     from rayalign.stages import get_stage
 
     spec = pipe.stages[index]
@@ -219,8 +224,22 @@ def resolve_stage(pipe: PipelineConfig, index: int, ctx: dict, source: str = "<p
     for key in OUTPUT_FIELDS:  # dataset stages name it `output`, training stages `output_dir`
         if key in fields and key not in raw:
             raw[key] = str(stage_dir(pipe.run_dir, spec.name))
+    ctx["used"] = set()
     raw = interpolate(raw, ctx, f"{where}.config")
-    return validate_config(cfg_cls, raw, where), run_fn
+    cfg = validate_config(cfg_cls, raw, where)
+    return cfg, run_fn, stage_hash(spec, cfg, ctx)
+
+
+def stage_hash(spec: StageSpec, cfg: Cfg, ctx: dict) -> str:
+    """The stage's config hash combined with the hashes of the earlier stages it references.
+
+    Without the second part a stage would be skipped after its input changed under the same path
+    (sft re-trained with a new lr still writes checkpoints/step-000020): a change upstream now
+    re-runs every stage that reads from it, transitively.
+    """
+    upstream = sorted((n, ctx["stages"][n].get("hash", "")) for n in ctx.get("used", ()) if n in ctx["stages"])
+    blob = json.dumps([spec.stage, cfg.hash(), upstream])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def new_context(pipe: PipelineConfig) -> dict:
@@ -231,14 +250,24 @@ def validate_pipeline(pipe: PipelineConfig, source: str = "<pipeline>") -> list[
     """Resolve and validate every stage's config without running anything (results as placeholders)."""
     ctx, cfgs = new_context(pipe), []
     for i, spec in enumerate(pipe.stages):
-        cfg, _ = resolve_stage(pipe, i, ctx, source)
-        ctx["stages"][spec.name] = {"config": cfg.model_dump(mode="json"), "result": None}
+        cfg, _, h = resolve_stage(pipe, i, ctx, source)
+        ctx["stages"][spec.name] = {"config": cfg.model_dump(mode="json"), "result": None, "hash": h}
         cfgs.append(cfg)
     return cfgs
 
 
 # ---------------------------------------------------------------------------------------------
 # records
+
+
+def clear_stage_dir(run_dir: str, name: str) -> None:
+    """Remove everything in `<run_dir>/<name>/` except the stage record (outputs placed elsewhere
+    by an explicit `output:` are left alone; their own stage decides whether they still match)."""
+    d = stage_dir(run_dir, name)
+    for child in d.iterdir() if d.exists() else ():
+        if child.name == STAGE_RECORD:
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def read_record(run_dir: str, name: str) -> dict | None:
@@ -308,9 +337,8 @@ def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd
     t_run = time.time()
     n = len(pipe.stages)
     for i, spec in enumerate(pipe.stages):
-        cfg, run_fn = resolve_stage(pipe, i, ctx, source)
+        cfg, run_fn, h = resolve_stage(pipe, i, ctx, source)
         cfg_json = cfg.model_dump(mode="json")
-        h = cfg.hash()
         old = read_record(run_dir, spec.name)
         title = f"[{i + 1}/{n}] {spec.name} ({spec.stage})"
         if old and old.get("status") == "complete" and old.get("config_hash") == h:
@@ -318,7 +346,10 @@ def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd
             record, skipped = old, True
         else:
             if old and old.get("status") == "complete":
-                console.print(f"[yellow]{title}: config changed ({old.get('config_hash')} → {h}); running again[/yellow]")
+                console.print(f"[yellow]{title}: its config or an upstream stage changed ({old.get('config_hash')} "
+                              f"→ {h}); clearing {stage_dir(run_dir, spec.name)} and running again[/yellow]")
+                # the stage's own resume (finished shards, checkpoints) must not reuse stale work
+                clear_stage_dir(run_dir, spec.name)
             elif old and old.get("status") in ("running", "failed"):
                 console.print(f"[yellow]{title}: resuming an unfinished run ({old.get('status')} since "
                               f"{old.get('started')})[/yellow]")
@@ -343,7 +374,8 @@ def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd
             write_record(run_dir, spec.name, record)
             skipped = False
             console.print(f"[green]✓ {title}: done in {record['seconds']:.1f}s[/green]")
-        ctx["stages"][spec.name] = {"config": record.get("config") or cfg_json, "result": record.get("result") or {}}
+        ctx["stages"][spec.name] = {"config": record.get("config") or cfg_json, "result": record.get("result") or {},
+                                    "hash": h}
         summaries.append(stage_summary(spec, record, skipped))
         _write_summary(pipe, summaries, t_run, status="running")
         if stop_after and spec.name == stop_after:

@@ -156,3 +156,25 @@ def test_bad_later_stage_fails_before_anything_runs(tmp_path):
     ])
     assert main([str(p)]) == 2
     assert not (tmp_path / "run" / "a").exists()
+
+
+@pytest.mark.timeout(120)
+def test_upstream_change_reruns_downstream(tmp_path, capsys):
+    """b reads a's output through an unchanged path; when a's config changes, b must not be skipped
+    (nor reuse its finished shards): its input count follows a's new output."""
+    p = write_pipeline(tmp_path, [
+        {"name": "a", "stage": "prepare", "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")], "pool": INLINE}},
+        {"name": "b", "stage": "prepare", "config": {"kind": "pairs", "inputs": ["${stages.a.output}/data"], "pool": INLINE}},
+        {"name": "c", "stage": "prepare", "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}},
+    ])
+    assert main([str(p)]) == 0
+    first = {s["name"]: s for s in json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]}
+    assert first["b"]["counts"]["in"] == first["a"]["counts"]["out_rows"] == 220
+    capsys.readouterr()
+    assert main([str(p), "stages.a.config.max_length=56"]) == 0  # quarantines the longer pairs
+    out = capsys.readouterr().out
+    second = {s["name"]: s for s in json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]}
+    n = second["a"]["counts"]["out_rows"]
+    assert n == 98 and second["b"]["counts"]["in"] == second["b"]["counts"]["out_rows"] == n
+    assert [second[k]["skipped"] for k in "abc"] == [False, False, True]  # c reads nothing of a
+    assert "b (prepare): its config or an upstream stage changed" in out
