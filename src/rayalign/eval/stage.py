@@ -1,6 +1,6 @@
 """`rayalign eval CONFIG.yaml`: base vs aligned on verifiable instructions, reward, judge, held-out pairs.
 
-    rayalign eval rayjobs/configs/eval.yaml model=runs/q/prefer/final baseline_model=builtin:smollm2-135m-instruct
+    rayalign eval rayjobs/configs/eval.yaml model=runs/quickstart/prefer/checkpoints/step-000020/model
 
 For `model` and (if given) `baseline_model`:
 1. instruction following: every suite prompt (the project's `suite/ifeval.jsonl`, or any JSONL of
@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
+
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.checks import check_response
 from rayalign.generate.engine import EngineConfig, SamplingParams
