@@ -204,6 +204,16 @@ class EngineServer:
                 "deltas_streamed": self.deltas_streamed,
                 "batch_sizes": list(self.batch_sizes)}
 
+    def __del__(self):
+        # Serve calls this when a replica stops: let a vLLM engine stop its engine-core process.
+        for eng in {id(e): e for e in (getattr(self, "engine", None), getattr(self, "hint_engine", None)) if e}.values():
+            close = getattr(eng, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - shutting down anyway
+                    pass
+
     async def check_health(self) -> None:
         """Serve's replica health check: a broken engine object restarts the replica."""
         if self.engine is None:
