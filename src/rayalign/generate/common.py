@@ -48,14 +48,14 @@ class EngineProcessor:
         self.engine = engine_for(self.ecfg)
 
 
-def meta_dict(meta: Any) -> dict:
-    if isinstance(meta, dict):
-        return meta
-    try:
-        value = json.loads(meta or "{}")
-    except (TypeError, json.JSONDecodeError):
-        return {"raw_meta": str(meta)}
-    return value if isinstance(value, dict) else {"raw_meta": value}
+def release_engines(keep: set[str] = frozenset()) -> None:
+    """Drop (and close) engines built since `keep` was taken. In-process runs (pool.workers 0) would
+    otherwise hold one stage's model — on a GPU, vLLM's reserved memory — while the next stage loads."""
+    for key in set(_ENGINES) - set(keep):
+        engine = _ENGINES.pop(key)
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
 
 
 def dumps(obj: Any) -> str:
@@ -79,8 +79,12 @@ def quarantine(stage: str, index: int, code: str, detail: str, raw: dict) -> dic
 
 def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], kind: str | None,
                   extra: dict | None = None, log=print) -> dict:
-    manifest = run_sharded(stage, cfg.inputs, cfg.output, factory, kind=kind, pool=cfg.pool,
-                           config_hash=cfg.hash(), extra={"model": cfg.policy_engine().model, **(extra or {})}, log=log)
+    before = set(_ENGINES)
+    try:
+        manifest = run_sharded(stage, cfg.inputs, cfg.output, factory, kind=kind, pool=cfg.pool, config_hash=cfg.hash(),
+                               extra={"model": cfg.policy_engine().model, **(extra or {})}, log=log)
+    finally:
+        release_engines(keep=before)
     c = manifest["counts"]
     log(f"[{stage}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} output rows")
     for reason, n in c["by_reason"].items():
