@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,16 @@ from pathlib import Path
 import openai
 import pytest
 
+from serve_helpers import free_port
+
 pytestmark = pytest.mark.timeout(240)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import socket
 import time
 
 import httpx
 import openai
 import pytest
+from serve_helpers import free_port
 
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, cut_at_stop, make_engine
 from rayalign.serve.config import ServeConfig
@@ -25,17 +25,14 @@ KEY = "sk-test-key"
 pytestmark = pytest.mark.timeout(300)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_cluster):
     from rayalign.serve.server import start, stop
 
-    cfg = ServeConfig(model=TINY, port=_free_port(), api_key=KEY, engine_num_cpus=0.5,
+    # autoscaling bounded at one replica: exercises the autoscaling config path while every
+    # request (and the stats the tests read) lands on the same replica
+    cfg = ServeConfig(model=TINY, port=free_port(), api_key=KEY, engine_num_cpus=0.5,
+                      autoscaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2},
                       max_body_bytes=32 * 1024, max_ongoing_requests=4, max_queued_requests=8,
                       batch={"max_batch_size": 4, "batch_wait_timeout_s": 0.05})
     url = start(cfg)

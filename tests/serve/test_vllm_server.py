@@ -8,8 +8,6 @@ equal the HF engine's (the in-process reference), streamed or not.
 
 from __future__ import annotations
 
-import socket
-
 import openai
 import pytest
 
@@ -17,6 +15,7 @@ pytest.importorskip("vllm")
 
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine  # noqa: E402
 from rayalign.serve.config import ServeConfig  # noqa: E402
+from serve_helpers import free_port  # noqa: E402
 
 from rayalign.models.loader import BUILTIN_SMOLLM2 as MODEL  # noqa: E402
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -26,10 +25,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(420)]
 def vllm_url(ray_cluster):
     from rayalign.serve.server import start, stop
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = ServeConfig(model=MODEL, backend="vllm", port=port, app_name="rayalign-vllm", engine_num_cpus=0.5,
+    cfg = ServeConfig(model=MODEL, backend="vllm", port=free_port(), app_name="rayalign-vllm", engine_num_cpus=0.5,
                       engine={"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}})
     url = start(cfg, ready_timeout_s=360)
     yield url
