@@ -1,27 +1,51 @@
-"""Quickstart on the embedded default (SmolLM2-135M-Instruct, CPU, no downloads).
+"""Quickstart: the whole alignment pipeline on the embedded default (SmolLM2-135M-Instruct, CPU, no downloads).
 
-    make quickstart            # or: python rayjobs/quickstart.py [run_dir]
+    make quickstart                                   # = python rayjobs/quickstart.py
+    python rayjobs/quickstart.py run_dir=runs/qs2     # any pipeline override works
+    ray job submit --working-dir . -- python rayjobs/quickstart.py
 
-Prepares the bundled sample datasets (validate → quarantine → tokenise → pack) and prints their
-statistics. Grows into the full pipeline (rewrite → ... → eval) as the stages land.
+rewrite → pretrain → pas → sft → sample → clair → reference → prefer (APO-zero) → eval, as listed in
+rayjobs/configs/quickstart.yaml. Re-running skips finished stages; a killed run resumes. At the end
+it prints the evaluation headline (base vs aligned) and the command that serves the aligned model.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-from rayalign.data.prepare import PrepareConfig, run_prepare
+from rayalign.pipeline import load_pipeline
+from rayalign.pipeline import main as run_pipeline
 
-DATA = Path(__file__).parent / "data"
+CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
-def main(run_dir: str = "runs/quickstart") -> None:
-    for kind in ("corpus", "chat", "prompts", "pairs"):
-        cfg = PrepareConfig(kind=kind, inputs=[str(DATA / f"{kind}.jsonl")], output=f"{run_dir}/prepared/{kind}",
-                            max_length=512, seq_len=1024, pool={"workers": 1, "shard_rows": 128})
-        run_prepare(cfg)
+def headline(run_dir: Path) -> list[str]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = [f"pipeline {summary.get('status', '?')} in {summary.get('seconds', 0):.0f} s"]
+    results = run_dir / "eval" / "results.json"
+    if results.exists():
+        r = json.loads(results.read_text())
+        base, aligned = r["baseline"]["ifeval"], r["aligned"]["ifeval"]
+        delta = 100 * (aligned["prompt_accuracy"] - base["prompt_accuracy"])
+        lines.append(f"verifiable suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
+                     f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} held-out prompts)")
+        if "judge" in r:
+            lines.append(f"LLM-judge win rate of aligned vs base: {r['judge']['win_rate']:.3f}")
+        lines.append(f"report: {run_dir / 'eval' / 'report' / 'report.md'}")
+    if summary.get("final_model"):
+        lines.append(f"serve it:  rayalign serve --model {summary['final_model']}")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    rc = run_pipeline([str(CONFIG), *argv])
+    run_dir = Path(load_pipeline(CONFIG, [a for a in argv if "=" in a]).run_dir)
+    if (run_dir / "summary.json").exists():
+        print("\n".join(["", "== quickstart =="] + headline(run_dir)))
+    return rc
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
