@@ -178,3 +178,12 @@ def test_upstream_change_reruns_downstream(tmp_path, capsys):
     assert n == 98 and second["b"]["counts"]["in"] == second["b"]["counts"]["out_rows"] == n
     assert [second[k]["skipped"] for k in "abc"] == [False, False, True]  # c reads nothing of a
     assert "b (prepare): its config or an upstream stage changed" in out
+
+
+def test_stop_after(tmp_path):
+    stage = {"stage": "prepare", "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}}
+    p = write_pipeline(tmp_path, [{"name": "one", **stage}, {"name": "two", **stage}])
+    assert main([str(p), "--stop-after", "one"]) == 0
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "partial" and [x["name"] for x in s["stages"]] == ["one"]
+    assert read_record(str(tmp_path / "run"), "two") is None
