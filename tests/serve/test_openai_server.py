@@ -114,6 +114,11 @@ def test_streaming_reassembles_to_non_stream_text(client):
     assert finals == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # n=2 streamed: chunks carry their choice index; at temperature 0 both equal the non-stream text
+    two = list(client.chat.completions.create(stream=True, n=2, **kw))
+    for i in (0, 1):
+        assert "".join(c.choices[0].delta.content or "" for c in two
+                       if c.choices and c.choices[0].index == i) == whole.choices[0].message.content
     # completions streaming too
     text = "".join(c.choices[0].text for c in client.completions.create(
         model=TINY, prompt="Hello", max_tokens=10, temperature=0, stream=True))
@@ -176,6 +181,11 @@ def test_invalid_fields_are_400_naming_the_field(server, body, param):
     r = _raw(server, "/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert _err(r)["param"] == param and param.split(".")[0] in _err(r)["message"]
+
+
+def test_empty_prompt_is_400(server):
+    r = _raw(server, "/v1/completions", json={"model": TINY, "prompt": ""})
+    assert r.status_code == 400 and _err(r)["param"] == "prompt" and _err(r)["code"] == "empty_prompt"
 
 
 def test_unknown_model_is_404(server, client):

@@ -25,6 +25,19 @@ def test_parse_body_errors():
     assert ei.value.param == "top_p" and ei.value.status == 400
 
 
+@pytest.mark.parametrize("raw,param", [
+    (b"[" * 100_000, None),  # deeper than the JSON parser goes: still a 400, not a 500
+    (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": -1}', "seed"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1e400}', "seed"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages.0.content"),
+])
+def test_hostile_bodies_are_400(raw, param):
+    with pytest.raises(ApiError) as ei:
+        parse_body(raw, ChatCompletionRequest, limit=1_000_000)
+    assert ei.value.status == 400 and ei.value.param == param
+
+
 def test_request_normalisation():
     r = parse_body(json.dumps({"model": "m", "messages": [
         {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]},

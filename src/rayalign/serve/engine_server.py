@@ -89,6 +89,8 @@ class EngineServer:
             n_prompt = self.engine.count_tokens(messages=req.messages, prompt=req.prompt)
         except Exception as e:  # noqa: BLE001 - e.g. a chat template that rejects the role order
             return error(400, f"could not render the {param}: {e}", param=param, code="invalid_prompt")
+        if n_prompt == 0:
+            return error(400, f"the {param} is empty (0 tokens); send some text", param=param, code="empty_prompt")
         ctx = self.engine.max_context()
         room = ctx - n_prompt
         want = requested_max_tokens

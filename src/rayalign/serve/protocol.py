@@ -61,11 +61,11 @@ class StreamOptions(_Lenient):
 class _SamplingFields(_Lenient):
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)  # torch/vLLM seeds are 64-bit
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -122,6 +122,8 @@ def parse_body(raw: bytes, model_cls: type[BaseModel], limit: int) -> Any:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # e.g. a megabyte of '[': the parser's own depth limit
+        raise ApiError(400, "request body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}",
                        code="invalid_json")
