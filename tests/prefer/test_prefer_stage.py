@@ -13,7 +13,6 @@ import pytest
 
 from rayalign.config import ConfigError
 from rayalign.prefer.evaluate import load_rows, preference_accuracy
-from rayalign.prefer.reference import ReferenceConfig, run_reference
 from rayalign.prefer.stages import PreferConfig, RewardConfig, run_prefer, run_reward
 
 PAIRS = str(Path(__file__).resolve().parents[2] / "rayjobs" / "data" / "pairs.jsonl")
@@ -21,12 +20,9 @@ TINY = "tiny-random:llama"
 QUIET = dict(progress=False, log_every=1)
 
 
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("prefer") / "reference"
-    run_reference(ReferenceConfig(inputs=[PAIRS], output=str(out), model=TINY, batch_size=16, pool={"workers": 0}),
-                  log=lambda m: None)
-    return str(out)
+@pytest.fixture
+def reference_dir(pairs_reference) -> str:
+    return str(pairs_reference)
 
 
 def prefer_cfg(out: Path, **kw) -> PreferConfig:

@@ -15,12 +15,10 @@ PAIRS = str(Path(__file__).resolve().parents[2] / "rayjobs" / "data" / "pairs.js
 TINY = "tiny-random:llama"
 
 
-@pytest.fixture(scope="module")
-def in_process(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "inproc"
-    run_reference(ReferenceConfig(inputs=[PAIRS], output=str(out), model=TINY, batch_size=8,
-                                  pool={"workers": 0, "shard_rows": 128}))
-    return out
+@pytest.fixture
+def in_process(pairs_reference) -> Path:
+    """The session's in-process reference pass (conftest): 2 shards of 128 rows, batches of 16 pairs."""
+    return pairs_reference
 
 
 def test_counts_reconcile_and_bad_rows_are_quarantined(in_process):
@@ -77,12 +75,23 @@ def test_ray_actor_pool_matches_in_process_and_resumes(ray_cluster, in_process, 
 
 
 def test_dataset_folder_input_is_read_without_revalidation(in_process, tmp_path):
-    """A folder written by `prepare` (kind: pairs) or `reference` is read as is: tokens reused, same values."""
+    """A folder written by `prepare` (kind: pairs) or `reference` is read as is: tokens reused, same values.
+
+    The folder here holds the first 24 scored pairs of the session's reference pass.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "subset"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(read_dataset(in_process).slice(0, 24), folder / "data" / "shard-00000.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"stage": "reference", "complete": True}))
     out = tmp_path / "again"
-    manifest = run_reference(ReferenceConfig(inputs=[str(in_process)], output=str(out), model=TINY, batch_size=8,
+    manifest = run_reference(ReferenceConfig(inputs=[str(folder)], output=str(out), model=TINY, batch_size=8,
                                              pool={"workers": 0}), log=lambda m: None)
-    assert manifest["counts"] == {"in": 220, "ok": 220, "quarantined": 0, "out_rows": 220, "by_reason": {}}
-    first = read_dataset(in_process).column("ref_chosen_logp").to_pylist()
+    assert manifest["counts"] == {"in": 24, "ok": 24, "quarantined": 0, "out_rows": 24, "by_reason": {}}
+    first = read_dataset(folder).column("ref_chosen_logp").to_pylist()
     again = read_dataset(out).column("ref_chosen_logp").to_pylist()
     assert max(abs(a - b) for a, b in zip(first, again)) <= 1e-4
 
