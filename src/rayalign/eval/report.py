@@ -2,7 +2,8 @@
 
 Plots: pass rate by constraint kind (baseline vs aligned), the training curve of every training
 stage (from its `metrics.jsonl`: one JSON object per step with `step`, `loss`, `lr`, ...), and the
-reward margins over steps of preference stages (any metrics key containing "margin").
+reward margins over steps of preference stages (metrics keys containing "margin" or starting
+with "rewards": chosen / rejected implicit rewards).
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def write_report(folder: str | Path, results: dict, run_dir: str | Path | None =
             first, last = rows[0].get(loss_keys[0]), rows[-1].get(loss_keys[0])
             md += [f"### {name}", "", f"{len(rows)} logged steps; {loss_keys[0]} {_f(first)} → {_f(last)}", "",
                    f"![{name} loss](plots/train_{safe}.png)", ""]
-        margin_keys = sorted({k for r in rows for k in r if "margin" in k and isinstance(r[k], (int, float))})
+        # preference stages log margins and the implicit rewards of chosen / rejected responses
+        margin_keys = sorted({k for r in rows for k in r if ("margin" in k or k.startswith("rewards"))
+                              and isinstance(r[k], (int, float))})
         if margin_keys:
             plot_curves(rows, margin_keys, f"{name}: reward margins", plots / f"margins_{safe}.png")
             md += [f"![{name} margins](plots/margins_{safe}.png)", ""]
