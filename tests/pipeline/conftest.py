@@ -9,6 +9,7 @@ PID. `ray stop` is never used: it would stop every cluster of this user.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,3 +94,4 @@ def ray_head():
             except ProcessLookupError:
                 pass
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
