@@ -297,7 +297,8 @@ def _log_window(writer, step, lr, norm, loss, count, metrics, tokens, seconds, n
     tps = tok / max(seconds, 1e-9)
     record = {"step": step, "epoch": epoch, "loss": loss_sum / max(n, 1.0), "lr": lr,
               "grad_norm": float(norm), "tokens": int(tok), "targets": int(n), "tokens_per_s": tps,
-              "mfu": (6 * n_params * tps / (peak * world)) if peak else None}
+              "mfu": (6 * n_params * tps / (peak * world)) if peak else None,
+              "cpu_time": time.process_time()}  # this process's CPU seconds: wall time lies on a shared box
     record.update({k: v / max(n, 1.0) for k, v in zip(keys, vals[3:])})
     writer.log(record)
     return record
