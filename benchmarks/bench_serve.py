@@ -1,13 +1,13 @@
 """Serving latency/throughput over real HTTP vs the same engine called in-process, plus a load run.
 
-    python benchmarks/bench_serve.py --quick     # ~2-3 min on 2 CPUs (tiny-random:llama)
+    python benchmarks/bench_serve.py --quick     # ~2-3 min on 2 CPUs (tiny-random:llama), 400-request load run
     python benchmarks/bench_serve.py --model builtin:smollm2-135m-instruct --requests 64
 
 Both sides use the same engine (`make_engine`, hf backend) on the same machine:
 - endpoint: a Ray Serve app on 127.0.0.1 (ingress + one batched engine replica), POST
   /v1/completions from c concurrent async clients (c = 1, 4, 16), every request timed end to end;
 - in-process: `engine.generate` on the same prompts, c at a time in one call (what server-side
-  batching can at best achieve), no HTTP, no Ray.
+  batching can at best achieve), no HTTP, no Ray; run before and after the endpoint, best kept.
 The overhead ratio is endpoint / in-process (p50 latency and requests/s).
 
 The load run sends N requests (default 1,000) from 16 clients, 10% of them malformed in rotating
@@ -138,9 +138,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests (finishes in ~2-3 min)")
     ap.add_argument("--requests", type=int, default=None, help="timed requests per concurrency level")
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--load-requests", type=int, default=1000)
+    ap.add_argument("--load-requests", type=int, default=None, help="load-run size (default 1,000; 400 with --quick)")
     args = ap.parse_args()
     args.requests = args.requests or (24 if args.quick else 96)
+    args.load_requests = args.load_requests or (400 if args.quick else 1000)
 
     from rayalign.generate.engine import EngineConfig, make_engine
     from rayalign.raycluster import ensure_ray
@@ -149,6 +150,7 @@ def main() -> int:
 
     levels = (1, 4, 16)
     limit = 64 * 1024
+    load_before = os.getloadavg()[0]
     print(f"in-process engine ({args.model}) ...", flush=True)
     import torch
 
@@ -157,7 +159,6 @@ def main() -> int:
     torch.set_num_threads(1)
     engine = make_engine(EngineConfig(backend="hf", model=args.model))
     base = {c: inprocess_level(engine, args, c) for c in levels}
-    del engine
 
     ensure_ray(num_cpus=2)
     cfg = ServeConfig(model=args.model, port=free_port(), api_key=KEY, engine_num_cpus=1, max_body_bytes=limit,
@@ -172,6 +173,13 @@ def main() -> int:
         load = asyncio.run(load_run(url, args, limit))
     finally:
         stop(cfg)
+    # The box is shared and its load drifts: measure the baseline again now and keep the better
+    # run per level, so a busy minute never flatters the endpoint.
+    print("in-process engine again ...", flush=True)
+    for c in levels:
+        again = inprocess_level(engine, args, c)
+        if again["p50"] < base[c]["p50"]:
+            base[c] = again
 
     rows = ["| clients | endpoint p50 (s) | endpoint p95 (s) | endpoint req/s | in-process p50 (s) | "
             "in-process p95 (s) | in-process req/s | overhead p50 (x) | req/s ratio |",
@@ -180,6 +188,7 @@ def main() -> int:
         e, b = served[c], base[c]
         rows.append(f"| {c} | {e['p50']:.3f} | {e['p95']:.3f} | {e['rps']:.1f} | {b['p50']:.3f} | {b['p95']:.3f} | "
                     f"{b['rps']:.1f} | {e['p50'] / b['p50']:.2f} | {e['rps'] / b['rps']:.2f} |")
+    load_after = os.getloadavg()[0]
     bad_codes = {c: served[c]["codes"] for c in levels if set(served[c]["codes"]) != {200}}
     lines = [
         f"# bench_serve — {dt.date.today()} — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -187,7 +196,8 @@ def main() -> int:
         f"Model `{args.model}` (hf backend, fp32), completions of {args.max_tokens} tokens at temperature 0, "
         f"{args.requests} timed requests per level. Endpoint: Ray Serve on 127.0.0.1, one engine replica "
         f"(1 CPU, `serve.batch` up to 16), ingress 0 CPUs; in-process: `engine.generate` (1 torch thread, like the replica) with the c requests "
-        f"of a level in one call. Serve startup: {startup:.1f}s.",
+        f"of a level in one call, best of a run before and one after the endpoint. Serve startup: {startup:.1f}s. Machine load average (1 min) "
+        f"{load_before:.1f} before / {load_after:.1f} after: on a shared box, compare ratios, not absolutes.",
         "",
         *rows,
         "",
