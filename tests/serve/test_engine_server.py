@@ -41,3 +41,25 @@ def test_admission_budget(pas_server):
     assert got.params.max_tokens == min(256, 2048 - n)
     err = srv._admit(GenRequest(prompt="hello " * 1900, params=SamplingParams()), 2048 - n + 1)
     assert err["status"] == 400 and err["error"]["code"] == "context_length_exceeded"
+
+
+def test_adapter_flag_reaches_the_engine(tmp_path):
+    """`--adapter` (an Aligner folder here, which vLLM cannot serve) is applied by the hf engine:
+    with a non-zero gate the served model's greedy text differs from the base model's."""
+    import torch
+
+    from rayalign.models.adapters import PeftConfig, apply_peft, save_adapter
+    from rayalign.models.loader import load_model
+
+    pcfg = PeftConfig(method="aligner", tokens=1, start_layer=0)
+    model = apply_peft(load_model(TINY), pcfg)
+    with torch.no_grad():  # a trained-looking adapter: open the gate, move the prefix
+        model.aligner.gate.fill_(1.0)
+        model.aligner.prefix.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    folder = save_adapter(model, pcfg, tmp_path / "aligner")
+    srv = EngineServer(ServeConfig(model=TINY, adapter=str(folder)).model_dump())
+    base = EngineServer(ServeConfig(model=TINY).model_dump())
+    assert getattr(srv.engine.model, "aligner", None) is not None
+    req = GenRequest(prompt="Hi there", params=SamplingParams(max_tokens=8))
+    [with_adapter], [plain] = srv.engine.generate([req]), base.engine.generate([req])
+    assert with_adapter.ok and with_adapter.texts != plain.texts

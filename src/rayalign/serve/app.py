@@ -121,9 +121,7 @@ class OpenAIIngress:
 
         if isinstance(e, BackPressureError):
             return _overloaded("request queue full")
-        if isinstance(e, (asyncio.CancelledError,)):
-            raise e
-        log.exception("engine call failed")
+        log.exception("engine call failed")  # e.g. the replica died: clients may retry
         return P.ApiError(503, f"engine unavailable: {type(e).__name__}", type="server_error",
                           code="engine_unavailable", headers={"Retry-After": "1"})
 
