@@ -188,6 +188,33 @@ def test_only_aligner_receives_gradients():
     assert grads["aligner.gate"].abs().sum() > 0 and grads["aligner.prefix"].abs().sum() > 0
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """The training engine's `activation_checkpointing: true` recomputes each layer in backward; the hooks
+    run again during the recomputation and must yield the very same prefix/gate gradients."""
+    x = ids_batch(2)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = add_aligner(tiny("llama"), tokens=2, start_layer=0)
+        set_random_adapter(model, seed=4)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(x, labels=x, use_cache=False).loss.backward()
+        grads.append((model.aligner.prefix.grad.clone(), model.aligner.gate.grad.clone()))
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-6, atol=1e-8)
+
+
+def test_bf16_model_keeps_its_dtype():
+    """Aligner's tensors follow the base model's dtype, so a bf16 model stays bf16 end to end."""
+    model = add_aligner(load_model("tiny-random:llama", dtype="bf16"), tokens=1, start_layer=0)
+    assert model.aligner.prefix.dtype == model.aligner.gate.dtype == torch.bfloat16
+    set_random_adapter(model)
+    with torch.no_grad():
+        assert model(ids_batch()).logits.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_save_load_gives_identical_logits(tmp_path, arch):
     model = add_aligner(tiny(arch), tokens=2, start_layer=1)

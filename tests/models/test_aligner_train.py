@@ -64,9 +64,20 @@ def test_sft_stage_with_aligner_teaches_replies_to_open_with_sure(tmp_path, toke
     print(f"\nrank of 'Sure' after the assistant header: base {base_ranks}, Aligner SFT {tuned_ranks}")
     assert min(base_ranks) > 100
     assert tuned_ranks == [0, 0, 0, 0]
-    ids = torch.tensor([tokenize_prompt(tokenizer, _prompt(HELD_OUT[0]))])
-    reply = tuned.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert tokenizer.decode(reply[0, ids.shape[1]:]).startswith("Sure")
+
+    # The HF generation backend (what `serve` and the generate stages use) with the adapter folder:
+    # a batch of prompts of different lengths (left padding) — every reply opens with "Sure", and
+    # padding does not change the result (each token's prefix attention reads only its own query).
+    from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
+
+    engine = make_engine(EngineConfig(backend="hf", model=TINY, adapter=str(adapter), batch_size=4))
+    params = SamplingParams(max_tokens=3)
+    prompts = [_prompt(t) for t in HELD_OUT[:2]] + [[{"role": "user", "content": "Hi"}],
+                                                    [{"role": "user", "content": "Describe the sea at night."}]]
+    batched = engine.generate([GenRequest(messages=m, params=params) for m in prompts])
+    alone = [engine.generate([GenRequest(messages=m, params=params)])[0] for m in prompts]
+    assert all(r.texts[0].startswith("Sure") for r in batched), [r.texts for r in batched]
+    assert [r.texts for r in batched] == [r.texts for r in alone]
 
 
 @pytest.mark.timeout(300)
