@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+import warnings
 
 from rayalign.serve.config import ServeConfig
 
@@ -29,9 +30,26 @@ def start(cfg: ServeConfig, ready_timeout_s: float = 300.0) -> str:
     # HTTP binds where the config says; the default is loopback only (no exposure by accident).
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    cfg = _actual_http(cfg)
     url = base_url(cfg)
     wait_ready(url, ready_timeout_s)
     return url
+
+
+def _actual_http(cfg: ServeConfig) -> ServeConfig:
+    """Serve keeps the HTTP options of whoever started it first on a cluster; report those."""
+    try:
+        from ray.serve.context import _get_global_client  # private, hence the fallback below
+
+        http = _get_global_client().http_config
+        host, port = http.host, int(http.port)
+    except Exception:  # noqa: BLE001 - unknown: trust the config
+        return cfg
+    if (host, port) != (cfg.host, cfg.port):
+        warnings.warn(f"Serve was already running on this cluster at {host}:{port}; it keeps that address "
+                      f"(asked for {cfg.host}:{cfg.port})", stacklevel=3)
+        return cfg.model_copy(update={"host": host, "port": port})
+    return cfg
 
 
 def wait_ready(url: str, timeout_s: float) -> None:
