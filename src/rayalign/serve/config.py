@@ -49,7 +49,7 @@ class PasCfg(Cfg):
 
 
 class ServeConfig(Cfg):
-    model: str = "tiny-random:llama"
+    model: str = "builtin:smollm2-135m-instruct"  # the embedded default; tests pass tiny-random:llama
     # Name clients put in `model`; defaults to the spec itself.
     served_model_name: str | None = None
     adapter: str | None = None
