@@ -30,7 +30,9 @@ Llama, SmolLM2, Qwen2, Mistral — and every attention backend — eager, SDPA �
 
 Packed sequences (position_ids resets, no attention mask) need nothing special: the prefix
 attention of a token depends only on that token's own query, never on other tokens. KV-cached
-generation works too, since the prefix never enters the cache.
+generation works too, since the prefix never enters the cache. The hooks hand the queries from
+q_proj to o_proj through per-layer slots, so one model object runs one forward at a time (the HF
+generation backend already serialises calls with a lock).
 
 FSDP2: both parameters live in ONE module, ``model.aligner``, at the model root, so
 ``fully_shard(decoder_layer)`` for each layer followed by ``fully_shard(model)`` puts them in the
@@ -204,8 +206,7 @@ def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.M
     params = AlignerParams(tokens, config.hidden_size, start_layer, len(layers),
                            config.num_attention_heads, dtype=ref.dtype, device=ref.device)
     model.add_module("aligner", params)
-    # Kept off the module tree (a plain list) so the hooks are not mistaken for submodules.
-    model.__dict__["_aligner_hooks"] = [
+    model._aligner_hooks = [
         _LayerHooks(params, layers[i].self_attn, i - start_layer) for i in range(start_layer, len(layers))
     ]
     return model
@@ -213,8 +214,9 @@ def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.M
 
 def remove_aligner(model: nn.Module) -> nn.Module:
     """Detach Aligner again (hooks and parameters); the base weights stay frozen."""
-    for hooks in model.__dict__.pop("_aligner_hooks", []):
+    for hooks in getattr(model, "_aligner_hooks", []):
         hooks.remove()
+    model._aligner_hooks = []
     if "aligner" in model._modules:
         del model._modules["aligner"]
     return model
