@@ -8,7 +8,8 @@ bundled rayjobs/data/pairs.jsonl — exactly one epoch, so the reference pass sc
 loss (sigmoid DPO, β = 0.1) and learning rate (TRL's default 1e-6). TRL runs with every default it
 accepts here; on a CPU it refuses its bf16 default, so bf16=False and use_cpu=True are set — and its
 default gradient checkpointing stays on. rayalign runs `prefer` in-process on the reference stage's
-output (run first, timed on its own), with torch using both cores like TRL.
+output (run first, timed on its own). Every side runs torch on `--threads` threads (default 1: on a
+shared 2-core box a 2-thread process thrashes when the other processes take its second core).
 
 Each side runs in its own fresh subprocess. pairs/s is the steady state: pairs of steps 2..N over
 the time from the end of step 1 to the end of step N (step 1 pays one-off warm-up). Peak memory is
@@ -80,6 +81,8 @@ def side_reference(work: Path, steps: int) -> dict:
 
 
 def side_rayalign(work: Path, steps: int, checkpointing: bool = False) -> dict:
+    import torch
+
     from rayalign.prefer.stages import PreferConfig, run_prefer
 
     out = work / ("rayalign-ckpt" if checkpointing else "rayalign")
@@ -87,7 +90,7 @@ def side_rayalign(work: Path, steps: int, checkpointing: bool = False) -> dict:
         model=MODEL, output_dir=str(out), data={"path": str(work / "reference"), "shuffle": True},
         objective={"name": "dpo", "beta": BETA}, micro_batch_size=BATCH, grad_accum=1, max_steps=steps,
         optim={"lr": LR, "min_lr_ratio": 1.0, "warmup_steps": 0}, eval_pairs=0, progress=False, log_every=1,
-        torch_threads=os.cpu_count() or 1))
+        torch_threads=torch.get_num_threads()))
     t0 = time.perf_counter()
     summary = run_prefer(cfg, log=lambda s: None)
     wall = time.perf_counter() - t0
@@ -135,18 +138,18 @@ SIDES = {"reference": side_reference, "rayalign": side_rayalign, "trl": side_trl
          "rayalign-ckpt": lambda work, steps: side_rayalign(work, steps, checkpointing=True)}
 
 
-def run_side(side: str, work: Path, steps: int) -> dict:
+def run_side(side: str, work: Path, steps: int, threads: int) -> dict:
     """Each side in a fresh interpreter, so one side's allocations never inflate the other's peak."""
     out = work / f"{side}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
     proc = subprocess.run([sys.executable, __file__, "--side", side, "--work", str(work), "--steps", str(steps),
-                           "--result", str(out)], env=env, capture_output=True, text=True)
+                           "--result", str(out), "--threads", str(threads)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"side {side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return json.loads(out.read_text())
 
 
-def report(ref: dict, ra: dict, ck: dict, trl: dict, steps: int, load: tuple[float, float]) -> str:
+def report(ref: dict, ra: dict, ck: dict, trl: dict, steps: int, load: tuple[float, float], threads: int) -> str:
     speed = ra["pairs_per_s"] / trl["pairs_per_s"]
     mem = ra["peak_rss_mib"] / trl["peak_rss_mib"]
     lines = [
@@ -154,7 +157,8 @@ def report(ref: dict, ra: dict, ck: dict, trl: dict, steps: int, load: tuple[flo
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"model {MODEL} (fp32); {BATCH} pairs/step, {steps} steps per side, sigmoid DPO β={BETA}, lr {LR}. "
-        f"1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (the box is shared: "
+        f"torch threads per side: {threads}. 1-min load average {load[0]:.1f} at the start, {load[1]:.1f} "
+        f"at the end (the box is shared: "
         f"compare the ratio, not the absolute numbers).",
         "",
         "| | rayalign prefer (precomputed ref) | TRL DPOTrainer (defaults) | ratio (rayalign / TRL) | goal |",
@@ -189,22 +193,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 steps per side")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every side")
     p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     a = p.parse_args()
     steps = a.steps or (3 if a.quick else 10)
     if a.side:  # child process: one side, result as JSON
+        import torch
+
+        torch.set_num_threads(a.threads)
         Path(a.result).write_text(json.dumps(SIDES[a.side](Path(a.work), steps)))
         return
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-prefer-") as tmp:
         work = Path(tmp)
-        ref = run_side("reference", work, steps)
-        ra = run_side("rayalign", work, steps)
-        ck = run_side("rayalign-ckpt", work, steps)
-        trl = run_side("trl", work, steps)
-    text = report(ref, ra, ck, trl, steps, (load_before[0], os.getloadavg()[0]))
+        ref = run_side("reference", work, steps, a.threads)
+        ra = run_side("rayalign", work, steps, a.threads)
+        ck = run_side("rayalign-ckpt", work, steps, a.threads)
+        trl = run_side("trl", work, steps, a.threads)
+    text = report(ref, ra, ck, trl, steps, (load_before[0], os.getloadavg()[0]), a.threads)
     print(text)
     out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-prefer-cpu{'-quick' if a.quick else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

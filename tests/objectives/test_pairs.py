@@ -78,8 +78,11 @@ def test_pair_logps_one_forward_matches_sequences_scored_alone(tiny_model_path, 
         ("What is 2+2?", "4", "It is five, I think, or maybe six."),
         ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
     ]]
+    batch = collate_pairs(rows, tokenizer.pad_token_id)
     with torch.no_grad():
-        chosen, rejected, n_c, n_r = pair_logps(model, collate_pairs(rows, tokenizer.pad_token_id))
+        chosen, rejected, n_c, n_r = pair_logps(model, batch)  # head only on the scored positions
+        whole = pair_logps(model, batch, selective=False)  # the FSDP/peft path: whole model, logits window
+    assert torch.allclose(chosen, whole[0], atol=1e-4) and torch.allclose(rejected, whole[1], atol=1e-4)
     for i, row in enumerate(rows):
         assert float(chosen[i]) == pytest.approx(_one_by_one(model, row["prompt_ids"], row["chosen_ids"]), abs=1e-4)
         assert float(rejected[i]) == pytest.approx(_one_by_one(model, row["prompt_ids"], row["rejected_ids"]), abs=1e-4)

@@ -41,6 +41,24 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return token_logps.sum(-1), keep.sum(-1)
 
 
+def scored_token_logps(hidden: torch.Tensor, head: torch.nn.Module,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `sequence_logps`, but from the last hidden states: the vocabulary projection `head` runs
+    only on the positions that predict a scored token, so prompt and padding positions never pay the
+    V-wide matmul nor hold [tokens, V] logits for backward.
+
+    hidden: [B, T, H], labels: [B, T] aligned with the inputs (−100 = not scored).
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    picked_hidden = hidden[:, :-1][keep]  # [N, H], N = scored tokens of the whole batch
+    logits = head(picked_hidden).float()  # [N, V]
+    token_logps = torch.gather(logits, 1, targets[keep].unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[keep]
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device)
+    return sums.index_add(0, rows, token_logps), keep.sum(-1)
+
+
 def response_window(labels: torch.Tensor) -> int:
     """How many trailing positions of the batch hold every scored token, plus the one before.
 

@@ -1,13 +1,13 @@
 """Preference and reward objectives for the train loop: pairs → one forward → a pure loss.
 
 A micro-batch of B pairs becomes ONE forward pass over 2B rows: rows [0, B) are prompt+chosen,
-rows [B, 2B) prompt+rejected (right-padded, labels −100 on the prompt and the padding). The model
-computes logits only over the trailing window that holds response tokens (``logits_to_keep``), so
-the vocabulary-wide projection is skipped on the shared prompt part.
+rows [B, 2B) prompt+rejected (right-padded, labels −100 on the prompt and the padding). The
+vocabulary-wide projection runs only where a response token is scored (a bare HF model) or over
+the trailing window that holds the responses (``logits_to_keep``; FSDP2- or peft-wrapped models).
 
 Reference log-probs come from the rows when the `reference` stage precomputed them
 (``ref_chosen_logp`` / ``ref_rejected_logp``), else from a frozen reference model the loop passes
-in; both paths use the very same collate and `sequence_logps`, so they agree to float precision.
+in; both paths use the very same collate and `pair_logps`, so they agree to float precision.
 
 These classes implement the train loop's Objective protocol (`rayalign.train.objective`):
 `collate`, `count` (pairs) and `loss` returning the SUM over the micro-batch plus metric sums.
@@ -16,11 +16,12 @@ These classes implement the train loop's Objective protocol (`rayalign.train.obj
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any, Sequence
 
 import torch
 
-from rayalign.objectives.logps import IGNORE, sequence_logps
+from rayalign.objectives.logps import IGNORE, scored_token_logps, sequence_logps
 from rayalign.objectives.preference import PREFERENCE_LOSSES, PairLogps
 from rayalign.objectives.reward import bradley_terry
 
@@ -69,12 +70,38 @@ def collate_pairs(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """One forward over chosen and rejected together → (chosen, rejected, chosen_tokens, rejected_tokens)."""
-    keep = int(batch["logits_to_keep"])  # one scalar per micro-batch, not per token
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                logits_to_keep=keep, use_cache=False)
-    logps, counts = sequence_logps(out.logits, batch["labels"])
+def splittable_causal_lm(model) -> bool:
+    """A bare Hugging Face causal LM whose body (`model.model`) and head (`model.lm_head`, a plain Linear
+    with no logit scaling or soft-capping) can be called apart. FSDP2-sharded and peft-wrapped models
+    are not: their parameters are gathered by hooks on the module the caller would skip."""
+    from transformers import PreTrainedModel
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch
+        FSDPModule = ()
+    config = getattr(model, "config", None)
+    return (isinstance(model, PreTrainedModel) and not isinstance(model, FSDPModule)
+            and isinstance(getattr(model, "lm_head", None), torch.nn.Linear) and hasattr(model, "model")
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None)
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) -> tuple[torch.Tensor, ...]:
+    """One forward over chosen and rejected together → (chosen, rejected, chosen_tokens, rejected_tokens).
+
+    A bare HF model projects to the vocabulary only at scored positions (`scored_token_logps`); any
+    other model (FSDP2, peft) is called whole with ``logits_to_keep`` = the trailing response window.
+    """
+    if selective and splittable_causal_lm(model):
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             use_cache=False).last_hidden_state
+        logps, counts = scored_token_logps(hidden, model.lm_head, batch["labels"])
+    else:
+        keep = int(batch["logits_to_keep"])  # one scalar per micro-batch, not per token
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    logits_to_keep=keep, use_cache=False)
+        logps, counts = sequence_logps(out.logits, batch["labels"])
     b = logps.shape[0] // 2
     return logps[:b], logps[b:], counts[:b], counts[b:]
 
@@ -175,38 +202,14 @@ class RewardObjective:
         return per_pair.sum(), {k: v.sum() for k, v in metrics.items()}
 
 
-# factories named in the train loop's OBJECTIVES registry ("module:factory")
-def apo_zero(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("apo_zero", **kw)
-
-
-def apo_down(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("apo_down", **kw)
-
-
-def dpo(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("dpo", **kw)
-
-
-def ipo(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("ipo", **kw)
-
-
-def simpo(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("simpo", **kw)
-
-
-def orpo(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("orpo", **kw)
-
-
-def kto(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("kto", **kw)
-
-
-def apo_zero_unpaired(**kw: Any) -> PreferenceObjective:
-    return PreferenceObjective("apo_zero_unpaired", **kw)
-
-
-def reward(**kw: Any) -> RewardObjective:
-    return RewardObjective(**kw)
+# factories named in the train loop's OBJECTIVES registry ("module:factory"); each takes the loss's
+# hyper-parameters (the `objective:` section minus `name`) as keyword arguments
+apo_zero = partial(PreferenceObjective, "apo_zero")
+apo_down = partial(PreferenceObjective, "apo_down")
+dpo = partial(PreferenceObjective, "dpo")
+ipo = partial(PreferenceObjective, "ipo")
+simpo = partial(PreferenceObjective, "simpo")
+orpo = partial(PreferenceObjective, "orpo")
+kto = partial(PreferenceObjective, "kto")
+apo_zero_unpaired = partial(PreferenceObjective, "apo_zero_unpaired")
+reward = RewardObjective

@@ -53,6 +53,15 @@ def _train_config(cfg: TrainConfig, data_path: str) -> TrainConfig:
     return base.model_copy(update={"data": base.data.model_copy(update={"path": data_path, "inputs": []})})
 
 
+def last_metrics(summary: dict) -> dict:
+    """The final logged step (loss, rewards, margins, accuracy...) from the run's metrics.jsonl."""
+    import json
+
+    path = Path(summary.get("metrics_file") or "")
+    lines = [x for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 def tokenised_pairs(cfg: TrainConfig, log=print) -> str:
     """A folder of tokenised pairs (prompt_ids/chosen_ids/rejected_ids): data.path as is, or `prepare` data.inputs."""
     if cfg.data.path:
@@ -97,7 +106,7 @@ def run_prefer(cfg: PreferConfig, log=print) -> dict:
             raise ConfigError("reference.mode: on_the_fly, but data.path already carries reference log-probs "
                               "(the loop would use them); give data.inputs or a `prepare` output instead")
     summary = launch(_train_config(cfg, data))
-    summary["data"] = data
+    summary.update(data=data, metrics=last_metrics(summary))
     summary["reference_mode"] = cfg.reference.mode if objective.needs_reference else "none"
     if cfg.eval_pairs > 0 and summary.get("checkpoint"):
         summary["pair_accuracy"] = evaluate_policy(cfg, summary, data)
@@ -127,7 +136,7 @@ def run_reward(cfg: RewardConfig, log=print) -> dict:
         raise ConfigError("peft.method: the reward stage trains the full model and its new score head; set none")
     data = tokenised_pairs(cfg, log)
     summary = launch(_train_config(cfg, data))
-    summary["data"] = data
+    summary.update(data=data, metrics=last_metrics(summary))
     if cfg.eval_pairs > 0 and summary.get("checkpoint"):
         from rayalign.models.loader import load_tokenizer
         from rayalign.prefer.evaluate import load_reward_model, load_rows, reward_accuracy
