@@ -299,9 +299,11 @@ def _now() -> str:
 
 def stage_summary(spec: StageSpec, record: dict, skipped: bool) -> dict:
     result = record.get("result") or {}
-    metrics = result.get("metrics")
-    if not isinstance(metrics, dict):  # dataset stages: their top-level numbers (packing_efficiency, ...)
-        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # key metrics: the result's top-level numbers (steps, final_loss, packing_efficiency, ...) and
+    # its `metrics` dict when it has one (eval's accuracies, a training stage's last logged step)
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if isinstance(result.get("metrics"), dict):
+        metrics.update(result["metrics"])
     config = record.get("config") or {}
     output = next((config[k] for k in OUTPUT_FIELDS if config.get(k)), None)
     return {
