@@ -52,7 +52,7 @@ def _pids_under(temp_dir: str) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # only test_on_ray_head.py uses it: stop it when that module ends
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayalign-head-", dir="/tmp")
     gcs_port, dash_port = free_port(), free_port()
@@ -85,7 +85,7 @@ def ray_head():
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=40)
+            proc.wait(timeout=15)  # it drains first; anything left after that is killed below
         except subprocess.TimeoutExpired:
             proc.kill()
         for pid in _pids_under(temp_dir):
