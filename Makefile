@@ -42,8 +42,8 @@ quickstart: install
 bench: install
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
-data:
-	$(PY) rayjobs/data/make_sample_data.py
+data: install
+	$(BIN)/python rayjobs/data/make_sample_data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

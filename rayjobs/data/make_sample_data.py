@@ -105,8 +105,46 @@ def chat(rng: random.Random) -> list[dict]:
     return rows
 
 
+# the kinds whose rule-based minimal fix exists (rayalign.generate.verify.FIXES): the quickstart's CLAIR
+# reviser can turn a failing on-policy response into a passing revision for these
+TRAIN_KINDS = ["lowercase", "uppercase", "no_commas", "end_with", "start_with", "include_keywords",
+               "forbidden_words", "max_words", "quotation"]
+SECOND = ["no_commas", "max_words", "include_keywords"]
+
+
+def prompt_tasks(rng: random.Random) -> tuple[str, list[str]]:
+    """A task and three keywords — subjects disjoint from the eval suite's, so evaluation stays held out."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        c, cap, lang = rng.choice(COUNTRIES)
+        return f"Tell me about {c}.", [cap.split()[-1].lower(), "country", "people"]
+    if kind == 1:
+        t, _ = rng.choice(THINGS)
+        return f"Explain a fact about {t}.", ["science", "fact", t.split()[-1].lower()]
+    topic = rng.choice(TOPICS)
+    return f"Share some advice on {topic}.", ["habit", "daily", topic.split()[-1].lower()]
+
+
 def prompts(rng: random.Random) -> list[dict]:
-    return [{"id": rid, "prompt": q} for rid, q, _ in instruction_examples(rng, 200, "prompt")]
+    """Prompts with checkable instructions (constraints in meta, the eval suite's format)."""
+    from rayalign.eval.make_suite import instruction
+
+    rows = []
+    for i in range(200):
+        task, keywords = prompt_tasks(rng)
+        texts, cons = [], []
+        first = TRAIN_KINDS[i % len(TRAIN_KINDS)]
+        text, c = instruction(first, rng, keywords)
+        texts.append(text)
+        cons.append(c)
+        second = [k for k in SECOND if k != first and not (first in ("include_keywords", "forbidden_words", "uppercase")
+                                                            and k == "include_keywords")]
+        if i % 3 == 0 and second:
+            text, c = instruction(rng.choice(second), rng, keywords)
+            texts.append(text)
+            cons.append(c)
+        rows.append({"id": f"prompt-{i:04d}", "prompt": " ".join([task, *texts]), "meta": {"constraints": cons}})
+    return rows
 
 
 def degrade(answer: str, rng: random.Random) -> str:
