@@ -44,6 +44,7 @@ class OptimConfig(Cfg):
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 disables clipping
+    fused: bool = True  # fused AdamW kernel (CPU and CUDA, plain or FSDP2 DTensor parameters)
 
 
 class CheckpointConfig(Cfg):
