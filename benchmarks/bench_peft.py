@@ -150,7 +150,7 @@ def report(results: list[dict], args) -> str:
             f"| {names[r['method']]} | {r['trainable']:,} | {100 * r['trainable'] / base['total']:.4f}% | "
             f"{r['step_s']:.3f} | {r['step_median_s']:.3f} | {r['step_cpu_s']:.3f} | {r[key] / base[key]:.2f}x | {r['peak_mib']:,.0f} | "
             f"{r['delta_mib']:,.0f} | {r['delta_mib'] / base['delta_mib']:.2f}x |")
-    lines += ["", "Why Aligner's step is not faster than LoRA's: both must back-propagate through the whole frozen "
+    lines += ["", "Why Aligner's step costs about what LoRA's does: both must back-propagate through the whole frozen "
               "network (the prefix feeds every layer from `start_layer` on); what they save over full fine-tuning "
               "is the weight gradients and AdamW state of the frozen parameters — hence the memory column.",
               "", "Loss over the timed run (random tokens, just a sanity check that each method trains): " +
