@@ -209,8 +209,8 @@ def report(results: dict, n_chats: int, args) -> None:
     print(text)
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    kind = "gpu" if torch.cuda.is_available() else f"cpu{os.cpu_count()}"
-    (out / f"bench_train-{time.strftime('%Y%m%d')}-{kind}{'-quick' if args.quick else ''}.md").write_text(text)
+    kind = "gpu" if torch.cuda.is_available() else "cpu"
+    (out / f"{time.strftime('%Y-%m-%d')}-train-{kind}{'-quick' if args.quick else ''}.md").write_text(text)
 
 
 if __name__ == "__main__":
