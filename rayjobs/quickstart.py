@@ -12,6 +12,7 @@ it prints the evaluation headline (base vs aligned) and the command that serves 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def headline(run_dir: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    # one stage runs at a time here, so its engine actor may use both cores
+    os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(os.cpu_count() or 1))
     rc = run_pipeline([str(CONFIG), *argv])
     run_dir = Path(load_pipeline(CONFIG, [a for a in argv if "=" in a]).run_dir)
     if (run_dir / "summary.json").exists():

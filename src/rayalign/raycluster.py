@@ -24,7 +24,9 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     for k, v in local_ray_env().items():
         os.environ.setdefault(k, v)
     address = os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {k: os.environ[k] for k in local_ray_env()}}
+    # workers see the same settings as the driver (local-cluster env plus RAYALIGN_* knobs)
+    names = set(local_ray_env()) | {k for k in os.environ if k.startswith("RAYALIGN_")}
+    runtime_env = {"env_vars": {k: os.environ[k] for k in sorted(names)}}
     if address:
         # inside `ray job submit` the job already has a runtime_env (working_dir, env_vars): let
         # Ray merge ours into it instead of refusing to start the driver over a conflict

@@ -75,3 +75,12 @@ def test_changed_config_recomputes(tmp_path):
     assert any("config changed" in s for s in logs)
     assert all(len(r["seq_lens"]) == 1 for r in rows_of(tmp_path / "o"))
     assert m["counts"]["out_rows"] == m["counts"]["ok"]
+
+
+def test_limit_takes_the_first_rows(tmp_path):
+    """pool.limit=50 with shards of 40: rows 0-39 and 40-49 of the file, quarantine counted within them."""
+    m = run_prepare(PrepareConfig(kind="corpus", inputs=[str(DATA / "corpus.jsonl")], output=str(tmp_path / "l"),
+                                  model="tiny-random:llama", max_length=128, seq_len=256, pack=False,
+                                  pool={"workers": 0, "shard_rows": 40, "limit": 50}), log=lambda s: None)
+    assert [(s["start"], s["stop"]) for s in m["shards"]] == [(0, 40), (40, 50)]
+    assert m["counts"]["in"] == 50 == m["counts"]["ok"] + m["counts"]["quarantined"]

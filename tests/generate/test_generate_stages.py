@@ -123,9 +123,9 @@ def test_pas_and_judge_stages(prompts, tmp_path):
     assert sum(statuses(m).values()) == 6
     for r in rows:
         if r["status"] == "accepted":
-            assert r["hint"] and r["augmented"][-1]["content"].endswith(r["hint"])
+            assert r["hint"] and r["messages"][-1]["content"].endswith(r["hint"])
         else:
-            assert r["hint"] == "" and r["augmented"] == r["messages"]
+            assert r["hint"] == "" and r["original"] == r["messages"]
         assert r["raw_hint"] is not None
 
     m = run_stage("judge", data={**base(tmp_path / "judge"), "inputs": [prompts],

@@ -37,6 +37,7 @@ class PoolConfig(Cfg):
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     shard_rows: int = 256
+    limit: int | None = None  # only the first N input rows (a seed sample, a smoke run); None = all
 
 
 @dataclass
@@ -66,11 +67,13 @@ class Processor(Protocol):
     def process(self, rows: list[dict]) -> ProcessResult: ...
 
 
-def plan_shards(inputs: list[str], shard_rows: int) -> list[Shard]:
+def plan_shards(inputs: list[str], shard_rows: int, limit: int | None = None) -> list[Shard]:
     shards: list[Shard] = []
+    left = limit if limit is not None else float("inf")
     for path in expand_inputs(inputs):
         fmt = detect_format(path)
-        n = count_rows(path, fmt)
+        n = int(min(count_rows(path, fmt), left))
+        left -= n
         for start in range(0, n, shard_rows):
             shards.append(Shard(len(shards), path, fmt, start, min(start + shard_rows, n), Path(path).stem))
     return shards
@@ -193,7 +196,7 @@ def run_sharded(
         return old
     out.mkdir(parents=True, exist_ok=True)
     (out / "_config_hash").write_text(config_hash)
-    shards = plan_shards(inputs, pool.shard_rows)
+    shards = plan_shards(inputs, pool.shard_rows, pool.limit)
     done = _done_reports(out, shards)
     pending = [s for s in shards if s.name not in done]
     total_rows = sum(s.stop - s.start for s in shards)

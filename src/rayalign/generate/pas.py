@@ -6,8 +6,9 @@ Pass 1 writes a hint (templates/pas_hint.txt): it supplements the prompt, never 
 not extend the task, ≤ `max_words` words, same language. Rule checks then reject empty, too long
 or other-script hints; pass 2, a critic (templates/pas_critique.txt), rejects hints that answer the
 prompt, conflict with it or change its language. Every row comes out with a status; only
-`accepted` rows carry a hint, and `augmented` (the messages with the hint appended to the prompt's
-last user turn) equals the original messages otherwise, so the output merges into SFT data as is.
+`accepted` rows carry a hint, and their `messages` have the hint appended to the prompt's last user
+turn (`original` keeps the messages as they came in; the two are equal for rows without a hint),
+so the output feeds the `sft` (kind chat) or `sample` (kind prompts) stage as is.
 Input kind `prompts` (default) or `chat` (the hint goes to the last user turn).
 """
 
@@ -27,7 +28,7 @@ from rayalign.generate.prompts import parse_hint, parse_verdict, prompt_text, te
 
 PAS_SCHEMA = pa.schema([
     ("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string()), ("hint", pa.string()),
-    ("augmented", MESSAGES), ("status", pa.string()), ("raw_hint", pa.string()), ("raw_critique", pa.string()),
+    ("original", MESSAGES), ("status", pa.string()), ("raw_hint", pa.string()), ("raw_critique", pa.string()),
     ("model", pa.string()), ("prompt_version", pa.string()),
 ])
 
@@ -121,8 +122,8 @@ class PASProcessor(EngineProcessor):
         for i, r in enumerate(rows):
             count_status(stats, status[i])
             ok = status[i] == "accepted"
-            out.append({"id": r["id"], "messages": r["messages"], "meta": r["meta"], "hint": hints[i] if ok else "",
-                        "augmented": augment(r["messages"], hints[i]) if ok else r["messages"], "status": status[i],
+            out.append({"id": r["id"], "messages": augment(r["messages"], hints[i]) if ok else r["messages"],
+                        "meta": r["meta"], "hint": hints[i] if ok else "", "original": r["messages"], "status": status[i],
                         "raw_hint": raw_hint[i], "raw_critique": raw_crit[i], "model": self.ecfg.model,
                         "prompt_version": self.version})
         return ProcessResult(out, [], stats)
