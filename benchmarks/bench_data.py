@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-random:llama"
 
@@ -107,12 +109,7 @@ def main() -> None:
         tps = n / t
         lines.append(f"| {name} | {t:.2f} | {n} | {tps:,.0f} | {tps / base_tps:.2f}x | "
                      f"{'' if eff is None else f'{eff:.3f}'} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    out = ROOT / "benchmarks/results" / f"{dt.date.today()}-data-cpu.md"
-    if not args.quick:
-        out.write_text(report)
-        print(f"wrote {out}")
+    save_report(lines, "data", quick=args.quick)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
 TOPICS = ["the Moon", "rivers", "bread", "the piano", "volcanoes", "bees", "glass", "trains", "tea", "maps",
@@ -112,12 +114,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines += [f"Load average at the end of the run: {load} (on {os.cpu_count()} CPUs). The cores are shared with",
               "other work, so absolute numbers and ratios carry that noise; re-run on an idle machine before relying on them."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    out = ROOT / "benchmarks" / "results" / f"{dt.date.today()}-generate-cpu.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"wrote {out}")
+    save_report(lines, "generate", quick=args.quick)
 
 
 if __name__ == "__main__":  # vLLM spawns its engine-core process: the guard is required

@@ -30,6 +30,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 
@@ -206,12 +208,7 @@ def main() -> int:
         f"Load run: {args.load_requests} requests from 16 clients, 10% malformed: status codes "
         f"{load['codes']} in {load['wall']:.1f}s — **{load['5xx']} 5xx**.",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    out = ROOT / "benchmarks" / "results" / f"{dt.date.today()}-serve-cpu.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"wrote {out}")
+    save_report(lines, "serve", quick=args.quick)
     return 1 if load["5xx"] else 0
 
 
