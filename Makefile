@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast quickstart bench clean data
+.PHONY: install test test-fast quickstart bench clean data lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,3 +47,8 @@ data: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks rayjobs
+	$(BIN)/ruff format --check src tests benchmarks rayjobs
+	$(BIN)/mypy

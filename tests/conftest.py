@@ -51,3 +51,43 @@ def tokenizer():
     from rayalign.models.loader import load_tokenizer
 
     return load_tokenizer(TINY)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's threaded server) on 127.0.0.1, for object-storage tests.
+
+    Sets the standard AWS variables (endpoint, dummy credentials) in this process, so pyarrow's
+    S3 filesystem and child processes started afterwards (Ray workers, `rayalign` subprocesses)
+    talk to it. Yields the endpoint URL. Tests create their own bucket with `s3_bucket`.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket for one test; returns `s3://<bucket>`."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"

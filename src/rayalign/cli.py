@@ -39,25 +39,33 @@ def job_main(stage: str, doc: str, argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+# commands that are not stages: name -> "module:function(argv) -> exit code", imported lazily
+COMMANDS: dict[str, str] = {
+    "run": "rayalign.pipeline:main",
+    "serve": "rayalign.serve.cli:main",
+}
+
+
+def _command(ref: str):
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     from rayalign.stages import STAGES
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = sorted(STAGES) + [c for c in ("run", "serve") if c not in STAGES]
+    commands = sorted(STAGES) + sorted(c for c in COMMANDS if c not in STAGES)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: rayalign <command> [args]\n\ncommands:\n  " + "\n  ".join(commands)
               + "\n\n`rayalign <command> --help` for a command's arguments.")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:
-        if cmd == "run" and "run" not in STAGES:
-            from rayalign.pipeline import main as pipeline_main
-
-            return pipeline_main(rest)
-        if cmd == "serve" and "serve" not in STAGES:
-            from rayalign.serve.cli import main as serve_main
-
-            return serve_main(rest)
+        if cmd in COMMANDS and cmd not in STAGES:
+            return int(_command(COMMANDS[cmd])(rest))
         if cmd not in STAGES:
             print(f"rayalign: unknown command {cmd!r}; available: {', '.join(commands)}", file=sys.stderr)
             return 2

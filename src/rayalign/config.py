@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,10 +30,44 @@ class Cfg(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
+    # Fields that say how much hardware to use, not what to compute (pool sizes, workers, CPUs/GPUs
+    # per actor, memory fractions). They are left out of `hash()`, so resuming a half-finished stage
+    # with more workers continues its finished shards instead of redoing them. A whole sub-config
+    # can opt out with `resource_config = True` (e.g. the actor-pool settings).
+    resource_fields: ClassVar[frozenset[str]] = frozenset()
+    resource_config: ClassVar[bool] = False
+
+    def hash_data(self) -> dict[str, Any]:
+        """The config as JSON, minus resource fields at every level (see `resource_fields`)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            if name in self.resource_fields:
+                continue
+            value = getattr(self, name)
+            if isinstance(value, Cfg):
+                if value.resource_config:
+                    continue
+                out[name] = value.hash_data()
+            else:
+                out[name] = _plain(value)
+        return out
+
     def hash(self) -> str:
-        """Stable hash of the config, used by manifests to tell whether finished output still matches."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+        """Stable hash of what changes results, used to tell whether finished output still matches."""
+        blob = json.dumps(self.hash_data(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Cfg):
+        return value.hash_data()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

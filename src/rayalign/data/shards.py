@@ -31,7 +31,14 @@ MANIFEST = "manifest.json"
 
 
 class PoolConfig(Cfg):
-    """How the actor pool is sized. The defaults never deadlock a 2-CPU local cluster."""
+    """How the actor pool is sized. The defaults never deadlock a 2-CPU local cluster.
+
+    `workers`, `num_cpus` and `num_gpus` are resources: they stay out of the config hash, so a
+    resumed stage may use a different pool. `shard_rows` and `limit` decide which rows form which
+    shard, so they are part of it.
+    """
+
+    resource_fields = frozenset({"workers", "num_cpus", "num_gpus"})
 
     workers: int = 1  # actors in the pool; 0 = run in the driver process without Ray
     num_cpus: float = 0.5

@@ -1,0 +1,114 @@
+"""Typed results every stage returns, and the manifest a dataset stage commits.
+
+The pipeline runner, the summary, `${stages.NAME.KEY}` references and the CLI read these fields and
+nothing else, so a stage never has to guess which dict keys another module digs for.
+
+- `StageResult`: `output` (dataset folder), `checkpoint` (model folder), `counts` (dataset stages),
+  `metrics` (numbers only: losses, accuracies, packing efficiency) and `details` (anything else a
+  stage wants on record, e.g. paths of reports; not shown as a metric).
+- `Manifest`: what `manifest.json` of a dataset stage holds; its presence with `complete: true` is
+  the commit marker of the stage's output folder.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Status(StrEnum):
+    """Lifecycle of a stage (pipeline records) or a pipeline run (summary)."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    PARTIAL = "partial"  # a pipeline stopped early on purpose (--stop-after)
+
+
+class Counts(BaseModel):
+    """Row accounting of a dataset stage: `in_` = `ok` + `quarantined` (serialised as `in`)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    in_: int = Field(0, alias="in")
+    ok: int = 0
+    quarantined: int = 0
+    out_rows: int = 0
+    by_reason: dict[str, int] = {}
+
+    def reconciles(self) -> bool:
+        return self.in_ == self.ok + self.quarantined
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class ShardReport(BaseModel):
+    """One finished shard of a dataset stage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    shard: str
+    source: str = ""
+    start: int = 0
+    stop: int = 0
+    in_: int = Field(0, alias="in")
+    ok: int = 0
+    quarantined: int = 0
+    out_rows: int = 0
+    reasons: dict[str, int] = {}
+    stats: dict[str, float] = {}
+
+
+def numeric_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """Keep the finite real numbers of a dict (bools and strings are not metrics)."""
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+class StageResult(BaseModel):
+    """What every stage's run function returns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    output: str | None = None
+    checkpoint: str | None = None
+    counts: Counts | None = None
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form; `counts` keeps the `in` key users see in summaries."""
+        data = self.model_dump(mode="json", exclude={"counts"})
+        data["counts"] = self.counts.to_json() if self.counts is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageResult:
+        return cls.model_validate(data)
+
+
+class Manifest(BaseModel):
+    """`manifest.json` of a dataset stage's output folder (written last: it is the commit marker)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str
+    config_hash: str
+    complete: bool = True
+    counts: Counts = Counts()
+    stats: dict[str, float] = {}
+    shards: list[ShardReport] = []
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", by_alias=True)
+        return data
