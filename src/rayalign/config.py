@@ -9,14 +9,27 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 T = TypeVar("T", bound="Cfg")
 
 CONFIG_EXIT_CODE = 2
+
+
+_DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float": "fp32"}
+
+
+def _dtype_alias(value: Any) -> Any:
+    return _DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+# The one dtype vocabulary of every config (train, engines, reference, eval). `auto` means bf16 on a
+# GPU and fp32 on a CPU (bf16 is slower on CPUs and changes greedy outputs of small models). The long
+# torch names are accepted and normalised, so a bad value fails at validation (`--dry-run`), not at load.
+DType = Annotated[Literal["auto", "fp32", "bf16", "fp16"], BeforeValidator(_dtype_alias)]
 
 
 class ConfigError(ValueError):
