@@ -55,7 +55,7 @@ def test_report_with_training_curves(tmp_path):
     results = {"models": {"aligned": "m1", "baseline": "m0"}, "suite": "t", "prompts": 3,
                "aligned": {"ifeval": scores}, "baseline": {"ifeval": base}}
     report = write_report(tmp_path / "report", results, run_dir=run)
-    text = report.read_text()
+    text = Path(report).read_text()
     assert "| no_commas | 2 | 0.500 | 0.500 | +0.000 |" in text
     assert "| lowercase | 1 | 1.000 | 0.000 | -1.000 |" in text
     assert "10 logged steps; loss 2.900 → 2.000" in text
@@ -76,12 +76,13 @@ def test_eval_tiny_model_end_to_end(tmp_path):
                      limit=8, params={"max_tokens": 12}, judge_model="tiny-random:llama", judge_limit=4,
                      heldout_pairs=str(pairs), heldout_limit=16)
     out = run_eval(cfg, log=lambda *_: None)
-    m = out["metrics"]
+    m = out.metrics
+    assert out.counts is None and out.output == str(tmp_path / "eval")  # eval reads prompts; it writes no dataset
     assert m["aligned/prompt_accuracy"] == m["baseline/prompt_accuracy"]
     assert m["aligned/heldout_accuracy"] == m["baseline/heldout_accuracy"]
     assert 0.0 <= m["aligned/heldout_accuracy"] <= 1.0
     assert m["judge/win_rate"] == 0.5
-    results = json.loads(Path(out["results"]).read_text())
+    results = json.loads(Path(out.details["results"]).read_text())
     assert results["judge"]["wins"] == results["judge"]["losses"]
     rows = [json.loads(x) for x in (tmp_path / "eval" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == 8
@@ -91,4 +92,29 @@ def test_eval_tiny_model_end_to_end(tmp_path):
         assert r["aligned"]["passed"] == check_response(r["constraints"], r["aligned"]["response"])
     flat = [v for r in rows for v in r["aligned"]["passed"]]
     assert results["aligned"]["ifeval"]["instruction_accuracy"] == pytest.approx(sum(flat) / len(flat))
-    assert Path(out["report"]).exists()
+    assert Path(out.details["report"]).exists()
+
+
+def test_report_on_object_storage_with_rounds(s3_bucket):
+    """run_dir and report folder in a bucket: training curves and the summary are read from there,
+    and the report has one row per round: the round's eval pass rate and its prefer stage's last loss."""
+    from rayalign import storage
+
+    run = f"{s3_bucket}/run"
+    for r, losses in ((1, [0.7, 0.6]), (2, [0.5, 0.4])):
+        storage.write_text(f"{run}/round-{r}/prefer/metrics.jsonl",
+                           "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses)))
+    stages = [{"name": "eval", "id": f"round-{r}/eval", "round": r, "stage": "eval", "status": "complete",
+               "metrics": {"aligned/prompt_accuracy": acc, "judge/win_rate": 0.5}} for r, acc in ((1, 0.25), (2, 0.5))]
+    storage.write_json(f"{run}/summary.json", {"run_dir": run, "status": "complete", "stages": stages})
+    assert sorted(training_logs(run)) == ["round-1/prefer", "round-2/prefer"]
+    scores, _ = instruction_scores(SUITE, ["one two", "Hi", "x, y"])
+    results = {"models": {"aligned": "m1"}, "suite": "t", "prompts": 3, "aligned": {"ifeval": scores}}
+    report = write_report(f"{run}/round-2/eval/report", results, run_dir=run)
+    assert report == f"{run}/round-2/eval/report/report.md"
+    text = storage.read_text(report)
+    assert "| round | aligned/prompt_accuracy | prefer/loss |" in text
+    assert "| 1 | 0.250 | 0.600 |" in text and "| 2 | 0.500 | 0.400 |" in text
+    assert "| round-2/eval | eval | complete |" in text
+    for png in ("ifeval_by_kind.png", "train_round-1_prefer.png", "train_round-2_prefer.png"):
+        assert storage.read_bytes(f"{run}/round-2/eval/report/plots/{png}")[:4] == b"\x89PNG"

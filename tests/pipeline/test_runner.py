@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from rayalign.config import ConfigError
-from rayalign.pipeline import (apply_pipeline_overrides, interpolate, load_pipeline, main, read_record,
-                               run_pipeline, validate_pipeline)
+from rayalign.pipeline import (Entry, Scope, apply_pipeline_overrides, interpolate, load_pipeline, main,
+                               read_record, resolve, run_pipeline, validate_pipeline)
+from rayalign.results import StageResult
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "rayjobs" / "data"
@@ -37,8 +38,8 @@ def two_stage(tmp_path: Path) -> Path:
 
 
 def test_interpolation_rules():
-    ctx = {"run_dir": "runs/a", "defaults": {"model": "m"},
-           "stages": {"sft": {"config": {"output": "runs/a/sft", "lr": 1e-4}, "result": {"checkpoint": "ck/7", "metrics": {"loss": 1.5}}}}}
+    sft = Entry({"output": "runs/a/sft", "lr": 1e-4}, StageResult(stage="sft", checkpoint="ck/7", metrics={"loss": 1.5}))
+    ctx = Scope("runs/a", {"model": "m"}, {"sft": sft}, {"sft": "sft"})
     # a whole-string reference keeps its type; an embedded one is pasted as text
     assert interpolate("${stages.sft.metrics.loss}", ctx, "x") == 1.5
     assert interpolate("${stages.sft.lr}", ctx, "x") == 1e-4  # falls back to the config
@@ -48,6 +49,10 @@ def test_interpolation_rules():
         interpolate("${stages.prefer.checkpoint}", ctx, "stages[3] (eval).config.model")
     with pytest.raises(ConfigError, match="no 'nope'"):
         interpolate("${stages.sft.nope}", ctx, "x")
+    # resolution returns what it read (the runner hashes those stages into the reader's hash)
+    assert resolve({"a": "${stages.sft.checkpoint}", "b": "${run_dir}"}, ctx, "x") == ({"a": "ck/7", "b": "runs/a"},
+                                                                                       frozenset({"sft"}))
+    assert resolve("${defaults.model}", ctx, "x")[1] == frozenset()
 
 
 def test_overrides_address_stages_by_name(tmp_path):

@@ -3,18 +3,29 @@
 Plots: pass rate by constraint kind (baseline vs aligned), the training curve of every training
 stage (from its `metrics.jsonl`: one JSON object per step with `step`, `loss`, `lr`, ...), and the
 reward margins over steps of preference stages (metrics keys containing "margin" or starting
-with "rewards": chosen / rejected implicit rewards).
+with "rewards": chosen / rejected implicit rewards). A pipeline with rounds (`repeat`) gets a table
+with one row per round: the eval metrics of that round's eval stage (if it has one) and the last
+loss of its training stages.
+
+The folder and `run_dir` may be object-storage URIs: the report is drawn in a local temporary
+folder and uploaded (report.md last, so a report.md that exists has its plots).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
 
+from rayalign import storage
 
-def read_jsonl(path: Path) -> list[dict]:
+ROUND = re.compile(r"^round-(\d+)/")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
     rows = []
-    for line in path.read_text().splitlines():
+    for line in storage.read_text(path).splitlines():
         line = line.strip()
         if line:
             try:
@@ -24,17 +35,25 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _relative(root: str, path: str) -> str:
+    return path[len(root.rstrip("/")):].strip("/").replace("\\", "/")
+
+
 def training_logs(run_dir: str | Path | None) -> dict[str, list[dict]]:
-    """Stage name → its per-step metrics rows, for every `metrics.jsonl` one or two levels down."""
-    if not run_dir or not Path(run_dir).exists():
+    """Stage folder (relative to run_dir, e.g. `sft`, `round-2/prefer`) → its per-step metrics rows,
+    for every `metrics.jsonl` one or two levels down."""
+    if not run_dir or not storage.is_dir(run_dir):
         return {}
+    root = str(run_dir)
     logs = {}
-    root = Path(run_dir)
-    for p in sorted(list(root.glob("*/metrics.jsonl")) + list(root.glob("*/*/metrics.jsonl"))):
+    for p in storage.list_dir(root, recursive=True):
+        rel = _relative(root, p)
+        if storage.basename(rel) != "metrics.jsonl" or not 2 <= len(rel.split("/")) <= 3:
+            continue
         rows = [r for r in read_jsonl(p) if "step" in r]
         if rows:
-            logs[str(p.parent.relative_to(root))] = rows
-    return logs
+            logs[rel.rsplit("/", 1)[0]] = rows
+    return dict(sorted(logs.items()))
 
 
 def _plt():
@@ -88,32 +107,77 @@ def _f(v) -> str:
     return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def _stage_table(run_dir: str | Path | None) -> list[str]:
-    p = Path(run_dir) / "summary.json" if run_dir else None
-    if not p or not p.exists():
+def _stage_table(summary: dict | None) -> list[str]:
+    if not summary:
         return []
-    summary = json.loads(p.read_text())
     lines = ["## Pipeline stages", "", "| stage | kind | status | seconds | rows in / ok / out | key metrics |",
              "|---|---|---|---:|---|---|"]
     for s in summary.get("stages", []):
         c = s.get("counts") or {}
         rows = f"{c.get('in')} / {c.get('ok')} / {c.get('out_rows')}" if c else ""
         metrics = ", ".join(f"{k}={_f(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
-        lines.append(f"| {s['name']} | {s['stage']} | {s['status']}{' (skipped)' if s.get('skipped') else ''} | "
-                     f"{_f(s.get('seconds'))} | {rows} | {metrics} |")
+        lines.append(f"| {s.get('id') or s['name']} | {s['stage']} | {s['status']}"
+                     f"{' (skipped)' if s.get('skipped') else ''} | {_f(s.get('seconds'))} | {rows} | {metrics} |")
     return lines + [""]
 
 
-def write_report(folder: str | Path, results: dict, run_dir: str | Path | None = None) -> Path:
-    folder = Path(folder)
+def round_rows(summary: dict | None, logs: dict[str, list[dict]]) -> dict[int, dict[str, float]]:
+    """Round → its numbers: eval metrics of the round's eval stages, last loss of its training stages."""
+    rounds: dict[int, dict[str, float]] = {}
+    for s in (summary or {}).get("stages", []):
+        if s.get("round") and s.get("stage") == "eval":
+            row = rounds.setdefault(int(s["round"]), {})
+            row.update({k: v for k, v in (s.get("metrics") or {}).items() if k.startswith("aligned/")})
+    for folder, rows in logs.items():
+        m = ROUND.match(folder + "/")
+        if m and isinstance(rows[-1].get("loss"), (int, float)):
+            rounds.setdefault(int(m.group(1)), {})[f"{folder.split('/', 1)[1]}/loss"] = rows[-1]["loss"]
+    return dict(sorted(rounds.items()))
+
+
+def _rounds_table(summary: dict | None, logs: dict[str, list[dict]]) -> list[str]:
+    rounds = round_rows(summary, logs)
+    if not rounds:
+        return []
+    keys = sorted({k for row in rounds.values() for k in row})
+    lines = ["## After every round", "", "| round | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+    for r, row in rounds.items():
+        lines.append(f"| {r} | " + " | ".join(_f(row.get(k)) for k in keys) + " |")
+    return lines + [""]
+
+
+def write_report(folder: str | Path, results: dict, run_dir: str | Path | None = None) -> str:
+    """Write `<folder>/report.md` and `<folder>/plots/*.png`; returns the report.md path."""
+    if not storage.is_uri(folder):
+        return str(_draw(Path(folder), results, run_dir))
+    with tempfile.TemporaryDirectory(prefix="rayalign-report-") as tmp:
+        local = _draw(Path(tmp), results, run_dir)
+        for png in sorted((Path(tmp) / "plots").glob("*.png")):
+            storage.write_bytes(storage.join(folder, "plots", png.name), png.read_bytes())
+        target = storage.join(folder, "report.md")
+        storage.write_text(target, local.read_text())
+    return target
+
+
+def _draw(folder: Path, results: dict, run_dir: str | Path | None) -> Path:
+    """The report into a local folder (tables, then plots); see write_report."""
     plots = folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     tags = [t for t in ("baseline", "aligned") if t in results]
     md = ["# rayalign evaluation report", ""]
     md += [f"- {tag}: `{results['models'][tag]}`" for tag in tags]
     md += [f"- suite: {results.get('suite')} ({results.get('prompts')} prompts)", ""]
+    md += _summary_md(results, tags) + _by_kind_md(results, tags, plots)
+    summary = storage.read_json(storage.join(run_dir, "summary.json")) if run_dir else None
+    logs = training_logs(run_dir)
+    md += _stage_table(summary) + _rounds_table(summary, logs) + _curves_md(logs, plots)
+    path = folder / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
 
-    md += ["## Summary", "", "| metric | " + " | ".join(tags) + " |", "|---|" + "---:|" * len(tags)]
+
+def _summary_md(results: dict, tags: list[str]) -> list[str]:
+    md = ["## Summary", "", "| metric | " + " | ".join(tags) + " |", "|---|" + "---:|" * len(tags)]
     rows = [("prompt-level accuracy", lambda r: r["ifeval"]["prompt_accuracy"]),
             ("instruction-level accuracy", lambda r: r["ifeval"]["instruction_accuracy"]),
             ("reward-model score (mean)", lambda r: r.get("reward", {}).get("mean")),
@@ -128,23 +192,25 @@ def write_report(folder: str | Path, results: dict, run_dir: str | Path | None =
         j = results["judge"]
         md += [f"LLM judge, aligned vs baseline over {j['pairs']} prompts (both orders): win rate "
                f"**{j['win_rate']:.3f}** ({j['wins']} wins, {j['losses']} losses, {j['ties']} split/unclear).", ""]
+    return md
 
+
+def _by_kind_md(results: dict, tags: list[str], plots: Path) -> list[str]:
     by_kind = results["aligned"]["ifeval"]["by_kind"]
     counts = results["aligned"]["ifeval"]["kind_counts"]
-    md += ["## Pass rate by constraint kind", "",
-           "| kind | n | " + " | ".join(tags) + (" | Δ |" if len(tags) == 2 else " |"),
-           "|---|---:|" + "---:|" * len(tags) + ("---:|" if len(tags) == 2 else "")]
+    md = ["## Pass rate by constraint kind", "",
+          "| kind | n | " + " | ".join(tags) + (" | Δ |" if len(tags) == 2 else " |"),
+          "|---|---:|" + "---:|" * len(tags) + ("---:|" if len(tags) == 2 else "")]
     for k in sorted(by_kind):
         vals = [results[t]["ifeval"]["by_kind"].get(k) for t in tags]
         delta = f" | {vals[1] - vals[0]:+.3f}" if len(tags) == 2 else ""
         md.append(f"| {k} | {counts[k]} | " + " | ".join(_f(v) for v in vals) + delta + " |")
     plot_by_kind(results, plots / "ifeval_by_kind.png")
-    md += ["", "![pass rate by kind](plots/ifeval_by_kind.png)", ""]
+    return md + ["", "![pass rate by kind](plots/ifeval_by_kind.png)", ""]
 
-    md += _stage_table(run_dir)
-    logs = training_logs(run_dir)
-    if logs:
-        md += ["## Training curves", ""]
+
+def _curves_md(logs: dict[str, list[dict]], plots: Path) -> list[str]:
+    md = ["## Training curves", ""] if logs else []
     for name, rows in logs.items():
         safe = name.replace("/", "_")
         loss_keys = [k for k in rows[0] if "loss" in k and isinstance(rows[0][k], (int, float))]
@@ -159,6 +225,4 @@ def write_report(folder: str | Path, results: dict, run_dir: str | Path | None =
         if margin_keys:
             plot_curves(rows, margin_keys, f"{name}: reward margins", plots / f"margins_{safe}.png")
             md += [f"![{name} margins](plots/margins_{safe}.png)", ""]
-    path = folder / "report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return md

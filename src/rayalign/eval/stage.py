@@ -14,7 +14,9 @@ For `model` and (if given) `baseline_model`:
    policy's log-prob margin prefers the chosen response (`prefer.evaluate.preference_accuracy`).
 
 Writes `<output>/results.json`, `<output>/responses.jsonl` and the report folder (`report.md` +
-PNG plots, with training curves from `run_dir`'s stages when given).
+PNG plots, with training curves and per-round results from `run_dir`'s stages when given);
+`output` and `run_dir` may be object-storage URIs. Returns a `StageResult` whose metrics are the
+headline numbers (`aligned/prompt_accuracy`, `judge/win_rate`, ...).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import json
 import time
 from collections import defaultdict
 from importlib import resources
-from pathlib import Path
 
+from rayalign import storage
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.checks import check_response
 from rayalign.generate.engine import EngineConfig, SamplingParams
+from rayalign.results import StageResult
 
 
 class EvalConfig(Cfg):
@@ -57,10 +60,9 @@ def load_suite(spec: str, limit: int | None = None) -> list[dict]:
         text = resources.files("rayalign.eval").joinpath("suite/ifeval.jsonl").read_text()
         source = "builtin suite"
     else:
-        p = Path(spec)
-        if not p.exists():
+        if not storage.exists(spec):
             raise ConfigError(f"suite: {spec} does not exist; use 'builtin' or a JSONL of {{id, prompt, constraints}}")
-        text, source = p.read_text(), spec
+        text, source = storage.read_text(spec), spec
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -98,6 +100,7 @@ def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
 
 
 def _close(engine) -> None:
+    # TRANSITIONAL: once close() is part of the Engine protocol (engines branch) this is engine.close()
     close = getattr(engine, "close", None) or getattr(engine, "shutdown", None)
     if callable(close):
         close()
@@ -125,7 +128,7 @@ def reward_scores(reward_model: str, prompts: list[str], responses: list[str], b
     from rayalign.data.tokenize import tokenize_pair
     from rayalign.models.loader import load_tokenizer, resolve_model_path
     from rayalign.objectives.pairs import collate_sequences, sequence_rewards
-    from rayalign.prefer.evaluate import load_reward_model
+    load_reward_model = _accuracy().load_reward_model
 
     tok = load_tokenizer(reward_model)
     model = load_reward_model(resolve_model_path(reward_model))
@@ -173,57 +176,88 @@ def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: l
 
 def heldout_accuracy(model: str, dataset: str, limit: int | None) -> dict:
     from rayalign.models.loader import load_model, load_tokenizer
-    from rayalign.prefer.evaluate import load_rows, preference_accuracy
-
-    rows = load_rows(dataset, limit)
+    acc = _accuracy()
+    rows = acc.load_rows(dataset, limit)
     tok = load_tokenizer(model)
-    return preference_accuracy(load_model(model, dtype="fp32"), rows, tok.pad_token_id)
+    return acc.preference_accuracy(load_model(model, dtype="fp32"), rows, tok.pad_token_id)
 
 
-def run_eval(cfg: EvalConfig, log=print) -> dict:
+def _accuracy():
+    """The shared preference-accuracy module.
+
+    TRANSITIONAL: it moves from the prefer stage package to `rayalign.objectives.accuracy` on the
+    objectives branch; after the merge this is a plain top-level import of that module.
+    """
+    try:
+        from rayalign.objectives import accuracy
+    except ImportError:
+        from rayalign.prefer import evaluate as accuracy
+    return accuracy
+
+
+def _progress(cfg: EvalConfig, phase: str, done: int, total: int) -> None:
+    """`<output>/_progress.json`, which the pipeline's display polls (requests answered so far)."""
+    storage.write_json(storage.join(cfg.output, "_progress.json"), {"phase": phase, "done": done, "total": total})
+
+
+def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print) -> tuple[dict, list[str], list]:
+    """(scores, responses, per-prompt passes) of one model: suite, reward model, held-out pairs."""
+    prompts = [r["prompt"] for r in suite]
+    log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
+    responses = on_device(cfg, generate, cfg, spec, prompts)
+    scores: dict = {}
+    scores["ifeval"], passes = instruction_scores(suite, responses)
+    if cfg.reward_model:
+        rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses, cfg.engine.batch_size)
+        scores["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
+    if cfg.heldout_pairs:
+        scores["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
+    ife = scores["ifeval"]
+    log(f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
+        f"{ife['instruction_accuracy']:.3f}")
+    return scores, responses, passes
+
+
+def write_responses(path: str, suite: list[dict], responses: dict[str, list[str]], passes: dict[str, list]) -> None:
+    lines = []
+    for i, row in enumerate(suite):
+        rec = {"id": row["id"], "prompt": row["prompt"], "constraints": row["constraints"]}
+        for tag in responses:
+            rec[tag] = {"response": responses[tag][i], "passed": passes[tag][i]}
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    storage.write_text(path, "".join(lines))
+
+
+def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     from rayalign.eval.report import write_report
 
     t0 = time.time()
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(cfg.output)
     suite = load_suite(cfg.suite, cfg.limit)
-    prompts = [r["prompt"] for r in suite]
     models = {"aligned": cfg.model}
     if cfg.baseline_model:
         models["baseline"] = cfg.baseline_model
     results: dict = {"models": models, "suite": cfg.suite, "prompts": len(suite)}
     responses: dict[str, list[str]] = {}
     passes: dict[str, list[list[bool]]] = {}
-    for tag, spec in models.items():
-        log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-        responses[tag] = on_device(cfg, generate, cfg, spec, prompts)
-        results[tag] = {}
-        results[tag]["ifeval"], passes[tag] = instruction_scores(suite, responses[tag])
-        if cfg.reward_model:
-            rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses[tag], cfg.engine.batch_size)
-            results[tag]["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
-        if cfg.heldout_pairs:
-            results[tag]["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
-        ife = results[tag]["ifeval"]
-        log(f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
-            f"{ife['instruction_accuracy']:.3f}")
+    for k, (tag, spec) in enumerate(models.items()):
+        _progress(cfg, f"answering ({tag})", k * len(suite), len(models) * len(suite))
+        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log)
+    _progress(cfg, "judging", len(models) * len(suite), len(models) * len(suite))
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
-        results["judge"] = on_device(cfg, judge_win_rate, cfg, prompts, responses["aligned"], responses["baseline"])
-    with open(out / "responses.jsonl", "w") as fh:
-        for i, row in enumerate(suite):
-            rec = {"id": row["id"], "prompt": row["prompt"], "constraints": row["constraints"]}
-            for tag in models:
-                rec[tag] = {"response": responses[tag][i], "passed": passes[tag][i]}
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        results["judge"] = on_device(cfg, judge_win_rate, cfg, [r["prompt"] for r in suite],
+                                     responses["aligned"], responses["baseline"])
+    write_responses(storage.join(cfg.output, "responses.jsonl"), suite, responses, passes)
     metrics = flat_metrics(results)
     results["metrics"] = metrics
     results["seconds"] = round(time.time() - t0, 3)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    report = write_report(out / "report", results, run_dir=cfg.run_dir)
+    results_path = storage.join(cfg.output, "results.json")
+    storage.write_json(results_path, results)
+    report = write_report(storage.join(cfg.output, "report"), results, run_dir=cfg.run_dir)
     log(f"[eval] report: {report}")
-    return {"metrics": metrics, "results": str(out / "results.json"), "report": str(report),
-            "counts": {"in": len(suite), "ok": len(suite), "quarantined": 0, "out_rows": len(suite)}}
+    return StageResult(stage="eval", output=cfg.output, metrics=metrics,
+                       details={"results": results_path, "report": str(report), "prompts": len(suite)})
 
 
 def flat_metrics(results: dict) -> dict:
