@@ -104,17 +104,19 @@ def test_report_on_object_storage_with_rounds(s3_bucket):
     for r, losses in ((1, [0.7, 0.6]), (2, [0.5, 0.4])):
         storage.write_text(f"{run}/round-{r}/prefer/metrics.jsonl",
                            "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses)))
-    stages = [{"name": "eval", "id": f"round-{r}/eval", "round": r, "stage": "eval", "status": "complete",
-               "metrics": {"aligned/prompt_accuracy": acc, "judge/win_rate": 0.5}} for r, acc in ((1, 0.25), (2, 0.5))]
+    # round 2's eval is the one writing this report: its numbers come from `results`, not the summary
+    stages = [{"name": "eval", "id": "round-1/eval", "round": 1, "stage": "eval", "status": "complete",
+               "metrics": {"aligned/prompt_accuracy": 0.25, "steps": 3.0}}]
     storage.write_json(f"{run}/summary.json", {"run_dir": run, "status": "complete", "stages": stages})
     assert sorted(training_logs(run)) == ["round-1/prefer", "round-2/prefer"]
     scores, _ = instruction_scores(SUITE, ["one two", "Hi", "x, y"])
-    results = {"models": {"aligned": "m1"}, "suite": "t", "prompts": 3, "aligned": {"ifeval": scores}}
+    results = {"models": {"aligned": "m1"}, "suite": "t", "prompts": 3, "aligned": {"ifeval": scores},
+               "metrics": {"aligned/prompt_accuracy": 0.5}}
     report = write_report(f"{run}/round-2/eval/report", results, run_dir=run)
     assert report == f"{run}/round-2/eval/report/report.md"
     text = storage.read_text(report)
     assert "| round | aligned/prompt_accuracy | prefer/loss |" in text
     assert "| 1 | 0.250 | 0.600 |" in text and "| 2 | 0.500 | 0.400 |" in text
-    assert "| round-2/eval | eval | complete |" in text
+    assert "| round-1/eval | eval | complete |" in text
     for png in ("ifeval_by_kind.png", "train_round-1_prefer.png", "train_round-2_prefer.png"):
         assert storage.read_bytes(f"{run}/round-2/eval/report/plots/{png}")[:4] == b"\x89PNG"

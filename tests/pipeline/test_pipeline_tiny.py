@@ -28,7 +28,7 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     # every tiny prompt carries a rule-fixable constraint the random model's sample fails: 32 pairs
     assert by["clair"]["counts"]["out_rows"] == by["reference"]["counts"]["out_rows"] == 32
     for stage in ("pretrain", "sft", "prefer"):
-        assert by[stage]["result"]["steps"] == by[stage]["metrics"]["steps"] == 3 and (run_dir / stage / "metrics.jsonl").exists()
+        assert by[stage]["result"]["metrics"]["steps"] == by[stage]["metrics"]["steps"] == 3 and (run_dir / stage / "metrics.jsonl").exists()
     # the chain really chains: sft starts from pretrain's checkpoint, prefer and eval from the next
     assert by["sft"]["result"]["checkpoint"].startswith(str(run_dir / "sft"))
     rec = json.loads((run_dir / "sft" / "stage.json").read_text())

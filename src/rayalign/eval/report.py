@@ -121,13 +121,27 @@ def _stage_table(summary: dict | None) -> list[str]:
     return lines + [""]
 
 
-def round_rows(summary: dict | None, logs: dict[str, list[dict]]) -> dict[int, dict[str, float]]:
-    """Round → its numbers: eval metrics of the round's eval stages, last loss of its training stages."""
+ROUND_METRICS = ("aligned/prompt_accuracy", "aligned/instruction_accuracy", "aligned/heldout_accuracy",
+                 "aligned/reward", "judge/win_rate")
+
+
+def round_of(run_dir: str | Path | None, folder: str | Path) -> int | None:
+    """The round a folder under run_dir belongs to (`<run_dir>/round-2/eval/report` → 2), else None."""
+    if not run_dir or not str(folder).startswith(str(run_dir).rstrip("/")):
+        return None
+    m = ROUND.match(_relative(str(run_dir), str(folder)) + "/")
+    return int(m.group(1)) if m else None
+
+
+def round_rows(summary: dict | None, logs: dict[str, list[dict]],
+               current: tuple[int, dict[str, float]] | None = None) -> dict[int, dict[str, float]]:
+    """Round → its numbers: eval metrics of the round's eval stages (`current`: the eval being
+    written now, not in the summary yet), and the last loss of the round's training stages."""
     rounds: dict[int, dict[str, float]] = {}
-    for s in (summary or {}).get("stages", []):
-        if s.get("round") and s.get("stage") == "eval":
-            row = rounds.setdefault(int(s["round"]), {})
-            row.update({k: v for k, v in (s.get("metrics") or {}).items() if k.startswith("aligned/")})
+    evals = [(int(s["round"]), s.get("metrics") or {}) for s in (summary or {}).get("stages", [])
+             if s.get("round") and s.get("stage") == "eval"]
+    for r, metrics in evals + ([current] if current else []):
+        rounds.setdefault(r, {}).update({k: v for k, v in metrics.items() if k in ROUND_METRICS})
     for folder, rows in logs.items():
         m = ROUND.match(folder + "/")
         if m and isinstance(rows[-1].get("loss"), (int, float)):
@@ -135,11 +149,11 @@ def round_rows(summary: dict | None, logs: dict[str, list[dict]]) -> dict[int, d
     return dict(sorted(rounds.items()))
 
 
-def _rounds_table(summary: dict | None, logs: dict[str, list[dict]]) -> list[str]:
-    rounds = round_rows(summary, logs)
+def _rounds_table(rounds: dict[int, dict[str, float]]) -> list[str]:
     if not rounds:
         return []
-    keys = sorted({k for row in rounds.values() for k in row})
+    present = {k for row in rounds.values() for k in row}
+    keys = [k for k in ROUND_METRICS if k in present] + sorted(present - set(ROUND_METRICS))
     lines = ["## After every round", "", "| round | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
     for r, row in rounds.items():
         lines.append(f"| {r} | " + " | ".join(_f(row.get(k)) for k in keys) + " |")
@@ -148,10 +162,12 @@ def _rounds_table(summary: dict | None, logs: dict[str, list[dict]]) -> list[str
 
 def write_report(folder: str | Path, results: dict, run_dir: str | Path | None = None) -> str:
     """Write `<folder>/report.md` and `<folder>/plots/*.png`; returns the report.md path."""
+    r = round_of(run_dir, folder)
+    current = (r, results.get("metrics") or {}) if r else None
     if not storage.is_uri(folder):
-        return str(_draw(Path(folder), results, run_dir))
+        return str(_draw(Path(folder), results, run_dir, current))
     with tempfile.TemporaryDirectory(prefix="rayalign-report-") as tmp:
-        local = _draw(Path(tmp), results, run_dir)
+        local = _draw(Path(tmp), results, run_dir, current)
         for png in sorted((Path(tmp) / "plots").glob("*.png")):
             storage.write_bytes(storage.join(folder, "plots", png.name), png.read_bytes())
         target = storage.join(folder, "report.md")
@@ -159,7 +175,7 @@ def write_report(folder: str | Path, results: dict, run_dir: str | Path | None =
     return target
 
 
-def _draw(folder: Path, results: dict, run_dir: str | Path | None) -> Path:
+def _draw(folder: Path, results: dict, run_dir: str | Path | None, current: tuple[int, dict] | None) -> Path:
     """The report into a local folder (tables, then plots); see write_report."""
     plots = folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -170,7 +186,7 @@ def _draw(folder: Path, results: dict, run_dir: str | Path | None) -> Path:
     md += _summary_md(results, tags) + _by_kind_md(results, tags, plots)
     summary = storage.read_json(storage.join(run_dir, "summary.json")) if run_dir else None
     logs = training_logs(run_dir)
-    md += _stage_table(summary) + _rounds_table(summary, logs) + _curves_md(logs, plots)
+    md += _stage_table(summary) + _rounds_table(round_rows(summary, logs, current)) + _curves_md(logs, plots)
     path = folder / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
