@@ -30,7 +30,7 @@ def rounds_pipeline(tmp_path: Path, run_dir: Path) -> Path:
     sft["config"].update(model="${defaults.model}", data={"inputs": ["rayjobs/data/tiny/chat.jsonl"],
                                                           "max_length": 256, "seq_len": 256})
     group = [tiny[n] for n in ("sample", "clair", "reference", "prefer")]
-    group[0]["config"].update(model=POLICY, params={"temperature": 0.0, "max_tokens": 16})  # greedy: comparable runs
+    group[0]["config"]["model"] = POLICY  # sampling is seeded (params.seed): runs are comparable
     group[2]["config"]["model"] = group[3]["config"]["model"] = POLICY
     evaluate = {"name": "eval", "stage": "eval", "config": {
         "model": "${stages.prefer.checkpoint}", "limit": 4, "params": {"temperature": 0.0, "max_tokens": 8},

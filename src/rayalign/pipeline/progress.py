@@ -55,9 +55,10 @@ class Progress:
             parts.append(f", loss {self.loss:.4g}")
         if self.tokens_per_s is not None:
             parts.append(f", {self.tokens_per_s:.0f} tok/s")
-        if self.rate is not None:
+        if self.rate:
             unit = "rows" if self.rows is not None else self.unit
-            parts.append(f", {self.rate:.1f} {unit}/s")
+            rate = f"{self.rate:.1f} {unit}/s" if self.rate >= 1 else f"{1 / self.rate:.1f} s/{unit.rstrip('s')}"
+            parts.append(f", {rate}")
         if self.eta_s is not None:
             parts.append(f", ETA {fmt_seconds(self.eta_s)}")
         return "".join(parts)

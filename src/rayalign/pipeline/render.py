@@ -123,7 +123,8 @@ class LiveDisplay(Display):
     def start(self, run_dir: str, plan: list[Step]) -> None:
         from rich.live import Live
 
-        self.live = Live(console=self.console, auto_refresh=False, transient=True, get_renderable=self._render)
+        self.live = Live(console=self.console, auto_refresh=False, transient=True, get_renderable=self._render,
+                         redirect_stdout=False, redirect_stderr=False)  # stage output goes to the log
         self.live.start()
         super().start(run_dir, plan)
 
