@@ -1,7 +1,7 @@
 """Evaluate a model against a baseline as a Ray job (instruction suite, reward, judge, held-out pairs).
 
-    ray job submit --working-dir . -- python rayjobs/eval.py rayjobs/configs/eval.yaml
-    python rayjobs/eval.py rayjobs/configs/eval.yaml model=runs/quickstart/prefer/checkpoints/step-000020/model
+ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/eval.py rayjobs/configs/eval.yaml
+python rayjobs/eval.py rayjobs/configs/eval.yaml model=runs/quickstart/prefer/checkpoints/step-000020/model
 """
 
 import sys

@@ -2,7 +2,7 @@
 
     make quickstart                                   # = python rayjobs/quickstart.py
     python rayjobs/quickstart.py run_dir=runs/qs2     # any pipeline override works
-    ray job submit --working-dir . -- python rayjobs/quickstart.py
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/quickstart.py
 
 rewrite → pretrain → pas → sft → sample → clair → reference → prefer (APO-zero) → eval, as listed in
 rayjobs/configs/quickstart.yaml. Re-running skips finished stages; a killed run resumes. At the end
@@ -11,30 +11,31 @@ it prints the evaluation headline (base vs aligned) and the command that serves 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-from rayalign.pipeline import load_pipeline
+from rayalign import storage
+from rayalign.pipeline import load_pipeline, read_summary
 from rayalign.pipeline import main as run_pipeline
 
 CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
-def headline(run_dir: Path) -> list[str]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+def headline(run_dir: str) -> list[str]:
+    summary = read_summary(run_dir) or {}
     lines = [f"pipeline {summary.get('status', '?')} in {summary.get('seconds', 0):.0f} s"]
-    results = run_dir / "eval" / "results.json"
-    if results.exists():
-        r = json.loads(results.read_text())
+    r = storage.read_json(storage.join(run_dir, "eval", "results.json"))
+    if r:
         base, aligned = r["baseline"]["ifeval"], r["aligned"]["ifeval"]
         delta = 100 * (aligned["prompt_accuracy"] - base["prompt_accuracy"])
-        lines.append(f"verifiable suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
-                     f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} held-out prompts)")
+        lines.append(
+            f"verifiable suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
+            f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} held-out prompts)"
+        )
         if "judge" in r:
             lines.append(f"LLM-judge win rate of aligned vs base: {r['judge']['win_rate']:.3f}")
-        lines.append(f"report: {run_dir / 'eval' / 'report' / 'report.md'}")
+        lines.append(f"report: {storage.join(run_dir, 'eval', 'report', 'report.md')}")
     if summary.get("final_model"):
         lines.append(f"serve it:  rayalign serve --model {summary['final_model']}")
     return lines
@@ -44,9 +45,9 @@ def main(argv: list[str]) -> int:
     # one stage runs at a time here, so its engine actor may use both cores
     os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(os.cpu_count() or 1))
     rc = run_pipeline([str(CONFIG), *argv])
-    run_dir = Path(load_pipeline(CONFIG, [a for a in argv if "=" in a]).run_dir)
-    if (run_dir / "summary.json").exists():
-        print("\n".join(["", "== quickstart =="] + headline(run_dir)))
+    run_dir = load_pipeline(CONFIG, [a for a in argv if "=" in a]).run_dir
+    if read_summary(run_dir):
+        print("\n".join(["", "== quickstart ==", *headline(run_dir)]))
     return rc
 
 

@@ -29,8 +29,10 @@ def stage_of(path: Path) -> str:
     for name in sorted(STAGES, key=len, reverse=True):
         if path.stem == name or path.stem.startswith(name + "_"):
             return name
-    raise AssertionError(f"{path.name}: cannot tell which stage it configures; add a usage line "
-                         f"like '#   rayalign STAGE rayjobs/configs/{path.name}'")
+    raise AssertionError(
+        f"{path.name}: cannot tell which stage it configures; add a usage line "
+        f"like '#   rayalign STAGE rayjobs/configs/{path.name}'"
+    )
 
 
 def test_there_are_configs():
@@ -60,8 +62,16 @@ def test_quickstart_chain():
     """The quickstart wires each stage to the previous one's output and ends with eval on prefer."""
     pipe = load_pipeline(REPO / "rayjobs/configs/quickstart.yaml")
     kinds = [s.stage for s in pipe.stages]
-    for earlier, later in [("rewrite", "pretrain"), ("pretrain", "pas"), ("pas", "sft"), ("sft", "sample"),
-                           ("sample", "clair"), ("clair", "reference"), ("reference", "prefer"), ("prefer", "eval")]:
+    for earlier, later in [
+        ("rewrite", "pretrain"),
+        ("pretrain", "pas"),
+        ("pas", "sft"),
+        ("sft", "sample"),
+        ("sample", "clair"),
+        ("clair", "reference"),
+        ("reference", "prefer"),
+        ("prefer", "eval"),
+    ]:
         assert kinds.index(earlier) < kinds.index(later)
     prefer = next(s for s in pipe.stages if s.stage == "prefer")
     assert prefer.config["objective"]["name"] == "apo_zero"
@@ -70,8 +80,16 @@ def test_quickstart_chain():
 
 # --- cluster/ -------------------------------------------------------------------------------
 
-AUTOSCALER_KEYS = {"cluster_name", "max_workers", "provider", "auth", "available_node_types", "head_node_type",
-                   "head_start_ray_commands", "worker_start_ray_commands"}
+AUTOSCALER_KEYS = {
+    "cluster_name",
+    "max_workers",
+    "provider",
+    "auth",
+    "available_node_types",
+    "head_node_type",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+}
 
 
 @pytest.mark.parametrize("path", CLUSTER, ids=[p.name for p in CLUSTER])
@@ -91,7 +109,7 @@ def test_cluster_yaml(path):
     elif doc.get("kind") == "RayService":
         assert doc["apiVersion"] == "ray.io/v1" and "serveConfigV2" in doc["spec"]
     elif "provider" in doc:  # Ray autoscaler cluster launcher
-        assert AUTOSCALER_KEYS <= set(doc), AUTOSCALER_KEYS - set(doc)
+        assert set(doc) >= AUTOSCALER_KEYS, AUTOSCALER_KEYS - set(doc)
         assert doc["provider"]["type"] in ("aws", "gcp")
         types = doc["available_node_types"]
         assert doc["head_node_type"] in types

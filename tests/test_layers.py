@@ -9,6 +9,7 @@ generate, which uses it, while the rest of eval (the eval stage) sits above gene
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 from rayalign.stages import STAGES
@@ -84,7 +85,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(n)
         for nxt in sorted(graph.get(n, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -109,20 +110,26 @@ def test_no_cycle_between_subpackages():
         graph.setdefault(a, set()).add(b)
     cycle = find_cycle(graph)
     if cycle:
-        why = [sorted(e[(a, b)]) for a, b in zip(cycle, cycle[1:])]
+        why = [sorted(e[(a, b)]) for a, b in itertools.pairwise(cycle)]
         raise AssertionError(f"import cycle between subpackages {' -> '.join(cycle)}: {why}")
 
 
 def test_nothing_imports_a_stage_module():
     stage_modules = {ref.split(":")[0] for pair in STAGES.values() for ref in pair}
-    bad = sorted((m, t) for m in MODULES for t in imports(m) & stage_modules
-                 if (m, t) not in ALLOWLIST and node(m) != node(t))
+    bad = sorted(
+        (m, t) for m in MODULES for t in imports(m) & stage_modules if (m, t) not in ALLOWLIST and node(m) != node(t)
+    )
     assert not bad, f"modules importing a stage module of another package (move the shared logic low): {bad}"
 
 
 def test_eval_does_not_import_the_prefer_stage_package():
-    bad = sorted((m, t) for m in MODULES if node(m) in ("eval", "eval.checks") for t in imports(m)
-                 if t.startswith("rayalign.prefer") and (m, t) not in ALLOWLIST)
+    bad = sorted(
+        (m, t)
+        for m in MODULES
+        if node(m) in ("eval", "eval.checks")
+        for t in imports(m)
+        if t.startswith("rayalign.prefer") and (m, t) not in ALLOWLIST
+    )
     assert not bad, bad
 
 

@@ -10,6 +10,7 @@ import json
 import sys
 
 from rayalign.config import ConfigError
+from rayalign.results import StageResult
 
 
 def _stage_main(stage: str, argv: list[str]) -> int:
@@ -20,7 +21,9 @@ def _stage_main(stage: str, argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = p.parse_args(argv)
     result = run_stage(stage, args.config, args.overrides)
-    if isinstance(result, dict):
+    if isinstance(result, StageResult):
+        print(json.dumps(result.to_json(), indent=2, default=str)[:4000])
+    elif isinstance(result, dict):  # TRANSITIONAL: stages not yet returning a StageResult
         brief = {k: v for k, v in result.items() if k not in ("shards",)}
         print(json.dumps(brief, indent=2, default=str)[:4000])
     return 0
@@ -59,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = sorted(STAGES) + sorted(c for c in COMMANDS if c not in STAGES)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: rayalign <command> [args]\n\ncommands:\n  " + "\n  ".join(commands)
-              + "\n\n`rayalign <command> --help` for a command's arguments.")
+        print(
+            "usage: rayalign <command> [args]\n\ncommands:\n  "
+            + "\n  ".join(commands)
+            + "\n\n`rayalign <command> --help` for a command's arguments."
+        )
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:

@@ -6,14 +6,19 @@ cluster is started bound to 127.0.0.1 with the dashboard off, sized to this mach
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 
 def local_ray_env() -> dict[str, str]:
     """Environment that keeps every Ray listener of a local cluster on 127.0.0.1."""
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"), "TOKENIZERS_PARALLELISM": "false",
-        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1")}
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
+    }
 
 
 def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
@@ -40,9 +45,7 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
         runtime_env=runtime_env,
         log_to_driver=log_to_driver,
         configure_logging=True,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
     )
-    try:
+    with contextlib.suppress(Exception):  # older Ray has no such switch
         ray.data.DataContext.get_current().enable_progress_bars = False
-    except Exception:  # older Ray
-        pass

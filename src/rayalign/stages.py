@@ -1,14 +1,19 @@
 """The stage registry: name → (config class, run function), imported lazily.
 
 Adding a stage is one line here; the CLI, `rayjobs/` entry points and the pipeline runner all
-look stages up in this table. A run function takes its typed config and returns a dict summary
-(the manifest for dataset stages, metrics and checkpoint path for training stages).
+look stages up in this table. A run function takes its typed config and returns a
+`rayalign.results.StageResult` (output folder, checkpoint, row counts, numeric metrics, details).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rayalign.config import Cfg
+    from rayalign.results import StageResult
 
 # stage name -> "module:ConfigClass", "module:run_function"
 STAGES: dict[str, tuple[str, str]] = {
@@ -33,7 +38,7 @@ def _resolve(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def get_stage(name: str) -> tuple[type, Callable[..., dict]]:
+def get_stage(name: str) -> tuple[type[Cfg], Callable[..., StageResult]]:
     if name not in STAGES:
         from rayalign.config import ConfigError
 
@@ -42,8 +47,9 @@ def get_stage(name: str) -> tuple[type, Callable[..., dict]]:
     return _resolve(cfg_ref), _resolve(run_ref)
 
 
-def run_stage(name: str, config_path: str | None = None, overrides: list[str] | None = None,
-              data: dict | None = None) -> dict:
+def run_stage(
+    name: str, config_path: str | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> StageResult:
     from rayalign.config import load_config
 
     cfg_cls, run = get_stage(name)

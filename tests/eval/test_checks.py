@@ -12,9 +12,17 @@ from rayalign.eval.checks import CHECKS, check_response, count_sentences
 CASES = [  # (constraint, passing response, failing response)
     ({"kind": "lowercase"}, "rain falls from clouds.", "Rain falls from clouds."),
     ({"kind": "uppercase"}, "RAIN FALLS, 100%!", "RAIN FALLS from CLOUDS"),
-    ({"kind": "include_keywords", "keywords": ["rain", "Cloud"]}, "Rain comes from a cloud.", "Rain comes from clouds."),
+    (
+        {"kind": "include_keywords", "keywords": ["rain", "Cloud"]},
+        "Rain comes from a cloud.",
+        "Rain comes from clouds.",
+    ),
     ({"kind": "forbidden_words", "words": ["rain", "sun"]}, "Raining and sunny days.", "The Sun is out."),
-    ({"kind": "keyword_frequency", "keyword": "tea", "min": 2}, "Tea first; tea again, steep.", "Tea, then teapot, then teas."),
+    (
+        {"kind": "keyword_frequency", "keyword": "tea", "min": 2},
+        "Tea first; tea again, steep.",
+        "Tea, then teapot, then teas.",
+    ),
     ({"kind": "start_with", "phrase": "My answer is"}, "  my answer is yes.", "Well, my answer is yes."),
     ({"kind": "end_with", "phrase": "That is all."}, "Done.\nThat is all.  \n", "That is all. Bye."),
     ({"kind": "bullet_count", "count": 3}, "Tips:\n- a\n* b\n• c\n", "- a\n- b\n-c (not a bullet)\n"),
@@ -23,7 +31,11 @@ CASES = [  # (constraint, passing response, failing response)
     ({"kind": "min_words", "min": 4}, "It's a well-known fact.", "Too short here"),
     ({"kind": "max_sentences", "max": 2}, "Yes. Maybe not", "One. Two! Three"),
     ({"kind": "no_commas"}, "No commas at all.", "One, two."),
-    ({"kind": "sections", "count": 2, "marker": "Section"}, "Section 1\nintro\n## SECTION 2\nend", "Section 1\nSection two"),
+    (
+        {"kind": "sections", "count": 2, "marker": "Section"},
+        "Section 1\nintro\n## SECTION 2\nend",
+        "Section 1\nSection two",
+    ),
     ({"kind": "paragraphs", "count": 2}, "First para.\nstill first.\n\n  \nSecond.", "Only one paragraph."),
     ({"kind": "quotation"}, ' "Quoted answer." ', 'Quoted "answer."'),
     ({"kind": "title"}, "<<Rain>>\nRain falls.", "<Rain>\nRain falls."),
@@ -45,7 +57,10 @@ def test_every_kind_has_cases():
 def test_several_constraints_and_errors():
     r = "- tea\n- cake"
     assert check_response([{"kind": "bullet_count", "count": 2}, {"kind": "no_commas"}, {"kind": "uppercase"}], r) == [
-        True, True, False]
+        True,
+        True,
+        False,
+    ]
     with pytest.raises(ValueError, match="unknown constraint kind 'shout'"):
         check_response([{"kind": "shout"}], r)
     with pytest.raises(ValueError, match="wrong parameters for 'max_words'"):

@@ -43,17 +43,25 @@ def test_suite_loading_errors(tmp_path):
 def test_report_with_training_curves(tmp_path):
     run = tmp_path / "run"
     (run / "sft").mkdir(parents=True)
-    (run / "sft" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 - 0.1 * s, "lr": 1e-4}) + "\n"
-                                                       for s in range(1, 11)))
+    (run / "sft" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 3.0 - 0.1 * s, "lr": 1e-4}) + "\n" for s in range(1, 11))
+    )
     (run / "prefer").mkdir()
-    (run / "prefer" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.69, "margins": 0.05 * s}) + "\n"
-                                                          for s in range(1, 6)) + '{"step": 6, "lo')  # torn last line
+    (run / "prefer" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 0.69, "margins": 0.05 * s}) + "\n" for s in range(1, 6))
+        + '{"step": 6, "lo'
+    )  # torn last line
     logs = training_logs(run)
     assert sorted(logs) == ["prefer", "sft"] and len(logs["prefer"]) == 5
     scores, _ = instruction_scores(SUITE, ["one two", "Hi", "x, y"])
     base, _ = instruction_scores(SUITE, ["a, b", "hi", "x y"])
-    results = {"models": {"aligned": "m1", "baseline": "m0"}, "suite": "t", "prompts": 3,
-               "aligned": {"ifeval": scores}, "baseline": {"ifeval": base}}
+    results = {
+        "models": {"aligned": "m1", "baseline": "m0"},
+        "suite": "t",
+        "prompts": 3,
+        "aligned": {"ifeval": scores},
+        "baseline": {"ifeval": base},
+    }
     report = write_report(tmp_path / "report", results, run_dir=run)
     text = Path(report).read_text()
     assert "| no_commas | 2 | 0.500 | 0.500 | +0.000 |" in text
@@ -70,11 +78,28 @@ def test_eval_tiny_model_end_to_end(tmp_path):
     from rayalign.data.prepare import PrepareConfig, run_prepare
 
     pairs = tmp_path / "pairs"
-    run_prepare(PrepareConfig(kind="pairs", inputs=[str(REPO / "rayjobs/data/pairs.jsonl")], output=str(pairs),
-                              model="tiny-random:llama", max_length=256, pool={"workers": 0}), log=lambda *_: None)
-    cfg = EvalConfig(model="tiny-random:llama", baseline_model="tiny-random:llama", output=str(tmp_path / "eval"),
-                     limit=8, params={"max_tokens": 12}, judge_model="tiny-random:llama", judge_limit=4,
-                     heldout_pairs=str(pairs), heldout_limit=16)
+    run_prepare(
+        PrepareConfig(
+            kind="pairs",
+            inputs=[str(REPO / "rayjobs/data/pairs.jsonl")],
+            output=str(pairs),
+            model="tiny-random:llama",
+            max_length=256,
+            pool={"workers": 0},
+        ),
+        log=lambda *_: None,
+    )
+    cfg = EvalConfig(
+        model="tiny-random:llama",
+        baseline_model="tiny-random:llama",
+        output=str(tmp_path / "eval"),
+        limit=8,
+        params={"max_tokens": 12},
+        judge_model="tiny-random:llama",
+        judge_limit=4,
+        heldout_pairs=str(pairs),
+        heldout_limit=16,
+    )
     out = run_eval(cfg, log=lambda *_: None)
     m = out.metrics
     assert out.counts is None and out.output == str(tmp_path / "eval")  # eval reads prompts; it writes no dataset
@@ -102,16 +127,31 @@ def test_report_on_object_storage_with_rounds(s3_bucket):
 
     run = f"{s3_bucket}/run"
     for r, losses in ((1, [0.7, 0.6]), (2, [0.5, 0.4])):
-        storage.write_text(f"{run}/round-{r}/prefer/metrics.jsonl",
-                           "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses)))
+        storage.write_text(
+            f"{run}/round-{r}/prefer/metrics.jsonl",
+            "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses)),
+        )
     # round 2's eval is the one writing this report: its numbers come from `results`, not the summary
-    stages = [{"name": "eval", "id": "round-1/eval", "round": 1, "stage": "eval", "status": "complete",
-               "metrics": {"aligned/prompt_accuracy": 0.25, "steps": 3.0}}]
+    stages = [
+        {
+            "name": "eval",
+            "id": "round-1/eval",
+            "round": 1,
+            "stage": "eval",
+            "status": "complete",
+            "metrics": {"aligned/prompt_accuracy": 0.25, "steps": 3.0},
+        }
+    ]
     storage.write_json(f"{run}/summary.json", {"run_dir": run, "status": "complete", "stages": stages})
     assert sorted(training_logs(run)) == ["round-1/prefer", "round-2/prefer"]
     scores, _ = instruction_scores(SUITE, ["one two", "Hi", "x, y"])
-    results = {"models": {"aligned": "m1"}, "suite": "t", "prompts": 3, "aligned": {"ifeval": scores},
-               "metrics": {"aligned/prompt_accuracy": 0.5}}
+    results = {
+        "models": {"aligned": "m1"},
+        "suite": "t",
+        "prompts": 3,
+        "aligned": {"ifeval": scores},
+        "metrics": {"aligned/prompt_accuracy": 0.5},
+    }
     report = write_report(f"{run}/round-2/eval/report", results, run_dir=run)
     assert report == f"{run}/round-2/eval/report/report.md"
     text = storage.read_text(report)

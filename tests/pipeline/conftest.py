@@ -8,6 +8,7 @@ PID. `ray stop` is never used: it would stop every cluster of this user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -33,8 +34,13 @@ def free_port() -> int:
 def head_env() -> dict[str, str]:
     """Env for the head and for every client: loopback only, token auth disabled on both sides."""
     env = dict(os.environ)
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="disabled",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+    )
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -57,16 +63,46 @@ def ray_head():
     gcs_port, dash_port = free_port(), free_port()
     # every fixed default port (agent 52365, client server 10001, ...) could be taken by another
     # cluster on this shared machine: give each listener a free one
-    extra_ports = [f"--{flag}={free_port()}" for flag in (
-        "object-manager-port", "node-manager-port", "ray-client-server-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
-    log = open(Path(temp_dir) / "head.log", "w")
+    extra_ports = [
+        f"--{flag}={free_port()}"
+        for flag in (
+            "object-manager-port",
+            "node-manager-port",
+            "ray-client-server-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    ]
+    log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 - open until the head is stopped below
     proc = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-         "--port", str(gcs_port), "--num-cpus", "2", "--include-dashboard=true",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", temp_dir,
-         "--disable-usage-stats", *extra_ports],
-        env=head_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs_port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash_port),
+            "--temp-dir",
+            temp_dir,
+            "--disable-usage-stats",
+            *extra_ports,
+        ],
+        env=head_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     dashboard = f"http://127.0.0.1:{dash_port}"
     try:
         deadline = time.time() + 90
@@ -88,9 +124,7 @@ def ray_head():
         except subprocess.TimeoutExpired:
             proc.kill()
         for pid in _pids_under(temp_dir):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)

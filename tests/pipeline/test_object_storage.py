@@ -21,13 +21,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def eval_pipeline(tmp_path: Path, run_dir: str) -> Path:
-    doc = {"run_dir": run_dir, "defaults": {"model": "tiny-random:llama"}, "start_ray": False, "stages": [
-        {"name": "first", "stage": "eval", "config": {"limit": 2, "params": {"max_tokens": 4}, "run_dir": "${run_dir}"}},
-        # a result detail and a config value of the earlier stage, by reference
-        {"name": "second", "stage": "eval", "config": {"limit": "${stages.first.config.limit}",
-                                                       "output": "${run_dir}/second-of-${stages.first.details.prompts}",
-                                                       "params": "${stages.first.config.params}"}},
-    ]}
+    doc = {
+        "run_dir": run_dir,
+        "defaults": {"model": "tiny-random:llama"},
+        "start_ray": False,
+        "stages": [
+            {
+                "name": "first",
+                "stage": "eval",
+                "config": {"limit": 2, "params": {"max_tokens": 4}, "run_dir": "${run_dir}"},
+            },
+            # a result detail and a config value of the earlier stage, by reference
+            {
+                "name": "second",
+                "stage": "eval",
+                "config": {
+                    "limit": "${stages.first.config.limit}",
+                    "output": "${run_dir}/second-of-${stages.first.details.prompts}",
+                    "params": "${stages.first.config.params}",
+                },
+            },
+        ],
+    }
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
     return p

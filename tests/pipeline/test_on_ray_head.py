@@ -12,22 +12,44 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
 def pipeline_yaml(tmp_path: Path, run_dir: Path, pairs_shard_rows: int = 64) -> Path:
     """chat (inline) → pairs (Ray Data actor pool, small shards so it takes a few seconds) → prompts."""
-    doc = {"run_dir": str(run_dir), "defaults": {"model": "tiny-random:llama"}, "stages": [
-        {"name": "chat", "stage": "prepare", "config": {"kind": "chat", "inputs": ["rayjobs/data/chat.jsonl"],
-                                                        "max_length": 256, "seq_len": 512, "pool": {"workers": 0}}},
-        {"name": "pairs", "stage": "prepare", "config": {
-            "kind": "pairs", "inputs": ["rayjobs/data/pairs.jsonl"], "max_length": "${stages.chat.max_length}",
-            "pool": {"workers": 1, "num_cpus": 0.5, "shard_rows": pairs_shard_rows}}},
-        {"name": "prompts", "stage": "prepare", "config": {"kind": "prompts", "inputs": ["rayjobs/data/prompts.jsonl"],
-                                                           "pool": {"workers": 0}}},
-    ]}
+    doc = {
+        "run_dir": str(run_dir),
+        "defaults": {"model": "tiny-random:llama"},
+        "stages": [
+            {
+                "name": "chat",
+                "stage": "prepare",
+                "config": {
+                    "kind": "chat",
+                    "inputs": ["rayjobs/data/chat.jsonl"],
+                    "max_length": 256,
+                    "seq_len": 512,
+                    "pool": {"workers": 0},
+                },
+            },
+            {
+                "name": "pairs",
+                "stage": "prepare",
+                "config": {
+                    "kind": "pairs",
+                    "inputs": ["rayjobs/data/pairs.jsonl"],
+                    "max_length": "${stages.chat.max_length}",
+                    "pool": {"workers": 1, "num_cpus": 0.5, "shard_rows": pairs_shard_rows},
+                },
+            },
+            {
+                "name": "prompts",
+                "stage": "prepare",
+                "config": {"kind": "prompts", "inputs": ["rayjobs/data/prompts.jsonl"], "pool": {"workers": 0}},
+            },
+        ],
+    }
     p = tmp_path / "pipeline.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
     return p
@@ -46,9 +68,21 @@ def check_summary(run_dir: Path) -> dict:
 def test_ray_job_submit_runs_pipeline(ray_head, tmp_path):
     run_dir = tmp_path / "run"
     p = pipeline_yaml(tmp_path, run_dir)
-    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
-           "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--",
-           str(VENV_BIN / "python"), "rayjobs/pipeline.py", str(p)]
+    cmd = [
+        str(VENV_BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--working-dir",
+        str(REPO),
+        "--runtime-env",
+        str(REPO / "cluster" / "runtime_env.yaml"),
+        "--",
+        str(VENV_BIN / "python"),
+        "rayjobs/pipeline.py",
+        str(p),
+    ]
     for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
         out = subprocess.run(cmd, env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=220)
         log = out.stdout + out.stderr
@@ -67,7 +101,7 @@ def test_kill_mid_pipeline_then_resume(ray_head, tmp_path):
     p = pipeline_yaml(tmp_path, run_dir, pairs_shard_rows=8)  # 29 shards: the kill lands mid-stage
     env = {**ray_head["env"], "RAY_ADDRESS": ray_head["gcs"]}
     runner = [str(VENV_BIN / "rayalign"), "run", str(p)]
-    log = open(tmp_path / "first.log", "w")
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - the child writes it until killed below
     proc = subprocess.Popen(runner, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     progress = run_dir / "pairs" / "_progress.jsonl"
     deadline = time.time() + 180

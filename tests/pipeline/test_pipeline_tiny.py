@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from terminal_helpers import plain, run_in_pty, summary_block
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +34,10 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     # every tiny prompt carries a rule-fixable constraint the random model's sample fails: 32 pairs
     assert by["clair"]["counts"]["out_rows"] == by["reference"]["counts"]["out_rows"] == 32
     for stage in ("pretrain", "sft", "prefer"):
-        assert by[stage]["result"]["metrics"]["steps"] == by[stage]["metrics"]["steps"] == 3 and (run_dir / stage / "metrics.jsonl").exists()
+        assert (
+            by[stage]["result"]["metrics"]["steps"] == by[stage]["metrics"]["steps"] == 3
+            and (run_dir / stage / "metrics.jsonl").exists()
+        )
     # the chain really chains: sft starts from pretrain's checkpoint, prefer and eval from the next
     assert by["sft"]["result"]["checkpoint"].startswith(str(run_dir / "sft"))
     rec = json.loads((run_dir / "sft" / "stage.json").read_text())
@@ -48,14 +50,16 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     assert (run_dir / "eval" / "report" / "plots" / "margins_prefer.png").exists()
 
     # on a pipe (CI, `ray job logs`): plain lines for the stages that run again
-    piped = subprocess.run([*cmd, "stages.eval.config.limit=10", "start_ray=false"], cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
+    piped = subprocess.run(
+        [*cmd, "stages.eval.config.limit=10", "start_ray=false"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert piped.returncode == 0, (piped.stdout + piped.stderr)[-4000:]
     check_output(piped.stdout, run_dir, live=False)
     assert "▶ [10/10] eval (eval): started" in piped.stdout and "✓ [10/10] eval (eval): done in" in piped.stdout
 
-    again = subprocess.run([*cmd, "stages.eval.config.limit=10", "start_ray=false"], cwd=REPO, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [*cmd, "stages.eval.config.limit=10", "start_ray=false"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     s2 = json.loads((run_dir / "summary.json").read_text())
     assert all(x["skipped"] for x in s2["stages"]) and s2["final_model"] == s["final_model"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayalign.pipeline import Entry, Scope, Step, StageSpec, load_pipeline, resolve, steps
+from rayalign.pipeline import Entry, Scope, StageSpec, Step, load_pipeline, resolve, steps
 from rayalign.results import StageResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,16 +27,28 @@ def rounds_pipeline(tmp_path: Path, run_dir: Path) -> Path:
     """pipeline-tiny's sft, then its sample/clair/reference/prefer plus an eval, repeated twice."""
     tiny = {s["name"]: s for s in yaml.safe_load((REPO / "rayjobs/configs/pipeline-tiny.yaml").read_text())["stages"]}
     sft = tiny["sft"]
-    sft["config"].update(model="${defaults.model}", data={"inputs": ["rayjobs/data/tiny/chat.jsonl"],
-                                                          "max_length": 256, "seq_len": 256})
+    sft["config"].update(
+        model="${defaults.model}", data={"inputs": ["rayjobs/data/tiny/chat.jsonl"], "max_length": 256, "seq_len": 256}
+    )
     group = [tiny[n] for n in ("sample", "clair", "reference", "prefer")]
     group[0]["config"]["model"] = POLICY  # sampling is seeded (params.seed): runs are comparable
     group[2]["config"]["model"] = group[3]["config"]["model"] = POLICY
-    evaluate = {"name": "eval", "stage": "eval", "config": {
-        "model": "${stages.prefer.checkpoint}", "limit": 4, "params": {"temperature": 0.0, "max_tokens": 8},
-        "run_dir": "${run_dir}"}}
-    doc = {"run_dir": str(run_dir), "defaults": {"model": "tiny-random:llama"}, "start_ray": False,
-           "stages": [sft, {"repeat": {"times": 2, "stages": [*group, evaluate]}}]}
+    evaluate = {
+        "name": "eval",
+        "stage": "eval",
+        "config": {
+            "model": "${stages.prefer.checkpoint}",
+            "limit": 4,
+            "params": {"temperature": 0.0, "max_tokens": 8},
+            "run_dir": "${run_dir}",
+        },
+    }
+    doc = {
+        "run_dir": str(run_dir),
+        "defaults": {"model": "tiny-random:llama"},
+        "start_ray": False,
+        "stages": [sft, {"repeat": {"times": 2, "stages": [*group, evaluate]}}],
+    }
     p = tmp_path / "rounds.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
     return p
@@ -46,16 +58,21 @@ def test_round_references_by_hand(tmp_path):
     """Round 1's `round.prev` falls back to sft; round 2 reads round 1's prefer; a group stage means
     this round's instance; after the group a name means the last round's."""
     spec = StageSpec(name="sample", stage="sample")
-    entries = {"sft": Entry({}, StageResult(stage="sft", checkpoint="ck/sft")),
-               "round-1/prefer": Entry({}, StageResult(stage="prefer", checkpoint="ck/r1")),
-               "round-2/clair": Entry({"output": "run/round-2/clair"}, StageResult(stage="clair"))}
+    entries = {
+        "sft": Entry({}, StageResult(stage="sft", checkpoint="ck/sft")),
+        "round-1/prefer": Entry({}, StageResult(stage="prefer", checkpoint="ck/r1")),
+        "round-2/clair": Entry({"output": "run/round-2/clair"}, StageResult(stage="clair")),
+    }
     names = {"sft": "sft", "prefer": "round-1/prefer", "clair": "round-2/clair"}
     group = ("sample", "clair", "prefer")
     r1 = Scope("run", {}, entries, names, Step(spec, 1, 2, group))
     r2 = Scope("run", {}, entries, names, Step(spec, 2, 2, group))
     assert resolve("${" + POLICY[2:], r1, "x") == ("ck/sft", frozenset({"sft"}))
     assert resolve("${" + POLICY[2:], r2, "x") == ("ck/r1", frozenset({"round-1/prefer"}))
-    assert resolve("${stages.clair.output}/data r${round.index}/${round.times}", r2, "x")[0] == "run/round-2/clair/data r2/2"
+    assert (
+        resolve("${stages.clair.output}/data r${round.index}/${round.times}", r2, "x")[0]
+        == "run/round-2/clair/data r2/2"
+    )
     with pytest.raises(Exception, match="comes later in this round"):
         resolve("${stages.prefer.checkpoint}", r2, "x")
     after = Scope("run", {}, entries, names, Step(StageSpec(name="final", stage="eval")))
@@ -73,10 +90,15 @@ def test_steps_and_overrides(tmp_path):
 def comparable(summary: dict, run_dir: Path) -> list[tuple]:
     rows = []
     for s in summary["stages"]:
-        metrics = {k: round(v, 4) for k, v in s["metrics"].items() if k not in ("seconds", "tokens_per_s")
-                   and "per_s" not in k and "time" not in k}
+        metrics = {
+            k: round(v, 4)
+            for k, v in s["metrics"].items()
+            if k not in ("seconds", "tokens_per_s") and "per_s" not in k and "time" not in k
+        }
         ckpt = str(s["checkpoint"]).replace(str(run_dir), "RUN") if s["checkpoint"] else None
-        rows.append((s["id"], s["status"], json.dumps(s["counts"], sort_keys=True), ckpt, json.dumps(metrics, sort_keys=True)))
+        rows.append(
+            (s["id"], s["status"], json.dumps(s["counts"], sort_keys=True), ckpt, json.dumps(metrics, sort_keys=True))
+        )
     return rows
 
 
@@ -90,12 +112,18 @@ def test_two_rounds_killed_in_round_two_resume_like_uninterrupted(tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     ref = json.loads((whole / "summary.json").read_text())
     ids = [s["id"] for s in ref["stages"]]
-    assert ids == ["sft"] + [f"round-{r}/{n}" for r in (1, 2) for n in ("sample", "clair", "reference", "prefer", "eval")]
+    assert ids == ["sft"] + [
+        f"round-{r}/{n}" for r in (1, 2) for n in ("sample", "clair", "reference", "prefer", "eval")
+    ]
     by = {s["id"]: s for s in ref["stages"]}
     rec = {i: json.loads((whole / i / "stage.json").read_text()) for i in ids}
     # each round starts from the previous round's policy; round 1 from sft
     assert rec["round-1/sample"]["config"]["model"] == by["sft"]["checkpoint"]
-    assert rec["round-2/sample"]["config"]["model"] == rec["round-2/prefer"]["config"]["model"] == by["round-1/prefer"]["checkpoint"]
+    assert (
+        rec["round-2/sample"]["config"]["model"]
+        == rec["round-2/prefer"]["config"]["model"]
+        == by["round-1/prefer"]["checkpoint"]
+    )
     assert rec["round-2/prefer"]["config"]["data"]["path"] == str(whole / "round-2" / "reference")
     assert by["round-2/prefer"]["checkpoint"].startswith(str(whole / "round-2" / "prefer"))
     assert ref["final_model"] == by["round-2/prefer"]["checkpoint"]
@@ -105,7 +133,7 @@ def test_two_rounds_killed_in_round_two_resume_like_uninterrupted(tmp_path):
 
     killed = tmp_path / "killed"
     p2 = rounds_pipeline(tmp_path, killed)
-    log = open(tmp_path / "first.log", "w")
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - the child writes it until killed below
     proc = subprocess.Popen([RAYALIGN, "run", str(p2)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     victim, deadline = None, time.time() + 400
     while victim is None:

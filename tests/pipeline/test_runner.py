@@ -9,8 +9,18 @@ import pytest
 import yaml
 
 from rayalign.config import ConfigError
-from rayalign.pipeline import (Entry, Scope, apply_pipeline_overrides, interpolate, load_pipeline, main,
-                               read_record, resolve, run_pipeline, validate_pipeline)
+from rayalign.pipeline import (
+    Entry,
+    Scope,
+    apply_pipeline_overrides,
+    interpolate,
+    load_pipeline,
+    main,
+    read_record,
+    resolve,
+    run_pipeline,
+    validate_pipeline,
+)
 from rayalign.results import StageResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,26 +29,52 @@ INLINE = {"workers": 0, "shard_rows": 64}
 
 
 def write_pipeline(tmp_path: Path, stages: list[dict], **top) -> Path:
-    doc = {"run_dir": str(tmp_path / "run"), "defaults": {"model": "tiny-random:llama"}, "start_ray": False,
-           "stages": stages, **top}
+    doc = {
+        "run_dir": str(tmp_path / "run"),
+        "defaults": {"model": "tiny-random:llama"},
+        "start_ray": False,
+        "stages": stages,
+        **top,
+    }
     p = tmp_path / "pipeline.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
     return p
 
 
 def two_stage(tmp_path: Path) -> Path:
-    return write_pipeline(tmp_path, [
-        {"name": "chat", "stage": "prepare",
-         "config": {"kind": "chat", "inputs": [str(DATA / "chat.jsonl")], "max_length": 256, "seq_len": 512,
-                    "pool": INLINE}},
-        {"name": "pairs", "stage": "prepare",
-         "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")],
-                    "max_length": "${stages.chat.max_length}", "output": "${run_dir}/pairs-out", "pool": INLINE}},
-    ])
+    return write_pipeline(
+        tmp_path,
+        [
+            {
+                "name": "chat",
+                "stage": "prepare",
+                "config": {
+                    "kind": "chat",
+                    "inputs": [str(DATA / "chat.jsonl")],
+                    "max_length": 256,
+                    "seq_len": 512,
+                    "pool": INLINE,
+                },
+            },
+            {
+                "name": "pairs",
+                "stage": "prepare",
+                "config": {
+                    "kind": "pairs",
+                    "inputs": [str(DATA / "pairs.jsonl")],
+                    "max_length": "${stages.chat.max_length}",
+                    "output": "${run_dir}/pairs-out",
+                    "pool": INLINE,
+                },
+            },
+        ],
+    )
 
 
 def test_interpolation_rules():
-    sft = Entry({"output": "runs/a/sft", "lr": 1e-4}, StageResult(stage="sft", checkpoint="ck/7", metrics={"loss": 1.5}))
+    sft = Entry(
+        {"output": "runs/a/sft", "lr": 1e-4}, StageResult(stage="sft", checkpoint="ck/7", metrics={"loss": 1.5})
+    )
     ctx = Scope("runs/a", {"model": "m"}, {"sft": sft}, {"sft": "sft"})
     # a whole-string reference keeps its type; an embedded one is pasted as text
     assert interpolate("${stages.sft.metrics.loss}", ctx, "x") == 1.5
@@ -50,8 +86,10 @@ def test_interpolation_rules():
     with pytest.raises(ConfigError, match="no 'nope'"):
         interpolate("${stages.sft.nope}", ctx, "x")
     # resolution returns what it read (the runner hashes those stages into the reader's hash)
-    assert resolve({"a": "${stages.sft.checkpoint}", "b": "${run_dir}"}, ctx, "x") == ({"a": "ck/7", "b": "runs/a"},
-                                                                                       frozenset({"sft"}))
+    assert resolve({"a": "${stages.sft.checkpoint}", "b": "${run_dir}"}, ctx, "x") == (
+        {"a": "ck/7", "b": "runs/a"},
+        frozenset({"sft"}),
+    )
     assert resolve("${defaults.model}", ctx, "x")[1] == frozenset()
 
 
@@ -64,8 +102,9 @@ def test_overrides_address_stages_by_name(tmp_path):
 
 
 def test_validation_names_stage_and_field(tmp_path):
-    p = write_pipeline(tmp_path, [{"name": "chat", "stage": "prepare", "config": {"kind": "chat", "inputs": ["x"],
-                                                                                  "max_lenght": 3}}])
+    p = write_pipeline(
+        tmp_path, [{"name": "chat", "stage": "prepare", "config": {"kind": "chat", "inputs": ["x"], "max_lenght": 3}}]
+    )
     with pytest.raises(ConfigError) as e:
         validate_pipeline(load_pipeline(p), str(p))
     msg = str(e.value)
@@ -91,7 +130,11 @@ def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
     assert pairs["counts"] == {**pairs["counts"], "in": 227, "ok": 220, "out_rows": 220}
     assert pairs["output"] == str(run / "pairs-out") and 0 < chat["metrics"]["packing_efficiency"] <= 1
     rec = read_record(str(run), "pairs")
-    assert rec["status"] == "complete" and rec["config"]["max_length"] == 256 and rec["config"]["model"] == "tiny-random:llama"
+    assert (
+        rec["status"] == "complete"
+        and rec["config"]["max_length"] == 256
+        and rec["config"]["model"] == "tiny-random:llama"
+    )
     assert summary["final_model"] is None  # no training stage
 
     capsys.readouterr()
@@ -107,14 +150,32 @@ def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
 
 @pytest.mark.timeout(120)
 def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
-    p = write_pipeline(tmp_path, [
-        {"name": "chat", "stage": "prepare",
-         "config": {"kind": "chat", "inputs": [str(DATA / "chat.jsonl")], "max_length": 256, "seq_len": 512, "pool": INLINE}},
-        {"name": "broken", "stage": "prepare",
-         "config": {"kind": "prompts", "inputs": [str(tmp_path / "missing.jsonl")], "pool": INLINE}},
-        {"name": "never", "stage": "prepare",
-         "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}},
-    ])
+    p = write_pipeline(
+        tmp_path,
+        [
+            {
+                "name": "chat",
+                "stage": "prepare",
+                "config": {
+                    "kind": "chat",
+                    "inputs": [str(DATA / "chat.jsonl")],
+                    "max_length": 256,
+                    "seq_len": 512,
+                    "pool": INLINE,
+                },
+            },
+            {
+                "name": "broken",
+                "stage": "prepare",
+                "config": {"kind": "prompts", "inputs": [str(tmp_path / "missing.jsonl")], "pool": INLINE},
+            },
+            {
+                "name": "never",
+                "stage": "prepare",
+                "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE},
+            },
+        ],
+    )
     assert main([str(p), "stages.chat.config.max_length=200"]) == 1
     err = capsys.readouterr().err
     assert "stage 'broken' (prepare) failed" in err
@@ -134,9 +195,17 @@ def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
 
 
 def test_final_model_reference(tmp_path):
-    p = write_pipeline(tmp_path, [{"name": "chat", "stage": "prepare",
-                                   "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}}],
-                       final_model="${stages.chat.output}")
+    p = write_pipeline(
+        tmp_path,
+        [
+            {
+                "name": "chat",
+                "stage": "prepare",
+                "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE},
+            }
+        ],
+        final_model="${stages.chat.output}",
+    )
     summary = run_pipeline(load_pipeline(p))
     assert summary["final_model"] == str(tmp_path / "run" / "chat")
 
@@ -155,10 +224,17 @@ def test_stage_with_no_output_rows_fails_the_run(tmp_path, capsys):
 
 
 def test_bad_later_stage_fails_before_anything_runs(tmp_path):
-    p = write_pipeline(tmp_path, [
-        {"name": "a", "stage": "prepare", "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}},
-        {"name": "b", "stage": "prepare", "config": {"kind": "prompts", "inputs": ["x"], "shard_rows": 3}},
-    ])
+    p = write_pipeline(
+        tmp_path,
+        [
+            {
+                "name": "a",
+                "stage": "prepare",
+                "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE},
+            },
+            {"name": "b", "stage": "prepare", "config": {"kind": "prompts", "inputs": ["x"], "shard_rows": 3}},
+        ],
+    )
     assert main([str(p)]) == 2
     assert not (tmp_path / "run" / "a").exists()
 
@@ -167,11 +243,26 @@ def test_bad_later_stage_fails_before_anything_runs(tmp_path):
 def test_upstream_change_reruns_downstream(tmp_path, capsys):
     """b reads a's output through an unchanged path; when a's config changes, b must not be skipped
     (nor reuse its finished shards): its input count follows a's new output."""
-    p = write_pipeline(tmp_path, [
-        {"name": "a", "stage": "prepare", "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")], "pool": INLINE}},
-        {"name": "b", "stage": "prepare", "config": {"kind": "pairs", "inputs": ["${stages.a.output}/data"], "pool": INLINE}},
-        {"name": "c", "stage": "prepare", "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE}},
-    ])
+    p = write_pipeline(
+        tmp_path,
+        [
+            {
+                "name": "a",
+                "stage": "prepare",
+                "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")], "pool": INLINE},
+            },
+            {
+                "name": "b",
+                "stage": "prepare",
+                "config": {"kind": "pairs", "inputs": ["${stages.a.output}/data"], "pool": INLINE},
+            },
+            {
+                "name": "c",
+                "stage": "prepare",
+                "config": {"kind": "prompts", "inputs": [str(DATA / "prompts.jsonl")], "pool": INLINE},
+            },
+        ],
+    )
     assert main([str(p)]) == 0
     first = {s["name"]: s for s in json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]}
     assert first["b"]["counts"]["in"] == first["a"]["counts"]["out_rows"] == 220

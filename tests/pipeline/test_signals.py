@@ -39,7 +39,7 @@ def descendants(pid: int) -> dict[int, str]:
     while todo:
         for c in tree.get(todo.pop(), []):
             try:
-                out[c] = (Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[19])
+                out[c] = Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[19]
             except OSError:
                 continue
             todo.append(c)
@@ -58,15 +58,27 @@ def alive(pid: int, started: str) -> bool:
 @pytest.mark.timeout(300)
 def test_sigterm_stops_the_run_and_its_ray_cluster(tmp_path):
     run_dir = tmp_path / "run"
-    doc = {"run_dir": str(run_dir), "defaults": {"model": "tiny-random:llama"}, "stages": [
-        {"name": "pairs", "stage": "prepare", "config": {
-            "kind": "pairs", "inputs": [str(REPO / "rayjobs/data/pairs.jsonl")],
-            "pool": {"workers": 1, "num_cpus": 0.5, "shard_rows": 4}}}]}  # ~57 shards on a Ray actor pool
+    doc = {
+        "run_dir": str(run_dir),
+        "defaults": {"model": "tiny-random:llama"},
+        "stages": [
+            {
+                "name": "pairs",
+                "stage": "prepare",
+                "config": {
+                    "kind": "pairs",
+                    "inputs": [str(REPO / "rayjobs/data/pairs.jsonl")],
+                    "pool": {"workers": 1, "num_cpus": 0.5, "shard_rows": 4},
+                },
+            }
+        ],
+    }  # ~57 shards on a Ray actor pool
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(doc))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([RAYALIGN, "run", str(p)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [RAYALIGN, "run", str(p)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     record = run_dir / "pairs" / "stage.json"
     deadline = time.time() + 200
     # wait until the stage runs on the cluster this run started (raylet, gcs, workers below it)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable
+from collections.abc import Callable
 
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
 BULLET = re.compile(r"^\s*(?:[-*•])\s+\S", re.MULTILINE)
@@ -70,7 +70,7 @@ def forbidden_words(r: str, words: list[str]) -> bool:
     return not any(_count_word(r, w) > 0 for w in words)
 
 
-def keyword_frequency(r: str, keyword: str, min: int) -> bool:  # noqa: A002 (suite param name)
+def keyword_frequency(r: str, keyword: str, min: int) -> bool:
     return _count_word(r, keyword) >= min
 
 
@@ -98,11 +98,11 @@ def json_format(r: str) -> bool:
     return True
 
 
-def max_words(r: str, max: int) -> bool:  # noqa: A002
+def max_words(r: str, max: int) -> bool:
     return len(words(r)) <= max
 
 
-def min_words(r: str, min: int) -> bool:  # noqa: A002
+def min_words(r: str, min: int) -> bool:
     return len(words(r)) >= min
 
 
@@ -112,11 +112,11 @@ def count_sentences(r: str) -> int:
     if not text:
         return 0
     ends = list(SENTENCE_END.finditer(text))
-    tail = text[ends[-1].end():].strip() if ends else text
+    tail = text[ends[-1].end() :].strip() if ends else text
     return len(ends) + (1 if words(tail) else 0)
 
 
-def max_sentences(r: str, max: int) -> bool:  # noqa: A002
+def max_sentences(r: str, max: int) -> bool:
     return count_sentences(r) <= max
 
 
@@ -143,7 +143,7 @@ def title(r: str) -> bool:
     return TITLE.search(r) is not None
 
 
-def placeholders(r: str, min: int) -> bool:  # noqa: A002
+def placeholders(r: str, min: int) -> bool:
     return len(PLACEHOLDER.findall(r)) >= min
 
 
@@ -152,10 +152,28 @@ def postscript(r: str, marker: str = "P.S.") -> bool:
 
 
 CHECKS: dict[str, Callable[..., bool]] = {
-    f.__name__: f for f in (
-        lowercase, uppercase, include_keywords, forbidden_words, keyword_frequency, start_with, end_with,
-        bullet_count, json_format, max_words, min_words, max_sentences, no_commas, sections, paragraphs,
-        quotation, title, placeholders, postscript)
+    f.__name__: f
+    for f in (
+        lowercase,
+        uppercase,
+        include_keywords,
+        forbidden_words,
+        keyword_frequency,
+        start_with,
+        end_with,
+        bullet_count,
+        json_format,
+        max_words,
+        min_words,
+        max_sentences,
+        no_commas,
+        sections,
+        paragraphs,
+        quotation,
+        title,
+        placeholders,
+        postscript,
+    )
 }
 
 

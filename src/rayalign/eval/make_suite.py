@@ -78,11 +78,16 @@ def instruction(kind: str, rng: random.Random, keywords: list[str]) -> tuple[str
         return f"Begin your response with the exact phrase '{p}'.", {"kind": kind, "phrase": p}
     if kind == "end_with":
         p = rng.choice(CLOSERS)
-        return f"Finish your response with the exact phrase '{p}' and write nothing after it.", {"kind": kind, "phrase": p}
+        return f"Finish your response with the exact phrase '{p}' and write nothing after it.", {
+            "kind": kind,
+            "phrase": p,
+        }
     if kind == "bullet_count":
         n = rng.choice([2, 3, 4, 5])
-        return (f"Your answer must contain exactly {n} bullet points, written as markdown bullets like: - point.",
-                {"kind": kind, "count": n})
+        return (
+            f"Your answer must contain exactly {n} bullet points, written as markdown bullets like: - point.",
+            {"kind": kind, "count": n},
+        )
     if kind == "json_format":
         return "Wrap your entire output in JSON format; the whole answer must be valid JSON.", {"kind": kind}
     if kind == "max_words":
@@ -99,8 +104,10 @@ def instruction(kind: str, rng: random.Random, keywords: list[str]) -> tuple[str
         return "Do not use any commas in your response.", {"kind": kind}
     if kind == "sections":
         n = rng.choice([2, 3])
-        return (f"Split your response into {n} sections, starting each with 'Section X' (Section 1, Section 2, ...).",
-                {"kind": kind, "count": n, "marker": "Section"})
+        return (
+            f"Split your response into {n} sections, starting each with 'Section X' (Section 1, Section 2, ...).",
+            {"kind": kind, "count": n, "marker": "Section"},
+        )
     if kind == "paragraphs":
         n = rng.choice([2, 3])
         return f"Write exactly {n} paragraphs, separated from each other by one blank line.", {"kind": kind, "count": n}
@@ -110,25 +117,53 @@ def instruction(kind: str, rng: random.Random, keywords: list[str]) -> tuple[str
         return "Give your answer a title wrapped in double angular brackets, such as <<my title>>.", {"kind": kind}
     if kind == "placeholders":
         n = rng.choice([1, 2, 3])
-        return (f"Include at least {n} placeholder(s) in square brackets, such as [name] or [date].",
-                {"kind": kind, "min": n})
+        return (
+            f"Include at least {n} placeholder(s) in square brackets, such as [name] or [date].",
+            {"kind": kind, "min": n},
+        )
     if kind == "postscript":
         return "At the end of your response, add a postscript starting with P.S.", {"kind": kind, "marker": "P.S."}
     raise ValueError(kind)
 
 
-PRIMARY = ["lowercase", "uppercase", "include_keywords", "forbidden_words", "keyword_frequency", "start_with",
-           "end_with", "bullet_count", "json_format", "max_words", "min_words", "max_sentences", "no_commas",
-           "sections", "paragraphs", "quotation", "title", "placeholders", "postscript"]
+PRIMARY = [
+    "lowercase",
+    "uppercase",
+    "include_keywords",
+    "forbidden_words",
+    "keyword_frequency",
+    "start_with",
+    "end_with",
+    "bullet_count",
+    "json_format",
+    "max_words",
+    "min_words",
+    "max_sentences",
+    "no_commas",
+    "sections",
+    "paragraphs",
+    "quotation",
+    "title",
+    "placeholders",
+    "postscript",
+]
 # second instructions that combine with any primary except the ones listed as conflicting
 SECONDARY = ["no_commas", "include_keywords", "forbidden_words", "max_words"]
 CONFLICTS = {
     "json_format": set(SECONDARY),  # JSON needs commas; keep JSON prompts single-instruction
-    "min_words": {"max_words"}, "max_sentences": {"max_words"}, "sections": {"max_words"},
-    "paragraphs": {"max_words"}, "keyword_frequency": {"include_keywords", "forbidden_words", "max_words"},
-    "include_keywords": {"include_keywords", "forbidden_words"}, "forbidden_words": {"include_keywords", "forbidden_words"},
-    "no_commas": {"no_commas"}, "max_words": {"max_words"}, "bullet_count": {"max_words"},
-    "placeholders": {"max_words"}, "postscript": {"max_words"}, "uppercase": {"include_keywords"},
+    "min_words": {"max_words"},
+    "max_sentences": {"max_words"},
+    "sections": {"max_words"},
+    "paragraphs": {"max_words"},
+    "keyword_frequency": {"include_keywords", "forbidden_words", "max_words"},
+    "include_keywords": {"include_keywords", "forbidden_words"},
+    "forbidden_words": {"include_keywords", "forbidden_words"},
+    "no_commas": {"no_commas"},
+    "max_words": {"max_words"},
+    "bullet_count": {"max_words"},
+    "placeholders": {"max_words"},
+    "postscript": {"max_words"},
+    "uppercase": {"include_keywords"},
 }
 
 

@@ -36,7 +36,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def _relative(root: str, path: str) -> str:
-    return path[len(root.rstrip("/")):].strip("/").replace("\\", "/")
+    return path[len(root.rstrip("/")) :].strip("/").replace("\\", "/")
 
 
 def training_logs(run_dir: str | Path | None) -> dict[str, list[dict]]:
@@ -110,19 +110,30 @@ def _f(v) -> str:
 def _stage_table(summary: dict | None) -> list[str]:
     if not summary:
         return []
-    lines = ["## Pipeline stages", "", "| stage | kind | status | seconds | rows in / ok / out | key metrics |",
-             "|---|---|---|---:|---|---|"]
+    lines = [
+        "## Pipeline stages",
+        "",
+        "| stage | kind | status | seconds | rows in / ok / out | key metrics |",
+        "|---|---|---|---:|---|---|",
+    ]
     for s in summary.get("stages", []):
         c = s.get("counts") or {}
         rows = f"{c.get('in')} / {c.get('ok')} / {c.get('out_rows')}" if c else ""
         metrics = ", ".join(f"{k}={_f(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
-        lines.append(f"| {s.get('id') or s['name']} | {s['stage']} | {s['status']}"
-                     f"{' (skipped)' if s.get('skipped') else ''} | {_f(s.get('seconds'))} | {rows} | {metrics} |")
-    return lines + [""]
+        lines.append(
+            f"| {s.get('id') or s['name']} | {s['stage']} | {s['status']}"
+            f"{' (skipped)' if s.get('skipped') else ''} | {_f(s.get('seconds'))} | {rows} | {metrics} |"
+        )
+    return [*lines, ""]
 
 
-ROUND_METRICS = ("aligned/prompt_accuracy", "aligned/instruction_accuracy", "aligned/heldout_accuracy",
-                 "aligned/reward", "judge/win_rate")
+ROUND_METRICS = (
+    "aligned/prompt_accuracy",
+    "aligned/instruction_accuracy",
+    "aligned/heldout_accuracy",
+    "aligned/reward",
+    "judge/win_rate",
+)
 
 
 def round_of(run_dir: str | Path | None, folder: str | Path) -> int | None:
@@ -133,13 +144,17 @@ def round_of(run_dir: str | Path | None, folder: str | Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def round_rows(summary: dict | None, logs: dict[str, list[dict]],
-               current: tuple[int, dict[str, float]] | None = None) -> dict[int, dict[str, float]]:
+def round_rows(
+    summary: dict | None, logs: dict[str, list[dict]], current: tuple[int, dict[str, float]] | None = None
+) -> dict[int, dict[str, float]]:
     """Round → its numbers: eval metrics of the round's eval stages (`current`: the eval being
     written now, not in the summary yet), and the last loss of the round's training stages."""
     rounds: dict[int, dict[str, float]] = {}
-    evals = [(int(s["round"]), s.get("metrics") or {}) for s in (summary or {}).get("stages", [])
-             if s.get("round") and s.get("stage") == "eval"]
+    evals = [
+        (int(s["round"]), s.get("metrics") or {})
+        for s in (summary or {}).get("stages", [])
+        if s.get("round") and s.get("stage") == "eval"
+    ]
     for r, metrics in evals + ([current] if current else []):
         rounds.setdefault(r, {}).update({k: v for k, v in metrics.items() if k in ROUND_METRICS})
     for folder, rows in logs.items():
@@ -157,7 +172,7 @@ def _rounds_table(rounds: dict[int, dict[str, float]]) -> list[str]:
     lines = ["## After every round", "", "| round | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
     for r, row in rounds.items():
         lines.append(f"| {r} | " + " | ".join(_f(row.get(k)) for k in keys) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def write_report(folder: str | Path, results: dict, run_dir: str | Path | None = None) -> str:
@@ -194,11 +209,13 @@ def _draw(folder: Path, results: dict, run_dir: str | Path | None, current: tupl
 
 def _summary_md(results: dict, tags: list[str]) -> list[str]:
     md = ["## Summary", "", "| metric | " + " | ".join(tags) + " |", "|---|" + "---:|" * len(tags)]
-    rows = [("prompt-level accuracy", lambda r: r["ifeval"]["prompt_accuracy"]),
-            ("instruction-level accuracy", lambda r: r["ifeval"]["instruction_accuracy"]),
-            ("reward-model score (mean)", lambda r: r.get("reward", {}).get("mean")),
-            ("held-out preference accuracy", lambda r: r.get("heldout", {}).get("accuracy")),
-            ("held-out log-prob margin", lambda r: r.get("heldout", {}).get("margin"))]
+    rows = [
+        ("prompt-level accuracy", lambda r: r["ifeval"]["prompt_accuracy"]),
+        ("instruction-level accuracy", lambda r: r["ifeval"]["instruction_accuracy"]),
+        ("reward-model score (mean)", lambda r: r.get("reward", {}).get("mean")),
+        ("held-out preference accuracy", lambda r: r.get("heldout", {}).get("accuracy")),
+        ("held-out log-prob margin", lambda r: r.get("heldout", {}).get("margin")),
+    ]
     for label, get in rows:
         vals = [get(results[t]) for t in tags]
         if any(v is not None for v in vals):
@@ -206,23 +223,29 @@ def _summary_md(results: dict, tags: list[str]) -> list[str]:
     md.append("")
     if "judge" in results:
         j = results["judge"]
-        md += [f"LLM judge, aligned vs baseline over {j['pairs']} prompts (both orders): win rate "
-               f"**{j['win_rate']:.3f}** ({j['wins']} wins, {j['losses']} losses, {j['ties']} split/unclear).", ""]
+        md += [
+            f"LLM judge, aligned vs baseline over {j['pairs']} prompts (both orders): win rate "
+            f"**{j['win_rate']:.3f}** ({j['wins']} wins, {j['losses']} losses, {j['ties']} split/unclear).",
+            "",
+        ]
     return md
 
 
 def _by_kind_md(results: dict, tags: list[str], plots: Path) -> list[str]:
     by_kind = results["aligned"]["ifeval"]["by_kind"]
     counts = results["aligned"]["ifeval"]["kind_counts"]
-    md = ["## Pass rate by constraint kind", "",
-          "| kind | n | " + " | ".join(tags) + (" | Δ |" if len(tags) == 2 else " |"),
-          "|---|---:|" + "---:|" * len(tags) + ("---:|" if len(tags) == 2 else "")]
+    md = [
+        "## Pass rate by constraint kind",
+        "",
+        "| kind | n | " + " | ".join(tags) + (" | Δ |" if len(tags) == 2 else " |"),
+        "|---|---:|" + "---:|" * len(tags) + ("---:|" if len(tags) == 2 else ""),
+    ]
     for k in sorted(by_kind):
         vals = [results[t]["ifeval"]["by_kind"].get(k) for t in tags]
         delta = f" | {vals[1] - vals[0]:+.3f}" if len(tags) == 2 else ""
         md.append(f"| {k} | {counts[k]} | " + " | ".join(_f(v) for v in vals) + delta + " |")
     plot_by_kind(results, plots / "ifeval_by_kind.png")
-    return md + ["", "![pass rate by kind](plots/ifeval_by_kind.png)", ""]
+    return [*md, "", "![pass rate by kind](plots/ifeval_by_kind.png)", ""]
 
 
 def _curves_md(logs: dict[str, list[dict]], plots: Path) -> list[str]:
@@ -233,11 +256,23 @@ def _curves_md(logs: dict[str, list[dict]], plots: Path) -> list[str]:
         if loss_keys:
             plot_curves(rows, loss_keys, f"{name}: loss", plots / f"train_{safe}.png")
             first, last = rows[0].get(loss_keys[0]), rows[-1].get(loss_keys[0])
-            md += [f"### {name}", "", f"{len(rows)} logged steps; {loss_keys[0]} {_f(first)} → {_f(last)}", "",
-                   f"![{name} loss](plots/train_{safe}.png)", ""]
+            md += [
+                f"### {name}",
+                "",
+                f"{len(rows)} logged steps; {loss_keys[0]} {_f(first)} → {_f(last)}",
+                "",
+                f"![{name} loss](plots/train_{safe}.png)",
+                "",
+            ]
         # preference stages log margins and the implicit rewards of chosen / rejected responses
-        margin_keys = sorted({k for r in rows for k in r if ("margin" in k or k.startswith("rewards"))
-                              and isinstance(r[k], (int, float))})
+        margin_keys = sorted(
+            {
+                k
+                for r in rows
+                for k in r
+                if ("margin" in k or k.startswith("rewards")) and isinstance(r[k], (int, float))
+            }
+        )
         if margin_keys:
             plot_curves(rows, margin_keys, f"{name}: reward margins", plots / f"margins_{safe}.png")
             md += [f"![{name} margins](plots/margins_{safe}.png)", ""]

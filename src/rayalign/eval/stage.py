@@ -93,8 +93,9 @@ def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
     from rayalign.generate.engine import GenRequest, make_engine
 
     engine = make_engine(cfg.engine.model_copy(update={"model": model}))
-    results = engine.generate([GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params)
-                               for p in prompts])
+    results = engine.generate(
+        [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
+    )
     _close(engine)
     return [r.texts[0] if r.ok and r.texts else "" for r in results]
 
@@ -128,6 +129,7 @@ def reward_scores(reward_model: str, prompts: list[str], responses: list[str], b
     from rayalign.data.tokenize import tokenize_pair
     from rayalign.models.loader import load_tokenizer, resolve_model_path
     from rayalign.objectives.pairs import collate_sequences, sequence_rewards
+
     load_reward_model = _accuracy().load_reward_model
 
     tok = load_tokenizer(reward_model)
@@ -139,7 +141,7 @@ def reward_scores(reward_model: str, prompts: list[str], responses: list[str], b
     out: list[float] = []
     with torch.inference_mode():
         for i in range(0, len(seqs), batch_size):
-            chunk = seqs[i:i + batch_size]
+            chunk = seqs[i : i + batch_size]
             batch = collate_sequences([s[0] for s in chunk], [s[1] for s in chunk], tok.pad_token_id)
             out.extend(sequence_rewards(model, batch).tolist())
     return out
@@ -170,12 +172,12 @@ def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: l
             losses += 1
         else:
             ties += 1
-    return {"pairs": n, "wins": wins, "losses": losses, "ties": ties,
-            "win_rate": (wins + 0.5 * ties) / max(n, 1)}
+    return {"pairs": n, "wins": wins, "losses": losses, "ties": ties, "win_rate": (wins + 0.5 * ties) / max(n, 1)}
 
 
 def heldout_accuracy(model: str, dataset: str, limit: int | None) -> dict:
     from rayalign.models.loader import load_model, load_tokenizer
+
     acc = _accuracy()
     rows = acc.load_rows(dataset, limit)
     tok = load_tokenizer(model)
@@ -213,8 +215,10 @@ def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=pri
     if cfg.heldout_pairs:
         scores["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
     ife = scores["ifeval"]
-    log(f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
-        f"{ife['instruction_accuracy']:.3f}")
+    log(
+        f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
+        f"{ife['instruction_accuracy']:.3f}"
+    )
     return scores, responses, passes
 
 
@@ -246,8 +250,9 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     _progress(cfg, "judging", len(models) * len(suite), len(models) * len(suite))
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
-        results["judge"] = on_device(cfg, judge_win_rate, cfg, [r["prompt"] for r in suite],
-                                     responses["aligned"], responses["baseline"])
+        results["judge"] = on_device(
+            cfg, judge_win_rate, cfg, [r["prompt"] for r in suite], responses["aligned"], responses["baseline"]
+        )
     write_responses(storage.join(cfg.output, "responses.jsonl"), suite, responses, passes)
     metrics = flat_metrics(results)
     results["metrics"] = metrics
@@ -256,8 +261,12 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     storage.write_json(results_path, results)
     report = write_report(storage.join(cfg.output, "report"), results, run_dir=cfg.run_dir)
     log(f"[eval] report: {report}")
-    return StageResult(stage="eval", output=cfg.output, metrics=metrics,
-                       details={"results": results_path, "report": str(report), "prompts": len(suite)})
+    return StageResult(
+        stage="eval",
+        output=cfg.output,
+        metrics=metrics,
+        details={"results": results_path, "report": str(report), "prompts": len(suite)},
+    )
 
 
 def flat_metrics(results: dict) -> dict:

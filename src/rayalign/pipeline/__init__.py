@@ -78,7 +78,21 @@ from rayalign.pipeline.runner import EmptyOutput, StageFailed, run_pipeline, val
 from rayalign.pipeline.spec import PipelineConfig, StageSpec, Step, apply_pipeline_overrides, load_pipeline, steps
 
 __all__ = [
-    "EmptyOutput", "Entry", "PipelineConfig", "Scope", "StageFailed", "StageSpec", "Step",
-    "apply_pipeline_overrides", "interpolate", "load_pipeline", "main", "read_record", "read_summary",
-    "resolve", "run_pipeline", "steps", "validate_pipeline",
+    "EmptyOutput",
+    "Entry",
+    "PipelineConfig",
+    "Scope",
+    "StageFailed",
+    "StageSpec",
+    "Step",
+    "apply_pipeline_overrides",
+    "interpolate",
+    "load_pipeline",
+    "main",
+    "read_record",
+    "read_summary",
+    "resolve",
+    "run_pipeline",
+    "steps",
+    "validate_pipeline",
 ]

@@ -17,6 +17,7 @@ from typing import IO
 
 from rayalign import storage
 from rayalign.config import ConfigError
+from rayalign.pipeline.spec import PipelineConfig
 
 LOG_DIR = "logs"
 # lines in library logs worth one line of the user's attention (the rest stays in the log file)
@@ -29,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides, e.g. stages.sft.config.max_steps=5 run_dir=runs/x")
     p.add_argument("--dry-run", action="store_true", help="resolve and validate every stage config; run nothing")
     p.add_argument("--stop-after", metavar="NAME", help="stop after this stage")
-    p.add_argument("--verbose", action="store_true", help="show Ray's, vLLM's and the stages' own logs here "
-                                                          "instead of in <run_dir>/logs/")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's, vLLM's and the stages' own logs here instead of in <run_dir>/logs/",
+    )
     return p
 
 
@@ -93,7 +97,7 @@ def _warning_line(local: Path, final: str, out: IO[str]) -> None:
     out.flush()
 
 
-def _sigterm(signum, frame):  # noqa: ARG001 - the signal handler signature
+def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -108,13 +112,37 @@ def _shutdown_ray() -> None:
         sys.modules["ray"].shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(pipe: PipelineConfig, args: argparse.Namespace) -> None:
+    """Run with library output in the run's log, SIGTERM as Ctrl-C, and Ray stopped at the end."""
     from rayalign.pipeline.render import make_display
-    from rayalign.pipeline.runner import StageFailed, run_pipeline, validate_pipeline
+    from rayalign.pipeline.runner import run_pipeline, validate_pipeline
+
+    validate_pipeline(pipe, args.pipeline)  # before Ray starts: a config error costs nothing
+    resume = "rayalign run " + " ".join(shlex.quote(a) for a in [args.pipeline, *args.overrides])
+    ray_before = _ray_running()
+    with library_logs_to_file(pipe.run_dir, args.verbose) as (stream, _):
+        display = make_display(stream)
+        try:
+            if pipe.start_ray:
+                from rayalign.raycluster import ensure_ray
+
+                ensure_ray()
+            # after ray.init, which installs a SIGTERM handler of its own: a scheduler's stop
+            # unwinds like Ctrl-C, so the stage is recorded and the cluster shut down below
+            signal.signal(signal.SIGTERM, _sigterm)
+            run_pipeline(pipe, source=args.pipeline, resume_cmd=resume, stop_after=args.stop_after, display=display)
+        finally:
+            display.close()
+            if not ray_before:
+                _shutdown_ray()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rayalign.pipeline.runner import StageFailed, validate_pipeline
     from rayalign.pipeline.spec import load_pipeline, steps
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    previous = signal.signal(signal.SIGTERM, _sigterm)  # a scheduler's stop behaves like Ctrl-C
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         pipe = load_pipeline(args.pipeline, args.overrides)
         if args.dry_run:
@@ -122,17 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             for step, cfg in zip(steps(pipe), cfgs):
                 print(f"ok {step.id} ({step.spec.stage}): {json.dumps(cfg.model_dump(mode='json'))[:160]}")
             return 0
-        resume = "rayalign run " + " ".join(shlex.quote(a) for a in [args.pipeline, *args.overrides])
-        ray_before = _ray_running()
-        with library_logs_to_file(pipe.run_dir, args.verbose) as (stream, _):
-            display = make_display(stream)
-            try:
-                run_pipeline(pipe, source=args.pipeline, resume_cmd=resume, stop_after=args.stop_after,
-                             display=display)
-            finally:
-                display.close()
-                if not ray_before:
-                    _shutdown_ray()
+        _run(pipe, args)
         return 0
     except ConfigError as e:
         print(f"rayalign run: config error: {e}", file=sys.stderr)

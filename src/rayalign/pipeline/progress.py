@@ -65,7 +65,7 @@ class Progress:
 
 
 def fmt_seconds(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
@@ -100,14 +100,21 @@ def read_progress(folder: str, config: dict[str, Any], since: float, start_done:
     if reports:
         plan = storage.read_json(storage.join(folder, "_plan.json"), {}) or {}
         rows = sum(int(r.get("in", 0)) for r in reports)
-        return Progress("shards", len(reports), plan.get("shards"), rows, plan.get("rows"),
-                        rate=max(rows - start_done, 0) / elapsed)
+        return Progress(
+            "shards", len(reports), plan.get("shards"), rows, plan.get("rows"), rate=max(rows - start_done, 0) / elapsed
+        )
     steps = [r for r in _jsonl(storage.join(folder, "metrics.jsonl")) if "step" in r]
     if steps:
         last = steps[-1]
         done = int(last["step"])
-        return Progress("steps", done, config.get("max_steps"), rate=max(done - start_done, 0) / elapsed,
-                        loss=last.get("loss"), tokens_per_s=last.get("tokens_per_s"))
+        return Progress(
+            "steps",
+            done,
+            config.get("max_steps"),
+            rate=max(done - start_done, 0) / elapsed,
+            loss=last.get("loss"),
+            tokens_per_s=last.get("tokens_per_s"),
+        )
     ev = storage.read_json(storage.join(folder, "_progress.json"))
     if isinstance(ev, dict):
         return Progress("requests", int(ev.get("done", 0)), ev.get("total"), phase=str(ev.get("phase", "")))

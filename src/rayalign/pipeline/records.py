@@ -8,7 +8,7 @@ Every write goes through `storage.write_json` (atomic locally, one PUT on object
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rayalign import storage
@@ -21,7 +21,7 @@ OUTPUT_FIELDS = ("output", "output_dir")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def read_record(run_dir: str, step_id: str) -> dict | None:
@@ -74,8 +74,16 @@ def legacy_result(stage: str, value: Any) -> StageResult:
     details = {k: v for k, v in d.items() if k not in metrics and k not in ("checkpoint", "output")}
     output = d.get("output") if isinstance(d.get("output"), str) else None
     checkpoint = d.get("checkpoint") if isinstance(d.get("checkpoint"), str) else None
-    return StageResult(stage=stage, output=output, checkpoint=checkpoint, counts=counts, metrics=metrics,
-                       details=json.loads(json.dumps(details, default=str)))
+    return StageResult(
+        stage=stage,
+        output=output,
+        checkpoint=checkpoint,
+        counts=counts,
+        metrics=metrics,
+        details=json.loads(json.dumps(details, default=str)),
+    )
+
+
 # --- end transitional ---
 
 
@@ -85,9 +93,15 @@ def stage_summary(step: Step, record: dict, skipped: bool) -> dict:
     config = record.get("config") or {}
     output = (result.output if result else None) or next((config[k] for k in OUTPUT_FIELDS if config.get(k)), None)
     return {
-        "name": step.spec.name, "id": step.id, "round": step.round, "stage": step.spec.stage,
-        "status": record.get("status"), "skipped": skipped, "seconds": record.get("seconds"),
-        "config_hash": record.get("config_hash"), "output": output,
+        "name": step.spec.name,
+        "id": step.id,
+        "round": step.round,
+        "stage": step.spec.stage,
+        "status": record.get("status"),
+        "skipped": skipped,
+        "seconds": record.get("seconds"),
+        "config_hash": record.get("config_hash"),
+        "output": output,
         "checkpoint": result.checkpoint if result else None,
         "counts": result.counts.to_json() if result and result.counts else None,
         "metrics": dict(result.metrics) if result else {},
@@ -95,10 +109,15 @@ def stage_summary(step: Step, record: dict, skipped: bool) -> dict:
     }
 
 
-def write_summary(run_dir: str, status: Status, stages: list[dict], seconds: float,
-                  final_model: str | None) -> dict:
-    summary = {"run_dir": run_dir, "status": status.value, "updated": now(), "seconds": round(seconds, 3),
-               "stages": stages, "final_model": final_model}
+def write_summary(run_dir: str, status: Status, stages: list[dict], seconds: float, final_model: str | None) -> dict:
+    summary = {
+        "run_dir": run_dir,
+        "status": status.value,
+        "updated": now(),
+        "seconds": round(seconds, 3),
+        "stages": stages,
+        "final_model": final_model,
+    }
     storage.write_json(storage.join(run_dir, SUMMARY), summary)
     return summary
 

@@ -102,8 +102,10 @@ def _lookup(scope: Scope, ref: str, where: str, used: set[str]) -> Any:
         return _stage_value(scope, _visible_id(scope, parts[1], ref, where), parts[2:], ref, where, used)
     if parts[0] == "round" and len(parts) >= 2:
         return _round_value(scope, parts[1:], ref, where, used)
-    raise ConfigError(f"{where}: cannot resolve ${{{ref}}}; use ${{run_dir}}, ${{defaults.KEY}}, "
-                      f"${{stages.NAME.KEY}} or ${{round.prev.NAME.KEY}}")
+    raise ConfigError(
+        f"{where}: cannot resolve ${{{ref}}}; use ${{run_dir}}, ${{defaults.KEY}}, "
+        f"${{stages.NAME.KEY}} or ${{round.prev.NAME.KEY}}"
+    )
 
 
 def _visible_id(scope: Scope, name: str, ref: str, where: str) -> str:
@@ -112,12 +114,15 @@ def _visible_id(scope: Scope, name: str, ref: str, where: str) -> str:
         this_round = f"round-{step.round}/{name}"
         if this_round in scope.entries:
             return this_round
-        raise Missing(f"{where}: ${{{ref}}}: stage {name!r} comes later in this round; use "
-                      f"${{round.prev.{name}...}} for the previous round's")
+        raise Missing(
+            f"{where}: ${{{ref}}}: stage {name!r} comes later in this round; use "
+            f"${{round.prev.{name}...}} for the previous round's"
+        )
     if name not in scope.names:
         earlier = ", ".join(scope.names) or "none"
-        raise Missing(f"{where}: ${{{ref}}} refers to stage {name!r}, which is not an earlier stage "
-                      f"(earlier stages: {earlier})")
+        raise Missing(
+            f"{where}: ${{{ref}}} refers to stage {name!r}, which is not an earlier stage (earlier stages: {earlier})"
+        )
     return scope.names[name]
 
 
@@ -131,8 +136,9 @@ def _round_value(scope: Scope, parts: list[str], ref: str, where: str, used: set
         return step.times
     if parts[0] == "prev" and len(parts) >= 3:
         if step.round == 1:
-            raise Missing(f"{where}: ${{{ref}}}: round 1 has no previous round; add a fallback, "
-                          f"e.g. ${{{ref} | stages.NAME.KEY}}")
+            raise Missing(
+                f"{where}: ${{{ref}}}: round 1 has no previous round; add a fallback, e.g. ${{{ref} | stages.NAME.KEY}}"
+            )
         prev = f"round-{step.round - 1}/{parts[1]}"
         if prev not in scope.entries:
             raise ConfigError(f"{where}: ${{{ref}}}: no stage {parts[1]!r} in the previous round")
@@ -156,8 +162,10 @@ def _stage_value(scope: Scope, step_id: str, keys: list[str], ref: str, where: s
         # `${stages.sft.checkpoint}` means, so it stays a placeholder too.
         return Unresolved(f"<{ref}>")
     known = sorted(k for k in RESULT_FIELDS if result.get(k) is not None)
-    raise ConfigError(f"{where}: ${{{ref}}}: stage {step_id!r} has no {keys[0]!r} in its result "
-                      f"({', '.join(known)}) or config ({', '.join(sorted(entry.config))})")
+    raise ConfigError(
+        f"{where}: ${{{ref}}}: stage {step_id!r} has no {keys[0]!r} in its result "
+        f"({', '.join(known)}) or config ({', '.join(sorted(entry.config))})"
+    )
 
 
 def _walk(node: Any, keys: list[str], ref: str, where: str) -> Any:

@@ -70,8 +70,10 @@ class Display:
             self.current, self.progress = None, None
             self.status[step.id] = "skipped" if entry.get("skipped") else "complete"
         if not entry.get("skipped"):
-            self.print(f"✓ [{i + 1}/{len(self.plan)}] {_escape(step.title)}: done in "
-                       f"{entry.get('seconds') or 0:.1f}s  {_escape(headline(entry))}")
+            self.print(
+                f"✓ [{i + 1}/{len(self.plan)}] {_escape(step.title)}: done in "
+                f"{entry.get('seconds') or 0:.1f}s  {_escape(headline(entry))}"
+            )
 
     def stage_failed(self, i: int, step: Step, error: str) -> None:
         with self._lock:
@@ -120,26 +122,36 @@ class LiveDisplay(Display):
 
     interval = LIVE_EVERY_S
 
+    def __init__(self, stream: IO[str]):
+        super().__init__(stream)
+        self.live: Any = None  # a rich Live between start() and close()
+
     def start(self, run_dir: str, plan: list[Step]) -> None:
         from rich.live import Live
 
-        self.live = Live(console=self.console, auto_refresh=False, transient=True, get_renderable=self._render,
-                         redirect_stdout=False, redirect_stderr=False)  # stage output goes to the log
+        self.live = Live(
+            console=self.console,
+            auto_refresh=False,
+            transient=True,
+            get_renderable=self._render,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )  # stage output goes to the log
         self.live.start()
         super().start(run_dir, plan)
 
     def print(self, markup: str) -> None:
         self.console.print(markup)  # printed above the live area
-        if getattr(self, "live", None) is not None:
+        if self.live is not None:
             self.live.refresh()
 
     def tick(self, step: Step, p: Progress | None, elapsed: float) -> None:
-        if getattr(self, "live", None) is not None:
+        if self.live is not None:
             self.live.refresh()
 
     def close(self) -> None:
         super().close()
-        if getattr(self, "live", None) is not None:
+        if self.live is not None:
             self.live.stop()
             self.live = None
 
@@ -195,13 +207,18 @@ def headline(entry: dict) -> str:
 
 def summary_lines(summary: dict) -> list[str]:
     stages = summary.get("stages") or []
-    lines = [f"pipeline {summary.get('status')} in {fmt_seconds(summary.get('seconds') or 0)}: "
-             f"{summary.get('run_dir')}"[:WIDTH]]
+    lines = [
+        f"pipeline {summary.get('status')} in {fmt_seconds(summary.get('seconds') or 0)}: {summary.get('run_dir')}"[
+            :WIDTH
+        ]
+    ]
     name_w = min(max([len(s.get("id") or s["name"]) for s in stages] + [5]), 28)
     for s in stages:
         status = "skipped" if s.get("skipped") else str(s.get("status"))
-        line = (f"  {(s.get('id') or s['name']):<{name_w}.{name_w}} {s['stage']:<9.9} {status:<8} "
-                f"{fmt_seconds(s.get('seconds') or 0):>6}  {headline(s)}")
+        line = (
+            f"  {(s.get('id') or s['name']):<{name_w}.{name_w}} {s['stage']:<9.9} {status:<8} "
+            f"{fmt_seconds(s.get('seconds') or 0):>6}  {headline(s)}"
+        )
         lines.append(line[:WIDTH])
     if summary.get("final_model"):
         lines.append(f"final model: {summary['final_model']}")  # a path is not cut: it must stay usable

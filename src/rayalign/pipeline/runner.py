@@ -11,8 +11,9 @@ import hashlib
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rayalign import storage
 from rayalign.config import Cfg, ConfigError, validate_config
@@ -112,8 +113,10 @@ def check_not_empty(spec: StageSpec, result: StageResult) -> None:
         return
     if counts.in_ > 0 and counts.out_rows == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in counts.by_reason.items()) or "none recorded"
-        raise EmptyOutput(f"read {counts.in_} rows but wrote none (quarantined by reason: {reasons}); "
-                          f"see its quarantine/ folder, or set allow_empty: true on the stage")
+        raise EmptyOutput(
+            f"read {counts.in_} rows but wrote none (quarantined by reason: {reasons}); "
+            f"see its quarantine/ folder, or set allow_empty: true on the stage"
+        )
 
 
 def final_model(pipe: PipelineConfig, summaries: list[dict], state: State | None) -> str | None:
@@ -127,8 +130,14 @@ def final_model(pipe: PipelineConfig, summaries: list[dict], state: State | None
     return None
 
 
-def run_pipeline(pipe: PipelineConfig, *, source: str = "<pipeline>", resume_cmd: str | None = None,
-                 stop_after: str | None = None, display: Any = None) -> dict:
+def run_pipeline(
+    pipe: PipelineConfig,
+    *,
+    source: str = "<pipeline>",
+    resume_cmd: str | None = None,
+    stop_after: str | None = None,
+    display: Any = None,
+) -> dict:
     """Run every step in order, skipping finished ones. Returns the summary (also in run_dir).
 
     Raises `StageFailed` when a stage raises (its record then says `failed` with the error).
@@ -195,20 +204,31 @@ class _Run:
     def _announce(self, label: str, step: Step, old: dict | None, h: str) -> None:
         run_dir = self.pipe.run_dir
         if old and old.get("status") == Status.COMPLETE:
-            self.display.note(f"{label}: its config or an upstream stage changed ({old.get('config_hash')} → {h}); "
-                              f"clearing {stage_dir(run_dir, step.id)} and running again", style="yellow")
+            self.display.note(
+                f"{label}: its config or an upstream stage changed ({old.get('config_hash')} → {h}); "
+                f"clearing {stage_dir(run_dir, step.id)} and running again",
+                style="yellow",
+            )
             # the stage's own resume (finished shards, checkpoints) must not reuse stale work
             records.clear_stage_dir(run_dir, step.id)
         elif old and old.get("status") in (Status.RUNNING, Status.FAILED):
-            self.display.note(f"{label}: resuming an unfinished run ({old.get('status')} since "
-                              f"{old.get('started')})", style="yellow")
+            self.display.note(
+                f"{label}: resuming an unfinished run ({old.get('status')} since {old.get('started')})", style="yellow"
+            )
 
     def _execute(self, i: int, step: Step, r: Resolved) -> dict:
         run_dir = self.pipe.run_dir
         record: dict[str, Any] = {
-            "name": step.spec.name, "id": step.id, "round": step.round, "stage": step.spec.stage,
-            "status": Status.RUNNING, "config_hash": r.hash, "config": r.cfg.model_dump(mode="json"),
-            "started": records.now(), "result": None}
+            "name": step.spec.name,
+            "id": step.id,
+            "round": step.round,
+            "stage": step.spec.stage,
+            "status": Status.RUNNING,
+            "config_hash": r.hash,
+            "config": r.cfg.model_dump(mode="json"),
+            "started": records.now(),
+            "result": None,
+        }
         records.write_record(run_dir, step.id, record)
         self.display.stage_started(i, step, stage_dir(run_dir, step.id), record["config"])
         t0 = time.time()
@@ -218,15 +238,21 @@ class _Run:
             result = records.legacy_result(step.spec.stage, r.run(r.cfg))
             check_not_empty(step.spec, result)
         except BaseException as e:  # record the failure (also on Ctrl-C / SIGTERM), then stop the run
-            record.update(status=Status.FAILED, finished=records.now(), seconds=round(time.time() - t0, 3),
-                          error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-8000:])
+            record.update(
+                status=Status.FAILED,
+                finished=records.now(),
+                seconds=round(time.time() - t0, 3),
+                error=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc()[-8000:],
+            )
             records.write_record(run_dir, step.id, record)
             self.write(Status.FAILED, extra=[records.stage_summary(step, record, False)])
             self.display.stage_failed(i, step, record["error"])
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             raise StageFailed(step.id, step.spec.stage, record["error"], self.resume_cmd) from e
-        record.update(status=Status.COMPLETE, finished=records.now(), seconds=round(time.time() - t0, 3),
-                      result=result.to_json())
+        record.update(
+            status=Status.COMPLETE, finished=records.now(), seconds=round(time.time() - t0, 3), result=result.to_json()
+        )
         records.write_record(run_dir, step.id, record)
         return record

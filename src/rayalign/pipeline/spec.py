@@ -21,7 +21,7 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 class StageSpec(Cfg):
     name: str = Field(pattern=NAME_PATTERN)
     stage: str
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = Field(default_factory=dict)
     # a dataset stage that read rows but wrote none (everything quarantined) fails the run here,
     # where the cause is, instead of a later stage failing on an empty input; true allows it
     allow_empty: bool = False
@@ -41,7 +41,7 @@ class RepeatItem(Cfg):
 
 class PipelineConfig(Cfg):
     run_dir: str
-    defaults: dict[str, Any] = {}
+    defaults: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageSpec | RepeatItem]
     final_model: str | None = None  # may be a reference, e.g. ${stages.prefer.checkpoint}
     # connect to (or start) Ray once before the first stage so every stage shares one cluster;
