@@ -41,21 +41,25 @@ def write_pipeline(tmp_path: Path, stages: list[dict], **top) -> Path:
     return p
 
 
+def chat_stage() -> dict:
+    return {
+        "name": "chat",
+        "stage": "prepare",
+        "config": {
+            "kind": "chat",
+            "inputs": [str(DATA / "chat.jsonl")],
+            "max_length": 256,
+            "seq_len": 512,
+            "pool": INLINE,
+        },
+    }
+
+
 def two_stage(tmp_path: Path) -> Path:
     return write_pipeline(
         tmp_path,
         [
-            {
-                "name": "chat",
-                "stage": "prepare",
-                "config": {
-                    "kind": "chat",
-                    "inputs": [str(DATA / "chat.jsonl")],
-                    "max_length": 256,
-                    "seq_len": 512,
-                    "pool": INLINE,
-                },
-            },
+            chat_stage(),
             {
                 "name": "pairs",
                 "stage": "prepare",
@@ -153,17 +157,7 @@ def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
     p = write_pipeline(
         tmp_path,
         [
-            {
-                "name": "chat",
-                "stage": "prepare",
-                "config": {
-                    "kind": "chat",
-                    "inputs": [str(DATA / "chat.jsonl")],
-                    "max_length": 256,
-                    "seq_len": 512,
-                    "pool": INLINE,
-                },
-            },
+            chat_stage(),
             {
                 "name": "broken",
                 "stage": "prepare",

@@ -59,7 +59,11 @@ CLOSERS = ["Is there anything else I can help with?", "That is all.", "Hope this
 
 
 def instruction(kind: str, rng: random.Random, keywords: list[str]) -> tuple[str, dict]:
-    """One instruction sentence and the constraint that checks it."""
+    """One instruction sentence and the constraint that checks it.
+
+    One flat branch per constraint kind (longer than 60 lines): the table of kinds reads best in
+    one place, next to the checks' own table in `checks.py`.
+    """
     if kind == "lowercase":
         return "Your entire response must be in lowercase letters; no capital letters are allowed.", {"kind": kind}
     if kind == "uppercase":
