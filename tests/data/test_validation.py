@@ -64,12 +64,11 @@ def test_bundled_data_quarantine_reconciles(kind, tmp_path):
     n_lines = sum(1 for ln in src.read_bytes().split(b"\n") if ln.strip())
     cfg = PrepareConfig(kind=kind, inputs=[str(src)], output=str(tmp_path / kind), model="tiny-random:llama",
                         max_length=256, seq_len=512, pool={"workers": 0, "shard_rows": 50})
-    m = run_prepare(cfg, log=lambda s: None)
-    c = m["counts"]
-    assert c["in"] == n_lines == c["ok"] + c["quarantined"]
-    assert c["by_reason"] == EXPECTED[kind]
+    c = run_prepare(cfg, log=lambda s: None).counts
+    assert c.in_ == n_lines == c.ok + c.quarantined
+    assert c.by_reason == EXPECTED[kind]
     q = pq.read_table(tmp_path / kind / "quarantine").to_pylist()
-    assert len(q) == c["quarantined"]
+    assert len(q) == c.quarantined
     assert {r["reason"] for r in q} == set(EXPECTED[kind])
     assert all(r["raw"] and r["detail"] and r["source"] for r in q)
     bad_json = next(r for r in q if r["reason"] == "unparseable_json")
@@ -86,8 +85,8 @@ def test_overlength_truncate_policy(tmp_path):
     base = dict(kind="chat", inputs=[str(src)], model="tiny-random:llama", max_length=64, seq_len=128,
                 pool={"workers": 0})
     m = run_prepare(PrepareConfig(output=str(tmp_path / "q"), overlength="quarantine", **base), log=lambda s: None)
-    assert m["counts"]["by_reason"] == {"over_length": 1}
+    assert m.counts.by_reason == {"over_length": 1}
     m = run_prepare(PrepareConfig(output=str(tmp_path / "t"), overlength="truncate", **base), log=lambda s: None)
-    assert m["counts"]["quarantined"] == 0 and m["stats"]["truncated"] == 1
+    assert m.counts.quarantined == 0 and m.metrics["truncated"] == 1
     rows = pq.read_table(tmp_path / "t" / "data").to_pylist()
     assert sorted(n for r in rows for n in r["seq_lens"])[-1] == 64

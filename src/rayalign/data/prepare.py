@@ -13,10 +13,13 @@ from typing import Literal
 
 import pyarrow as pa
 
+from rayalign import storage
 from rayalign.config import Cfg
+from rayalign.data.formats import Format
 from rayalign.data.packing import pack, packing_efficiency
 from rayalign.data.schemas import SCHEMAS
-from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.results import Counts, StageResult, numeric_metrics
 from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
 
 INT_LIST = pa.list_(pa.int32())
@@ -30,14 +33,23 @@ PAIR_TOKEN_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
 
 
 class PrepareConfig(Cfg):
+    """What to prepare and how.
+
+    Two lengths, two meanings: `max_length` limits ONE document (a text, a chat, a prompt plus its
+    longer response) before packing — longer ones follow `overlength`; `seq_len` is the length of
+    one PACKED training row, which holds several documents (so `seq_len` ≥ `max_length`).
+    `format` names the input rows' format (see `rayalign.data.formats`); `auto` detects it per row.
+    """
+
     kind: Literal["corpus", "chat", "prompts", "pairs"]
     inputs: list[str]
     output: str
+    format: Format = "auto"
     model: str = "builtin:smollm2-135m-instruct"  # whose tokenizer and chat template to use
-    max_length: int = 1024  # longest sample in tokens
+    max_length: int = 1024  # per document, in tokens
     overlength: Literal["truncate", "quarantine"] = "quarantine"
     pack: bool = True  # corpus/chat only
-    seq_len: int = 1024  # packed row length (≥ max_length)
+    seq_len: int = 1024  # per packed row, in tokens (≥ max_length)
     pool: PoolConfig = PoolConfig()
 
 
@@ -46,6 +58,7 @@ class PrepareProcessor:
         from rayalign.models.loader import load_tokenizer
 
         self.cfg = cfg
+        self.input_format = cfg.format  # read by the shard runner when it adapts rows
         self.tok = load_tokenizer(cfg.model)
         packed = cfg.kind in ("corpus", "chat") and cfg.pack
         self.output_schema = PACKED_SCHEMA if packed else (
@@ -121,18 +134,24 @@ class PrepareProcessor:
         return ProcessResult(out_rows, quarantine, stats)
 
 
-def run_prepare(cfg: PrepareConfig, log=print) -> dict:
+def run_prepare(cfg: PrepareConfig, log=print) -> StageResult:
+    """Prepare `cfg.inputs` into `cfg.output`; returns counts, packing efficiency and the manifest path."""
     if cfg.kind in ("corpus", "chat") and cfg.pack and cfg.seq_len < cfg.max_length:
         from rayalign.config import ConfigError
 
-        raise ConfigError(f"seq_len ({cfg.seq_len}) must be ≥ max_length ({cfg.max_length}) so every sample fits a row")
+        raise ConfigError(f"seq_len ({cfg.seq_len}, tokens per packed row) must be ≥ max_length "
+                          f"({cfg.max_length}, tokens per document) so every document fits a row")
     manifest = run_sharded("prepare", cfg.inputs, cfg.output, lambda: PrepareProcessor(cfg), kind=cfg.kind,
                            pool=cfg.pool, config_hash=cfg.hash(), extra={"kind": cfg.kind, "model": cfg.model}, log=log)
     st = manifest["stats"]
+    metrics = {k: float(v) for k, v in st.items() if k in ("tokens", "targets", "truncated", "rows")}
     if st.get("slots"):
         manifest["packing_efficiency"] = st["tokens"] / st["slots"]
+        metrics["packing_efficiency"] = manifest["packing_efficiency"]
     print_summary(manifest, log)
-    return manifest
+    return StageResult(stage="prepare", output=cfg.output, counts=Counts.model_validate(manifest["counts"]),
+                       metrics=numeric_metrics(metrics),
+                       details={"manifest": storage.join(cfg.output, MANIFEST), "kind": cfg.kind, "model": cfg.model})
 
 
 def print_summary(manifest: dict, log=print) -> None:
