@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
 
@@ -43,7 +44,7 @@ def make_input(tmp: Path, repeat: int) -> tuple[Path, list[dict]]:
     return path, out
 
 
-def bench_rayalign(path: Path, tmp: Path, workers: int, num_cpus: float) -> tuple[float, dict]:
+def bench_rayalign(path: Path, tmp: Path, workers: int, num_cpus: float) -> tuple[float, Any]:
     from rayalign.data.prepare import PrepareConfig, run_prepare
 
     out = tmp / f"ra-{workers}"
@@ -84,8 +85,8 @@ def main() -> None:
 
     results = []
     t, m = bench_rayalign(path, tmp, 0, 1)
-    tokens = m["stats"]["tokens"]
-    results.append(("rayalign prepare, in-process (1 CPU)", t, tokens, m["packing_efficiency"]))
+    tokens = m.metrics["tokens"]
+    results.append(("rayalign prepare, in-process (1 CPU)", t, tokens, m.metrics["packing_efficiency"]))
     if not args.quick:
         from rayalign.raycluster import ensure_ray
 
@@ -93,8 +94,8 @@ def main() -> None:
         bench_rayalign(path, tmp, 1, 1)  # warm the actor start-up path once
         for workers in (1, 2):
             t, m = bench_rayalign(path, tmp, workers, 1)
-            results.append((f"rayalign prepare, Ray pool {workers} actor(s) x 1 CPU", t, m["stats"]["tokens"],
-                            m["packing_efficiency"]))
+            results.append((f"rayalign prepare, Ray pool {workers} actor(s) x 1 CPU", t, m.metrics["tokens"],
+                            m.metrics["packing_efficiency"]))
     for num_proc in (1, 2):
         t, n = bench_datasets(rows, num_proc)
         results.append((f"datasets.map apply_chat_template, num_proc={num_proc} (no mask, no packing)", t, n, None))
