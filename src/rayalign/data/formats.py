@@ -42,7 +42,7 @@ def detect_row(raw: Any) -> str:
         return "native"
     if "conversations" in raw:
         return "sharegpt"
-    if "instruction" in raw:
+    if "instruction" in raw or ("input" in raw and "output" in raw):
         return "alpaca"
     if "completion" in raw or "label" in raw:
         return "trl"
