@@ -56,7 +56,7 @@ class CountingFile:
 
 def make_input(path: Path, target_bytes: int) -> int:
     """Prompts of ~1 KB each, varied lengths, until the file reaches `target_bytes`."""
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
     with open(path, "w") as fh:
         i = 0
         while fh.tell() < target_bytes:
@@ -75,8 +75,16 @@ def run(path: Path, out: Path, shard_rows: int) -> tuple[int, float, dict]:
     CountingFile.total = 0
     try:
         t0 = time.perf_counter()
-        result = run_prepare(PrepareConfig(kind="prompts", inputs=[str(path)], output=str(out), model=MODEL,
-                                           pool={"workers": 0, "shard_rows": shard_rows}), log=lambda s: None)
+        result = run_prepare(
+            PrepareConfig(
+                kind="prompts",
+                inputs=[str(path)],
+                output=str(out),
+                model=MODEL,
+                pool={"workers": 0, "shard_rows": shard_rows},
+            ),
+            log=lambda s: None,
+        )
         seconds = time.perf_counter() - t0
     finally:
         storage.open_input = real  # type: ignore[assignment]
@@ -93,21 +101,30 @@ def main() -> None:
     path = tmp / "prompts.jsonl"
     n_rows = make_input(path, target)
     size = path.stat().st_size
-    lines = [f"# bench_stage_input — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-             "", f"`prepare` (kind prompts, in-process pool) on a {size / 2**20:.0f} MiB JSONL of {n_rows:,} rows.",
-             "", "| rows per shard | shards | rows in | bytes read | read / input | whole file per shard (computed) "
-             "| seconds |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# bench_stage_input — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "",
+        f"`prepare` (kind prompts, in-process pool) on a {size / 2**20:.0f} MiB JSONL of {n_rows:,} rows.",
+        "",
+        "| rows per shard | shards | rows in | bytes read | read / input | whole file per shard (computed) | seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for shard_rows in (256, 4096):
         out = tmp / f"out-{shard_rows}"
         read, seconds, info = run(path, out, shard_rows)
         assert info["rows"] == n_rows, info
-        lines.append(f"| {shard_rows} | {info['shards']} | {info['rows']:,} | {read:,} | {read / size:.4f}x | "
-                     f"{info['shards'] * size / size:.0f}x | {seconds:.1f} |")
+        lines.append(
+            f"| {shard_rows} | {info['shards']} | {info['rows']:,} | {read:,} | {read / size:.4f}x | "
+            f"{info['shards'] * size / size:.0f}x | {seconds:.1f} |"
+        )
         shutil.rmtree(out, ignore_errors=True)
     with open("/proc/loadavg") as fh:
         load = fh.read().split()[:3]
-    lines += ["", f"Load average at the end: {' '.join(load)} (taken while other work ran in parallel on the box; "
-                  "bytes read do not depend on load, seconds do)."]
+    lines += [
+        "",
+        f"Load average at the end: {' '.join(load)} (taken while other work ran in parallel on the box; "
+        "bytes read do not depend on load, seconds do).",
+    ]
     save_report(lines, "stage-input", quick=args.quick)
     shutil.rmtree(tmp, ignore_errors=True)
 

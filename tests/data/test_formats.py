@@ -30,9 +30,18 @@ EXPECTED = {
 
 def prepared(tmp_path: Path, kind: str, src: Path | str, fmt: str = "auto") -> tuple[dict, object]:
     out = tmp_path / f"{kind}-{Path(src).stem}-{fmt}"
-    result = run_prepare(PrepareConfig(kind=kind, inputs=[str(src)], output=str(out), format=fmt,
-                                       model="tiny-random:llama", pack=False, pool={"workers": 0}),
-                         log=lambda s: None)
+    result = run_prepare(
+        PrepareConfig(
+            kind=kind,
+            inputs=[str(src)],
+            output=str(out),
+            format=fmt,
+            model="tiny-random:llama",
+            pack=False,
+            pool={"workers": 0},
+        ),
+        log=lambda s: None,
+    )
     rows = pq.read_table(out / "data").to_pylist()
     key = (lambda r: r["doc_ids"][0]) if kind == "chat" else (lambda r: r["id"])
     return {key(r): r for r in rows}, result

@@ -16,7 +16,10 @@ def test_inspect_sharegpt_chat(capsys):
     assert out[2] == "ok 3, quarantined 2"
     assert sorted(line.split() for line in out[3:5]) == [["1", "sharegpt_bad_turn"], ["1", "sharegpt_unknown_speaker"]]
     assert [line for line in out if line.startswith("--- example")] == [
-        "--- example 1 (id c1) ---", "--- example 2 (id c2) ---", "--- example 3 (id c3) ---"]
+        "--- example 1 (id c1) ---",
+        "--- example 2 (id c2) ---",
+        "--- example 3 (id c3) ---",
+    ]
     text = "\n".join(out)
     # only the assistant turns (with their end-of-turn token) are trained
     assert "⟦Blue.<|im_end|>" in text and "⟦4.<|im_end|>" in text and "⟦6.<|im_end|>" in text
@@ -24,8 +27,20 @@ def test_inspect_sharegpt_chat(capsys):
 
 
 def test_inspect_pairs_with_format_override(capsys):
-    assert main([str(FIXTURES / "pairs_alpaca.jsonl"), "--format", "alpaca", "--kind", "pairs",
-                 "--model", "tiny-random:llama"]) == 0
+    assert (
+        main(
+            [
+                str(FIXTURES / "pairs_alpaca.jsonl"),
+                "--format",
+                "alpaca",
+                "--kind",
+                "pairs",
+                "--model",
+                "tiny-random:llama",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "format: alpaca   kind: pairs" in out and "ok 2, quarantined 1" in out
     assert "chosen:   ⟦Blue.⟧" in out and "rejected: ⟦Dog.⟧" in out

@@ -15,8 +15,16 @@ DATA = Path(__file__).resolve().parents[2] / "rayjobs" / "data"
 
 
 def cfg(out, workers, **kw) -> PrepareConfig:
-    return PrepareConfig(kind="corpus", inputs=[str(DATA / "corpus.jsonl")], output=str(out), model="tiny-random:llama",
-                         max_length=128, seq_len=256, pool={"workers": workers, "shard_rows": 40, "num_cpus": 0.5}, **kw)
+    return PrepareConfig(
+        kind="corpus",
+        inputs=[str(DATA / "corpus.jsonl")],
+        output=str(out),
+        model="tiny-random:llama",
+        max_length=128,
+        seq_len=256,
+        pool={"workers": workers, "shard_rows": 40, "num_cpus": 0.5},
+        **kw,
+    )
 
 
 def rows_of(out) -> list[dict]:
@@ -55,8 +63,16 @@ class CrashingProcessor(PrepareProcessor):
 def test_resume_after_crash_produces_every_row_once(tmp_path):
     c = cfg(tmp_path / "run", 0)
     with pytest.raises(Crash):
-        run_sharded("prepare", c.inputs, c.output, lambda: CrashingProcessor(c), kind=c.kind, pool=c.pool,
-                    config_hash=c.hash(), log=lambda s: None)
+        run_sharded(
+            "prepare",
+            c.inputs,
+            c.output,
+            lambda: CrashingProcessor(c),
+            kind=c.kind,
+            pool=c.pool,
+            config_hash=c.hash(),
+            log=lambda s: None,
+        )
     done_before = sorted(p.name for p in (tmp_path / "run" / "data").glob("*.parquet"))
     assert done_before == ["shard-00000.parquet", "shard-00001.parquet"]
     logs = []
@@ -82,9 +98,19 @@ def test_changed_config_recomputes(tmp_path):
 
 def test_limit_takes_the_first_rows(tmp_path):
     """pool.limit=50 with shards of 40: rows 0-39 and 40-49 of the file, quarantine counted within them."""
-    run_prepare(PrepareConfig(kind="corpus", inputs=[str(DATA / "corpus.jsonl")], output=str(tmp_path / "l"),
-                                  model="tiny-random:llama", max_length=128, seq_len=256, pack=False,
-                                  pool={"workers": 0, "shard_rows": 40, "limit": 50}), log=lambda s: None)
+    run_prepare(
+        PrepareConfig(
+            kind="corpus",
+            inputs=[str(DATA / "corpus.jsonl")],
+            output=str(tmp_path / "l"),
+            model="tiny-random:llama",
+            max_length=128,
+            seq_len=256,
+            pack=False,
+            pool={"workers": 0, "shard_rows": 40, "limit": 50},
+        ),
+        log=lambda s: None,
+    )
     m = json.loads((tmp_path / "l" / "manifest.json").read_text())
     # JSONL shards are byte ranges: the first 40 rows, then the next 10, ending where row 50 ends
     lines = (DATA / "corpus.jsonl").read_bytes().split(b"\n")

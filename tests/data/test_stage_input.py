@@ -6,6 +6,7 @@ same file prepared at two shard sizes; both runs must give the same rows, each e
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -69,8 +70,16 @@ def test_prepare_reads_each_byte_about_once(shard_rows, tmp_path, counted):
     src = tmp_path / "prompts.jsonl"
     size = write_prompts(src, 3000)
     out = tmp_path / f"out{shard_rows}"
-    result = run_prepare(PrepareConfig(kind="prompts", inputs=[str(src)], output=str(out), model="tiny-random:llama",
-                                       pool={"workers": 0, "shard_rows": shard_rows}), log=lambda s: None)
+    result = run_prepare(
+        PrepareConfig(
+            kind="prompts",
+            inputs=[str(src)],
+            output=str(out),
+            model="tiny-random:llama",
+            pool={"workers": 0, "shard_rows": shard_rows},
+        ),
+        log=lambda s: None,
+    )
     assert result.counts.in_ == result.counts.ok == 3000
     assert size <= counted.total <= 1.1 * size, (counted.total, size)
     ids = [r["id"] for r in pq.read_table(out / "data").to_pylist()]
@@ -93,13 +102,16 @@ def test_limit_reads_only_the_rows_it_keeps(tmp_path, counted):
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(0, 40), min_size=0, max_size=30), trailing_newline=st.booleans(),
-       cuts=st.lists(st.integers(0, 1500), max_size=8))
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=0, max_size=30),
+    trailing_newline=st.booleans(),
+    cuts=st.lists(st.integers(0, 1500), max_size=8),
+)
 def test_byte_ranges_give_every_line_to_exactly_one_shard(lengths, trailing_newline, cuts):
     data = b"\n".join(bytes([97 + i % 26]) * n for i, n in enumerate(lengths)) + (b"\n" if trailing_newline else b"")
     bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
     whole = list(iter_lines(pa.BufferReader(data), 0, None))
-    parts = [x for a, b in zip(bounds, bounds[1:]) for x in iter_lines(pa.BufferReader(data), a, b)]
+    parts = [x for a, b in itertools.pairwise(bounds) for x in iter_lines(pa.BufferReader(data), a, b)]
     assert parts == whole
     assert b"\n".join(line for _, line, _ in whole) + (b"\n" if whole and whole[-1][2] else b"") == data
 
@@ -121,7 +133,8 @@ def test_object_storage_input_matches_local(tmp_path, s3_bucket):
     storage.write_bytes(f"{s3_bucket}/in/prompts.jsonl", src.read_bytes())
     kw = dict(kind="prompts", model="tiny-random:llama", pool={"workers": 0, "shard_rows": 50})
     local = run_prepare(PrepareConfig(inputs=[str(src)], output=str(tmp_path / "l"), **kw), log=lambda s: None)
-    remote = run_prepare(PrepareConfig(inputs=[f"{s3_bucket}/in/"], output=str(tmp_path / "r"), **kw),
-                         log=lambda s: None)
+    remote = run_prepare(
+        PrepareConfig(inputs=[f"{s3_bucket}/in/"], output=str(tmp_path / "r"), **kw), log=lambda s: None
+    )
     assert remote.counts == local.counts
     assert pq.read_table(tmp_path / "r" / "data").to_pylist() == pq.read_table(tmp_path / "l" / "data").to_pylist()

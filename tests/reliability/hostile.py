@@ -13,10 +13,43 @@ from __future__ import annotations
 import json
 import random
 
-VALUES: list = [None, True, False, 0, -1, 2**70, 1.5, -0.0, 1e308, "", " \n\t", "x", "\u0000\u001f", "é😀",
-                [], {}, [None], [1, "a"], {"a": 1}, {"role": "user"}, [[[]]], [{"type": "text", "text": "hi"}]]
-RAW_VALUES = ["NaN", "Infinity", "-Infinity", "1e999", '"\\ud800"', '"a\\udfffb"', '"\\ud83d\\ude00"',
-              '"\\u0000"', "[" * 3000 + "]" * 3000, '{"a":' * 2000 + "1" + "}" * 2000, "123456789" * 600]
+VALUES: list = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**70,
+    1.5,
+    -0.0,
+    1e308,
+    "",
+    " \n\t",
+    "x",
+    "\u0000\u001f",
+    "é😀",
+    [],
+    {},
+    [None],
+    [1, "a"],
+    {"a": 1},
+    {"role": "user"},
+    [[[]]],
+    [{"type": "text", "text": "hi"}],
+]
+RAW_VALUES = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    '"\\ud800"',
+    '"a\\udfffb"',
+    '"\\ud83d\\ude00"',
+    '"\\u0000"',
+    "[" * 3000 + "]" * 3000,
+    '{"a":' * 2000 + "1" + "}" * 2000,
+    "123456789" * 600,
+]
 
 GOOD = {
     "corpus": {"id": "good", "text": "A short clean document.", "meta": {"k": 1}},
@@ -35,15 +68,17 @@ def _random_value(rng: random.Random, depth: int = 0):
     if pick == 2:
         return rng.choice([0, -7, 2**63, 3.25, -1e-300])
     if pick in (3, 4, 5):
-        return "".join(rng.choice("ab \n\t\u0001\u00e9\u4e2d\U0001f600\"\\") for _ in range(rng.randrange(12)))
+        return "".join(rng.choice('ab \n\t\u0001\u00e9\u4e2d\U0001f600"\\') for _ in range(rng.randrange(12)))
     if pick in (6, 7):
         return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(["role", "content", "text", "id", "x", "type"]): _random_value(rng, depth + 1)
-            for _ in range(rng.randrange(4))}
+    return {
+        rng.choice(["role", "content", "text", "id", "x", "type"]): _random_value(rng, depth + 1)
+        for _ in range(rng.randrange(4))
+    }
 
 
 def _fields(kind: str) -> list[str]:
-    return list(GOOD[kind]) + ["messages", "prompt", "text", "conversations", "instruction"]
+    return [*list(GOOD[kind]), "messages", "prompt", "text", "conversations", "instruction"]
 
 
 def _structured(kind: str) -> list[str]:
@@ -71,12 +106,36 @@ def _special(kind: str) -> list[str]:
         '{"text": "raw \x01 control \x7f"}',
         '{"text": "raw newline\ttab"}',
         json.dumps({**GOOD[kind], "text": "w " * 400_000, "prompt": "w " * 400_000}),  # megabyte strings
-        json.dumps({**GOOD[kind], "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                                              {"type": "text", "text": "b"}]},
-                                               {"role": "assistant", "content": [{"type": "text", "text": "c"}]}]}),
-        json.dumps({**GOOD[kind], "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]},
-                                               {"role": "assistant", "content": "c"}]}),
-        "[1, 2, 3]", "42", '"a string"', "null", "true", "{}", "{", "}", "[", '{"id": }', "\x00", "\ufeff{}",
+        json.dumps(
+            {
+                **GOOD[kind],
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "c"}]},
+                ],
+            }
+        ),
+        json.dumps(
+            {
+                **GOOD[kind],
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]},
+                    {"role": "assistant", "content": "c"},
+                ],
+            }
+        ),
+        "[1, 2, 3]",
+        "42",
+        '"a string"',
+        "null",
+        "true",
+        "{}",
+        "{",
+        "}",
+        "[",
+        '{"id": }',
+        "\x00",
+        "\ufeff{}",
     ]
 
 

@@ -40,14 +40,31 @@ def test_prepare_survives_hostile_rows(kind, tmp_path):
     src.write_bytes(data)
     n = count_rows(data)
     assert n >= 1000
-    result = run_prepare(PrepareConfig(kind=kind, inputs=[str(src)], output=str(tmp_path / "out"),
-                                       model="tiny-random:llama", max_length=256, seq_len=512,
-                                       pool={"workers": 0, "shard_rows": 64}), log=lambda s: None)
+    result = run_prepare(
+        PrepareConfig(
+            kind=kind,
+            inputs=[str(src)],
+            output=str(tmp_path / "out"),
+            model="tiny-random:llama",
+            max_length=256,
+            seq_len=512,
+            pool={"workers": 0, "shard_rows": 64},
+        ),
+        log=lambda s: None,
+    )
     m = check_accounting(tmp_path / "out", n)
     reasons = m["counts"]["by_reason"]
     # the hostile cases arrive as their own reasons, not as one catch-all
-    for code in ("unparseable_json", "invalid_utf8", "too_deep", "non_finite_number", "duplicate_key",
-                 "invalid_unicode", "truncated_line", "not_an_object"):
+    for code in (
+        "unparseable_json",
+        "invalid_utf8",
+        "too_deep",
+        "non_finite_number",
+        "duplicate_key",
+        "invalid_unicode",
+        "truncated_line",
+        "not_an_object",
+    ):
         assert reasons.get(code, 0) >= 1, (code, reasons)
     assert result.counts.ok >= 100  # the valid rows (and the BOM-prefixed first row) made it through
     q = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()
@@ -62,9 +79,14 @@ def test_sample_stage_survives_hostile_prompts(tmp_path):
     data = hostile_jsonl("prompts", 1000, seed=7)
     src = tmp_path / "prompts.jsonl"
     src.write_bytes(data)
-    cfg = SampleConfig(inputs=[str(src)], output=str(tmp_path / "sample"), model="tiny-random:llama",
-                       engine={"backend": "hf", "batch_size": 64, "max_model_len": 512},
-                       params={"max_tokens": 2, "n": 1, "temperature": 0.0}, pool={"workers": 0, "shard_rows": 128})
+    cfg = SampleConfig(
+        inputs=[str(src)],
+        output=str(tmp_path / "sample"),
+        model="tiny-random:llama",
+        engine={"backend": "hf", "batch_size": 64, "max_model_len": 512},
+        params={"max_tokens": 2, "n": 1, "temperature": 0.0},
+        pool={"workers": 0, "shard_rows": 128},
+    )
     run_sample(cfg, log=lambda s: None)
     m = check_accounting(tmp_path / "sample", count_rows(data))
     assert m["counts"]["out_rows"] == m["counts"]["ok"]  # n=1: one sample per accepted prompt

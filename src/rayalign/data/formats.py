@@ -31,9 +31,17 @@ from rayalign.data.schemas import Reason, RowError, validate_row
 
 Format = Literal["auto", "native", "trl", "sharegpt", "alpaca", "openai"]
 FORMATS: tuple[str, ...] = ("auto", "native", "trl", "sharegpt", "alpaca", "openai")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
-                  "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 
 
 def detect_row(raw: Any) -> str:
@@ -82,8 +90,10 @@ def _sharegpt_turns(value: Any, name: str) -> list[dict]:
             raise RowError("sharegpt_bad_turn", f"{name}[{i}] must be an object with 'from' and 'value'")
         speaker = t["from"]
         if not isinstance(speaker, str) or speaker.lower() not in SHAREGPT_ROLES:
-            raise RowError("sharegpt_unknown_speaker", f"{name}[{i}] is from {speaker!r}; known: "
-                                                       f"{', '.join(sorted(SHAREGPT_ROLES))}")
+            raise RowError(
+                "sharegpt_unknown_speaker",
+                f"{name}[{i}] is from {speaker!r}; known: {', '.join(sorted(SHAREGPT_ROLES))}",
+            )
         out.append({"role": SHAREGPT_ROLES[speaker.lower()], "content": t["value"]})
     return out
 
@@ -91,14 +101,16 @@ def _sharegpt_turns(value: Any, name: str) -> list[dict]:
 def _sharegpt(kind: str, raw: dict) -> dict:
     msgs = _sharegpt_turns(raw.get("conversations"), "conversations")
     if isinstance(raw.get("system"), str) and raw["system"].strip():
-        msgs = [{"role": "system", "content": raw["system"]}] + msgs
+        msgs = [{"role": "system", "content": raw["system"]}, *msgs]
     if kind == "chat":
         return {"messages": msgs}
     if kind == "prompts":
         return {"messages": _user_prefix(msgs)}
     if kind == "pairs":
-        pair = {k: _sharegpt_turns([raw[k]] if isinstance(raw.get(k), dict) else raw.get(k), k)
-                for k in ("chosen", "rejected")}
+        pair = {
+            k: _sharegpt_turns([raw[k]] if isinstance(raw.get(k), dict) else raw.get(k), k)
+            for k in ("chosen", "rejected")
+        }
         return {"messages": msgs, **{k: v[-1]["content"] for k, v in pair.items()}}
     raise RowError("format_mismatch", "ShareGPT rows are conversations; use kind chat, prompts or pairs")
 
@@ -110,8 +122,11 @@ def _alpaca(kind: str, raw: dict) -> dict:
     if extra is not None and not isinstance(extra, str):
         raise RowError("alpaca_bad_input", f"'input' must be a string, got {type(extra).__name__}")
     user = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
-    prompt = ([{"role": "system", "content": raw["system"]}] if isinstance(raw.get("system"), str)
-              and raw["system"].strip() else []) + [{"role": "user", "content": user}]
+    prompt = (
+        [{"role": "system", "content": raw["system"]}]
+        if isinstance(raw.get("system"), str) and raw["system"].strip()
+        else []
+    ) + [{"role": "user", "content": user}]
     if kind == "prompts":
         return {"messages": prompt}
     if kind == "pairs":
@@ -119,18 +134,23 @@ def _alpaca(kind: str, raw: dict) -> dict:
     if kind == "chat":
         if "output" not in raw:
             raise RowError("alpaca_missing_output", "'output' (the answer to learn) is missing")
-        return {"messages": prompt + [{"role": "assistant", "content": raw["output"]}]}
+        return {"messages": [*prompt, {"role": "assistant", "content": raw["output"]}]}
     raise RowError("format_mismatch", "Alpaca rows are instructions; use kind chat, prompts or pairs")
 
 
 def _trl(kind: str, raw: dict) -> dict:
     if "label" in raw:
         if kind == "pairs":
-            raise RowError("trl_unpaired_preference", "an unpaired (KTO) row has one completion; pairs need "
-                                                      "'chosen' and 'rejected' for one prompt in one row")
+            raise RowError(
+                "trl_unpaired_preference",
+                "an unpaired (KTO) row has one completion; pairs need "
+                "'chosen' and 'rejected' for one prompt in one row",
+            )
         if kind == "chat" and raw["label"] is not True:
-            raise RowError("trl_undesirable_completion", f"label is {raw['label']!r}: only desirable "
-                                                         "completions (label true) are SFT examples")
+            raise RowError(
+                "trl_undesirable_completion",
+                f"label is {raw['label']!r}: only desirable completions (label true) are SFT examples",
+            )
     if kind == "pairs" and "prompt" not in raw:  # implicit prompt: the shared prefix of both conversations
         chosen, rejected = raw.get("chosen"), raw.get("rejected")
         if not isinstance(chosen, list) or not isinstance(rejected, list):
@@ -161,8 +181,11 @@ def _openai(kind: str, raw: dict) -> dict:
         inp = raw["input"]
         if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list):
             raise RowError("openai_bad_input", "'input' must be an object with a 'messages' list")
-        return {"messages": inp["messages"], "chosen": raw.get("preferred_output"),
-                "rejected": raw.get("non_preferred_output")}
+        return {
+            "messages": inp["messages"],
+            "chosen": raw.get("preferred_output"),
+            "rejected": raw.get("non_preferred_output"),
+        }
     if "messages" not in raw:
         raise RowError("openai_missing_messages", "'messages' is missing")
     if kind == "prompts" and isinstance(raw["messages"], list):

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from rayalign.data.formats import FORMATS, detect_row, normalise
-from rayalign.data.readers import DataError, expand_inputs, read_rows
+from rayalign.data.readers import DataError, RawRow, expand_inputs, read_rows
 from rayalign.data.schemas import KINDS
 
 OPEN, CLOSE = "⟦", "⟧"
@@ -62,7 +62,7 @@ def render_example(tok: Any, kind: str, row: dict) -> str:
 
 def survey(files: list[str], kind: str | None, fmt: str, limit: int) -> dict:
     """Detected format and kind, counts by status and the first good rows of the first `limit` rows."""
-    raws = []
+    raws: list[RawRow] = []
     for path in files:
         for raw in read_rows(path, limit=limit - len(raws)):
             raws.append(raw)
@@ -78,8 +78,13 @@ def survey(files: list[str], kind: str | None, fmt: str, limit: int) -> dict:
         status[reason.code if reason else "ok"] += 1
         if row is not None and len(good) < 3:
             good.append(row)
-    return {"format": fmt if fmt != "auto" else (detected[0][0] if detected else "unknown"), "kind": kind,
-            "rows": len(raws), "status": status, "examples": good}
+    return {
+        "format": fmt if fmt != "auto" else (detected[0][0] if detected else "unknown"),
+        "kind": kind,
+        "rows": len(raws),
+        "status": status,
+        "examples": good,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,17 +19,24 @@ from rayalign.data.formats import Format
 from rayalign.data.packing import pack, packing_efficiency
 from rayalign.data.schemas import SCHEMAS
 from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, quarantine_row, run_sharded
-from rayalign.results import Counts, StageResult, numeric_metrics
 from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
+from rayalign.results import Counts, StageResult, numeric_metrics
 
 INT_LIST = pa.list_(pa.int32())
-PACKED_SCHEMA = pa.schema([
-    ("input_ids", INT_LIST), ("labels", INT_LIST), ("position_ids", INT_LIST), ("seq_lens", INT_LIST),
-    ("doc_ids", pa.list_(pa.string())), ("num_tokens", pa.int64()), ("num_targets", pa.int64()),
-])
-PAIR_TOKEN_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
-    ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST),
-])
+PACKED_SCHEMA = pa.schema(
+    [
+        ("input_ids", INT_LIST),
+        ("labels", INT_LIST),
+        ("position_ids", INT_LIST),
+        ("seq_lens", INT_LIST),
+        ("doc_ids", pa.list_(pa.string())),
+        ("num_tokens", pa.int64()),
+        ("num_targets", pa.int64()),
+    ]
+)
+PAIR_TOKEN_SCHEMA = pa.schema(
+    [*list(SCHEMAS["pairs"]), ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST)]
+)
 
 
 class PrepareConfig(Cfg):
@@ -61,8 +68,9 @@ class PrepareProcessor:
         self.input_format = cfg.format  # read by the shard runner when it adapts rows
         self.tok = load_tokenizer(cfg.model)
         packed = cfg.kind in ("corpus", "chat") and cfg.pack
-        self.output_schema = PACKED_SCHEMA if packed else (
-            PAIR_TOKEN_SCHEMA if cfg.kind == "pairs" else SCHEMAS[cfg.kind])
+        self.output_schema = (
+            PACKED_SCHEMA if packed else (PAIR_TOKEN_SCHEMA if cfg.kind == "pairs" else SCHEMAS[cfg.kind])
+        )
 
     def _fit(self, t: Tokenized) -> tuple[Tokenized | None, str]:
         """Apply the over-length policy; returns (sample or None, detail)."""
@@ -78,7 +86,7 @@ class PrepareProcessor:
 
     def process(self, rows: list[dict]) -> ProcessResult:
         kind, quarantine, samples, ids = self.cfg.kind, [], [], []
-        stats = {"tokens": 0, "targets": 0, "truncated": 0}
+        stats: dict[str, float] = {"tokens": 0, "targets": 0, "truncated": 0}
         out_rows = []
         # one batched tokenizer call per shard for the packed kinds (the Rust tokenizer does the loop)
         batch: list = [None] * len(rows)
@@ -94,8 +102,15 @@ class PrepareProcessor:
                     p = tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])
                     longest = len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))
                     if longest > self.cfg.max_length:
-                        quarantine.append(quarantine_row("prepare", row["_index"], "over_length",
-                                                         f"{longest} tokens > max_length {self.cfg.max_length}", row["id"]))
+                        quarantine.append(
+                            quarantine_row(
+                                "prepare",
+                                row["_index"],
+                                "over_length",
+                                f"{longest} tokens > max_length {self.cfg.max_length}",
+                                row["id"],
+                            )
+                        )
                         continue
                     out_rows.append({**row, **p})
                     stats["tokens"] += longest
@@ -107,8 +122,15 @@ class PrepareProcessor:
                 quarantine.append(quarantine_row("prepare", row["_index"], "template_error", str(e), row["id"]))
                 continue
             if kind == "chat" and t.num_targets == 0:
-                quarantine.append(quarantine_row("prepare", row["_index"], "no_assistant_turn",
-                                                 "no assistant token survives tokenisation", row["id"]))
+                quarantine.append(
+                    quarantine_row(
+                        "prepare",
+                        row["_index"],
+                        "no_assistant_turn",
+                        "no assistant token survives tokenisation",
+                        row["id"],
+                    )
+                )
                 continue
             fitted, detail = self._fit(t)
             if fitted is None:
@@ -125,9 +147,18 @@ class PrepareProcessor:
                 out_rows = [r.as_dict() for r in packed]
                 stats["slots"] = len(packed) * self.cfg.seq_len
             else:
-                out_rows = [{"input_ids": s.input_ids, "labels": s.labels, "position_ids": list(range(len(s))),
-                             "seq_lens": [len(s)], "doc_ids": [i], "num_tokens": len(s), "num_targets": s.num_targets}
-                            for s, i in zip(samples, ids)]
+                out_rows = [
+                    {
+                        "input_ids": s.input_ids,
+                        "labels": s.labels,
+                        "position_ids": list(range(len(s))),
+                        "seq_lens": [len(s)],
+                        "doc_ids": [i],
+                        "num_tokens": len(s),
+                        "num_targets": s.num_targets,
+                    }
+                    for s, i in zip(samples, ids)
+                ]
                 self.output_schema = PACKED_SCHEMA
                 stats["slots"] = stats["tokens"]
             stats["rows"] = len(out_rows)
@@ -139,24 +170,41 @@ def run_prepare(cfg: PrepareConfig, log=print) -> StageResult:
     if cfg.kind in ("corpus", "chat") and cfg.pack and cfg.seq_len < cfg.max_length:
         from rayalign.config import ConfigError
 
-        raise ConfigError(f"seq_len ({cfg.seq_len}, tokens per packed row) must be ≥ max_length "
-                          f"({cfg.max_length}, tokens per document) so every document fits a row")
-    manifest = run_sharded("prepare", cfg.inputs, cfg.output, lambda: PrepareProcessor(cfg), kind=cfg.kind,
-                           pool=cfg.pool, config_hash=cfg.hash(), extra={"kind": cfg.kind, "model": cfg.model}, log=log)
+        raise ConfigError(
+            f"seq_len ({cfg.seq_len}, tokens per packed row) must be ≥ max_length "
+            f"({cfg.max_length}, tokens per document) so every document fits a row"
+        )
+    manifest = run_sharded(
+        "prepare",
+        cfg.inputs,
+        cfg.output,
+        lambda: PrepareProcessor(cfg),
+        kind=cfg.kind,
+        pool=cfg.pool,
+        config_hash=cfg.hash(),
+        extra={"kind": cfg.kind, "model": cfg.model},
+        log=log,
+    )
     st = manifest["stats"]
     metrics = {k: float(v) for k, v in st.items() if k in ("tokens", "targets", "truncated", "rows")}
     if st.get("slots"):
         manifest["packing_efficiency"] = st["tokens"] / st["slots"]
         metrics["packing_efficiency"] = manifest["packing_efficiency"]
     print_summary(manifest, log)
-    return StageResult(stage="prepare", output=cfg.output, counts=Counts.model_validate(manifest["counts"]),
-                       metrics=numeric_metrics(metrics),
-                       details={"manifest": storage.join(cfg.output, MANIFEST), "kind": cfg.kind, "model": cfg.model})
+    return StageResult(
+        stage="prepare",
+        output=cfg.output,
+        counts=Counts.model_validate(manifest["counts"]),
+        metrics=numeric_metrics(metrics),
+        details={"manifest": storage.join(cfg.output, MANIFEST), "kind": cfg.kind, "model": cfg.model},
+    )
 
 
 def print_summary(manifest: dict, log=print) -> None:
     c = manifest["counts"]
-    log(f"[{manifest['stage']}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']}  → {c['out_rows']} output rows")
+    log(
+        f"[{manifest['stage']}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']}  → {c['out_rows']} output rows"
+    )
     for reason, n in c["by_reason"].items():
         log(f"    quarantined {n:5d}  {reason}")
     if "packing_efficiency" in manifest:

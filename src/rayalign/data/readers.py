@@ -78,8 +78,11 @@ def detect_format(path: str) -> str:
 
 def _wanted(path: str) -> bool:
     name = storage.basename(path)
-    return (not name.startswith((".", "_")) and name not in _SAVE_TO_DISK_META
-            and any(name.lower().endswith(s) for s in SUFFIXES))
+    return (
+        not name.startswith((".", "_"))
+        and name not in _SAVE_TO_DISK_META
+        and any(name.lower().endswith(s) for s in SUFFIXES)
+    )
 
 
 def save_to_disk_files(folder: str) -> list[str] | None:
@@ -87,7 +90,9 @@ def save_to_disk_files(folder: str) -> list[str] | None:
     state = storage.read_json(storage.join(folder, "state.json"))
     if not isinstance(state, dict) or "_data_files" not in state:
         return None
-    files = [storage.join(folder, f["filename"]) for f in state["_data_files"] if isinstance(f, dict) and "filename" in f]
+    files = [
+        storage.join(folder, f["filename"]) for f in state["_data_files"] if isinstance(f, dict) and "filename" in f
+    ]
     return files or None
 
 
@@ -104,12 +109,15 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         if any(c in storage.basename(item) for c in "*?["):
             found = [f for f in storage.glob(storage.parent(item), storage.basename(item)) if not storage.is_dir(f)]
         elif storage.is_dir(item):
-            found = save_to_disk_files(item) or [f for f in storage.list_dir(item, recursive=True)
-                                                 if _wanted(f) and not storage.is_dir(f)]
+            found = save_to_disk_files(item) or [
+                f for f in storage.list_dir(item, recursive=True) if _wanted(f) and not storage.is_dir(f)
+            ]
         elif storage.exists(item):
             found = [item]
         else:
-            raise FileNotFoundError(f"input {item!r} does not exist; check the path (inputs take files, folders or globs)")
+            raise FileNotFoundError(
+                f"input {item!r} does not exist; check the path (inputs take files, folders or globs)"
+            )
         if not found:
             raise FileNotFoundError(f"input {item!r} matched no data files (.jsonl, .json, .parquet, .arrow)")
         files.extend(found)
@@ -192,12 +200,19 @@ def decode_line(index: int, line: bytes, complete: bool = True) -> RawRow:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        return RawRow(index, None, line.decode("utf-8", errors="replace"),
-                      Reason("invalid_utf8", f"line is not valid UTF-8 ({e.reason} at byte {e.start})"))
+        return RawRow(
+            index,
+            None,
+            line.decode("utf-8", errors="replace"),
+            Reason("invalid_utf8", f"line is not valid UTF-8 ({e.reason} at byte {e.start})"),
+        )
     value, reason = decode_json(text)
     if reason is not None and not complete and reason.code == "unparseable_json":
-        reason = Reason("truncated_line", "the file ends inside this line (no newline and not valid JSON): "
-                                          "the file was probably cut off while being written")
+        reason = Reason(
+            "truncated_line",
+            "the file ends inside this line (no newline and not valid JSON): "
+            "the file was probably cut off while being written",
+        )
     return RawRow(index, value, text, reason)
 
 
@@ -255,8 +270,8 @@ def read_jsonl(path: str, start: int, stop: int | None) -> Iterator[RawRow]:
 def _row_bytes(offset: int, line: bytes) -> bytes:
     """The line without a file-start BOM; b"" for a blank line (blank lines are not rows)."""
     if offset == 0 and line.startswith(BOM):
-        line = line[len(BOM):]
-    return line if line.strip() else b"" 
+        line = line[len(BOM) :]
+    return line if line.strip() else b""
 
 
 def jsonl_plan(path: str, shard_rows: int, limit: int | None) -> tuple[list[tuple[int, int, int]], int]:
@@ -300,7 +315,7 @@ def read_json_doc(path: str, start: int = 0, stop: int = -1) -> Iterator[RawRow]
     with open_input(path) as fh:
         data = fh.read()
     if data.startswith(BOM):
-        data = data[len(BOM):]
+        data = data[len(BOM) :]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -351,7 +366,8 @@ def read_parquet(path: str, start: int, stop: int) -> Iterator[RawRow]:
 
     with open_input(path) as fh:
         pf = pq.ParquetFile(fh)
-        groups, first, seen = [], 0, 0
+        groups: list[int] = []
+        first = seen = 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             if seen + n > start and seen < stop:
@@ -408,7 +424,6 @@ def read_range(path: str, fmt: str, start: int, stop: int) -> Iterator[RawRow]:
 def read_rows(path: str, fmt: str | None = None, limit: int | None = None) -> Iterator[RawRow]:
     """Every row of one file (or its first `limit`), for tools such as `rayalign inspect`."""
     fmt = fmt or detect_format(path)
-    n = 0
     if fmt == "jsonl":
         rows: Iterator[RawRow] = read_jsonl(path, 0, None)
     elif fmt in ("parquet", "arrow"):
@@ -416,8 +431,7 @@ def read_rows(path: str, fmt: str | None = None, limit: int | None = None) -> It
         rows = (r for s, e, _ in plan for r in read_range(path, fmt, s, e))
     else:
         rows = read_json_doc(path)
-    for row in rows:
+    for n, row in enumerate(rows):
         if limit is not None and n >= limit:
             return
-        n += 1
         yield row

@@ -24,16 +24,26 @@ SCHEMAS: dict[str, pa.Schema] = {
     "corpus": pa.schema([("id", pa.string()), ("text", pa.string()), ("meta", pa.string())]),
     "chat": pa.schema([("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string())]),
     "prompts": pa.schema([("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string())]),
-    "pairs": pa.schema([
-        ("id", pa.string()), ("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string()),
-        ("meta", pa.string()),
-    ]),
+    "pairs": pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt", MESSAGES),
+            ("chosen", pa.string()),
+            ("rejected", pa.string()),
+            ("meta", pa.string()),
+        ]
+    ),
 }
 
-QUARANTINE_SCHEMA = pa.schema([
-    ("source", pa.string()), ("index", pa.int64()), ("reason", pa.string()),
-    ("detail", pa.string()), ("raw", pa.string()),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("index", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,9 @@ def _content(value: Any, where: str) -> Any:
     kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in value]
     other = sorted({str(k) for k in kinds if k != "text"})
     if other:
-        raise RowError("non_text_content", f"{where} content has parts of type {', '.join(other)}; "
-                                           "only text parts are supported")
+        raise RowError(
+            "non_text_content", f"{where} content has parts of type {', '.join(other)}; only text parts are supported"
+        )
     texts = [p.get("text") for p in value]
     if not all(isinstance(t, str) for t in texts):
         raise RowError("wrong_type", f"{where} content has a text part whose 'text' is not a string")
@@ -167,6 +178,7 @@ def validate_row(kind: str, raw: Any, default_id: str = "") -> tuple[dict | None
         if not isinstance(raw, dict):
             raise RowError("not_an_object", f"row must be a JSON object, got {type(raw).__name__}")
         rid = _id(raw, default_id)
+        row: dict[str, Any]
         if kind == "corpus":
             row = {"id": rid, "text": _text(raw, "text"), "meta": _meta(raw)}
         elif kind == "chat":

@@ -23,11 +23,19 @@ from typing import Any, Callable, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayalign.config import Cfg
 from rayalign import storage
+from rayalign.config import Cfg
 from rayalign.data.formats import normalise
 from rayalign.data.readers import (
-    DataError, RawRow, arrow_plan, detect_format, expand_inputs, jsonl_plan, parquet_plan, read_json_doc, read_range,
+    DataError,
+    RawRow,
+    arrow_plan,
+    detect_format,
+    expand_inputs,
+    jsonl_plan,
+    parquet_plan,
+    read_json_doc,
+    read_range,
 )
 from rayalign.data.schemas import QUARANTINE_SCHEMA
 
