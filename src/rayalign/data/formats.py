@@ -52,7 +52,7 @@ def detect_row(raw: Any) -> str:
         return "sharegpt"
     if "instruction" in raw or ("input" in raw and "output" in raw):
         return "alpaca"
-    if "completion" in raw or "label" in raw:
+    if "completion" in raw or ("label" in raw and "prompt" in raw):
         return "trl"
     if "preferred_output" in raw or "non_preferred_output" in raw:
         return "openai"
