@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from rayalign.data.readers import DataError
 from rayalign.data.schemas import Reason, RowError, validate_row
 
 Format = Literal["auto", "native", "trl", "sharegpt", "alpaca", "openai"]
@@ -62,6 +63,25 @@ def detect_row(raw: Any) -> str:
     if isinstance(msgs, list) and any(isinstance(m, dict) and isinstance(m.get("content"), list) for m in msgs):
         return "openai"
     return "native"
+
+
+# top-level keys of which a row of each kind needs at least one, in some format
+KIND_KEYS = {
+    "corpus": ("text",),
+    "chat": ("messages", "conversations", "instruction", "completion"),
+    "prompts": ("messages", "prompt", "conversations", "instruction"),
+    "pairs": ("chosen", "preferred_output", "label"),
+}
+
+
+def check_columns(path: str, kind: str, columns: list[str]) -> None:
+    """A columnar file whose columns cannot hold a row of `kind` is a wrong input, not bad rows."""
+    if not set(KIND_KEYS[kind]) & set(columns):
+        raise DataError(
+            f"{path}: its columns ({', '.join(columns) or 'none'}) hold no {kind} rows: a {kind} "
+            f"dataset needs one of {', '.join(KIND_KEYS[kind])}; check `kind` and `inputs`, "
+            "or convert the file"
+        )
 
 
 def _keep(raw: dict, out: dict) -> dict:

@@ -382,6 +382,16 @@ def read_parquet(path: str, start: int, stop: int) -> Iterator[RawRow]:
         yield RawRow(i, row, None)
 
 
+def columns(path: str, fmt: str) -> list[str]:
+    """Top-level column names of a parquet or Arrow file (the footer / stream schema only)."""
+    if fmt == "arrow":
+        return list(_arrow_table(path).column_names)
+    import pyarrow.parquet as pq
+
+    with open_input(path) as fh:
+        return list(pq.ParquetFile(fh).schema_arrow.names)
+
+
 def _arrow_table(path: str) -> Any:
     import pyarrow as pa
 

@@ -25,11 +25,12 @@ import pyarrow.parquet as pq
 
 from rayalign import storage
 from rayalign.config import Cfg
-from rayalign.data.formats import normalise
+from rayalign.data.formats import check_columns, normalise
 from rayalign.data.readers import (
     DataError,
     RawRow,
     arrow_plan,
+    columns,
     detect_format,
     expand_inputs,
     jsonl_plan,
@@ -160,6 +161,8 @@ def _read_validated(shard: Shard, kind: str | None, fmt: str) -> tuple[list[dict
     raws: list[RawRow] = []
     quarantined: list[dict] = []
     n_in = 0
+    if kind is not None and shard.fmt in ("parquet", "arrow"):
+        check_columns(shard.path, kind, columns(shard.path, shard.fmt))
     for raw in read_range(shard.path, shard.fmt, shard.start, shard.stop):
         n_in += 1
         if raw.error is not None:
