@@ -143,3 +143,25 @@ def test_a_processor_failing_on_every_row_fails_the_shard(tmp_path):
     with pytest.raises(RuntimeError, match="kaboom"):
         process_shard(Shard(0, str(src), "jsonl", 0, 10**6, "c", "bytes"), "corpus", Picky(), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_json_array_bad_elements_fail_alone(tmp_path):
+    """In a JSON document, NaN or a duplicate key in one element quarantines that element only."""
+    good = json.dumps({"id": "ok", "text": "fine"})
+    src = tmp_path / "docs.json"
+    src.write_text(
+        "["
+        + ", ".join(
+            [
+                good,
+                '{"id": "nan", "text": "x", "s": NaN}',
+                '{"id": "d", "id": "e", "text": "y"}',
+                '{"id": "lone", "text": "\\ud800"}',
+                '{"id": "big", "text": "z", "s": [1e999]}',
+            ]
+        )
+        + "]"
+    )
+    result = prepare(tmp_path, src, kind="corpus")
+    assert result.counts.in_ == 5 and result.counts.ok == 1
+    assert result.counts.by_reason == {"non_finite_number": 2, "duplicate_key": 1, "invalid_unicode": 1}

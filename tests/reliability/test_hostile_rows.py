@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayalign.data.prepare import PrepareConfig, run_prepare
-from reliability.hostile import count_rows, hostile_jsonl
+from reliability.hostile import count_rows, hostile_jsonl, hostile_lines
 
 KINDS = ("corpus", "chat", "prompts", "pairs")
 
@@ -90,3 +90,33 @@ def test_sample_stage_survives_hostile_prompts(tmp_path):
     run_sample(cfg, log=lambda s: None)
     m = check_accounting(tmp_path / "sample", count_rows(data))
     assert m["counts"]["out_rows"] == m["counts"]["ok"]  # n=1: one sample per accepted prompt
+
+
+@pytest.mark.timeout(120)
+def test_prepare_survives_hostile_json_array(tmp_path):
+    """The same rows as one JSON document: a bad element is quarantined alone, never the whole file."""
+    elements = []
+    for line in hostile_lines("chat", 1000, seed=3):
+        try:
+            json.loads(line.decode("utf-8"))  # Python's own parser is lenient (NaN, duplicate keys) ...
+        except (ValueError, RecursionError):
+            continue  # ... and what it refuses cannot sit inside a valid document
+        elements.append(line)
+    src = tmp_path / "chat.json"
+    src.write_bytes(b"\xef\xbb\xbf[" + b",\r\n".join(elements) + b"]")
+    run_prepare(
+        PrepareConfig(
+            kind="chat",
+            inputs=[str(src)],
+            output=str(tmp_path / "out"),
+            model="tiny-random:llama",
+            max_length=256,
+            seq_len=512,
+            pool={"workers": 0},
+        ),
+        log=lambda s: None,
+    )
+    m = check_accounting(tmp_path / "out", len(elements))
+    assert len(elements) >= 900 and m["counts"]["ok"] >= 100
+    for code in ("non_finite_number", "duplicate_key", "invalid_unicode"):
+        assert m["counts"]["by_reason"].get(code, 0) >= 1, code

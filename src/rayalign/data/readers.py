@@ -185,12 +185,9 @@ def decode_json(text: str) -> tuple[Any, Reason | None]:
     except ValueError as e:  # e.g. an integer beyond Python's digit limit
         return None, Reason("unparseable_json", f"not valid JSON: {e}")
     if _SURROGATE.search(text):  # escaped surrogates: fine in pairs, unstorable alone
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            return None, Reason("invalid_unicode", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
-        except RecursionError:
-            return None, Reason("too_deep", "JSON nested too deeply to process; flatten the row")
+        fault = _unicode_fault(value)
+        if fault is not None:
+            return None, fault
     return value, None
 
 
@@ -321,15 +318,81 @@ def read_json_doc(path: str, start: int = 0, stop: int = -1) -> Iterator[RawRow]
     except UnicodeDecodeError as e:
         yield RawRow(0, None, data[:2000].decode("utf-8", "replace"), Reason("invalid_utf8", f"file is not UTF-8: {e}"))
         return
-    doc, reason = decode_json(text)
+    doc, reason = _decode_document(text)
     if reason is not None:  # a whole-file failure is one quarantined row: nothing is silently lost
         yield RawRow(0, None, text[:2000], Reason(reason.code, f"the file as a whole: {reason.detail}"))
         return
     items = doc.get("data", doc.get("rows")) if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         items = [doc]
+    check_unicode = bool(_SURROGATE.search(text))
     for i, item in enumerate(items[start:] if stop < 0 else items[start:stop], start=start):
-        yield RawRow(i, item, None)
+        bad = _first_mark(item) or (_unicode_fault(item) if check_unicode else None)
+        yield RawRow(i, item, None, bad)  # a bad element keeps its value for the quarantine's raw text
+
+
+class _Mark:
+    """Stands in for a value the strict rules reject, so one element of a document fails, not all."""
+
+    def __init__(self, reason: Reason):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<{self.reason.code}>"
+
+
+def _lenient_object(pairs: list[tuple[str, Any]]) -> Any:
+    try:
+        return _object(pairs)
+    except _Fault as e:
+        return _Mark(e.reason)
+
+
+def _lenient_float(text: str) -> Any:
+    try:
+        return _float(text)
+    except _Fault as e:
+        return _Mark(e.reason)
+
+
+_LENIENT = json.JSONDecoder(
+    parse_constant=lambda name: _Mark(Reason("non_finite_number", f"{name} is not a number JSON allows")),
+    parse_float=_lenient_float,
+    object_pairs_hook=_lenient_object,
+)
+
+
+def _decode_document(text: str) -> tuple[Any, Reason | None]:
+    try:
+        doc = _LENIENT.decode(text)
+    except RecursionError:
+        return None, Reason("too_deep", "JSON nested too deeply to parse; flatten the rows or use JSONL")
+    except ValueError as e:
+        return None, Reason("unparseable_json", f"not valid JSON: {e}")
+    return (None, doc.reason) if isinstance(doc, _Mark) else (doc, None)
+
+
+def _first_mark(value: Any) -> Reason | None:
+    stack = [value]  # iterative: deep documents must not recurse
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _Mark):
+            return v.reason
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
+
+
+def _unicode_fault(value: Any) -> Reason | None:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return Reason("invalid_unicode", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
+    except (RecursionError, ValueError):
+        return Reason("too_deep", "JSON nested too deeply to process; flatten the row")
+    return None
 
 
 def parquet_plan(path: str, shard_rows: int, limit: int | None) -> list[tuple[int, int, int]]:

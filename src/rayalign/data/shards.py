@@ -124,7 +124,7 @@ def _file_ranges(path: str, fmt: str, shard_rows: int, limit: int | None) -> tup
     """(unit, [(start, stop, rows)], rows planned or -1) of one file."""
     if fmt == "jsonl":
         ranges, n = jsonl_plan(path, shard_rows, limit)
-        return ("rows" if limit is not None else "bytes"), ranges, n
+        return "bytes", ranges, n
     if fmt == "json":
         if limit is None:  # one document, parsed once by the worker that reads it
             return "rows", [(0, -1, -1)], -1
@@ -139,7 +139,13 @@ def _empty(path: str) -> bool:
 
 
 def quarantine_row(source: str, index: int, code: str, detail: str, raw: str) -> dict:
-    return {"source": source, "index": int(index), "reason": code, "detail": detail, "raw": raw[:100_000]}
+    """One quarantine record; its strings are made storable (a lone surrogate becomes `\\ud800` text)."""
+    return {"source": source, "index": int(index), "reason": code, "detail": _storable(detail),
+            "raw": _storable(raw[:100_000])}
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _write_atomic(table: pa.Table, target: str | Path) -> None:
@@ -153,10 +159,7 @@ def _error_text(e: BaseException) -> str:
 
 
 def _read_validated(shard: Shard, kind: str | None, fmt: str) -> tuple[list[dict], list[RawRow], list[dict], int]:
-    """(good rows, their raw rows, quarantine rows, rows in) of one shard.
-
-    A JSONL shard planned in rows (`limit`) reads the byte range its first and last row span.
-    """
+    """(good rows, their raw rows, quarantine rows, rows in) of one shard."""
     good: list[dict] = []
     raws: list[RawRow] = []
     quarantined: list[dict] = []
