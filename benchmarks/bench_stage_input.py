@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,33 +26,6 @@ from pathlib import Path
 from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
 
 MODEL = "tiny-random:llama"
-
-
-class CountingFile:
-    total = 0
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def read(self, n=-1):
-        data = self.inner.read(n)
-        CountingFile.total += len(data)
-        return data
-
-    def seek(self, pos, whence=0):
-        return self.inner.seek(pos, whence)
-
-    def tell(self):
-        return self.inner.tell()
-
-    def close(self):
-        self.inner.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def make_input(path: Path, target_bytes: int) -> int:
@@ -67,13 +41,12 @@ def make_input(path: Path, target_bytes: int) -> int:
 
 
 def run(path: Path, out: Path, shard_rows: int) -> tuple[int, float, dict]:
-    from rayalign import storage
     from rayalign.data.prepare import PrepareConfig, run_prepare
 
-    real = storage.open_input
-    storage.open_input = lambda p: CountingFile(real(p))  # type: ignore[assignment]
-    CountingFile.total = 0
-    try:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
+    from counting import counting_open_input  # the byte counter the tests use
+
+    with counting_open_input() as counter:
         t0 = time.perf_counter()
         result = run_prepare(
             PrepareConfig(
@@ -86,10 +59,8 @@ def run(path: Path, out: Path, shard_rows: int) -> tuple[int, float, dict]:
             log=lambda s: None,
         )
         seconds = time.perf_counter() - t0
-    finally:
-        storage.open_input = real  # type: ignore[assignment]
     manifest = json.loads((out / "manifest.json").read_text())
-    return CountingFile.total, seconds, {"rows": result.counts.in_, "shards": len(manifest["shards"])}
+    return counter.total, seconds, {"rows": result.counts.in_, "shards": len(manifest["shards"])}
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from counting import counting_open_input  # tests/data/counting.py
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,41 +23,10 @@ from rayalign.data.readers import iter_lines, read_range
 from rayalign.data.shards import plan_shards
 
 
-class CountingFile:
-    """Delegates to a real input file and adds up the bytes its reads return."""
-
-    total = 0
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def read(self, n=-1):
-        data = self.inner.read(n)
-        CountingFile.total += len(data)
-        return data
-
-    def seek(self, pos, whence=0):
-        return self.inner.seek(pos, whence)
-
-    def tell(self):
-        return self.inner.tell()
-
-    def close(self):
-        self.inner.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 @pytest.fixture
-def counted(monkeypatch):
-    real = storage.open_input
-    monkeypatch.setattr(storage, "open_input", lambda path: CountingFile(real(path)))
-    CountingFile.total = 0
-    return CountingFile
+def counted():
+    with counting_open_input() as counter:
+        yield counter
 
 
 def write_prompts(path: Path, n: int) -> int:
