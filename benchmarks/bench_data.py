@@ -97,7 +97,7 @@ def main() -> None:
 
     results = []
     t, m = bench_rayalign(path, tmp, 0, 1)
-    tokens = m.metrics["tokens"]
+    tokens = int(m.metrics["tokens"])
     results.append(("rayalign prepare, in-process (1 CPU)", t, tokens, m.metrics["packing_efficiency"]))
     if not args.quick:
         from rayalign.raycluster import ensure_ray
@@ -110,7 +110,7 @@ def main() -> None:
                 (
                     f"rayalign prepare, Ray pool {workers} actor(s) x 1 CPU",
                     t,
-                    m.metrics["tokens"],
+                    int(m.metrics["tokens"]),
                     m.metrics["packing_efficiency"],
                 )
             )
@@ -133,6 +133,9 @@ def main() -> None:
         lines.append(
             f"| {name} | {t:.2f} | {n} | {tps:,.0f} | {tps / base_tps:.2f}x | {'' if eff is None else f'{eff:.3f}'} |"
         )
+    with open("/proc/loadavg") as fh:
+        load = " ".join(fh.read().split()[:3])
+    lines += ["", f"Load average at the end: {load} (timings depend on other work running on the box)."]
     save_report(lines, "data", quick=args.quick)
     shutil.rmtree(tmp, ignore_errors=True)
 
