@@ -165,3 +165,38 @@ def test_json_array_bad_elements_fail_alone(tmp_path):
     result = prepare(tmp_path, src, kind="corpus")
     assert result.counts.in_ == 5 and result.counts.ok == 1
     assert result.counts.by_reason == {"non_finite_number": 2, "duplicate_key": 1, "invalid_unicode": 1}
+
+
+def test_stage_output_folder_as_input_reads_its_data_only(tmp_path):
+    src = tmp_path / "c.jsonl"
+    src.write_text(json.dumps({"id": "a", **CHAT}) + "\n" + json.dumps({"id": "b", "messages": []}) + "\n")
+    prepare(tmp_path, src)  # writes out/data and out/quarantine
+    shards = plan_shards([str(tmp_path / "out")], 10)
+    assert [Path(s.path).parent.name for s in shards] == ["data"]
+
+
+def test_hostile_parquet_values(tmp_path):
+    """Typed columns carry their own hostile values: nulls, empty, control characters, megabytes."""
+    path = tmp_path / "t.parquet"
+    texts = [None, "", "ok", "\x00\x1f ctl", "w " * 300_000, "fine"]
+    pq.write_table(
+        pa.table(
+            {"id": [f"r{i}" for i in range(6)], "text": texts, "meta": [None, "{}", '{"a": 1}', "x", None, "[1]"]}
+        ),
+        path,
+        row_group_size=2,
+    )
+    result = run_prepare(
+        PrepareConfig(
+            kind="corpus",
+            inputs=[str(path)],
+            output=str(tmp_path / "o"),
+            model="tiny-random:llama",
+            max_length=64,
+            seq_len=64,
+            pool={"workers": 0, "shard_rows": 2},
+        ),
+        log=lambda s: None,
+    )
+    assert result.counts.in_ == 6 == result.counts.ok + result.counts.quarantined
+    assert result.counts.by_reason == {"null_value": 1, "empty_text": 1, "over_length": 1}

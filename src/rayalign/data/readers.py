@@ -99,8 +99,8 @@ def save_to_disk_files(folder: str) -> list[str] | None:
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Expand globs and folders (local or URI) into a sorted list of data files.
 
-    A folder saved by `datasets.Dataset.save_to_disk` becomes its Arrow files in order; other
-    folders contribute their .jsonl/.ndjson/.json/.parquet/.arrow files (recursively; names
+    A folder saved by `datasets.Dataset.save_to_disk` becomes its Arrow files in order; a stage's
+    output folder (it has a `manifest.json`) its `data/` shards; other folders contribute their .jsonl/.ndjson/.json/.parquet/.arrow files (recursively; names
     starting with `.` or `_` are bookkeeping and skipped).
     """
     files: list[str] = []
@@ -109,6 +109,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         if any(c in storage.basename(item) for c in "*?["):
             found = [f for f in storage.glob(storage.parent(item), storage.basename(item)) if not storage.is_dir(f)]
         elif storage.is_dir(item):
+            if storage.exists(storage.join(item, "manifest.json")):  # a stage's output: its data, not its quarantine
+                item = storage.join(item, "data")
             found = save_to_disk_files(item) or [
                 f for f in storage.list_dir(item, recursive=True) if _wanted(f) and not storage.is_dir(f)
             ]
