@@ -86,3 +86,13 @@ def test_save_to_disk_folder_matches_native(tmp_path, native):
     datasets.Dataset.from_list(rows).save_to_disk(str(folder))
     saved, result = prepared(tmp_path, "chat", folder)
     assert saved == native["chat"] and result.counts.quarantined == 0
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "alpaca", "trl", "openai"])
+def test_chat_formats_as_prompts(fmt, tmp_path):
+    """A chat row of any format read as `prompts` is its conversation up to the last user turn."""
+    native, _ = prepared(tmp_path, "prompts", FIXTURES / "prompts_native.jsonl")
+    rows, _ = prepared(tmp_path, "prompts", FIXTURES / f"chat_{fmt}.jsonl", fmt)
+    common = sorted(set(rows) & set(native))
+    assert common == (["c1", "c2"] if fmt == "alpaca" else ["c1", "c2", "c3"])
+    assert [rows[k] for k in common] == [native[k] for k in common]
