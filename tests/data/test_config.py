@@ -51,7 +51,7 @@ def test_overrides_are_typed_and_nested():
     assert parse_override("inputs=[a, b]") == (["inputs"], ["a", "b"])
     data = apply_overrides({"kind": "chat"}, ["pool.shard_rows=8", "pack=false"])
     assert data == {"kind": "chat", "pool": {"shard_rows": 8}, "pack": False}
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         parse_override("pool.workers")
 
 
@@ -68,7 +68,8 @@ def test_cli_exits_2_on_config_error(tmp_path):
 
 
 def test_cli_missing_file_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rayalign.cli", "prepare", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "rayalign.cli", "prepare", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "config file not found" in r.stderr

@@ -33,9 +33,13 @@ def test_single_turn_mask(tokenizer):
 
 
 def test_multi_turn_mask_with_system(tokenizer):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
-            {"role": "assistant", "content": "6, of course."}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6, of course."},
+    ]
     t = tokenize_chat(tokenizer, msgs)
     assert labelled_text(tokenizer, t) == ["4<|im_end|>\n", "6, of course.<|im_end|>\n"]
     assert tokenizer.decode(t.input_ids) == tokenizer.apply_chat_template(msgs, tokenize=False)
@@ -77,8 +81,9 @@ def _token_loss_sum(model, input_ids, labels, position_ids=None):
     out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
     logits = out.logits[:, :-1].float()
     tgt = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum"), int((tgt != IGNORE).sum())
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    ), int((tgt != IGNORE).sum())
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -89,8 +94,12 @@ def test_packed_loss_equals_unpacked(tokenizer, attn):
     model = load_model("tiny-random:llama", attn_implementation=attn)
     chats = [
         [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
-        [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"},
-         {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hi again!"}],
+        [
+            {"role": "user", "content": "Say hi"},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "Again"},
+            {"role": "assistant", "content": "Hi again!"},
+        ],
         [{"role": "user", "content": "Count to three"}, {"role": "assistant", "content": "One, two, three."}],
     ]
     samples = [tokenize_chat(tokenizer, c) for c in chats]
@@ -102,8 +111,9 @@ def test_packed_loss_equals_unpacked(tokenizer, attn):
         rows = pack(samples, seq_len=sum(len(s) for s in samples) + 5, pad_id=tokenizer.pad_token_id)
         assert len(rows) == 1
         r = rows[0]
-        packed, k = _token_loss_sum(model, torch.tensor([r.input_ids]), torch.tensor([r.labels]),
-                                    torch.tensor([r.position_ids]))
+        packed, k = _token_loss_sum(
+            model, torch.tensor([r.input_ids]), torch.tensor([r.labels]), torch.tensor([r.position_ids])
+        )
     assert k == n
     assert abs(packed.item() / k - total.item() / n) <= 1e-5
     # and without position resets the documents would leak into each other: the loss changes

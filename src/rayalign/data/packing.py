@@ -30,8 +30,12 @@ class PackedRow:
 
     def as_dict(self) -> dict:
         return {
-            "input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids,
-            "seq_lens": self.seq_lens, "doc_ids": self.doc_ids, "num_tokens": self.num_tokens,
+            "input_ids": self.input_ids,
+            "labels": self.labels,
+            "position_ids": self.position_ids,
+            "seq_lens": self.seq_lens,
+            "doc_ids": self.doc_ids,
+            "num_tokens": self.num_tokens,
             "num_targets": sum(1 for x in self.labels if x != IGNORE),
         }
 
@@ -53,8 +57,8 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
         else:
             bins.append([i])
             space.append(capacity - n)
-    for b in bins:
-        b.sort()  # keep source order inside a row: deterministic and readable
+    for group in bins:
+        group.sort()  # keep source order inside a row: deterministic and readable
     return bins
 
 
@@ -66,7 +70,7 @@ def pack(samples: list[Tokenized], seq_len: int, pad_id: int, ids: list[str] | N
         for i in group:
             s = samples[i]
             inp += s.input_ids
-            lab += [IGNORE] + s.labels[1:]
+            lab += [IGNORE, *s.labels[1:]]
             pos += list(range(len(s)))
             lens.append(len(s))
             docs.append(ids[i])

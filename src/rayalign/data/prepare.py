@@ -13,31 +13,50 @@ from typing import Literal
 
 import pyarrow as pa
 
+from rayalign import storage
 from rayalign.config import Cfg
+from rayalign.data.formats import Format
 from rayalign.data.packing import pack, packing_efficiency
 from rayalign.data.schemas import SCHEMAS
-from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, quarantine_row, run_sharded
 from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
+from rayalign.results import Counts, StageResult, numeric_metrics
 
 INT_LIST = pa.list_(pa.int32())
-PACKED_SCHEMA = pa.schema([
-    ("input_ids", INT_LIST), ("labels", INT_LIST), ("position_ids", INT_LIST), ("seq_lens", INT_LIST),
-    ("doc_ids", pa.list_(pa.string())), ("num_tokens", pa.int64()), ("num_targets", pa.int64()),
-])
-PAIR_TOKEN_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
-    ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST),
-])
+PACKED_SCHEMA = pa.schema(
+    [
+        ("input_ids", INT_LIST),
+        ("labels", INT_LIST),
+        ("position_ids", INT_LIST),
+        ("seq_lens", INT_LIST),
+        ("doc_ids", pa.list_(pa.string())),
+        ("num_tokens", pa.int64()),
+        ("num_targets", pa.int64()),
+    ]
+)
+PAIR_TOKEN_SCHEMA = pa.schema(
+    [*list(SCHEMAS["pairs"]), ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST)]
+)
 
 
 class PrepareConfig(Cfg):
+    """What to prepare and how.
+
+    Two lengths, two meanings: `max_length` limits ONE document (a text, a chat, a prompt plus its
+    longer response) before packing — longer ones follow `overlength`; `seq_len` is the length of
+    one PACKED training row, which holds several documents (so `seq_len` ≥ `max_length`).
+    `format` names the input rows' format (see `rayalign.data.formats`); `auto` detects it per row.
+    """
+
     kind: Literal["corpus", "chat", "prompts", "pairs"]
     inputs: list[str]
     output: str
+    format: Format = "auto"
     model: str = "builtin:smollm2-135m-instruct"  # whose tokenizer and chat template to use
-    max_length: int = 1024  # longest sample in tokens
+    max_length: int = 1024  # per document, in tokens
     overlength: Literal["truncate", "quarantine"] = "quarantine"
     pack: bool = True  # corpus/chat only
-    seq_len: int = 1024  # packed row length (≥ max_length)
+    seq_len: int = 1024  # per packed row, in tokens (≥ max_length)
     pool: PoolConfig = PoolConfig()
 
 
@@ -46,10 +65,11 @@ class PrepareProcessor:
         from rayalign.models.loader import load_tokenizer
 
         self.cfg = cfg
+        self.input_format = cfg.format  # read by the shard runner when it adapts rows
         self.tok = load_tokenizer(cfg.model)
-        packed = cfg.kind in ("corpus", "chat") and cfg.pack
-        self.output_schema = PACKED_SCHEMA if packed else (
-            PAIR_TOKEN_SCHEMA if cfg.kind == "pairs" else SCHEMAS[cfg.kind])
+        # corpus and chat rows have the packed layout whether packed or one document per row
+        token_kinds = {"corpus": PACKED_SCHEMA, "chat": PACKED_SCHEMA, "pairs": PAIR_TOKEN_SCHEMA}
+        self.output_schema = token_kinds.get(cfg.kind, SCHEMAS[cfg.kind])
 
     def _fit(self, t: Tokenized) -> tuple[Tokenized | None, str]:
         """Apply the over-length policy; returns (sample or None, detail)."""
@@ -64,80 +84,121 @@ class PrepareProcessor:
         return t, ""
 
     def process(self, rows: list[dict]) -> ProcessResult:
-        kind, quarantine, samples, ids = self.cfg.kind, [], [], []
-        stats = {"tokens": 0, "targets": 0, "truncated": 0}
-        out_rows = []
-        # one batched tokenizer call per shard for the packed kinds (the Rust tokenizer does the loop)
-        batch: list = [None] * len(rows)
-        if kind == "corpus":
-            batch = tokenize_texts(self.tok, [r["text"] for r in rows])
-        elif kind == "chat":
-            batch = tokenize_chats(self.tok, [r["messages"] for r in rows])
-        for row, t in zip(rows, batch):
+        stats: dict[str, float] = {"tokens": 0, "targets": 0, "truncated": 0}
+        if self.cfg.kind == "prompts":  # validated and normalised is all a prompt needs
+            return ProcessResult(rows, [], stats)
+        if self.cfg.kind == "pairs":
+            return self._pairs(rows, stats)
+        return self._documents(rows, stats)
+
+    def _reject(self, row: dict, code: str, detail: str) -> dict:
+        return quarantine_row("prepare", row["_index"], code, detail, row["id"])
+
+    def _pairs(self, rows: list[dict], stats: dict[str, float]) -> ProcessResult:
+        out, quarantine = [], []
+        for row in rows:
             try:
-                if isinstance(t, TemplateError):
-                    raise t
-                if kind == "pairs":
-                    p = tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])
-                    longest = len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))
-                    if longest > self.cfg.max_length:
-                        quarantine.append(quarantine_row("prepare", row["_index"], "over_length",
-                                                         f"{longest} tokens > max_length {self.cfg.max_length}", row["id"]))
-                        continue
-                    out_rows.append({**row, **p})
-                    stats["tokens"] += longest
-                    continue
-                if kind == "prompts":
-                    out_rows.append(row)
-                    continue
+                p = tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])
             except TemplateError as e:
-                quarantine.append(quarantine_row("prepare", row["_index"], "template_error", str(e), row["id"]))
+                quarantine.append(self._reject(row, "template_error", str(e)))
                 continue
-            if kind == "chat" and t.num_targets == 0:
-                quarantine.append(quarantine_row("prepare", row["_index"], "no_assistant_turn",
-                                                 "no assistant token survives tokenisation", row["id"]))
+            longest = len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))
+            if longest > self.cfg.max_length:
+                quarantine.append(
+                    self._reject(row, "over_length", f"{longest} tokens > max_length {self.cfg.max_length}")
+                )
+                continue
+            out.append({**row, **p})
+            stats["tokens"] += longest
+        return ProcessResult(out, quarantine, stats)
+
+    def _documents(self, rows: list[dict], stats: dict[str, float]) -> ProcessResult:
+        """corpus / chat: one batched tokenizer call per shard (the Rust tokenizer does the loop), then pack."""
+        if self.cfg.kind == "corpus":
+            batch: list = tokenize_texts(self.tok, [r["text"] for r in rows])
+        else:
+            batch = tokenize_chats(self.tok, [r["messages"] for r in rows])
+        quarantine, samples, ids = [], [], []
+        for row, t in zip(rows, batch):
+            if isinstance(t, TemplateError):
+                quarantine.append(self._reject(row, "template_error", str(t)))
+                continue
+            if self.cfg.kind == "chat" and t.num_targets == 0:
+                quarantine.append(self._reject(row, "no_assistant_turn", "no assistant token survives tokenisation"))
                 continue
             fitted, detail = self._fit(t)
             if fitted is None:
-                quarantine.append(quarantine_row("prepare", row["_index"], "over_length", detail, row["id"]))
+                quarantine.append(self._reject(row, "over_length", detail))
                 continue
             stats["truncated"] += int(len(fitted) < len(t))
             samples.append(fitted)
             ids.append(row["id"])
             stats["tokens"] += len(fitted)
             stats["targets"] += fitted.num_targets
-        if kind in ("corpus", "chat"):
-            if self.cfg.pack:
-                packed = pack(samples, self.cfg.seq_len, self.tok.pad_token_id, ids)
-                out_rows = [r.as_dict() for r in packed]
-                stats["slots"] = len(packed) * self.cfg.seq_len
-            else:
-                out_rows = [{"input_ids": s.input_ids, "labels": s.labels, "position_ids": list(range(len(s))),
-                             "seq_lens": [len(s)], "doc_ids": [i], "num_tokens": len(s), "num_targets": s.num_targets}
-                            for s, i in zip(samples, ids)]
-                self.output_schema = PACKED_SCHEMA
-                stats["slots"] = stats["tokens"]
-            stats["rows"] = len(out_rows)
-        return ProcessResult(out_rows, quarantine, stats)
+        out = self._rows(samples, ids, stats)
+        stats["rows"] = len(out)
+        return ProcessResult(out, quarantine, stats)
+
+    def _rows(self, samples: list[Tokenized], ids: list[str], stats: dict[str, float]) -> list[dict]:
+        if self.cfg.pack:
+            packed = pack(samples, self.cfg.seq_len, self.tok.pad_token_id, ids)
+            stats["slots"] = len(packed) * self.cfg.seq_len
+            return [r.as_dict() for r in packed]
+        stats["slots"] = stats["tokens"]
+        return [
+            {
+                "input_ids": s.input_ids,
+                "labels": s.labels,
+                "position_ids": list(range(len(s))),
+                "seq_lens": [len(s)],
+                "doc_ids": [i],
+                "num_tokens": len(s),
+                "num_targets": s.num_targets,
+            }
+            for s, i in zip(samples, ids)
+        ]
 
 
-def run_prepare(cfg: PrepareConfig, log=print) -> dict:
+def run_prepare(cfg: PrepareConfig, log=print) -> StageResult:
+    """Prepare `cfg.inputs` into `cfg.output`; returns counts, packing efficiency and the manifest path."""
     if cfg.kind in ("corpus", "chat") and cfg.pack and cfg.seq_len < cfg.max_length:
         from rayalign.config import ConfigError
 
-        raise ConfigError(f"seq_len ({cfg.seq_len}) must be ≥ max_length ({cfg.max_length}) so every sample fits a row")
-    manifest = run_sharded("prepare", cfg.inputs, cfg.output, lambda: PrepareProcessor(cfg), kind=cfg.kind,
-                           pool=cfg.pool, config_hash=cfg.hash(), extra={"kind": cfg.kind, "model": cfg.model}, log=log)
+        raise ConfigError(
+            f"seq_len ({cfg.seq_len}, tokens per packed row) must be ≥ max_length "
+            f"({cfg.max_length}, tokens per document) so every document fits a row"
+        )
+    manifest = run_sharded(
+        "prepare",
+        cfg.inputs,
+        cfg.output,
+        lambda: PrepareProcessor(cfg),
+        kind=cfg.kind,
+        pool=cfg.pool,
+        config_hash=cfg.hash(),
+        extra={"kind": cfg.kind, "model": cfg.model},
+        log=log,
+    )
     st = manifest["stats"]
+    metrics = {k: float(v) for k, v in st.items() if k in ("tokens", "targets", "truncated", "rows")}
     if st.get("slots"):
         manifest["packing_efficiency"] = st["tokens"] / st["slots"]
+        metrics["packing_efficiency"] = manifest["packing_efficiency"]
     print_summary(manifest, log)
-    return manifest
+    return StageResult(
+        stage="prepare",
+        output=cfg.output,
+        counts=Counts.model_validate(manifest["counts"]),
+        metrics=numeric_metrics(metrics),
+        details={"manifest": storage.join(cfg.output, MANIFEST), "kind": cfg.kind, "model": cfg.model},
+    )
 
 
 def print_summary(manifest: dict, log=print) -> None:
     c = manifest["counts"]
-    log(f"[{manifest['stage']}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']}  → {c['out_rows']} output rows")
+    log(
+        f"[{manifest['stage']}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']}  → {c['out_rows']} output rows"
+    )
     for reason, n in c["by_reason"].items():
         log(f"    quarantined {n:5d}  {reason}")
     if "packing_efficiency" in manifest:

@@ -24,16 +24,26 @@ SCHEMAS: dict[str, pa.Schema] = {
     "corpus": pa.schema([("id", pa.string()), ("text", pa.string()), ("meta", pa.string())]),
     "chat": pa.schema([("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string())]),
     "prompts": pa.schema([("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string())]),
-    "pairs": pa.schema([
-        ("id", pa.string()), ("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string()),
-        ("meta", pa.string()),
-    ]),
+    "pairs": pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt", MESSAGES),
+            ("chosen", pa.string()),
+            ("rejected", pa.string()),
+            ("meta", pa.string()),
+        ]
+    ),
 }
 
-QUARANTINE_SCHEMA = pa.schema([
-    ("source", pa.string()), ("index", pa.int64()), ("reason", pa.string()),
-    ("detail", pa.string()), ("raw", pa.string()),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("index", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Reason:
 
 
 class RowError(Exception):
+    """Raised by validation and format adapters for one row; carries its quarantine Reason."""
+
     def __init__(self, code: str, detail: str):
         super().__init__(detail)
         self.reason = Reason(code, detail)
@@ -70,6 +82,22 @@ def _text(raw: dict, name: str) -> str:
     return value
 
 
+def _content(value: Any, where: str) -> Any:
+    """A message's content: a string, or OpenAI content parts made only of text (joined by newlines)."""
+    if not isinstance(value, list):
+        return value
+    kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in value]
+    other = sorted({str(k) for k in kinds if k != "text"})
+    if other:
+        raise RowError(
+            "non_text_content", f"{where} content has parts of type {', '.join(other)}; only text parts are supported"
+        )
+    texts = [p.get("text") for p in value]
+    if not all(isinstance(t, str) for t in texts):
+        raise RowError("wrong_type", f"{where} content has a text part whose 'text' is not a string")
+    return "\n".join(texts)
+
+
 def _messages(value: Any, name: str) -> list[dict]:
     if value is None:
         raise RowError("null_value", f"field {name!r} is null")
@@ -84,7 +112,7 @@ def _messages(value: Any, name: str) -> list[dict]:
         if "role" not in m or "content" not in m:
             missing = "role" if "role" not in m else "content"
             raise RowError("missing_field", f"{name}[{i}] has no {missing!r}")
-        role, content = m["role"], m["content"]
+        role, content = m["role"], _content(m["content"], f"{name}[{i}]")
         if role is None or content is None:
             raise RowError("null_value", f"{name}[{i}] has a null role or content")
         if not isinstance(role, str) or not isinstance(content, str):
@@ -150,6 +178,7 @@ def validate_row(kind: str, raw: Any, default_id: str = "") -> tuple[dict | None
         if not isinstance(raw, dict):
             raise RowError("not_an_object", f"row must be a JSON object, got {type(raw).__name__}")
         rid = _id(raw, default_id)
+        row: dict[str, Any]
         if kind == "corpus":
             row = {"id": rid, "text": _text(raw, "text"), "meta": _meta(raw)}
         elif kind == "chat":

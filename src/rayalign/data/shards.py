@@ -23,9 +23,22 @@ from typing import Any, Callable, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rayalign import storage
 from rayalign.config import Cfg
-from rayalign.data.readers import count_rows, detect_format, expand_inputs, read_rows
-from rayalign.data.schemas import QUARANTINE_SCHEMA, validate_row
+from rayalign.data.formats import check_columns, normalise
+from rayalign.data.readers import (
+    DataError,
+    RawRow,
+    arrow_plan,
+    columns,
+    detect_format,
+    expand_inputs,
+    jsonl_plan,
+    parquet_plan,
+    read_json_doc,
+    read_range,
+)
+from rayalign.data.schemas import QUARANTINE_SCHEMA
 
 MANIFEST = "manifest.json"
 
@@ -49,12 +62,21 @@ class PoolConfig(Cfg):
 
 @dataclass
 class Shard:
+    """One unit of work: rows [start, stop) of a file, in the file format's own unit.
+
+    `unit` is "bytes" for JSONL (a byte range; its rows are the lines that start inside it) and
+    "rows" otherwise (stop < 0: to the end). `rows` is the number of rows when the plan knows it
+    (parquet, Arrow, `limit`), -1 when only reading tells (JSONL byte ranges, JSON documents).
+    """
+
     shard_id: int
     path: str
     fmt: str
     start: int
     stop: int
     source_name: str = ""
+    unit: str = "rows"
+    rows: int = -1
 
     @property
     def name(self) -> str:
@@ -75,62 +97,170 @@ class Processor(Protocol):
 
 
 def plan_shards(inputs: list[str], shard_rows: int, limit: int | None = None) -> list[Shard]:
+    """Cut the input files into shards from sizes and footers alone (see `rayalign.data.readers`).
+
+    The plan is a pure function of the files and (shard_rows, limit): a re-run finds the same
+    shards under the same names. Raises DataError when every input is empty.
+    """
     shards: list[Shard] = []
-    left = limit if limit is not None else float("inf")
-    for path in expand_inputs(inputs):
+    files = expand_inputs(inputs)
+    left = limit
+    for path in files:
+        if left is not None and left <= 0:
+            break
         fmt = detect_format(path)
-        n = int(min(count_rows(path, fmt), left))
-        left -= n
-        for start in range(0, n, shard_rows):
-            shards.append(Shard(len(shards), path, fmt, start, min(start + shard_rows, n), Path(path).stem))
+        unit, ranges, n = _file_ranges(path, fmt, shard_rows, left)
+        if left is not None:
+            left -= n
+        source = storage.basename(path).rsplit(".", 1)[0]
+        for start, stop, rows in ranges:
+            shards.append(Shard(len(shards), path, fmt, start, stop, source, unit, rows))
+    if not shards and files and all(_empty(f) for f in files):
+        raise DataError(f"every input file is empty ({', '.join(files[:5])}); point inputs at files with rows")
     return shards
 
 
+def _file_ranges(path: str, fmt: str, shard_rows: int, limit: int | None) -> tuple[str, list, int]:
+    """(unit, [(start, stop, rows)], rows planned or -1) of one file."""
+    if fmt == "jsonl":
+        ranges, n = jsonl_plan(path, shard_rows, limit)
+        return "bytes", ranges, n
+    if fmt == "json":
+        if limit is None:  # one document, parsed once by the worker that reads it
+            return "rows", [(0, -1, -1)], -1
+        n = min(sum(1 for _ in read_json_doc(path)), limit)
+        return "rows", [(s, min(s + shard_rows, n), min(s + shard_rows, n) - s) for s in range(0, n, shard_rows)], n
+    ranges = parquet_plan(path, shard_rows, limit) if fmt == "parquet" else arrow_plan(path, shard_rows, limit)
+    return "rows", ranges, sum(r[2] for r in ranges)
+
+
+def _empty(path: str) -> bool:
+    return detect_format(path) in ("jsonl", "json") and storage.file_size(path) == 0
+
+
 def quarantine_row(source: str, index: int, code: str, detail: str, raw: str) -> dict:
-    return {"source": source, "index": int(index), "reason": code, "detail": detail, "raw": raw[:100_000]}
+    """One quarantine record; its strings are made storable (a lone surrogate becomes `\\ud800` text)."""
+    return {"source": source, "index": int(index), "reason": code, "detail": _storable(detail),
+            "raw": _storable(raw[:100_000])}
 
 
-def _write_atomic(table: pa.Table, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def process_shard(shard: Shard, kind: str | None, processor: Processor, out_dir: str) -> dict:
-    """Read → validate → process → write one shard. Returns its counts for the manifest."""
-    out = Path(out_dir)
-    good, quarantined = [], []
+def _write_atomic(table: pa.Table, target: str | Path) -> None:
+    """Data first, whole or not at all (temp + rename locally, one upload on object stores)."""
+    with storage.open_output(str(target)) as fh:
+        pq.write_table(table, fh)
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:2000]
+
+
+def _read_validated(shard: Shard, kind: str | None, fmt: str) -> tuple[list[dict], list[RawRow], list[dict], int]:
+    """(good rows, their raw rows, quarantine rows, rows in) of one shard."""
+    good: list[dict] = []
+    raws: list[RawRow] = []
+    quarantined: list[dict] = []
     n_in = 0
-    for raw in read_rows(shard.path, shard.fmt, shard.start, shard.stop):
+    if kind is not None and shard.fmt in ("parquet", "arrow"):
+        check_columns(shard.path, kind, columns(shard.path, shard.fmt))
+    for raw in read_range(shard.path, shard.fmt, shard.start, shard.stop):
         n_in += 1
         if raw.error is not None:
-            quarantined.append(quarantine_row(shard.path, raw.index, raw.error.code, raw.error.detail, raw.text))
+            quarantined.append(quarantine_row(shard.path, raw.index, raw.error.code, raw.error.detail, raw.raw_text()))
             continue
         if kind is None:  # a stage reading its own (already validated) outputs
             good.append(raw.value)
+            raws.append(raw)
             continue
-        row, reason = validate_row(kind, raw.value, default_id=f"{shard.source_name}-{raw.index}")
-        if reason is not None:
-            quarantined.append(quarantine_row(shard.path, raw.index, reason.code, reason.detail, raw.text))
-        else:
-            row["_index"] = raw.index
-            good.append(row)
-    result = processor.process(good) if good else ProcessResult([])
-    for q in result.quarantine:
-        quarantined.append(q)
+        try:
+            row, reason = normalise(kind, raw.value, fmt, default_id=f"{shard.source_name}-{raw.index}")
+        except Exception as e:  # any fault of one row (deep nesting, odd types) is that row's reason
+            quarantined.append(quarantine_row(shard.path, raw.index, "invalid_row", _error_text(e), raw.raw_text()))
+            continue
+        if reason is not None or row is None:
+            code, detail = (reason.code, reason.detail) if reason else ("invalid_row", "no row")
+            quarantined.append(quarantine_row(shard.path, raw.index, code, detail, raw.raw_text()))
+            continue
+        row["_index"] = raw.index
+        good.append(row)
+        raws.append(raw)
+    return good, raws, quarantined, n_in
+
+
+def _process_isolated(processor: Processor, rows: list[dict], top: bool = True
+                      ) -> tuple[ProcessResult, list[tuple[int, str]]]:
+    """Run the processor; if it raises, bisect to the rows that make it raise.
+
+    Returns the merged result of the parts that ran and [(position in rows, error text)] of the
+    rows that fail even alone. When every row of a multi-row batch fails alone the fault is the
+    processor's (a dead engine, a bad config), not the rows': it is raised, not quarantined.
+    """
+    try:
+        return processor.process(rows), []
+    except Exception as e:
+        if len(rows) == 1:
+            return ProcessResult([]), [(0, _error_text(e))]
+        mid = len(rows) // 2
+        left, fail_left = _process_isolated(processor, rows[:mid], top=False)
+        right, fail_right = _process_isolated(processor, rows[mid:], top=False)
+        failed = fail_left + [(mid + p, t) for p, t in fail_right]
+        if top and len(failed) == len(rows):
+            raise
+        stats = Counter(left.stats)
+        stats.update(right.stats)
+        return ProcessResult(left.rows + right.rows, left.quarantine + right.quarantine, dict(stats)), failed
+
+
+def _to_table(rows: list[dict], schema: pa.Schema | None) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The output table, leaving out rows Arrow cannot encode: [(position, error text)] of those."""
+    if not rows and schema is None:
+        return pa.table({}), []
+    try:
+        return pa.Table.from_pylist(rows, schema=schema), []
+    except Exception:
+        keep, bad = [], []
+        for pos, r in enumerate(rows):
+            try:
+                pa.Table.from_pylist([r], schema=schema)
+                keep.append(r)
+            except Exception as e:
+                bad.append((pos, _error_text(e)))
+        if not keep and schema is None:
+            return pa.table({}), bad
+        return pa.Table.from_pylist(keep, schema=schema), bad
+
+
+def process_shard(shard: Shard, kind: str | None, processor: Processor, out_dir: str) -> dict:
+    """Read → validate → process → write one shard. Returns its counts for the manifest.
+
+    No row can fail the shard: a row that cannot be decoded, validated, processed or written is
+    quarantined with its reason and the exception text (`processing_error`, `unwritable_row`).
+    The processor may name its input format (`input_format`, default auto-detection per row).
+    """
+    good, raws, quarantined, n_in = _read_validated(shard, kind, getattr(processor, "input_format", "auto"))
+    result, failed = _process_isolated(processor, good) if good else (ProcessResult([]), [])
+    for pos, text in failed:
+        quarantined.append(quarantine_row(shard.path, raws[pos].index, "processing_error", text, raws[pos].raw_text()))
+    quarantined.extend(result.quarantine)
     rows = [{k: v for k, v in r.items() if k != "_index"} for r in result.rows]
-    schema = getattr(processor, "output_schema", None)
-    table = pa.Table.from_pylist(rows, schema=schema) if (rows or schema is not None) else pa.table({})
+    table, unwritable = _to_table(rows, getattr(processor, "output_schema", None))
+    for pos, text in unwritable:  # `_index` names the input row where the processor kept it
+        r = result.rows[pos]
+        quarantined.append(quarantine_row(shard.path, int(r.get("_index", -1)), "unwritable_row", text,
+                                          json.dumps(r, ensure_ascii=True, default=str)))
     # quarantine first: a shard counts as done only once its data file exists
     if quarantined:
-        _write_atomic(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), out / "quarantine" / f"{shard.name}.parquet")
-    _write_atomic(table, out / "data" / f"{shard.name}.parquet")
+        _write_atomic(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA),
+                      storage.join(out_dir, "quarantine", f"{shard.name}.parquet"))
+    _write_atomic(table, storage.join(out_dir, "data", f"{shard.name}.parquet"))
     counts = Counter(q["reason"] for q in quarantined)
     return {
         "shard": shard.name, "source": shard.path, "start": shard.start, "stop": shard.stop,
         "in": n_in, "ok": n_in - sum(counts.values()), "quarantined": sum(counts.values()),
-        "out_rows": len(rows), "reasons": dict(counts), "stats": dict(result.stats),
+        "out_rows": table.num_rows, "reasons": dict(counts), "stats": dict(result.stats),
     }
 
 

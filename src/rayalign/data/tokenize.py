@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE = -100
+IGNORE = -100  # label of a position with no loss (cross_entropy ignore_index); the one definition: import it from here
 
 
 class TemplateError(ValueError):
@@ -97,8 +97,9 @@ def tokenize_texts(tokenizer, texts: list[str], add_eos: bool = True) -> list[To
     if not texts:
         return []
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
-    return [Tokenized(list(ids) + eos, list(ids) + eos)
-            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [
+        Tokenized(list(ids) + eos, list(ids) + eos) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ]
 
 
 def tokenize_text(tokenizer, text: str, add_eos: bool = True) -> Tokenized:
@@ -107,7 +108,9 @@ def tokenize_text(tokenizer, text: str, add_eos: bool = True) -> Tokenized:
 
 def tokenize_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Prompt ids ending with the assistant generation header (for generation and pair scoring)."""
-    return list(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+    return list(
+        tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    )
 
 
 def tokenize_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str) -> dict:
@@ -117,8 +120,8 @@ def tokenize_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str) -> 
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     out["prompt_ids"] = list(prompt_ids)
     for name, response in (("chosen", chosen), ("rejected", rejected)):
-        full = render(tokenizer, prompt + [{"role": "assistant", "content": response}])
+        full = render(tokenizer, [*prompt, {"role": "assistant", "content": response}])
         if not full.startswith(prompt_text):
             raise TemplateError("chat template is not prefix-stable")
-        out[f"{name}_ids"] = list(tokenizer(full[len(prompt_text):], add_special_tokens=False)["input_ids"])
+        out[f"{name}_ids"] = list(tokenizer(full[len(prompt_text) :], add_special_tokens=False)["input_ids"])
     return out
