@@ -207,9 +207,13 @@ def _limit_threads() -> None:
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
-    """The committed manifest of a stage's output folder (local or URI), or None if not committed."""
+    """The committed manifest of a stage's output folder (local or URI) as JSON, or None if absent.
+
+    Read as written (manifests of datasets made by other tools may carry only some fields); the
+    runner writes them through `results.Manifest`.
+    """
     data = storage.read_json(storage.join(str(out_dir), MANIFEST))
-    return None if data is None else Manifest.model_validate(data).to_json()
+    return data if isinstance(data, dict) else None
 
 
 def manifest_counts(manifest: dict | Manifest) -> Counts:
@@ -417,7 +421,7 @@ def dataset_files(out_dir: str | Path) -> list[str]:
     """
     out = str(out_dir)
     manifest = read_manifest(out)
-    if manifest is not None:
+    if manifest is not None and manifest.get("shards"):
         return [storage.join(out, "data", f"{s['shard']}.parquet") for s in manifest["shards"]]
     return storage.glob(storage.join(out, "data"), "shard-*.parquet")
 
