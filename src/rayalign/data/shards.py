@@ -46,20 +46,19 @@ PROGRESS = "_progress"  # one marker per finished shard: objects cannot be appen
 class PoolConfig(Cfg):
     """How the actor pool is sized. The defaults never deadlock a 2-CPU local cluster.
 
-    `workers`, `num_cpus`, `num_gpus`, `resources` and `max_restarts` are resources: they stay out of
-    the config hash, so a resumed stage may use a different pool. `shard_rows` and `limit` decide
-    which rows form which shard, so they are part of it.
+    `workers`, `num_cpus`, `num_gpus` and `resources` are resources: they stay out of the config
+    hash, so a resumed stage may use a different pool. `shard_rows` and `limit` decide which rows
+    form which shard, so they are part of it.
     """
 
-    resource_fields = frozenset({"workers", "num_cpus", "num_gpus", "resources", "max_restarts"})
+    resource_fields = frozenset({"workers", "num_cpus", "num_gpus", "resources"})
 
     workers: int = 1  # actors in the pool; 0 = run in the driver process without Ray
     num_cpus: float = 0.5
     num_gpus: float = 0.0
-    # custom Ray resources every actor requests, e.g. {"accelerator_type:A100": 0.01} or a node label
+    # custom Ray resources every actor requests, e.g. {"data_node": 1} to pin the pool to nodes started
+    # with `ray start --resources '{"data_node": 4}'`
     resources: dict[str, float] = Field(default_factory=dict)
-    # times Ray restarts an actor that died (OOM killer, preempted node); its shard is retried
-    max_restarts: int = 3
     shard_rows: int = 256
     limit: int | None = None  # only the first N input rows (a seed sample, a smoke run); None = all
 
@@ -379,9 +378,9 @@ def summarise(stage: str, reports: list[dict], config_hash: str, extra: dict | N
 def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig, config_hash: str):
     """Yield the reports of `pending` shards as they finish (in-process or on a Ray Data actor pool).
 
-    An actor that dies mid-shard (OOM killer, preempted node, `kill -9`) is restarted up to
-    `pool.max_restarts` times and its shard retried: the retry overwrites the same files, and the
-    marker comes last, so no row is lost or doubled.
+    An actor that dies mid-shard (OOM killer, preempted node, `kill -9`) is restarted and its shard
+    retried (Ray Data's actor pools default to unlimited actor restarts and task retries; we keep
+    them): the retry overwrites the same files and the marker comes last, so no row is lost or doubled.
     """
     if not pending:
         return
@@ -397,9 +396,6 @@ def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig
     ensure_ray()
     items = [{"shard": json.dumps(s.__dict__)} for s in pending]
     source = ray.data.from_items(items, override_num_blocks=len(items))
-    remote_args: dict[str, Any] = {"max_restarts": pool.max_restarts, "max_task_retries": -1}
-    if pool.resources:
-        remote_args["resources"] = dict(pool.resources)
     ds = source.map_batches(
         _ShardActor,
         fn_constructor_kwargs={"kind": kind, "factory": factory, "out_dir": out_dir, "config_hash": config_hash},
@@ -407,7 +403,7 @@ def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig
         compute=ray.data.ActorPoolStrategy(size=min(pool.workers, len(pending))),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
-        **remote_args,
+        resources=dict(pool.resources) or None,
     )
     for row in ds.iter_rows():
         yield json.loads(row["report"])
