@@ -113,17 +113,16 @@ def test_killed_prepare_resumes_with_another_pool_size(s3_bucket, tmp_path, ray_
     conf = tmp_path / "prepare.yaml"
     conf.write_text(yaml.safe_dump(cfg([f"{s3_bucket}/in.jsonl"], out).model_dump(mode="json")))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "rayalign.cli", "prepare", str(conf)], env=env, cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while len(finished_shards(out)) < 5:
-        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.time() < deadline, "no shard finished in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    log.close()
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rayalign.cli", "prepare", str(conf)], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while len(finished_shards(out)) < 5:
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.time() < deadline, "no shard finished in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     done = len(finished_shards(out))
     assert read_manifest(out) is None and 5 <= done < 60, f"the kill must land mid-stage ({done} shards done)"
 
