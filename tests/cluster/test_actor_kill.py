@@ -46,8 +46,15 @@ def shard_actor_pids() -> list[int]:
 def test_sigkill_of_a_shard_actor_mid_shard_loses_no_row(ray_cluster, tmp_path):
     corpus(tmp_path / "in.jsonl")
     out = tmp_path / "out"
-    cfg = PrepareConfig(kind="corpus", inputs=[str(tmp_path / "in.jsonl")], output=str(out), model="tiny-random:llama",
-                        max_length=128, seq_len=256, pool={"workers": 1, "num_cpus": 0.5, "shard_rows": SHARD_ROWS})
+    cfg = PrepareConfig(
+        kind="corpus",
+        inputs=[str(tmp_path / "in.jsonl")],
+        output=str(out),
+        model="tiny-random:llama",
+        max_length=128,
+        seq_len=256,
+        pool={"workers": 1, "num_cpus": 0.5, "shard_rows": SHARD_ROWS},
+    )
     result: dict = {}
     logs: list[str] = []
 

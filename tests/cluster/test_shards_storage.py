@@ -36,8 +36,15 @@ def n_bad(n: int) -> int:
 
 
 def cfg(inputs: list[str], out: str, **pool) -> PrepareConfig:
-    return PrepareConfig(kind="corpus", inputs=inputs, output=out, model="tiny-random:llama", max_length=128,
-                         seq_len=256, pool={"workers": 0, "shard_rows": 50, "num_cpus": 0.5, **pool})
+    return PrepareConfig(
+        kind="corpus",
+        inputs=inputs,
+        output=out,
+        model="tiny-random:llama",
+        max_length=128,
+        seq_len=256,
+        pool={"workers": 0, "shard_rows": 50, "num_cpus": 0.5, **pool},
+    )
 
 
 def doc_ids(out: str) -> list[str]:
@@ -55,8 +62,14 @@ def test_prepare_reads_and_writes_a_bucket(s3_bucket, tmp_path, monkeypatch):
     local = run_prepare(cfg([str(tmp_path / "corpus.jsonl")], str(tmp_path / "local")), log=lambda s: None)
 
     assert manifest_counts(remote) == Counts.model_validate(
-        {"in": 400, "ok": 400 - n_bad(400), "quarantined": n_bad(400), "out_rows": remote["counts"]["out_rows"],
-         "by_reason": {"wrong_type": n_bad(400)}})
+        {
+            "in": 400,
+            "ok": 400 - n_bad(400),
+            "quarantined": n_bad(400),
+            "out_rows": remote["counts"]["out_rows"],
+            "by_reason": {"wrong_type": n_bad(400)},
+        }
+    )
     assert remote["counts"] == local["counts"]
     assert read_dataset(f"{s3_bucket}/prep").to_pylist() == read_dataset(tmp_path / "local").to_pylist()
     assert read_manifest(f"{s3_bucket}/prep")["counts"] == remote["counts"]
@@ -64,9 +77,18 @@ def test_prepare_reads_and_writes_a_bucket(s3_bucket, tmp_path, monkeypatch):
     assert len(storage.glob(f"{s3_bucket}/prep/quarantine", "shard-*.parquet")) == 8  # one bad row per 50
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir()), "a URI became a local folder"
     # a finished stage in the bucket is consumed as a dataset folder by the next stage
-    again = run_prepare(PrepareConfig(kind="corpus", inputs=[f"{s3_bucket}/prep"], output=f"{s3_bucket}/x",
-                                      model="tiny-random:llama", max_length=128, pack=False,
-                                      pool={"workers": 0, "shard_rows": 50}), log=lambda s: None)
+    again = run_prepare(
+        PrepareConfig(
+            kind="corpus",
+            inputs=[f"{s3_bucket}/prep"],
+            output=f"{s3_bucket}/x",
+            model="tiny-random:llama",
+            max_length=128,
+            pack=False,
+            pool={"workers": 0, "shard_rows": 50},
+        ),
+        log=lambda s: None,
+    )
     assert again["counts"]["in"] == remote["counts"]["out_rows"]
 
 
@@ -114,8 +136,13 @@ def test_killed_prepare_resumes_with_another_pool_size(s3_bucket, tmp_path, ray_
     conf.write_text(yaml.safe_dump(cfg([f"{s3_bucket}/in.jsonl"], out).model_dump(mode="json")))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "rayalign.cli", "prepare", str(conf)], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rayalign.cli", "prepare", str(conf)],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 120
         while len(finished_shards(out)) < 5:
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
