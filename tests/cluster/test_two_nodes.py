@@ -14,6 +14,13 @@ PATH are that venv's; PYTHONPATH is unset. The job gets the package only from th
 The second node carries a custom resource that every dataset stage's actors request
 (`pool.resources`), so those actors must run there; the test checks its logs for them. Nodes live
 in their own temp dirs and are stopped by signalling exactly the processes this test started.
+
+Loopback only: the head runs with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (every listener on
+127.0.0.1). Ray 2.60 refuses to join a second node in that mode, and in the other mode rewrites
+`127.0.0.1` to the machine's interface address; the second node therefore joins as a host name
+that resolves to 127.0.0.1 (the test is skipped where none does). Every connection stays on
+127.0.0.1; that node's raylet listens on the wildcard address (it binds to the node's IP only when
+given an IP literal), which is why its ports come from this test's own free-port picks.
 """
 
 from __future__ import annotations
