@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -160,7 +161,7 @@ def _upload_shard(local_dir: str, out_dir: str, name: str) -> None:
         local = Path(local_dir, sub, f"{name}.parquet")
         if local.exists():
             with storage.open_output(storage.join(out_dir, sub, local.name)) as out, open(local, "rb") as fh:
-                out.write(fh.read())
+                shutil.copyfileobj(fh, out, length=8 << 20)
 
 
 def run_shard(shard: Shard, kind: str | None, processor: Processor, out_dir: str, config_hash: str) -> dict:
