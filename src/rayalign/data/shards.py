@@ -259,47 +259,6 @@ def _same_rows(shard: Shard, report: dict) -> bool:
     return all(report.get(k, v) == v for k, v in planned.items())
 
 
-def _expand_inputs(inputs: list[str]) -> list[str]:
-    """Resolve what local `expand_inputs` cannot: folders and globs on object stores, and finished
-    stage outputs (a folder with a manifest reads as its committed data shards)."""
-    out: list[str] = []
-    for item in inputs:
-        if any(c in storage.basename(item) for c in "*?["):
-            folder = False
-        else:
-            folder = storage.is_dir(item) if storage.is_uri(item) else Path(item).expanduser().is_dir()
-        if folder and read_manifest(item) is not None:
-            out.extend(dataset_files(item))
-        elif not storage.is_uri(item):
-            out.append(item)
-        elif any(c in storage.basename(item) for c in "*?["):
-            found = storage.glob(storage.parent(item), storage.basename(item))
-            out.extend(_require(found, item))
-        elif folder:
-            out.extend(_require(_data_files(item), item))
-        else:
-            out.append(item)
-    return out
-
-
-def _data_files(folder: str) -> list[str]:
-    """Dataset files under a folder, skipping `_`/`.` entries (markers, staging) like Hive/Spark."""
-    found = []
-    for f in storage.list_dir(folder, recursive=True):
-        rel = f[len(folder.rstrip("/")) + 1 :]
-        if any(part.startswith(("_", ".")) for part in rel.split("/")):
-            continue
-        if f.endswith((".jsonl", ".ndjson", ".json", ".parquet")):
-            found.append(f)
-    return found
-
-
-def _require(files: list[str], item: str) -> list[str]:
-    if not files:
-        raise FileNotFoundError(f"input {item!r} matched no .jsonl/.json/.parquet files")
-    return files
-
-
 def _prepare_output(stage: str, out_dir: str, config_hash: str, log: Callable[[str], None]) -> dict | None:
     """Return the manifest if the stage is already complete with this config; wipe the folder if it
     holds another config's output (manifest or shard markers)."""
@@ -338,7 +297,7 @@ def run_sharded(
     if done_manifest is not None:
         return done_manifest
     storage.makedirs(out_dir)
-    shards = plan_shards(_expand_inputs(inputs), pool.shard_rows, pool.limit)
+    shards = plan_shards(inputs, pool.shard_rows, pool.limit)
     done, _ = _done_reports(out_dir, shards, config_hash)
     pending = [s for s in shards if s.name not in done]
     total_rows = sum(s.stop - s.start for s in shards)
