@@ -70,18 +70,29 @@ def free_port() -> int:
 def python_without_rayalign(root: Path) -> Path:
     """A venv that sees the test venv's packages but not its `.pth` files (so not rayalign)."""
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root)], check=True)  # type: ignore[attr-defined]
-    site = Path(subprocess.check_output([str(root / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
-                                        text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(root / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"], text=True
+        ).strip()
+    )
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    (root / "bin" / "ray").write_text(f"#!{root}/bin/python\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n")
+    (root / "bin" / "ray").write_text(
+        f"#!{root}/bin/python\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n"
+    )
     (root / "bin" / "ray").chmod(0o755)
     return root / "bin"
 
 
 def node_env(bin_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV")}
-    env.update(PATH=f"{bin_dir}:/usr/bin:/bin", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONNOUSERSITE="1")
+    env.update(
+        PATH=f"{bin_dir}:/usr/bin:/bin",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="disabled",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONNOUSERSITE="1",
+    )
     return env
 
 
@@ -96,13 +107,35 @@ def loopback_alias() -> str:
     pytest.skip("no host name other than `localhost` resolves to 127.0.0.1 here (needed for a loopback-only 2nd node)")
 
 
-def ray_start(bin_dir: Path, env: dict, temp_dir: str, log: Path, *args: str, node_ip: str = "127.0.0.1") -> subprocess.Popen:
+def ray_start(
+    bin_dir: Path, env: dict, temp_dir: str, log: Path, *args: str, node_ip: str = "127.0.0.1"
+) -> subprocess.Popen:
     base = random.randrange(30000, 60000, 1000)  # this node's worker ports: apart from other clusters here
-    ports = [f"--{flag}={free_port()}" for flag in (
-        "object-manager-port", "node-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port")]
-    cmd = [str(bin_dir / "ray"), "start", "--block", "--node-ip-address", node_ip, "--temp-dir", temp_dir,
-           "--disable-usage-stats", f"--min-worker-port={base}", f"--max-worker-port={base + 999}", *ports, *args]
+    ports = [
+        f"--{flag}={free_port()}"
+        for flag in (
+            "object-manager-port",
+            "node-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    ]
+    cmd = [
+        str(bin_dir / "ray"),
+        "start",
+        "--block",
+        "--node-ip-address",
+        node_ip,
+        "--temp-dir",
+        temp_dir,
+        "--disable-usage-stats",
+        f"--min-worker-port={base}",
+        f"--max-worker-port={base + 999}",
+        *ports,
+        *args,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -155,9 +188,23 @@ def two_nodes(s3_server, tmp_path):
     head_dir = tempfile.mkdtemp(prefix="rayalign-h-", dir="/tmp")
     node_dir = tempfile.mkdtemp(prefix="rayalign-n-", dir="/tmp")
     gcs, dash = free_port(), free_port()
-    head = ray_start(bin_dir, env, head_dir, tmp_path / "head.log", "--head", "--port", str(gcs), "--num-cpus", "1",
-                     "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                     f"--ray-client-server-port={free_port()}")
+    head = ray_start(
+        bin_dir,
+        env,
+        head_dir,
+        tmp_path / "head.log",
+        "--head",
+        "--port",
+        str(gcs),
+        "--num-cpus",
+        "1",
+        "--include-dashboard=true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        f"--ray-client-server-port={free_port()}",
+    )
     procs = [(head, head_dir)]
     try:
         wait_for(f"http://127.0.0.1:{dash}/api/version", head, tmp_path / "head.log")
@@ -165,9 +212,19 @@ def two_nodes(s3_server, tmp_path):
         # switch), and with it on it rewrites "127.0.0.1"/"localhost" to the machine's interface
         # address; a host name that resolves to 127.0.0.1 keeps the joining node on loopback.
         alias = loopback_alias()
-        node = ray_start(bin_dir, {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, node_dir, tmp_path / "node.log",
-                         "--address", f"{alias}:{gcs}", "--num-cpus", "2", "--resources", json.dumps({RESOURCE: 8}),
-                         node_ip=alias)
+        node = ray_start(
+            bin_dir,
+            {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+            node_dir,
+            tmp_path / "node.log",
+            "--address",
+            f"{alias}:{gcs}",
+            "--num-cpus",
+            "2",
+            "--resources",
+            json.dumps({RESOURCE: 8}),
+            node_ip=alias,
+        )
         procs.append((node, node_dir))
         wait_for_nodes(f"http://127.0.0.1:{dash}", 2, node, tmp_path / "node.log")
         yield {"bin": bin_dir, "env": env, "dashboard": f"http://127.0.0.1:{dash}", "node_dir": node_dir}
@@ -204,8 +261,11 @@ def overrides(bucket: str) -> list[str]:
     for stage, name in TINY_INPUTS.items():
         out.append(f"stages.{stage}.config.inputs=[{bucket}/tiny/{name}]")
     for stage in POOL_STAGES:
-        out += [f"stages.{stage}.config.pool.workers=1", f"stages.{stage}.config.pool.num_cpus=0.5",
-                f"stages.{stage}.config.pool.resources={{{RESOURCE}: 1}}"]
+        out += [
+            f"stages.{stage}.config.pool.workers=1",
+            f"stages.{stage}.config.pool.num_cpus=0.5",
+            f"stages.{stage}.config.pool.resources={{{RESOURCE}: 1}}",
+        ]
     return out
 
 
@@ -214,9 +274,25 @@ def test_pipeline_job_on_two_nodes_without_rayalign_installed(two_nodes, s3_buck
     for name in TINY_INPUTS.values():
         storage.write_bytes(f"{s3_bucket}/tiny/{name}", (REPO / "rayjobs" / "data" / "tiny" / name).read_bytes())
     job_id = f"rayalign-two-nodes-{os.getpid()}-{int(time.time())}"
-    cmd = [str(two_nodes["bin"] / "ray"), "job", "submit", "--address", two_nodes["dashboard"], "--no-wait",
-           "--submission-id", job_id, "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
-           "python", "rayjobs/pipeline.py", "rayjobs/configs/pipeline-tiny.yaml", *overrides(s3_bucket)]
+    cmd = [
+        str(two_nodes["bin"] / "ray"),
+        "job",
+        "submit",
+        "--address",
+        two_nodes["dashboard"],
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "cluster/runtime_env.yaml",
+        "--",
+        "python",
+        "rayjobs/pipeline.py",
+        "rayjobs/configs/pipeline-tiny.yaml",
+        *overrides(s3_bucket),
+    ]
     for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
         out = subprocess.run(cmd, env=two_nodes["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
         if "No available agent" not in out.stdout + out.stderr:
