@@ -1,6 +1,6 @@
 """Preference optimisation (APO-zero/down, DPO, IPO, SimPO, ORPO, KTO, unpaired APO) as a Ray job.
 
-    ray job submit --working-dir . -- python rayjobs/prefer.py rayjobs/configs/prefer_tiny.yaml scaling.workers=2
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/prefer.py rayjobs/configs/prefer_tiny.yaml scaling.workers=2
     python rayjobs/prefer.py rayjobs/configs/prefer_tiny.yaml objective.name=dpo objective.beta=0.1
 
 The reference pass runs first (`reference.mode: precomputed`, skipped when the data already carry

@@ -1,6 +1,6 @@
 """Continued pretraining (causal LM over packed corpus rows) as a Ray job (config → stage → summary).
 
-    ray job submit --working-dir . -- python rayjobs/pretrain.py rayjobs/configs/pretrain.yaml [key.sub=value ...]
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/pretrain.py rayjobs/configs/pretrain.yaml [key.sub=value ...]
     python rayjobs/pretrain.py rayjobs/configs/pretrain.yaml max_steps=5        # same, on a local Ray cluster
 
 With `scaling.workers: N` the stage runs a Ray Train TorchTrainer (FSDP2 across the N workers,

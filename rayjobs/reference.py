@@ -1,6 +1,6 @@
 """Reference log-probs for every pair, once, as a Ray job (a sharded actor pass holding the reference model).
 
-    ray job submit --working-dir . -- python rayjobs/reference.py CONFIG.yaml [key.sub=value ...]
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/reference.py CONFIG.yaml [key.sub=value ...]
     python rayjobs/reference.py CONFIG.yaml inputs='[rayjobs/data/pairs.jsonl]' output=runs/ref \
         model=tiny-random:llama pool.workers=2          # on a local Ray cluster
 

@@ -1,6 +1,6 @@
 """Bradley–Terry reward-model training (sequence-classification head, loss −log σ(r_w − r_l)) as a Ray job.
 
-    ray job submit --working-dir . -- python rayjobs/reward.py rayjobs/configs/reward_tiny.yaml scaling.workers=2
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/reward.py rayjobs/configs/reward_tiny.yaml scaling.workers=2
     python rayjobs/reward.py rayjobs/configs/reward_tiny.yaml max_steps=5
 
 Pairs are validated and tokenised into `<output_dir>/prepared`, then the training engine runs the

@@ -1,6 +1,6 @@
 """Run the `rewrite` generation stage as a Ray job (config → stage → manifest summary).
 
-    ray job submit --working-dir . -- python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml
     python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml pool.workers=2   # on a local Ray cluster
 """
 

@@ -1,6 +1,6 @@
 """Reward for every (prompt, response) row — or both sides of every pair — as a Ray job.
 
-    ray job submit --working-dir . -- python rayjobs/score.py rayjobs/configs/reward_score_tiny.yaml
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/score.py rayjobs/configs/reward_score_tiny.yaml
     python rayjobs/score.py rayjobs/configs/reward_score_tiny.yaml model=runs/reward-tiny/checkpoints/step-000020/model
 
 A sharded actor pass holding the reward model (`pool.workers` actors, `pool.num_cpus` each); writes

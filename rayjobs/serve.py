@@ -1,6 +1,6 @@
 """Deploy the OpenAI-compatible endpoint onto a Ray cluster as a job (config → Serve app → URL).
 
-    ray job submit --working-dir . -- python rayjobs/serve.py rayjobs/configs/serve.yaml
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/serve.py rayjobs/configs/serve.yaml
     python rayjobs/serve.py rayjobs/configs/serve.yaml --block port=8001   # local cluster, Ctrl-C stops
 
 Serve applications outlive the job that deployed them: without `--block` the job deploys, waits

@@ -1,6 +1,6 @@
 """Supervised fine-tuning (assistant-only loss, packed rows) as a Ray job (config → stage → summary).
 
-    ray job submit --working-dir . -- python rayjobs/sft.py rayjobs/configs/sft.yaml [key.sub=value ...]
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/sft.py rayjobs/configs/sft.yaml [key.sub=value ...]
     python rayjobs/sft.py rayjobs/configs/sft.yaml max_steps=5        # same, on a local Ray cluster
 
 With `scaling.workers: N` the stage runs a Ray Train TorchTrainer (FSDP2 across the N workers,

@@ -46,6 +46,7 @@ def job_main(stage: str, doc: str, argv: list[str] | None = None) -> int:
 COMMANDS: dict[str, str] = {
     "run": "rayalign.pipeline:main",
     "serve": "rayalign.serve.cli:main",
+    "inspect": "rayalign.data.inspect:main",
 }
 
 

@@ -10,6 +10,8 @@ import contextlib
 import logging
 import os
 
+from rayalign.runtime_env import worker_runtime_env
+
 
 def local_ray_env() -> dict[str, str]:
     """Environment that keeps every Ray listener of a local cluster on 127.0.0.1."""
@@ -31,7 +33,8 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     address = os.environ.get("RAY_ADDRESS")
     # workers see the same settings as the driver (local-cluster env plus RAYALIGN_* knobs)
     names = set(local_ray_env()) | {k for k in os.environ if k.startswith("RAYALIGN_")}
-    runtime_env = {"env_vars": {k: os.environ[k] for k in sorted(names)}}
+    # joining a cluster also ships the package (py_modules) to nodes whose Python lacks it
+    runtime_env = worker_runtime_env({k: os.environ[k] for k in sorted(names)}, remote=bool(address))
     if address:
         # inside `ray job submit` the job already has a runtime_env (working_dir, env_vars): let
         # Ray merge ours into it instead of refusing to start the driver over a conflict

@@ -1,11 +1,17 @@
 """The one mechanism every dataset stage runs on: shards in, parquet shards + manifest out.
 
-A stage's input files are cut into shards of `shard_rows` rows (file, start, stop) — small
-descriptors, so the driver never holds the data. A Ray Data actor pool processes pending shards:
-each actor reads its rows, validates them (bad rows → ``quarantine/``), runs the stage's processor
-on the good ones and writes ``data/shard-NNNNN.parquet`` atomically. Finished shards are skipped on
-re-run, so a killed job resumes where it stopped and produces every row exactly once. The manifest
-(``manifest.json``) holds the config hash, per-shard counts and totals; in = ok + quarantined.
+A stage's input files are cut into shards (file, start, stop) — small descriptors, so the driver
+never holds the data. A Ray Data actor pool processes pending shards: each actor reads its rows,
+validates them (bad rows → ``quarantine/``), runs the stage's processor on the good ones and commits
+the shard. The output folder may be a local path or any object-store URI (``s3://bucket/run/x``).
+
+Object stores cannot rename or append, so a shard is committed in order: its parquet files
+(``quarantine/shard-N.parquet``, then ``data/shard-N.parquet``) first, then its small marker
+``_progress/shard-N.json`` (the shard's report plus the config hash), and ``manifest.json`` once every
+shard is done. Anything without its marker is absent: a shard whose data landed but whose marker did
+not is simply run again (same name, same rows), so a killed job resumes where it stopped and
+produces every row exactly once. The manifest holds the config hash, per-shard counts and totals;
+in = ok + quarantined.
 
 Without Ray (``workers: 0``) the same code runs in-process, which is what unit tests use.
 """
@@ -14,14 +20,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from rayalign import storage
 from rayalign.config import Cfg
@@ -39,23 +50,29 @@ from rayalign.data.readers import (
     read_range,
 )
 from rayalign.data.schemas import QUARANTINE_SCHEMA
+from rayalign.results import Counts, Manifest
 
 MANIFEST = "manifest.json"
+PROGRESS = "_progress"  # one marker per finished shard: objects cannot be appended to
+PLAN = "_plan.json"  # shard and row totals of the current plan (progress displays read it)
 
 
 class PoolConfig(Cfg):
     """How the actor pool is sized. The defaults never deadlock a 2-CPU local cluster.
 
-    `workers`, `num_cpus` and `num_gpus` are resources: they stay out of the config hash, so a
-    resumed stage may use a different pool. `shard_rows` and `limit` decide which rows form which
-    shard, so they are part of it.
+    `workers`, `num_cpus`, `num_gpus` and `resources` are resources: they stay out of the config
+    hash, so a resumed stage may use a different pool. `shard_rows` and `limit` decide which rows
+    form which shard, so they are part of it.
     """
 
-    resource_fields = frozenset({"workers", "num_cpus", "num_gpus"})
+    resource_fields = frozenset({"workers", "num_cpus", "num_gpus", "resources"})
 
     workers: int = 1  # actors in the pool; 0 = run in the driver process without Ray
     num_cpus: float = 0.5
     num_gpus: float = 0.0
+    # custom Ray resources every actor requests, e.g. {"data_node": 1} to pin the pool to nodes started
+    # with `ray start --resources '{"data_node": 4}'`
+    resources: dict[str, float] = Field(default_factory=dict)
     shard_rows: int = 256
     limit: int | None = None  # only the first N input rows (a seed sample, a smoke run); None = all
 
@@ -264,19 +281,48 @@ def process_shard(shard: Shard, kind: str | None, processor: Processor, out_dir:
     }
 
 
+def _marker(out_dir: str, name: str) -> str:
+    return storage.join(out_dir, PROGRESS, f"{name}.json")
+
+
+def _upload_shard(local_dir: str, out_dir: str, name: str) -> None:
+    """Copy a shard staged on local disk to the output URI: quarantine first, data second."""
+    for sub in ("quarantine", "data"):
+        local = Path(local_dir, sub, f"{name}.parquet")
+        if local.exists():
+            with storage.open_output(storage.join(out_dir, sub, local.name)) as out, open(local, "rb") as fh:
+                shutil.copyfileobj(fh, out, length=8 << 20)
+
+
+def run_shard(shard: Shard, kind: str | None, processor: Processor, out_dir: str, config_hash: str) -> dict:
+    """Process one shard and commit it: its parquet files first, its marker last. Returns its report.
+
+    On an object store the shard is written to a node-local staging folder and uploaded (one PUT per
+    file), so the processing code only ever writes local files.
+    """
+    if storage.is_uri(out_dir):
+        with tempfile.TemporaryDirectory(prefix="rayalign-shard-") as tmp:
+            report = process_shard(shard, kind, processor, tmp)
+            _upload_shard(tmp, out_dir, shard.name)
+    else:
+        report = process_shard(shard, kind, processor, out_dir)
+    storage.write_json(_marker(out_dir, shard.name), {"config_hash": config_hash, "report": report})
+    return report
+
+
 class _ShardActor:
     """Ray Data actor: builds the processor once (model, tokenizer, engine), then runs shards."""
 
-    def __init__(self, kind: str | None, factory: Callable[[], Processor], out_dir: str):
+    def __init__(self, kind: str | None, factory: Callable[[], Processor], out_dir: str, config_hash: str):
         _limit_threads()
-        self.kind, self.out_dir = kind, out_dir
+        self.kind, self.out_dir, self.config_hash = kind, out_dir, config_hash
         self.processor = factory()
 
     def __call__(self, batch: dict) -> dict:
         reports = []
         for item in batch["shard"]:
             shard = Shard(**json.loads(item))
-            reports.append(json.dumps(process_shard(shard, self.kind, self.processor, self.out_dir)))
+            reports.append(json.dumps(run_shard(shard, self.kind, self.processor, self.out_dir, self.config_hash)))
         return {"report": reports}
 
 
@@ -291,21 +337,73 @@ def _limit_threads() -> None:
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
-    p = Path(out_dir) / MANIFEST
-    return json.loads(p.read_text()) if p.exists() else None
+    """The committed manifest of a stage's output folder (local or URI) as JSON, or None if absent.
+
+    Read as written (manifests of datasets made by other tools may carry only some fields); the
+    runner writes them through `results.Manifest`.
+    """
+    data = storage.read_json(storage.join(str(out_dir), MANIFEST))
+    return data if isinstance(data, dict) else None
 
 
-def _done_reports(out: Path, shards: list[Shard]) -> dict[str, dict]:
-    p = out / "_progress.jsonl"
-    done = {}
-    if p.exists():
-        for line in p.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if (out / "data" / f"{r['shard']}.parquet").exists():
-                    done[r["shard"]] = r
-    names = {s.name for s in shards}
-    return {k: v for k, v in done.items() if k in names}
+def manifest_counts(manifest: dict | Manifest) -> Counts:
+    """The typed row accounting of a manifest (for `StageResult.counts`)."""
+    if isinstance(manifest, Manifest):
+        return manifest.counts
+    return Counts.model_validate(manifest["counts"])
+
+
+def finished_shards(out_dir: str | Path) -> list[str]:
+    """Names of the shards whose marker is committed (progress of a running or killed stage)."""
+    return [storage.basename(f)[: -len(".json")] for f in storage.glob(storage.join(str(out_dir), PROGRESS), "shard-*.json")]
+
+
+def _read_markers(out_dir: str) -> list[dict]:
+    files = storage.glob(storage.join(out_dir, PROGRESS), "shard-*.json")
+    if not storage.is_uri(out_dir):
+        return [m for m in map(storage.read_json, files) if m]
+    with ThreadPoolExecutor(16) as ex:  # one GET per shard: overlap the round trips
+        return [m for m in ex.map(storage.read_json, files) if m]
+
+
+def _done_reports(out_dir: str, shards: list[Shard], config_hash: str) -> tuple[dict[str, dict], bool]:
+    """Reports of the planned shards whose marker and data are committed, and whether markers of
+    another config were found (the folder then belongs to a different run and is recomputed)."""
+    planned = {s.name: s for s in shards}
+    data = {storage.basename(f) for f in storage.glob(storage.join(out_dir, "data"), "shard-*.parquet")}
+    done: dict[str, dict] = {}
+    stale = False
+    for marker in _read_markers(out_dir):
+        report = marker.get("report") or {}
+        shard = planned.get(report.get("shard", ""))
+        if marker.get("config_hash") != config_hash:
+            stale = True
+        elif shard is not None and f"{shard.name}.parquet" in data and _same_rows(shard, report):
+            done[shard.name] = report
+    return done, stale
+
+
+def _same_rows(shard: Shard, report: dict) -> bool:
+    """The marker describes the rows this shard plans to read (same file, same range)."""
+    planned = {"source": shard.path, "start": shard.start, "stop": shard.stop}
+    return all(report.get(k, v) == v for k, v in planned.items())
+
+
+def _prepare_output(stage: str, out_dir: str, config_hash: str, log: Callable[[str], None]) -> dict | None:
+    """Return the manifest if the stage is already complete with this config; wipe the folder if it
+    holds another config's output (manifest or shard markers)."""
+    old = read_manifest(out_dir)
+    stale = old is not None and old.get("config_hash") != config_hash
+    if old is None:
+        stale = any(m.get("config_hash") != config_hash for m in _read_markers(out_dir))
+    if stale:
+        log(f"[{stage}] config changed since the last run: recomputing {out_dir}")
+        storage.remove_tree(out_dir)
+        return None
+    if old and old.get("complete"):
+        log(f"[{stage}] already complete in {out_dir} (config {config_hash}); skipping")
+        return old
+    return None
 
 
 def run_sharded(
@@ -320,65 +418,70 @@ def run_sharded(
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run a sharded stage to completion (resuming if possible); return the manifest."""
-    out = Path(out_dir)
-    old = read_manifest(out)
-    if old and old.get("config_hash") != config_hash:
-        log(f"[{stage}] config changed since the last run: recomputing {out}")
-        import shutil
+    """Run a sharded stage to completion (resuming if possible); return the manifest (JSON form).
 
-        shutil.rmtree(out)
-    elif old and old.get("complete"):
-        log(f"[{stage}] already complete in {out} (config {config_hash}); skipping")
-        return old
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_config_hash").write_text(config_hash)
+    `out_dir` and `inputs` may be local paths or URIs. `manifest_counts(result)` gives the typed counts.
+    """
+    out_dir = str(out_dir)
+    done_manifest = _prepare_output(stage, out_dir, config_hash, log)
+    if done_manifest is not None:
+        return done_manifest
+    storage.makedirs(out_dir)
     shards = plan_shards(inputs, pool.shard_rows, pool.limit)
-    done = _done_reports(out, shards)
+    done, _ = _done_reports(out_dir, shards, config_hash)
     pending = [s for s in shards if s.name not in done]
-    total_rows = sum(s.stop - s.start for s in shards)
-    log(f"[{stage}] {len(shards)} shard(s), {total_rows} row(s); {len(done)} done, {len(pending)} to run")
-    t0 = time.time()
-    progress = out / "_progress.jsonl"
-    with open(progress, "a") as fh:
-        for i, report in enumerate(_execute(pending, kind, factory, str(out), pool), start=1):
-            fh.write(json.dumps(report) + "\n")
-            fh.flush()
-            done[report["shard"]] = report
-            rate = sum(done[s]["in"] for s in done) / max(time.time() - t0, 1e-9)
-            log(f"[{stage}] shard {report['shard']} done ({i}/{len(pending)}): {report['ok']} ok, "
-                f"{report['quarantined']} quarantined; {rate:.1f} rows/s")
-    reports = [done[s.name] for s in shards]
-    manifest = summarise(stage, reports, config_hash, extra)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # JSONL shards are byte ranges: their row counts are known only once read
+    known = all(s.rows >= 0 for s in shards)
+    total_rows = sum(s.rows for s in shards) if known else None
+    storage.write_json(storage.join(out_dir, PLAN), {"shards": len(shards), "rows": total_rows})
+    size = f"{total_rows} row(s)" if known else "rows counted as read"
+    log(f"[{stage}] {len(shards)} shard(s), {size}; {len(done)} done, {len(pending)} to run")
+    t0, rows_run = time.time(), 0
+    for i, report in enumerate(_execute(pending, kind, factory, out_dir, pool, config_hash), start=1):
+        done[report["shard"]] = report
+        rows_run += report["in"]
+        rate = rows_run / max(time.time() - t0, 1e-9)
+        log(f"[{stage}] shard {report['shard']} done ({i}/{len(pending)}): {report['ok']} ok, "
+            f"{report['quarantined']} quarantined; {rate:.1f} rows/s")
+    manifest = summarise(stage, [done[s.name] for s in shards], config_hash, extra)
+    storage.write_json(storage.join(out_dir, MANIFEST), manifest)  # the commit marker: last
     return manifest
 
 
 def summarise(stage: str, reports: list[dict], config_hash: str, extra: dict | None = None) -> dict:
+    """The manifest of a finished stage (validated as `results.Manifest`) from its shard reports."""
     reasons: Counter = Counter()
     stats: Counter = Counter()
     for r in reports:
         reasons.update(r["reasons"])
         stats.update(r.get("stats", {}))
-    n_in = sum(r["in"] for r in reports)
-    ok = sum(r["ok"] for r in reports)
-    q = sum(r["quarantined"] for r in reports)
-    assert n_in == ok + q, f"counts do not reconcile: in={n_in} ok={ok} quarantined={q}"
-    return {
-        "stage": stage, "config_hash": config_hash, "complete": True,
-        "counts": {"in": n_in, "ok": ok, "quarantined": q, "out_rows": sum(r["out_rows"] for r in reports),
-                   "by_reason": dict(sorted(reasons.items()))},
-        "stats": dict(stats), "shards": reports, **(extra or {}),
-    }
+    counts = Counts.model_validate({
+        "in": sum(r["in"] for r in reports), "ok": sum(r["ok"] for r in reports),
+        "quarantined": sum(r["quarantined"] for r in reports), "out_rows": sum(r["out_rows"] for r in reports),
+        "by_reason": dict(sorted(reasons.items())),
+    })
+    if not counts.reconciles():
+        raise RuntimeError(f"[{stage}] counts do not reconcile: in={counts.in_} ok={counts.ok} "
+                           f"quarantined={counts.quarantined}")
+    manifest = Manifest.model_validate({"stage": stage, "config_hash": config_hash, "complete": True,
+                                        "counts": counts.to_json(), "stats": dict(stats), "shards": reports,
+                                        **(extra or {})})
+    return manifest.to_json()
 
 
-def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig):
+def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig, config_hash: str):
+    """Yield the reports of `pending` shards as they finish (in-process or on a Ray Data actor pool).
+
+    An actor that dies mid-shard (OOM killer, preempted node, `kill -9`) is restarted and its shard
+    retried (Ray Data's actor pools default to unlimited actor restarts and task retries; we keep
+    them): the retry overwrites the same files and the marker comes last, so no row is lost or doubled.
+    """
     if not pending:
         return
     if pool.workers <= 0:
         processor = factory()
         for s in pending:
-            yield process_shard(s, kind, processor, out_dir)
+            yield run_shard(s, kind, processor, out_dir, config_hash)
         return
     import ray
 
@@ -386,28 +489,43 @@ def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig
 
     ensure_ray()
     items = [{"shard": json.dumps(s.__dict__)} for s in pending]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
+    source = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = source.map_batches(
         _ShardActor,
-        fn_constructor_kwargs={"kind": kind, "factory": factory, "out_dir": out_dir},
+        fn_constructor_kwargs={"kind": kind, "factory": factory, "out_dir": out_dir, "config_hash": config_hash},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(pool.workers, len(pending))),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
+        resources=dict(pool.resources) or None,
     )
     for row in ds.iter_rows():
         yield json.loads(row["report"])
 
 
+def dataset_files(out_dir: str | Path) -> list[str]:
+    """The data shards of a stage's output folder (local or URI), in shard order.
+
+    A committed folder lists exactly the shards its manifest names; a folder without a manifest (a
+    dataset written by other tools in this layout) lists every `data/shard-*.parquet`.
+    """
+    out = str(out_dir)
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.get("shards"):
+        return [storage.join(out, "data", f"{s['shard']}.parquet") for s in manifest["shards"]]
+    return storage.glob(storage.join(out, "data"), "shard-*.parquet")
+
+
+def _read_parquet(path: str, columns: list[str] | None) -> pa.Table:
+    fs, inner = storage.filesystem(path)
+    return pq.read_table(inner, filesystem=fs, columns=columns)
+
+
 def read_dataset(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """All data shards of a finished stage, in shard order."""
-    files = sorted((Path(out_dir) / "data").glob("shard-*.parquet"))
+    """All data shards of a finished stage (local or URI), in shard order."""
+    files = dataset_files(out_dir)
     if not files:
         raise FileNotFoundError(f"{out_dir} holds no data shards; run the stage that writes it first")
-    tables = [pq.read_table(f, columns=columns) for f in files]
-    tables = [t for t in tables if t.num_columns]
+    with ThreadPoolExecutor(8 if storage.is_uri(str(out_dir)) else 1) as ex:
+        tables = [t for t in ex.map(lambda f: _read_parquet(f, columns), files) if t.num_columns]
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-
-
-def dataset_files(out_dir: str | Path) -> list[str]:
-    return [str(p) for p in sorted((Path(out_dir) / "data").glob("shard-*.parquet"))]

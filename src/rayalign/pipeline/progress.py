@@ -1,8 +1,8 @@
 """Read a running stage's progress from what it writes into its folder (local or object storage).
 
-- dataset stages: one marker per finished shard (`_progress/shard-N.json`, or lines of the older
-  `_progress.jsonl`), with the shard's `in` / `ok` / `out_rows`; totals from `_plan.json`
-  (`{"shards": N, "rows": M}`) when the stage writes one.
+- dataset stages: one marker per finished shard (`_progress/shard-N.json`) with the shard's `in` /
+  `ok` / `out_rows`; totals from `_plan.json` (`{"shards": N, "rows": M or null}`; JSONL byte-range
+  shards know their rows only once read).
 - training stages: `metrics.jsonl` (one JSON object per logged step: step, loss, tokens_per_s);
   the total is the stage config's `max_steps`.
 - eval: `_progress.json` (`{"phase": ..., "done": n, "total": m}`).
@@ -86,7 +86,7 @@ def _jsonl(path: str) -> list[dict]:
 def shard_reports(folder: str) -> list[dict]:
     reports = [storage.read_json(p) for p in storage.glob(storage.join(folder, "_progress"), "*.json")]
     reports = [r for r in reports if isinstance(r, dict)]
-    return reports or _jsonl(storage.join(folder, "_progress.jsonl"))
+    return reports
 
 
 def read_progress(folder: str, config: dict[str, Any], since: float, start_done: int = 0) -> Progress | None:
