@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rayalign.results import StageResult
 from rayalign.train.launcher import launch
 from rayalign.train.metrics import read_metrics
 from rayalign.train.config import TrainConfig
@@ -20,7 +21,7 @@ from train_helpers import base_config
 GOLDEN = [10.822573, 10.636015, 10.509305]
 
 
-def run(cfg: dict) -> dict:
+def run(cfg: dict) -> StageResult:
     return launch(TrainConfig.model_validate(cfg))
 
 
@@ -97,15 +98,15 @@ def test_resume_reproduces_tail_and_consumes_same_samples(tmp_path, chat_packed)
     """
     common = dict(max_steps=6, log_samples=True, optim={"warmup_steps": 2})
     full = run(base_config(tmp_path / "full", chat_packed, checkpoint={"every": 2, "keep_last": 2}, **common))
-    assert full["steps"] == 6
+    assert full.metrics["steps"] == 6
     kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
     assert kept == ["step-000004", "step-000006"]
 
     part = tmp_path / "part"
     first = run(base_config(part, chat_packed, stop_at_step=3, **common))
-    assert first["stopped_early"] and first["steps"] == 3
+    assert first.details["stopped_early"] and first.metrics["steps"] == 3
     resumed = run(base_config(part, chat_packed, **common))  # same config, no stop: picks up step 3
-    assert resumed["steps"] == 6
+    assert resumed.metrics["steps"] == 6
 
     a, b = losses(tmp_path / "full"), losses(part)
     assert [r["step"] for r in read_metrics(part)] == [1, 2, 3, 4, 5, 6]
@@ -124,7 +125,7 @@ def test_saved_folder_loads_with_plain_transformers_and_generates(tmp_path, chat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     res = run(base_config(tmp_path, chat_packed, max_steps=2))
-    folder = Path(res["checkpoint"])
+    folder = Path(res.checkpoint)
     assert (folder / "model.safetensors").exists()
     model = AutoModelForCausalLM.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
@@ -150,7 +151,7 @@ def test_lora_saves_peft_folder_and_merges(tmp_path, chat_packed):
 
     res = run(base_config(tmp_path, chat_packed, max_steps=3, optim={"lr": 5e-2},
                           peft={"method": "lora", "r": 4, "alpha": 8, "merge": True}))
-    adapter, merged = Path(res["adapter"]), Path(res["checkpoint"])
+    adapter, merged = Path(res.details["adapter"]), Path(res.checkpoint)
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])

@@ -21,11 +21,11 @@ def test_pretrain_stage_prepares_raw_corpus_then_trains(tmp_path):
                  "overlength": "truncate"}})
     manifest = json.loads((out / "prepared" / "manifest.json").read_text())
     assert manifest["counts"]["in"] == manifest["counts"]["ok"] + manifest["counts"]["quarantined"]
-    assert res["steps"] == 2 and res["metrics_file"] == str(out / "metrics.jsonl")
-    assert (Path(res["checkpoint"]) / "config.json").exists()
+    assert res.metrics["steps"] == 2 and res.details["metrics_file"] == str(out / "metrics.jsonl")
+    assert (Path(res.checkpoint) / "config.json").exists()
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
-    assert res["final_loss"] == pytest.approx(json.loads(lines[-1])["loss"])
+    assert res.metrics["final_loss"] == pytest.approx(json.loads(lines[-1])["loss"])
 
 
 def test_stage_config_errors_name_the_field(tmp_path):
