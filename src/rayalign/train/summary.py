@@ -88,6 +88,7 @@ def finish(trainer: Trainer) -> StageResult:
     last = trainer.last_checkpoint or ckpt.latest_checkpoint(trainer.out)
     details: dict[str, Any] = {"metrics_file": storage.join(trainer.out, "metrics.jsonl"), "checkpoint_dir": last,
                                "stopped_early": stopped_early, "world": trainer.world,
+                               "resumed_at": trainer.start,
                                "data": _read_totals(trainer)}
     checkpoint = None
     if rank == 0 and last is not None and not stopped_early and cfg.checkpoint.export:
