@@ -79,7 +79,7 @@ def export_checkpoint(checkpoint: str, output: str, card: dict | None = None,
     if not (src / "model").is_dir():
         raise FileNotFoundError(f"{checkpoint}: not a rayalign checkpoint (no model/ folder); "
                                 f"give a checkpoints/step-NNNNNN folder")
-    staging = Path(tempfile.mkdtemp(prefix="export-")) if storage.is_uri(output) else Path(output)
+    staging = Path(tempfile.mkdtemp(prefix="export-")) / "hf" if storage.is_uri(output) else Path(output)
     if staging.exists() and not storage.is_uri(output):
         shutil.rmtree(staging)
     shutil.copytree(src / "model", staging)
@@ -92,7 +92,7 @@ def export_checkpoint(checkpoint: str, output: str, card: dict | None = None,
     if storage.is_uri(output):
         storage.remove_tree(output)
         storage.upload_dir(staging, output)
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent, ignore_errors=True)
     storage.write_json(storage.join(output, MARKER), {"checkpoint": str(checkpoint), "adapter": adapter})
     return output
 

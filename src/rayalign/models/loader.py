@@ -7,6 +7,8 @@ Specs:
   real SmolLM2 tokenizer; materialised once in the cache so every process (Ray workers, vLLM) sees
   the same weights.
 - a local folder holding ``config.json`` — loaded as is.
+- a URI (``s3://bucket/models/x``, ``gs://...``) of such a folder — downloaded once per node into a
+  content-keyed cache (``rayalign.storage.local_copy``), then loaded from there.
 - anything else (``org/name``) — a hub id, for clusters that reach a hub; offline it fails with a
   message saying how to fix it.
 
@@ -139,6 +141,13 @@ def _build_tiny(arch: str, out: Path) -> None:
 def resolve_model_path(spec: str) -> str:
     """Turn a spec into a local folder path (or a hub id on clusters with hub access)."""
     spec = str(spec).strip()
+    if "://" in spec:  # s3://, gs://...: downloaded once per node into the content-keyed cache
+        from rayalign import storage
+
+        folder = storage.local_copy(spec)
+        if not (folder / "config.json").exists():
+            raise ModelSpecError(f"{spec} holds no config.json: not a Hugging Face model folder")
+        return str(folder)
     if spec in BUILTIN_ALIASES:
         return str(_materialise(cache_dir() / "builtin-smollm2-135m-instruct", _build_smollm2))
     if spec.startswith("builtin:"):

@@ -212,10 +212,10 @@ class Trainer:
     def flush_checkpoint(self) -> None:
         if self.pending is None:
             return
+        self.writer.sync()  # before the marker: a committed checkpoint's steps are always in metrics.jsonl
         path = ckpt.commit(self.pending, self.rank, self.distributed)
         self.last_checkpoint = path
         self.pending = None
-        self.writer.sync()
         report_dir = None if storage.is_uri(path) else path  # Ray keeps its own copy of local checkpoints
         self.hooks.report({"step": self.last_step, **_scalars(self.last_record)}, report_dir)
         if self.rank == 0:
