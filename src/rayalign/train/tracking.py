@@ -3,8 +3,8 @@
 Each tracker gets the run name, the config (secrets redacted) and every logged step's numeric
 metrics, from rank 0 only. The libraries are optional (the `tracking` extra); a tracker whose
 library is missing fails at start with the install command, not silently. They honour their own
-environment: `WANDB_MODE=offline` / `WANDB_DIR`, `MLFLOW_TRACKING_URI` (default: `<output_dir>/mlruns`
-for a local run folder).
+environment: `WANDB_MODE=offline` / `WANDB_DIR`, `MLFLOW_TRACKING_URI` (default: a SQLite
+store `mlflow.db` in the run's local folder).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def _require(module: str, name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"report_to: {name} needs the {module} package; "
-                          f"pip install 'rayalign[tracking]'") from None
+        raise ConfigError(f"report_to: {name} needs the {name} package; "
+                          f"pip install 'rayalign[tracking]' (or remove {name} from report_to)") from None
 
 
 class TensorBoardTracker:
@@ -69,8 +69,11 @@ class TensorBoardTracker:
 
 class WandbTracker:
     def __init__(self, run_dir: Path, name: str, config: dict):
+        import os
+
         wandb = _require("wandb", "wandb")
-        self.run = wandb.init(project="rayalign", name=name, config=config, dir=str(run_dir), reinit="create_new")
+        folder = None if os.environ.get("WANDB_DIR") else str(run_dir)  # the user's WANDB_DIR wins
+        self.run = wandb.init(project="rayalign", name=name, config=config, dir=folder, reinit="create_new")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -84,7 +87,9 @@ class MlflowTracker:
         import os
 
         mlflow = _require("mlflow", "mlflow")
-        self.client = mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").as_uri())
+        # default: a local SQLite store in the run folder (MLflow's file store is deprecated)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
+        self.client = mlflow.MlflowClient(uri)
         experiment = self.client.get_experiment_by_name("rayalign")
         exp_id = experiment.experiment_id if experiment else self.client.create_experiment("rayalign")
         self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
