@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,3 +77,43 @@ def test_embedded_smollm2_answers_a_chat_prompt():
     # the cached folder is a plain HF checkpoint any tool can load
     plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:smollm2-135m-instruct"))
     assert plain.config.vocab_size == 49152
+
+
+def test_meta_build_then_fill_equals_from_pretrained(tiny_model_path):
+    """Parameters start as shapes only (meta); buffers (rotary inv_freq) are real; the fill reads
+    every parameter once (tied embeddings once) and gives from_pretrained's exact model."""
+    import torch
+
+    from rayalign.models.loader import build_on_meta, fill_from_safetensors, load_model
+
+    model = build_on_meta("tiny-random:llama")
+    assert all(p.is_meta for p in model.parameters())
+    assert not any(b.is_meta for b in model.buffers())
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    model.to_empty(device="cpu")
+    model.tie_weights()  # plain to_empty unties (FSDP2's keeps the tie: the training path)
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+    read = fill_from_safetensors(model, "tiny-random:llama")
+    ref = load_model("tiny-random:llama", dtype="fp32")
+    assert read == sum(p.numel() for p in ref.parameters())  # unique parameters, tied ones once
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    got, want = model.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_model_from_a_bucket_is_downloaded_once_and_loads(tiny_model_path, s3_bucket):
+    from rayalign import storage
+    from rayalign.models.loader import ModelSpecError, resolve_model_path
+
+    storage.upload_dir(tiny_model_path, f"{s3_bucket}/m/tiny")
+    first = resolve_model_path(f"{s3_bucket}/m/tiny")
+    assert first == resolve_model_path(f"{s3_bucket}/m/tiny")  # the node cache, keyed by content
+    assert (Path(first) / "config.json").read_text() == (Path(tiny_model_path) / "config.json").read_text()
+    storage.write_text(f"{s3_bucket}/empty/readme.txt", "no model here")
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        resolve_model_path(f"{s3_bucket}/empty")

@@ -238,3 +238,92 @@ def load_model(spec: str, dtype: Any = None, device: str | None = None, adapter:
         model = apply_adapter(model, adapter)
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside get their parameters on the meta device (no memory), buffers as usual.
+
+    Buffers such as rotary `inv_freq` are computed in `__init__` and are not in the weights files,
+    so they must stay real; parameters come from the files later (`fill_from_safetensors`).
+    """
+    import torch
+    from torch import nn
+
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kwargs = {"requires_grad": param.requires_grad}
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        with torch.device("cpu"):
+            yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def build_on_meta(spec: str, dtype: Any = "fp32", trust_remote_code: bool = False):
+    """A causal LM whose parameters are on the meta device (shapes only), from the spec's config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(spec)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype), attn_implementation="sdpa",
+                                                 trust_remote_code=trust_remote_code)
+    model.config.name_or_path = path
+    return model
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """tensor name → safetensors file of an HF folder (single file or sharded with an index)."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    single = folder / "model.safetensors"
+    if not single.exists():
+        raise ModelSpecError(f"{folder} has no model.safetensors(.index.json): meta-device loading needs safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def fill_from_safetensors(model, spec: str) -> int:
+    """Copy each parameter's LOCAL part from the model's safetensors files; returns elements read.
+
+    For an FSDP2-sharded model (DTensor parameters) a rank reads only the rows it owns (safetensors
+    slices are memory-mapped), so no process ever holds the whole model. Tied parameters appear
+    once in `named_parameters()` and are filled once.
+    """
+    import torch
+    from safetensors import safe_open
+
+    files = _weight_files(Path(resolve_model_path(spec)))
+    handles: dict[Path, Any] = {}
+    read = 0
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for name, param in model.named_parameters():
+            if name not in files:
+                raise ModelSpecError(f"{spec}: no tensor {name!r} in its safetensors files")
+            f = files[name]
+            if f not in handles:
+                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
+            local = param.to_local() if hasattr(param, "to_local") else param
+            if hasattr(param, "device_mesh"):
+                from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh,
+                                                                      param.placements)
+                part = handles[f].get_slice(name)[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+            else:
+                part = handles[f].get_tensor(name)
+            local.copy_(part)
+            read += part.numel()
+    return read

@@ -75,20 +75,51 @@ def _place(model, device, world: int, bf16: bool):
     return model.to(device)
 
 
+def sharded_from_meta(spec: str, cfg: TrainConfig, device: torch.device, world: int, bf16: bool):
+    """Build on the meta device, shard with FSDP2, then fill each rank's shards from safetensors.
+
+    No process holds the whole model: parameters exist only as shapes until `to_empty` allocates
+    this rank's shards, and each rank reads its own rows of each tensor from the files.
+    """
+    from rayalign.models.loader import build_on_meta, fill_from_safetensors
+
+    model = _finish_model(build_on_meta(spec), cfg)
+    model = fsdp.shard_model(model, device, world, mixed_precision=bf16)
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # computed in __init__, not in files
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.copy_(buffers[name])
+    fill_from_safetensors(model, spec)
+    return model
+
+
+def _meta_ok(cfg: TrainConfig, objective, world: int) -> bool:
+    # Adapter runs build the full model first so their seeded initialisation matches one process
+    # exactly; reward models get a new score head that is not in the files.
+    return world > 1 and cfg.peft.method == "none" and objective.model_class == "causal_lm"
+
+
 def build_model(cfg: TrainConfig, objective, device: torch.device, world: int, bf16: bool):
     """The policy, adapters added, placed (FSDP2 when world > 1). Resumed weights come from DCP later."""
     from rayalign.models.adapters import apply_peft
 
     seed_everything(cfg.seed)  # before building: adapter initialisation is seeded too
+    if _meta_ok(cfg, objective, world):
+        return sharded_from_meta(cfg.model, cfg, device, world, bf16)
     model = load_causal_model(cfg.model, objective.model_class, torch.float32)
     model = _finish_model(apply_peft(model, cfg.peft), cfg)
     return _place(model, device, world, bf16)
 
 
 def build_reference(cfg: TrainConfig, objective, device: torch.device, world: int, bf16: bool):
-    ref = load_causal_model(cfg.reference_model or cfg.model, objective.model_class, torch.float32)
+    spec = cfg.reference_model or cfg.model
+    if world > 1 and objective.model_class == "causal_lm":
+        ref = sharded_from_meta(spec, cfg.model_copy(update={"activation_checkpointing": False}), device, world, bf16)
+    else:
+        ref = _place(load_causal_model(spec, objective.model_class, torch.float32), device, world, bf16)
     ref.requires_grad_(False)
-    return _place(ref, device, world, bf16).eval()
+    return ref.eval()
 
 
 def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> dict:
