@@ -52,12 +52,21 @@ def prepare(work: Path, chats: int) -> Path:
     from rayalign.data.shards import PoolConfig
 
     src = work / "chats.jsonl"
-    lines = (REPO / "rayjobs/data/chat.jsonl").read_text().splitlines()[:chats]
-    src.write_text("\n".join(lines) + "\n")
+    lines = (REPO / "rayjobs/data/chat.jsonl").read_bytes().splitlines()[:chats]  # bytes: the file
+    src.write_bytes(b"\n".join(lines) + b"\n")  # carries a few rows that are not UTF-8 on purpose
     out = work / "x1"
-    run_prepare(PrepareConfig(kind="chat", inputs=[str(src)], output=str(out), model="tiny-random:llama",
-                              max_length=256, seq_len=256, pool=PoolConfig(workers=0, shard_rows=8)),
-                log=lambda *_: None)
+    run_prepare(
+        PrepareConfig(
+            kind="chat",
+            inputs=[str(src)],
+            output=str(out),
+            model="tiny-random:llama",
+            max_length=256,
+            seq_len=256,
+            pool=PoolConfig(workers=0, shard_rows=8),
+        ),
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -77,8 +86,16 @@ def data_child(path: str, out: str) -> None:
     from rayalign.train.config import TrainConfig
     from rayalign.train.launcher import launch
 
-    cfg = TrainConfig(model="tiny-random:llama", output_dir=out, data={"path": path}, max_steps=4,
-                      micro_batch_size=1, grad_accum=2, progress=False, checkpoint={"export": False})
+    cfg = TrainConfig(
+        model="tiny-random:llama",
+        output_dir=out,
+        data={"path": path},
+        max_steps=4,
+        micro_batch_size=1,
+        grad_accum=2,
+        progress=False,
+        checkpoint={"export": False},
+    )
     res = launch(cfg)
     peak = _hwm_mb()
     old_table = read_dataset(path).nbytes  # what every rank held before: the whole prepared dataset
@@ -90,8 +107,12 @@ def bench_data(work: Path, chats: int) -> list[dict]:
     rows = []
     for times in (1, 10, 50):
         folder = copies(base, work / f"c{times}", times)
-        proc = subprocess.run([sys.executable, __file__, "--data-child", str(folder), str(work / f"run{times}")],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--data-child", str(folder), str(work / f"run{times}")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append({"copies": times, **json.loads(proc.stdout.strip().splitlines()[-1])})
     return rows
 
@@ -101,9 +122,16 @@ def _random_llama(layers: int, hidden: int, vocab: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4,
-                               num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                               num_key_value_heads=hidden // 64, tie_word_embeddings=False)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        tie_word_embeddings=False,
+    )
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 
@@ -111,8 +139,7 @@ def _random_llama(layers: int, hidden: int, vocab: int):
 def ckpt_child(rank: int, world: int, port: int, spec: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     from rayalign.train import checkpoint as ckpt
     from rayalign.train.fsdp import shard_model
@@ -164,8 +191,14 @@ def bench_checkpoint(work: Path, spec: dict) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, __file__, "--ckpt-child", str(r), str(port), json.dumps(spec),
-                               str(work / "ckpt")], stdout=subprocess.PIPE, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--ckpt-child", str(r), str(port), json.dumps(spec), str(work / "ckpt")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=1800)[0] for p in procs]
     if any(p.returncode for p in procs):
         raise RuntimeError(f"checkpoint children failed: {[p.returncode for p in procs]}")
@@ -186,26 +219,39 @@ def main() -> None:
     from report import save_report
 
     chats = 64 if args.quick else 220
-    spec = ({"layers": 4, "hidden": 512, "vocab": 32000} if args.quick
-            else {"layers": 16, "hidden": 1024, "vocab": 32000})
+    spec = (
+        {"layers": 4, "hidden": 512, "vocab": 32000} if args.quick else {"layers": 16, "hidden": 1024, "vocab": 32000}
+    )
     load = Path("/proc/loadavg").read_text().strip()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = bench_data(work, chats)
         ck = bench_checkpoint(work, spec)
-    lines = [f"# bench_scale {'(quick)' if args.quick else ''}", "",
-             f"load average at start: `{load}` — taken UNDER LOAD (parallel work on this 2-CPU box)", "",
-             "## Data memory of a training rank vs corpus size (4 steps, 2 rows each, shuffled)", "",
-             "| copies | dataset rows | rows decoded | MB decoded | old loader table MB | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# bench_scale {'(quick)' if args.quick else ''}",
+        "",
+        f"load average at start: `{load}` — taken UNDER LOAD (parallel work on this 2-CPU box)",
+        "",
+        "## Data memory of a training rank vs corpus size (4 steps, 2 rows each, shuffled)",
+        "",
+        "| copies | dataset rows | rows decoded | MB decoded | old loader table MB | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for d in data:
-        lines.append(f"| {d['copies']}× | {d['dataset_rows']} | {d['rows_read']} | {d['bytes_read'] / 2**20:.2f} "
-                     f"| {d['old_loader_table_mb']:.2f} | {d['peak_rss_mb']:.0f} |")
-    lines += ["", f"## Rank 0 peak RSS rise during a checkpoint save (2 gloo ranks, {ck['params'] / 1e6:.0f}M params)",
-              "", f"- full training state (fp32 weights + AdamW moments): {ck['full_state_mb']:.0f} MB; "
-              f"1/world of it: {ck['full_state_mb'] / 2:.0f} MB",
-              f"- sharded DCP save (this engine): {ck['dcp_peak_rise_mb']:.0f} MB",
-              f"- full gather to rank 0 + torch.save (previous engine): {ck['full_gather_peak_rise_mb']:.0f} MB", ""]
+        lines.append(
+            f"| {d['copies']}× | {d['dataset_rows']} | {d['rows_read']} | {d['bytes_read'] / 2**20:.2f} "
+            f"| {d['old_loader_table_mb']:.2f} | {d['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        f"## Rank 0 peak RSS rise during a checkpoint save (2 gloo ranks, {ck['params'] / 1e6:.0f}M params)",
+        "",
+        f"- full training state (fp32 weights + AdamW moments): {ck['full_state_mb']:.0f} MB; "
+        f"1/world of it: {ck['full_state_mb'] / 2:.0f} MB",
+        f"- sharded DCP save (this engine): {ck['dcp_peak_rise_mb']:.0f} MB",
+        f"- full gather to rank 0 + torch.save (previous engine): {ck['full_gather_peak_rise_mb']:.0f} MB",
+        "",
+    ]
     save_report(lines, "scale", quick=args.quick)
 
 

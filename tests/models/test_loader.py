@@ -31,18 +31,21 @@ def test_tokenizer_has_chat_template(tokenizer):
     assert "<|im_start|>" in tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("builtin:gpt5", "unknown builtin model"),
-    ("tiny-random:gpt2", "unknown tiny-random arch"),
-    ("./no/such/folder", "neither a local folder nor a hub id"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("builtin:gpt5", "unknown builtin model"),
+        ("tiny-random:gpt2", "unknown tiny-random arch"),
+        ("./no/such/folder", "neither a local folder nor a hub id"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(ModelSpecError, match=match):
         resolve_model_path(spec)
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(ModelSpecError, match="holds no config.json"):
+    with pytest.raises(ModelSpecError, match=r"holds no config\.json"):
         resolve_model_path(str(tmp_path))
 
 
@@ -72,7 +75,7 @@ def test_embedded_smollm2_answers_a_chat_prompt():
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
     # the cached folder is a plain HF checkpoint any tool can load
     plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:smollm2-135m-instruct"))
@@ -115,5 +118,5 @@ def test_model_from_a_bucket_is_downloaded_once_and_loads(tiny_model_path, s3_bu
     assert first == resolve_model_path(f"{s3_bucket}/m/tiny")  # the node cache, keyed by content
     assert (Path(first) / "config.json").read_text() == (Path(tiny_model_path) / "config.json").read_text()
     storage.write_text(f"{s3_bucket}/empty/readme.txt", "no model here")
-    with pytest.raises(ModelSpecError, match="no config.json"):
+    with pytest.raises(ModelSpecError, match=r"no config\.json"):
         resolve_model_path(f"{s3_bucket}/empty")

@@ -60,8 +60,9 @@ def test_training_memory_for_data_does_not_grow_with_the_corpus(tmp_path, chat_p
     twenty = _copies(chat_packed, tmp_path / "x20", 20)
     runs = {}
     for name, data in (("x1", one), ("x20", twenty)):
-        cfg = base_config(tmp_path / f"run-{name}", data, max_steps=3, data={"shuffle": False},
-                          checkpoint={"export": False})
+        cfg = base_config(
+            tmp_path / f"run-{name}", data, max_steps=3, data={"shuffle": False}, checkpoint={"export": False}
+        )
         runs[name] = launch(TrainConfig.model_validate(cfg))
     d1, d20 = runs["x1"].details["data"], runs["x20"].details["data"]
     assert d20["dataset_rows"] == 20 * d1["dataset_rows"]
@@ -73,7 +74,8 @@ def test_training_memory_for_data_does_not_grow_with_the_corpus(tmp_path, chat_p
     # shuffled over the 20× corpus, 3 steps of 2 rows decode at most 6 groups, not the corpus
     cfg = base_config(tmp_path / "shuffled", twenty, max_steps=3, checkpoint={"export": False})
     shuffled = launch(TrainConfig.model_validate(cfg)).details["data"]
-    group_rows = max(pq.ParquetFile(f).metadata.row_group(0).num_rows
-                     for f in sorted((Path(twenty) / "data").glob("*.parquet")))
+    group_rows = max(
+        pq.ParquetFile(f).metadata.row_group(0).num_rows for f in sorted((Path(twenty) / "data").glob("*.parquet"))
+    )
     assert shuffled["groups_read"] <= 6 and shuffled["rows_read"] <= 6 * group_rows
     assert shuffled["rows_read"] < d20["dataset_rows"]

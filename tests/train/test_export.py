@@ -16,8 +16,9 @@ from rayalign.train.trainer import Trainer
 def test_export_streams_shards_and_loads_in_plain_transformers(tmp_path, chat_packed):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = TrainConfig.model_validate(base_config(tmp_path / "run", chat_packed, max_steps=2,
-                                                 checkpoint={"export": False}))
+    cfg = TrainConfig.model_validate(
+        base_config(tmp_path / "run", chat_packed, max_steps=2, checkpoint={"export": False})
+    )
     trainer = Trainer(cfg)
     result = trainer.train()
     trained = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -56,11 +57,25 @@ def test_export_of_a_missing_checkpoint_says_what_to_give(tmp_path, capsys):
 def test_model_card_records_the_run(tmp_path):
     from rayalign.models.export import write_model_card
 
-    write_model_card(tmp_path, {"base_model": "org/base", "stage": "sft", "name": "demo",
-                                "hyperparameters": {"lr": 0.001, "steps": 20}, "data": {"packed rows": 12},
-                                "eval": {"final train loss": 1.25}, "path": "s3://b/m"})
+    write_model_card(
+        tmp_path,
+        {
+            "base_model": "org/base",
+            "stage": "sft",
+            "name": "demo",
+            "hyperparameters": {"lr": 0.001, "steps": 20},
+            "data": {"packed rows": 12},
+            "eval": {"final train loss": 1.25},
+            "path": "s3://b/m",
+        },
+    )
     card = (tmp_path / "README.md").read_text()
     assert card.startswith("---\nbase_model: org/base\n")
-    for line in ("| lr | 0.001 |", "| steps | 20 |", "- packed rows: 12", "- final train loss: 1.25",
-                 "vllm serve s3://b/m"):
+    for line in (
+        "| lr | 0.001 |",
+        "| steps | 20 |",
+        "- packed rows: 12",
+        "- final train loss: 1.25",
+        "vllm serve s3://b/m",
+    ):
         assert line in card

@@ -30,13 +30,17 @@ STEPS = 12
 
 def _sft(config: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.Popen([sys.executable, "-m", "rayalign.cli", "sft", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayalign.cli", "sft", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.timeout(400)
-def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(tmp_path, chat_packed, tiny_model_path,
-                                                                 s3_bucket):
+def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(tmp_path, chat_packed, tiny_model_path, s3_bucket):
     storage.upload_dir(tiny_model_path, f"{s3_bucket}/models/tiny")
     storage.upload_dir(chat_packed, f"{s3_bucket}/data/chat")
     common = dict(max_steps=STEPS, checkpoint={"every": 2, "keep_last": 2})
@@ -78,6 +82,7 @@ def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(tmp_path, chat_
     a = AutoModelForCausalLM.from_pretrained(storage.local_copy(f"{out}/final")).state_dict()
     b = AutoModelForCausalLM.from_pretrained(reference.checkpoint).state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"],
-                           AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()[
-                               "model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        a["model.layers.0.self_attn.q_proj.weight"],
+        AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()["model.layers.0.self_attn.q_proj.weight"],
+    )

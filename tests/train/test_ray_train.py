@@ -71,15 +71,19 @@ def _kill_a_worker_after(run_dir: Path, step: int, done: threading.Event, timeou
 
 
 @pytest.mark.timeout(400)
-def test_fsdp2_two_workers_match_one_process_and_survive_a_killed_worker(
-        tmp_path, chat_packed, ray_cluster):
+def test_fsdp2_two_workers_match_one_process_and_survive_a_killed_worker(tmp_path, chat_packed, ray_cluster):
     common = dict(max_steps=STEPS, micro_batch_size=1, log_samples=True, checkpoint={"every": 2, "keep_last": 2})
     single = launch(TrainConfig.model_validate(base_config(tmp_path / "one", chat_packed, grad_accum=4, **common)))
 
     dist_dir = tmp_path / "two"
-    cfg = base_config(dist_dir, chat_packed, grad_accum=2, name="fsdp-test",
-                      scaling={"workers": 2, "cpus_per_worker": 0.5, "max_failures": 1, "report_every": 2},
-                      **common)
+    cfg = base_config(
+        dist_dir,
+        chat_packed,
+        grad_accum=2,
+        name="fsdp-test",
+        scaling={"workers": 2, "cpus_per_worker": 0.5, "max_failures": 1, "report_every": 2},
+        **common,
+    )
     done = threading.Event()
     killed: list[int | None] = []
     killer = threading.Thread(target=lambda: killed.append(_kill_a_worker_after(dist_dir, 3, done)))
@@ -116,17 +120,30 @@ def test_fsdp2_two_workers_match_one_process_and_survive_a_killed_worker(
 
 @pytest.mark.timeout(300)
 def test_sharded_checkpoint_of_two_workers_resumes_in_one_process(tmp_path, chat_packed, ray_cluster):
-    """2 workers stop after step 3 (DCP shards of 2 ranks); the same run resumes with workers: 0."""
+    """2 workers stop after step 3 (DCP shards of 2 ranks, saved asynchronously every step while
+    training goes on); the same run resumes with workers: 0."""
     common = dict(max_steps=6, micro_batch_size=1, grad_accum=2, optim={"warmup_steps": 2})
-    full = launch(TrainConfig.model_validate(base_config(tmp_path / "full", chat_packed, **common)))
+    launch(TrainConfig.model_validate(base_config(tmp_path / "full", chat_packed, **common)))
     part = tmp_path / "part"
     two = {"workers": 2, "cpus_per_worker": 0.5, "max_failures": 0, "report_every": 0}
-    first = launch(TrainConfig.model_validate(
-        base_config(part, chat_packed, name="reshard", stop_at_step=3, scaling=two,
-                    **{**common, "grad_accum": 1})))
+    first = launch(
+        TrainConfig.model_validate(
+            base_config(
+                part,
+                chat_packed,
+                name="reshard",
+                stop_at_step=3,
+                scaling=two,
+                checkpoint={"every": 1, "keep_last": 2, "async_save": True},
+                **{**common, "grad_accum": 1},
+            )
+        )
+    )
     assert first.metrics["steps"] == 3 and first.details["world"] == 2
     shards = sorted(p.name for p in (part / "checkpoints" / "step-000003" / "dcp").glob("*.distcp"))
     assert len(shards) == 2  # one file per rank: nothing was gathered
+    kept = sorted(p.name for p in (part / "checkpoints").iterdir() if (p / "COMPLETE").exists())
+    assert kept == ["step-000002", "step-000003"]  # every async save was committed; keep_last held
     resumed = launch(TrainConfig.model_validate(base_config(part, chat_packed, **common)))
     assert resumed.metrics["steps"] == 6 and resumed.details["world"] == 1
     a, b = [r["loss"] for r in read_metrics(tmp_path / "full")], [r["loss"] for r in read_metrics(part)]

@@ -28,8 +28,8 @@ def _wandb_history(run_file: Path) -> dict[int, dict[str, float]]:
         if block - pos % block < 7:  # block trailer too small for a header: skip to the next block
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunks += data[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunks += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: one complete record
             rec = wandb_internal_pb2.Record()
@@ -51,8 +51,14 @@ def test_run_logged_to_mlflow_and_wandb_reads_back_equal(tmp_path, chat_packed, 
     (tmp_path / "wb").mkdir()
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's local store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    cfg = base_config(tmp_path / "run", chat_packed, max_steps=3, name="tracked",
-                      report_to=["mlflow", "wandb"], checkpoint={"export": False})
+    cfg = base_config(
+        tmp_path / "run",
+        chat_packed,
+        max_steps=3,
+        name="tracked",
+        report_to=["mlflow", "wandb"],
+        checkpoint={"export": False},
+    )
     launch(TrainConfig.model_validate(cfg))
     want = {r["step"]: r for r in read_metrics(tmp_path / "run")}
     assert sorted(want) == [1, 2, 3]
@@ -76,7 +82,15 @@ def test_run_logged_to_mlflow_and_wandb_reads_back_equal(tmp_path, chat_packed, 
 
 
 def test_secrets_are_redacted_from_tracked_config():
-    cfg = {"model": "m", "hf_token": "hf_abc", "engine": {"api_key": "sk-1", "n": 2},
-           "hooks": [{"AWS_SECRET_ACCESS_KEY": "x"}]}
-    assert redact(cfg) == {"model": "m", "hf_token": "<redacted>", "engine": {"api_key": "<redacted>", "n": 2},
-                           "hooks": [{"AWS_SECRET_ACCESS_KEY": "<redacted>"}]}
+    cfg = {
+        "model": "m",
+        "hf_token": "hf_abc",
+        "engine": {"api_key": "sk-1", "n": 2},
+        "hooks": [{"AWS_SECRET_ACCESS_KEY": "x"}],
+    }
+    assert redact(cfg) == {
+        "model": "m",
+        "hf_token": "<redacted>",
+        "engine": {"api_key": "<redacted>", "n": 2},
+        "hooks": [{"AWS_SECRET_ACCESS_KEY": "<redacted>"}],
+    }

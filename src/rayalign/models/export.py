@@ -17,6 +17,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,11 @@ def _weight_plan(dcp_dir: Path, shard_bytes: int, tied: bool) -> list[list[tuple
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     meta = FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
-    items = [(k[len(WEIGHTS_PREFIX):], m) for k, m in sorted(meta.items())
-             if k.startswith(WEIGHTS_PREFIX) and isinstance(m, TensorStorageMetadata)]
+    items = [
+        (k[len(WEIGHTS_PREFIX) :], m)
+        for k, m in sorted(meta.items())
+        if k.startswith(WEIGHTS_PREFIX) and isinstance(m, TensorStorageMetadata)
+    ]
     if tied:  # tied output embeddings are the input embeddings: transformers re-ties them on load
         items = [(k, m) for k, m in items if k != "lm_head.weight"]
     groups: list[list[tuple[str, Any]]] = [[]]
@@ -60,7 +64,9 @@ def export_weights(dcp_dir: Path, out: Path, shard_bytes: int, tied: bool) -> in
     total = 0
     for i, group in enumerate(groups):
         tensors = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in group}
-        dcp.load({"model": tensors}, checkpoint_id=str(dcp_dir), no_dist=True)
+        with warnings.catch_warnings():  # one process reading a checkpoint is the intended use here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({"model": tensors}, checkpoint_id=str(dcp_dir), no_dist=True)
         name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / name), metadata={"format": "pt"})
         index.update(dict.fromkeys(tensors, name))
@@ -68,17 +74,18 @@ def export_weights(dcp_dir: Path, out: Path, shard_bytes: int, tied: bool) -> in
         del tensors
     if n > 1:
         (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": index}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": index}, indent=2)
+        )
     return len(index)
 
 
-def export_checkpoint(checkpoint: str, output: str, card: dict | None = None,
-                      shard_bytes: int = 2 << 30) -> str:
+def export_checkpoint(checkpoint: str, output: str, card: dict | None = None, shard_bytes: int = 2 << 30) -> str:
     """Write the HF folder of `checkpoint` (local path or URI) to `output` (local path or URI)."""
     src = storage.local_copy(checkpoint)
     if not (src / "model").is_dir():
-        raise FileNotFoundError(f"{checkpoint}: not a rayalign checkpoint (no model/ folder); "
-                                f"give a checkpoints/step-NNNNNN folder")
+        raise FileNotFoundError(
+            f"{checkpoint}: not a rayalign checkpoint (no model/ folder); give a checkpoints/step-NNNNNN folder"
+        )
     staging = Path(tempfile.mkdtemp(prefix="export-")) / "hf" if storage.is_uri(output) else Path(output)
     if staging.exists() and not storage.is_uri(output):
         shutil.rmtree(staging)
@@ -104,22 +111,46 @@ def write_model_card(folder: Path, info: dict) -> None:
     hp = info.get("hyperparameters") or {}
     data = info.get("data") or {}
     evals = info.get("eval") or {}
-    lines = ["---", f"base_model: {base}" if "/" in str(base) else f"# base model: {base}",
-             "library_name: " + ("peft" if info.get("adapter") else "transformers"),
-             "tags:", "- rayalign", f"- {stage}", "---", "",
-             f"# {info.get('name') or stage} ({stage} of {base})", "",
-             f"Trained with rayalign's `{stage}` stage from `{base}`"
-             + (" as an adapter (only the adapter's tensors are here)." if info.get("adapter") else "."), "",
-             "## Training", "", "| setting | value |", "|---|---|"]
+    lines = [
+        "---",
+        f"base_model: {base}" if "/" in str(base) else f"# base model: {base}",
+        "library_name: " + ("peft" if info.get("adapter") else "transformers"),
+        "tags:",
+        "- rayalign",
+        f"- {stage}",
+        "---",
+        "",
+        f"# {info.get('name') or stage} ({stage} of {base})",
+        "",
+        f"Trained with rayalign's `{stage}` stage from `{base}`"
+        + (" as an adapter (only the adapter's tensors are here)." if info.get("adapter") else "."),
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in hp.items()]
     lines += ["", "## Data", ""] + ([f"- {k}: {v}" for k, v in data.items()] or ["- not recorded"])
     lines += ["", "## Evaluation", ""] + ([f"- {k}: {v}" for k, v in evals.items()] or ["- not evaluated yet"])
     serve_path = info.get("path") or "<this folder>"
-    lines += ["", "## Serving", "", "```bash", f"rayalign serve --model {serve_path}",
-              f"vllm serve {serve_path}" if not info.get("adapter") else
-              f"# adapter: rayalign serve --model {base} with this folder as an adapter",
-              "```", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f'model = AutoModelForCausalLM.from_pretrained("{serve_path}")', "```", ""]
+    lines += [
+        "",
+        "## Serving",
+        "",
+        "```bash",
+        f"rayalign serve --model {serve_path}",
+        f"vllm serve {serve_path}"
+        if not info.get("adapter")
+        else f"# adapter: rayalign serve --model {base} with this folder as an adapter",
+        "```",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("{serve_path}")',
+        "```",
+        "",
+    ]
     (folder / "README.md").write_text("\n".join(lines))
 
 
@@ -131,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-gb", type=float, default=2.0, help="safetensors file size (GB)")
     args = ap.parse_args(argv)
     try:
-        out = export_checkpoint(args.checkpoint, args.output, card={"path": args.output},
-                                shard_bytes=int(args.shard_gb * (1 << 30)))
+        out = export_checkpoint(
+            args.checkpoint, args.output, card={"path": args.output}, shard_bytes=int(args.shard_gb * (1 << 30))
+        )
     except FileNotFoundError as e:
         print(f"rayalign export: {e}")
         return 2

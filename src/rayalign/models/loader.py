@@ -118,9 +118,17 @@ def tiny_config(arch: str, vocab_size: int, bos: int | None, eos: int | None):
     from transformers import AutoConfig
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, rope_theta=10000.0,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        rope_theta=10000.0,
     )
     return AutoConfig.for_model(arch, **common)
 
@@ -192,8 +200,14 @@ def parse_dtype(dtype: Any, device: str | None = None):
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype not in table:
         raise ModelSpecError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
     return table[dtype]
@@ -214,16 +228,20 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(spec: str, dtype: Any = None, device: str | None = None, adapter: str | None = None,
-               trust_remote_code: bool = False, attn_implementation: str | None = "sdpa"):
+def load_model(
+    spec: str,
+    dtype: Any = None,
+    device: str | None = None,
+    adapter: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = "sdpa",
+):
     """Load a causal LM (weights through safetensors) and optionally apply an adapter folder."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
     torch_dtype = parse_dtype(dtype, device)
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                  use_safetensors=None)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -273,8 +291,9 @@ def build_on_meta(spec: str, dtype: Any = "fp32", trust_remote_code: bool = Fals
     path = resolve_model_path(spec)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with parameters_on_meta():
-        model = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype), attn_implementation="sdpa",
-                                                 trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=parse_dtype(dtype), attn_implementation="sdpa", trust_remote_code=trust_remote_code
+        )
     model.config.name_or_path = path
     return model
 
@@ -319,8 +338,7 @@ def fill_from_safetensors(model, spec: str) -> int:
             if hasattr(param, "device_mesh"):
                 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh,
-                                                                      param.placements)
+                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
                 part = handles[f].get_slice(name)[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
             else:
                 part = handles[f].get_tensor(name)

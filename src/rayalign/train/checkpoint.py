@@ -21,9 +21,11 @@ upload and the marker finish while training goes on, at the latest when the next
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,14 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
+@contextlib.contextmanager
+def quiet_single_process():
+    """DCP warns on every call without a process group; one process is a supported, intended case."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def staging_dir(path: str) -> Path:
     """Where a checkpoint is written before upload: the folder itself when local."""
     if not storage.is_uri(path):
@@ -102,8 +112,19 @@ class PendingSave:
     files_before: set[str] = field(default_factory=set)
 
 
-def save_checkpoint(path: str, *, model, optimizer, scheduler, step: int, tokenizer, peft_cfg, rank: int,
-                    distributed: bool, async_group=None) -> PendingSave:
+def save_checkpoint(
+    path: str,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    step: int,
+    tokenizer,
+    peft_cfg,
+    rank: int,
+    distributed: bool,
+    async_group=None,
+) -> PendingSave:
     """Collective: every rank calls it. Returns a PendingSave to `commit` (now, or later when async)."""
     import torch.distributed.checkpoint as dcp
 
@@ -112,8 +133,8 @@ def save_checkpoint(path: str, *, model, optimizer, scheduler, step: int, tokeni
         shutil.rmtree(local, ignore_errors=True)
         if storage.is_uri(path):
             storage.remove_tree(path)
-        local.mkdir(parents=True)
     _barrier(distributed)
+    local.mkdir(parents=True, exist_ok=True)  # every node stages its own ranks' files
     adapter = peft_cfg.method != "none"
     state = training_state(model, optimizer, adapter)
     _write_model_folder(local / "model", model, tokenizer, peft_cfg, rank)
@@ -124,7 +145,8 @@ def save_checkpoint(path: str, *, model, optimizer, scheduler, step: int, tokeni
     if async_group is not None:
         pending.future = dcp.async_save(state, checkpoint_id=str(local / "dcp"), process_group=async_group)
     else:
-        dcp.save(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
+        with quiet_single_process():
+            dcp.save(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
     return pending
 
 
@@ -188,16 +210,15 @@ def local_checkpoint(path: str) -> Path:
     return storage.local_copy(path)
 
 
-def load_training_state(path: str, *, model, optimizer, scheduler, rank: int, adapter: bool,
-                        distributed: bool) -> int:
+def load_training_state(path: str, *, model, optimizer, scheduler, rank: int, adapter: bool, distributed: bool) -> int:
     """Restore weights, optimizer (resharded to this world size), scheduler and RNG; return the step."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     local = local_checkpoint(path)
     state = training_state(model, optimizer, adapter)
-    dcp.load(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
+    with quiet_single_process():
+        dcp.load(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=not adapter))
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optim"])
     trainer = torch.load(local / "trainer.pt", map_location="cpu", weights_only=True)

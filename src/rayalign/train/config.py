@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayalign.config import Cfg, DType
 from rayalign.data.shards import PoolConfig
@@ -28,7 +28,9 @@ class ObjectiveSpec(BaseModel):
 
 class TrainDataConfig(Cfg):
     path: str | None = None  # a prepared dataset folder (parquet shards + manifest.json)
-    inputs: list[str] = []  # or raw files: the stage runs `prepare` into <output_dir>/prepared first
+    inputs: list[str] = Field(
+        default_factory=list
+    )  # or raw files: the stage runs `prepare` into <output_dir>/prepared first
     max_length: int = 1024
     seq_len: int = 1024
     overlength: Literal["truncate", "quarantine"] = "quarantine"
@@ -63,7 +65,7 @@ class ScalingConfig(Cfg):
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
-    resources_per_worker: dict[str, float] = {}
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     max_failures: int = 1
     report_every: int = 10  # steps between metric reports to Ray (each costs a round-trip)
     storage_path: str | None = None  # Ray Train storage (local dir or s3://); default <output_dir>/ray
@@ -92,7 +94,7 @@ class TrainConfig(Cfg):
     log_every: int = 1
     tensorboard: bool = False  # same as listing tensorboard in report_to
     # experiment trackers (optional extra `tracking`): run name, config, per-step metrics
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
     progress: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default: looked up for known GPUs
     stop_at_step: int | None = None  # save a checkpoint and stop early (resume later with the same config)

@@ -48,8 +48,10 @@ class RowSource:
         folder = storage.join(path, "data")
         files = storage.glob(folder, "shard-*.parquet") if storage.is_dir(folder) else []
         if not files:
-            raise ConfigError(f"data.path: {path} is not a prepared dataset folder (no data/shard-*.parquet); "
-                              f"run `rayalign prepare` or give data.inputs instead")
+            raise ConfigError(
+                f"data.path: {path} is not a prepared dataset folder (no data/shard-*.parquet); "
+                f"run `rayalign prepare` or give data.inputs instead"
+            )
         import pyarrow.parquet as pq
 
         self.files = files
@@ -105,8 +107,16 @@ class RowSource:
 
 
 class DataOrder:
-    def __init__(self, num_rows: int, micro_batch_size: int, grad_accum: int, world: int, rank: int,
-                 seed: int, shuffle: bool = True):
+    def __init__(
+        self,
+        num_rows: int,
+        micro_batch_size: int,
+        grad_accum: int,
+        world: int,
+        rank: int,
+        seed: int,
+        shuffle: bool = True,
+    ):
         self.per_rank = micro_batch_size * grad_accum
         self.global_batch = self.per_rank * world
         self.micro, self.world, self.rank = micro_batch_size, world, rank
@@ -115,7 +125,8 @@ class DataOrder:
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"the dataset has {num_rows} rows but one optimizer step needs {self.global_batch} "
-                f"(micro_batch_size × grad_accum × workers); lower them or add data")
+                f"(micro_batch_size × grad_accum × workers); lower them or add data"
+            )
         self._perm: tuple[int, list[int]] | None = None
 
     def permutation(self, epoch: int) -> list[int]:
@@ -134,6 +145,6 @@ class DataOrder:
     def step_rows(self, step: int) -> list[list[int]]:
         """Row indices of this rank's micro-batches for optimizer step `step` (0-based)."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        chunk = self.permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
-        mine = chunk[self.rank::self.world]
-        return [mine[j:j + self.micro] for j in range(0, self.per_rank, self.micro)]
+        chunk = self.permutation(epoch)[i * self.global_batch : (i + 1) * self.global_batch]
+        mine = chunk[self.rank :: self.world]
+        return [mine[j : j + self.micro] for j in range(0, self.per_rank, self.micro)]

@@ -19,9 +19,21 @@ from rayalign.train.loop import LocalHooks, train_loop
 
 # Environment forwarded to Ray Train workers: model cache, hub mode, object-store endpoint/credentials
 # (values travel in the runtime env, never into logs or summaries).
-FORWARD_ENV = ("RAYALIGN_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL",
-               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-               "AWS_EC2_METADATA_DISABLED", "WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI")
+FORWARD_ENV = (
+    "RAYALIGN_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_TOKEN",
+    "TOKENIZERS_PARALLELISM",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "WANDB_MODE",
+    "WANDB_DIR",
+    "MLFLOW_TRACKING_URI",
+)
 
 
 class RayHooks(LocalHooks):
@@ -80,10 +92,12 @@ def launch(cfg: TrainConfig) -> StageResult:
         _ray_worker,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=sc.workers, use_gpu=sc.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.workers, use_gpu=sc.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=sc.storage_path or storage.join(out, "ray"),
+            name=cfg.name,
+            storage_path=sc.storage_path or storage.join(out, "ray"),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, cfg.checkpoint.keep_last)),
             worker_runtime_env={"env_vars": env},

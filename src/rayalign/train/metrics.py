@@ -57,8 +57,13 @@ class MetricsWriter:
         if cfg.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
             self.task = self.bar.add_task("train", total=total_steps, completed=resume_step, info="")
             self.bar.start()
 
@@ -68,13 +73,19 @@ class MetricsWriter:
         record = {"time": time.time(), **record}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        numbers = {k: float(v) for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")}
+        numbers = {
+            k: float(v)
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")
+        }
         for t in self.trackers:
             t.log(numbers, record["step"])
         if self.bar is not None:
-            self.bar.update(self.task, completed=record["step"],
-                            info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
+            self.bar.update(
+                self.task,
+                completed=record["step"],
+                info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s",
+            )
 
     def sync(self) -> None:
         if self.enabled and storage.is_uri(self.target):

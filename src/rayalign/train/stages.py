@@ -33,8 +33,18 @@ def ensure_prepared(cfg: TrainConfig, kind: str) -> TrainConfig:
 
     target = storage.join(cfg.output_dir, "prepared")
     d = cfg.data
-    run_prepare(PrepareConfig(kind=kind, inputs=d.inputs, output=target, model=cfg.model,
-                              max_length=d.max_length, seq_len=d.seq_len, overlength=d.overlength, pool=d.pool))
+    run_prepare(
+        PrepareConfig(
+            kind=kind,
+            inputs=d.inputs,
+            output=target,
+            model=cfg.model,
+            max_length=d.max_length,
+            seq_len=d.seq_len,
+            overlength=d.overlength,
+            pool=d.pool,
+        )
+    )
     data = d.model_copy(update={"path": target})
     return cfg.model_copy(update={"data": data})
 

@@ -19,8 +19,19 @@ if TYPE_CHECKING:
     from rayalign.train.trainer import Trainer
 
 # logged every step but not a result of the run (timings, positions, schedule)
-NOT_RESULTS = {"time", "cpu_time", "tokens_per_s", "mfu", "step", "epoch", "lr", "grad_norm", "tokens", "targets",
-               "loss"}
+NOT_RESULTS = {
+    "time",
+    "cpu_time",
+    "tokens_per_s",
+    "mfu",
+    "step",
+    "epoch",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "targets",
+    "loss",
+}
 
 
 def _read_totals(trainer: Trainer) -> dict[str, int]:
@@ -34,13 +45,27 @@ def _read_totals(trainer: Trainer) -> dict[str, int]:
 
 def card_info(trainer: Trainer) -> dict[str, Any]:
     cfg = trainer.cfg
-    hp = {"objective": cfg.objective.name, "peft": cfg.peft.method, "lr": cfg.optim.lr,
-          "steps": trainer.total_steps, "micro_batch_size": cfg.micro_batch_size, "grad_accum": cfg.grad_accum,
-          "workers": trainer.world, "seq_len": cfg.data.seq_len, "seed": cfg.seed}
+    hp = {
+        "objective": cfg.objective.name,
+        "peft": cfg.peft.method,
+        "lr": cfg.optim.lr,
+        "steps": trainer.total_steps,
+        "micro_batch_size": cfg.micro_batch_size,
+        "grad_accum": cfg.grad_accum,
+        "workers": trainer.world,
+        "seq_len": cfg.data.seq_len,
+        "seed": cfg.seed,
+    }
     final = trainer.last_record.get("loss")
     evals = {"final train loss": round(final, 4)} if isinstance(final, float) else {}
-    return {"base_model": cfg.model, "stage": cfg.objective.name, "name": cfg.name, "hyperparameters": hp,
-            "data": {"packed rows": len(trainer.source), "path": cfg.data.path}, "eval": evals}
+    return {
+        "base_model": cfg.model,
+        "stage": cfg.objective.name,
+        "name": cfg.name,
+        "hyperparameters": hp,
+        "data": {"packed rows": len(trainer.source), "path": cfg.data.path},
+        "eval": evals,
+    }
 
 
 def export_final(trainer: Trainer, checkpoint: str) -> dict[str, str]:
@@ -86,22 +111,34 @@ def finish(trainer: Trainer) -> StageResult:
 
         record = (read_metrics(trainer.out) or [{}])[-1]
     last = trainer.last_checkpoint or ckpt.latest_checkpoint(trainer.out)
-    details: dict[str, Any] = {"metrics_file": storage.join(trainer.out, "metrics.jsonl"), "checkpoint_dir": last,
-                               "stopped_early": stopped_early, "world": trainer.world,
-                               "resumed_at": trainer.start,
-                               "data": _read_totals(trainer)}
+    details: dict[str, Any] = {
+        "metrics_file": storage.join(trainer.out, "metrics.jsonl"),
+        "checkpoint_dir": last,
+        "stopped_early": stopped_early,
+        "world": trainer.world,
+        "resumed_at": trainer.start,
+        "data": _read_totals(trainer),
+    }
     checkpoint = None
     if rank == 0 and last is not None and not stopped_early and cfg.checkpoint.export:
         paths = export_final(trainer, last)
         checkpoint = paths.pop("checkpoint")
         details.update(paths)
     steps = trainer.last_step if trainer.total_steps > trainer.start else trainer.start
-    metrics = {"steps": steps, "total_steps": trainer.total_steps,
-               **numeric_metrics({k: v for k, v in record.items() if k not in NOT_RESULTS})}
+    metrics = {
+        "steps": steps,
+        "total_steps": trainer.total_steps,
+        **numeric_metrics({k: v for k, v in record.items() if k not in NOT_RESULTS}),
+    }
     if isinstance(record.get("loss"), (int, float)):
         metrics["final_loss"] = record["loss"]
-    result = StageResult(stage=cfg.objective.name, output=trainer.out, checkpoint=checkpoint,
-                         metrics=numeric_metrics(metrics), details=details)
+    result = StageResult(
+        stage=cfg.objective.name,
+        output=trainer.out,
+        checkpoint=checkpoint,
+        metrics=numeric_metrics(metrics),
+        details=details,
+    )
     if rank == 0:
         storage.write_json(storage.join(trainer.out, "summary.json"), result.to_json())
     if trainer.distributed:

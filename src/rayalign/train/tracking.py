@@ -49,8 +49,10 @@ def _require(module: str, name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"report_to: {name} needs the {name} package; "
-                          f"pip install 'rayalign[tracking]' (or remove {name} from report_to)") from None
+        raise ConfigError(
+            f"report_to: {name} needs the {name} package; "
+            f"pip install 'rayalign[tracking]' (or remove {name} from report_to)"
+        ) from None
 
 
 class TensorBoardTracker:
