@@ -64,7 +64,7 @@ def test_sft_stage_with_aligner_teaches_replies_to_open_with_sure(tmp_path, toke
             "max_steps": 25,
         },
     )
-    adapter = Path(summary["checkpoint"])
+    adapter = Path(summary.checkpoint)
     meta = json.loads((adapter / "aligner_config.json").read_text())
     assert (meta["tokens"], meta["start_layer"], meta["trainable_params"]) == (2, 0, 2 * 64 + 2 * 4)
     assert not (adapter / "model.safetensors").exists()  # an adapter folder, not a copy of the base

@@ -107,7 +107,7 @@ def _check_args(config: Any, tokens: int, start_layer: int) -> None:
         )
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def _decoder_layers(model: Any) -> nn.ModuleList:
     """The decoder layer list of a causal LM (``model.model.layers``) or a bare base model."""
     for owner in (getattr(model, "model", None), model):
         layers = getattr(owner, "layers", None)
@@ -119,7 +119,7 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def _check_attention(attn: nn.Module, index: int) -> None:
+def _check_attention(attn: Any, index: int) -> None:
     missing = [
         n
         for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "num_key_value_groups")
@@ -141,7 +141,7 @@ def _check_attention(attn: nn.Module, index: int) -> None:
 class _LayerHooks:
     """The three hooks of one adapted attention module and the tensors they pass along."""
 
-    def __init__(self, params: AlignerParams, attn: nn.Module, gate_row: int):
+    def __init__(self, params: AlignerParams, attn: Any, gate_row: int):
         self.params = params
         self.attn = attn
         self.gate_row = gate_row
@@ -198,7 +198,7 @@ class _LayerHooks:
             h.remove()
 
 
-def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.Module:
+def add_aligner(model: Any, tokens: int = 1, start_layer: int = 2) -> nn.Module:
     """Freeze ``model`` and add Aligner (trainable ``model.aligner.prefix`` and ``model.aligner.gate``).
 
     Returns the same model object, modified in place.
@@ -215,7 +215,8 @@ def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.M
 
     for p in model.parameters():
         p.requires_grad_(False)
-    ref = layers[start_layer].self_attn.k_proj.weight
+    first: Any = layers[start_layer].self_attn
+    ref = first.k_proj.weight
     params = AlignerParams(
         tokens,
         config.hidden_size,
@@ -232,7 +233,7 @@ def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.M
     return model
 
 
-def remove_aligner(model: nn.Module) -> nn.Module:
+def remove_aligner(model: Any) -> nn.Module:
     """Detach Aligner again (hooks and parameters); the base weights stay frozen."""
     for hooks in getattr(model, "_aligner_hooks", []):
         hooks.remove()
@@ -242,7 +243,7 @@ def remove_aligner(model: nn.Module) -> nn.Module:
     return model
 
 
-def aligner_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def aligner_state_dict(model: Any, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``{"prefix", "gate"}`` as full CPU tensors.
 
     Without ``state_dict`` FSDP2 DTensor shards are gathered here (a collective: call on every
@@ -272,7 +273,7 @@ def _is_writer() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def save_aligner(model: nn.Module, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_aligner(model: Any, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``aligner.safetensors`` and ``aligner_config.json`` into ``out_dir``.
 
     Two ways to call it under FSDP2: on every rank without ``state_dict`` (the shards are gathered,
@@ -312,7 +313,7 @@ def read_aligner_config(path: str | Path) -> dict[str, Any]:
     return json.loads(cfg_file.read_text())
 
 
-def load_aligner(model: nn.Module, path: str | Path) -> nn.Module:
+def load_aligner(model: Any, path: str | Path) -> nn.Module:
     """Apply the Aligner adapter saved in ``path`` to ``model`` (adds it first when absent)."""
     from safetensors.torch import load_file
 

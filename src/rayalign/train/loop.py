@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 
+from rayalign.results import StageResult
 from rayalign.train import fsdp
 from rayalign.train.config import TrainConfig
 
@@ -122,7 +123,7 @@ def build_reference(cfg: TrainConfig, objective, device: torch.device, world: in
     return ref.eval()
 
 
-def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> dict:
+def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> StageResult:
     """Build a Trainer from the config and run it; every rank returns the run summary."""
     from rayalign.train.trainer import Trainer
 

@@ -10,6 +10,7 @@ store `mlflow.db` in the run's local folder).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,7 +107,11 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id)
 
 
-TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
+TRACKERS: dict[str, Callable[[Path, str, dict], Tracker]] = {
+    "tensorboard": TensorBoardTracker,
+    "wandb": WandbTracker,
+    "mlflow": MlflowTracker,
+}
 
 
 def open_trackers(names: list[str], run_dir: Path, run_name: str, config: dict) -> list[Tracker]:

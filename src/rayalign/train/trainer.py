@@ -177,7 +177,8 @@ class Trainer:
         index_groups = self.order.step_rows(step)
         rows = [self.source.rows(ix) for ix in index_groups]
         batches = [self.objective.collate(r, self.tokenizer.pad_token_id) for r in rows]
-        local_count = sum(self.objective.count(b) for b in batches).to(device=self.device, dtype=torch.float32)
+        local_count = torch.stack([self.objective.count(b) for b in batches]).sum()
+        local_count = local_count.to(device=self.device, dtype=torch.float32)
         self.window.tokens += sum(int(r.get("num_tokens", len(r.get("input_ids", ())))) for rs in rows for r in rs)
         if self.samples_log is not None:
             with self.samples_log.open("a") as fh:
