@@ -211,7 +211,7 @@ class Trainer:
             self.last_norm = fsdp.grad_norm_value(
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm)
             )
-        self.lr = self.scheduler.get_last_lr()[0]
+        self.lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
