@@ -161,6 +161,13 @@ def test_lora_saves_peft_folder_and_merges(tmp_path, chat_packed):
     adapter, merged = Path(res.details["adapter"]), Path(res.checkpoint)
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    # the sharded checkpoint holds only what training changed: the LoRA matrices (+ their AdamW state)
+    from torch.distributed.checkpoint import FileSystemReader
+
+    dcp_dir = Path(res.details["checkpoint_dir"]) / "dcp"
+    weights = [k for k in FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata if k.startswith("model.")]
+    assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights), weights[:3]
+    assert len(weights) == 2 * 4 * 2  # A and B × 4 target projections × 2 layers
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with torch.no_grad():
         m = AutoModelForCausalLM.from_pretrained(merged)
