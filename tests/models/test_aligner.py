@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from rayalign.models.aligner import (
-    AlignerError, add_aligner, aligner_param_count, load_aligner, read_aligner_config, remove_aligner,
+    AlignerError,
+    add_aligner,
+    aligner_param_count,
+    load_aligner,
+    read_aligner_config,
+    remove_aligner,
     save_aligner,
 )
 from rayalign.models.loader import load_model
@@ -71,8 +76,10 @@ def test_trainable_count_matches_formula_and_lora(arch, tokens, start):
     lora = get_peft_model(tiny(arch), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     lora_count = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert lora_count == 3584
-    print(f"\n{arch}: Aligner(tokens={tokens}, start_layer={start}) trains {trainable} params; "
-          f"LoRA r=8 (q,v) trains {lora_count} ({lora_count / trainable:.0f}x more)")
+    print(
+        f"\n{arch}: Aligner(tokens={tokens}, start_layer={start}) trains {trainable} params; "
+        f"LoRA r=8 (q,v) trains {lora_count} ({lora_count / trainable:.0f}x more)"
+    )
 
 
 def test_param_count_for_smollm2_config():
@@ -135,12 +142,12 @@ def test_layer_output_matches_reference_computation(arch, attn):
                 q_all = h[bi, t] @ wq.weight.T + (wq.bias if wq.bias is not None else 0)
                 for hd in range(heads):
                     kv = hd // (heads // kv_heads)
-                    q = _rotate(q_all[hd * d:(hd + 1) * d], cos[bi, t], sin[bi, t])
+                    q = _rotate(q_all[hd * d : (hd + 1) * d], cos[bi, t], sin[bi, t])
                     k = prefix @ wk.weight.T + (wk.bias if wk.bias is not None else 0)  # no rotary on prefix
                     v = prefix @ wv.weight.T + (wv.bias if wv.bias is not None else 0)
-                    k, v = k[:, kv * d:(kv + 1) * d], v[:, kv * d:(kv + 1) * d]
+                    k, v = k[:, kv * d : (kv + 1) * d], v[:, kv * d : (kv + 1) * d]
                     w = torch.softmax(k @ q / math.sqrt(d), dim=0)  # separate softmax over the 3 prefix tokens
-                    extra[bi, t, hd * d:(hd + 1) * d] = gates[hd] * (w @ v)
+                    extra[bi, t, hd * d : (hd + 1) * d] = gates[hd] * (w @ v)
         reference = base_out + extra @ attn_mod.o_proj.weight.T
     torch.testing.assert_close(adapted_out, reference, rtol=1e-5, atol=1e-5)
     assert (adapted_out - base_out).abs().max() > 1e-2  # the prefix term is not negligible
@@ -169,8 +176,7 @@ def test_kv_cached_generation_matches_full_forward():
     set_random_adapter(model, scale=3.0)
     prompt = ids_batch(6, (1, 4))
     with torch.no_grad():
-        cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True,
-                                pad_token_id=0)[0, 4:]
+        cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)[0, 4:]
         seq = prompt
         for _ in range(6):
             nxt = model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)

@@ -44,8 +44,9 @@ def _model():
 def _loss_sum(model, ids, labels) -> torch.Tensor:
     """Summed next-token cross-entropy (normalised by the GLOBAL target count by the caller)."""
     logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
 
 
 def _train(model, steps: int, rows: slice, world: int) -> None:

@@ -42,16 +42,29 @@ def test_sft_stage_with_aligner_teaches_replies_to_open_with_sure(tmp_path, toke
     held-out prompts; adapted model (loaded from the checkpoint through `load_model(adapter=...)`, the
     path serving uses): rank 0 on every held-out prompt, and greedy replies start with "Sure"."""
     chats = tmp_path / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": _prompt(t) + [
-        {"role": "assistant", "content": "Sure"}]}) + "\n" for i, t in enumerate(TOPICS)))
+    chats.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "messages": [*_prompt(t), {"role": "assistant", "content": "Sure"}]}) + "\n"
+            for i, t in enumerate(TOPICS)
+        )
+    )
     from rayalign.stages import run_stage
 
-    summary = run_stage("sft", data={
-        "model": TINY, "output_dir": str(tmp_path / "run"), "seed": 0, "progress": False,
-        "data": {"inputs": [str(chats)], "seq_len": 64, "max_length": 64},
-        "peft": {"method": "aligner", "tokens": 2, "start_layer": 0},
-        "optim": {"lr": 0.1, "min_lr_ratio": 1.0}, "micro_batch_size": 8, "max_steps": 25})
-    adapter = Path(summary["checkpoint"])
+    summary = run_stage(
+        "sft",
+        data={
+            "model": TINY,
+            "output_dir": str(tmp_path / "run"),
+            "seed": 0,
+            "progress": False,
+            "data": {"inputs": [str(chats)], "seq_len": 64, "max_length": 64},
+            "peft": {"method": "aligner", "tokens": 2, "start_layer": 0},
+            "optim": {"lr": 0.1, "min_lr_ratio": 1.0},
+            "micro_batch_size": 8,
+            "max_steps": 25,
+        },
+    )
+    adapter = Path(summary.checkpoint)
     meta = json.loads((adapter / "aligner_config.json").read_text())
     assert (meta["tokens"], meta["start_layer"], meta["trainable_params"]) == (2, 0, 2 * 64 + 2 * 4)
     assert not (adapter / "model.safetensors").exists()  # an adapter folder, not a copy of the base
@@ -72,8 +85,10 @@ def test_sft_stage_with_aligner_teaches_replies_to_open_with_sure(tmp_path, toke
 
     engine = make_engine(EngineConfig(backend="hf", model=TINY, adapter=str(adapter), batch_size=4))
     params = SamplingParams(max_tokens=3)
-    prompts = [_prompt(t) for t in HELD_OUT[:2]] + [[{"role": "user", "content": "Hi"}],
-                                                    [{"role": "user", "content": "Describe the sea at night."}]]
+    prompts = [_prompt(t) for t in HELD_OUT[:2]] + [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "Describe the sea at night."}],
+    ]
     batched = engine.generate([GenRequest(messages=m, params=params) for m in prompts])
     alone = [engine.generate([GenRequest(messages=m, params=params)])[0] for m in prompts]
     assert all(r.texts[0].startswith("Sure") for r in batched), [r.texts for r in batched]
@@ -96,11 +111,21 @@ def test_prefer_stage_with_aligner_raises_pair_accuracy(tmp_path, tiny_model_pat
             rows.append(row)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = PreferConfig.model_validate(dict(
-        model=TINY, output_dir=str(tmp_path / "prefer"), data={"inputs": [str(pairs)]},
-        reference={"pool": {"workers": 0}, "batch_size": 16}, micro_batch_size=8, max_steps=12, seed=0,
-        eval_pairs=64, progress=False, peft={"method": "aligner", "tokens": 4, "start_layer": 0},
-        optim={"lr": 0.1, "min_lr_ratio": 1.0}))
+    cfg = PreferConfig.model_validate(
+        dict(
+            model=TINY,
+            output_dir=str(tmp_path / "prefer"),
+            data={"inputs": [str(pairs)]},
+            reference={"pool": {"workers": 0}, "batch_size": 16},
+            micro_batch_size=8,
+            max_steps=12,
+            seed=0,
+            eval_pairs=64,
+            progress=False,
+            peft={"method": "aligner", "tokens": 4, "start_layer": 0},
+            optim={"lr": 0.1, "min_lr_ratio": 1.0},
+        )
+    )
     summary = run_prefer(cfg, log=lambda m: None)
     acc = summary["pair_accuracy"]
     from rayalign.prefer.evaluate import load_rows, preference_accuracy

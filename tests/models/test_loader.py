@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,18 +31,21 @@ def test_tokenizer_has_chat_template(tokenizer):
     assert "<|im_start|>" in tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("builtin:gpt5", "unknown builtin model"),
-    ("tiny-random:gpt2", "unknown tiny-random arch"),
-    ("./no/such/folder", "neither a local folder nor a hub id"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("builtin:gpt5", "unknown builtin model"),
+        ("tiny-random:gpt2", "unknown tiny-random arch"),
+        ("./no/such/folder", "neither a local folder nor a hub id"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(ModelSpecError, match=match):
         resolve_model_path(spec)
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(ModelSpecError, match="holds no config.json"):
+    with pytest.raises(ModelSpecError, match=r"holds no config\.json"):
         resolve_model_path(str(tmp_path))
 
 
@@ -70,8 +75,48 @@ def test_embedded_smollm2_answers_a_chat_prompt():
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
     # the cached folder is a plain HF checkpoint any tool can load
     plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:smollm2-135m-instruct"))
     assert plain.config.vocab_size == 49152
+
+
+def test_meta_build_then_fill_equals_from_pretrained(tiny_model_path):
+    """Parameters start as shapes only (meta); buffers (rotary inv_freq) are real; the fill reads
+    every parameter once (tied embeddings once) and gives from_pretrained's exact model."""
+    import torch
+
+    from rayalign.models.loader import build_on_meta, fill_from_safetensors, load_model
+
+    model = build_on_meta("tiny-random:llama")
+    assert all(p.is_meta for p in model.parameters())
+    assert not any(b.is_meta for b in model.buffers())
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    model.to_empty(device="cpu")
+    model.tie_weights()  # plain to_empty unties (FSDP2's keeps the tie: the training path)
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+    read = fill_from_safetensors(model, "tiny-random:llama")
+    ref = load_model("tiny-random:llama", dtype="fp32")
+    assert read == sum(p.numel() for p in ref.parameters())  # unique parameters, tied ones once
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    got, want = model.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_model_from_a_bucket_is_downloaded_once_and_loads(tiny_model_path, s3_bucket):
+    from rayalign import storage
+    from rayalign.models.loader import ModelSpecError, resolve_model_path
+
+    storage.upload_dir(tiny_model_path, f"{s3_bucket}/m/tiny")
+    first = resolve_model_path(f"{s3_bucket}/m/tiny")
+    assert first == resolve_model_path(f"{s3_bucket}/m/tiny")  # the node cache, keyed by content
+    assert (Path(first) / "config.json").read_text() == (Path(tiny_model_path) / "config.json").read_text()
+    storage.write_text(f"{s3_bucket}/empty/readme.txt", "no model here")
+    with pytest.raises(ModelSpecError, match=r"no config\.json"):
+        resolve_model_path(f"{s3_bucket}/empty")

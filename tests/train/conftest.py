@@ -19,7 +19,16 @@ def chat_packed(tmp_path_factory, tiny_model_path) -> str:
     from rayalign.data.shards import PoolConfig
 
     out = tmp_path_factory.mktemp("chat_packed")
-    run_prepare(PrepareConfig(kind="chat", inputs=[str(REPO / "rayjobs/data/chat.jsonl")], output=str(out),
-                              model=TINY, max_length=128, seq_len=128, pool=PoolConfig(workers=0)),
-                log=lambda *_: None)
+    run_prepare(
+        PrepareConfig(
+            kind="chat",
+            inputs=[str(REPO / "rayjobs/data/chat.jsonl")],
+            output=str(out),
+            model=TINY,
+            max_length=128,
+            seq_len=128,
+            pool=PoolConfig(workers=0),
+        ),
+        log=lambda *_: None,
+    )
     return str(out)

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from rayalign.train.launcher import launch
-from rayalign.train.metrics import read_metrics
-from rayalign.train.config import TrainConfig
 from train_helpers import base_config
 
+from rayalign.results import StageResult
+from rayalign.train.config import TrainConfig
+from rayalign.train.launcher import launch
+from rayalign.train.metrics import read_metrics
 
 # reference_losses(...) for the first 3 steps of the tiny model on rayjobs/data/chat.jsonl (seq_len 128)
 GOLDEN = [10.822573, 10.636015, 10.509305]
 
 
-def run(cfg: dict) -> dict:
+def run(cfg: dict) -> StageResult:
     return launch(TrainConfig.model_validate(cfg))
 
 
@@ -28,8 +28,9 @@ def losses(output_dir) -> list[float]:
     return [r["loss"] for r in read_metrics(output_dir)]
 
 
-def reference_losses(model_path: str, data_path: str, steps: int, rows_per_step: int, lr: float,
-                     min_ratio: float, max_norm: float) -> list[float]:
+def reference_losses(
+    model_path: str, data_path: str, steps: int, rows_per_step: int, lr: float, min_ratio: float, max_norm: float
+) -> list[float]:
     """Independent reference: plain HF training on UNPACKED documents, loss from HF's own `labels=`.
 
     Rows are taken in file order (the run uses shuffle: false). Each packed row is cut back into
@@ -52,11 +53,11 @@ def reference_losses(model_path: str, data_path: str, steps: int, rows_per_step:
         for g in opt.param_groups:
             g["lr"] = lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t / steps)))
         sums, count = [], 0
-        for row in table[t * rows_per_step:(t + 1) * rows_per_step]:
+        for row in table[t * rows_per_step : (t + 1) * rows_per_step]:
             off = 0
             for n in row["seq_lens"]:
-                ids = torch.tensor([row["input_ids"][off:off + n]])
-                labels = torch.tensor([row["labels"][off:off + n]])
+                ids = torch.tensor([row["input_ids"][off : off + n]])
+                labels = torch.tensor([row["labels"][off : off + n]])
                 k = int((labels[0, 1:] != -100).sum())
                 if k:
                     sums.append(model(input_ids=ids, labels=labels).loss * k)
@@ -76,8 +77,7 @@ def test_golden_losses_and_accumulation_equivalence(tmp_path, chat_packed, tiny_
     common = dict(max_steps=3, data={"shuffle": False})
     run(base_config(tmp_path / "a", chat_packed, micro_batch_size=1, grad_accum=4, **common))
     run(base_config(tmp_path / "b", chat_packed, micro_batch_size=4, grad_accum=1, **common))
-    ref = reference_losses(tiny_model_path, chat_packed, steps=3, rows_per_step=4, lr=1e-3, min_ratio=0.1,
-                           max_norm=1.0)
+    ref = reference_losses(tiny_model_path, chat_packed, steps=3, rows_per_step=4, lr=1e-3, min_ratio=0.1, max_norm=1.0)
     got_a, got_b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(got_a) == 3
     assert got_a == pytest.approx(ref, abs=5e-6), (got_a, ref)
@@ -97,15 +97,15 @@ def test_resume_reproduces_tail_and_consumes_same_samples(tmp_path, chat_packed)
     """
     common = dict(max_steps=6, log_samples=True, optim={"warmup_steps": 2})
     full = run(base_config(tmp_path / "full", chat_packed, checkpoint={"every": 2, "keep_last": 2}, **common))
-    assert full["steps"] == 6
+    assert full.metrics["steps"] == 6
     kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
     assert kept == ["step-000004", "step-000006"]
 
     part = tmp_path / "part"
     first = run(base_config(part, chat_packed, stop_at_step=3, **common))
-    assert first["stopped_early"] and first["steps"] == 3
+    assert first.details["stopped_early"] and first.metrics["steps"] == 3
     resumed = run(base_config(part, chat_packed, **common))  # same config, no stop: picks up step 3
-    assert resumed["steps"] == 6
+    assert resumed.metrics["steps"] == 6
 
     a, b = losses(tmp_path / "full"), losses(part)
     assert [r["step"] for r in read_metrics(part)] == [1, 2, 3, 4, 5, 6]
@@ -124,13 +124,14 @@ def test_saved_folder_loads_with_plain_transformers_and_generates(tmp_path, chat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     res = run(base_config(tmp_path, chat_packed, max_steps=2))
-    folder = Path(res["checkpoint"])
+    folder = Path(res.checkpoint)
     assert (folder / "model.safetensors").exists()
     model = AutoModelForCausalLM.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
-    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     gen = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == prompt["input_ids"].shape[1] + 4
     # the saved weights are the trained ones, not the initial ones
@@ -148,11 +149,25 @@ def test_lora_saves_peft_folder_and_merges(tmp_path, chat_packed):
     from rayalign.models.adapters import apply_adapter
     from rayalign.models.loader import load_model
 
-    res = run(base_config(tmp_path, chat_packed, max_steps=3, optim={"lr": 5e-2},
-                          peft={"method": "lora", "r": 4, "alpha": 8, "merge": True}))
-    adapter, merged = Path(res["adapter"]), Path(res["checkpoint"])
+    res = run(
+        base_config(
+            tmp_path,
+            chat_packed,
+            max_steps=3,
+            optim={"lr": 5e-2},
+            peft={"method": "lora", "r": 4, "alpha": 8, "merge": True},
+        )
+    )
+    adapter, merged = Path(res.details["adapter"]), Path(res.checkpoint)
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    # the sharded checkpoint holds only what training changed: the LoRA matrices (+ their AdamW state)
+    from torch.distributed.checkpoint import FileSystemReader
+
+    dcp_dir = Path(res.details["checkpoint_dir"]) / "dcp"
+    weights = [k for k in FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata if k.startswith("model.")]
+    assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights), weights[:3]
+    assert len(weights) == 2 * 4 * 2  # A and B × 4 target projections × 2 layers
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with torch.no_grad():
         m = AutoModelForCausalLM.from_pretrained(merged)
@@ -162,5 +177,5 @@ def test_lora_saves_peft_folder_and_merges(tmp_path, chat_packed):
     assert torch.allclose(lm, la, atol=1e-4)
     assert (lm - lb).abs().max() > 1e-3  # the adapter changed the model
     assert apply_adapter is not None
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         apply_adapter(base, tmp_path)

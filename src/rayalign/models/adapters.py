@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from rayalign.config import Cfg
 
 
@@ -21,7 +23,7 @@ class PeftConfig(Cfg):
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     merge: bool = False  # save the final model with the LoRA weights folded in (a plain HF folder)
     # Aligner
     tokens: int = 1
@@ -43,9 +45,14 @@ def apply_peft(model, cfg: PeftConfig):
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules), bias="none",
-                          task_type="CAUSAL_LM" if hasattr(model, "generate") else "SEQ_CLS")
+        lora = LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM" if hasattr(model, "generate") else "SEQ_CLS",
+        )
         return get_peft_model(model, lora)  # freezes everything but the LoRA matrices
     for p in model.parameters():
         p.requires_grad_(False)
@@ -85,7 +92,8 @@ def apply_adapter(model, path: str | Path, trainable: bool = False):
         return _aligner().load_aligner(model, str(p))
     raise FileNotFoundError(
         f"{p} is not an adapter folder: expected adapter_config.json (LoRA, peft format) or "
-        f"aligner_config.json (Aligner)")
+        f"aligner_config.json (Aligner)"
+    )
 
 
 def merge_lora(model):

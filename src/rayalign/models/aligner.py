@@ -63,8 +63,16 @@ class AlignerError(ValueError):
 class AlignerParams(nn.Module):
     """The only trainable tensors: shared prefix tokens and per-layer, per-head gates."""
 
-    def __init__(self, tokens: int, hidden_size: int, start_layer: int, num_layers: int,
-                 num_heads: int, dtype: torch.dtype, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        tokens: int,
+        hidden_size: int,
+        start_layer: int,
+        num_layers: int,
+        num_heads: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         self.tokens = tokens
         self.start_layer = start_layer
@@ -73,8 +81,7 @@ class AlignerParams(nn.Module):
         # trained on, so the prefix's keys and values start on a sensible scale.
         self.prefix = nn.Parameter(torch.randn(tokens, hidden_size, dtype=dtype, device=device))
         # Zero gates: the adapted model starts out exactly equal to the base model.
-        self.gate = nn.Parameter(torch.zeros(num_layers - start_layer, num_heads, dtype=dtype,
-                                             device=device))
+        self.gate = nn.Parameter(torch.zeros(num_layers - start_layer, num_heads, dtype=dtype, device=device))
 
     def extra_repr(self) -> str:
         return f"tokens={self.tokens}, start_layer={self.start_layer}, num_layers={self.num_layers}"
@@ -96,10 +103,11 @@ def _check_args(config: Any, tokens: int, start_layer: int) -> None:
     if not isinstance(start_layer, int) or not 0 <= start_layer < layers:
         raise AlignerError(
             f"aligner start_layer={start_layer!r}: must be an integer in [0, {layers - 1}] for this model "
-            f"({layers} decoder layers); use a smaller start_layer")
+            f"({layers} decoder layers); use a smaller start_layer"
+        )
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def _decoder_layers(model: Any) -> nn.ModuleList:
     """The decoder layer list of a causal LM (``model.model.layers``) or a bare base model."""
     for owner in (getattr(model, "model", None), model):
         layers = getattr(owner, "layers", None)
@@ -107,27 +115,33 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
             return layers
     raise AlignerError(
         f"{type(model).__name__}: no decoder layer list (`model.model.layers`) found; Aligner supports "
-        f"Llama-family models (Llama, SmolLM2, Qwen2, Mistral)")
+        f"Llama-family models (Llama, SmolLM2, Qwen2, Mistral)"
+    )
 
 
-def _check_attention(attn: nn.Module, index: int) -> None:
-    missing = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling",
-                           "num_key_value_groups") if not hasattr(attn, n)]
+def _check_attention(attn: Any, index: int) -> None:
+    missing = [
+        n
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "num_key_value_groups")
+        if not hasattr(attn, n)
+    ]
     if missing:
         raise AlignerError(
             f"decoder layer {index}: attention module {type(attn).__name__} lacks {', '.join(missing)}; "
-            f"Aligner supports Llama-family attention (separate q/k/v/o projections with rotary embeddings)")
+            f"Aligner supports Llama-family attention (separate q/k/v/o projections with rotary embeddings)"
+        )
     module = sys.modules.get(type(attn).__module__)
     if not callable(getattr(module, "apply_rotary_pos_emb", None)):
         raise AlignerError(
             f"decoder layer {index}: {type(attn).__module__} defines no apply_rotary_pos_emb; "
-            f"Aligner needs a rotary-embedding attention")
+            f"Aligner needs a rotary-embedding attention"
+        )
 
 
 class _LayerHooks:
     """The three hooks of one adapted attention module and the tensors they pass along."""
 
-    def __init__(self, params: AlignerParams, attn: nn.Module, gate_row: int):
+    def __init__(self, params: AlignerParams, attn: Any, gate_row: int):
         self.params = params
         self.attn = attn
         self.gate_row = gate_row
@@ -145,8 +159,7 @@ class _LayerHooks:
         if pe is None and len(args) > 1:
             pe = args[1]
         if pe is None:
-            raise RuntimeError(
-                f"Aligner: attention layer {self.attn.layer_idx} was called without position_embeddings")
+            raise RuntimeError(f"Aligner: attention layer {self.attn.layer_idx} was called without position_embeddings")
         self.cos_sin = pe
 
     def _record_query(self, module, args, output):
@@ -185,7 +198,7 @@ class _LayerHooks:
             h.remove()
 
 
-def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.Module:
+def add_aligner(model: Any, tokens: int = 1, start_layer: int = 2) -> nn.Module:
     """Freeze ``model`` and add Aligner (trainable ``model.aligner.prefix`` and ``model.aligner.gate``).
 
     Returns the same model object, modified in place.
@@ -202,9 +215,17 @@ def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.M
 
     for p in model.parameters():
         p.requires_grad_(False)
-    ref = layers[start_layer].self_attn.k_proj.weight
-    params = AlignerParams(tokens, config.hidden_size, start_layer, len(layers),
-                           config.num_attention_heads, dtype=ref.dtype, device=ref.device)
+    first: Any = layers[start_layer].self_attn
+    ref = first.k_proj.weight
+    params = AlignerParams(
+        tokens,
+        config.hidden_size,
+        start_layer,
+        len(layers),
+        config.num_attention_heads,
+        dtype=ref.dtype,
+        device=ref.device,
+    )
     model.add_module("aligner", params)
     model._aligner_hooks = [
         _LayerHooks(params, layers[i].self_attn, i - start_layer) for i in range(start_layer, len(layers))
@@ -212,7 +233,7 @@ def add_aligner(model: nn.Module, tokens: int = 1, start_layer: int = 2) -> nn.M
     return model
 
 
-def remove_aligner(model: nn.Module) -> nn.Module:
+def remove_aligner(model: Any) -> nn.Module:
     """Detach Aligner again (hooks and parameters); the base weights stay frozen."""
     for hooks in getattr(model, "_aligner_hooks", []):
         hooks.remove()
@@ -222,8 +243,7 @@ def remove_aligner(model: nn.Module) -> nn.Module:
     return model
 
 
-def aligner_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None
-                       ) -> dict[str, torch.Tensor]:
+def aligner_state_dict(model: Any, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``{"prefix", "gate"}`` as full CPU tensors.
 
     Without ``state_dict`` FSDP2 DTensor shards are gathered here (a collective: call on every
@@ -253,8 +273,7 @@ def _is_writer() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def save_aligner(model: nn.Module, out_dir: str | Path,
-                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_aligner(model: Any, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``aligner.safetensors`` and ``aligner_config.json`` into ``out_dir``.
 
     Two ways to call it under FSDP2: on every rank without ``state_dict`` (the shards are gathered,
@@ -288,12 +307,13 @@ def read_aligner_config(path: str | Path) -> dict[str, Any]:
     folder = Path(path)
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.exists() or not (folder / WEIGHTS_NAME).exists():
-        raise AlignerError(f"{folder} is not an Aligner adapter: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
-                           f"(written by save_aligner)")
+        raise AlignerError(
+            f"{folder} is not an Aligner adapter: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (written by save_aligner)"
+        )
     return json.loads(cfg_file.read_text())
 
 
-def load_aligner(model: nn.Module, path: str | Path) -> nn.Module:
+def load_aligner(model: Any, path: str | Path) -> nn.Module:
     """Apply the Aligner adapter saved in ``path`` to ``model`` (adds it first when absent)."""
     from safetensors.torch import load_file
 
@@ -303,14 +323,16 @@ def load_aligner(model: nn.Module, path: str | Path) -> nn.Module:
         if key in meta and meta[key] != getattr(cfg, key):
             raise AlignerError(
                 f"adapter {path} was trained on a model with {key}={meta[key]} but this model has "
-                f"{key}={getattr(cfg, key)}; load it on its base model {meta.get('base_model')!r}")
+                f"{key}={getattr(cfg, key)}; load it on its base model {meta.get('base_model')!r}"
+            )
     tokens, start = int(meta["tokens"]), int(meta["start_layer"])
     if getattr(model, "aligner", None) is None:
         add_aligner(model, tokens=tokens, start_layer=start)
     elif (model.aligner.tokens, model.aligner.start_layer) != (tokens, start):
         raise AlignerError(
             f"model already has an Aligner with tokens={model.aligner.tokens}, "
-            f"start_layer={model.aligner.start_layer}; the adapter at {path} has tokens={tokens}, start_layer={start}")
+            f"start_layer={model.aligner.start_layer}; the adapter at {path} has tokens={tokens}, start_layer={start}"
+        )
     state = load_file(str(Path(path) / WEIGHTS_NAME))
     with torch.no_grad():
         for name in ("prefix", "gate"):

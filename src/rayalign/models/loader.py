@@ -7,6 +7,8 @@ Specs:
   real SmolLM2 tokenizer; materialised once in the cache so every process (Ray workers, vLLM) sees
   the same weights.
 - a local folder holding ``config.json`` — loaded as is.
+- a URI (``s3://bucket/models/x``, ``gs://...``) of such a folder — downloaded once per node into a
+  content-keyed cache (``rayalign.storage.local_copy``), then loaded from there.
 - anything else (``org/name``) — a hub id, for clusters that reach a hub; offline it fails with a
   message saying how to fix it.
 
@@ -90,7 +92,7 @@ def _build_smollm2(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF loader marks the model as quantised although its Linear layers are plain fp32:
     # clear the marker so it saves (and later trains) as an ordinary checkpoint.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out), safe_serialization=True)
@@ -116,9 +118,17 @@ def tiny_config(arch: str, vocab_size: int, bos: int | None, eos: int | None):
     from transformers import AutoConfig
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, rope_theta=10000.0,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        rope_theta=10000.0,
     )
     return AutoConfig.for_model(arch, **common)
 
@@ -139,6 +149,13 @@ def _build_tiny(arch: str, out: Path) -> None:
 def resolve_model_path(spec: str) -> str:
     """Turn a spec into a local folder path (or a hub id on clusters with hub access)."""
     spec = str(spec).strip()
+    if "://" in spec:  # s3://, gs://...: downloaded once per node into the content-keyed cache
+        from rayalign import storage
+
+        folder = storage.local_copy(spec)
+        if not (folder / "config.json").exists():
+            raise ModelSpecError(f"{spec} holds no config.json: not a Hugging Face model folder")
+        return str(folder)
     if spec in BUILTIN_ALIASES:
         return str(_materialise(cache_dir() / "builtin-smollm2-135m-instruct", _build_smollm2))
     if spec.startswith("builtin:"):
@@ -183,8 +200,14 @@ def parse_dtype(dtype: Any, device: str | None = None):
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype not in table:
         raise ModelSpecError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
     return table[dtype]
@@ -205,16 +228,20 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(spec: str, dtype: Any = None, device: str | None = None, adapter: str | None = None,
-               trust_remote_code: bool = False, attn_implementation: str | None = "sdpa"):
+def load_model(
+    spec: str,
+    dtype: Any = None,
+    device: str | None = None,
+    adapter: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = "sdpa",
+):
     """Load a causal LM (weights through safetensors) and optionally apply an adapter folder."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
     torch_dtype = parse_dtype(dtype, device)
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                  use_safetensors=None)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -222,10 +249,99 @@ def load_model(spec: str, dtype: Any = None, device: str | None = None, adapter:
     except OSError as e:
         raise _hub_error(spec, e) from None
     if device:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` via a decorator that loses str
     if adapter:
         from rayalign.models.adapters import apply_adapter
 
         model = apply_adapter(model, adapter)
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside get their parameters on the meta device (no memory), buffers as usual.
+
+    Buffers such as rotary `inv_freq` are computed in `__init__` and are not in the weights files,
+    so they must stay real; parameters come from the files later (`fill_from_safetensors`).
+    """
+    import torch
+    from torch import nn
+
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kwargs = {"requires_grad": param.requires_grad}
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+
+    setattr(nn.Module, "register_parameter", register)  # noqa: B010 (patched for this block only)
+    try:
+        with torch.device("cpu"):
+            yield
+    finally:
+        setattr(nn.Module, "register_parameter", original)  # noqa: B010
+
+
+def build_on_meta(spec: str, dtype: Any = "fp32", trust_remote_code: bool = False):
+    """A causal LM whose parameters are on the meta device (shapes only), from the spec's config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(spec)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=parse_dtype(dtype), attn_implementation="sdpa", trust_remote_code=trust_remote_code
+        )
+    model.config.name_or_path = path
+    return model
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """tensor name → safetensors file of an HF folder (single file or sharded with an index)."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    single = folder / "model.safetensors"
+    if not single.exists():
+        raise ModelSpecError(f"{folder} has no model.safetensors(.index.json): meta-device loading needs safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def fill_from_safetensors(model, spec: str) -> int:
+    """Copy each parameter's LOCAL part from the model's safetensors files; returns elements read.
+
+    For an FSDP2-sharded model (DTensor parameters) a rank reads only the rows it owns (safetensors
+    slices are memory-mapped), so no process ever holds the whole model. Tied parameters appear
+    once in `named_parameters()` and are filled once.
+    """
+    import torch
+    from safetensors import safe_open
+
+    files = _weight_files(Path(resolve_model_path(spec)))
+    handles: dict[Path, Any] = {}
+    read = 0
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for name, param in model.named_parameters():
+            if name not in files:
+                raise ModelSpecError(f"{spec}: no tensor {name!r} in its safetensors files")
+            f = files[name]
+            if f not in handles:
+                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
+            local = param.to_local() if hasattr(param, "to_local") else param
+            if hasattr(param, "device_mesh"):
+                from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+                part = handles[f].get_slice(name)[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+            else:
+                part = handles[f].get_tensor(name)
+            local.copy_(part)
+            read += part.numel()
+    return read

@@ -1,34 +1,54 @@
-"""Checkpoints: a Hugging Face model folder plus the training state needed for an exact resume.
+"""Sharded training checkpoints with `torch.distributed.checkpoint` (DCP), local or on object storage.
 
     checkpoints/step-000010/
-        model/    config.json, model.safetensors, tokenizer, chat template (or a peft/Aligner adapter folder)
-        state/    trainer.pt (optimizer by parameter name, scheduler, step), trainable.safetensors
-                  (adapter runs), rng-rank{r}.pt (each rank's RNG streams)
-        COMPLETE  written last: a folder without it is a torn write and is ignored
+        dcp/          each rank's shards of {"model": weights, "optim": optimizer state} + .metadata;
+                      adapter runs (LoRA, Aligner) hold only the trainable tensors
+        model/        config.json, tokenizer, chat template (full runs: no weights, see export);
+                      adapter runs: the adapter folder itself (small, written by rank 0)
+        trainer.pt    scheduler state and step
+        rng-rank{r}.pt  each rank's RNG streams
+        COMPLETE      written last: a folder without it is a torn write and is ignored
 
-The data position is the step counter (see data.py), so nothing else is needed to resume.
+No rank ever gathers the model or the optimizer: each writes the shards it owns, and DCP reshards
+on load, so a run saved by N workers resumes on M. The data position is the step counter (see
+data.py), so nothing else is needed to resume.
+
+Object storage (`output_dir: s3://...`): each rank writes into a node-local staging folder, uploads
+the files it wrote, and after a barrier rank 0 writes `COMPLETE` (object stores have no rename).
+Async saves (`checkpoint.async_save`) return after the state is staged in memory; the write, the
+upload and the marker finish while training goes on, at the latest when the next save starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
 import shutil
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from rayalign.train import fsdp
+from rayalign import storage
 
 COMPLETE = "COMPLETE"
 
 
-def step_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+def step_dir(output_dir: str | Path, step: int) -> str:
+    return storage.join(str(output_dir), "checkpoints", f"step-{step:06d}")
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    root = Path(output_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists()) if root.is_dir() else []
+def complete_checkpoints(output_dir: str | Path) -> list[str]:
+    root = storage.join(str(output_dir), "checkpoints")
+    steps = [p for p in storage.glob(root, "step-*")] if storage.is_dir(root) else []
+    return [p for p in steps if storage.exists(storage.join(p, COMPLETE))]
+
+
+def latest_checkpoint(output_dir: str | Path) -> str | None:
+    done = complete_checkpoints(output_dir)
     return done[-1] if done else None
 
 
@@ -50,65 +70,171 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, tokenizer, peft_cfg,
-                    rank: int, distributed: bool) -> Path:
-    """Collective: every rank calls it. Rank 0 writes the folder; each rank writes its own RNG file."""
-    model_sd = fsdp.full_state_dict(model, distributed)
-    optim_sd = fsdp.full_optimizer_state(model, optimizer, distributed)
-    state_dir = path / "state"
+@contextlib.contextmanager
+def quiet_single_process():
+    """DCP warns on every call without a process group; one process is a supported, intended case."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def staging_dir(path: str) -> Path:
+    """Where a checkpoint is written before upload: the folder itself when local."""
+    if not storage.is_uri(path):
+        return Path(path)
+    key = hashlib.sha256(path.encode()).hexdigest()[:16]
+    return storage.cache_root() / "staging" / key
+
+
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def training_state(model, optimizer, adapter: bool) -> dict[str, Any]:
+    """{"model", "optim"} as DCP sees them: sharded DTensors under FSDP2, keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    weights = get_model_state_dict(model)
+    if adapter:  # the frozen base comes from the base model on resume: save only what training changes
+        keep = trainable_names(model)
+        weights = {k: v for k, v in weights.items() if k in keep}
+    return {"model": weights, "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+@dataclass
+class PendingSave:
+    """A save whose files may still be in flight; `commit` finishes it (a collective)."""
+
+    path: str
+    local: Path
+    step: int
+    future: Any = None
+    files_before: set[str] = field(default_factory=set)
+
+
+def save_checkpoint(
+    path: str,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    step: int,
+    tokenizer,
+    peft_cfg,
+    rank: int,
+    distributed: bool,
+    async_group=None,
+) -> PendingSave:
+    """Collective: every rank calls it. Returns a PendingSave to `commit` (now, or later when async)."""
+    import torch.distributed.checkpoint as dcp
+
+    local = staging_dir(path)
     if rank == 0:
-        shutil.rmtree(path, ignore_errors=True)
-        state_dir.mkdir(parents=True)
-        base = unwrap(model)
-        if peft_cfg.method == "none":
-            base.save_pretrained(str(path / "model"), state_dict=model_sd, safe_serialization=True)
+        shutil.rmtree(local, ignore_errors=True)
+        if storage.is_uri(path):
+            storage.remove_tree(path)
+    _barrier(distributed)
+    local.mkdir(parents=True, exist_ok=True)  # every node stages its own ranks' files
+    adapter = peft_cfg.method != "none"
+    state = training_state(model, optimizer, adapter)
+    _write_model_folder(local / "model", model, tokenizer, peft_cfg, rank)
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict(), "step": step}, local / "trainer.pt")
+    torch.save(rng_state(), local / f"rng-rank{rank}.pt")
+    pending = PendingSave(path, local, step)
+    if async_group is not None:
+        pending.future = dcp.async_save(state, checkpoint_id=str(local / "dcp"), process_group=async_group)
+    else:
+        with quiet_single_process():
+            dcp.save(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
+    return pending
+
+
+def commit(pending: PendingSave, rank: int, distributed: bool) -> str:
+    """Wait for the shards, upload this rank's files (object storage), then rank 0 writes COMPLETE."""
+    if pending.future is not None:
+        pending.future.result()
+    _barrier(distributed)
+    if storage.is_uri(pending.path):
+        _upload_own_files(pending, rank)
+        _barrier(distributed)
+    if rank == 0:
+        storage.write_text(storage.join(pending.path, COMPLETE), str(pending.step))
+    _barrier(distributed)
+    return pending.path
+
+
+def _upload_own_files(pending: PendingSave, rank: int) -> None:
+    """Rank r uploads the DCP shards it wrote (`__r_*`) and its RNG file; rank 0 everything else."""
+    for f in sorted(pending.local.rglob("*")):
+        if not f.is_file():
+            continue
+        name = f.name
+        if name.startswith("__") and name.endswith(".distcp"):
+            mine = name.startswith(f"__{rank}_")
+        elif name.startswith("rng-rank"):
+            mine = name == f"rng-rank{rank}.pt"
         else:
-            from safetensors.torch import save_file
+            mine = rank == 0
+        if mine:
+            rel = f.relative_to(pending.local).as_posix()
+            with storage.open_output(storage.join(pending.path, rel)) as out, open(f, "rb") as fh:
+                shutil.copyfileobj(fh, out, length=8 << 20)
 
-            from rayalign.models.adapters import save_adapter
 
-            save_adapter(base, peft_cfg, path / "model", state_dict=model_sd)
-            trainable = {n for n, p in base.named_parameters() if p.requires_grad}
-            save_file({k: v.contiguous() for k, v in model_sd.items() if k in trainable},
-                      str(state_dir / "trainable.safetensors"))
-        tokenizer.save_pretrained(str(path / "model"))
-        torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": step},
-                   state_dir / "trainer.pt")
-    _barrier(distributed)
-    torch.save(rng_state(), state_dir / f"rng-rank{rank}.pt")
-    _barrier(distributed)
+def _write_model_folder(folder: Path, model, tokenizer, peft_cfg, rank: int) -> None:
+    """config + tokenizer (full runs) or the adapter folder (adapter runs: gathers only trainable tensors)."""
+    base = unwrap(model)
+    if peft_cfg.method != "none":
+        from rayalign.models.adapters import save_adapter
+
+        gathered = {}
+        for name, p in base.named_parameters():
+            if p.requires_grad:  # small by construction; every rank joins the all-gather
+                full = getattr(p, "full_tensor", None)
+                gathered[name] = (full() if full is not None else p).detach().cpu()
+        if rank == 0:
+            save_adapter(base, peft_cfg, folder, state_dict=gathered)
+    elif rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        base.config.save_pretrained(str(folder))
+        gen = getattr(base, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(str(folder))
     if rank == 0:
-        (path / COMPLETE).write_text(str(step))
-    return path
+        tokenizer.save_pretrained(str(folder))
 
 
-def load_trainable(model, path: Path) -> None:
-    """Adapter runs: put back the trainable tensors (the frozen base comes from the base model)."""
-    from safetensors.torch import load_file
-
-    missing = load_file(str(path / "state" / "trainable.safetensors"))
-    result = model.load_state_dict(missing, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"checkpoint {path}: unexpected adapter tensors {result.unexpected_keys[:5]}")
+def local_checkpoint(path: str) -> Path:
+    """A local folder with the checkpoint's files (downloaded once per node for a URI)."""
+    return storage.local_copy(path)
 
 
-def load_training_state(path: Path, *, model, optimizer, scheduler, rank: int) -> int:
-    """Restore optimizer, scheduler and RNG; return the number of finished steps."""
-    state = torch.load(path / "state" / "trainer.pt", map_location="cpu", weights_only=True)
-    fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    rng_file = path / "state" / f"rng-rank{rank}.pt"
+def load_training_state(path: str, *, model, optimizer, scheduler, rank: int, adapter: bool, distributed: bool) -> int:
+    """Restore weights, optimizer (resharded to this world size), scheduler and RNG; return the step."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    local = local_checkpoint(path)
+    state = training_state(model, optimizer, adapter)
+    with quiet_single_process():
+        dcp.load(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=not adapter))
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optim"])
+    trainer = torch.load(local / "trainer.pt", map_location="cpu", weights_only=True)
+    scheduler.load_state_dict(trainer["scheduler"])
+    rng_file = local / f"rng-rank{rank}.pt"
     if rng_file.exists():  # absent when resuming on more ranks than were saved
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    return int(state["step"])
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return int(trainer["step"])
 
 
-def prune(output_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:
-    root = Path(output_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists())
+def prune(output_dir: str | Path, keep_last: int, protect: str | None = None) -> None:
+    done = complete_checkpoints(output_dir)
     for old in done[:-keep_last] if keep_last > 0 else []:
-        if protect is None or old.resolve() != protect.resolve():
-            shutil.rmtree(old, ignore_errors=True)
+        if old != protect:
+            storage.remove(storage.join(old, COMPLETE))  # unmark first: a half-deleted folder is absent
+            storage.remove_tree(old)
 
 
 def _barrier(distributed: bool) -> None:

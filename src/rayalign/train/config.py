@@ -7,11 +7,11 @@ inputs itself, and `ray/` (Ray Train's own copy of reported checkpoints) when ru
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rayalign.config import Cfg
+from rayalign.config import Cfg, DType
 from rayalign.data.shards import PoolConfig
 from rayalign.models.adapters import PeftConfig
 
@@ -28,7 +28,9 @@ class ObjectiveSpec(BaseModel):
 
 class TrainDataConfig(Cfg):
     path: str | None = None  # a prepared dataset folder (parquet shards + manifest.json)
-    inputs: list[str] = []  # or raw files: the stage runs `prepare` into <output_dir>/prepared first
+    inputs: list[str] = Field(
+        default_factory=list
+    )  # or raw files: the stage runs `prepare` into <output_dir>/prepared first
     max_length: int = 1024
     seq_len: int = 1024
     overlength: Literal["truncate", "quarantine"] = "quarantine"
@@ -50,20 +52,28 @@ class OptimConfig(Cfg):
 class CheckpointConfig(Cfg):
     every: int = 0  # steps between periodic checkpoints (0: only the final one)
     keep_last: int = 2  # periodic checkpoints kept in the run folder and by Ray
+    # write shards in a background thread while training goes on (committed before the next save)
+    async_save: bool = False
+    export: bool = True  # export the final checkpoint as a Hugging Face folder (<output_dir>/final)
 
 
 class ScalingConfig(Cfg):
+    """How much hardware, not what is computed: left out of the config hash (2 workers = 1 process)."""
+
+    resource_config: ClassVar[bool] = True
     workers: int = 0  # 0: run in this process (no Ray); N ≥ 1: Ray Train TorchTrainer with N workers
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
-    resources_per_worker: dict[str, float] = {}
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     max_failures: int = 1
     report_every: int = 10  # steps between metric reports to Ray (each costs a round-trip)
     storage_path: str | None = None  # Ray Train storage (local dir or s3://); default <output_dir>/ray
 
 
 class TrainConfig(Cfg):
+    resource_fields: ClassVar[frozenset[str]] = frozenset({"scaling", "torch_threads", "progress"})
+
     model: str = "builtin:smollm2-135m-instruct"
     output_dir: str
     name: str = "train"
@@ -79,10 +89,12 @@ class TrainConfig(Cfg):
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 0
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 mixed precision on GPU, fp32 on CPU
+    dtype: DType = "auto"  # auto: bf16 mixed precision on GPU, fp32 on CPU
     activation_checkpointing: bool = False
     log_every: int = 1
-    tensorboard: bool = False  # only if the tensorboard package is installed
+    tensorboard: bool = False  # same as listing tensorboard in report_to
+    # experiment trackers (optional extra `tracking`): run name, config, per-step metrics
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
     progress: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default: looked up for known GPUs
     stop_at_step: int | None = None  # save a checkpoint and stop early (resume later with the same config)

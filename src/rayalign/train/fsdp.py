@@ -30,36 +30,15 @@ def shard_model(model: nn.Module, device: torch.device, world: int, mixed_precis
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if mixed_precision else MixedPrecisionPolicy())
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision
+        else MixedPrecisionPolicy()
+    )
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)  # moves the local shards to the mesh's device
     return model
-
-
-def full_state_dict(model: nn.Module, distributed: bool) -> dict:
-    """Full (unsharded) CPU state dict on rank 0 ({} elsewhere); a collective when distributed."""
-    if not distributed:
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def full_optimizer_state(model: nn.Module, optimizer, distributed: bool) -> dict:
-    """Optimizer state keyed by parameter name (portable across world sizes); rank 0 gets it all."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=distributed)
-    return get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
 
 
 def grad_norm_value(norm: torch.Tensor) -> torch.Tensor:

@@ -9,15 +9,31 @@ worker failure. Other stages (prefer, reward) call `launch(cfg)` with their own 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from rayalign import storage
+from rayalign.results import StageResult
 from rayalign.train.config import TrainConfig
 from rayalign.train.loop import LocalHooks, train_loop
 
-# Environment forwarded to Ray Train workers (the test hook and thread limits).
-FORWARD_ENV = ("RAYALIGN_TEST_KILL_AT_STEP", "RAYALIGN_CACHE", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+# Environment forwarded to Ray Train workers: model cache, hub mode, object-store endpoint/credentials
+# (values travel in the runtime env, never into logs or summaries).
+FORWARD_ENV = (
+    "RAYALIGN_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_TOKEN",
+    "TOKENIZERS_PARALLELISM",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "WANDB_MODE",
+    "WANDB_DIR",
+    "MLFLOW_TRACKING_URI",
+)
 
 
 class RayHooks(LocalHooks):
@@ -47,16 +63,16 @@ class RayHooks(LocalHooks):
         ray.train.report(metrics, checkpoint=ck)
 
 
-def _ray_worker(config: dict) -> None:
+def _ray_worker(config: dict) -> None:  # Ray Train's worker function
     train_loop(config, hooks=RayHooks())
 
 
-def launch(cfg: TrainConfig) -> dict:
+def launch(cfg: TrainConfig) -> StageResult:
     from rayalign.train.objective import get_objective
 
     get_objective(cfg.objective.name, **cfg.objective.kwargs())  # a bad name fails here, not in N workers
-    out = Path(cfg.output_dir).resolve()
-    cfg = cfg.model_copy(update={"output_dir": str(out)})
+    out = cfg.output_dir if storage.is_uri(cfg.output_dir) else str(Path(cfg.output_dir).resolve())
+    cfg = cfg.model_copy(update={"output_dir": out})
     if cfg.scaling.workers == 0:
         return train_loop(cfg)
 
@@ -71,23 +87,25 @@ def launch(cfg: TrainConfig) -> dict:
     if sc.use_gpu:
         resources["GPU"] = sc.gpus_per_worker
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-    env.update(OMP_NUM_THREADS=str(cfg.torch_threads), RAYALIGN_TRAIN_WORKER="1")
+    env.update(OMP_NUM_THREADS=str(cfg.torch_threads))
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=sc.workers, use_gpu=sc.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.workers, use_gpu=sc.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=sc.storage_path or str(out / "ray"),
+            name=cfg.name,
+            storage_path=sc.storage_path or storage.join(out, "ray"),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, cfg.checkpoint.keep_last)),
-            worker_runtime_env={"env_vars": env},
+            worker_runtime_env={"env_vars": env},  # type: ignore[call-arg]  # Train V2 RunConfig; stubs show the AIR one
         ),
     )
     result = trainer.fit()
-    # Rank 0 wrote the summary into the run folder (shared storage on a multi-node cluster).
-    summary = json.loads((out / "summary.json").read_text())
+    # Rank 0 wrote the summary into the run folder (a local folder or object storage).
+    summary = StageResult.from_json(storage.read_json(storage.join(out, "summary.json")))
     if result.checkpoint is not None:
-        summary["ray_checkpoint"] = result.checkpoint.path
+        summary.details["ray_checkpoint"] = result.checkpoint.path
     return summary

@@ -1,4 +1,4 @@
-"""Per-step metrics: JSONL in the run folder, a rich progress bar and (optionally) TensorBoard, rank 0 only.
+"""Per-step metrics: JSONL in the run folder, a rich progress bar and the trackers of `report_to`, rank 0 only.
 
 MFU uses the usual 6·N FLOPs per trained token (forward 2N + backward 4N), N = model parameters,
 against the per-device peak given in the config or looked up for known GPUs (bf16 dense).
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
+from rayalign import storage
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
@@ -28,33 +30,40 @@ def peak_flops(device, configured: float | None) -> float | None:
 
 
 class MetricsWriter:
-    def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int, total_steps: int,
-                 progress: bool, tensorboard: bool):
+    """Rank 0 appends one JSON line per logged step to a local file and feeds the trackers.
+
+    A run folder on object storage gets the file uploaded at every `sync()` (checkpoints, the end):
+    object stores cannot append, and a resumed run must see the steps logged before its checkpoint.
+    """
+
+    def __init__(self, output_dir: str, enabled: bool, resume_step: int, total_steps: int, cfg):
+        from rayalign.train.tracking import open_trackers
+
         self.enabled = enabled
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.bar = self.tb = None
+        self.target = storage.join(output_dir, "metrics.jsonl")
+        self.local_dir = run_local_dir(output_dir)
+        self.path = self.local_dir / "metrics.jsonl"
+        self.bar = None
+        self.trackers: list = []
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.local_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run rewrites the steps after its checkpoint: drop lines a crashed attempt logged.
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step:
-                    kept.append(line)
+        previous = storage.read_text(self.target) if storage.exists(self.target) else ""
+        kept = [x for x in previous.splitlines() if x.strip() and json.loads(x).get("step", 0) <= resume_step]
         self.path.write_text("".join(x + "\n" for x in kept))
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
-            except ImportError:
-                print("[train] tensorboard is not installed; metrics go to metrics.jsonl only")
-        if progress:
+        names = list(cfg.report_to) + (["tensorboard"] if cfg.tensorboard else [])
+        self.trackers = open_trackers(names, self.local_dir, cfg.name, cfg.model_dump(mode="json"))
+        if cfg.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
             self.task = self.bar.add_task("train", total=total_steps, completed=resume_step, info="")
             self.bar.start()
 
@@ -64,21 +73,41 @@ class MetricsWriter:
         record = {"time": time.time(), **record}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "time"):
-                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+        numbers = {
+            k: float(v)
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")
+        }
+        for t in self.trackers:
+            t.log(numbers, record["step"])
         if self.bar is not None:
-            self.bar.update(self.task, completed=record["step"],
-                            info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
+            self.bar.update(
+                self.task,
+                completed=record["step"],
+                info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s",
+            )
+
+    def sync(self) -> None:
+        if self.enabled and storage.is_uri(self.target):
+            storage.write_bytes(self.target, self.path.read_bytes())
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-        if self.tb is not None:
-            self.tb.close()
+        for t in self.trackers:
+            t.close()
+        self.sync()
+
+
+def run_local_dir(output_dir: str) -> Path:
+    """The run folder itself when local; a node-local mirror for a run folder on object storage."""
+    if not storage.is_uri(output_dir):
+        return Path(output_dir)
+    import hashlib
+
+    return storage.cache_root() / "runs" / hashlib.sha256(output_dir.encode()).hexdigest()[:16]
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
-    p = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+    p = storage.join(str(output_dir), "metrics.jsonl")
+    return [json.loads(x) for x in storage.read_text(p).splitlines() if x.strip()] if storage.exists(p) else []

@@ -9,9 +9,9 @@ tokenises and packs itself into `<output_dir>/prepared` with `rayalign prepare` 
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from rayalign import storage
 from rayalign.config import ConfigError
+from rayalign.results import StageResult
 from rayalign.train.config import ObjectiveSpec, TrainConfig
 
 
@@ -31,21 +31,31 @@ def ensure_prepared(cfg: TrainConfig, kind: str) -> TrainConfig:
         raise ConfigError("data: give either data.path (a prepared dataset folder) or data.inputs (raw files)")
     from rayalign.data.prepare import PrepareConfig, run_prepare
 
-    target = Path(cfg.output_dir) / "prepared"
+    target = storage.join(cfg.output_dir, "prepared")
     d = cfg.data
-    run_prepare(PrepareConfig(kind=kind, inputs=d.inputs, output=str(target), model=cfg.model,
-                              max_length=d.max_length, seq_len=d.seq_len, overlength=d.overlength, pool=d.pool))
-    data = d.model_copy(update={"path": str(target)})
+    run_prepare(
+        PrepareConfig(
+            kind=kind,
+            inputs=d.inputs,
+            output=target,
+            model=cfg.model,
+            max_length=d.max_length,
+            seq_len=d.seq_len,
+            overlength=d.overlength,
+            pool=d.pool,
+        )
+    )
+    data = d.model_copy(update={"path": target})
     return cfg.model_copy(update={"data": data})
 
 
-def run_sft(cfg: SFTConfig) -> dict:
+def run_sft(cfg: SFTConfig) -> StageResult:
     from rayalign.train.launcher import launch
 
     return launch(ensure_prepared(cfg, "chat"))
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
+def run_pretrain(cfg: PretrainConfig) -> StageResult:
     from rayalign.train.launcher import launch
 
     return launch(ensure_prepared(cfg, "corpus"))
