@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "run": "rayalign.pipeline:main",
     "serve": "rayalign.serve.cli:main",
     "inspect": "rayalign.data.inspect:main",
+    "export": "rayalign.models.export:main",
 }
 
 
