@@ -48,12 +48,13 @@ def test_apo_zero_hand_worked():
 
 
 def test_apo_down_hand_worked_raw_log_ratios():
-    """L = σ(r_w) − σ(r_w − r_l) = σ(0.2) − σ(0.3) = 0.549834 − 0.574443 = −0.024609.
+    """The paper's σ(r_w) − σ(r_w − r_l) = σ(0.2) − σ(0.3) = 0.549834 − 0.574443 = −0.024609, reported
+    shifted by 1 to stay ≥ 0: L = σ(r_w) + 1 − σ(r_w − r_l) = 0.975391 (the gradient tests below are unchanged).
 
     Both terms use the raw log-ratios (r_w and r_w − r_l), as in the paper.
     """
     loss, _ = apo_down(base_pair(), beta=0.1)
-    close(loss, -0.024609)
+    close(loss, -0.024609 + 1.0)
 
 
 def test_dpo_hand_worked():
@@ -64,8 +65,8 @@ def test_dpo_hand_worked():
 
 
 def test_ipo_hand_worked():
-    """L = (h_w − h_l − 1/(2β))² = (2 − (−1) − 5)² = (−2)² = 4.0; rewards reported as β·h."""
-    loss, m = ipo(base_pair(), beta=0.1)
+    """Summed form: L = (h_w − h_l − 1/(2β))² = (2 − (−1) − 5)² = (−2)² = 4.0; rewards reported as β·h."""
+    loss, m = ipo(base_pair(), beta=0.1, token_average=False)
     close(loss, 4.0)
     close(m["rewards_chosen"], 0.2)
 

@@ -41,32 +41,36 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return token_logps.sum(-1), keep.sum(-1)
 
 
-def scored_token_logps(hidden: torch.Tensor, head: torch.nn.Module,
-                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sums_by_sequence(logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor,
+                     n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sums of target log-probs and target counts from flat scored positions.
+
+    logits: [N, V] at the N positions that predict a target, targets: [N] token ids, sequence: [N]
+    the index (0..n-1) of the sequence each target belongs to (a padded row, or one of several
+    sequences packed into a row).
+    """
+    logits = logits.float()
+    token_logps = torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, sequence, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=sequence.device).index_add(0, sequence, torch.ones_like(sequence))
+    return sums, counts
+
+
+def scored_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                       sequence: torch.Tensor | None = None, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `sequence_logps`, but from the last hidden states: the vocabulary projection `head` runs
     only on the positions that predict a scored token, so prompt and padding positions never pay the
     V-wide matmul nor hold [tokens, V] logits for backward.
 
-    hidden: [B, T, H], labels: [B, T] aligned with the inputs (−100 = not scored).
+    hidden: [B, T, H], labels: [B, T] aligned with the inputs (−100 = not scored). Sums are per row,
+    or per packed sequence when `sequence` ([B, T], the sequence index of every position) and the
+    number of sequences `n` are given.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE
+    if sequence is None:
+        sequence = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+        n = labels.shape[0]
+    assert n is not None, "n (the number of sequences) goes with `sequence`"
     picked_hidden = hidden[:, :-1][keep]  # [N, H], N = scored tokens of the whole batch
-    logits = head(picked_hidden).float()  # [N, V]
-    token_logps = torch.gather(logits, 1, targets[keep].unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[keep]
-    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device)
-    return sums.index_add(0, rows, token_logps), keep.sum(-1)
-
-
-def response_window(labels: torch.Tensor) -> int:
-    """How many trailing positions of the batch hold every scored token, plus the one before.
-
-    With right padding, position t's logits are needed only from the first target's predecessor
-    on; passing this as ``logits_to_keep`` skips the lm-head (V-wide) on the shared prompt part.
-    """
-    scored = (labels != IGNORE).any(0)
-    if not bool(scored.any()):
-        return labels.shape[1]
-    first = int(scored.nonzero()[0, 0])
-    return labels.shape[1] - max(first - 1, 0)
+    return sums_by_sequence(head(picked_hidden), targets[keep], sequence[:, 1:][keep], n)

@@ -92,7 +92,7 @@ def pairs_with_reference(cfg: PreferConfig, log=print) -> str:
 
 def run_prefer(cfg: PreferConfig, log=print) -> dict:
     from rayalign.train.launcher import launch
-    from rayalign.train.objective import get_objective
+    from rayalign.objectives import get_objective
 
     objective = get_objective(cfg.objective.name, **cfg.objective.kwargs())  # bad names/params fail here
     if objective.model_class != "causal_lm":
@@ -126,7 +126,7 @@ def evaluate_policy(cfg: TrainConfig, summary: dict, data: str) -> dict:
 
 def run_reward(cfg: RewardConfig, log=print) -> dict:
     from rayalign.train.launcher import launch
-    from rayalign.train.objective import get_objective
+    from rayalign.objectives import get_objective
 
     objective = get_objective(cfg.objective.name, **cfg.objective.kwargs())
     if objective.model_class != "sequence_classification":

@@ -52,7 +52,7 @@ def _ray_worker(config: dict) -> None:
 
 
 def launch(cfg: TrainConfig) -> dict:
-    from rayalign.train.objective import get_objective
+    from rayalign.objectives import get_objective
 
     get_objective(cfg.objective.name, **cfg.objective.kwargs())  # a bad name fails here, not in N workers
     out = Path(cfg.output_dir).resolve()

@@ -125,7 +125,7 @@ def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> dict:
     from rayalign.models.loader import load_tokenizer
     from rayalign.train.data import DataOrder, RowSource
     from rayalign.train.metrics import MetricsWriter, peak_flops
-    from rayalign.train.objective import get_objective
+    from rayalign.objectives import get_objective
 
     objective = get_objective(cfg.objective.name, **cfg.objective.kwargs())
     tokenizer = load_tokenizer(cfg.model)

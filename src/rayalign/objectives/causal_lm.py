@@ -1,65 +1,15 @@
-"""What the train loop optimises: a registry of objectives behind one small protocol.
+"""The causal-LM objective (pretraining and assistant-only SFT) over packed rows.
 
-The loop never branches on a loss name. It asks the objective to (1) collate parquet rows into
-tensors, (2) count the normalisation units in a micro-batch (target tokens, pairs, ...) and (3)
-return the SUM of per-unit losses. The loop divides by the GLOBAL count of the whole optimizer step
-(all micro-batches on all ranks), so 4 micro-batches of 1 row equal 1 micro-batch of 4 rows and
-2 ranks equal 1 process.
-
-Other components add entries to OBJECTIVES ("name" -> "module:factory"); the factory gets the
-`objective:` section of the train config minus `name` as keyword arguments.
+Rows follow PACKED_SCHEMA (input_ids, labels, position_ids); the loss is the SUM of next-token
+negative log-likelihoods over the target tokens, and `count` is the number of target tokens.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Protocol
-
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
-
-
-class Objective(Protocol):
-    name: str
-    needs_reference: bool  # True: the loop keeps a frozen reference model unless rows carry ref log-probs
-    model_class: str  # "causal_lm" or "sequence_classification" (num_labels=1)
-
-    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]: ...
-
-    def count(self, batch: dict) -> torch.Tensor: ...
-
-    def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-
-
-OBJECTIVES: dict[str, str] = {
-    "sft": "rayalign.train.objective:CausalLMObjective",
-    "pretrain": "rayalign.train.objective:CausalLMObjective",
-    "causal_lm": "rayalign.train.objective:CausalLMObjective",
-    "apo_zero": "rayalign.objectives.pairs:apo_zero",
-    "apo_down": "rayalign.objectives.pairs:apo_down",
-    "dpo": "rayalign.objectives.pairs:dpo",
-    "ipo": "rayalign.objectives.pairs:ipo",
-    "simpo": "rayalign.objectives.pairs:simpo",
-    "orpo": "rayalign.objectives.pairs:orpo",
-    "kto": "rayalign.objectives.pairs:kto",
-    "apo_zero_unpaired": "rayalign.objectives.pairs:apo_zero_unpaired",
-    "reward": "rayalign.objectives.pairs:reward",
-}
-
-
-def get_objective(name: str, **kwargs: Any) -> Objective:
-    if name not in OBJECTIVES:
-        from rayalign.config import ConfigError
-
-        raise ConfigError(f"objective.name: unknown objective {name!r}; available: {', '.join(sorted(OBJECTIVES))}")
-    module, factory = OBJECTIVES[name].split(":")
-    obj = getattr(importlib.import_module(module), factory)(**kwargs)
-    if getattr(obj, "name", None) in (None, "", "causal_lm") and name != "causal_lm":
-        obj.name = name
-    return obj
-
+from rayalign.objectives.logps import IGNORE
 
 def pad_to(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
     n = length or max(len(s) for s in seqs)
