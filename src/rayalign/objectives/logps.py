@@ -15,6 +15,11 @@ import torch
 IGNORE = -100
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 → fp32 for the log-softmax (a 50k-word vocabulary loses digits in bf16); fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of target-token log-probs per row, and the number of target tokens per row.
@@ -32,7 +37,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     keep = targets != IGNORE
     if mask is not None:
         keep = keep & mask[:, 1:].bool()
-    logits = logits[:, :-1].float()
+    logits = at_least_fp32(logits[:, :-1])
     safe = targets.masked_fill(~keep, 0)  # any valid index; masked out below
     # log softmax at the target only: logit[target] - logsumexp(logits), without a [B, T, V] copy
     picked = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1)
@@ -49,7 +54,7 @@ def sums_by_sequence(logits: torch.Tensor, targets: torch.Tensor, sequence: torc
     the index (0..n-1) of the sequence each target belongs to (a padded row, or one of several
     sequences packed into a row).
     """
-    logits = logits.float()
+    logits = at_least_fp32(logits)
     token_logps = torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, sequence, token_logps)
     counts = torch.zeros(n, dtype=torch.long, device=sequence.device).index_add(0, sequence, torch.ones_like(sequence))

@@ -88,7 +88,7 @@ class ReferenceProcessor:
     def process(self, rows: list[dict]) -> ProcessResult:
         import torch
 
-        from rayalign.objectives.pairs import collate_pairs, pair_logps
+        from rayalign.objectives.pairs import pack_pairs, pair_logps
 
         good, quarantine = [], []
         for i, row in enumerate(rows):
@@ -106,7 +106,7 @@ class ReferenceProcessor:
         with torch.inference_mode():
             for start in range(0, len(order), bs):
                 idx = order[start:start + bs]
-                batch = collate_pairs([good[i] for i in idx], self.tok.pad_token_id)
+                batch = pack_pairs([good[i] for i in idx], self.tok.pad_token_id)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 chosen, rejected, n_c, n_r = (t.cpu().tolist() for t in pair_logps(self.model, batch))
                 for j, i in enumerate(idx):
