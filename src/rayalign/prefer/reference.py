@@ -8,19 +8,19 @@ them if needed and adds ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log 
 response tokens) and the response token counts. Training then reads these columns, so the
 reference model never sits in training memory and is never run twice over the same pair.
 
-The batch layout and the log-prob function are the training objective's own (`collate_pairs`,
+The batch layout and the log-prob function are the training objective's own (`pack_pairs`,
 `pair_logps`), which is what makes precomputed and on-the-fly reference log-probs agree.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 import pyarrow as pa
 
-from rayalign.config import Cfg, ConfigError
+from rayalign.config import Cfg, ConfigError, DType
 from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, dataset_files, quarantine_row, run_sharded
+from rayalign.prefer.common import dataset_result
+from rayalign.results import StageResult
 
 INT_LIST = pa.list_(pa.int32())
 REFERENCE_COLUMNS = [("ref_chosen_logp", pa.float64()), ("ref_rejected_logp", pa.float64()),
@@ -35,11 +35,13 @@ def reference_schema() -> pa.Schema:
 
 
 class ReferenceConfig(Cfg):
+    resource_fields = frozenset({"batch_size", "pool"})
+
     inputs: list[str]  # raw pair files, or folders written by `prepare` (kind: pairs) / `reference`
     output: str
     model: str = "builtin:smollm2-135m-instruct"  # the reference policy (usually the SFT checkpoint)
     adapter: str | None = None  # a LoRA/Aligner folder applied on top of `model`
-    dtype: Literal["auto", "fp32", "bf16"] = "fp32"
+    dtype: DType = "fp32"
     max_length: int = 1024  # prompt + longest response, in tokens; longer pairs are quarantined
     batch_size: int = 8  # pairs per forward pass (2 × rows: chosen and rejected together)
     pool: PoolConfig = PoolConfig()
@@ -126,14 +128,16 @@ def has_reference_columns(path: str | Path) -> bool:
     return bool(files) and "ref_chosen_logp" in pq.read_schema(files[0]).names
 
 
-def run_reference(cfg: ReferenceConfig, log=print) -> dict:
+def run_reference(cfg: ReferenceConfig, log=print) -> StageResult:
     files, kind = split_inputs(cfg.inputs)
     manifest = run_sharded("reference", files, cfg.output, lambda: ReferenceProcessor(cfg), kind=kind,
                            pool=cfg.pool, config_hash=cfg.hash(),
                            extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter}, log=log)
-    c = manifest["counts"]
-    log(f"[reference] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} pairs "
+    result = dataset_result("reference", cfg.output, manifest, model=cfg.model, adapter=cfg.adapter)
+    c = result.counts
+    assert c is not None
+    log(f"[reference] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} pairs "
         f"with reference log-probs of {cfg.model}")
-    for reason, n in c["by_reason"].items():
+    for reason, n in c.by_reason.items():
         log(f"    quarantined {n:5d}  {reason}")
-    return manifest
+    return result

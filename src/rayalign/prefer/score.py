@@ -17,9 +17,13 @@ from typing import Literal
 
 from rayalign.config import Cfg
 from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.prefer.common import dataset_result
+from rayalign.results import StageResult
 
 
 class ScoreConfig(Cfg):
+    resource_fields = frozenset({"batch_size", "pool"})
+
     inputs: list[str]
     output: str
     model: str  # a reward-model folder written by `rayalign reward` (its `checkpoint`)
@@ -49,7 +53,7 @@ class ScoreProcessor:
         import torch
 
         from rayalign.models.loader import load_tokenizer, resolve_model_path
-        from rayalign.prefer.evaluate import load_reward_model
+        from rayalign.objectives.accuracy import load_reward_model
 
         self.cfg = cfg
         self.device = "cuda" if cfg.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -130,13 +134,15 @@ class ScoreProcessor:
         return ProcessResult(good, quarantine, stats)
 
 
-def run_score(cfg: ScoreConfig, log=print) -> dict:
+def run_score(cfg: ScoreConfig, log=print) -> StageResult:
     kind = None if cfg.kind == "responses" else cfg.kind  # responses rows are validated by the processor
     manifest = run_sharded("score", cfg.inputs, cfg.output, lambda: ScoreProcessor(cfg), kind=kind, pool=cfg.pool,
                            config_hash=cfg.hash(), extra={"kind": cfg.kind, "model": cfg.model}, log=log)
-    c, st = manifest["counts"], manifest["stats"]
-    log(f"[score] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} scored rows")
-    if cfg.kind == "pairs" and c["out_rows"]:
-        manifest["chosen_win_rate"] = st.get("chosen_wins", 0.0) / c["out_rows"]
-        log(f"[score] reward model prefers the chosen response in {manifest['chosen_win_rate']:.3f} of pairs")
-    return manifest
+    result = dataset_result("score", cfg.output, manifest, kind=cfg.kind, model=cfg.model)
+    c = result.counts
+    assert c is not None
+    log(f"[score] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} scored rows")
+    if cfg.kind == "pairs" and c.out_rows:
+        result.metrics["chosen_win_rate"] = result.metrics.get("chosen_wins", 0.0) / c.out_rows
+        log(f"[score] reward model prefers the chosen response in {result.metrics['chosen_win_rate']:.3f} of pairs")
+    return result
