@@ -12,8 +12,10 @@ from rayalign.objectives.causal_lm import CausalLMObjective, token_nll_sum
 
 
 def test_collate_pads_rows_and_continues_positions():
-    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "position_ids": [0, 1, 2]},
-            {"input_ids": [8], "labels": [-100], "position_ids": [0]}]
+    rows = [
+        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "position_ids": [0, 1, 2]},
+        {"input_ids": [8], "labels": [-100], "position_ids": [0]},
+    ]
     b = CausalLMObjective().collate(rows, pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [-100, -100, -100]]

@@ -25,12 +25,38 @@ import torch.nn.functional as F
 from rayalign.objectives import OBJECTIVES, get_objective
 from rayalign.objectives.pairs import MixtureObjective
 from rayalign.objectives.preference import (
-    PREFERENCE_LOSSES, PairLogps, aot, aot_unpaired, bco_pair, chosen_nll, discopop, dpo, exo_pair, hinge, ipo,
-    nca_pair, robust, rpo, sigmoid_norm, sppo_hard, weighted_mixture,
+    PREFERENCE_LOSSES,
+    PairLogps,
+    aot,
+    aot_unpaired,
+    bco_pair,
+    chosen_nll,
+    discopop,
+    dpo,
+    exo_pair,
+    hinge,
+    ipo,
+    nca_pair,
+    robust,
+    rpo,
+    sigmoid_norm,
+    sppo_hard,
+    weighted_mixture,
 )
 
-NEW = ["hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "aot", "aot_unpaired", "discopop", "exo_pair",
-       "sigmoid_norm", "rpo"]
+NEW = [
+    "hinge",
+    "robust",
+    "bco_pair",
+    "nca_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "discopop",
+    "exo_pair",
+    "sigmoid_norm",
+    "rpo",
+]
 
 
 def t(*xs: float, grad: bool = False) -> torch.Tensor:
@@ -38,8 +64,14 @@ def t(*xs: float, grad: bool = False) -> torch.Tensor:
 
 
 def base_pair(grad: bool = False) -> PairLogps:
-    return PairLogps(chosen=t(-3.0, grad=grad), rejected=t(-7.0, grad=grad), ref_chosen=t(-5.0), ref_rejected=t(-6.0),
-                     chosen_tokens=torch.tensor([4]), rejected_tokens=torch.tensor([3]))
+    return PairLogps(
+        chosen=t(-3.0, grad=grad),
+        rejected=t(-7.0, grad=grad),
+        ref_chosen=t(-5.0),
+        ref_rejected=t(-6.0),
+        chosen_tokens=torch.tensor([4]),
+        rejected_tokens=torch.tensor([3]),
+    )
 
 
 def close(x: torch.Tensor, expected: float, tol: float = 1e-6) -> None:
@@ -135,14 +167,23 @@ def test_aot_sorts_over_the_batch():
 
 def test_weighted_mixture_and_objective():
     """0.8·DPO + 0.2·BCO-pair + 1.0·chosen NLL = 0.8·0.554355 + 0.2·1.242536 + 0.75 = 1.441991."""
-    parts = [("dpo", 0.8, dpo, {"beta": 0.1}), ("bco_pair", 0.2, bco_pair, {"beta": 0.1}),
-             ("chosen_nll", 1.0, chosen_nll, {})]
+    parts = [
+        ("dpo", 0.8, dpo, {"beta": 0.1}),
+        ("bco_pair", 0.2, bco_pair, {"beta": 0.1}),
+        ("chosen_nll", 1.0, chosen_nll, {}),
+    ]
     loss, m = weighted_mixture(base_pair(), parts)
     close(loss, 1.441991)
     close(m["loss_bco_pair"], 1.242536)
     close(m["margins"], 0.3)  # the first part's rewards
-    obj = get_objective("mixture", losses=[{"name": "dpo", "weight": 0.8, "beta": 0.1},
-                                           {"name": "bco_pair", "weight": 0.2}, {"name": "chosen_nll"}])
+    obj = get_objective(
+        "mixture",
+        losses=[
+            {"name": "dpo", "weight": 0.8, "beta": 0.1},
+            {"name": "bco_pair", "weight": 0.2},
+            {"name": "chosen_nll"},
+        ],
+    )
     assert isinstance(obj, MixtureObjective) and obj.needs_reference
     assert not get_objective("mixture", losses=[{"name": "simpo"}, {"name": "chosen_nll"}]).needs_reference
     from rayalign.config import ConfigError
@@ -178,8 +219,18 @@ def test_new_losses_prefer_chosen(name):
 # ---- TRL's formulas (trl 1.16, DPOTrainer._compute_loss), on random log-probs ----------------------------
 
 
-def trl_loss(loss_type: str, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_len,
-             rejected_len, beta: float, label_smoothing: float = 0.0, discopop_tau: float = 0.05) -> torch.Tensor:
+def trl_loss(
+    loss_type: str,
+    chosen_logps,
+    rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    chosen_len,
+    rejected_len,
+    beta: float,
+    label_smoothing: float = 0.0,
+    discopop_tau: float = 0.05,
+) -> torch.Tensor:
     """TRL's per-sequence loss for one loss_type (reverse-KL scores, no WPO weighting), as in its source."""
     chosen_logratios = chosen_logps - ref_chosen_logps
     rejected_logratios = rejected_logps - ref_rejected_logps
@@ -210,15 +261,19 @@ def trl_loss(loss_type: str, chosen_logps, rejected_logps, ref_chosen_logps, ref
         return (chosen_logratios - 0.5 / beta) ** 2 + (rejected_logratios + 0.5 / beta) ** 2
     if loss_type in ("aot", "aot_unpaired"):
         if loss_type == "aot":
-            delta = (torch.sort(chosen_logps - rejected_logps, dim=0)[0]
-                     - torch.sort(ref_chosen_logps - ref_rejected_logps, dim=0)[0])
+            delta = (
+                torch.sort(chosen_logps - rejected_logps, dim=0)[0]
+                - torch.sort(ref_chosen_logps - ref_rejected_logps, dim=0)[0]
+            )
         else:
             delta = torch.sort(chosen_logratios, dim=0)[0] - torch.sort(rejected_logratios, dim=0)[0]
         return -F.logsigmoid(beta * delta) * (1 - label_smoothing) - F.logsigmoid(-beta * delta) * label_smoothing
     if loss_type == "apo_zero":
         return (1 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
     if loss_type == "apo_down":
-        return torch.sigmoid(beta * chosen_logratios) + (1 - torch.sigmoid(beta * (chosen_logratios - rejected_logratios)))
+        return torch.sigmoid(beta * chosen_logratios) + (
+            1 - torch.sigmoid(beta * (chosen_logratios - rejected_logratios))
+        )
     if loss_type == "discopop":
         logits = delta_score * beta
         mod = torch.sigmoid(logits / discopop_tau)
@@ -280,10 +335,19 @@ def test_rpo_and_mixture_equal_trl_weighted_loss_types():
     beta, alpha = 0.1, 0.7
     trl_rpo = trl_loss("sigmoid", c, r, rc, rr, n_c, n_r, beta).mean() + alpha * trl_sft
     assert abs(float(rpo(lp, beta=beta, alpha=alpha)[0].mean()) - float(trl_rpo)) <= 1e-6
-    trl_mpo = (0.8 * trl_loss("sigmoid", c, r, rc, rr, n_c, n_r, beta).mean()
-               + 0.2 * trl_loss("bco_pair", c, r, rc, rr, n_c, n_r, beta).mean() + 1.0 * trl_sft)
-    ours, _ = weighted_mixture(lp, [("dpo", 0.8, dpo, {"beta": beta}), ("bco_pair", 0.2, bco_pair, {"beta": beta}),
-                                    ("chosen_nll", 1.0, chosen_nll, {})])
+    trl_mpo = (
+        0.8 * trl_loss("sigmoid", c, r, rc, rr, n_c, n_r, beta).mean()
+        + 0.2 * trl_loss("bco_pair", c, r, rc, rr, n_c, n_r, beta).mean()
+        + 1.0 * trl_sft
+    )
+    ours, _ = weighted_mixture(
+        lp,
+        [
+            ("dpo", 0.8, dpo, {"beta": beta}),
+            ("bco_pair", 0.2, bco_pair, {"beta": beta}),
+            ("chosen_nll", 1.0, chosen_nll, {}),
+        ],
+    )
     assert abs(float(ours.mean()) - float(trl_mpo)) <= 1e-6
 
 

@@ -45,8 +45,12 @@ def test_collate_concatenates_chosen_then_rejected():
     """B = 2 pairs → 4 rows: [p0+c0, p1+c1, p0+r0, p1+r1], width max(5, 4, 4, 3) = 5, pad id 0."""
     b = collate_pairs(ROWS, pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [11, 12, 13, 14, 0], [5, 6, 7, 10, 0], [11, 15, 16, 0, 0]]
-    assert b["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9], [IGNORE, 12, 13, 14, IGNORE],
-                                    [IGNORE, IGNORE, IGNORE, 10, IGNORE], [IGNORE, 15, 16, IGNORE, IGNORE]]
+    assert b["labels"].tolist() == [
+        [IGNORE, IGNORE, IGNORE, 8, 9],
+        [IGNORE, 12, 13, 14, IGNORE],
+        [IGNORE, IGNORE, IGNORE, 10, IGNORE],
+        [IGNORE, 15, 16, IGNORE, IGNORE],
+    ]
     assert b["attention_mask"].sum(1).tolist() == [5, 4, 4, 3]
     # the shortest prompt has 1 token: logits are needed from position 0 → all 5 positions
     assert int(b["logits_to_keep"]) == 5
@@ -74,10 +78,13 @@ def test_pair_logps_one_forward_matches_sequences_scored_alone(tiny_model_path, 
     from rayalign.data.tokenize import tokenize_pair
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
-    rows = [tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r) for q, c, r in [
-        ("What is 2+2?", "4", "It is five, I think, or maybe six."),
-        ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
-    ]]
+    rows = [
+        tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r)
+        for q, c, r in [
+            ("What is 2+2?", "4", "It is five, I think, or maybe six."),
+            ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
+        ]
+    ]
     batch = collate_pairs(rows, tokenizer.pad_token_id)
     with torch.no_grad():
         chosen, rejected, n_c, n_r = pair_logps(model, batch)  # head only on the scored positions
@@ -116,7 +123,7 @@ def test_objective_uses_row_reference_or_reference_model(tiny_model_path, tokeni
 def test_unknown_objective_parameter_is_named():
     from rayalign.config import ConfigError
 
-    with pytest.raises(ConfigError, match="gamma.*allowed: beta"):
+    with pytest.raises(ConfigError, match=r"gamma.*allowed: beta"):
         PreferenceObjective("dpo", gamma=1.0)
     with pytest.raises(ConfigError, match="available"):
         PreferenceObjective("nope")
@@ -139,8 +146,10 @@ def test_pack_pairs_layout_hand_worked():
     w = pack_pairs(ROWS, pad_id=0, capacity=9)
     assert w["input_ids"].tolist() == [[5, 6, 7, 8, 9, 11, 12, 13, 14], [5, 6, 7, 10, 11, 15, 16, 0, 0]]
     assert w["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 3, 0, 1, 2, 0, 1]]
-    assert w["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9, IGNORE, 12, 13, 14],
-                                    [IGNORE, IGNORE, IGNORE, 10, IGNORE, 15, 16, IGNORE, IGNORE]]
+    assert w["labels"].tolist() == [
+        [IGNORE, IGNORE, IGNORE, 8, 9, IGNORE, 12, 13, 14],
+        [IGNORE, IGNORE, IGNORE, 10, IGNORE, 15, 16, IGNORE, IGNORE],
+    ]
     with pytest.raises(ValueError, match="capacity"):
         pack_pairs(ROWS, pad_id=0, capacity=4)
 
@@ -148,12 +157,15 @@ def test_pack_pairs_layout_hand_worked():
 def _tokenised_pairs(tokenizer) -> list[dict]:
     from rayalign.data.tokenize import tokenize_pair
 
-    return [tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r) for q, c, r in [
-        ("What is 2+2?", "4", "It is five, I think, or maybe six."),
-        ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
-        ("Say hi.", "Hi! How can I help you today?", "No."),
-        ("Count to three.", "1, 2, 3.", "1, 2, 4, 3, 5 and so on, forever."),
-    ]]
+    return [
+        tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r)
+        for q, c, r in [
+            ("What is 2+2?", "4", "It is five, I think, or maybe six."),
+            ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
+            ("Say hi.", "Hi! How can I help you today?", "No."),
+            ("Count to three.", "1, 2, 3.", "1, 2, 4, 3, 5 and so on, forever."),
+        ]
+    ]
 
 
 @pytest.mark.parametrize("selective", [True, False], ids=["head-at-scored-positions", "whole-model"])
@@ -179,8 +191,10 @@ def test_packed_pairs_equal_padded_pairs(tiny_model_path, tokenizer, selective):
             for a, b in zip(want[:2], got[:2]):
                 assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
             assert torch.equal(want[2], got[2]) and torch.equal(want[3], got[3])
-    ref = [{**r, "ref_chosen_logp": float(want[0][i]) - 0.5, "ref_rejected_logp": float(want[1][i]) + 0.25}
-           for i, r in enumerate(rows)]
+    ref = [
+        {**r, "ref_chosen_logp": float(want[0][i]) - 0.5, "ref_rejected_logp": float(want[1][i]) + 0.25}
+        for i, r in enumerate(rows)
+    ]
     losses, grads = [], []
     for pack in (False, True):
         obj = PreferenceObjective("dpo", beta=0.1, pack=pack)

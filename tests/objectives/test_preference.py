@@ -15,7 +15,17 @@ import pytest
 import torch
 
 from rayalign.objectives.preference import (
-    PREFERENCE_LOSSES, PairLogps, apo_down, apo_zero, apo_zero_unpaired, dpo, ipo, kl_estimate, kto, orpo, simpo,
+    PREFERENCE_LOSSES,
+    PairLogps,
+    apo_down,
+    apo_zero,
+    apo_zero_unpaired,
+    dpo,
+    ipo,
+    kl_estimate,
+    kto,
+    orpo,
+    simpo,
 )
 from rayalign.objectives.reward import bradley_terry
 
@@ -25,8 +35,14 @@ def t(*xs: float, grad: bool = False) -> torch.Tensor:
 
 
 def base_pair(grad: bool = False) -> PairLogps:
-    return PairLogps(chosen=t(-3.0, grad=grad), rejected=t(-7.0, grad=grad), ref_chosen=t(-5.0), ref_rejected=t(-6.0),
-                     chosen_tokens=torch.tensor([4]), rejected_tokens=torch.tensor([3]))
+    return PairLogps(
+        chosen=t(-3.0, grad=grad),
+        rejected=t(-7.0, grad=grad),
+        ref_chosen=t(-5.0),
+        ref_rejected=t(-6.0),
+        chosen_tokens=torch.tensor([4]),
+        rejected_tokens=torch.tensor([3]),
+    )
 
 
 def close(x: torch.Tensor, expected: float, tol: float = 1e-6) -> None:
@@ -90,8 +106,12 @@ def test_orpo_hand_worked():
     log odds ratio = log(1 / 0.25) = log 4 = 1.386294; −log σ(log 4) = log(1 + 1/4) = 0.223144.
     NLL = −log 0.5 = 0.693147. L = 0.693147 + 0.1 · 0.223144 = 0.715461.
     """
-    lp = PairLogps(chosen=t(2 * math.log(0.5)), rejected=t(3 * math.log(0.2)),
-                   chosen_tokens=torch.tensor([2]), rejected_tokens=torch.tensor([3]))
+    lp = PairLogps(
+        chosen=t(2 * math.log(0.5)),
+        rejected=t(3 * math.log(0.2)),
+        chosen_tokens=torch.tensor([2]),
+        rejected_tokens=torch.tensor([3]),
+    )
     loss, m = orpo(lp, beta=0.1)
     close(loss, 0.715461)
     close(m["log_odds_ratio"], math.log(4))
@@ -181,8 +201,14 @@ def test_reference_losses_need_reference_logps():
 
 
 def test_batch_shapes_are_per_example():
-    lp = PairLogps(chosen=t(-3.0, -1.0), rejected=t(-7.0, -1.5), ref_chosen=t(-5.0, -1.0), ref_rejected=t(-6.0, -1.0),
-                   chosen_tokens=torch.tensor([4, 2]), rejected_tokens=torch.tensor([3, 2]))
+    lp = PairLogps(
+        chosen=t(-3.0, -1.0),
+        rejected=t(-7.0, -1.5),
+        ref_chosen=t(-5.0, -1.0),
+        ref_rejected=t(-6.0, -1.0),
+        chosen_tokens=torch.tensor([4, 2]),
+        rejected_tokens=torch.tensor([3, 2]),
+    )
     for name, (fn, _) in PREFERENCE_LOSSES.items():
         loss, metrics = fn(lp)
         assert loss.shape == (2,), name

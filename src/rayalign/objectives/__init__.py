@@ -17,8 +17,9 @@ optimizer step (all micro-batches on all ranks), so 4 micro-batches of 1 row equ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 

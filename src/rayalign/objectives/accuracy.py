@@ -14,8 +14,9 @@ Reward model: a pair is won when r(x, y_w) > r(x, y_l).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ from rayalign.objectives.pairs import REF_KEYS, collate_pairs, pair_logps, seque
 
 def _batches(rows: list[dict], size: int) -> Iterator[list[dict]]:
     for i in range(0, len(rows), size):
-        yield rows[i:i + size]
+        yield rows[i : i + size]
 
 
 def _won(margins: torch.Tensor, tie: float) -> torch.Tensor:
@@ -63,11 +64,13 @@ def reward_accuracy(model, rows: list[dict], pad_id: int, batch_size: int = 8) -
 
 
 @torch.inference_mode()
-def objective_metrics(model, objective: Any, rows: list[dict], pad_id: int, batch_size: int = 8,
-                      ref_model=None) -> dict[str, float]:
+def objective_metrics(
+    model, objective: Any, rows: list[dict], pad_id: int, batch_size: int = 8, ref_model=None
+) -> dict[str, float]:
     """The objective's ``loss`` and metrics averaged over `rows` (sums ÷ the objective's count)."""
     device = _device(model)
-    total, count, sums = 0.0, 0.0, {}
+    total, count = 0.0, 0.0
+    sums: dict[str, float] = {}
     for chunk in _batches(rows, batch_size):
         batch = {k: v.to(device) for k, v in objective.collate(chunk, pad_id).items()}
         loss, metrics = objective.loss(model, batch, ref_model)

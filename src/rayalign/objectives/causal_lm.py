@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rayalign.objectives.logps import IGNORE
 
+
 def pad_to(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
     n = length or max(len(s) for s in seqs)
     return torch.tensor([list(s) + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
@@ -23,8 +24,9 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
 
 
 class CausalLMObjective:
@@ -52,17 +54,29 @@ class CausalLMObjective:
         # syncs with the device; positions are shared by the rows of the micro-batch.
         shifted = labels[:, 1:]
         keep = (shifted != IGNORE).any(dim=0).nonzero().squeeze(1)
-        return {"input_ids": pad_to([r["input_ids"] for r in rows], pad_id, n), "labels": labels,
-                "position_ids": torch.tensor(pos, dtype=torch.long),
-                "logit_positions": keep, "target_labels": shifted[:, keep]}
+        return {
+            "input_ids": pad_to([r["input_ids"] for r in rows], pad_id, n),
+            "labels": labels,
+            "position_ids": torch.tensor(pos, dtype=torch.long),
+            "logit_positions": keep,
+            "target_labels": shifted[:, keep],
+        }
 
     def count(self, batch: dict) -> torch.Tensor:
         return (batch["labels"][:, 1:] != IGNORE).sum()
 
     def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                    logits_to_keep=batch["logit_positions"])
+        out = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            logits_to_keep=batch["logit_positions"],
+        )
         logits = out.logits.float()  # [B, K, V]: the kept positions only
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["target_labels"].reshape(-1),
-                              ignore_index=IGNORE, reduction="sum")
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            batch["target_labels"].reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
         return nll, {}

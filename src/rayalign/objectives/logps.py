@@ -20,8 +20,9 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of target-token log-probs per row, and the number of target tokens per row.
 
     logits: [B, T, V] (any float dtype; computed in fp32), labels: [B, T] with -100 where no
@@ -31,8 +32,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     """
     if logits.shape[1] != labels.shape[1]:
         # the model kept only the last K positions' logits: they predict the last K-1 labels
-        labels = labels[:, -logits.shape[1]:]
-        mask = mask[:, -logits.shape[1]:] if mask is not None else None
+        labels = labels[:, -logits.shape[1] :]
+        mask = mask[:, -logits.shape[1] :] if mask is not None else None
     targets = labels[:, 1:]
     keep = targets != IGNORE
     if mask is not None:
@@ -46,8 +47,9 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return token_logps.sum(-1), keep.sum(-1)
 
 
-def sums_by_sequence(logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor,
-                     n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sums_by_sequence(
+    logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of target log-probs and target counts from flat scored positions.
 
     logits: [N, V] at the N positions that predict a target, targets: [N] token ids, sequence: [N]
@@ -61,8 +63,13 @@ def sums_by_sequence(logits: torch.Tensor, targets: torch.Tensor, sequence: torc
     return sums, counts
 
 
-def scored_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
-                       sequence: torch.Tensor | None = None, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def scored_token_logps(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    sequence: torch.Tensor | None = None,
+    n: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `sequence_logps`, but from the last hidden states: the vocabulary projection `head` runs
     only on the positions that predict a scored token, so prompt and padding positions never pay the
     V-wide matmul nor hold [tokens, V] logits for backward.

@@ -16,7 +16,8 @@ These classes implement the Objective protocol of `rayalign.objectives`:
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -32,8 +33,9 @@ def _ids(value: Any) -> list[int]:
     return [int(x) for x in value]
 
 
-def collate_sequences(prompts: Sequence[list[int]], responses: Sequence[list[int]],
-                      pad_id: int) -> dict[str, torch.Tensor]:
+def collate_sequences(
+    prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
     """prompt+response rows, right-padded; labels hold the response ids only (−100 elsewhere)."""
     width = max(len(p) + len(y) for p, y in zip(prompts, responses))
     n = len(responses)
@@ -43,13 +45,17 @@ def collate_sequences(prompts: Sequence[list[int]], responses: Sequence[list[int
     for i, (p, y) in enumerate(zip(prompts, responses)):
         seq = p + y
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        labels[i, len(p): len(seq)] = torch.tensor(y, dtype=torch.long)
+        labels[i, len(p) : len(seq)] = torch.tensor(y, dtype=torch.long)
         attention_mask[i, : len(seq)] = 1
     # logits are needed from the position before the earliest response token on
     first_target = min(len(p) for p in prompts)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "logits_to_keep": torch.tensor(width - first_target + 1, dtype=torch.long),
-            "pad_id": torch.tensor(pad_id, dtype=torch.long)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "logits_to_keep": torch.tensor(width - first_target + 1, dtype=torch.long),
+        "pad_id": torch.tensor(pad_id, dtype=torch.long),
+    }
 
 
 def pair_sequences(rows: Sequence[dict]) -> tuple[list[list[int]], list[list[int]]]:
@@ -59,8 +65,10 @@ def pair_sequences(rows: Sequence[dict]) -> tuple[list[list[int]], list[list[int
         raise ValueError("collate_pairs got no rows")
     for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
         if key not in rows[0]:
-            raise KeyError(f"pair rows need {key!r}: train on the output of `rayalign reference` "
-                           f"(or `rayalign prepare` with kind: pairs), not on raw pairs")
+            raise KeyError(
+                f"pair rows need {key!r}: train on the output of `rayalign reference` "
+                f"(or `rayalign prepare` with kind: pairs), not on raw pairs"
+            )
     prompts = [_ids(r["prompt_ids"]) for r in rows]
     responses = [_ids(r["chosen_ids"]) for r in rows] + [_ids(r["rejected_ids"]) for r in rows]
     return prompts + prompts, responses
@@ -122,17 +130,24 @@ def pack_pairs(rows: Sequence[dict], pad_id: int, capacity: int | None = None) -
         at = 0
         for i in members:
             p, y, n = prompts[i], responses[i], lengths[i]
-            input_ids[r, at:at + n] = torch.tensor(p + y, dtype=torch.long)
-            labels[r, at + len(p):at + n] = torch.tensor(y, dtype=torch.long)
-            position_ids[r, at:at + n] = torch.arange(n)
-            seq_index[r, at:at + n] = i
+            input_ids[r, at : at + n] = torch.tensor(p + y, dtype=torch.long)
+            labels[r, at + len(p) : at + n] = torch.tensor(y, dtype=torch.long)
+            position_ids[r, at : at + n] = torch.arange(n)
+            seq_index[r, at : at + n] = i
             at += n
         position_ids[r, at:] = torch.arange(width - at)
     shifted = labels[:, 1:]
     keep = (shifted != IGNORE).any(dim=0).nonzero().squeeze(1)
-    batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "seq_index": seq_index,
-             "logit_positions": keep, "target_labels": shifted[:, keep], "target_seq": seq_index[:, 1:][:, keep],
-             "pad_id": torch.tensor(pad_id, dtype=torch.long)}
+    batch = {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "labels": labels,
+        "seq_index": seq_index,
+        "logit_positions": keep,
+        "target_labels": shifted[:, keep],
+        "target_seq": seq_index[:, 1:][:, keep],
+        "pad_id": torch.tensor(pad_id, dtype=torch.long),
+    }
     return _with_reference(batch, rows)
 
 
@@ -140,17 +155,18 @@ def splittable_causal_lm(model) -> bool:
     """A bare Hugging Face causal LM whose body (`model.model`) and head (`model.lm_head`, a plain Linear
     with no logit scaling or soft-capping) can be called apart. FSDP2-sharded and peft-wrapped models
     are not: their parameters are gathered by hooks on the module the caller would skip."""
+    from torch.distributed.fsdp import FSDPModule
     from transformers import PreTrainedModel
 
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # older torch
-        FSDPModule = ()
     config = getattr(model, "config", None)
-    return (isinstance(model, PreTrainedModel) and not isinstance(model, FSDPModule)
-            and isinstance(getattr(model, "lm_head", None), torch.nn.Linear) and hasattr(model, "model")
-            and getattr(config, "final_logit_softcapping", None) is None
-            and getattr(config, "logit_scale", None) is None)
+    return (
+        isinstance(model, PreTrainedModel)
+        and not isinstance(model, FSDPModule)
+        and isinstance(getattr(model, "lm_head", None), torch.nn.Linear)
+        and hasattr(model, "model")
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", None) is None
+    )
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) -> tuple[torch.Tensor, ...]:
@@ -164,13 +180,15 @@ def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) ->
     if "seq_index" in batch:
         logps, counts = _packed_logps(model, batch, selective)
     elif selective and splittable_causal_lm(model):
-        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).last_hidden_state
+        hidden = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
         logps, counts = scored_token_logps(hidden, model.lm_head, batch["labels"])
     else:
         keep = int(batch["logits_to_keep"])  # one scalar per micro-batch, not per token
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    logits_to_keep=keep, use_cache=False)
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False
+        )
         logps, counts = sequence_logps(out.logits, batch["labels"])
     b = logps.shape[0] // 2
     return logps[:b], logps[b:], counts[:b], counts[b:]
@@ -179,11 +197,16 @@ def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) ->
 def _packed_logps(model, batch: dict[str, torch.Tensor], selective: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n = 2 * int(batch["num_pairs"])  # one scalar per micro-batch
     if selective and splittable_causal_lm(model):
-        hidden = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                             use_cache=False).last_hidden_state
+        hidden = model.model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).last_hidden_state
         return scored_token_logps(hidden, model.lm_head, batch["labels"], batch["seq_index"], n)
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                logits_to_keep=batch["logit_positions"])
+    out = model(
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+        logits_to_keep=batch["logit_positions"],
+    )
     targets = batch["target_labels"]
     scored = targets != IGNORE
     return sums_by_sequence(out.logits[scored], targets[scored], batch["target_seq"][scored], n)
@@ -196,8 +219,9 @@ def check_params(name: str, fn, params: dict) -> dict:
     if unknown:
         from rayalign.config import ConfigError
 
-        raise ConfigError(f"objective {name!r}: unknown parameter(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(allowed) or '(none)'}")
+        raise ConfigError(
+            f"objective {name!r}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or '(none)'}"
+        )
     return dict(params)
 
 
@@ -237,8 +261,10 @@ class PreferenceObjective:
         if all(k in batch for k in REF_KEYS):
             return batch["ref_chosen_logp"], batch["ref_rejected_logp"]
         if ref_model is None:
-            raise ValueError(f"objective {self.name!r} needs reference log-probs: the rows carry no "
-                             f"ref_chosen_logp/ref_rejected_logp and no reference model was given")
+            raise ValueError(
+                f"objective {self.name!r} needs reference log-probs: the rows carry no "
+                f"ref_chosen_logp/ref_rejected_logp and no reference model was given"
+            )
         with torch.no_grad():
             ref_c, ref_r, _, _ = pair_logps(ref_model, batch)
         return ref_c, ref_r

@@ -17,8 +17,9 @@ objective table (`rayalign.objectives.OBJECTIVES`) and config validation pick it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,10 @@ class PairLogps:
 
     def log_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.ref_chosen is None or self.ref_rejected is None:
-            raise ValueError("this loss needs reference log-probs (ref_chosen_logp / ref_rejected_logp): "
-                             "run the `reference` stage first or let the train loop hold a reference model")
+            raise ValueError(
+                "this loss needs reference log-probs (ref_chosen_logp / ref_rejected_logp): "
+                "run the `reference` stage first or let the train loop hold a reference model"
+            )
         return self.chosen - self.ref_chosen, self.rejected - self.ref_rejected
 
     def mean_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,8 +187,13 @@ def kl_estimate(lp: PairLogps) -> torch.Tensor:
 
 
 @register("kto", reference=True)
-def kto(lp: PairLogps, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-        kl: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
+def kto(
+    lp: PairLogps,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    kl: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
     """KTO (Ethayarajh et al. 2024, §4, the KTO loss), unpaired: each pair gives a desirable y_w and an undesirable y_l.
 
     L = λ_D·(1 − σ(β(h_w − z0))) + λ_U·(1 − σ(β(z0 − h_l))), z0 = `kl` or `kl_estimate(lp)`.
@@ -193,8 +201,9 @@ def kto(lp: PairLogps, beta: float = 0.1, desirable_weight: float = 1.0, undesir
     """
     h_w, h_l = lp.log_ratios()
     z0 = kl_estimate(lp) if kl is None else kl.detach()
-    loss = (desirable_weight * (1 - torch.sigmoid(beta * (h_w - z0)))
-            + undesirable_weight * (1 - torch.sigmoid(beta * (z0 - h_l))))
+    loss = desirable_weight * (1 - torch.sigmoid(beta * (h_w - z0))) + undesirable_weight * (
+        1 - torch.sigmoid(beta * (z0 - h_l))
+    )
     metrics = reward_metrics(beta * h_w, beta * h_l)
     metrics["kl"] = z0.expand_as(h_w)
     return loss, metrics
@@ -212,8 +221,6 @@ def apo_zero_unpaired(lp: PairLogps, beta: float = 0.1) -> tuple[torch.Tensor, M
     desirable = 1 - torch.sigmoid(r_w)
     undesirable = torch.sigmoid(r_l)
     return desirable + undesirable, reward_metrics(r_w, r_l)
-
-
 
 
 @register("hinge", reference=True)
@@ -311,8 +318,9 @@ def exo_pair(lp: PairLogps, beta: float = 0.1, epsilon: float = 1e-3) -> tuple[t
     h_w, h_l = lp.log_ratios()
     r_w, r_l = beta * h_w, beta * h_l
     z = r_w - r_l
-    loss = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-epsilon))
-            + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(epsilon)))
+    loss = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-epsilon)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - math.log(epsilon)
+    )
     return loss, reward_metrics(r_w, r_l)
 
 
@@ -343,8 +351,9 @@ def rpo(lp: PairLogps, beta: float = 0.1, alpha: float = 1.0) -> tuple[torch.Ten
     return loss + alpha * nll, metrics
 
 
-def weighted_mixture(lp: PairLogps, parts: Sequence[tuple[str, float, LossFn, dict[str, Any]]]
-                     ) -> tuple[torch.Tensor, Metrics]:
+def weighted_mixture(
+    lp: PairLogps, parts: Sequence[tuple[str, float, LossFn, dict[str, Any]]]
+) -> tuple[torch.Tensor, Metrics]:
     """Σ_k weight_k · L_k (MPO-style mixtures, e.g. 0.8·dpo + 0.2·bco_pair + 1.0·chosen_nll).
 
     `parts`: (name, weight, loss function, its hyper-parameters). Metrics are the first part's (its

@@ -15,6 +15,7 @@ The batch layout and the log-prob function are the training objective's own (`pa
 from __future__ import annotations
 
 from pathlib import Path
+
 import pyarrow as pa
 
 from rayalign.config import Cfg, ConfigError, DType
@@ -23,9 +24,13 @@ from rayalign.prefer.common import dataset_result
 from rayalign.results import StageResult
 
 INT_LIST = pa.list_(pa.int32())
-REFERENCE_COLUMNS = [("ref_chosen_logp", pa.float64()), ("ref_rejected_logp", pa.float64()),
-                     ("chosen_tokens", pa.int32()), ("rejected_tokens", pa.int32()),
-                     ("num_tokens", pa.int64())]  # both rows of the pair: the train loop's tokens/s
+REFERENCE_COLUMNS = [
+    ("ref_chosen_logp", pa.float64()),
+    ("ref_rejected_logp", pa.float64()),
+    ("chosen_tokens", pa.int32()),
+    ("rejected_tokens", pa.int32()),
+    ("num_tokens", pa.int64()),
+]  # both rows of the pair: the train loop's tokens/s
 
 
 def reference_schema() -> pa.Schema:
@@ -83,8 +88,10 @@ class ReferenceProcessor:
                 return None, ("template_error", str(e))
         longest = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
         if longest > self.cfg.max_length:
-            return None, ("over_length", f"{longest} tokens > max_length {self.cfg.max_length}; "
-                                         f"raise max_length or shorten the pair")
+            return None, (
+                "over_length",
+                f"{longest} tokens > max_length {self.cfg.max_length}; raise max_length or shorten the pair",
+            )
         return row, None
 
     def process(self, rows: list[dict]) -> ProcessResult:
@@ -92,29 +99,37 @@ class ReferenceProcessor:
 
         from rayalign.objectives.pairs import pack_pairs, pair_logps
 
-        good, quarantine = [], []
+        good: list[dict] = []
+        quarantine = []
         for i, row in enumerate(rows):
             out, reason = self._tokenised(row)
-            if reason is not None:
-                quarantine.append(quarantine_row("reference", row.get("_index", i), reason[0], reason[1],
-                                                 str(row.get("id", ""))))
-            else:
+            if out is not None:
                 good.append(out)
+                continue
+            code, detail = reason or ("unknown", "")
+            quarantine.append(quarantine_row("reference", row.get("_index", i), code, detail, str(row.get("id", ""))))
         # batches of similar length waste less compute on padding; output keeps the input order
-        order = sorted(range(len(good)), key=lambda i: len(good[i]["prompt_ids"])
-                       + max(len(good[i]["chosen_ids"]), len(good[i]["rejected_ids"])))
+        order = sorted(
+            range(len(good)),
+            key=lambda i: len(good[i]["prompt_ids"]) + max(len(good[i]["chosen_ids"]), len(good[i]["rejected_ids"])),
+        )
         stats = {"pairs": 0.0, "response_tokens": 0.0}
         bs = self.cfg.batch_size
         with torch.inference_mode():
             for start in range(0, len(order), bs):
-                idx = order[start:start + bs]
+                idx = order[start : start + bs]
                 batch = pack_pairs([good[i] for i in idx], self.tok.pad_token_id)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 chosen, rejected, n_c, n_r = (t.cpu().tolist() for t in pair_logps(self.model, batch))
                 for j, i in enumerate(idx):
                     row = good[i]
-                    row.update(ref_chosen_logp=chosen[j], ref_rejected_logp=rejected[j], chosen_tokens=n_c[j],
-                               rejected_tokens=n_r[j], num_tokens=2 * len(row["prompt_ids"]) + n_c[j] + n_r[j])
+                    row.update(
+                        ref_chosen_logp=chosen[j],
+                        ref_rejected_logp=rejected[j],
+                        chosen_tokens=n_c[j],
+                        rejected_tokens=n_r[j],
+                        num_tokens=2 * len(row["prompt_ids"]) + n_c[j] + n_r[j],
+                    )
                     stats["response_tokens"] += n_c[j] + n_r[j]
         stats["pairs"] = float(len(good))
         return ProcessResult(good, quarantine, stats)
@@ -130,14 +145,24 @@ def has_reference_columns(path: str | Path) -> bool:
 
 def run_reference(cfg: ReferenceConfig, log=print) -> StageResult:
     files, kind = split_inputs(cfg.inputs)
-    manifest = run_sharded("reference", files, cfg.output, lambda: ReferenceProcessor(cfg), kind=kind,
-                           pool=cfg.pool, config_hash=cfg.hash(),
-                           extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter}, log=log)
+    manifest = run_sharded(
+        "reference",
+        files,
+        cfg.output,
+        lambda: ReferenceProcessor(cfg),
+        kind=kind,
+        pool=cfg.pool,
+        config_hash=cfg.hash(),
+        extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter},
+        log=log,
+    )
     result = dataset_result("reference", cfg.output, manifest, model=cfg.model, adapter=cfg.adapter)
     c = result.counts
     assert c is not None
-    log(f"[reference] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} pairs "
-        f"with reference log-probs of {cfg.model}")
+    log(
+        f"[reference] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} pairs "
+        f"with reference log-probs of {cfg.model}"
+    )
     for reason, n in c.by_reason.items():
         log(f"    quarantined {n:5d}  {reason}")
     return result

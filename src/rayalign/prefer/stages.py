@@ -69,15 +69,15 @@ class _PairStageConfig(Cfg):
 
 
 class PreferConfig(_PairStageConfig):
-    default_objective = {"name": "apo_zero", "beta": 0.1}
-    default_name = "prefer"
+    default_objective: ClassVar[dict[str, Any]] = {"name": "apo_zero", "beta": 0.1}
+    default_name: ClassVar[str] = "prefer"
 
     reference: ReferenceSpec = ReferenceSpec()
 
 
 class RewardConfig(_PairStageConfig):
-    default_objective = {"name": "reward"}
-    default_name = "reward"
+    default_objective: ClassVar[dict[str, Any]] = {"name": "reward"}
+    default_name: ClassVar[str] = "reward"
 
 
 def _with_data(cfg: TrainConfig, data_path: str) -> TrainConfig:
@@ -105,8 +105,18 @@ def tokenised_pairs(cfg: TrainConfig, log=print) -> str:
     from rayalign.data.prepare import PrepareConfig, run_prepare
 
     target = Path(cfg.output_dir) / "prepared"
-    run_prepare(PrepareConfig(kind="pairs", inputs=cfg.data.inputs, output=str(target), model=cfg.model,
-                              max_length=cfg.data.max_length, overlength="quarantine", pool=cfg.data.pool), log=log)
+    run_prepare(
+        PrepareConfig(
+            kind="pairs",
+            inputs=cfg.data.inputs,
+            output=str(target),
+            model=cfg.model,
+            max_length=cfg.data.max_length,
+            overlength="quarantine",
+            pool=cfg.data.pool,
+        ),
+        log=log,
+    )
     return str(target)
 
 
@@ -119,9 +129,17 @@ def pairs_with_reference(cfg: PreferConfig, log=print) -> str:
     if not inputs:
         raise ConfigError("data: give data.path (a folder of pairs) or data.inputs (raw pair files)")
     target = Path(train.output_dir) / "reference"
-    run_reference(ReferenceConfig(inputs=inputs, output=str(target), model=train.reference_model or train.model,
-                                  max_length=train.data.max_length, batch_size=cfg.reference.batch_size,
-                                  pool=cfg.reference.pool), log=log)
+    run_reference(
+        ReferenceConfig(
+            inputs=inputs,
+            output=str(target),
+            model=train.reference_model or train.model,
+            max_length=train.data.max_length,
+            batch_size=cfg.reference.batch_size,
+            pool=cfg.reference.pool,
+        ),
+        log=log,
+    )
     return str(target)
 
 
@@ -130,8 +148,10 @@ def _objective(cfg: TrainConfig, model_class: str, other_stage: str):
 
     objective = get_objective(cfg.objective.name, **cfg.objective.kwargs())  # bad names/params fail here
     if objective.model_class != model_class:
-        raise ConfigError(f"objective.name: {cfg.objective.name!r} trains a {objective.model_class} model; "
-                          f"use `rayalign {other_stage}` for it")
+        raise ConfigError(
+            f"objective.name: {cfg.objective.name!r} trains a {objective.model_class} model; "
+            f"use `rayalign {other_stage}` for it"
+        )
     return objective
 
 
@@ -144,8 +164,10 @@ def run_prefer(cfg: PreferConfig, log=print) -> StageResult:
     else:
         data = tokenised_pairs(cfg.train, log)
         if objective.needs_reference and has_reference_columns(data):
-            raise ConfigError("reference.mode: on_the_fly, but data.path already carries reference log-probs "
-                              "(the loop would use them); give data.inputs or a `prepare` output instead")
+            raise ConfigError(
+                "reference.mode: on_the_fly, but data.path already carries reference log-probs "
+                "(the loop would use them); give data.inputs or a `prepare` output instead"
+            )
     train = _with_data(cfg.train, data)
     summary = launch(train)
     mode = cfg.reference.mode if objective.needs_reference else "none"
@@ -162,8 +184,16 @@ def run_reward(cfg: RewardConfig, log=print) -> StageResult:
     return _result("reward", train, launch(train), train.data.path or "", cfg.eval_pairs, "reward", log)
 
 
-def _result(stage: str, train: TrainConfig, summary: dict, data: str, eval_pairs: int,
-            kind: Literal["policy", "reward"], log, **details: Any) -> StageResult:
+def _result(
+    stage: str,
+    train: TrainConfig,
+    summary: dict,
+    data: str,
+    eval_pairs: int,
+    kind: Literal["policy", "reward"],
+    log,
+    **details: Any,
+) -> StageResult:
     """The stage's typed result: the last logged step's metrics, the held-in accuracy, paths in details."""
     metrics = last_metrics(summary)
     checkpoint = summary.get("checkpoint")
@@ -173,12 +203,18 @@ def _result(stage: str, train: TrainConfig, summary: dict, data: str, eval_pairs
         metrics.update(heldin_accuracy=acc["accuracy"], heldin_margin=acc["margin"], heldin_pairs=acc["pairs"])
         log(f"[{stage}] held-in pair accuracy {acc['accuracy']:.3f} over {acc['pairs']} pairs")
     extra = {k: v for k, v in summary.items() if k != "checkpoint"}
-    return StageResult(stage=stage, output=None, checkpoint=checkpoint, metrics=metrics,
-                       details={"data": data, "output_dir": train.output_dir, **details, "train": extra})
+    return StageResult(
+        stage=stage,
+        output=None,
+        checkpoint=checkpoint,
+        metrics=metrics,
+        details={"data": data, "output_dir": train.output_dir, **details, "train": extra},
+    )
 
 
-def heldin_accuracy(train: TrainConfig, kind: Literal["policy", "reward"], checkpoint: str, adapter: bool,
-                    data: str, limit: int) -> dict:
+def heldin_accuracy(
+    train: TrainConfig, kind: Literal["policy", "reward"], checkpoint: str, adapter: bool, data: str, limit: int
+) -> dict:
     """Pair accuracy of the trained model where training ran: in this process for an in-process run,
     else in one Ray task holding a training worker's resources (CPUs, and its GPU when use_gpu)."""
     args = (kind, checkpoint, train.model, adapter, data, limit, train.dtype)
@@ -205,6 +241,9 @@ def accuracy_task(kind: str, checkpoint: str, base: str, adapter: bool, data: st
     rows, pad_id = load_rows(data, limit), load_tokenizer(base).pad_token_id
     if kind == "reward":
         return reward_accuracy(load_reward_model(checkpoint).to(device), rows, pad_id)
-    model = (load_model(base, dtype=dtype, device=device, adapter=checkpoint) if adapter
-             else load_model(checkpoint, dtype=dtype, device=device))
+    model = (
+        load_model(base, dtype=dtype, device=device, adapter=checkpoint)
+        if adapter
+        else load_model(checkpoint, dtype=dtype, device=device)
+    )
     return preference_accuracy(model.eval(), rows, pad_id)
