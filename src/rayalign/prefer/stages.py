@@ -54,6 +54,11 @@ class _PairStageConfig(Cfg):
     train: TrainConfig
     eval_pairs: int = 256  # held-in pairs scored after training (0: skip)
 
+    @classmethod
+    def accepted_keys(cls) -> set[str]:
+        """Every top-level key a YAML may give: the stage's own fields and the training run's."""
+        return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
+
     @model_validator(mode="before")
     @classmethod
     def _route_training_keys(cls, data: Any) -> Any:
