@@ -21,6 +21,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pair_helpers import base_pair, close, grads, t
 
 from rayalign.objectives import OBJECTIVES, get_objective
 from rayalign.objectives.pairs import MixtureObjective
@@ -57,26 +58,6 @@ NEW = [
     "sigmoid_norm",
     "rpo",
 ]
-
-
-def t(*xs: float, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
-
-
-def base_pair(grad: bool = False) -> PairLogps:
-    return PairLogps(
-        chosen=t(-3.0, grad=grad),
-        rejected=t(-7.0, grad=grad),
-        ref_chosen=t(-5.0),
-        ref_rejected=t(-6.0),
-        chosen_tokens=torch.tensor([4]),
-        rejected_tokens=torch.tensor([3]),
-    )
-
-
-def close(x: torch.Tensor, expected: float, tol: float = 1e-6) -> None:
-    assert x.shape == (1,)
-    assert abs(float(x[0]) - expected) < tol, (float(x[0]), expected)
 
 
 def test_hinge_hand_worked():
@@ -198,14 +179,6 @@ def test_every_registered_loss_is_an_objective():
     assert set(PREFERENCE_LOSSES) <= set(OBJECTIVES)
     assert set(NEW) <= set(PREFERENCE_LOSSES)
     assert get_objective("robust", label_smoothing=0.2).params == {"label_smoothing": 0.2}
-
-
-def grads(fn, **kw) -> tuple[float, float]:
-    lp = base_pair(grad=True)
-    loss, _ = fn(lp, **kw)
-    loss.sum().backward()
-    no_grad = torch.zeros(1, dtype=torch.float64)  # a loss that does not read y_l leaves no gradient on it
-    return float(lp.chosen.grad[0]), float((lp.rejected.grad if lp.rejected.grad is not None else no_grad)[0])
 
 
 @pytest.mark.parametrize("name", [n for n in NEW if n not in ("aot", "aot_unpaired")] + ["chosen_nll"])

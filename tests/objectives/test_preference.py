@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from pair_helpers import base_pair, close, grads, t
 
 from rayalign.objectives.preference import (
     PREFERENCE_LOSSES,
@@ -28,26 +29,6 @@ from rayalign.objectives.preference import (
     simpo,
 )
 from rayalign.objectives.reward import bradley_terry
-
-
-def t(*xs: float, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
-
-
-def base_pair(grad: bool = False) -> PairLogps:
-    return PairLogps(
-        chosen=t(-3.0, grad=grad),
-        rejected=t(-7.0, grad=grad),
-        ref_chosen=t(-5.0),
-        ref_rejected=t(-6.0),
-        chosen_tokens=torch.tensor([4]),
-        rejected_tokens=torch.tensor([3]),
-    )
-
-
-def close(x: torch.Tensor, expected: float, tol: float = 1e-6) -> None:
-    assert x.shape == (1,)
-    assert abs(float(x[0]) - expected) < tol, (float(x[0]), expected)
 
 
 def test_apo_zero_hand_worked():
@@ -159,13 +140,6 @@ def test_bradley_terry_hand_worked():
     loss, m = bradley_terry(t(1.0), t(-0.5))
     close(loss, 0.201413)
     close(m["accuracy"], 1.0)
-
-
-def grads(fn, **kw) -> tuple[float, float]:
-    lp = base_pair(grad=True)
-    loss, _ = fn(lp, **kw)
-    loss.sum().backward()
-    return float(lp.chosen.grad[0]), float(lp.rejected.grad[0])
 
 
 def test_apo_zero_gradient_raises_chosen_lowers_rejected():
