@@ -1,4 +1,5 @@
-"""Preference optimisation (APO-zero/down, DPO, IPO, SimPO, ORPO, KTO, unpaired APO) as a Ray job.
+"""Preference optimisation (APO-zero/down, DPO/cDPO/robust, IPO, SimPO, ORPO, KTO, RPO, hinge, BCO, NCA, SPPO, AOT,
+DiscoPOP, EXO, mixtures; every loss of `rayalign.objectives`) as a Ray job.
 
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/prefer.py rayjobs/configs/prefer_tiny.yaml scaling.workers=2
     python rayjobs/prefer.py rayjobs/configs/prefer_tiny.yaml objective.name=dpo objective.beta=0.1

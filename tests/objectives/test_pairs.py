@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rayalign.objectives.logps import IGNORE, sequence_logps
-from rayalign.objectives.pairs import PreferenceObjective, RewardObjective, collate_pairs, pair_logps
+from rayalign.objectives.pairs import PreferenceObjective, RewardObjective, collate_pairs, pack_pairs, pair_logps
 
 ROWS = [
     {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10]},
@@ -45,8 +45,12 @@ def test_collate_concatenates_chosen_then_rejected():
     """B = 2 pairs → 4 rows: [p0+c0, p1+c1, p0+r0, p1+r1], width max(5, 4, 4, 3) = 5, pad id 0."""
     b = collate_pairs(ROWS, pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [11, 12, 13, 14, 0], [5, 6, 7, 10, 0], [11, 15, 16, 0, 0]]
-    assert b["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9], [IGNORE, 12, 13, 14, IGNORE],
-                                    [IGNORE, IGNORE, IGNORE, 10, IGNORE], [IGNORE, 15, 16, IGNORE, IGNORE]]
+    assert b["labels"].tolist() == [
+        [IGNORE, IGNORE, IGNORE, 8, 9],
+        [IGNORE, 12, 13, 14, IGNORE],
+        [IGNORE, IGNORE, IGNORE, 10, IGNORE],
+        [IGNORE, 15, 16, IGNORE, IGNORE],
+    ]
     assert b["attention_mask"].sum(1).tolist() == [5, 4, 4, 3]
     # the shortest prompt has 1 token: logits are needed from position 0 → all 5 positions
     assert int(b["logits_to_keep"]) == 5
@@ -74,10 +78,13 @@ def test_pair_logps_one_forward_matches_sequences_scored_alone(tiny_model_path, 
     from rayalign.data.tokenize import tokenize_pair
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
-    rows = [tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r) for q, c, r in [
-        ("What is 2+2?", "4", "It is five, I think, or maybe six."),
-        ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
-    ]]
+    rows = [
+        tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r)
+        for q, c, r in [
+            ("What is 2+2?", "4", "It is five, I think, or maybe six."),
+            ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
+        ]
+    ]
     batch = collate_pairs(rows, tokenizer.pad_token_id)
     with torch.no_grad():
         chosen, rejected, n_c, n_r = pair_logps(model, batch)  # head only on the scored positions
@@ -116,9 +123,87 @@ def test_objective_uses_row_reference_or_reference_model(tiny_model_path, tokeni
 def test_unknown_objective_parameter_is_named():
     from rayalign.config import ConfigError
 
-    with pytest.raises(ConfigError, match="gamma.*allowed: beta"):
+    with pytest.raises(ConfigError, match=r"gamma.*allowed: beta"):
         PreferenceObjective("dpo", gamma=1.0)
     with pytest.raises(ConfigError, match="available"):
         PreferenceObjective("nope")
     with pytest.raises(ConfigError, match="no parameters"):
         RewardObjective(beta=0.1)
+
+
+def test_pack_pairs_layout_hand_worked():
+    """4 sequences of lengths p0+c0 = 5, p1+c1 = 4, p0+r0 = 4, p1+r1 = 3; capacity = 5 (the longest).
+
+    First-fit decreasing: [5] → row 0 full; 4 → row 1 (room 1); 4 → row 2 (room 1); 3 → row 3 (room 2).
+    The longest-first order is stable: seq 1 (p1+c1) before seq 2 (p0+r0). Padding restarts its positions.
+    """
+    b = pack_pairs(ROWS, pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [11, 12, 13, 14, 0], [5, 6, 7, 10, 0], [11, 15, 16, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 0], [0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert b["seq_index"].tolist() == [[0] * 5, [1] * 4 + [-1], [2] * 4 + [-1], [3] * 3 + [-1, -1]]
+    assert int(b["num_pairs"]) == 2 and "attention_mask" not in b
+    # a wider row takes several sequences: capacity 9 → [p0+c0 (5), p1+c1 (4)], [p0+r0 (4), p1+r1 (3), pad 2]
+    w = pack_pairs(ROWS, pad_id=0, capacity=9)
+    assert w["input_ids"].tolist() == [[5, 6, 7, 8, 9, 11, 12, 13, 14], [5, 6, 7, 10, 11, 15, 16, 0, 0]]
+    assert w["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 3, 0, 1, 2, 0, 1]]
+    assert w["labels"].tolist() == [
+        [IGNORE, IGNORE, IGNORE, 8, 9, IGNORE, 12, 13, 14],
+        [IGNORE, IGNORE, IGNORE, 10, IGNORE, 15, 16, IGNORE, IGNORE],
+    ]
+    with pytest.raises(ValueError, match="capacity"):
+        pack_pairs(ROWS, pad_id=0, capacity=4)
+
+
+def _tokenised_pairs(tokenizer) -> list[dict]:
+    from rayalign.data.tokenize import tokenize_pair
+
+    return [
+        tokenize_pair(tokenizer, [{"role": "user", "content": q}], c, r)
+        for q, c, r in [
+            ("What is 2+2?", "4", "It is five, I think, or maybe six."),
+            ("Name a colour of the sky on a clear day, please.", "Blue.", "Green"),
+            ("Say hi.", "Hi! How can I help you today?", "No."),
+            ("Count to three.", "1, 2, 3.", "1, 2, 4, 3, 5 and so on, forever."),
+        ]
+    ]
+
+
+@pytest.mark.parametrize("selective", [True, False], ids=["head-at-scored-positions", "whole-model"])
+def test_packed_pairs_equal_padded_pairs(tiny_model_path, tokenizer, selective):
+    """The same 4 pairs, padded (8 rows) vs packed (rows of the longest length, and rows of 3× that):
+    per-sequence log-probs, token counts, the DPO loss and its gradient agree to ≤ 1e-5.
+
+    The model runs in fp64 so the comparison sees the layouts, not fp32 rounding of sums near −200
+    (in fp32 the two agree to ~2e-5 absolute, ~1e-7 relative).
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float64).eval()
+    rows = _tokenised_pairs(tokenizer)
+    padded = collate_pairs(rows, tokenizer.pad_token_id)
+    longest = max(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows)
+    wide = pack_pairs(rows, tokenizer.pad_token_id, capacity=3 * longest)
+    assert wide["input_ids"].shape[0] < padded["input_ids"].shape[0]  # several sequences share a row
+    with torch.no_grad():
+        want = pair_logps(model, padded, selective=selective)
+        for packed in (pack_pairs(rows, tokenizer.pad_token_id), wide):
+            got = pair_logps(model, packed, selective=selective)
+            for a, b in zip(want[:2], got[:2]):
+                assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+            assert torch.equal(want[2], got[2]) and torch.equal(want[3], got[3])
+    ref = [
+        {**r, "ref_chosen_logp": float(want[0][i]) - 0.5, "ref_rejected_logp": float(want[1][i]) + 0.25}
+        for i, r in enumerate(rows)
+    ]
+    losses, grads = [], []
+    for pack in (False, True):
+        obj = PreferenceObjective("dpo", beta=0.1, pack=pack)
+        model.zero_grad()
+        loss, metrics = obj.loss(model, obj.collate(ref, tokenizer.pad_token_id))
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(model.lm_head.weight.grad.clone())
+        assert float(metrics["accuracy"]) == 4.0  # margins 0.5 + 0.25 > 0 for every pair
+    assert losses[0] == pytest.approx(4 * -math.log(1 / (1 + math.exp(-0.075))), abs=1e-5)  # −log σ(0.1·0.75) × 4
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

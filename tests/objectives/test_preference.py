@@ -13,25 +13,22 @@ import math
 
 import pytest
 import torch
+from pair_helpers import base_pair, close, grads, t
 
 from rayalign.objectives.preference import (
-    PREFERENCE_LOSSES, PairLogps, apo_down, apo_zero, apo_zero_unpaired, dpo, ipo, kl_estimate, kto, orpo, simpo,
+    PREFERENCE_LOSSES,
+    PairLogps,
+    apo_down,
+    apo_zero,
+    apo_zero_unpaired,
+    dpo,
+    ipo,
+    kl_estimate,
+    kto,
+    orpo,
+    simpo,
 )
 from rayalign.objectives.reward import bradley_terry
-
-
-def t(*xs: float, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
-
-
-def base_pair(grad: bool = False) -> PairLogps:
-    return PairLogps(chosen=t(-3.0, grad=grad), rejected=t(-7.0, grad=grad), ref_chosen=t(-5.0), ref_rejected=t(-6.0),
-                     chosen_tokens=torch.tensor([4]), rejected_tokens=torch.tensor([3]))
-
-
-def close(x: torch.Tensor, expected: float, tol: float = 1e-6) -> None:
-    assert x.shape == (1,)
-    assert abs(float(x[0]) - expected) < tol, (float(x[0]), expected)
 
 
 def test_apo_zero_hand_worked():
@@ -48,12 +45,13 @@ def test_apo_zero_hand_worked():
 
 
 def test_apo_down_hand_worked_raw_log_ratios():
-    """L = σ(r_w) − σ(r_w − r_l) = σ(0.2) − σ(0.3) = 0.549834 − 0.574443 = −0.024609.
+    """The paper's σ(r_w) − σ(r_w − r_l) = σ(0.2) − σ(0.3) = 0.549834 − 0.574443 = −0.024609, reported
+    shifted by 1 to stay ≥ 0: L = σ(r_w) + 1 − σ(r_w − r_l) = 0.975391 (the gradient tests below are unchanged).
 
     Both terms use the raw log-ratios (r_w and r_w − r_l), as in the paper.
     """
     loss, _ = apo_down(base_pair(), beta=0.1)
-    close(loss, -0.024609)
+    close(loss, -0.024609 + 1.0)
 
 
 def test_dpo_hand_worked():
@@ -64,8 +62,8 @@ def test_dpo_hand_worked():
 
 
 def test_ipo_hand_worked():
-    """L = (h_w − h_l − 1/(2β))² = (2 − (−1) − 5)² = (−2)² = 4.0; rewards reported as β·h."""
-    loss, m = ipo(base_pair(), beta=0.1)
+    """Summed form: L = (h_w − h_l − 1/(2β))² = (2 − (−1) − 5)² = (−2)² = 4.0; rewards reported as β·h."""
+    loss, m = ipo(base_pair(), beta=0.1, token_average=False)
     close(loss, 4.0)
     close(m["rewards_chosen"], 0.2)
 
@@ -89,8 +87,12 @@ def test_orpo_hand_worked():
     log odds ratio = log(1 / 0.25) = log 4 = 1.386294; −log σ(log 4) = log(1 + 1/4) = 0.223144.
     NLL = −log 0.5 = 0.693147. L = 0.693147 + 0.1 · 0.223144 = 0.715461.
     """
-    lp = PairLogps(chosen=t(2 * math.log(0.5)), rejected=t(3 * math.log(0.2)),
-                   chosen_tokens=torch.tensor([2]), rejected_tokens=torch.tensor([3]))
+    lp = PairLogps(
+        chosen=t(2 * math.log(0.5)),
+        rejected=t(3 * math.log(0.2)),
+        chosen_tokens=torch.tensor([2]),
+        rejected_tokens=torch.tensor([3]),
+    )
     loss, m = orpo(lp, beta=0.1)
     close(loss, 0.715461)
     close(m["log_odds_ratio"], math.log(4))
@@ -140,13 +142,6 @@ def test_bradley_terry_hand_worked():
     close(m["accuracy"], 1.0)
 
 
-def grads(fn, **kw) -> tuple[float, float]:
-    lp = base_pair(grad=True)
-    loss, _ = fn(lp, **kw)
-    loss.sum().backward()
-    return float(lp.chosen.grad[0]), float(lp.rejected.grad[0])
-
-
 def test_apo_zero_gradient_raises_chosen_lowers_rejected():
     """dL/d log π(y_w) = −β σ'(0.2) = −0.1 · 0.247517 = −0.0247517 < 0: gradient descent raises the chosen
     likelihood; dL/d log π(y_l) = β σ'(−0.1) = 0.1 · 0.249376 = 0.0249376 > 0: it lowers the rejected one."""
@@ -180,8 +175,14 @@ def test_reference_losses_need_reference_logps():
 
 
 def test_batch_shapes_are_per_example():
-    lp = PairLogps(chosen=t(-3.0, -1.0), rejected=t(-7.0, -1.5), ref_chosen=t(-5.0, -1.0), ref_rejected=t(-6.0, -1.0),
-                   chosen_tokens=torch.tensor([4, 2]), rejected_tokens=torch.tensor([3, 2]))
+    lp = PairLogps(
+        chosen=t(-3.0, -1.0),
+        rejected=t(-7.0, -1.5),
+        ref_chosen=t(-5.0, -1.0),
+        ref_rejected=t(-6.0, -1.0),
+        chosen_tokens=torch.tensor([4, 2]),
+        rejected_tokens=torch.tensor([3, 2]),
+    )
     for name, (fn, _) in PREFERENCE_LOSSES.items():
         loss, metrics = fn(lp)
         assert loss.shape == (2,), name

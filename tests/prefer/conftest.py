@@ -16,6 +16,10 @@ def pairs_reference(tmp_path_factory) -> Path:
     from rayalign.prefer.reference import ReferenceConfig, run_reference
 
     out = tmp_path_factory.mktemp("pairs-reference") / "reference"
-    run_reference(ReferenceConfig(inputs=[PAIRS], output=str(out), model=TINY, batch_size=16,
-                                  pool={"workers": 0, "shard_rows": 128}), log=lambda m: None)
+    run_reference(
+        ReferenceConfig(
+            inputs=[PAIRS], output=str(out), model=TINY, batch_size=16, pool={"workers": 0, "shard_rows": 128}
+        ),
+        log=lambda m: None,
+    )
     return out

@@ -28,8 +28,15 @@ def test_counts_reconcile_and_bad_rows_are_quarantined(in_process):
     manifest = json.loads((in_process / "manifest.json").read_text())
     c = manifest["counts"]
     assert (c["in"], c["ok"], c["quarantined"], c["out_rows"]) == (227, 220, 7, 220)
-    assert c["by_reason"] == {"chosen_equals_rejected": 1, "invalid_utf8": 1, "missing_field": 1, "not_an_object": 1,
-                              "null_value": 1, "unparseable_json": 1, "wrong_type": 1}
+    assert c["by_reason"] == {
+        "chosen_equals_rejected": 1,
+        "invalid_utf8": 1,
+        "missing_field": 1,
+        "not_an_object": 1,
+        "null_value": 1,
+        "unparseable_json": 1,
+        "wrong_type": 1,
+    }
     import pyarrow.parquet as pq
 
     files = sorted((in_process / "quarantine").glob("*.parquet"))
@@ -59,19 +66,27 @@ def test_reference_logps_equal_the_model_scoring_each_pair_alone(in_process, tin
 @pytest.mark.timeout(240)
 def test_ray_actor_pool_matches_in_process_and_resumes(ray_cluster, in_process, tmp_path):
     """2 actors at 0.5 CPU over 4 shards give the same rows and values; a re-run skips every shard."""
-    cfg = ReferenceConfig(inputs=[PAIRS], output=str(tmp_path / "ray"), model=TINY, batch_size=8,
-                          pool={"workers": 2, "num_cpus": 0.5, "shard_rows": 64})
-    manifest = run_reference(cfg)
-    assert manifest["counts"]["ok"] == 220 and len(manifest["shards"]) == 4
+    cfg = ReferenceConfig(
+        inputs=[PAIRS],
+        output=str(tmp_path / "ray"),
+        model=TINY,
+        batch_size=8,
+        pool={"workers": 2, "num_cpus": 0.5, "shard_rows": 64},
+    )
+    result = run_reference(cfg)
+    assert result.counts.ok == 220 and result.details["shards"] == 4
     ray_rows = {r["id"]: r for r in read_dataset(tmp_path / "ray").to_pylist()}
     local_rows = {r["id"]: r for r in read_dataset(in_process).to_pylist()}
     assert ray_rows.keys() == local_rows.keys()
-    worst = max(abs(ray_rows[k][f"ref_{s}_logp"] - local_rows[k][f"ref_{s}_logp"])
-                for k in local_rows for s in ("chosen", "rejected"))
+    worst = max(
+        abs(ray_rows[k][f"ref_{s}_logp"] - local_rows[k][f"ref_{s}_logp"])
+        for k in local_rows
+        for s in ("chosen", "rejected")
+    )
     assert worst <= 1e-4  # different batch compositions, same numbers up to fp32 rounding
     logs: list[str] = []
     again = run_reference(cfg, log=logs.append)
-    assert again["counts"] == manifest["counts"] and any("already complete" in m for m in logs)
+    assert again.counts == result.counts and any("already complete" in m for m in logs)
 
 
 def test_dataset_folder_input_is_read_without_revalidation(in_process, tmp_path):
@@ -88,22 +103,29 @@ def test_dataset_folder_input_is_read_without_revalidation(in_process, tmp_path)
     pq.write_table(read_dataset(in_process).slice(0, 24), folder / "data" / "shard-00000.parquet")
     (folder / "manifest.json").write_text(json.dumps({"stage": "reference", "complete": True}))
     out = tmp_path / "again"
-    manifest = run_reference(ReferenceConfig(inputs=[str(folder)], output=str(out), model=TINY, batch_size=8,
-                                             pool={"workers": 0}), log=lambda m: None)
-    assert manifest["counts"] == {"in": 24, "ok": 24, "quarantined": 0, "out_rows": 24, "by_reason": {}}
+    result = run_reference(
+        ReferenceConfig(inputs=[str(folder)], output=str(out), model=TINY, batch_size=8, pool={"workers": 0}),
+        log=lambda m: None,
+    )
+    assert result.counts.to_json() == {"in": 24, "ok": 24, "quarantined": 0, "out_rows": 24, "by_reason": {}}
     first = read_dataset(folder).column("ref_chosen_logp").to_pylist()
     again = read_dataset(out).column("ref_chosen_logp").to_pylist()
     assert max(abs(a - b) for a, b in zip(first, again)) <= 1e-4
 
 
 def test_over_length_pairs_are_quarantined_with_the_fix(tmp_path):
-    manifest = run_reference(ReferenceConfig(inputs=[PAIRS], output=str(tmp_path / "short"), model=TINY,
-                                             max_length=40, pool={"workers": 0}), log=lambda m: None)
-    c = manifest["counts"]
+    result = run_reference(
+        ReferenceConfig(inputs=[PAIRS], output=str(tmp_path / "short"), model=TINY, max_length=40, pool={"workers": 0}),
+        log=lambda m: None,
+    )
+    c = result.counts.to_json()
     assert c["by_reason"].get("over_length", 0) > 0 and c["in"] == c["ok"] + c["quarantined"] == 227
     import pyarrow.parquet as pq
 
-    details = [d for f in (tmp_path / "short" / "quarantine").glob("*.parquet")
-               for d, r in zip(pq.read_table(f).column("detail").to_pylist(), pq.read_table(f).column("reason").to_pylist())
-               if r == "over_length"]
+    details = [
+        d
+        for f in (tmp_path / "short" / "quarantine").glob("*.parquet")
+        for d, r in zip(pq.read_table(f).column("detail").to_pylist(), pq.read_table(f).column("reason").to_pylist())
+        if r == "over_length"
+    ]
     assert all("raise max_length" in d for d in details)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE = -100  # label of a position with no loss (cross_entropy ignore_index); the one definition: import it from here
+from rayalign.constants import IGNORE
 
 
 class TemplateError(ValueError):

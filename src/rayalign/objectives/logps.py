@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from rayalign.constants import IGNORE
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 → fp32 for the log-softmax (a 50k-word vocabulary loses digits in bf16); fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of target-token log-probs per row, and the number of target tokens per row.
 
     logits: [B, T, V] (any float dtype; computed in fp32), labels: [B, T] with -100 where no
@@ -26,13 +32,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     """
     if logits.shape[1] != labels.shape[1]:
         # the model kept only the last K positions' logits: they predict the last K-1 labels
-        labels = labels[:, -logits.shape[1]:]
-        mask = mask[:, -logits.shape[1]:] if mask is not None else None
+        labels = labels[:, -logits.shape[1] :]
+        mask = mask[:, -logits.shape[1] :] if mask is not None else None
     targets = labels[:, 1:]
     keep = targets != IGNORE
     if mask is not None:
         keep = keep & mask[:, 1:].bool()
-    logits = logits[:, :-1].float()
+    logits = at_least_fp32(logits[:, :-1])
     safe = targets.masked_fill(~keep, 0)  # any valid index; masked out below
     # log softmax at the target only: logit[target] - logsumexp(logits), without a [B, T, V] copy
     picked = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1)
@@ -41,32 +47,42 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return token_logps.sum(-1), keep.sum(-1)
 
 
-def scored_token_logps(hidden: torch.Tensor, head: torch.nn.Module,
-                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sums_by_sequence(
+    logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sums of target log-probs and target counts from flat scored positions.
+
+    logits: [N, V] at the N positions that predict a target, targets: [N] token ids, sequence: [N]
+    the index (0..n-1) of the sequence each target belongs to (a padded row, or one of several
+    sequences packed into a row).
+    """
+    logits = at_least_fp32(logits)
+    token_logps = torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, sequence, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=sequence.device).index_add(0, sequence, torch.ones_like(sequence))
+    return sums, counts
+
+
+def scored_token_logps(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    sequence: torch.Tensor | None = None,
+    n: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `sequence_logps`, but from the last hidden states: the vocabulary projection `head` runs
     only on the positions that predict a scored token, so prompt and padding positions never pay the
     V-wide matmul nor hold [tokens, V] logits for backward.
 
-    hidden: [B, T, H], labels: [B, T] aligned with the inputs (−100 = not scored).
+    hidden: [B, T, H], labels: [B, T] aligned with the inputs (−100 = not scored). Sums are per row,
+    or per packed sequence when `sequence` ([B, T], the sequence index of every position) and the
+    number of sequences `n` are given.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE
+    if sequence is None:
+        sequence = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+        n = labels.shape[0]
+    assert n is not None, "n (the number of sequences) goes with `sequence`"
     picked_hidden = hidden[:, :-1][keep]  # [N, H], N = scored tokens of the whole batch
-    logits = head(picked_hidden).float()  # [N, V]
-    token_logps = torch.gather(logits, 1, targets[keep].unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[keep]
-    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device)
-    return sums.index_add(0, rows, token_logps), keep.sum(-1)
-
-
-def response_window(labels: torch.Tensor) -> int:
-    """How many trailing positions of the batch hold every scored token, plus the one before.
-
-    With right padding, position t's logits are needed only from the first target's predecessor
-    on; passing this as ``logits_to_keep`` skips the lm-head (V-wide) on the shared prompt part.
-    """
-    scored = (labels != IGNORE).any(0)
-    if not bool(scored.any()):
-        return labels.shape[1]
-    first = int(scored.nonzero()[0, 0])
-    return labels.shape[1] - max(first - 1, 0)
+    return sums_by_sequence(head(picked_hidden), targets[keep], sequence[:, 1:][keep], n)

@@ -8,24 +8,29 @@ them if needed and adds ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log 
 response tokens) and the response token counts. Training then reads these columns, so the
 reference model never sits in training memory and is never run twice over the same pair.
 
-The batch layout and the log-prob function are the training objective's own (`collate_pairs`,
+The batch layout and the log-prob function are the training objective's own (`pack_pairs`,
 `pair_logps`), which is what makes precomputed and on-the-fly reference log-probs agree.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 
-from rayalign.config import Cfg, ConfigError
+from rayalign.config import Cfg, ConfigError, DType
 from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, dataset_files, quarantine_row, run_sharded
+from rayalign.prefer.common import dataset_result
+from rayalign.results import StageResult
 
 INT_LIST = pa.list_(pa.int32())
-REFERENCE_COLUMNS = [("ref_chosen_logp", pa.float64()), ("ref_rejected_logp", pa.float64()),
-                     ("chosen_tokens", pa.int32()), ("rejected_tokens", pa.int32()),
-                     ("num_tokens", pa.int64())]  # both rows of the pair: the train loop's tokens/s
+REFERENCE_COLUMNS = [
+    ("ref_chosen_logp", pa.float64()),
+    ("ref_rejected_logp", pa.float64()),
+    ("chosen_tokens", pa.int32()),
+    ("rejected_tokens", pa.int32()),
+    ("num_tokens", pa.int64()),
+]  # both rows of the pair: the train loop's tokens/s
 
 
 def reference_schema() -> pa.Schema:
@@ -35,11 +40,13 @@ def reference_schema() -> pa.Schema:
 
 
 class ReferenceConfig(Cfg):
+    resource_fields = frozenset({"batch_size", "pool"})
+
     inputs: list[str]  # raw pair files, or folders written by `prepare` (kind: pairs) / `reference`
     output: str
     model: str = "builtin:smollm2-135m-instruct"  # the reference policy (usually the SFT checkpoint)
     adapter: str | None = None  # a LoRA/Aligner folder applied on top of `model`
-    dtype: Literal["auto", "fp32", "bf16"] = "fp32"
+    dtype: DType = "fp32"
     max_length: int = 1024  # prompt + longest response, in tokens; longer pairs are quarantined
     batch_size: int = 8  # pairs per forward pass (2 × rows: chosen and rejected together)
     pool: PoolConfig = PoolConfig()
@@ -81,38 +88,48 @@ class ReferenceProcessor:
                 return None, ("template_error", str(e))
         longest = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
         if longest > self.cfg.max_length:
-            return None, ("over_length", f"{longest} tokens > max_length {self.cfg.max_length}; "
-                                         f"raise max_length or shorten the pair")
+            return None, (
+                "over_length",
+                f"{longest} tokens > max_length {self.cfg.max_length}; raise max_length or shorten the pair",
+            )
         return row, None
 
     def process(self, rows: list[dict]) -> ProcessResult:
         import torch
 
-        from rayalign.objectives.pairs import collate_pairs, pair_logps
+        from rayalign.objectives.pairs import pack_pairs, pair_logps
 
-        good, quarantine = [], []
+        good: list[dict] = []
+        quarantine = []
         for i, row in enumerate(rows):
             out, reason = self._tokenised(row)
-            if reason is not None:
-                quarantine.append(quarantine_row("reference", row.get("_index", i), reason[0], reason[1],
-                                                 str(row.get("id", ""))))
-            else:
+            if out is not None:
                 good.append(out)
+                continue
+            code, detail = reason or ("unknown", "")
+            quarantine.append(quarantine_row("reference", row.get("_index", i), code, detail, str(row.get("id", ""))))
         # batches of similar length waste less compute on padding; output keeps the input order
-        order = sorted(range(len(good)), key=lambda i: len(good[i]["prompt_ids"])
-                       + max(len(good[i]["chosen_ids"]), len(good[i]["rejected_ids"])))
+        order = sorted(
+            range(len(good)),
+            key=lambda i: len(good[i]["prompt_ids"]) + max(len(good[i]["chosen_ids"]), len(good[i]["rejected_ids"])),
+        )
         stats = {"pairs": 0.0, "response_tokens": 0.0}
         bs = self.cfg.batch_size
         with torch.inference_mode():
             for start in range(0, len(order), bs):
-                idx = order[start:start + bs]
-                batch = collate_pairs([good[i] for i in idx], self.tok.pad_token_id)
+                idx = order[start : start + bs]
+                batch = pack_pairs([good[i] for i in idx], self.tok.pad_token_id)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 chosen, rejected, n_c, n_r = (t.cpu().tolist() for t in pair_logps(self.model, batch))
                 for j, i in enumerate(idx):
                     row = good[i]
-                    row.update(ref_chosen_logp=chosen[j], ref_rejected_logp=rejected[j], chosen_tokens=n_c[j],
-                               rejected_tokens=n_r[j], num_tokens=2 * len(row["prompt_ids"]) + n_c[j] + n_r[j])
+                    row.update(
+                        ref_chosen_logp=chosen[j],
+                        ref_rejected_logp=rejected[j],
+                        chosen_tokens=n_c[j],
+                        rejected_tokens=n_r[j],
+                        num_tokens=2 * len(row["prompt_ids"]) + n_c[j] + n_r[j],
+                    )
                     stats["response_tokens"] += n_c[j] + n_r[j]
         stats["pairs"] = float(len(good))
         return ProcessResult(good, quarantine, stats)
@@ -126,14 +143,26 @@ def has_reference_columns(path: str | Path) -> bool:
     return bool(files) and "ref_chosen_logp" in pq.read_schema(files[0]).names
 
 
-def run_reference(cfg: ReferenceConfig, log=print) -> dict:
+def run_reference(cfg: ReferenceConfig, log=print) -> StageResult:
     files, kind = split_inputs(cfg.inputs)
-    manifest = run_sharded("reference", files, cfg.output, lambda: ReferenceProcessor(cfg), kind=kind,
-                           pool=cfg.pool, config_hash=cfg.hash(),
-                           extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter}, log=log)
-    c = manifest["counts"]
-    log(f"[reference] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} pairs "
-        f"with reference log-probs of {cfg.model}")
-    for reason, n in c["by_reason"].items():
+    manifest = run_sharded(
+        "reference",
+        files,
+        cfg.output,
+        lambda: ReferenceProcessor(cfg),
+        kind=kind,
+        pool=cfg.pool,
+        config_hash=cfg.hash(),
+        extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter},
+        log=log,
+    )
+    result = dataset_result("reference", cfg.output, manifest, model=cfg.model, adapter=cfg.adapter)
+    c = result.counts
+    assert c is not None
+    log(
+        f"[reference] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} pairs "
+        f"with reference log-probs of {cfg.model}"
+    )
+    for reason, n in c.by_reason.items():
         log(f"    quarantined {n:5d}  {reason}")
-    return manifest
+    return result

@@ -17,9 +17,13 @@ from typing import Literal
 
 from rayalign.config import Cfg
 from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.prefer.common import dataset_result
+from rayalign.results import StageResult
 
 
 class ScoreConfig(Cfg):
+    resource_fields = frozenset({"batch_size", "pool"})
+
     inputs: list[str]
     output: str
     model: str  # a reward-model folder written by `rayalign reward` (its `checkpoint`)
@@ -36,8 +40,12 @@ def _response_row(raw: dict, default_id: str) -> tuple[dict | None, tuple[str, s
     if not isinstance(raw, dict):
         return None, ("not_an_object", f"row must be a JSON object, got {type(raw).__name__}")
     try:
-        return {"id": _id(raw, default_id), "prompt": _prompt_messages(raw), "response": _response(raw, "response"),
-                "meta": _meta(raw)}, None
+        return {
+            "id": _id(raw, default_id),
+            "prompt": _prompt_messages(raw),
+            "response": _response(raw, "response"),
+            "meta": _meta(raw),
+        }, None
     except RowError as e:
         return None, (e.reason.code, e.reason.detail)
 
@@ -49,7 +57,7 @@ class ScoreProcessor:
         import torch
 
         from rayalign.models.loader import load_tokenizer, resolve_model_path
-        from rayalign.prefer.evaluate import load_reward_model
+        from rayalign.objectives.accuracy import load_reward_model
 
         self.cfg = cfg
         self.device = "cuda" if cfg.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -70,39 +78,49 @@ class ScoreProcessor:
         p = tokenize_pair(self.tok, prompt, response, response)
         return [(p["prompt_ids"], p["chosen_ids"])]
 
-    def _check(self, row: dict, index: int) -> tuple[list | None, dict | None]:
+    def _check(self, row: dict, index: int) -> list | dict:
+        """The row's (prompt ids, response ids) sequences, or its quarantine row."""
         from rayalign.data.tokenize import TemplateError
 
         if self.cfg.kind == "chat" and row["messages"][-1]["role"] != "assistant":
-            return None, quarantine_row("score", index, "no_assistant_turn",
-                                        "the conversation must end with the assistant turn to score", row["id"])
+            return quarantine_row(
+                "score",
+                index,
+                "no_assistant_turn",
+                "the conversation must end with the assistant turn to score",
+                row["id"],
+            )
         if self.cfg.kind == "chat" and len(row["messages"]) < 2:
-            return None, quarantine_row("score", index, "no_user_turn", "no prompt before the assistant turn", row["id"])
+            return quarantine_row("score", index, "no_user_turn", "no prompt before the assistant turn", row["id"])
         try:
             seqs = self._sequences(row)
         except TemplateError as e:
-            return None, quarantine_row("score", index, "template_error", str(e), row["id"])
+            return quarantine_row("score", index, "template_error", str(e), row["id"])
         longest = max(len(p) + len(y) for p, y in seqs)
         if longest > self.cfg.max_length:
-            return None, quarantine_row("score", index, "over_length",
-                                        f"{longest} tokens > max_length {self.cfg.max_length}", row["id"])
-        return seqs, None
+            return quarantine_row(
+                "score", index, "over_length", f"{longest} tokens > max_length {self.cfg.max_length}", row["id"]
+            )
+        return seqs
 
     def process(self, rows: list[dict]) -> ProcessResult:
         import torch
 
         from rayalign.objectives.pairs import collate_sequences, sequence_rewards
 
-        good, seqs, quarantine = [], [], []
+        good: list[dict] = []
+        seqs: list[list[tuple[list[int], list[int]]]] = []
+        quarantine = []
         for i, raw in enumerate(rows):
             index = raw.pop("_index", i) if isinstance(raw, dict) else i
             row, reason = (raw, None) if self.cfg.kind != "responses" else _response_row(raw, f"row-{index}")
-            if reason is not None:
-                quarantine.append(quarantine_row("score", index, reason[0], reason[1], json.dumps(raw, default=str)))
+            if row is None:
+                code, detail = reason or ("unknown", "")
+                quarantine.append(quarantine_row("score", index, code, detail, json.dumps(raw, default=str)))
                 continue
-            row_seqs, q = self._check(row, index)
-            if q is not None:
-                quarantine.append(q)
+            row_seqs = self._check(row, index)
+            if isinstance(row_seqs, dict):
+                quarantine.append(row_seqs)
                 continue
             good.append(row)
             seqs.append(row_seqs)
@@ -111,7 +129,7 @@ class ScoreProcessor:
         rewards = [0.0] * len(flat)
         with torch.inference_mode():
             for start in range(0, len(order), self.cfg.batch_size):
-                idx = order[start:start + self.cfg.batch_size]
+                idx = order[start : start + self.cfg.batch_size]
                 batch = collate_sequences([flat[i][0] for i in idx], [flat[i][1] for i in idx], self.tok.pad_token_id)
                 scores = sequence_rewards(self.model, {k: v.to(self.device) for k, v in batch.items()}).cpu().tolist()
                 for i, s in zip(idx, scores):
@@ -119,8 +137,11 @@ class ScoreProcessor:
         pos = 0
         for row, row_seqs in zip(good, seqs):
             if self.cfg.kind == "pairs":
-                row.update(reward_chosen=rewards[pos], reward_rejected=rewards[pos + 1],
-                           reward_margin=rewards[pos] - rewards[pos + 1])
+                row.update(
+                    reward_chosen=rewards[pos],
+                    reward_rejected=rewards[pos + 1],
+                    reward_margin=rewards[pos] - rewards[pos + 1],
+                )
             else:
                 row["reward"] = rewards[pos]
             pos += len(row_seqs)
@@ -130,13 +151,24 @@ class ScoreProcessor:
         return ProcessResult(good, quarantine, stats)
 
 
-def run_score(cfg: ScoreConfig, log=print) -> dict:
+def run_score(cfg: ScoreConfig, log=print) -> StageResult:
     kind = None if cfg.kind == "responses" else cfg.kind  # responses rows are validated by the processor
-    manifest = run_sharded("score", cfg.inputs, cfg.output, lambda: ScoreProcessor(cfg), kind=kind, pool=cfg.pool,
-                           config_hash=cfg.hash(), extra={"kind": cfg.kind, "model": cfg.model}, log=log)
-    c, st = manifest["counts"], manifest["stats"]
-    log(f"[score] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} scored rows")
-    if cfg.kind == "pairs" and c["out_rows"]:
-        manifest["chosen_win_rate"] = st.get("chosen_wins", 0.0) / c["out_rows"]
-        log(f"[score] reward model prefers the chosen response in {manifest['chosen_win_rate']:.3f} of pairs")
-    return manifest
+    manifest = run_sharded(
+        "score",
+        cfg.inputs,
+        cfg.output,
+        lambda: ScoreProcessor(cfg),
+        kind=kind,
+        pool=cfg.pool,
+        config_hash=cfg.hash(),
+        extra={"kind": cfg.kind, "model": cfg.model},
+        log=log,
+    )
+    result = dataset_result("score", cfg.output, manifest, kind=cfg.kind, model=cfg.model)
+    c = result.counts
+    assert c is not None
+    log(f"[score] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} scored rows")
+    if cfg.kind == "pairs" and c.out_rows:
+        result.metrics["chosen_win_rate"] = result.metrics.get("chosen_wins", 0.0) / c.out_rows
+        log(f"[score] reward model prefers the chosen response in {result.metrics['chosen_win_rate']:.3f} of pairs")
+    return result

@@ -4,7 +4,7 @@
     rayalign reward rayjobs/configs/reward_tiny.yaml
 
 Both are the training engine (`rayalign.train.launcher.launch`: FSDP2, LoRA/Aligner, resume, metrics)
-with an objective from the registry; this module only gets the data ready:
+with an objective from the table in `rayalign.objectives`; this module only gets the data ready:
 
 - `prefer`, reference-based objective, ``reference.mode: precomputed`` (default): the `reference`
   stage scores every pair once into ``<output_dir>/reference`` and the loop reads those columns, so
@@ -12,54 +12,96 @@ with an objective from the registry; this module only gets the data ready:
   (``<output_dir>/prepared``) and the loop keeps a frozen reference model — the two runs agree.
 - reference-free objectives (SimPO, ORPO) and `reward` only tokenise.
 
-`data.path` may name a folder that already holds tokenised pairs (from `prepare` or `reference`);
-`data.inputs` raw pair files. The summary adds the held-in pair accuracy of the final model.
+The config is composed: ``train`` is the training engine's own `TrainConfig`, next to the stage's
+sections (``reference``, ``eval_pairs``). A YAML may nest the run under ``train:`` or write its keys
+at the top level (model, data, objective, micro_batch_size, ...); top-level keys that are not the
+stage's own go to ``train``. `data.path` may name a folder of tokenised pairs (from `prepare` or
+`reference`); `data.inputs` raw pair files.
+
+The result adds the held-in pair accuracy of the final model (``eval_pairs`` rows), computed where
+training ran: in this process for an in-process run, in a Ray task with a training worker's
+resources (its GPU, bf16 there) for a Ray Train run — never in a driver-side fp32 copy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import model_validator
 
 from rayalign.config import Cfg, ConfigError
 from rayalign.data.shards import PoolConfig
 from rayalign.prefer.reference import ReferenceConfig, has_reference_columns, run_reference
-from rayalign.train.config import ObjectiveSpec, TrainConfig
+from rayalign.results import StageResult, numeric_metrics
+from rayalign.train.config import TrainConfig
 
 
 class ReferenceSpec(Cfg):
+    resource_fields = frozenset({"batch_size", "pool"})
+
     mode: Literal["precomputed", "on_the_fly"] = "precomputed"
     batch_size: int = 8  # pairs per forward in the reference pass
     pool: PoolConfig = PoolConfig()  # the reference pass's actor pool (workers: 0 = in this process)
 
 
-class PreferConfig(TrainConfig):
-    name: str = "prefer"
-    objective: ObjectiveSpec = ObjectiveSpec(name="apo_zero", beta=0.1)
-    reference: ReferenceSpec = ReferenceSpec()
+class _PairStageConfig(Cfg):
+    """A training stage on pairs: the engine's `train` config plus the stage's own sections."""
+
+    default_objective: ClassVar[dict[str, Any]] = {}
+    default_name: ClassVar[str] = ""
+
+    train: TrainConfig
     eval_pairs: int = 256  # held-in pairs scored after training (0: skip)
 
+    @classmethod
+    def accepted_keys(cls) -> set[str]:
+        """Every top-level key a YAML may give: the stage's own fields and the training run's."""
+        return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
 
-class RewardConfig(TrainConfig):
-    name: str = "reward"
-    objective: ObjectiveSpec = ObjectiveSpec(name="reward")
-    eval_pairs: int = 256
+    @model_validator(mode="before")
+    @classmethod
+    def _route_training_keys(cls, data: Any) -> Any:
+        """Top-level keys that are not this stage's own belong to the training run (`train`)."""
+        if not isinstance(data, dict):
+            return data
+        own = {k: v for k, v in data.items() if k in cls.model_fields and k != "train"}
+        train = dict(data.get("train") or {})
+        train.update({k: v for k, v in data.items() if k not in cls.model_fields})
+        train.setdefault("objective", dict(cls.default_objective))
+        train.setdefault("name", cls.default_name)
+        return {**own, "train": train}
 
 
-def _train_config(cfg: TrainConfig, data_path: str) -> TrainConfig:
-    """The engine's own config: the stage's extra sections dropped, data.path pointing at the pairs."""
-    fields = set(TrainConfig.model_fields)
-    base = TrainConfig.model_validate({k: v for k, v in cfg.model_dump().items() if k in fields})
-    return base.model_copy(update={"data": base.data.model_copy(update={"path": data_path, "inputs": []})})
+class PreferConfig(_PairStageConfig):
+    default_objective: ClassVar[dict[str, Any]] = {"name": "apo_zero", "beta": 0.1}
+    default_name: ClassVar[str] = "prefer"
+
+    reference: ReferenceSpec = ReferenceSpec()
 
 
-def last_metrics(summary: dict) -> dict:
-    """The final logged step (loss, rewards, margins, accuracy...) from the run's metrics.jsonl."""
+class RewardConfig(_PairStageConfig):
+    default_objective: ClassVar[dict[str, Any]] = {"name": "reward"}
+    default_name: ClassVar[str] = "reward"
+
+
+def _with_data(cfg: TrainConfig, data_path: str) -> TrainConfig:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": data_path, "inputs": []})})
+
+
+def last_metrics(trained: StageResult) -> dict[str, float]:
+    """The training result's metrics plus the final logged step (loss, rewards, margins, accuracy...)
+    from the run's metrics.jsonl, numbers only; the record's wall-clock `time` stamp is not a metric."""
     import json
 
-    path = Path(summary.get("metrics_file") or "")
-    lines = [x for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    from rayalign import storage
+
+    path = str(trained.details.get("metrics_file") or "")
+    text = storage.read_text(path) if path and storage.exists(path) else ""
+    lines = [x for x in text.splitlines() if x.strip()]
+    record = json.loads(lines[-1]) if lines else {}
+    record.pop("time", None)
+    return {**trained.metrics, **numeric_metrics(record)}
 
 
 def tokenised_pairs(cfg: TrainConfig, log=print) -> str:
@@ -71,79 +113,146 @@ def tokenised_pairs(cfg: TrainConfig, log=print) -> str:
     from rayalign.data.prepare import PrepareConfig, run_prepare
 
     target = Path(cfg.output_dir) / "prepared"
-    run_prepare(PrepareConfig(kind="pairs", inputs=cfg.data.inputs, output=str(target), model=cfg.model,
-                              max_length=cfg.data.max_length, overlength="quarantine", pool=cfg.data.pool), log=log)
+    run_prepare(
+        PrepareConfig(
+            kind="pairs",
+            inputs=cfg.data.inputs,
+            output=str(target),
+            model=cfg.model,
+            max_length=cfg.data.max_length,
+            overlength="quarantine",
+            pool=cfg.data.pool,
+        ),
+        log=log,
+    )
     return str(target)
 
 
 def pairs_with_reference(cfg: PreferConfig, log=print) -> str:
     """A folder whose rows carry ref_chosen_logp / ref_rejected_logp (running `reference` if needed)."""
-    if cfg.data.path and has_reference_columns(cfg.data.path):
-        return cfg.data.path
-    inputs = [cfg.data.path] if cfg.data.path else cfg.data.inputs
+    train = cfg.train
+    if train.data.path and has_reference_columns(train.data.path):
+        return train.data.path
+    inputs = [train.data.path] if train.data.path else train.data.inputs
     if not inputs:
         raise ConfigError("data: give data.path (a folder of pairs) or data.inputs (raw pair files)")
-    target = Path(cfg.output_dir) / "reference"
-    run_reference(ReferenceConfig(inputs=inputs, output=str(target), model=cfg.reference_model or cfg.model,
-                                  max_length=cfg.data.max_length, batch_size=cfg.reference.batch_size,
-                                  pool=cfg.reference.pool), log=log)
+    target = Path(train.output_dir) / "reference"
+    run_reference(
+        ReferenceConfig(
+            inputs=inputs,
+            output=str(target),
+            model=train.reference_model or train.model,
+            max_length=train.data.max_length,
+            batch_size=cfg.reference.batch_size,
+            pool=cfg.reference.pool,
+        ),
+        log=log,
+    )
     return str(target)
 
 
-def run_prefer(cfg: PreferConfig, log=print) -> dict:
-    from rayalign.train.launcher import launch
-    from rayalign.train.objective import get_objective
+def _objective(cfg: TrainConfig, model_class: str, other_stage: str):
+    from rayalign.objectives import get_objective
 
     objective = get_objective(cfg.objective.name, **cfg.objective.kwargs())  # bad names/params fail here
-    if objective.model_class != "causal_lm":
-        raise ConfigError(f"objective.name: {cfg.objective.name!r} trains a {objective.model_class} model; "
-                          f"use `rayalign reward` for it")
+    if objective.model_class != model_class:
+        raise ConfigError(
+            f"objective.name: {cfg.objective.name!r} trains a {objective.model_class} model; "
+            f"use `rayalign {other_stage}` for it"
+        )
+    return objective
+
+
+def run_prefer(cfg: PreferConfig, log=print) -> StageResult:
+    from rayalign.train.launcher import launch
+
+    objective = _objective(cfg.train, "causal_lm", "reward")
     if objective.needs_reference and cfg.reference.mode == "precomputed":
         data = pairs_with_reference(cfg, log)
     else:
-        data = tokenised_pairs(cfg, log)
+        data = tokenised_pairs(cfg.train, log)
         if objective.needs_reference and has_reference_columns(data):
-            raise ConfigError("reference.mode: on_the_fly, but data.path already carries reference log-probs "
-                              "(the loop would use them); give data.inputs or a `prepare` output instead")
-    summary = launch(_train_config(cfg, data))
-    summary.update(data=data, metrics=last_metrics(summary))
-    summary["reference_mode"] = cfg.reference.mode if objective.needs_reference else "none"
-    if cfg.eval_pairs > 0 and summary.get("checkpoint"):
-        summary["pair_accuracy"] = evaluate_policy(cfg, summary, data)
-        log(f"[prefer] held-in pair accuracy {summary['pair_accuracy']['accuracy']:.3f} "
-            f"over {summary['pair_accuracy']['pairs']} pairs")
-    return summary
+            raise ConfigError(
+                "reference.mode: on_the_fly, but data.path already carries reference log-probs "
+                "(the loop would use them); give data.inputs or a `prepare` output instead"
+            )
+    train = _with_data(cfg.train, data)
+    trained = launch(train)
+    mode = cfg.reference.mode if objective.needs_reference else "none"
+    return _result("prefer", train, trained, data, cfg.eval_pairs, "policy", log, reference_mode=mode)
 
 
-def evaluate_policy(cfg: TrainConfig, summary: dict, data: str) -> dict:
-    from rayalign.models.loader import load_tokenizer
-    from rayalign.prefer.evaluate import load_policy, load_rows, preference_accuracy
-
-    is_adapter = cfg.peft.method != "none" and "adapter" not in summary
-    model = load_policy(summary["checkpoint"], cfg.model, adapter=is_adapter)
-    return preference_accuracy(model, load_rows(data, cfg.eval_pairs), load_tokenizer(cfg.model).pad_token_id)
-
-
-def run_reward(cfg: RewardConfig, log=print) -> dict:
+def run_reward(cfg: RewardConfig, log=print) -> StageResult:
     from rayalign.train.launcher import launch
-    from rayalign.train.objective import get_objective
 
-    objective = get_objective(cfg.objective.name, **cfg.objective.kwargs())
-    if objective.model_class != "sequence_classification":
-        raise ConfigError(f"objective.name: {cfg.objective.name!r} is not a reward-model objective; "
-                          f"use `rayalign prefer` for it")
-    if cfg.peft.method != "none":
+    _objective(cfg.train, "sequence_classification", "prefer")
+    if cfg.train.peft.method != "none":
         raise ConfigError("peft.method: the reward stage trains the full model and its new score head; set none")
-    data = tokenised_pairs(cfg, log)
-    summary = launch(_train_config(cfg, data))
-    summary.update(data=data, metrics=last_metrics(summary))
-    if cfg.eval_pairs > 0 and summary.get("checkpoint"):
-        from rayalign.models.loader import load_tokenizer
-        from rayalign.prefer.evaluate import load_reward_model, load_rows, reward_accuracy
+    train = _with_data(cfg.train, tokenised_pairs(cfg.train, log))
+    return _result("reward", train, launch(train), train.data.path or "", cfg.eval_pairs, "reward", log)
 
-        model = load_reward_model(summary["checkpoint"])
-        summary["pair_accuracy"] = reward_accuracy(model, load_rows(data, cfg.eval_pairs),
-                                                   load_tokenizer(cfg.model).pad_token_id)
-        log(f"[reward] held-in ranking accuracy {summary['pair_accuracy']['accuracy']:.3f} "
-            f"over {summary['pair_accuracy']['pairs']} pairs")
-    return summary
+
+def _result(
+    stage: str,
+    train: TrainConfig,
+    trained: StageResult,
+    data: str,
+    eval_pairs: int,
+    kind: Literal["policy", "reward"],
+    log,
+    **details: Any,
+) -> StageResult:
+    """The stage's typed result: the last logged step's metrics, the held-in accuracy, paths in details."""
+    metrics = last_metrics(trained)
+    checkpoint = trained.checkpoint
+    if eval_pairs > 0 and checkpoint:
+        # a merged LoRA run's checkpoint is a full folder (its adapter is listed in details)
+        adapter = train.peft.method != "none" and not trained.details.get("adapter")
+        acc = heldin_accuracy(train, kind, checkpoint, adapter, data, eval_pairs)
+        metrics.update(heldin_accuracy=acc["accuracy"], heldin_margin=acc["margin"], heldin_pairs=acc["pairs"])
+        log(f"[{stage}] held-in pair accuracy {acc['accuracy']:.3f} over {acc['pairs']} pairs")
+    extra = trained.details
+    return StageResult(
+        stage=stage,
+        output=None,
+        checkpoint=checkpoint,
+        metrics=metrics,
+        details={"data": data, "output_dir": train.output_dir, **details, "train": extra},
+    )
+
+
+def heldin_accuracy(
+    train: TrainConfig, kind: Literal["policy", "reward"], checkpoint: str, adapter: bool, data: str, limit: int
+) -> dict:
+    """Pair accuracy of the trained model where training ran: in this process for an in-process run,
+    else in one Ray task holding a training worker's resources (CPUs, and its GPU when use_gpu)."""
+    args = (kind, checkpoint, train.model, adapter, data, limit, train.dtype)
+    if train.scaling.workers == 0:
+        return accuracy_task(*args)
+    import ray
+
+    from rayalign.raycluster import ensure_ray
+
+    ensure_ray()
+    s = train.scaling
+    task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0)(accuracy_task)
+    return ray.get(task.remote(*args))
+
+
+def accuracy_task(kind: str, checkpoint: str, base: str, adapter: bool, data: str, limit: int, dtype: str) -> dict:
+    """Load the trained model on this node's device (bf16 on a GPU under dtype auto) and score the pairs."""
+    import torch
+
+    from rayalign.models.loader import load_model, load_tokenizer
+    from rayalign.objectives.accuracy import load_reward_model, load_rows, preference_accuracy, reward_accuracy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, pad_id = load_rows(data, limit), load_tokenizer(base).pad_token_id
+    if kind == "reward":
+        return reward_accuracy(load_reward_model(checkpoint).to(device), rows, pad_id)
+    model = (
+        load_model(base, dtype=dtype, device=device, adapter=checkpoint)
+        if adapter
+        else load_model(checkpoint, dtype=dtype, device=device)
+    )
+    return preference_accuracy(model.eval(), rows, pad_id)

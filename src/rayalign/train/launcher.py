@@ -68,7 +68,7 @@ def _ray_worker(config: dict) -> None:  # Ray Train's worker function
 
 
 def launch(cfg: TrainConfig) -> StageResult:
-    from rayalign.train.objective import get_objective
+    from rayalign.objectives import get_objective
 
     get_objective(cfg.objective.name, **cfg.objective.kwargs())  # a bad name fails here, not in N workers
     out = cfg.output_dir if storage.is_uri(cfg.output_dir) else str(Path(cfg.output_dir).resolve())

@@ -89,7 +89,7 @@ class Trainer:
         from rayalign.models.loader import load_tokenizer
         from rayalign.train.data import DataOrder, RowSource
         from rayalign.train.metrics import MetricsWriter, peak_flops
-        from rayalign.train.objective import get_objective
+        from rayalign.objectives import get_objective
 
         self.cfg, self.hooks = cfg, hooks or LocalHooks()
         torch.set_num_threads(cfg.torch_threads)

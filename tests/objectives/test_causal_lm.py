@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from rayalign.train.objective import OBJECTIVES, CausalLMObjective, get_objective, token_nll_sum
+from rayalign.objectives import OBJECTIVES, get_objective
+from rayalign.objectives.causal_lm import CausalLMObjective, token_nll_sum
 
 
 def test_collate_pads_rows_and_continues_positions():
