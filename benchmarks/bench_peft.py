@@ -62,8 +62,10 @@ def build(method: str, model):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        return get_peft_model(
+            model,
+            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        )
     return model  # full fine-tuning: every parameter trains
 
 
@@ -109,17 +111,41 @@ def worker(method: str, batch: int, seq: int, warmup: int, steps: int, threads: 
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = _rss_mib("VmHWM") if peak_ok else float("nan")
-    return {"method": method, "trainable": trainable, "total": sum(p.numel() for p in model.parameters()),
-            # min is the figure least disturbed by other processes on a shared box; median shown beside it
-            "step_s": min(times), "step_median_s": statistics.median(times), "step_cpu_s": min(cpu_times), "peak_mib": peak, "base_mib": base_mem,
-            "delta_mib": peak - base_mem, "device": device,
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
-            "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
+    return {
+        "method": method,
+        "trainable": trainable,
+        "total": sum(p.numel() for p in model.parameters()),
+        # min is the figure least disturbed by other processes on a shared box; median shown beside it
+        "step_s": min(times),
+        "step_median_s": statistics.median(times),
+        "step_cpu_s": min(cpu_times),
+        "peak_mib": peak,
+        "base_mib": base_mem,
+        "delta_mib": peak - base_mem,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
+        "loss_first": float(losses[0]),
+        "loss_last": float(losses[-1]),
+    }
 
 
 def run_method(method: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--seq", str(args.seq),
-           "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if res.returncode != 0:
         raise RuntimeError(f"{method} worker failed:\n{res.stderr[-3000:]}")
@@ -131,17 +157,21 @@ def report(results: list[dict], args) -> str:
     dev = results[0]["device"]
     mem_name = "peak allocated" if dev == "cuda" else "peak RSS"
     names = {"full": "full fine-tuning", "lora": "LoRA r=8 (q,k,v,o; peft)", "aligner": "Aligner (1 token, layers 2+)"}
-    lines = [f"# bench_peft — {dt.date.today()} — {results[0]['device_name']}, {dev}, {os.cpu_count()} CPUs, "
-             f"torch threads {args.threads}", "",
-             f"SmolLM2-135M-Instruct ({base['total']:,} params), batch {args.batch} x {args.seq} tokens, AdamW, "
-             f"{'bf16' if dev == 'cuda' else 'fp32'}, {args.steps} timed steps after {args.warmup} warm-up: fastest "
-             f"step (least disturbed by other load on the machine), median beside it; on CPU the ratio column "
-             f"compares CPU seconds per step (the work itself, robust to other load on a shared box).",
-             f"Memory: {mem_name}; 'training memory' = peak minus the memory held right after loading "
-             f"the model (activations + gradients + optimizer state).", "",
-             f"| method | trainable params | % of model | step (s) | median (s) | CPU s/step | step vs full | {mem_name} (MiB) | "
-             f"training memory (MiB) | vs full |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# bench_peft — {dt.date.today()} — {results[0]['device_name']}, {dev}, {os.cpu_count()} CPUs, "
+        f"torch threads {args.threads}",
+        "",
+        f"SmolLM2-135M-Instruct ({base['total']:,} params), batch {args.batch} x {args.seq} tokens, AdamW, "
+        f"{'bf16' if dev == 'cuda' else 'fp32'}, {args.steps} timed steps after {args.warmup} warm-up: fastest "
+        f"step (least disturbed by other load on the machine), median beside it; on CPU the ratio column "
+        f"compares CPU seconds per step (the work itself, robust to other load on a shared box).",
+        f"Memory: {mem_name}; 'training memory' = peak minus the memory held right after loading "
+        f"the model (activations + gradients + optimizer state).",
+        "",
+        f"| method | trainable params | % of model | step (s) | median (s) | CPU s/step | step vs full | {mem_name} (MiB) | "
+        f"training memory (MiB) | vs full |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     # On a shared CPU box wall time mostly measures the neighbours; with one torch thread the process's
     # CPU seconds per step measure the work itself, so the ratio uses them there.
     key = "step_s" if dev == "cuda" else "step_cpu_s"
@@ -149,12 +179,17 @@ def report(results: list[dict], args) -> str:
         lines.append(
             f"| {names[r['method']]} | {r['trainable']:,} | {100 * r['trainable'] / base['total']:.4f}% | "
             f"{r['step_s']:.3f} | {r['step_median_s']:.3f} | {r['step_cpu_s']:.3f} | {r[key] / base[key]:.2f}x | {r['peak_mib']:,.0f} | "
-            f"{r['delta_mib']:,.0f} | {r['delta_mib'] / base['delta_mib']:.2f}x |")
-    lines += ["", "Why Aligner's step costs about what LoRA's does: both must back-propagate through the whole frozen "
-              "network (the prefix feeds every layer from `start_layer` on); what they save over full fine-tuning "
-              "is the weight gradients and AdamW state of the frozen parameters — hence the memory column.",
-              "", "Loss over the timed run (random tokens, just a sanity check that each method trains): " +
-              ", ".join(f"{r['method']} {r['loss_first']:.3f}→{r['loss_last']:.3f}" for r in results)]
+            f"{r['delta_mib']:,.0f} | {r['delta_mib'] / base['delta_mib']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Why Aligner's step costs about what LoRA's does: both must back-propagate through the whole frozen "
+        "network (the prefix feeds every layer from `start_layer` on); what they save over full fine-tuning "
+        "is the weight gradients and AdamW state of the frozen parameters — hence the memory column.",
+        "",
+        "Loss over the timed run (random tokens, just a sanity check that each method trains): "
+        + ", ".join(f"{r['method']} {r['loss_first']:.3f}→{r['loss_last']:.3f}" for r in results),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -44,17 +44,32 @@ def run_rayalign(work: Path, args) -> dict:
     from rayalign.train.metrics import read_metrics
 
     out = work / "rayalign_run"
-    cfg = TrainConfig(model=MODEL, output_dir=str(out), data={"path": str(work / "packed"), "shuffle": False},
-                      objective={"name": "sft"}, micro_batch_size=1, grad_accum=1, epochs=1,
-                      optim={"lr": 2e-5, "max_grad_norm": 1.0}, checkpoint={"every": 0}, progress=False,
-                      torch_threads=args.threads, stop_at_step=None)
+    cfg = TrainConfig(
+        model=MODEL,
+        output_dir=str(out),
+        data={"path": str(work / "packed"), "shuffle": False},
+        objective={"name": "sft"},
+        micro_batch_size=1,
+        grad_accum=1,
+        epochs=1,
+        optim={"lr": 2e-5, "max_grad_norm": 1.0},
+        checkpoint={"every": 0},
+        progress=False,
+        torch_threads=args.threads,
+        stop_at_step=None,
+    )
     # no final checkpoint cost inside the timed window: timing comes from per-step metric timestamps
     launch(cfg)
     recs = read_metrics(out)
     tokens = sum(r["tokens"] for r in recs[1:])
     seconds = recs[-1]["time"] - recs[0]["time"]
-    return {"steps": len(recs), "tokens": tokens, "seconds": seconds, "peak_mb": peak_memory_mb(),
-            "cpu_seconds": recs[-1]["cpu_time"] - recs[0]["cpu_time"]}
+    return {
+        "steps": len(recs),
+        "tokens": tokens,
+        "seconds": seconds,
+        "peak_mb": peak_memory_mb(),
+        "cpu_seconds": recs[-1]["cpu_time"] - recs[0]["cpu_time"],
+    }
 
 
 def run_trl(work: Path, args) -> dict:
@@ -70,8 +85,9 @@ def run_trl(work: Path, args) -> dict:
     # prompt = everything before the last assistant turn, completion = that turn (loss on it only)
     ds = Dataset.from_list([{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in chats])
     gpu = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(MODEL), dtype=torch.float32,
-                                                 attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(MODEL), dtype=torch.float32, attn_implementation="sdpa"
+    )
     tok = load_tokenizer(MODEL)
     counted: list[int] = []
     stamps: list[float] = []
@@ -86,26 +102,46 @@ def run_trl(work: Path, args) -> dict:
             stamps.append(time.time())
             cpu.append(time.process_time())
 
-    conf = SFTConfig(output_dir=str(work / "trl_run"), per_device_train_batch_size=args.trl_batch,
-                     gradient_accumulation_steps=1, learning_rate=2e-5, max_grad_norm=1.0, num_train_epochs=1,
-                     logging_steps=1000, save_strategy="no", report_to=[], max_length=512, packing=False,
-                     gradient_checkpointing=False,  # TRL turns it on by default; rayalign runs without
-                     bf16=gpu, use_cpu=not gpu, dataloader_num_workers=0, seed=0, shuffle_dataset=False)
+    conf = SFTConfig(
+        output_dir=str(work / "trl_run"),
+        per_device_train_batch_size=args.trl_batch,
+        gradient_accumulation_steps=1,
+        learning_rate=2e-5,
+        max_grad_norm=1.0,
+        num_train_epochs=1,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        max_length=512,
+        packing=False,
+        gradient_checkpointing=False,  # TRL turns it on by default; rayalign runs without
+        bf16=gpu,
+        use_cpu=not gpu,
+        dataloader_num_workers=0,
+        seed=0,
+        shuffle_dataset=False,
+    )
     trainer = SFTTrainer(model=model, args=conf, train_dataset=ds, processing_class=tok, callbacks=[Stamp()])
     base_collator = trainer.data_collator
 
     def counting_collator(examples):
         batch = base_collator(examples)
-        counted.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                       else int(batch["input_ids"].numel()))
+        counted.append(
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        )
         return batch
 
     trainer.data_collator = counting_collator
     trainer.train()
     n = len(stamps)
     tokens = sum(counted[1:n])  # batches of steps 2..n (the dataloader may prefetch one more)
-    return {"steps": n, "tokens": tokens, "seconds": stamps[-1] - stamps[0], "peak_mb": peak_memory_mb(),
-            "cpu_seconds": cpu[-1] - cpu[0]}
+    return {
+        "steps": n,
+        "tokens": tokens,
+        "seconds": stamps[-1] - stamps[0],
+        "peak_mb": peak_memory_mb(),
+        "cpu_seconds": cpu[-1] - cpu[0],
+    }
 
 
 def prepare(work: Path, n: int) -> None:
@@ -114,8 +150,18 @@ def prepare(work: Path, n: int) -> None:
     from rayalign.data.shards import read_dataset
 
     quiet = lambda *_: None  # noqa: E731
-    run_prepare(PrepareConfig(kind="chat", inputs=[str(REPO / "rayjobs/data/chat.jsonl")], output=str(work / "all"),
-                              model=MODEL, max_length=512, seq_len=512, pool={"workers": 0}), log=quiet)
+    run_prepare(
+        PrepareConfig(
+            kind="chat",
+            inputs=[str(REPO / "rayjobs/data/chat.jsonl")],
+            output=str(work / "all"),
+            model=MODEL,
+            max_length=512,
+            seq_len=512,
+            pool={"workers": 0},
+        ),
+        log=quiet,
+    )
     ok = {d for row in read_dataset(work / "all", ["doc_ids"]).to_pylist() for d in row["doc_ids"]}
     chats = []
     for line in (REPO / "rayjobs/data/chat.jsonl").read_bytes().splitlines():
@@ -127,8 +173,18 @@ def prepare(work: Path, n: int) -> None:
             chats.append(row)
     chats = chats[:n]
     (work / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
-    run_prepare(PrepareConfig(kind="chat", inputs=[str(work / "chats.jsonl")], output=str(work / "packed"),
-                              model=MODEL, max_length=512, seq_len=512, pool={"workers": 0}), log=quiet)
+    run_prepare(
+        PrepareConfig(
+            kind="chat",
+            inputs=[str(work / "chats.jsonl")],
+            output=str(work / "packed"),
+            model=MODEL,
+            max_length=512,
+            seq_len=512,
+            pool={"workers": 0},
+        ),
+        log=quiet,
+    )
 
 
 def main() -> None:
@@ -137,9 +193,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--trl-batch", type=int, default=8)
-    p.add_argument("--concurrent", action="store_true",
-                   help="run both trainers at the same time, so that on a shared, busy machine both see the "
-                        "same background load (on a dedicated machine leave it off)")
+    p.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run both trainers at the same time, so that on a shared, busy machine both see the "
+        "same background load (on a dedicated machine leave it off)",
+    )
     p.add_argument("--worker", choices=["rayalign", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -157,8 +216,18 @@ def main() -> None:
         results = {}
         procs = {}
         for name in ("rayalign", "trl"):
-            cmd = [sys.executable, __file__, "--worker", name, "--work", str(work), "--threads", str(args.threads),
-                   "--trl-batch", str(args.trl_batch)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--work",
+                str(work),
+                "--threads",
+                str(args.threads),
+                "--trl-batch",
+                str(args.trl_batch),
+            ]
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             if not args.concurrent:
                 procs[name].wait()
@@ -180,7 +249,11 @@ def report(results: dict, n_chats: int, args) -> None:
     a, b = results["rayalign"], results["trl"]
     speed, mem = a["tokens_per_s"] / b["tokens_per_s"], a["peak_mb"] / b["peak_mb"]
     cpu_speed = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    )
     lines = [
         f"# SFT throughput: rayalign vs TRL SFTTrainer — {time.strftime('%Y-%m-%d')}",
         "",
@@ -200,8 +273,12 @@ def report(results: dict, n_chats: int, args) -> None:
         f"**Speed ratio (rayalign / TRL): {speed:.2f}× by wall clock, {cpu_speed:.2f}× per CPU-second** "
         f"(goal ≥ 1.5×); peak memory ratio {mem:.2f}×.",
         "",
-        ("Both trainers ran at the same time (`--concurrent`) so they shared whatever background load the "
-         "machine had; " if args.concurrent else "Both trainers ran back to back in one invocation; ")
+        (
+            "Both trainers ran at the same time (`--concurrent`) so they shared whatever background load the "
+            "machine had; "
+            if args.concurrent
+            else "Both trainers ran back to back in one invocation; "
+        )
         + "CPU seconds (the process's own user+system time) are far less sensitive to other processes on a "
         "shared machine than wall time.",
     ]

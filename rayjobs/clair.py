@@ -1,7 +1,7 @@
 """Run the `clair` generation stage as a Ray job (config → stage → manifest summary).
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/clair.py rayjobs/configs/clair.yaml
-    python rayjobs/clair.py rayjobs/configs/clair.yaml pool.workers=2   # on a local Ray cluster
+ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/clair.py rayjobs/configs/clair.yaml
+python rayjobs/clair.py rayjobs/configs/clair.yaml pool.workers=2   # on a local Ray cluster
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Run the `judge` generation stage as a Ray job (config → stage → manifest summary).
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/judge.py rayjobs/configs/judge.yaml
-    python rayjobs/judge.py rayjobs/configs/judge.yaml pool.workers=2   # on a local Ray cluster
+ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/judge.py rayjobs/configs/judge.yaml
+python rayjobs/judge.py rayjobs/configs/judge.yaml pool.workers=2   # on a local Ray cluster
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Validate, tokenise and pack a dataset as a Ray job (config → stage → manifest summary).
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/prepare.py rayjobs/configs/prepare_chat.yaml
-    python rayjobs/prepare.py rayjobs/configs/prepare_chat.yaml pool.workers=2   # on a local Ray cluster
+ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/prepare.py rayjobs/configs/prepare_chat.yaml
+python rayjobs/prepare.py rayjobs/configs/prepare_chat.yaml pool.workers=2   # on a local Ray cluster
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Run the `rewrite` generation stage as a Ray job (config → stage → manifest summary).
 
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml
-    python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml pool.workers=2   # on a local Ray cluster
+ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml
+python rayjobs/rewrite.py rayjobs/configs/rewrite.yaml pool.workers=2   # on a local Ray cluster
 """
 
 import sys

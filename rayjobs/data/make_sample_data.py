@@ -14,21 +14,54 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-COUNTRIES = [("France", "Paris", "French"), ("Japan", "Tokyo", "Japanese"), ("Italy", "Rome", "Italian"),
-             ("Spain", "Madrid", "Spanish"), ("Germany", "Berlin", "German"), ("Egypt", "Cairo", "Arabic"),
-             ("Canada", "Ottawa", "English and French"), ("Brazil", "Brasilia", "Portuguese"),
-             ("Kenya", "Nairobi", "Swahili and English"), ("Norway", "Oslo", "Norwegian"),
-             ("Peru", "Lima", "Spanish"), ("India", "New Delhi", "Hindi and English"),
-             ("Greece", "Athens", "Greek"), ("Poland", "Warsaw", "Polish"), ("Chile", "Santiago", "Spanish"),
-             ("Sweden", "Stockholm", "Swedish"), ("Turkey", "Ankara", "Turkish"), ("Vietnam", "Hanoi", "Vietnamese")]
-THINGS = [("water", "boils at 100 degrees Celsius at sea level"), ("the Moon", "orbits the Earth about every 27 days"),
-          ("light", "travels at about 300,000 kilometres per second"), ("a triangle", "has angles that add up to 180 degrees"),
-          ("the heart", "pumps blood through the body"), ("plants", "turn sunlight into chemical energy"),
-          ("iron", "rusts when it meets water and oxygen"), ("the Sun", "is a star at the centre of our solar system"),
-          ("bees", "pollinate many flowering plants"), ("ice", "is less dense than liquid water"),
-          ("sound", "travels faster in water than in air"), ("a prime number", "has exactly two divisors")]
-TOPICS = ["sleep", "exercise", "reading", "saving money", "learning a language", "cooking at home",
-          "drinking water", "walking", "gardening", "writing notes", "planning a trip", "studying maths"]
+COUNTRIES = [
+    ("France", "Paris", "French"),
+    ("Japan", "Tokyo", "Japanese"),
+    ("Italy", "Rome", "Italian"),
+    ("Spain", "Madrid", "Spanish"),
+    ("Germany", "Berlin", "German"),
+    ("Egypt", "Cairo", "Arabic"),
+    ("Canada", "Ottawa", "English and French"),
+    ("Brazil", "Brasilia", "Portuguese"),
+    ("Kenya", "Nairobi", "Swahili and English"),
+    ("Norway", "Oslo", "Norwegian"),
+    ("Peru", "Lima", "Spanish"),
+    ("India", "New Delhi", "Hindi and English"),
+    ("Greece", "Athens", "Greek"),
+    ("Poland", "Warsaw", "Polish"),
+    ("Chile", "Santiago", "Spanish"),
+    ("Sweden", "Stockholm", "Swedish"),
+    ("Turkey", "Ankara", "Turkish"),
+    ("Vietnam", "Hanoi", "Vietnamese"),
+]
+THINGS = [
+    ("water", "boils at 100 degrees Celsius at sea level"),
+    ("the Moon", "orbits the Earth about every 27 days"),
+    ("light", "travels at about 300,000 kilometres per second"),
+    ("a triangle", "has angles that add up to 180 degrees"),
+    ("the heart", "pumps blood through the body"),
+    ("plants", "turn sunlight into chemical energy"),
+    ("iron", "rusts when it meets water and oxygen"),
+    ("the Sun", "is a star at the centre of our solar system"),
+    ("bees", "pollinate many flowering plants"),
+    ("ice", "is less dense than liquid water"),
+    ("sound", "travels faster in water than in air"),
+    ("a prime number", "has exactly two divisors"),
+]
+TOPICS = [
+    "sleep",
+    "exercise",
+    "reading",
+    "saving money",
+    "learning a language",
+    "cooking at home",
+    "drinking water",
+    "walking",
+    "gardening",
+    "writing notes",
+    "planning a trip",
+    "studying maths",
+]
 TIPS = {
     "sleep": ["keep a regular bedtime", "avoid screens late at night", "keep the room cool and dark"],
     "exercise": ["start with short sessions", "warm up first", "rest between hard days"],
@@ -99,16 +132,29 @@ def chat(rng: random.Random) -> list[dict]:
     for rid, q, a in instruction_examples(rng, 220, "chat"):
         msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         if rid.endswith("3"):  # some multi-turn chats
-            msgs = [{"role": "system", "content": "You are a concise assistant."}] + msgs + [
-                {"role": "user", "content": "Thank you!"}, {"role": "assistant", "content": "You are welcome."}]
+            msgs = [
+                {"role": "system", "content": "You are a concise assistant."},
+                *msgs,
+                {"role": "user", "content": "Thank you!"},
+                {"role": "assistant", "content": "You are welcome."},
+            ]
         rows.append({"id": rid, "messages": msgs})
     return rows
 
 
 # the kinds whose rule-based minimal fix exists (rayalign.generate.verify.FIXES): the quickstart's CLAIR
 # reviser can turn a failing on-policy response into a passing revision for these
-TRAIN_KINDS = ["lowercase", "uppercase", "no_commas", "end_with", "start_with", "include_keywords",
-               "forbidden_words", "max_words", "quotation"]
+TRAIN_KINDS = [
+    "lowercase",
+    "uppercase",
+    "no_commas",
+    "end_with",
+    "start_with",
+    "include_keywords",
+    "forbidden_words",
+    "max_words",
+    "quotation",
+]
 SECOND = ["no_commas", "max_words", "include_keywords"]
 
 
@@ -116,7 +162,7 @@ def prompt_tasks(rng: random.Random) -> tuple[str, list[str]]:
     """A task and three keywords — subjects disjoint from the eval suite's, so evaluation stays held out."""
     kind = rng.randrange(3)
     if kind == 0:
-        c, cap, lang = rng.choice(COUNTRIES)
+        c, cap, _lang = rng.choice(COUNTRIES)
         return f"Tell me about {c}.", [cap.split()[-1].lower(), "country", "people"]
     if kind == 1:
         t, _ = rng.choice(THINGS)
@@ -137,8 +183,12 @@ def prompts(rng: random.Random) -> list[dict]:
         text, c = instruction(first, rng, keywords)
         texts.append(text)
         cons.append(c)
-        second = [k for k in SECOND if k != first and not (first in ("include_keywords", "forbidden_words", "uppercase")
-                                                            and k == "include_keywords")]
+        second = [
+            k
+            for k in SECOND
+            if k != first
+            and not (first in ("include_keywords", "forbidden_words", "uppercase") and k == "include_keywords")
+        ]
         if i % 3 == 0 and second:
             text, c = instruction(rng.choice(second), rng, keywords)
             texts.append(text)
@@ -173,22 +223,52 @@ def bad_rows(kind: str) -> list[bytes]:
         j(["not", "an", "object"]),  # not_an_object
     ]
     if kind == "corpus":
-        return common + [j({"id": "no-text"}), j({"id": "null-text", "text": None}), j({"id": "int-text", "text": 42}),
-                         j({"id": "empty-text", "text": "   "})]
+        return [
+            *common,
+            j({"id": "no-text"}),
+            j({"id": "null-text", "text": None}),
+            j({"id": "int-text", "text": 42}),
+            j({"id": "empty-text", "text": "   "}),
+        ]
     if kind == "chat":
-        return common + [
-            j({"id": "no-messages"}), j({"id": "null-messages", "messages": None}),
+        return [
+            *common,
+            j({"id": "no-messages"}),
+            j({"id": "null-messages", "messages": None}),
             j({"id": "str-messages", "messages": "hello"}),
-            j({"id": "bad-role", "messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
+            j(
+                {
+                    "id": "bad-role",
+                    "messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}],
+                }
+            ),
             j({"id": "no-assistant", "messages": [{"role": "user", "content": "hello?"}]}),
-            j({"id": "empty-content", "messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}),
-            j({"id": "too-long", "messages": [{"role": "user", "content": "Repeat this. " * 400},
-                                              {"role": "assistant", "content": "ok " * 400}]}),
+            j(
+                {
+                    "id": "empty-content",
+                    "messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}],
+                }
+            ),
+            j(
+                {
+                    "id": "too-long",
+                    "messages": [
+                        {"role": "user", "content": "Repeat this. " * 400},
+                        {"role": "assistant", "content": "ok " * 400},
+                    ],
+                }
+            ),
         ]
     if kind == "prompts":
-        return common + [j({"id": "no-prompt"}), j({"id": "null-prompt", "prompt": None}), j({"id": "list-int", "prompt": 7}),
-                         j({"id": "empty-prompt", "prompt": ""})]
-    return common + [
+        return [
+            *common,
+            j({"id": "no-prompt"}),
+            j({"id": "null-prompt", "prompt": None}),
+            j({"id": "list-int", "prompt": 7}),
+            j({"id": "empty-prompt", "prompt": ""}),
+        ]
+    return [
+        *common,
         j({"id": "no-rejected", "prompt": "Hi", "chosen": "Hello"}),
         j({"id": "same", "prompt": "Hi", "chosen": "Hello", "rejected": "Hello"}),
         j({"id": "null-chosen", "prompt": "Hi", "chosen": None, "rejected": "x"}),

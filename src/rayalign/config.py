@@ -173,8 +173,9 @@ def validate_config(cls: type[T], data: dict, source: str = "<config>") -> T:
         raise ConfigError(format_validation_error(cls, err, source)) from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> T:
     """Load `cls` from a YAML file (or a dict), apply overrides, validate. Raises ConfigError."""
     base = dict(data or {})
     source = "<overrides>"

@@ -17,9 +17,16 @@ HERE = Path(__file__).parent
 DATA = HERE.parent
 N = 32
 
-TASKS = ["Name a country in Europe.", "Describe the colour of the sky.", "Give one tip for sleeping well.",
-         "Say something about the Moon.", "What is water made of?", "Name a fruit that is yellow.",
-         "Why do birds fly south?", "Give a word that rhymes with cat."]
+TASKS = [
+    "Name a country in Europe.",
+    "Describe the colour of the sky.",
+    "Give one tip for sleeping well.",
+    "Say something about the Moon.",
+    "What is water made of?",
+    "Name a fruit that is yellow.",
+    "Why do birds fly south?",
+    "Give a word that rhymes with cat.",
+]
 CONSTRAINTS = [
     ("End your answer with the word 'Done'.", {"kind": "end_with", "phrase": "Done"}),
     ("Start your answer with 'Answer:'.", {"kind": "start_with", "phrase": "Answer:"}),
@@ -35,8 +42,13 @@ def main() -> None:
     rows = []
     for i in range(N):
         text, constraint = CONSTRAINTS[i % len(CONSTRAINTS)]
-        rows.append({"id": f"tiny-prompt-{i:03d}", "prompt": f"{TASKS[i % len(TASKS)]} {text}",
-                     "meta": {"constraints": [constraint]}})
+        rows.append(
+            {
+                "id": f"tiny-prompt-{i:03d}",
+                "prompt": f"{TASKS[i % len(TASKS)]} {text}",
+                "meta": {"constraints": [constraint]},
+            }
+        )
     (HERE / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

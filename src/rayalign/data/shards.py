@@ -157,8 +157,13 @@ def _empty(path: str) -> bool:
 
 def quarantine_row(source: str, index: int, code: str, detail: str, raw: str) -> dict:
     """One quarantine record; its strings are made storable (a lone surrogate becomes `\\ud800` text)."""
-    return {"source": source, "index": int(index), "reason": code, "detail": _storable(detail),
-            "raw": _storable(raw[:100_000])}
+    return {
+        "source": source,
+        "index": int(index),
+        "reason": code,
+        "detail": _storable(detail),
+        "raw": _storable(raw[:100_000]),
+    }
 
 
 def _storable(text: str) -> str:
@@ -207,8 +212,9 @@ def _read_validated(shard: Shard, kind: str | None, fmt: str) -> tuple[list[dict
     return good, raws, quarantined, n_in
 
 
-def _process_isolated(processor: Processor, rows: list[dict], top: bool = True
-                      ) -> tuple[ProcessResult, list[tuple[int, str]]]:
+def _process_isolated(
+    processor: Processor, rows: list[dict], top: bool = True
+) -> tuple[ProcessResult, list[tuple[int, str]]]:
     """Run the processor; if it raises, bisect to the rows that make it raise.
 
     Returns the merged result of the parts that ran and [(position in rows, error text)] of the
@@ -266,18 +272,34 @@ def process_shard(shard: Shard, kind: str | None, processor: Processor, out_dir:
     table, unwritable = _to_table(rows, getattr(processor, "output_schema", None))
     for pos, text in unwritable:  # `_index` names the input row where the processor kept it
         r = result.rows[pos]
-        quarantined.append(quarantine_row(shard.path, int(r.get("_index", -1)), "unwritable_row", text,
-                                          json.dumps(r, ensure_ascii=True, default=str)))
+        quarantined.append(
+            quarantine_row(
+                shard.path,
+                int(r.get("_index", -1)),
+                "unwritable_row",
+                text,
+                json.dumps(r, ensure_ascii=True, default=str),
+            )
+        )
     # quarantine first: a shard counts as done only once its data file exists
     if quarantined:
-        _write_atomic(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA),
-                      storage.join(out_dir, "quarantine", f"{shard.name}.parquet"))
+        _write_atomic(
+            pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA),
+            storage.join(out_dir, "quarantine", f"{shard.name}.parquet"),
+        )
     _write_atomic(table, storage.join(out_dir, "data", f"{shard.name}.parquet"))
     counts = Counter(q["reason"] for q in quarantined)
     return {
-        "shard": shard.name, "source": shard.path, "start": shard.start, "stop": shard.stop,
-        "in": n_in, "ok": n_in - sum(counts.values()), "quarantined": sum(counts.values()),
-        "out_rows": table.num_rows, "reasons": dict(counts), "stats": dict(result.stats),
+        "shard": shard.name,
+        "source": shard.path,
+        "start": shard.start,
+        "stop": shard.stop,
+        "in": n_in,
+        "ok": n_in - sum(counts.values()),
+        "quarantined": sum(counts.values()),
+        "out_rows": table.num_rows,
+        "reasons": dict(counts),
+        "stats": dict(result.stats),
     }
 
 
@@ -355,7 +377,9 @@ def manifest_counts(manifest: dict | Manifest) -> Counts:
 
 def finished_shards(out_dir: str | Path) -> list[str]:
     """Names of the shards whose marker is committed (progress of a running or killed stage)."""
-    return [storage.basename(f)[: -len(".json")] for f in storage.glob(storage.join(str(out_dir), PROGRESS), "shard-*.json")]
+    return [
+        storage.basename(f)[: -len(".json")] for f in storage.glob(storage.join(str(out_dir), PROGRESS), "shard-*.json")
+    ]
 
 
 def _read_markers(out_dir: str) -> list[dict]:
@@ -441,8 +465,10 @@ def run_sharded(
         done[report["shard"]] = report
         rows_run += report["in"]
         rate = rows_run / max(time.time() - t0, 1e-9)
-        log(f"[{stage}] shard {report['shard']} done ({i}/{len(pending)}): {report['ok']} ok, "
-            f"{report['quarantined']} quarantined; {rate:.1f} rows/s")
+        log(
+            f"[{stage}] shard {report['shard']} done ({i}/{len(pending)}): {report['ok']} ok, "
+            f"{report['quarantined']} quarantined; {rate:.1f} rows/s"
+        )
     manifest = summarise(stage, [done[s.name] for s in shards], config_hash, extra)
     storage.write_json(storage.join(out_dir, MANIFEST), manifest)  # the commit marker: last
     return manifest
@@ -455,17 +481,30 @@ def summarise(stage: str, reports: list[dict], config_hash: str, extra: dict | N
     for r in reports:
         reasons.update(r["reasons"])
         stats.update(r.get("stats", {}))
-    counts = Counts.model_validate({
-        "in": sum(r["in"] for r in reports), "ok": sum(r["ok"] for r in reports),
-        "quarantined": sum(r["quarantined"] for r in reports), "out_rows": sum(r["out_rows"] for r in reports),
-        "by_reason": dict(sorted(reasons.items())),
-    })
+    counts = Counts.model_validate(
+        {
+            "in": sum(r["in"] for r in reports),
+            "ok": sum(r["ok"] for r in reports),
+            "quarantined": sum(r["quarantined"] for r in reports),
+            "out_rows": sum(r["out_rows"] for r in reports),
+            "by_reason": dict(sorted(reasons.items())),
+        }
+    )
     if not counts.reconciles():
-        raise RuntimeError(f"[{stage}] counts do not reconcile: in={counts.in_} ok={counts.ok} "
-                           f"quarantined={counts.quarantined}")
-    manifest = Manifest.model_validate({"stage": stage, "config_hash": config_hash, "complete": True,
-                                        "counts": counts.to_json(), "stats": dict(stats), "shards": reports,
-                                        **(extra or {})})
+        raise RuntimeError(
+            f"[{stage}] counts do not reconcile: in={counts.in_} ok={counts.ok} quarantined={counts.quarantined}"
+        )
+    manifest = Manifest.model_validate(
+        {
+            "stage": stage,
+            "config_hash": config_hash,
+            "complete": True,
+            "counts": counts.to_json(),
+            "stats": dict(stats),
+            "shards": reports,
+            **(extra or {}),
+        }
+    )
     return manifest.to_json()
 
 

@@ -87,9 +87,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, hooks: Hooks | None = None):
         from rayalign.models.loader import load_tokenizer
+        from rayalign.objectives import get_objective
         from rayalign.train.data import DataOrder, RowSource
         from rayalign.train.metrics import MetricsWriter, peak_flops
-        from rayalign.objectives import get_objective
 
         self.cfg, self.hooks = cfg, hooks or LocalHooks()
         torch.set_num_threads(cfg.torch_threads)
