@@ -23,9 +23,6 @@ ALLOWLIST: set[tuple[str, str]] = {
     # (importer, imported): serve's PAS reuses the pas stage module's prompt logic (engines branch
     # moves the shared PAS rules low)
     ("rayalign.serve.pas", "rayalign.generate.pas"),
-    # eval's fallback to the old home of preference accuracy (objectives branch moves it to
-    # rayalign.objectives.accuracy)
-    ("rayalign.eval.stage", "rayalign.prefer.evaluate"),
     # training stages tokenise raw inputs by calling the prepare stage (its schema and run
     # function belong in data/ as a library call the stage wraps)
     ("rayalign.train.stages", "rayalign.data.prepare"),

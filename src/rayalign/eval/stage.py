@@ -11,7 +11,7 @@ For `model` and (if given) `baseline_model`:
 3. judge (if `judge_model` and a baseline): pairwise win rate of `model` against `baseline_model`,
    each pair judged in both orders; a win counts 1, a loss 0, a split or unparseable verdict ½.
 4. held-out preference accuracy (if `heldout_pairs`, a prepared `pairs` dataset): how often the
-   policy's log-prob margin prefers the chosen response (`prefer.evaluate.preference_accuracy`).
+   policy's log-prob margin prefers the chosen response (`objectives.accuracy.preference_accuracy`).
 
 Writes `<output>/results.json`, `<output>/responses.jsonl` and the report folder (`report.md` +
 PNG plots, with training curves and per-round results from `run_dir`'s stages when given);
@@ -185,15 +185,9 @@ def heldout_accuracy(model: str, dataset: str, limit: int | None) -> dict:
 
 
 def _accuracy():
-    """The shared preference-accuracy module.
+    """The shared preference-accuracy module (imported when used: it pulls in torch)."""
+    from rayalign.objectives import accuracy
 
-    TRANSITIONAL: it moves from the prefer stage package to `rayalign.objectives.accuracy` on the
-    objectives branch; after the merge this is a plain top-level import of that module.
-    """
-    try:
-        from rayalign.objectives import accuracy
-    except ImportError:
-        from rayalign.prefer import evaluate as accuracy
     return accuracy
 
 
