@@ -50,6 +50,11 @@ class Cfg(BaseModel):
     resource_fields: ClassVar[frozenset[str]] = frozenset()
     resource_config: ClassVar[bool] = False
 
+    @classmethod
+    def accepted_keys(cls) -> set[str]:
+        """Top-level keys a YAML may give (a composed config that routes flat keys widens this)."""
+        return set(cls.model_fields)
+
     def hash_data(self) -> dict[str, Any]:
         """The config as JSON, minus resource fields at every level (see `resource_fields`)."""
         out: dict[str, Any] = {}

@@ -126,12 +126,12 @@ def test_prefer_stage_with_aligner_raises_pair_accuracy(tmp_path, tiny_model_pat
             optim={"lr": 0.1, "min_lr_ratio": 1.0},
         )
     )
-    summary = run_prefer(cfg, log=lambda m: None)
-    acc = summary["pair_accuracy"]
-    from rayalign.prefer.evaluate import load_rows, preference_accuracy
+    result = run_prefer(cfg, log=lambda m: None)
+    acc = result.metrics["heldin_accuracy"]
+    from rayalign.objectives.accuracy import load_rows, preference_accuracy
 
-    before = preference_accuracy(load_model(TINY), load_rows(summary["data"]), tokenizer.pad_token_id)
+    before = preference_accuracy(load_model(TINY), load_rows(result.details["data"]), tokenizer.pad_token_id)
     print(f"\nAligner APO-zero held-in pair accuracy: base {before}, trained {acc}")
     assert before["accuracy"] == pytest.approx(0.5, abs=0.02)
-    assert Path(summary["checkpoint"], "aligner_config.json").exists()
-    assert acc["accuracy"] >= 0.75
+    assert result.checkpoint is not None and Path(result.checkpoint, "aligner_config.json").exists()
+    assert acc >= 0.75

@@ -69,7 +69,7 @@ def resolve_step(pipe: PipelineConfig, step: Step, scope: Scope, where: str) -> 
         cfg_cls, run_fn = get_stage(spec.stage)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    fields = cfg_cls.model_fields
+    fields = cfg_cls.accepted_keys()
     raw = copy.deepcopy(spec.config)
     for key, val in pipe.defaults.items():
         if key in fields and key not in raw:
