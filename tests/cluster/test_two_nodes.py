@@ -53,6 +53,7 @@ pytestmark = [pytest.mark.slow]
 
 
 _PORTS: list[int] = []
+_WORKER_BASES = random.sample(range(12000, 31000, 1000), 8)
 
 
 def free_port() -> int:
@@ -110,7 +111,9 @@ def loopback_alias() -> str:
 def ray_start(
     bin_dir: Path, env: dict, temp_dir: str, log: Path, *args: str, node_ip: str = "127.0.0.1"
 ) -> subprocess.Popen:
-    base = random.randrange(30000, 60000, 1000)  # this node's worker ports: apart from other clusters here
+    # this node's worker ports: below the kernel's ephemeral range (32768+), where `free_port` picks
+    # the components' ports, and a block no other node of this test uses
+    base = _WORKER_BASES.pop()
     ports = [
         f"--{flag}={free_port()}"
         for flag in (
