@@ -52,10 +52,7 @@ def release_engines(keep: set[str] = frozenset()) -> None:
     """Drop (and close) engines built since `keep` was taken. In-process runs (pool.workers 0) would
     otherwise hold one stage's model — on a GPU, vLLM's reserved memory — while the next stage loads."""
     for key in set(_ENGINES) - set(keep):
-        engine = _ENGINES.pop(key)
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        _ENGINES.pop(key).close()
 
 
 def dumps(obj: Any) -> str:
