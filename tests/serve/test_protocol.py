@@ -89,3 +89,45 @@ def test_pas_hint_parsing_and_augment():
     assert out[2]["content"] == "List two fruits.\n\nName common fruits, one per line."
     assert out[0] == msgs[0] and msgs[2]["content"] == "List two fruits."
     assert pas.augment(msgs, None) is msgs
+
+
+def test_logprobs_response_format_and_adapter_fields():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    r = parse_body(json.dumps({**body, "logprobs": True, "top_logprobs": 2}).encode(), ChatCompletionRequest, 4096)
+    assert r.logprobs_k() == 2
+    assert parse_body(json.dumps(body).encode(), ChatCompletionRequest, 4096).logprobs_k() is None
+    for bad, param in (({"top_logprobs": 2}, None), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                       ({"response_format": {"type": "xml"}}, "response_format.type"),
+                       ({"response_format": {"type": "json_schema"}}, "response_format")):
+        with pytest.raises(ApiError) as ei:
+            parse_body(json.dumps({**body, **bad}).encode(), ChatCompletionRequest, 4096)
+        assert ei.value.status == 400 and ei.value.param == param, (bad, ei.value.message)
+    c = parse_body(json.dumps({"model": "m", "prompt": "x", "logprobs": 3}).encode(), CompletionRequest, 4096)
+    assert c.logprobs_k() == 3
+    # adapters: names become models; clashes and vllm + merged adapter are config errors
+    cfg = ServeConfig(model="base", adapters={"a": "/x", "b": "/y"})
+    assert cfg.engine_config().adapters == {"a": "/x", "b": "/y"} and cfg.engine_config().model == "base"
+    with pytest.raises(ValueError, match="base model's name"):
+        ServeConfig(model="base", adapters={"base": "/x"})
+    with pytest.raises(ValueError, match="hf only"):
+        ServeConfig(backend="vllm", adapter="/x")
+    with pytest.raises(ValueError, match="engine_num_gpus"):
+        ServeConfig(backend="vllm", engine={"tensor_parallel_size": 2})
+    with pytest.raises(ValueError, match="dtype"):
+        ServeConfig(engine={"dtype": "float8"})
+
+
+def test_cli_adapters_and_gpu_placement():
+    from rayalign.serve.app import engine_placement
+    from rayalign.serve.cli import parse_config
+
+    cfg = parse_config(["--model", "base", "--adapter", "v1.concise=/a", "--adapter", "polite=/b"])
+    assert cfg.adapters == {"v1.concise": "/a", "polite": "/b"} and cfg.adapter is None
+    assert parse_config(["--model", "base", "--adapter", "/merged"]).adapter == "/merged"
+    assert engine_placement(ServeConfig(engine_num_cpus=0.5)) == {"ray_actor_options": {"num_cpus": 0.5}}
+    one = engine_placement(ServeConfig(backend="vllm", engine_num_gpus=1, accelerator_type="H100"))
+    assert one == {"ray_actor_options": {"num_cpus": 1.0, "num_gpus": 1, "accelerator_type": "H100"}}
+    tp = engine_placement(ServeConfig(backend="vllm", engine_num_gpus=1, engine={"tensor_parallel_size": 4}))
+    assert tp["placement_group_strategy"] == "STRICT_PACK" and len(tp["placement_group_bundles"]) == 4
+    assert [b["GPU"] for b in tp["placement_group_bundles"]] == [1.0] * 4
+    assert tp["placement_group_bundles"][0]["CPU"] == 1.0 and "num_gpus" not in tp["ray_actor_options"]

@@ -83,11 +83,18 @@ class OpenAIIngress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _check_model(self, name: str) -> None:
-        if name != self.cfg.model_name:
-            raise P.ApiError(404, f"The model '{name}' does not exist; this server serves "
-                                  f"'{self.cfg.model_name}' (see GET /v1/models)", param="model",
-                             code="model_not_found")
+    def _check_model(self, name: str) -> str | None:
+        """The adapter a request's `model` names (None: the base model); 404 for unknown names."""
+        if name == self.cfg.model_name:
+            return None
+        if name in self.cfg.adapters:
+            return name
+        raise P.ApiError(404, f"The model '{name}' does not exist; this server serves "
+                              f"{', '.join(repr(m) for m in self._names())} (see GET /v1/models)", param="model",
+                         code="model_not_found")
+
+    def _names(self) -> list[str]:
+        return [self.cfg.model_name, *sorted(self.cfg.adapters)]
 
     def _params(self, body) -> SamplingParams:
         if body.n > self.cfg.max_n:
@@ -101,8 +108,10 @@ class OpenAIIngress:
         try:
             self._auth(request)
             body = P.parse_body(await self._body(request), model_cls, self.cfg.max_body_bytes)
-            self._check_model(body.model)
             req = make_req(body, self._params(body))
+            req.adapter = self._check_model(body.model)
+            req.logprobs = body.logprobs_k()
+            req.response_format = body.response_format.model_dump() if body.response_format else None
             if body.stream:
                 return await self._stream(req, body, chunk_fn, prefix)
             try:
@@ -111,8 +120,7 @@ class OpenAIIngress:
                 raise self._engine_failure(e) from None
             if "error" in out:
                 raise P.ApiError(out["status"], **out["error"])
-            return JSONResponse(response_fn(P.new_id(prefix), self.cfg.model_name, out["texts"],
-                                            out["finish_reasons"], out["prompt_tokens"], out["completion_tokens"]))
+            return JSONResponse(response_fn(P.new_id(prefix), body.model, out))
         except P.ApiError as e:
             return _error_response(e)
 
@@ -134,7 +142,7 @@ class OpenAIIngress:
             raise self._engine_failure(e) from None
         if "error" in first:
             raise P.ApiError(first["status"], **first["error"])
-        rid, created, model = P.new_id(prefix), int(time.time()), self.cfg.model_name
+        rid, created, model = P.new_id(prefix), int(time.time()), body.model
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chat = prefix == "chatcmpl"
 
@@ -149,7 +157,8 @@ class OpenAIIngress:
                     i = item["index"]
                     if "delta" in item:
                         payload = {"content": item["delta"]} if chat else item["delta"]
-                        yield P.sse(chunk_fn(rid, model, created, i, payload, None))
+                        lps = item["logprobs"] if req.logprobs is not None else None
+                        yield P.sse(chunk_fn(rid, model, created, i, payload, None, lps))
                     else:
                         completion_tokens += item["completion_tokens"]
                         yield P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"]))
@@ -186,7 +195,7 @@ class OpenAIIngress:
             self._auth(request)
         except P.ApiError as e:
             return _error_response(e)
-        return {"object": "list", "data": [self._model_card()]}
+        return {"object": "list", "data": [self._model_card(name) for name in self._names()]}
 
     @api.get("/v1/models/{model_id:path}")
     async def model(self, model_id: str, request: Request):
@@ -195,10 +204,13 @@ class OpenAIIngress:
             self._check_model(model_id)
         except P.ApiError as e:
             return _error_response(e)
-        return self._model_card()
+        return self._model_card(model_id)
 
-    def _model_card(self) -> dict:
-        return {"id": self.cfg.model_name, "object": "model", "created": self.created, "owned_by": "rayalign"}
+    def _model_card(self, name: str) -> dict:
+        card = {"id": name, "object": "model", "created": self.created, "owned_by": "rayalign"}
+        if name != self.cfg.model_name:
+            card["parent"] = self.cfg.model_name  # an adapter on the base model
+        return card
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -215,10 +227,32 @@ class OpenAIIngress:
             P.completion_chunk, P.completion_response, "cmpl")
 
 
+def engine_placement(cfg: ServeConfig) -> dict:
+    """Ray resources of one engine replica. One GPU engine: the replica actor holds the GPU(s).
+    Tensor parallel (tp > 1): a STRICT_PACK placement group of tp GPU bundles on one node; the
+    replica runs in bundle 0 and vLLM's Ray executor places its workers in the group's bundles."""
+    actor: dict = {"num_cpus": cfg.engine_num_cpus}
+    if cfg.accelerator_type:
+        actor["accelerator_type"] = cfg.accelerator_type
+    tp = cfg.engine.tensor_parallel_size
+    if tp <= 1 or cfg.backend != "vllm":
+        if cfg.engine_num_gpus:
+            actor["num_gpus"] = cfg.engine_num_gpus
+        return {"ray_actor_options": actor}
+    bundle = {"GPU": 1.0}
+    if cfg.accelerator_type:
+        bundle[f"accelerator_type:{cfg.accelerator_type}"] = 0.001
+    # the replica itself needs no GPU: its engine-core drives the workers, each on its own bundle
+    bundles = [{"CPU": cfg.engine_num_cpus, **bundle}] + [dict(bundle) for _ in range(tp - 1)]
+    actor.pop("accelerator_type", None)
+    return {"ray_actor_options": actor, "placement_group_bundles": bundles,
+            "placement_group_strategy": "STRICT_PACK"}
+
+
 def build_app(cfg: ServeConfig):
     """The Serve application: engine deployment (autoscaled or fixed) bound into the ingress."""
     engine_opts: dict = dict(
-        ray_actor_options={"num_cpus": cfg.engine_num_cpus},
+        **engine_placement(cfg),
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
     )

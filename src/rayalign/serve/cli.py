@@ -1,8 +1,11 @@
-"""`rayalign serve --model SPEC [--adapter PATH] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
-[--config serve.yaml] [key=value ...]` — serve an OpenAI-compatible endpoint until Ctrl-C.
+"""`rayalign serve --model SPEC [--adapter NAME=PATH ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+[--config serve.yaml] [key=value ...]` — serve an OpenAI-compatible endpoint until Ctrl-C or SIGTERM.
 
     rayalign serve --model builtin:smollm2-135m-instruct --port 8000
-    curl http://127.0.0.1:8000/v1/models
+    rayalign serve --model BASE --backend vllm --adapter concise=runs/sft-lora --adapter polite=runs/apo-lora
+    curl http://127.0.0.1:8000/v1/models          # the base and each adapter; `model` picks one
+
+`--adapter PATH` without a name merges one adapter into the served model (hf backend, LoRA or Aligner).
 
 Flags override the YAML file, `key=value` overrides (e.g. `batch.max_batch_size=4`) override both.
 """
@@ -14,7 +17,7 @@ import os
 import signal
 import time
 
-from rayalign.config import load_config
+from rayalign.config import ConfigError, load_config
 from rayalign.serve.config import ServeConfig
 
 
@@ -22,7 +25,8 @@ def parse_config(argv: list[str]) -> ServeConfig:
     p = argparse.ArgumentParser(prog="rayalign serve", description="OpenAI-compatible endpoint on Ray Serve")
     p.add_argument("--config", help="serve YAML (see rayjobs/configs/serve.yaml)")
     p.add_argument("--model", help="model spec: HF folder, builtin:smollm2-135m-instruct, tiny-random:llama")
-    p.add_argument("--adapter", help="LoRA / Aligner folder applied on load (hf backend)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="serve an adapter by name (repeatable); a bare PATH is merged into the model (hf only)")
     p.add_argument("--backend", choices=["hf", "vllm"])
     p.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int)
@@ -30,9 +34,19 @@ def parse_config(argv: list[str]) -> ServeConfig:
                    help="require 'Authorization: Bearer KEY' (default: $RAYALIGN_API_KEY)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = p.parse_args(argv)
-    flags = [f"{k}={v}" for k, v in (("model", args.model), ("adapter", args.adapter), ("backend", args.backend),
+    flags = [f"{k}={v}" for k, v in (("model", args.model), ("backend", args.backend),
                                      ("host", args.host), ("port", args.port)) if v is not None]
+    named = [a for a in args.adapter if "=" in a]
+    merged = [a for a in args.adapter if "=" not in a]
+    if len(merged) > 1:
+        p.error("give at most one unnamed --adapter PATH; serve several as --adapter NAME=PATH")
+    flags += [f"adapter={merged[0]}"] if merged else []
     cfg = load_config(ServeConfig, args.config, flags + list(args.overrides))
+    if named:  # after parsing: adapter names may hold dots, which override paths cannot
+        try:
+            cfg.adapters = {**cfg.adapters, **dict(a.split("=", 1) for a in named)}
+        except ValueError as e:
+            raise ConfigError(f"--adapter: {e}") from None
     if args.api_key:
         cfg.api_key = args.api_key  # not through YAML parsing: a key like "123" must stay a string
     return cfg

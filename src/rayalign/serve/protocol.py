@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_STOP = 4  # OpenAI's own limit on stop sequences
 
@@ -58,6 +58,17 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None
+
+    @model_validator(mode="after")
+    def _schema(self):
+        if self.type == "json_schema" and not isinstance((self.json_schema or {}).get("schema"), dict):
+            raise ValueError("type json_schema needs json_schema: {name, schema: {...JSON schema...}}")
+        return self
+
+
 class _SamplingFields(_Lenient):
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -69,6 +80,7 @@ class _SamplingFields(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -86,6 +98,17 @@ class _SamplingFields(_Lenient):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> list[dict]:
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.content or ""}
@@ -98,6 +121,10 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -152,34 +179,63 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_response(rid: str, model: str, texts: list[str], finish: list[str], prompt_tokens: int,
-                  completion_tokens: list[int]) -> dict:
+def chat_logprobs(lps: list[dict] | None) -> dict | None:
+    """OpenAI chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    if lps is None:
+        return None
+
+    def one(tok: str, lp: float) -> dict:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8", "replace"))}
+
+    return {"content": [{**one(x["token"], x["logprob"]), "top_logprobs": [one(t, v) for t, v in x["top"]]}
+                        for x in lps]}
+
+
+def completion_logprobs(lps: list[dict] | None, offset: int = 0) -> dict | None:
+    """OpenAI completions shape: parallel lists of tokens, their log-probs, top maps, text offsets."""
+    if lps is None:
+        return None
+    offsets, pos = [], offset
+    for x in lps:
+        offsets.append(pos)
+        pos += len(x["token"])
+    return {"tokens": [x["token"] for x in lps], "token_logprobs": [x["logprob"] for x in lps],
+            "top_logprobs": [dict(x["top"]) for x in lps], "text_offset": offsets}
+
+
+def chat_response(rid: str, model: str, out: dict) -> dict:
+    lps = out.get("logprobs") or [None] * len(out["texts"])
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f,
-                     "logprobs": None} for i, (t, f) in enumerate(zip(texts, finish))],
-        "usage": usage(prompt_tokens, sum(completion_tokens)),
+                     "logprobs": chat_logprobs(lp)}
+                    for i, (t, f, lp) in enumerate(zip(out["texts"], out["finish_reasons"], lps))],
+        "usage": usage(out["prompt_tokens"], sum(out["completion_tokens"])),
     }
 
 
-def completion_response(rid: str, model: str, texts: list[str], finish: list[str], prompt_tokens: int,
-                        completion_tokens: list[int]) -> dict:
+def completion_response(rid: str, model: str, out: dict) -> dict:
+    lps = out.get("logprobs") or [None] * len(out["texts"])
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
-                    for i, (t, f) in enumerate(zip(texts, finish))],
-        "usage": usage(prompt_tokens, sum(completion_tokens)),
+        "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": completion_logprobs(lp)}
+                    for i, (t, f, lp) in enumerate(zip(out["texts"], out["finish_reasons"], lps))],
+        "usage": usage(out["prompt_tokens"], sum(out["completion_tokens"])),
     }
 
 
-def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish: str | None) -> dict:
+def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish: str | None,
+               logprobs: list[dict] | None = None) -> dict:
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                         "logprobs": chat_logprobs(logprobs)}]}
 
 
-def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish: str | None) -> dict:
+def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish: str | None,
+                     logprobs: list[dict] | None = None) -> dict:
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]}
+            "choices": [{"index": index, "text": text, "finish_reason": finish,
+                         "logprobs": completion_logprobs(logprobs)}]}
 
 
 def sse(obj: dict | str) -> bytes:
