@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from rayalign.generate.engine import (Engine, EngineConfig, GenRequest, SamplingParams, stream_with_stops, cut_at_stop,
-                                      make_engine)
+from rayalign.generate.engine import (
+    Engine,
+    EngineConfig,
+    GenRequest,
+    SamplingParams,
+    cut_at_stop,
+    make_engine,
+    stream_with_stops,
+)
 
 TINY = "tiny-random:llama"
 MSGS = [[{"role": "user", "content": "Hello there, how are you?"}],

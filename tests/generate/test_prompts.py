@@ -12,9 +12,17 @@ from rayalign.generate import verify
 from rayalign.generate.clair import decide, read_input
 from rayalign.generate.contrast import contrast_stats, edit_distance, normalised_edit_distance, token_jaccard
 from rayalign.generate.judge import combine
-from rayalign.generate.pas import augment, rule_check, script_of
-from rayalign.generate.prompts import (TEMPLATES, parse_hint, parse_judgement, parse_revision, parse_rewrite,
-                                       parse_verdict, render, template_version)
+from rayalign.generate.pas_rules import augment, rule_check, script_of
+from rayalign.generate.prompts import (
+    TEMPLATES,
+    parse_hint,
+    parse_judgement,
+    parse_revision,
+    parse_rewrite,
+    parse_verdict,
+    render,
+    template_version,
+)
 from rayalign.generate.rewrite import judge_rewrite
 
 SNAP = Path(__file__).parent / "snapshots"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.generate.common import engine_for
+from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.models.loader import BUILTIN_SMOLLM2
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -84,6 +84,6 @@ def test_sample_stage_on_vllm(engines, tmp_path):
                                   "engine": VLLM_CFG.model_dump(), "pool": {"workers": 0},
                                   "params": {"n": 2, "temperature": 0.7, "max_tokens": 24, "seed": 0}})
     rows = read_dataset(tmp_path / "out").to_pylist()
-    assert m["counts"]["out_rows"] == 4 and sorted(r["id"] for r in rows) == ["a-s0", "a-s1", "b-s0", "b-s1"]
+    assert m.counts.out_rows == 4 and sorted(r["id"] for r in rows) == ["a-s0", "a-s1", "b-s0", "b-s1"]
     assert all(r["status"] in ("ok", "truncated") and r["response"].strip() for r in rows)
     assert all(0 < r["completion_tokens"] <= 24 for r in rows)

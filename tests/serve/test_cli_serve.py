@@ -12,7 +12,6 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from serve_helpers import free_port
 
 pytestmark = pytest.mark.timeout(240)

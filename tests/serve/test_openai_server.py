@@ -9,7 +9,6 @@ exactly what the engine returns, and the token counts must equal the tokenizer's
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import time
 
 import httpx

@@ -22,11 +22,11 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from serve_helpers import free_port  # noqa: E402
+from serve_helpers import free_port
 
-from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine  # noqa: E402
-from rayalign.models.loader import BUILTIN_SMOLLM2 as MODEL  # noqa: E402
-from rayalign.serve.config import ServeConfig  # noqa: E402
+from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
+from rayalign.models.loader import BUILTIN_SMOLLM2 as MODEL
+from rayalign.serve.config import ServeConfig
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(600)]
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]

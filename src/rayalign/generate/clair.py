@@ -29,11 +29,20 @@ import pyarrow as pa
 from rayalign.data.schemas import SCHEMAS, validate_row
 from rayalign.data.shards import ProcessResult
 from rayalign.generate import verify
-from rayalign.generate.common import (GenStageConfig, chat_requests, count_status, dumps, engine_for, first_text,
-                                      quarantine, run_gen_stage, save_manifest)
+from rayalign.generate.common import (
+    GenStageConfig,
+    chat_requests,
+    count_status,
+    dumps,
+    engine_for,
+    first_text,
+    quarantine,
+    run_gen_stage,
+)
 from rayalign.generate.contrast import contrast_stats
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
+from rayalign.results import StageResult
 
 CLAIR_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
     ("reviser", pa.string()), ("status", pa.string()), ("jaccard", pa.float64()), ("edit_distance", pa.float64()),
@@ -159,13 +168,14 @@ class ClairProcessor:
         return ProcessResult(out, quarantined, stats)
 
 
-def run_clair(cfg: ClairConfig, log=print) -> dict:
-    manifest = run_gen_stage("clair", cfg, lambda: ClairProcessor(cfg), kind=None,
-                             extra={"reviser": cfg.reviser}, log=log)
-    n = manifest["counts"]["out_rows"]
-    st = manifest["stats"]
-    if n:
-        manifest["contrast"] = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
-        log(f"    contrast: {dumps(manifest['contrast'])}")
-        save_manifest(cfg.output, manifest)
-    return manifest
+def run_clair(cfg: ClairConfig, log=print) -> StageResult:
+    def contrast(manifest: dict) -> dict:
+        n, st = manifest["counts"]["out_rows"], manifest["stats"]
+        if not n:
+            return {}
+        out = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
+        log(f"    contrast: {dumps(out)}")
+        return {"contrast": out}
+
+    return run_gen_stage("clair", cfg, lambda: ClairProcessor(cfg), kind=None, extra={"reviser": cfg.reviser},
+                         log=log, summarise=contrast)

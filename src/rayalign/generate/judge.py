@@ -17,10 +17,19 @@ import pyarrow as pa
 
 from rayalign.data.schemas import SCHEMAS
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import (EngineProcessor, GenStageConfig, chat_requests, count_status, engine_for,
-                                      first_text, quarantine, run_gen_stage)
+from rayalign.generate.common import (
+    EngineProcessor,
+    GenStageConfig,
+    chat_requests,
+    count_status,
+    engine_for,
+    first_text,
+    quarantine,
+    run_gen_stage,
+)
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_judgement, prompt_text, template_version, user_turn
+from rayalign.results import StageResult
 
 JUDGE_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
     ("status", pa.string()), ("verdict", pa.string()), ("judge_raw", pa.string()), ("model", pa.string()),
@@ -106,5 +115,5 @@ class JudgeProcessor(EngineProcessor):
         return ProcessResult(out, quarantined, stats)
 
 
-def run_judge(cfg: JudgeConfig, log=print) -> dict:
+def run_judge(cfg: JudgeConfig, log=print) -> StageResult:
     return run_gen_stage("judge", cfg, lambda: JudgeProcessor(cfg), kind="prompts", log=log)

@@ -14,17 +14,25 @@ Input kind `prompts` (default) or `chat` (the hint goes to the last user turn).
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Literal
 
 import pyarrow as pa
 
 from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import (EngineProcessor, GenStageConfig, chat_requests, count_status, engine_for,
-                                      first_text, run_gen_stage)
+from rayalign.generate.common import (
+    EngineProcessor,
+    GenStageConfig,
+    chat_requests,
+    count_status,
+    engine_for,
+    first_text,
+    run_gen_stage,
+)
 from rayalign.generate.engine import EngineConfig, SamplingParams
+from rayalign.generate.pas_rules import augment, last_user, rule_check
 from rayalign.generate.prompts import parse_hint, parse_verdict, prompt_text, template_version, user_turn
+from rayalign.results import StageResult
 
 PAS_SCHEMA = pa.schema([
     ("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string()), ("hint", pa.string()),
@@ -40,41 +48,6 @@ class PASConfig(GenStageConfig):
     critique: bool = True
     critic: EngineConfig | None = None  # None: the hint model critiques itself
     critique_params: SamplingParams = SamplingParams(max_tokens=32)
-
-
-def script_of(text: str) -> str | None:
-    """The dominant writing system of a text (LATIN, CJK, CYRILLIC, ...), None without letters."""
-    counts: dict[str, int] = {}
-    for ch in text:
-        if not ch.isalpha():
-            continue
-        name = unicodedata.name(ch, "")
-        script = "CJK" if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) else (name.split(" ")[0] or "OTHER")
-        counts[script] = counts.get(script, 0) + 1
-    return max(counts, key=counts.get) if counts else None
-
-
-def rule_check(prompt: str, hint: str, max_words: int) -> str:
-    """"ok" or why a parsed hint is rejected before any critic sees it."""
-    if len(hint.split()) > max_words:
-        return "too_long"
-    sp, sh = script_of(prompt), script_of(hint)
-    if sp and sh and sp != sh:
-        return "language_changed"
-    if " ".join(hint.lower().split()) == " ".join(prompt.lower().split()):
-        return "echoes_prompt"
-    return "ok"
-
-
-def last_user(messages: list[dict]) -> int:
-    return max(i for i, m in enumerate(messages) if m["role"] == "user")
-
-
-def augment(messages: list[dict], hint: str) -> list[dict]:
-    i = last_user(messages)
-    out = [dict(m) for m in messages]
-    out[i]["content"] = f"{out[i]['content']}\n\n{hint}"
-    return out
 
 
 class PASProcessor(EngineProcessor):
@@ -129,5 +102,5 @@ class PASProcessor(EngineProcessor):
         return ProcessResult(out, [], stats)
 
 
-def run_pas(cfg: PASConfig, log=print) -> dict:
+def run_pas(cfg: PASConfig, log=print) -> StageResult:
     return run_gen_stage("pas", cfg, lambda: PASProcessor(cfg), kind=cfg.kind, log=log)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from string import Template
 
 TEMPLATES = ("rewrite", "pas_hint", "pas_critique", "clair_revise", "judge")
 
 
-@lru_cache(maxsize=None)
+@cache
 def template_text(name: str) -> str:
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; available: {', '.join(TEMPLATES)}")

@@ -27,6 +27,7 @@ from rayalign.data.shards import ProcessResult
 from rayalign.generate.common import EngineProcessor, GenStageConfig, count_status, first_text, run_gen_stage
 from rayalign.generate.engine import GenRequest, SamplingParams
 from rayalign.generate.prompts import parse_rewrite, template_version, user_turn
+from rayalign.results import StageResult
 
 REWRITE_SCHEMA = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("meta", pa.string()), ("original", pa.string()),
@@ -94,6 +95,6 @@ class RewriteProcessor(EngineProcessor):
         return ProcessResult(out, [], stats)
 
 
-def run_rewrite(cfg: RewriteConfig, log=print) -> dict:
+def run_rewrite(cfg: RewriteConfig, log=print) -> StageResult:
     return run_gen_stage("rewrite", cfg, lambda: RewriteProcessor(cfg), kind="corpus",
                          extra={"prompt_version": template_version("rewrite")}, log=log)

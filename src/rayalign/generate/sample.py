@@ -16,6 +16,7 @@ from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
 from rayalign.generate.common import EngineProcessor, GenStageConfig, chat_requests, count_status, run_gen_stage
 from rayalign.generate.engine import SamplingParams
+from rayalign.results import StageResult
 
 SAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt_id", pa.string()), ("messages", MESSAGES), ("meta", pa.string()),
@@ -61,5 +62,5 @@ class SampleProcessor(EngineProcessor):
         return ProcessResult(out, [], stats)
 
 
-def run_sample(cfg: SampleConfig, log=print) -> dict:
+def run_sample(cfg: SampleConfig, log=print) -> StageResult:
     return run_gen_stage("sample", cfg, lambda: SampleProcessor(cfg), kind="prompts", log=log)

@@ -116,7 +116,7 @@ class OpenAIIngress:
                 return await self._stream(req, body, chunk_fn, prefix)
             try:
                 out = await self.engine.generate.remote(req, body.requested_max_tokens())
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise self._engine_failure(e) from None
             if "error" in out:
                 raise P.ApiError(out["status"], **out["error"])
@@ -137,7 +137,7 @@ class OpenAIIngress:
         gen = self.engine.options(stream=True).stream.remote(req, body.requested_max_tokens())
         try:
             first = await gen.__anext__()  # admission result: errors still get a proper status
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             gen.cancel()
             raise self._engine_failure(e) from None
         if "error" in first:
@@ -168,7 +168,7 @@ class OpenAIIngress:
                                  "usage": P.usage(first["prompt_tokens"], completion_tokens)})
                 yield P.sse("[DONE]")
                 done = True
-            except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, end the stream
+            except Exception as e:
                 log.exception("stream failed")
                 yield P.sse({"error": {"message": f"stream failed: {type(e).__name__}: {e}",
                                        "type": "server_error", "param": None, "code": "stream_error"}})
@@ -185,7 +185,7 @@ class OpenAIIngress:
     async def health(self):
         try:
             info = await asyncio.wait_for(self.engine.info.remote(), timeout=10)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return JSONResponse({"status": "unavailable", "reason": type(e).__name__}, status_code=503)
         return {"status": "ok", **info}
 
@@ -266,12 +266,13 @@ def build_app(cfg: ServeConfig):
         }
     else:
         engine_opts["num_replicas"] = cfg.num_replicas
-    engine = serve.deployment(EngineServer, name="EngineServer").options(**engine_opts).bind(cfg.model_dump())
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(
+    engine = serve.deployment(name="EngineServer", **engine_opts)(EngineServer).bind(cfg.model_dump())
+    ingress = serve.deployment(
+        name="OpenAIIngress",
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         max_queued_requests=cfg.ingress_max_ongoing_requests,
-    )
+    )(OpenAIIngress)
     return ingress.bind(engine, cfg.model_dump())
 
 

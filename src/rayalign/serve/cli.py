@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from rayalign.serve.server import start, stop
 
     cfg = parse_config(list(argv or []))
-    # SIGTERM (kubectl, systemd, `kill`) shuts down as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # SIGTERM (kubectl, systemd, `ray job stop`) shuts down as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         url = start(cfg)
         print(f"rayalign: serving {cfg.model_name} ({cfg.backend}) at {url}/v1  (Ctrl-C to stop)", flush=True)
@@ -67,8 +67,40 @@ def main(argv: list[str] | None = None) -> int:
         print("rayalign: shutting down", flush=True)
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         import ray
 
         if ray.is_initialized():
+            started = _children()  # a local cluster we started: its raylet, GCS, agents, workers
             stop(cfg)
             ray.shutdown()
+            _reap(started)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _children() -> list:
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _reap(procs: list, grace_s: float = 10.0) -> None:
+    """Ray's agents (dashboard, runtime-env) can outlive `ray.shutdown()` as orphans: wait for the
+    processes this command started to exit, then terminate, then kill what is left."""
+    import psutil
+
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(alive, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -21,8 +21,9 @@ import dataclasses
 import functools
 import logging
 import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ray import serve
 
@@ -59,8 +60,9 @@ class EngineServer:
                 update={"model": self.cfg.pas.model, "adapter": None, "adapters": {}}))
                 if self.cfg.pas.model else self.engine)
         self.is_async = isinstance(self.engine, AsyncEngine)
-        self._batched.set_max_batch_size(self.cfg.batch.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.cfg.batch.batch_wait_timeout_s)
+        # serve.batch wraps the method in an object with these setters; mypy sees the plain function
+        self._batched.set_max_batch_size(self.cfg.batch.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.active_streams = 0
         self.streams_cancelled = 0
         self.deltas_streamed = 0
@@ -89,7 +91,7 @@ class EngineServer:
         param = "messages" if req.messages is not None else "prompt"
         try:
             n_prompt = self.engine.count_tokens(messages=req.messages, prompt=req.prompt)
-        except Exception as e:  # noqa: BLE001 - e.g. a chat template that rejects the role order
+        except Exception as e:
             return error(400, f"could not render the {param}: {e}", param=param, code="invalid_prompt")
         if n_prompt == 0:
             return error(400, f"the {param} is empty (0 tokens); send some text", param=param, code="empty_prompt")
@@ -187,7 +189,7 @@ class EngineServer:
                 # Closing the engine iterator stops its generation; if a worker is still inside
                 # next(), close after it returns (closing a running generator fails).
                 if pending is not None and not pending.done():
-                    pending.add_done_callback(lambda _f, it=it: self.pool.submit(_close, it))
+                    pending.add_done_callback(functools.partial(_close_later, self.pool, it))
                 else:
                     self.pool.submit(_close, it)
 
@@ -208,7 +210,7 @@ class EngineServer:
         for eng in engines.values():
             try:
                 eng.close()
-            except Exception:  # noqa: BLE001 - shutting down anyway
+            except Exception:
                 pass
 
     async def check_health(self) -> None:
@@ -217,8 +219,12 @@ class EngineServer:
             raise RuntimeError("engine not loaded")
 
 
+def _close_later(pool: ThreadPoolExecutor, it, _done) -> None:
+    pool.submit(_close, it)
+
+
 def _close(it) -> None:
     try:
         it.close()
-    except Exception:  # noqa: BLE001 - best effort: the generation is being abandoned anyway
+    except Exception:
         pass

@@ -41,9 +41,11 @@ def _actual_http(cfg: ServeConfig) -> ServeConfig:
     try:
         from ray.serve.context import _get_global_client  # private, hence the fallback below
 
-        http = _get_global_client().http_config
-        host, port = http.host, int(http.port)
-    except Exception:  # noqa: BLE001 - unknown: trust the config
+        client = _get_global_client()
+        if client is None:
+            return cfg
+        host, port = client.http_config.host, int(client.http_config.port)
+    except Exception:
         return cfg
     if (host, port) != (cfg.host, cfg.port):
         warnings.warn(f"Serve was already running on this cluster at {host}:{port}; it keeps that address "
@@ -58,10 +60,10 @@ def wait_ready(url: str, timeout_s: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=10) as r:  # noqa: S310 - our own loopback URL
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as r:
                 if r.status == 200:
                     return
-        except Exception as e:  # noqa: BLE001 - not up yet
+        except Exception as e:
             last = e
         time.sleep(0.25)
     raise TimeoutError(f"{url}/health not ready after {timeout_s:.0f}s (last error: {last})")
@@ -75,13 +77,13 @@ def stop(cfg: ServeConfig | None = None, shutdown_serve: bool = True) -> None:
     if cfg is not None:
         try:
             serve.delete(cfg.app_name)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:
             pass
     if not shutdown_serve:
         return
     try:
         others = [name for name in serve.status().applications if cfg is None or name != cfg.app_name]
-    except Exception:  # noqa: BLE001 - Serve not running at all
+    except Exception:
         return
     if not others:
         serve.shutdown()

@@ -10,9 +10,20 @@ async, continuously batched engine).
 
 from __future__ import annotations
 
-from rayalign.generate.engine.protocol import (AsyncEngine, Engine, EngineConfig, EngineError, GenRequest, GenResult,
-                                               SamplingParams, StreamChunk, TokenLogprob, cut_at_stop, error_result,
-                                               stream_with_stops)
+from rayalign.generate.engine.protocol import (
+    AsyncEngine,
+    Engine,
+    EngineConfig,
+    EngineError,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    StreamChunk,
+    TokenLogprob,
+    cut_at_stop,
+    error_result,
+    stream_with_stops,
+)
 from rayalign.generate.engine.vllm import vllm_env_defaults  # imports vllm lazily
 
 __all__ = ["AsyncEngine", "Engine", "EngineConfig", "EngineError", "GenRequest", "GenResult", "SamplingParams",

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from rayalign.generate.engine.protocol import (EngineConfig, EngineError, GenRequest, GenResult, SamplingParams,
-                                               StreamChunk, TokenizingEngine, TokenLogprob, cut_at_stop,
-                                               error_result, stream_with_stops)
+from rayalign.generate.engine.protocol import (
+    EngineConfig,
+    EngineError,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    StreamChunk,
+    TokenizingEngine,
+    TokenLogprob,
+    cut_at_stop,
+    error_result,
+    stream_with_stops,
+)
 
 
 class _StopFlag:
@@ -152,7 +163,7 @@ class HFEngine(TokenizingEngine):
         for i, req in enumerate(requests):
             try:
                 ids = self.prepare(req)
-            except Exception as e:  # noqa: BLE001 - a bad row must not sink the batch
+            except Exception as e:
                 results[i] = error_result(f"{type(e).__name__}: {e}", req.params.n)
                 continue
             # rows share one generate() call only if params, adapter and log-prob request agree
@@ -170,12 +181,12 @@ class HFEngine(TokenizingEngine):
                lp: int | None) -> list[GenResult]:
         try:
             return self._batch(ids_list, p, adapter, lp)
-        except Exception:  # noqa: BLE001 - retry one by one so only the culprit fails
+        except Exception:
             outs = []
             for ids in ids_list:
                 try:
                     outs.extend(self._batch([ids], p, adapter, lp))
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     outs.append(error_result(f"{type(e).__name__}: {e}", p.n, len(ids)))
             return outs
 
@@ -220,7 +231,7 @@ class HFEngine(TokenizingEngine):
                     model.generate(input_ids=torch.tensor([ids], device=self.device),
                                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
                                    streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria), **kw)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            except BaseException as e:
                 errors.append(e)
                 streamer.end()
 

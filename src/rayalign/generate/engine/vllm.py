@@ -25,10 +25,20 @@ import asyncio
 import itertools
 import os
 import threading
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-from rayalign.generate.engine.protocol import (EngineConfig, EngineError, GenRequest, GenResult, SamplingParams,
-                                               StreamChunk, TokenizingEngine, TokenLogprob, error_result)
+from rayalign.generate.engine.protocol import (
+    EngineConfig,
+    EngineError,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    StreamChunk,
+    TokenizingEngine,
+    TokenLogprob,
+    error_result,
+)
 
 
 def vllm_env_defaults() -> None:
@@ -152,7 +162,9 @@ class VLLMEngine(TokenizingEngine):
             final = None
             async for out in gen:
                 final = out
-        except Exception as e:  # noqa: BLE001 - per row: the caller quarantines or answers 4xx/5xx
+            if final is None:
+                raise EngineError("the engine returned no output")
+        except Exception as e:
             return error_result(f"{type(e).__name__}: {e}", req.params.n)
         comps = sorted(final.outputs, key=lambda c: c.index)
         return GenResult(texts=[c.text for c in comps], prompt_tokens=len(ids),
@@ -189,7 +201,7 @@ class VLLMEngine(TokenizingEngine):
                         put(StreamChunk(index=c.index, finish_reason=c.finish_reason, prompt_tokens=len(ids),
                                         completion_tokens=counts[c.index]))
             put(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
+        except BaseException as e:
             put(e)
             if isinstance(e, asyncio.CancelledError):
                 raise
