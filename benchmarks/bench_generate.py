@@ -80,7 +80,7 @@ def bench_scaling(tmp: Path, n_prompts: int, max_tokens: int, shard_rows: int) -
                 "pool": {"workers": workers, "num_cpus": 0.5, "shard_rows": shard_rows}}
         t0 = time.perf_counter()
         m = run_stage("sample", data=data)
-        res[workers] = (time.perf_counter() - t0, m["counts"]["out_rows"], int(m["stats"]["completion_tokens"]))
+        res[workers] = (time.perf_counter() - t0, m.counts.out_rows, int(m.metrics["completion_tokens"]))
     return res
 
 
