@@ -31,7 +31,6 @@ import datetime as dt
 import os
 import platform
 import socket
-import statistics
 import sys
 import time
 from collections import Counter
@@ -51,7 +50,7 @@ def free_port() -> int:
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def body(i: int, args) -> dict:
@@ -169,7 +168,7 @@ def vllm_streams(args) -> int:
 
     model, toks, levels = BUILTIN_SMOLLM2, (48 if args.quick else 128), (1, 4, 16)
     prompts = [f"Count from {i} to {i + 200}, separated by commas." for i in range(max(levels))]
-    load_before = open("/proc/loadavg").read().split()[:3]
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     ensure_ray(num_cpus=2)
     ecfg = {"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}}
     cfg = ServeConfig(model=model, backend="vllm", port=free_port(), engine_num_cpus=1, max_ongoing_requests=64,
@@ -193,7 +192,7 @@ def vllm_streams(args) -> int:
         t = time.perf_counter()
         outs = llm.generate(prompts[:c], SamplingParams(max_tokens=toks, temperature=0), use_tqdm=False)
         offline[c] = (sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - t)
-    load_after = open("/proc/loadavg").read().split()[:3]
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
     rows = ["| clients | streamed tok/s | offline LLM.generate tok/s | ratio |", "|---|---|---|---|"]
     for c in levels:
         (ns, ts), (no, to) = served[c], offline[c]

@@ -100,7 +100,7 @@ def test_clair_rule_reviser_exact(tmp_path):
 @pytest.mark.timeout(300)
 def test_rewrite_stage(tmp_path):
     docs = [{"id": f"d{i}", "text": f"Document {i}. Water boils at {90 + i} degrees at sea level."} for i in range(4)]
-    inp = write_jsonl(tmp_path / "corpus.jsonl", docs + [{"id": "x", "text": ""}])
+    inp = write_jsonl(tmp_path / "corpus.jsonl", [*docs, {"id": "x", "text": ""}])
     m = run_stage("rewrite", data={**base(tmp_path / "rw", shard_rows=3), "inputs": [inp], "params": {"max_tokens": 8}})
     assert (m.counts.to_json()["in"], m.counts.to_json()["out_rows"], m.counts.to_json()["by_reason"]) == (5, 4, {"empty_text": 1})
     rows = read_dataset(tmp_path / "rw").to_pylist()

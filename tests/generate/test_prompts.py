@@ -137,7 +137,7 @@ def test_rewrite_statuses():
     assert judge_rewrite(orig, "Water boils.", "stop", 0.6, 1.8)[1] == "too_short"  # 12/39 chars
     assert judge_rewrite(orig, orig * 3, "stop", 0.6, 1.8)[1] == "too_long"
     assert judge_rewrite(orig, "Water boils at", "length", 0.6, 1.8)[1] == "truncated"
-    text, status, ratio = judge_rewrite(orig, "Water boils at 100 degrees at sea level.", "stop", 0.6, 1.8)
+    _text, status, ratio = judge_rewrite(orig, "Water boils at 100 degrees at sea level.", "stop", 0.6, 1.8)
     assert status == "rewritten" and ratio == pytest.approx(40 / 39)
 
 

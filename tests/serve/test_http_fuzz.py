@@ -117,7 +117,7 @@ def test_slow_and_abandoned_clients_then_server_still_up(server):
         time.sleep(0.05)
     status = slow.recv(64).split(b" ")[1]
     assert status == b"200", status
-    for s in socks + [slow]:
+    for s in [*socks, slow]:
         s.close()
     assert client.get("/health").status_code == 200
     r = client.post("/v1/completions", json=_base("/v1/completions"))

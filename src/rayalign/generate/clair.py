@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
+from pydantic import Field
 
 from rayalign.data.schemas import SCHEMAS, validate_row
 from rayalign.data.shards import ProcessResult
@@ -44,10 +45,7 @@ from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
 from rayalign.results import StageResult
 
-CLAIR_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
-    ("reviser", pa.string()), ("status", pa.string()), ("jaccard", pa.float64()), ("edit_distance", pa.float64()),
-    ("raw", pa.string()), ("sample_id", pa.string()), ("reviser_model", pa.string()), ("prompt_version", pa.string()),
-])
+CLAIR_SCHEMA = pa.schema([*list(SCHEMAS["pairs"]), ("reviser", pa.string()), ("status", pa.string()), ("jaccard", pa.float64()), ("edit_distance", pa.float64()), ("raw", pa.string()), ("sample_id", pa.string()), ("reviser_model", pa.string()), ("prompt_version", pa.string())])
 PAIR_STATUSES = ("revised", "verified", "rule_fixed")
 
 
@@ -56,7 +54,7 @@ class ClairConfig(GenStageConfig):
     reviser_engine: EngineConfig | None = None  # None: the stage's engine (`engine` / `model`)
     params: SamplingParams = SamplingParams(max_tokens=512)
     rule_fallback: bool = True  # verifier: try the rule fix when the LLM revision fails the check
-    revise_statuses: list[str] = ["ok", "truncated"]  # sample statuses worth revising (a cut-off answer is a fine "rejected")
+    revise_statuses: list[str] = Field(default_factory=lambda: ["ok", "truncated"])  # sample statuses worth revising (a cut-off answer is a fine "rejected")
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:

@@ -31,10 +31,7 @@ from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_judgement, prompt_text, template_version, user_turn
 from rayalign.results import StageResult
 
-JUDGE_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
-    ("status", pa.string()), ("verdict", pa.string()), ("judge_raw", pa.string()), ("model", pa.string()),
-    ("judge_model", pa.string()), ("prompt_version", pa.string()),
-])
+JUDGE_SCHEMA = pa.schema([*list(SCHEMAS["pairs"]), ("status", pa.string()), ("verdict", pa.string()), ("judge_raw", pa.string()), ("model", pa.string()), ("judge_model", pa.string()), ("prompt_version", pa.string())])
 
 
 class JudgeConfig(GenStageConfig):

@@ -86,7 +86,7 @@ class RewriteProcessor(EngineProcessor):
             rewritten, status, ratio = judge_rewrite(r["text"], raw, finish, cfg.min_ratio, cfg.max_ratio)
             count_status(stats, status)
             target = "[UNCHANGED]" if status == "unchanged" else rewritten
-            example = req.messages + [{"role": "assistant", "content": target}] if status in TRUSTED else None
+            example = [*req.messages, {"role": "assistant", "content": target}] if status in TRUSTED else None
             out.append({"id": r["id"], "text": rewritten if status in TRUSTED else r["text"], "meta": r["meta"],
                         "original": r["text"], "rewritten": rewritten, "status": status, "length_ratio": ratio,
                         "finish_reason": finish, "raw": raw if res.ok else (res.error or ""),

@@ -13,6 +13,7 @@ Flags override the YAML file, `key=value` overrides (e.g. `batch.max_batch_size=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import time
@@ -94,13 +95,9 @@ def _reap(procs: list, grace_s: float = 10.0) -> None:
 
     _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _gone, alive = psutil.wait_procs(alive, timeout=5)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass

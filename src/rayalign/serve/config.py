@@ -60,7 +60,7 @@ class ServeConfig(Cfg):
     adapter: str | None = None  # hf: one LoRA / Aligner folder merged into the served model
     # Adapters served by name beside the base (name -> folder): a request's `model` picks one.
     # LoRA through vLLM's multi-LoRA on `vllm`; LoRA and Aligner on `hf`.
-    adapters: dict[str, str] = {}
+    adapters: dict[str, str] = Field(default_factory=dict)
     backend: Literal["hf", "vllm"] = "hf"
     # Engine settings (dtype, max_model_len, tensor_parallel_size, vllm_kwargs, ...); model, backend,
     # adapter and adapters above take precedence over the same fields here.

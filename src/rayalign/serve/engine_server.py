@@ -17,6 +17,7 @@ never raised across Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -123,7 +124,7 @@ class EngineServer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, reqs: list[GenRequest]) -> list[GenResult]:
-        self.batch_sizes = (self.batch_sizes + [len(reqs)])[-1000:]
+        self.batch_sizes = ([*self.batch_sizes, len(reqs)])[-1000:]
         # The engine call blocks for the whole generation: keep it off the event loop so the
         # replica still answers health checks and streams meanwhile.
         return await self._run(self.engine.generate, reqs)
@@ -208,10 +209,8 @@ class EngineServer:
         # Serve calls this when a replica stops: let a vLLM engine stop its engine-core process.
         engines = {id(e): e for e in (getattr(self, "engine", None), getattr(self, "hint_engine", None)) if e}
         for eng in engines.values():
-            try:
+            with contextlib.suppress(Exception):
                 eng.close()
-            except Exception:
-                pass
 
     async def check_health(self) -> None:
         """Serve's replica health check: a broken engine object restarts the replica."""
@@ -224,7 +223,5 @@ def _close_later(pool: ThreadPoolExecutor, it, _done) -> None:
 
 
 def _close(it) -> None:
-    try:
+    with contextlib.suppress(Exception):
         it.close()
-    except Exception:
-        pass

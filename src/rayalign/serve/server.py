@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
 import warnings
@@ -75,10 +76,8 @@ def stop(cfg: ServeConfig | None = None, shutdown_serve: bool = True) -> None:
     from ray import serve
 
     if cfg is not None:
-        try:
+        with contextlib.suppress(Exception):
             serve.delete(cfg.app_name)
-        except Exception:
-            pass
     if not shutdown_serve:
         return
     try:

@@ -26,7 +26,7 @@ class SamplingParams(Cfg):
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 256
-    stop: list[str] = []
+    stop: list[str] = Field(default_factory=list)
     n: int = 1
     seed: int | None = None
 
@@ -119,11 +119,11 @@ class EngineConfig(Cfg):
     max_model_len: int = Field(2048, ge=16)  # prompt + completion tokens
     batch_size: int = Field(8, ge=1)  # hf: rows per generate() call; vllm schedules its own batches
     tensor_parallel_size: int = Field(1, ge=1)  # vllm only: GPUs per engine (placement group)
-    vllm_kwargs: dict[str, Any] = {"enforce_eager": True}  # passed to vLLM's engine args as is
+    vllm_kwargs: dict[str, Any] = Field(default_factory=lambda: {"enforce_eager": True})  # passed to vLLM's engine args as is
     trust_remote_code: bool = False
     adapter: str | None = None  # hf only: a LoRA / Aligner folder merged into the served base
     # Named adapters (name -> folder) served beside the base; a request picks one by name.
-    adapters: dict[str, str] = {}
+    adapters: dict[str, str] = Field(default_factory=dict)
     max_lora_rank: int = Field(64, ge=1)  # vllm: the largest LoRA rank it reserves room for
     seed: int = 0
 
