@@ -190,6 +190,6 @@ def test_json_modes_return_parseable_json(client):
         response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
     assert set(json.loads(r.choices[0].message.content)) == {"city"}
     r = client.chat.completions.create(
-        model=MODEL, max_tokens=200, temperature=0, response_format={"type": "json_object"},
-        messages=[{"role": "user", "content": "Reply with a JSON object holding the capital of France."}])
-    assert isinstance(json.loads(r.choices[0].message.content), dict)
+        model=MODEL, max_tokens=100, temperature=0, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": 'Give the capital of France as a JSON object with one key "capital".'}])
+    assert json.loads(r.choices[0].message.content) == {"capital": "Paris"}
