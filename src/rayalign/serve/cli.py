@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         url = start(cfg)
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own SIGTERM handler
         print(f"rayalign: serving {cfg.model_name} ({cfg.backend}) at {url}/v1  (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
