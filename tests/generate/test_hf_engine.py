@@ -16,9 +16,11 @@ from rayalign.generate.engine import (
 )
 
 TINY = "tiny-random:llama"
-MSGS = [[{"role": "user", "content": "Hello there, how are you?"}],
-        [{"role": "user", "content": "Hi"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour of the sky at noon."}]]
+MSGS = [
+    [{"role": "user", "content": "Hello there, how are you?"}],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour of the sky at noon."}],
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +50,11 @@ def test_batched_left_padding_equals_one_by_one(engine):
 
 def test_n_seed_and_errors_are_rows(engine):
     samp = SamplingParams(max_tokens=6, temperature=1.0, n=3, seed=7)
-    reqs = [GenRequest(prompt="Once upon a time", params=samp),
-            GenRequest(prompt="word " * 300, params=SamplingParams(max_tokens=6)),  # 301 + 6 > 256
-            GenRequest(params=SamplingParams(max_tokens=6))]  # neither messages nor prompt
+    reqs = [
+        GenRequest(prompt="Once upon a time", params=samp),
+        GenRequest(prompt="word " * 300, params=SamplingParams(max_tokens=6)),  # 301 + 6 > 256
+        GenRequest(params=SamplingParams(max_tokens=6)),
+    ]  # neither messages nor prompt
     a, too_long, empty = engine.generate(reqs)
     assert a.ok and len(a.texts) == 3 and len(set(a.texts)) > 1  # three different samples
     assert engine.generate([reqs[0]])[0].texts == a.texts  # the seed reproduces them
@@ -70,16 +74,20 @@ def test_stop_strings_generate_and_stream_agree(engine):
 
 
 def test_stream_deltas_join_to_generate(engine):
-    for req in (GenRequest(messages=MSGS[2], params=SamplingParams(max_tokens=12)),
-                GenRequest(prompt="The capital of", params=SamplingParams(max_tokens=12))):
+    for req in (
+        GenRequest(messages=MSGS[2], params=SamplingParams(max_tokens=12)),
+        GenRequest(prompt="The capital of", params=SamplingParams(max_tokens=12)),
+    ):
         chunks = list(engine.stream(req))
         deltas = [c.delta for c in chunks if c.finish_reason is None]
         assert len(deltas) > 1
         [ref] = engine.generate([req])
         assert "".join(deltas) == ref.texts[0]
         # the final chunk carries the finish reason and the exact token count
-        assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == (ref.finish_reasons[0],
-                                                                            ref.completion_tokens[0])
+        assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == (
+            ref.finish_reasons[0],
+            ref.completion_tokens[0],
+        )
     # abandoning a stream early releases the engine (the worker thread is told to stop)
     it = engine.stream(GenRequest(prompt="a", params=SamplingParams(max_tokens=50)))
     next(it)
@@ -103,17 +111,23 @@ def test_adapter_is_applied(engine, tmp_path):
     from rayalign.models.loader import load_model
 
     torch.manual_seed(0)
-    lora = get_peft_model(load_model(TINY), LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
-                                                      init_lora_weights=False))
+    lora = get_peft_model(
+        load_model(TINY), LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     lora.save_pretrained(str(tmp_path / "lora"))
     adapted = make_engine(EngineConfig(backend="hf", model=TINY, max_model_len=256, adapter=str(tmp_path / "lora")))
     req = GenRequest(messages=MSGS[0], params=SamplingParams(max_tokens=8))
     got = adapted.generate([req])[0].texts[0]
     ids = engine.render_ids(messages=MSGS[0])
     with torch.inference_mode():
-        ref = lora.eval().generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                   max_new_tokens=8, do_sample=False, pad_token_id=engine.tok.pad_token_id)
-    assert got == engine.tok.decode(ref[0, len(ids):], skip_special_tokens=True)
+        ref = lora.eval().generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=engine.tok.pad_token_id,
+        )
+    assert got == engine.tok.decode(ref[0, len(ids) :], skip_special_tokens=True)
     assert got != engine.generate([req])[0].texts[0]
 
 
@@ -126,10 +140,15 @@ def test_logprobs_equal_a_forward_pass(engine):
     [res] = engine.generate([req])
     ids = engine.render_ids(messages=MSGS[1])
     with torch.inference_mode():
-        out = engine.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                    max_new_tokens=6, do_sample=False, pad_token_id=engine.tok.pad_token_id)
-        gen = out[0, len(ids):].tolist()
-        logits = engine.model(torch.tensor([ids + gen])).logits[0, len(ids) - 1:-1].float()
+        out = engine.model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=engine.tok.pad_token_id,
+        )
+        gen = out[0, len(ids) :].tolist()
+        logits = engine.model(torch.tensor([ids + gen])).logits[0, len(ids) - 1 : -1].float()
     ref = torch.log_softmax(logits, -1)
     got = res.logprobs[0]
     assert len(got) == len(gen) == res.completion_tokens[0]

@@ -17,7 +17,6 @@ from serve_helpers import free_port
 pytestmark = pytest.mark.timeout(240)
 
 
-
 def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
     from ray import serve
 
@@ -26,9 +25,23 @@ def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rayalign.cli", "serve", "--model", "tiny-random:llama", "--port", str(port),
-             "app_name=cli-app", "engine_num_cpus=0.5"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
+            [
+                sys.executable,
+                "-m",
+                "rayalign.cli",
+                "serve",
+                "--model",
+                "tiny-random:llama",
+                "--port",
+                str(port),
+                "app_name=cli-app",
+                "engine_num_cpus=0.5",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         try:
             deadline = time.monotonic() + 180
             while "serving tiny-random:llama" not in log.read_text():
@@ -39,8 +52,9 @@ def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
             assert url in log.read_text()  # the printed URL is the one that works
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
             assert [m.id for m in client.models.list().data] == ["tiny-random:llama"]
-            r = client.chat.completions.create(model="tiny-random:llama", max_tokens=3, temperature=0,
-                                               messages=[{"role": "user", "content": "hi"}])
+            r = client.chat.completions.create(
+                model="tiny-random:llama", max_tokens=3, temperature=0, messages=[{"role": "user", "content": "hi"}]
+            )
             assert r.usage.completion_tokens >= 1
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]

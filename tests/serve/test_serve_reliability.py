@@ -33,8 +33,15 @@ def test_replica_sigkill_under_load_gives_503s_then_recovers(ray_cluster):
 
     from rayalign.serve.server import start, stop
 
-    cfg = ServeConfig(model=TINY, port=free_port(), app_name="kill-app", engine_num_cpus=0.5, default_max_tokens=8,
-                      max_ongoing_requests=4, max_queued_requests=8)
+    cfg = ServeConfig(
+        model=TINY,
+        port=free_port(),
+        app_name="kill-app",
+        engine_num_cpus=0.5,
+        default_max_tokens=8,
+        max_ongoing_requests=4,
+        max_queued_requests=8,
+    )
     url = start(cfg)
     handle = serve.get_deployment_handle("EngineServer", cfg.app_name)
     pid = handle.info.remote().result()["pid"]
@@ -110,9 +117,23 @@ def test_sigterm_stops_serve_and_its_ray_cluster_without_orphans(tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rayalign.cli", "serve", "--model", TINY, "--port", str(port),
-             "app_name=term-app", "engine_num_cpus=0.5"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
+            [
+                sys.executable,
+                "-m",
+                "rayalign.cli",
+                "serve",
+                "--model",
+                TINY,
+                "--port",
+                str(port),
+                "app_name=term-app",
+                "engine_num_cpus=0.5",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         try:
             deadline = time.monotonic() + 200
             while "serving tiny-random:llama" not in log.read_text():

@@ -39,8 +39,9 @@ def _lora(path, seed: int) -> str:
     from rayalign.models.loader import load_model
 
     torch.manual_seed(seed)
-    model = get_peft_model(load_model(MODEL), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                         init_lora_weights=False))
+    model = get_peft_model(
+        load_model(MODEL), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     model.save_pretrained(str(path))
     return str(path)
 
@@ -53,9 +54,16 @@ def app(ray_cluster, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("loras")
     adapters = {"alpha": _lora(d / "a", 1), "beta": _lora(d / "b", 2)}
-    cfg = ServeConfig(model=MODEL, backend="vllm", port=free_port(), app_name="rayalign-vllm", engine_num_cpus=0.5,
-                      adapters=adapters, max_ongoing_requests=32,
-                      engine={"max_model_len": 1024, "max_lora_rank": 8, "vllm_kwargs": {"enforce_eager": True}})
+    cfg = ServeConfig(
+        model=MODEL,
+        backend="vllm",
+        port=free_port(),
+        app_name="rayalign-vllm",
+        engine_num_cpus=0.5,
+        adapters=adapters,
+        max_ongoing_requests=32,
+        engine={"max_model_len": 1024, "max_lora_rank": 8, "vllm_kwargs": {"enforce_eager": True}},
+    )
     url = start(cfg, ready_timeout_s=420)
     handle = serve.get_deployment_handle("EngineServer", cfg.app_name)
     yield url, adapters, handle
@@ -77,8 +85,9 @@ def test_vllm_endpoint_matches_hf_reference(client, hf):
     r = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=12, temperature=0)
     assert r.choices[0].message.content == ref.texts[0]
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (ref.prompt_tokens, ref.completion_tokens[0])
-    chunks = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=12, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.texts[0]
     assert chunks[-1].usage.completion_tokens == ref.completion_tokens[0]
@@ -105,15 +114,21 @@ def test_concurrent_streams_progress_together_and_equal_single_requests(client):
     firsts, ends = [r[0] for r in results], [r[1] for r in results]
     assert all(f is not None for f in firsts)
     assert max(firsts) < min(ends), (firsts, ends)
-    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=48, temperature=0).choices[0].text
-             for p in prompts]
+    alone = [
+        client.completions.create(model=MODEL, prompt=p, max_tokens=48, temperature=0).choices[0].text for p in prompts
+    ]
     assert [r[2] for r in results] == alone
 
 
 def test_client_disconnect_aborts_the_request_in_the_engine(app):
     url, _, handle = app
-    body = {"model": MODEL, "prompt": "Count from 1 to 300, separated by commas.", "max_tokens": 900,
-            "temperature": 0, "stream": True}
+    body = {
+        "model": MODEL,
+        "prompt": "Count from 1 to 300, separated by commas.",
+        "max_tokens": 900,
+        "temperature": 0,
+        "stream": True,
+    }
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
         assert r.status_code == 200, r.read()
         lines = r.iter_lines()  # held, not broken out of: closing the iterator closes the connection
@@ -147,9 +162,14 @@ def test_two_lora_adapters_by_name_equal_their_merged_models(app, client, hf):
         texts[name] = r.choices[0].message.content
         merged = PeftModel.from_pretrained(load_model(MODEL), path).merge_and_unload().eval()
         with torch.inference_mode():
-            out = merged.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                  max_new_tokens=16, do_sample=False, pad_token_id=hf.tok.pad_token_id)
-        assert texts[name] == hf.tok.decode(out[0, len(ids):], skip_special_tokens=True), name
+            out = merged.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=16,
+                do_sample=False,
+                pad_token_id=hf.tok.pad_token_id,
+            )
+        assert texts[name] == hf.tok.decode(out[0, len(ids) :], skip_special_tokens=True), name
     assert texts["alpha"] != texts["beta"]
     with pytest.raises(openai.NotFoundError) as ei:
         client.chat.completions.create(model="gamma", messages=MSGS, max_tokens=2)
@@ -159,15 +179,18 @@ def test_two_lora_adapters_by_name_equal_their_merged_models(app, client, hf):
 def test_logprobs_equal_a_forward_pass(client, hf):
     import torch
 
-    r = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=8, temperature=0, logprobs=True,
-                                       top_logprobs=3)
+    r = client.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     ids = hf.render_ids(messages=MSGS)
-    gen = [hf.tok.convert_tokens_to_ids(hf.tok.convert_ids_to_tokens(hf.tok.encode(c.token, add_special_tokens=False)))
-           for c in content]
+    gen = [
+        hf.tok.convert_tokens_to_ids(hf.tok.convert_ids_to_tokens(hf.tok.encode(c.token, add_special_tokens=False)))
+        for c in content
+    ]
     gen = [g[0] for g in gen]
     with torch.inference_mode():
-        ref = torch.log_softmax(hf.model(torch.tensor([ids + gen])).logits[0, len(ids) - 1:-1].float(), -1)
+        ref = torch.log_softmax(hf.model(torch.tensor([ids + gen])).logits[0, len(ids) - 1 : -1].float(), -1)
     assert len(content) == r.usage.completion_tokens == 8
     for j, c in enumerate(content):
         assert abs(c.logprob - float(ref[j, gen[j]])) <= 1e-3
@@ -175,21 +198,34 @@ def test_logprobs_equal_a_forward_pass(client, hf):
         for got, want in zip(c.top_logprobs, ref[j].topk(3).values.tolist()):
             assert abs(got.logprob - want) <= 1e-3
     # completions' legacy shape, streamed: the same values chunk by chunk
-    stream = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=5, temperature=0, logprobs=1,
-                                       stream=True)
+    stream = client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=5, temperature=0, logprobs=1, stream=True
+    )
     lps = [x for c in stream if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs]
     whole = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=5, temperature=0, logprobs=1)
     assert lps == pytest.approx(whole.choices[0].logprobs.token_logprobs, abs=1e-5) and len(lps) == 5
 
 
 def test_json_modes_return_parseable_json(client):
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
-              "required": ["city"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
     r = client.chat.completions.create(
-        model=MODEL, messages=MSGS, max_tokens=40, temperature=0,
-        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+        model=MODEL,
+        messages=MSGS,
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
     assert set(json.loads(r.choices[0].message.content)) == {"city"}
     r = client.chat.completions.create(
-        model=MODEL, max_tokens=100, temperature=0, response_format={"type": "json_object"},
-        messages=[{"role": "user", "content": 'Give the capital of France as a JSON object with one key "capital".'}])
+        model=MODEL,
+        max_tokens=100,
+        temperature=0,
+        response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": 'Give the capital of France as a JSON object with one key "capital".'}],
+    )
     assert json.loads(r.choices[0].message.content) == {"capital": "Paris"}

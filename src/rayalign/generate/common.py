@@ -76,17 +76,32 @@ def quarantine(stage: str, index: int, code: str, detail: str, raw: dict) -> dic
     return quarantine_row(stage, index, code, detail, dumps(raw))
 
 
-def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], kind: str | None,
-                  extra: dict | None = None, log=print,
-                  summarise: Callable[[dict], dict[str, Any]] | None = None) -> StageResult:
+def run_gen_stage(
+    stage: str,
+    cfg: GenStageConfig,
+    factory: Callable[[], Any],
+    kind: str | None,
+    extra: dict | None = None,
+    log=print,
+    summarise: Callable[[dict], dict[str, Any]] | None = None,
+) -> StageResult:
     """Run a generation stage through the sharded runner and return its StageResult.
 
     `summarise(manifest) -> {key: value}` adds stage-specific summaries (e.g. clair's contrast)
     to the manifest and the result's details; numbers among them become metrics too."""
     before = set(_ENGINES)
     try:
-        manifest = run_sharded(stage, cfg.inputs, cfg.output, factory, kind=kind, pool=cfg.pool, config_hash=cfg.hash(),
-                               extra={"model": cfg.policy_engine().model, **(extra or {})}, log=log)
+        manifest = run_sharded(
+            stage,
+            cfg.inputs,
+            cfg.output,
+            factory,
+            kind=kind,
+            pool=cfg.pool,
+            config_hash=cfg.hash(),
+            extra={"model": cfg.policy_engine().model, **(extra or {})},
+            log=log,
+        )
     finally:
         release_engines(keep=before)
     m: dict[str, Any] = manifest.to_json() if hasattr(manifest, "to_json") else dict(manifest)
@@ -95,7 +110,7 @@ def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], k
     for reason, n in c["by_reason"].items():
         log(f"    quarantined {n:5d}  {reason}")
     added: dict[str, Any] = {}
-    statuses = {k[len("status."):]: int(v) for k, v in m.get("stats", {}).items() if k.startswith("status.")}
+    statuses = {k[len("status.") :]: int(v) for k, v in m.get("stats", {}).items() if k.startswith("status.")}
     if statuses:
         added["status_counts"] = dict(sorted(statuses.items()))
         log(f"    statuses: {added['status_counts']}")
@@ -106,9 +121,18 @@ def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], k
     for key, value in added.items():
         if isinstance(value, dict):
             metrics.update({f"{key}.{k}": v for k, v in numeric_metrics(value).items()})
-    return StageResult(stage=stage, output=cfg.output, counts=Counts.model_validate(c), metrics=metrics,
-                       details={"complete": bool(m.get("complete", True)), "shards": len(m.get("shards", [])),
-                                "manifest": storage.join(cfg.output, MANIFEST), **added})
+    return StageResult(
+        stage=stage,
+        output=cfg.output,
+        counts=Counts.model_validate(c),
+        metrics=metrics,
+        details={
+            "complete": bool(m.get("complete", True)),
+            "shards": len(m.get("shards", [])),
+            "manifest": storage.join(cfg.output, MANIFEST),
+            **added,
+        },
+    )
 
 
 def save_manifest(out_dir: str, manifest: dict) -> None:

@@ -34,11 +34,20 @@ from rayalign.generate.pas_rules import augment, last_user, rule_check
 from rayalign.generate.prompts import parse_hint, parse_verdict, prompt_text, template_version, user_turn
 from rayalign.results import StageResult
 
-PAS_SCHEMA = pa.schema([
-    ("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string()), ("hint", pa.string()),
-    ("original", MESSAGES), ("status", pa.string()), ("raw_hint", pa.string()), ("raw_critique", pa.string()),
-    ("model", pa.string()), ("prompt_version", pa.string()),
-])
+PAS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("messages", MESSAGES),
+        ("meta", pa.string()),
+        ("hint", pa.string()),
+        ("original", MESSAGES),
+        ("status", pa.string()),
+        ("raw_hint", pa.string()),
+        ("raw_critique", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+    ]
+)
 
 
 class PASConfig(GenStageConfig):
@@ -62,8 +71,9 @@ class PASProcessor(EngineProcessor):
         cfg = self.cfg
         prompts = [prompt_text(r["messages"][: last_user(r["messages"]) + 1]) for r in rows]
         params = cfg.params.model_copy(update={"n": 1})
-        results = self.engine.generate(chat_requests(
-            [user_turn("pas_hint", prompt=p, max_words=str(cfg.max_words)) for p in prompts], params))
+        results = self.engine.generate(
+            chat_requests([user_turn("pas_hint", prompt=p, max_words=str(cfg.max_words)) for p in prompts], params)
+        )
         hints, status, raw_hint = [None] * len(rows), [""] * len(rows), [""] * len(rows)
         for i, res in enumerate(results):
             raw, finish = first_text(res)
@@ -77,9 +87,12 @@ class PASProcessor(EngineProcessor):
         raw_crit = [""] * len(rows)
         todo = [i for i in range(len(rows)) if status[i] == "pending"]
         if todo and cfg.critique:
-            crit = self.critic.generate(chat_requests(
-                [user_turn("pas_critique", prompt=prompts[i], hint=hints[i]) for i in todo],
-                cfg.critique_params.model_copy(update={"n": 1})))
+            crit = self.critic.generate(
+                chat_requests(
+                    [user_turn("pas_critique", prompt=prompts[i], hint=hints[i]) for i in todo],
+                    cfg.critique_params.model_copy(update={"n": 1}),
+                )
+            )
             for i, res in zip(todo, crit):
                 raw, finish = first_text(res)
                 raw_crit[i] = raw if res.ok else (res.error or "")
@@ -95,10 +108,20 @@ class PASProcessor(EngineProcessor):
         for i, r in enumerate(rows):
             count_status(stats, status[i])
             ok = status[i] == "accepted"
-            out.append({"id": r["id"], "messages": augment(r["messages"], hints[i]) if ok else r["messages"],
-                        "meta": r["meta"], "hint": hints[i] if ok else "", "original": r["messages"], "status": status[i],
-                        "raw_hint": raw_hint[i], "raw_critique": raw_crit[i], "model": self.ecfg.model,
-                        "prompt_version": self.version})
+            out.append(
+                {
+                    "id": r["id"],
+                    "messages": augment(r["messages"], hints[i]) if ok else r["messages"],
+                    "meta": r["meta"],
+                    "hint": hints[i] if ok else "",
+                    "original": r["messages"],
+                    "status": status[i],
+                    "raw_hint": raw_hint[i],
+                    "raw_critique": raw_crit[i],
+                    "model": self.ecfg.model,
+                    "prompt_version": self.version,
+                }
+            )
         return ProcessResult(out, [], stats)
 
 

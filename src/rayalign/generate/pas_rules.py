@@ -13,13 +13,15 @@ def script_of(text: str) -> str | None:
         if not ch.isalpha():
             continue
         name = unicodedata.name(ch, "")
-        script = "CJK" if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) else (name.split(" ")[0] or "OTHER")
+        script = (
+            "CJK" if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) else (name.split(" ")[0] or "OTHER")
+        )
         counts[script] = counts.get(script, 0) + 1
     return max(counts, key=lambda k: counts[k]) if counts else None
 
 
 def rule_check(prompt: str, hint: str, max_words: int) -> str:
-    """"ok" or why a parsed hint is rejected before any critic sees it."""
+    """ "ok" or why a parsed hint is rejected before any critic sees it."""
     if len(hint.split()) > max_words:
         return "too_long"
     sp, sh = script_of(prompt), script_of(hint)

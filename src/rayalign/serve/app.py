@@ -39,13 +39,17 @@ def _error_response(e: P.ApiError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException):
     # Unknown routes and wrong methods in OpenAI's error shape too, not FastAPI's {"detail": ...}.
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return _error_response(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                      code=kind))
+    return _error_response(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=kind))
 
 
 def _overloaded(what: str) -> P.ApiError:
-    return P.ApiError(503, f"server overloaded ({what}); retry shortly", type="server_error",
-                      code="overloaded", headers={"Retry-After": "1"})
+    return P.ApiError(
+        503,
+        f"server overloaded ({what}); retry shortly",
+        type="server_error",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
 
 
 @serve.ingress(api)
@@ -73,8 +77,7 @@ class OpenAIIngress:
         limit = self.cfg.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise P.ApiError(413, f"request body is {declared} bytes; the limit is {limit}",
-                             code="request_too_large")
+            raise P.ApiError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -89,20 +92,26 @@ class OpenAIIngress:
             return None
         if name in self.cfg.adapters:
             return name
-        raise P.ApiError(404, f"The model '{name}' does not exist; this server serves "
-                              f"{', '.join(repr(m) for m in self._names())} (see GET /v1/models)", param="model",
-                         code="model_not_found")
+        raise P.ApiError(
+            404,
+            f"The model '{name}' does not exist; this server serves "
+            f"{', '.join(repr(m) for m in self._names())} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
 
     def _names(self) -> list[str]:
         return [self.cfg.model_name, *sorted(self.cfg.adapters)]
 
     def _params(self, body) -> SamplingParams:
         if body.n > self.cfg.max_n:
-            raise P.ApiError(400, f"invalid value for 'n': at most {self.cfg.max_n} (got {body.n})",
-                             param="n", code="invalid_value")
+            raise P.ApiError(
+                400, f"invalid value for 'n': at most {self.cfg.max_n} (got {body.n})", param="n", code="invalid_value"
+            )
         # max_tokens is settled by the engine replica, which knows the prompt length.
-        return SamplingParams(temperature=body.temperature, top_p=body.top_p, stop=body.stop or [], n=body.n,
-                              seed=body.seed, max_tokens=1)
+        return SamplingParams(
+            temperature=body.temperature, top_p=body.top_p, stop=body.stop or [], n=body.n, seed=body.seed, max_tokens=1
+        )
 
     async def _handle(self, request: Request, model_cls, make_req, chunk_fn, response_fn, prefix: str):
         try:
@@ -130,8 +139,13 @@ class OpenAIIngress:
         if isinstance(e, BackPressureError):
             return _overloaded("request queue full")
         log.exception("engine call failed")  # e.g. the replica died: clients may retry
-        return P.ApiError(503, f"engine unavailable: {type(e).__name__}", type="server_error",
-                          code="engine_unavailable", headers={"Retry-After": "1"})
+        return P.ApiError(
+            503,
+            f"engine unavailable: {type(e).__name__}",
+            type="server_error",
+            code="engine_unavailable",
+            headers={"Retry-After": "1"},
+        )
 
     async def _stream(self, req: GenRequest, body, chunk_fn, prefix: str):
         gen = self.engine.options(stream=True).stream.remote(req, body.requested_max_tokens())
@@ -164,20 +178,37 @@ class OpenAIIngress:
                         yield P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"]))
                 if include_usage:
                     obj = "chat.completion.chunk" if chat else "text_completion"
-                    yield P.sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                                 "usage": P.usage(first["prompt_tokens"], completion_tokens)})
+                    yield P.sse(
+                        {
+                            "id": rid,
+                            "object": obj,
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": P.usage(first["prompt_tokens"], completion_tokens),
+                        }
+                    )
                 yield P.sse("[DONE]")
                 done = True
             except Exception as e:
                 log.exception("stream failed")
-                yield P.sse({"error": {"message": f"stream failed: {type(e).__name__}: {e}",
-                                       "type": "server_error", "param": None, "code": "stream_error"}})
+                yield P.sse(
+                    {
+                        "error": {
+                            "message": f"stream failed: {type(e).__name__}: {e}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "stream_error",
+                        }
+                    }
+                )
             finally:
                 if not done:  # client disconnected (or error): free the engine slot now
                     gen.cancel()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -215,16 +246,24 @@ class OpenAIIngress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         return await self._handle(
-            request, P.ChatCompletionRequest,
+            request,
+            P.ChatCompletionRequest,
             lambda body, params: GenRequest(messages=body.chat_messages(), params=params),
-            P.chat_chunk, P.chat_response, "chatcmpl")
+            P.chat_chunk,
+            P.chat_response,
+            "chatcmpl",
+        )
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         return await self._handle(
-            request, P.CompletionRequest,
+            request,
+            P.CompletionRequest,
             lambda body, params: GenRequest(prompt=body.prompt, params=params),
-            P.completion_chunk, P.completion_response, "cmpl")
+            P.completion_chunk,
+            P.completion_response,
+            "cmpl",
+        )
 
 
 def engine_placement(cfg: ServeConfig) -> dict:
@@ -245,8 +284,7 @@ def engine_placement(cfg: ServeConfig) -> dict:
     # the replica itself needs no GPU: its engine-core drives the workers, each on its own bundle
     bundles = [{"CPU": cfg.engine_num_cpus, **bundle}] + [dict(bundle) for _ in range(tp - 1)]
     actor.pop("accelerator_type", None)
-    return {"ray_actor_options": actor, "placement_group_bundles": bundles,
-            "placement_group_strategy": "STRICT_PACK"}
+    return {"ray_actor_options": actor, "placement_group_bundles": bundles, "placement_group_strategy": "STRICT_PACK"}
 
 
 def build_app(cfg: ServeConfig):
@@ -259,10 +297,12 @@ def build_app(cfg: ServeConfig):
     if cfg.autoscaling is not None:
         a = cfg.autoscaling
         engine_opts["autoscaling_config"] = {
-            "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
             "initial_replicas": max(a.min_replicas, 1),
             "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
         }
     else:
         engine_opts["num_replicas"] = cfg.num_replicas

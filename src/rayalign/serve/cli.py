@@ -26,17 +26,28 @@ def parse_config(argv: list[str]) -> ServeConfig:
     p = argparse.ArgumentParser(prog="rayalign serve", description="OpenAI-compatible endpoint on Ray Serve")
     p.add_argument("--config", help="serve YAML (see rayjobs/configs/serve.yaml)")
     p.add_argument("--model", help="model spec: HF folder, builtin:smollm2-135m-instruct, tiny-random:llama")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                   help="serve an adapter by name (repeatable); a bare PATH is merged into the model (hf only)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve an adapter by name (repeatable); a bare PATH is merged into the model (hf only)",
+    )
     p.add_argument("--backend", choices=["hf", "vllm"])
     p.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int)
-    p.add_argument("--api-key", default=os.environ.get("RAYALIGN_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $RAYALIGN_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("RAYALIGN_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $RAYALIGN_API_KEY)",
+    )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = p.parse_args(argv)
-    flags = [f"{k}={v}" for k, v in (("model", args.model), ("backend", args.backend),
-                                     ("host", args.host), ("port", args.port)) if v is not None]
+    flags = [
+        f"{k}={v}"
+        for k, v in (("model", args.model), ("backend", args.backend), ("host", args.host), ("port", args.port))
+        if v is not None
+    ]
     named = [a for a in args.adapter if "=" in a]
     merged = [a for a in args.adapter if "=" not in a]
     if len(merged) > 1:

@@ -50,9 +50,19 @@ class PasCfg(Cfg):
 
 
 class ServeConfig(Cfg):
-    resource_fields: ClassVar[frozenset[str]] = frozenset({
-        "num_replicas", "autoscaling", "max_ongoing_requests", "max_queued_requests", "engine_num_cpus",
-        "engine_num_gpus", "accelerator_type", "ingress_num_cpus", "ingress_max_ongoing_requests"})
+    resource_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "num_replicas",
+            "autoscaling",
+            "max_ongoing_requests",
+            "max_queued_requests",
+            "engine_num_cpus",
+            "engine_num_gpus",
+            "accelerator_type",
+            "ingress_num_cpus",
+            "ingress_max_ongoing_requests",
+        }
+    )
 
     model: str = "builtin:smollm2-135m-instruct"  # the embedded default; tests pass tiny-random:llama
     # Name clients put in `model`; defaults to the spec itself.
@@ -102,8 +112,14 @@ class ServeConfig(Cfg):
 
     def engine_config(self) -> EngineConfig:
         """The engine this app serves: `engine` with the top-level model/backend/adapters applied."""
-        return self.engine.model_copy(update={"model": self.model, "backend": self.backend, "adapter": self.adapter,
-                                              "adapters": dict(self.adapters)})
+        return self.engine.model_copy(
+            update={
+                "model": self.model,
+                "backend": self.backend,
+                "adapter": self.adapter,
+                "adapters": dict(self.adapters),
+            }
+        )
 
     @field_validator("adapters")
     @classmethod
@@ -120,9 +136,13 @@ class ServeConfig(Cfg):
         if self.model_name in self.adapters:
             raise ValueError(f"adapter name {self.model_name!r} is the base model's name; rename the adapter")
         if self.backend == "vllm" and self.adapter:
-            raise ValueError("adapter (merged on load) is hf only; on vllm serve LoRA folders by name: adapters: "
-                             "{name: folder} (or --adapter name=PATH)")
+            raise ValueError(
+                "adapter (merged on load) is hf only; on vllm serve LoRA folders by name: adapters: "
+                "{name: folder} (or --adapter name=PATH)"
+            )
         if self.engine.tensor_parallel_size > 1 and self.engine_num_gpus < 1:
-            raise ValueError(f"engine.tensor_parallel_size {self.engine.tensor_parallel_size} needs GPUs: "
-                             f"set engine_num_gpus: 1 (one GPU per tensor-parallel worker)")
+            raise ValueError(
+                f"engine.tensor_parallel_size {self.engine.tensor_parallel_size} needs GPUs: "
+                f"set engine_num_gpus: 1 (one GPU per tensor-parallel worker)"
+            )
         return self

@@ -35,8 +35,9 @@ from rayalign.serve.config import ServeConfig
 log = logging.getLogger("ray.serve")
 
 
-def error(status: int, message: str, param: str | None = None, code: str | None = None,
-          type: str = "invalid_request_error") -> dict:
+def error(
+    status: int, message: str, param: str | None = None, code: str | None = None, type: str = "invalid_request_error"
+) -> dict:
     return {"status": status, "error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -57,9 +58,15 @@ class EngineServer:
         self.hint_engine = None
         if self.cfg.pas.enabled:
             # A separate hint model when one is named; otherwise the served model writes its own hints.
-            self.hint_engine = (make_engine(self.cfg.engine_config().model_copy(
-                update={"model": self.cfg.pas.model, "adapter": None, "adapters": {}}))
-                if self.cfg.pas.model else self.engine)
+            self.hint_engine = (
+                make_engine(
+                    self.cfg.engine_config().model_copy(
+                        update={"model": self.cfg.pas.model, "adapter": None, "adapters": {}}
+                    )
+                )
+                if self.cfg.pas.model
+                else self.engine
+            )
         self.is_async = isinstance(self.engine, AsyncEngine)
         # serve.batch wraps the method in an object with these setters; mypy sees the plain function
         self._batched.set_max_batch_size(self.cfg.batch.max_batch_size)  # type: ignore[attr-defined]
@@ -84,9 +91,13 @@ class EngineServer:
             return error(404, f"The model '{req.adapter}' does not exist", param="model", code="model_not_found")
         fmt = (req.response_format or {}).get("type", "text")
         if fmt != "text" and self.cfg.backend != "vllm":
-            return error(400, f"response_format {fmt!r} needs guided decoding, which backend {self.cfg.backend!r} "
-                              f"does not do; serve with backend vllm or drop response_format",
-                         param="response_format", code="unsupported_response_format")
+            return error(
+                400,
+                f"response_format {fmt!r} needs guided decoding, which backend {self.cfg.backend!r} "
+                f"does not do; serve with backend vllm or drop response_format",
+                param="response_format",
+                code="unsupported_response_format",
+            )
         if self.hint_engine is not None and req.messages is not None:
             req = dataclasses.replace(req, messages=self._with_hint(req.messages))
         param = "messages" if req.messages is not None else "prompt"
@@ -101,9 +112,14 @@ class EngineServer:
         want = requested_max_tokens
         if room <= 0 or (want is not None and want > room):
             asked = f" + {want} requested completion tokens (max_tokens)" if want else ""
-            return error(400, f"This model's maximum context length is {ctx} tokens. However, your "
-                              f"{param} resulted in {n_prompt} tokens{asked}. Shorten the {param} or "
-                              f"lower max_tokens.", param=param, code="context_length_exceeded")
+            return error(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, your "
+                f"{param} resulted in {n_prompt} tokens{asked}. Shorten the {param} or "
+                f"lower max_tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
         max_tokens = want if want is not None else min(self.cfg.default_max_tokens, room)
         return dataclasses.replace(req, params=req.params.model_copy(update={"max_tokens": max_tokens}))
 
@@ -112,8 +128,9 @@ class EngineServer:
             return messages
         words = self.cfg.pas.max_words
         hint_params = SamplingParams(temperature=0.0, max_tokens=self.cfg.pas.max_hint_tokens)
-        [res] = self.hint_engine.generate([GenRequest(messages=pas_mod.hint_messages(messages, words),
-                                                      params=hint_params)])
+        [res] = self.hint_engine.generate(
+            [GenRequest(messages=pas_mod.hint_messages(messages, words), params=hint_params)]
+        )
         if not res.ok:  # a failed hint must not fail the user's request: answer without it
             log.warning("PAS hint failed: %s", res.error)
             return messages
@@ -139,9 +156,13 @@ class EngineServer:
             res = await self._batched(admitted)
         if not res.ok:
             return error(500, f"generation failed: {res.error}", type="server_error", code="engine_error")
-        return {"texts": res.texts, "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": list(res.completion_tokens), "finish_reasons": list(res.finish_reasons),
-                "logprobs": None if res.logprobs is None else [_lps(x) for x in res.logprobs]}
+        return {
+            "texts": res.texts,
+            "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": list(res.completion_tokens),
+            "finish_reasons": list(res.finish_reasons),
+            "logprobs": None if res.logprobs is None else [_lps(x) for x in res.logprobs],
+        }
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -197,13 +218,23 @@ class EngineServer:
     # -- introspection -------------------------------------------------------------------------
 
     async def info(self) -> dict[str, Any]:
-        return {"model": self.cfg.model_name, "max_context": self.engine.max_context(), "adapters": self.engine.adapters(),
-                "backend": self.cfg.backend, "pas": self.cfg.pas.enabled, "pid": os.getpid()}
+        return {
+            "model": self.cfg.model_name,
+            "max_context": self.engine.max_context(),
+            "adapters": self.engine.adapters(),
+            "backend": self.cfg.backend,
+            "pas": self.cfg.pas.enabled,
+            "pid": os.getpid(),
+        }
 
     async def stats(self) -> dict[str, Any]:
-        return {"active_streams": self.active_streams, "streams_cancelled": self.streams_cancelled,
-                "deltas_streamed": self.deltas_streamed, "batch_sizes": list(self.batch_sizes),
-                "engine_unfinished": self.engine.num_unfinished() if self.is_async else None}  # type: ignore[attr-defined]
+        return {
+            "active_streams": self.active_streams,
+            "streams_cancelled": self.streams_cancelled,
+            "deltas_streamed": self.deltas_streamed,
+            "batch_sizes": list(self.batch_sizes),
+            "engine_unfinished": self.engine.num_unfinished() if self.is_async else None,
+        }  # type: ignore[attr-defined]
 
     def __del__(self):
         # Serve calls this when a replica stops: let a vLLM engine stop its engine-core process.

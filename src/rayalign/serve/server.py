@@ -1,8 +1,8 @@
 """Start, wait for and stop the serving app on a (local or joined) Ray cluster.
 
-    url = start(ServeConfig(model="tiny-random:llama", port=8000))   # returns once ready
-    ...                                                                # clients use url + "/v1"
-    stop(cfg)
+url = start(ServeConfig(model="tiny-random:llama", port=8000))   # returns once ready
+...                                                                # clients use url + "/v1"
+stop(cfg)
 """
 
 from __future__ import annotations
@@ -49,8 +49,11 @@ def _actual_http(cfg: ServeConfig) -> ServeConfig:
     except Exception:
         return cfg
     if (host, port) != (cfg.host, cfg.port):
-        warnings.warn(f"Serve was already running on this cluster at {host}:{port}; it keeps that address "
-                      f"(asked for {cfg.host}:{cfg.port})", stacklevel=3)
+        warnings.warn(
+            f"Serve was already running on this cluster at {host}:{port}; it keeps that address "
+            f"(asked for {cfg.host}:{cfg.port})",
+            stacklevel=3,
+        )
         return cfg.model_copy(update={"host": host, "port": port})
     return cfg
 

@@ -26,9 +26,22 @@ from rayalign.generate.engine.protocol import (
 )
 from rayalign.generate.engine.vllm import vllm_env_defaults  # imports vllm lazily
 
-__all__ = ["AsyncEngine", "Engine", "EngineConfig", "EngineError", "GenRequest", "GenResult", "SamplingParams",
-           "StreamChunk", "TokenLogprob", "cut_at_stop", "error_result", "make_engine", "stream_with_stops",
-           "vllm_env_defaults"]
+__all__ = [
+    "AsyncEngine",
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "GenRequest",
+    "GenResult",
+    "SamplingParams",
+    "StreamChunk",
+    "TokenLogprob",
+    "cut_at_stop",
+    "error_result",
+    "make_engine",
+    "stream_with_stops",
+    "vllm_env_defaults",
+]
 
 
 def make_engine(cfg: EngineConfig) -> Engine:
@@ -37,12 +50,13 @@ def make_engine(cfg: EngineConfig) -> Engine:
         if cfg.adapter:
             from rayalign.config import ConfigError
 
-            raise ConfigError("engine.adapter (merged on load) is hf only; on vllm serve LoRA folders by name "
-                              "with engine.adapters {name: path}, or merge the adapter first")
+            raise ConfigError(
+                "engine.adapter (merged on load) is hf only; on vllm serve LoRA folders by name "
+                "with engine.adapters {name: path}, or merge the adapter first"
+            )
         from rayalign.generate.engine.vllm import VLLMEngine
 
         return VLLMEngine(cfg)
     from rayalign.generate.engine.hf import HFEngine
 
     return HFEngine(cfg)
-

@@ -56,7 +56,7 @@ class _StopStrings:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        rows = input_ids[:, self.width:].tolist()
+        rows = input_ids[:, self.width :].tolist()
         hit = [cut_at_stop(self.tok.decode(r, skip_special_tokens=True), self.stops)[1] for r in rows]
         return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
@@ -98,16 +98,21 @@ class HFEngine(TokenizingEngine):
         return super().prepare(req)
 
     def _gen_kwargs(self, p: SamplingParams) -> dict:
-        kw: dict[str, Any] = dict(max_new_tokens=p.max_tokens, pad_token_id=self.tok.pad_token_id,
-                                  eos_token_id=sorted(self.eos_ids) or None, num_return_sequences=p.n)
+        kw: dict[str, Any] = dict(
+            max_new_tokens=p.max_tokens,
+            pad_token_id=self.tok.pad_token_id,
+            eos_token_id=sorted(self.eos_ids) or None,
+            num_return_sequences=p.n,
+        )
         if p.temperature > 0:
             kw.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
-    def _batch(self, ids_list: list[list[int]], p: SamplingParams, adapter: str | None = None,
-               logprobs: int | None = None) -> list[GenResult]:
+    def _batch(
+        self, ids_list: list[list[int]], p: SamplingParams, adapter: str | None = None, logprobs: int | None = None
+    ) -> list[GenResult]:
         torch = self.torch
         width = max(len(x) for x in ids_list)
         pad = self.tok.pad_token_id
@@ -172,13 +177,14 @@ class HFEngine(TokenizingEngine):
             p = SamplingParams.model_validate(json.loads(key))
             members.sort(key=lambda m: len(m[1]))  # similar lengths together: less padding
             for s in range(0, len(members), self.cfg.batch_size):
-                chunk = members[s:s + self.cfg.batch_size]
+                chunk = members[s : s + self.cfg.batch_size]
                 for (i, _), r in zip(chunk, self._chunk([ids for _, ids in chunk], p, adapter, lp)):
                     results[i] = r
         return results  # type: ignore[return-value]  # every slot was filled above
 
-    def _chunk(self, ids_list: list[list[int]], p: SamplingParams, adapter: str | None,
-               lp: int | None) -> list[GenResult]:
+    def _chunk(
+        self, ids_list: list[list[int]], p: SamplingParams, adapter: str | None, lp: int | None
+    ) -> list[GenResult]:
         try:
             return self._batch(ids_list, p, adapter, lp)
         except Exception:
@@ -196,9 +202,14 @@ class HFEngine(TokenizingEngine):
 
         With log-probs requested the completion is generated in one call and sent as one delta
         (transformers' streamer carries no scores)."""
-        request = GenRequest(messages=request.messages, prompt=request.prompt, adapter=request.adapter,
-                             params=request.params.model_copy(update={"n": 1}), logprobs=request.logprobs,
-                             response_format=request.response_format)
+        request = GenRequest(
+            messages=request.messages,
+            prompt=request.prompt,
+            adapter=request.adapter,
+            params=request.params.model_copy(update={"n": 1}),
+            logprobs=request.logprobs,
+            response_format=request.response_format,
+        )
         ids = self.prepare(request)
         if request.logprobs is not None:
             [res] = self.generate([request])
@@ -206,8 +217,9 @@ class HFEngine(TokenizingEngine):
                 raise EngineError(res.error)
             lps = res.logprobs[0] if res.logprobs else []
             yield StreamChunk(delta=res.texts[0], prompt_tokens=len(ids), logprobs=lps)
-            yield StreamChunk(finish_reason=res.finish_reasons[0], prompt_tokens=len(ids),
-                              completion_tokens=res.completion_tokens[0])
+            yield StreamChunk(
+                finish_reason=res.finish_reasons[0], prompt_tokens=len(ids), completion_tokens=res.completion_tokens[0]
+            )
             return
         yield from self._stream_tokens(request, ids)
 
@@ -228,9 +240,13 @@ class HFEngine(TokenizingEngine):
                 if p.seed is not None:
                     torch.manual_seed(p.seed)
                 with torch.inference_mode():
-                    model.generate(input_ids=torch.tensor([ids], device=self.device),
-                                   attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                                   streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria), **kw)
+                    model.generate(
+                        input_ids=torch.tensor([ids], device=self.device),
+                        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList(criteria),
+                        **kw,
+                    )
             except BaseException as e:
                 errors.append(e)
                 streamer.end()
@@ -249,5 +265,6 @@ class HFEngine(TokenizingEngine):
         if errors:
             raise errors[0]
         n_gen = max(flag.length - len(ids), 0)
-        yield StreamChunk(finish_reason="length" if n_gen >= p.max_tokens else "stop", prompt_tokens=len(ids),
-                          completion_tokens=n_gen)
+        yield StreamChunk(
+            finish_reason="length" if n_gen >= p.max_tokens else "stop", prompt_tokens=len(ids), completion_tokens=n_gen
+        )

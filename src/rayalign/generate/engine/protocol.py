@@ -119,7 +119,9 @@ class EngineConfig(Cfg):
     max_model_len: int = Field(2048, ge=16)  # prompt + completion tokens
     batch_size: int = Field(8, ge=1)  # hf: rows per generate() call; vllm schedules its own batches
     tensor_parallel_size: int = Field(1, ge=1)  # vllm only: GPUs per engine (placement group)
-    vllm_kwargs: dict[str, Any] = Field(default_factory=lambda: {"enforce_eager": True})  # passed to vLLM's engine args as is
+    vllm_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"enforce_eager": True}
+    )  # passed to vLLM's engine args as is
     trust_remote_code: bool = False
     adapter: str | None = None  # hf only: a LoRA / Aligner folder merged into the served base
     # Named adapters (name -> folder) served beside the base; a request picks one by name.
@@ -133,8 +135,9 @@ class EngineError(RuntimeError):
 
 
 def error_result(msg: str, n: int = 1, prompt_tokens: int = 0) -> GenResult:
-    return GenResult(texts=[""] * n, prompt_tokens=prompt_tokens, completion_tokens=[0] * n,
-                     finish_reasons=["error"] * n, error=msg)
+    return GenResult(
+        texts=[""] * n, prompt_tokens=prompt_tokens, completion_tokens=[0] * n, finish_reasons=["error"] * n, error=msg
+    )
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -208,8 +211,10 @@ class TokenizingEngine:
         self.check_adapter(req.adapter)
         ids = self.render_ids(req.messages, req.prompt)
         if len(ids) + req.params.max_tokens > self.max_context():
-            raise EngineError(f"prompt has {len(ids)} tokens + max_tokens {req.params.max_tokens} > "
-                              f"max_model_len {self.max_context()}; shorten the input or raise max_model_len")
+            raise EngineError(
+                f"prompt has {len(ids)} tokens + max_tokens {req.params.max_tokens} > "
+                f"max_model_len {self.max_context()}; shorten the input or raise max_model_len"
+            )
         return ids
 
     def close(self) -> None:

@@ -53,9 +53,14 @@ def engine_args(cfg: EngineConfig) -> dict[str, Any]:
     """Keyword arguments of vLLM's engine args for `cfg` (also used by the benchmark's offline LLM)."""
     from rayalign.models.loader import parse_dtype, resolve_model_path
 
-    kw: dict[str, Any] = dict(model=resolve_model_path(cfg.model), dtype=str(parse_dtype(cfg.dtype)).split(".")[-1],
-                              max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
-                              trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    kw: dict[str, Any] = dict(
+        model=resolve_model_path(cfg.model),
+        dtype=str(parse_dtype(cfg.dtype)).split(".")[-1],
+        max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        trust_remote_code=cfg.trust_remote_code,
+        seed=cfg.seed,
+    )
     if cfg.tensor_parallel_size > 1:  # workers go into the Ray placement group of the calling actor
         kw["distributed_executor_backend"] = "ray"
     if cfg.adapters:
@@ -85,8 +90,14 @@ def _token_logprobs(tok, ids: list[int], lps: list | None, k: int) -> list[Token
     out = []
     for t, step in zip(ids, lps or []):
         top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
-        out.append(TokenLogprob(tok.decode([t]), float(step[t].logprob),
-                                [(tok.decode([i]), float(v.logprob)) for i, v in top if (v.rank or 0) <= k][:k], t))
+        out.append(
+            TokenLogprob(
+                tok.decode([t]),
+                float(step[t].logprob),
+                [(tok.decode([i]), float(v.logprob)) for i, v in top if (v.rank or 0) <= k][:k],
+                t,
+            )
+        )
     return out
 
 
@@ -104,8 +115,10 @@ class VLLMEngine(TokenizingEngine):
         if cfg.adapters:
             from vllm.lora.request import LoRARequest
 
-            self._loras = {name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=path)
-                           for i, (name, path) in enumerate(sorted(cfg.adapters.items()))}
+            self._loras = {
+                name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=path)
+                for i, (name, path) in enumerate(sorted(cfg.adapters.items()))
+            }
         self.llm = self._call(self._build())
 
     async def _build(self):
@@ -142,9 +155,17 @@ class VLLMEngine(TokenizingEngine):
         from vllm.sampling_params import RequestOutputKind
 
         kind = RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY
-        return VSP(n=p.n, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                   stop=list(p.stop) or None, seed=p.seed, logprobs=req.logprobs, output_kind=kind,
-                   structured_outputs=_structured(req.response_format))
+        return VSP(
+            n=p.n,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            max_tokens=p.max_tokens,
+            stop=list(p.stop) or None,
+            seed=p.seed,
+            logprobs=req.logprobs,
+            output_kind=kind,
+            structured_outputs=_structured(req.response_format),
+        )
 
     async def _outputs(self, req: GenRequest, delta: bool):
         """Run on the engine loop: (prompt ids, async iterator of vLLM RequestOutputs)."""
@@ -152,8 +173,12 @@ class VLLMEngine(TokenizingEngine):
 
         ids = self.prepare(req)
         rid = f"{req.request_id or 'req'}-{os.getpid()}-{next(self._ids)}"
-        gen = self.llm.generate(TokensPrompt(prompt_token_ids=ids), self._params(req, req.params, delta), rid,
-                                lora_request=self._loras.get(req.adapter) if req.adapter else None)
+        gen = self.llm.generate(
+            TokensPrompt(prompt_token_ids=ids),
+            self._params(req, req.params, delta),
+            rid,
+            lora_request=self._loras.get(req.adapter) if req.adapter else None,
+        )
         return ids, gen
 
     async def _generate_here(self, req: GenRequest) -> GenResult:
@@ -167,11 +192,15 @@ class VLLMEngine(TokenizingEngine):
         except Exception as e:
             return error_result(f"{type(e).__name__}: {e}", req.params.n)
         comps = sorted(final.outputs, key=lambda c: c.index)
-        return GenResult(texts=[c.text for c in comps], prompt_tokens=len(ids),
-                         completion_tokens=[len(c.token_ids) for c in comps],
-                         finish_reasons=[c.finish_reason or "length" for c in comps],
-                         logprobs=None if req.logprobs is None else
-                         [_token_logprobs(self.tok, list(c.token_ids), c.logprobs, req.logprobs) for c in comps])
+        return GenResult(
+            texts=[c.text for c in comps],
+            prompt_tokens=len(ids),
+            completion_tokens=[len(c.token_ids) for c in comps],
+            finish_reasons=[c.finish_reason or "length" for c in comps],
+            logprobs=None
+            if req.logprobs is None
+            else [_token_logprobs(self.tok, list(c.token_ids), c.logprobs, req.logprobs) for c in comps],
+        )
 
     async def agenerate(self, request: GenRequest) -> GenResult:
         """One request, awaited from any event loop; it joins the engine's running batch."""
@@ -198,8 +227,14 @@ class VLLMEngine(TokenizingEngine):
                     if c.text or lps:
                         put(StreamChunk(index=c.index, delta=c.text, prompt_tokens=len(ids), logprobs=lps))
                     if c.finish_reason is not None:
-                        put(StreamChunk(index=c.index, finish_reason=c.finish_reason, prompt_tokens=len(ids),
-                                        completion_tokens=counts[c.index]))
+                        put(
+                            StreamChunk(
+                                index=c.index,
+                                finish_reason=c.finish_reason,
+                                prompt_tokens=len(ids),
+                                completion_tokens=counts[c.index],
+                            )
+                        )
             put(None)
         except BaseException as e:
             put(e)
