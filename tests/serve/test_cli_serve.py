@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
 import pytest
-from serve_helpers import free_port
+from serve_helpers import free_port, wait_for_line
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,11 +42,7 @@ def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
             cwd=Path(__file__).resolve().parents[2],
         )
         try:
-            deadline = time.monotonic() + 180
-            while "serving tiny-random:llama" not in log.read_text():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+            wait_for_line(proc, log, "serving tiny-random:llama", 180)
             url = f"http://127.0.0.1:{port}/v1"
             assert url in log.read_text()  # the printed URL is the one that works
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)

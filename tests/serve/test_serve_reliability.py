@@ -20,7 +20,7 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
-from serve_helpers import free_port
+from serve_helpers import free_port, wait_for_line
 
 from rayalign.serve.config import ServeConfig
 
@@ -135,11 +135,7 @@ def test_sigterm_stops_serve_and_its_ray_cluster_without_orphans(tmp_path):
             cwd=Path(__file__).resolve().parents[2],
         )
         try:
-            deadline = time.monotonic() + 200
-            while "serving tiny-random:llama" not in log.read_text():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+            wait_for_line(proc, log, "serving tiny-random:llama", 200)
             started = _descendants(proc.pid)
             names = " ".join(psutil.Process(p).name() for p in started if psutil.pid_exists(p))
             assert "raylet" in names and "gcs_server" in names, names  # it runs its own cluster

@@ -101,6 +101,13 @@ def _token_logprobs(tok, ids: list[int], lps: list | None, k: int) -> list[Token
     return out
 
 
+def _checked(item: StreamChunk | BaseException | None) -> StreamChunk | None:
+    """A pumped item: a chunk, None at the end, or the engine's exception re-raised here."""
+    if isinstance(item, BaseException):
+        raise EngineError(f"{type(item).__name__}: {item}") from item
+    return item
+
+
 class VLLMEngine(TokenizingEngine):
     """vLLM's AsyncLLM on a private event loop; sync (`generate`, `stream`) and async APIs."""
 
@@ -252,12 +259,7 @@ class VLLMEngine(TokenizingEngine):
 
         fut = asyncio.run_coroutine_threadsafe(self._pump(request, put), self._loop)
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise EngineError(f"{type(item).__name__}: {item}") from item
+            while (item := _checked(await queue.get())) is not None:
                 yield item
         finally:
             if not fut.done():
@@ -270,12 +272,7 @@ class VLLMEngine(TokenizingEngine):
         box: q.Queue = q.Queue()
         fut = asyncio.run_coroutine_threadsafe(self._pump(request, box.put), self._loop)
         try:
-            while True:
-                item = box.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise EngineError(f"{type(item).__name__}: {item}") from item
+            while (item := _checked(box.get())) is not None:
                 yield item
         finally:
             if not fut.done():
