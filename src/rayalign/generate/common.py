@@ -42,7 +42,13 @@ def engine_for(cfg: EngineConfig) -> Engine:
 
 
 class EngineProcessor:
-    """Base of the stage processors: the config and the policy engine, built once per actor."""
+    """Base of the stage processors: the config and the policy engine, built once per actor.
+
+    On `backend: vllm` the engine is vLLM's async engine on its own loop: `generate` submits a
+    shard's rows at once and the running batch refills as rows finish, and concurrent `process`
+    calls from several threads share that one batch. A runner that keeps several shards in flight
+    per actor (threaded actors) therefore keeps the engine full across shard boundaries; with one
+    shard at a time it drains only at the end of each shard."""
 
     def __init__(self, cfg: GenStageConfig):
         self.cfg = cfg
