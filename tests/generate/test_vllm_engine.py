@@ -60,9 +60,13 @@ def test_greedy_vllm_equals_hf_token_for_token(engines):
 def test_vllm_stream_concatenates_to_generate_and_errors_are_rows(engines):
     vllm, hf = engines
     req = GenRequest(messages=PROMPTS[0], params=SamplingParams(max_tokens=20))
-    deltas = list(vllm.stream(req))
+    chunks = list(vllm.stream(req))
+    deltas = [c.delta for c in chunks if c.finish_reason is None]
     assert len(deltas) > 1
-    assert "".join(deltas) == vllm.generate([req])[0].texts[0]
+    [ref] = vllm.generate([req])
+    assert "".join(deltas) == ref.texts[0]
+    # the final chunk carries the finish reason and the exact token count
+    assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == (ref.finish_reasons[0], ref.completion_tokens[0])
     # raw prompt, n=2 sampling with a seed, stop strings, and an over-long row in one batch
     reqs = [
         GenRequest(prompt="The sky is", params=SamplingParams(max_tokens=8, temperature=1.0, n=2, seed=3)),
