@@ -147,8 +147,11 @@ async def load_run(url: str, args, limit: int) -> dict:
     return {"codes": dict(sorted(codes.items())), "wall": wall, "5xx": sum(v for k, v in codes.items() if k >= 500)}
 
 
-async def _streams(client, model: str, prompts: list[str], max_tokens: int) -> int:
+async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) -> int:
     """All prompts streamed at once; returns the completion tokens the server reported."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
 
     async def one(p: str) -> int:
         n = 0
@@ -170,7 +173,6 @@ async def _streams(client, model: str, prompts: list[str], max_tokens: int) -> i
 
 def vllm_streams(args) -> int:
     """Aggregate streaming tokens/s at 1, 4, 16 clients vs one offline LLM.generate (same prompts)."""
-    import openai
 
     from rayalign.generate.engine import EngineConfig
     from rayalign.generate.engine.vllm import engine_args
@@ -190,10 +192,9 @@ def vllm_streams(args) -> int:
     url = start(cfg, ready_timeout_s=600)
     served = {}
     try:
-        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
         for c in levels:
             t = time.perf_counter()
-            n = asyncio.run(_streams(client, model, prompts[:c], toks))
+            n = asyncio.run(_streams(url, model, prompts[:c], toks))
             served[c] = (n, time.perf_counter() - t)
             print(f"{c} streams: {n} tokens in {served[c][1]:.1f}s", flush=True)
     finally:
