@@ -199,6 +199,12 @@ def vllm_streams(args) -> int:
             print(f"{c} streams: {n} tokens in {served[c][1]:.1f}s", flush=True)
     finally:
         stop(cfg)
+    import ray
+
+    ray.shutdown()  # the offline engine gets the machine to itself, as the replica had
+    from rayalign.generate.engine import vllm_env_defaults
+
+    vllm_env_defaults()
     from vllm import LLM, SamplingParams
 
     llm = LLM(**engine_args(EngineConfig(backend="vllm", model=model, **ecfg)))
