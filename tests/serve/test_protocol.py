@@ -20,18 +20,24 @@ def test_parse_body_errors():
         parse_body(b"{nope", ChatCompletionRequest, limit=1024)
     assert ei.value.status == 400 and ei.value.code == "invalid_json"
     with pytest.raises(ApiError) as ei:
-        parse_body(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                               "top_p": 0}).encode(), ChatCompletionRequest, limit=1024)
+        parse_body(
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 0}).encode(),
+            ChatCompletionRequest,
+            limit=1024,
+        )
     assert ei.value.param == "top_p" and ei.value.status == 400
 
 
-@pytest.mark.parametrize("raw,param", [
-    (b"[" * 100_000, None),  # deeper than the JSON parser goes: still a 400, not a 500
-    (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
-    (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": -1}', "seed"),
-    (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1e400}', "seed"),
-    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages.0.content"),
-])
+@pytest.mark.parametrize(
+    "raw,param",
+    [
+        (b"[" * 100_000, None),  # deeper than the JSON parser goes: still a 400, not a 500
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": -1}', "seed"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1e400}', "seed"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages.0.content"),
+    ],
+)
 def test_hostile_bodies_are_400(raw, param):
     with pytest.raises(ApiError) as ei:
         parse_body(raw, ChatCompletionRequest, limit=1_000_000)
@@ -39,10 +45,25 @@ def test_hostile_bodies_are_400(raw, param):
 
 
 def test_request_normalisation():
-    r = parse_body(json.dumps({"model": "m", "messages": [
-        {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]},
-        {"role": "user", "content": "hi"}], "stop": "END", "max_completion_tokens": 5,
-        "frequency_penalty": 0.5}).encode(), ChatCompletionRequest, limit=4096)
+    r = parse_body(
+        json.dumps(
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "developer",
+                        "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}],
+                    },
+                    {"role": "user", "content": "hi"},
+                ],
+                "stop": "END",
+                "max_completion_tokens": 5,
+                "frequency_penalty": 0.5,
+            }
+        ).encode(),
+        ChatCompletionRequest,
+        limit=4096,
+    )
     assert r.chat_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert r.stop == ["END"] and r.requested_max_tokens() == 5
     c = parse_body(b'{"model": "m", "prompt": ["only one"]}', CompletionRequest, limit=4096)
@@ -79,8 +100,11 @@ def test_cli_flags_override_yaml(tmp_path):
 
 
 def test_pas_hint_parsing_and_augment():
-    msgs = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "b"},
-            {"role": "user", "content": "List two fruits."}]
+    msgs = [
+        {"role": "user", "content": "a b"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "List two fruits."},
+    ]
     assert "List two fruits." in pas.hint_messages(msgs, 30)[0]["content"]
     hint = pas.accept_hint(msgs, "Hint: Name common fruits, one per line.", 30)
     assert hint == "Name common fruits, one per line."
@@ -89,3 +113,48 @@ def test_pas_hint_parsing_and_augment():
     assert out[2]["content"] == "List two fruits.\n\nName common fruits, one per line."
     assert out[0] == msgs[0] and msgs[2]["content"] == "List two fruits."
     assert pas.augment(msgs, None) is msgs
+
+
+def test_logprobs_response_format_and_adapter_fields():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    r = parse_body(json.dumps({**body, "logprobs": True, "top_logprobs": 2}).encode(), ChatCompletionRequest, 4096)
+    assert r.logprobs_k() == 2
+    assert parse_body(json.dumps(body).encode(), ChatCompletionRequest, 4096).logprobs_k() is None
+    for bad, param in (
+        ({"top_logprobs": 2}, None),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ):
+        with pytest.raises(ApiError) as ei:
+            parse_body(json.dumps({**body, **bad}).encode(), ChatCompletionRequest, 4096)
+        assert ei.value.status == 400 and ei.value.param == param, (bad, ei.value.message)
+    c = parse_body(json.dumps({"model": "m", "prompt": "x", "logprobs": 3}).encode(), CompletionRequest, 4096)
+    assert c.logprobs_k() == 3
+    # adapters: names become models; clashes and vllm + merged adapter are config errors
+    cfg = ServeConfig(model="base", adapters={"a": "/x", "b": "/y"})
+    assert cfg.engine_config().adapters == {"a": "/x", "b": "/y"} and cfg.engine_config().model == "base"
+    with pytest.raises(ValueError, match="base model's name"):
+        ServeConfig(model="base", adapters={"base": "/x"})
+    with pytest.raises(ValueError, match="hf only"):
+        ServeConfig(backend="vllm", adapter="/x")
+    with pytest.raises(ValueError, match="engine_num_gpus"):
+        ServeConfig(backend="vllm", engine={"tensor_parallel_size": 2})
+    with pytest.raises(ValueError, match="dtype"):
+        ServeConfig(engine={"dtype": "float8"})
+
+
+def test_cli_adapters_and_gpu_placement():
+    from rayalign.serve.app import engine_placement
+    from rayalign.serve.cli import parse_config
+
+    cfg = parse_config(["--model", "base", "--adapter", "v1.concise=/a", "--adapter", "polite=/b"])
+    assert cfg.adapters == {"v1.concise": "/a", "polite": "/b"} and cfg.adapter is None
+    assert parse_config(["--model", "base", "--adapter", "/merged"]).adapter == "/merged"
+    assert engine_placement(ServeConfig(engine_num_cpus=0.5)) == {"ray_actor_options": {"num_cpus": 0.5}}
+    one = engine_placement(ServeConfig(backend="vllm", engine_num_gpus=1, accelerator_type="H100"))
+    assert one == {"ray_actor_options": {"num_cpus": 1.0, "num_gpus": 1, "accelerator_type": "H100"}}
+    tp = engine_placement(ServeConfig(backend="vllm", engine_num_gpus=1, engine={"tensor_parallel_size": 4}))
+    assert tp["placement_group_strategy"] == "STRICT_PACK" and len(tp["placement_group_bundles"]) == 4
+    assert [b["GPU"] for b in tp["placement_group_bundles"]] == [1.0] * 4
+    assert tp["placement_group_bundles"][0]["CPU"] == 1.0 and "num_gpus" not in tp["ray_actor_options"]

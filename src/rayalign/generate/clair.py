@@ -25,20 +25,39 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
+from pydantic import Field
 
 from rayalign.data.schemas import SCHEMAS, validate_row
 from rayalign.data.shards import ProcessResult
 from rayalign.generate import verify
-from rayalign.generate.common import (GenStageConfig, chat_requests, count_status, dumps, engine_for, first_text,
-                                      quarantine, run_gen_stage, save_manifest)
+from rayalign.generate.common import (
+    GenStageConfig,
+    chat_requests,
+    count_status,
+    dumps,
+    engine_for,
+    first_text,
+    quarantine,
+    run_gen_stage,
+)
 from rayalign.generate.contrast import contrast_stats
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
+from rayalign.results import StageResult
 
-CLAIR_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
-    ("reviser", pa.string()), ("status", pa.string()), ("jaccard", pa.float64()), ("edit_distance", pa.float64()),
-    ("raw", pa.string()), ("sample_id", pa.string()), ("reviser_model", pa.string()), ("prompt_version", pa.string()),
-])
+CLAIR_SCHEMA = pa.schema(
+    [
+        *list(SCHEMAS["pairs"]),
+        ("reviser", pa.string()),
+        ("status", pa.string()),
+        ("jaccard", pa.float64()),
+        ("edit_distance", pa.float64()),
+        ("raw", pa.string()),
+        ("sample_id", pa.string()),
+        ("reviser_model", pa.string()),
+        ("prompt_version", pa.string()),
+    ]
+)
 PAIR_STATUSES = ("revised", "verified", "rule_fixed")
 
 
@@ -47,14 +66,20 @@ class ClairConfig(GenStageConfig):
     reviser_engine: EngineConfig | None = None  # None: the stage's engine (`engine` / `model`)
     params: SamplingParams = SamplingParams(max_tokens=512)
     rule_fallback: bool = True  # verifier: try the rule fix when the LLM revision fails the check
-    revise_statuses: list[str] = ["ok", "truncated"]  # sample statuses worth revising (a cut-off answer is a fine "rejected")
+    revise_statuses: list[str] = Field(
+        default_factory=lambda: ["ok", "truncated"]
+    )  # sample statuses worth revising (a cut-off answer is a fine "rejected")
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
     """A sample row (or any row with prompt/messages + response) → (normalised row, status, detail)."""
     status = row.get("status") or "ok"
     if status not in revise_statuses:
-        return None, f"input_{status}", f"the sampled response has status {status!r}; revise_statuses is {revise_statuses}"
+        return (
+            None,
+            f"input_{status}",
+            f"the sampled response has status {status!r}; revise_statuses is {revise_statuses}",
+        )
     norm, reason = validate_row("prompts", {k: row.get(k) for k in ("id", "messages", "prompt", "meta") if k in row})
     if reason is not None:
         return None, f"input_{reason.code}", reason.detail
@@ -92,8 +117,10 @@ class ClairProcessor:
         """(revision or None, status, raw) per row."""
         if not rows:
             return []
-        reqs = chat_requests([user_turn("clair_revise", prompt=prompt_text(r["messages"]), response=r["response"])
-                              for r in rows], self.cfg.params.model_copy(update={"n": 1}))
+        reqs = chat_requests(
+            [user_turn("clair_revise", prompt=prompt_text(r["messages"]), response=r["response"]) for r in rows],
+            self.cfg.params.model_copy(update={"n": 1}),
+        )
         out = []
         for r, res in zip(rows, self.engine.generate(reqs)):
             raw, finish = first_text(res)
@@ -147,25 +174,53 @@ class ClairProcessor:
         for r, (chosen, status, raw) in zip(good, self._revise(good)):
             count_status(stats, status)
             if chosen is None or status not in PAIR_STATUSES:
-                quarantined.append(quarantine("clair", r["_index"], status, f"no pair: {status}",
-                                              {"id": r["id"], "prompt": r["messages"], "response": r["response"], "raw": raw}))
+                quarantined.append(
+                    quarantine(
+                        "clair",
+                        r["_index"],
+                        status,
+                        f"no pair: {status}",
+                        {"id": r["id"], "prompt": r["messages"], "response": r["response"], "raw": raw},
+                    )
+                )
                 continue
             st = contrast_stats(r["response"], chosen)
             stats["jaccard_sum"] += st["jaccard"]
             stats["edit_distance_sum"] += st["edit_distance"]
-            out.append({"id": r["id"], "prompt": r["messages"], "chosen": chosen, "rejected": r["response"],
-                        "meta": r["meta"], "reviser": self.cfg.reviser, "status": status, **st, "raw": raw,
-                        "sample_id": r["id"], "reviser_model": self.reviser_model, "prompt_version": self.version})
+            out.append(
+                {
+                    "id": r["id"],
+                    "prompt": r["messages"],
+                    "chosen": chosen,
+                    "rejected": r["response"],
+                    "meta": r["meta"],
+                    "reviser": self.cfg.reviser,
+                    "status": status,
+                    **st,
+                    "raw": raw,
+                    "sample_id": r["id"],
+                    "reviser_model": self.reviser_model,
+                    "prompt_version": self.version,
+                }
+            )
         return ProcessResult(out, quarantined, stats)
 
 
-def run_clair(cfg: ClairConfig, log=print) -> dict:
-    manifest = run_gen_stage("clair", cfg, lambda: ClairProcessor(cfg), kind=None,
-                             extra={"reviser": cfg.reviser}, log=log)
-    n = manifest["counts"]["out_rows"]
-    st = manifest["stats"]
-    if n:
-        manifest["contrast"] = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
-        log(f"    contrast: {dumps(manifest['contrast'])}")
-        save_manifest(cfg.output, manifest)
-    return manifest
+def run_clair(cfg: ClairConfig, log=print) -> StageResult:
+    def contrast(manifest: dict) -> dict:
+        n, st = manifest["counts"]["out_rows"], manifest["stats"]
+        if not n:
+            return {}
+        out = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
+        log(f"    contrast: {dumps(out)}")
+        return {"contrast": out}
+
+    return run_gen_stage(
+        "clair",
+        cfg,
+        lambda: ClairProcessor(cfg),
+        kind=None,
+        extra={"reviser": cfg.reviser},
+        log=log,
+        summarise=contrast,
+    )

@@ -8,12 +8,14 @@ builds its engine once, and every shard lands as a parquet file; a re-run skips 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from rayalign import storage
 from rayalign.config import Cfg
 from rayalign.data.shards import MANIFEST, PoolConfig, quarantine_row, run_sharded
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
+from rayalign.results import Counts, StageResult, numeric_metrics
 
 
 class GenStageConfig(Cfg):
@@ -40,7 +42,13 @@ def engine_for(cfg: EngineConfig) -> Engine:
 
 
 class EngineProcessor:
-    """Base of the stage processors: the config and the policy engine, built once per actor."""
+    """Base of the stage processors: the config and the policy engine, built once per actor.
+
+    On `backend: vllm` the engine is vLLM's async engine on its own loop: `generate` submits a
+    shard's rows at once and the running batch refills as rows finish, and concurrent `process`
+    calls from several threads share that one batch. A runner that keeps several shards in flight
+    per actor (threaded actors) therefore keeps the engine full across shard boundaries; with one
+    shard at a time it drains only at the end of each shard."""
 
     def __init__(self, cfg: GenStageConfig):
         self.cfg = cfg
@@ -48,14 +56,11 @@ class EngineProcessor:
         self.engine = engine_for(self.ecfg)
 
 
-def release_engines(keep: set[str] = frozenset()) -> None:
+def release_engines(keep: set[str] | frozenset[str] = frozenset()) -> None:
     """Drop (and close) engines built since `keep` was taken. In-process runs (pool.workers 0) would
     otherwise hold one stage's model — on a GPU, vLLM's reserved memory — while the next stage loads."""
     for key in set(_ENGINES) - set(keep):
-        engine = _ENGINES.pop(key)
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        _ENGINES.pop(key).close()
 
 
 def dumps(obj: Any) -> str:
@@ -77,29 +82,69 @@ def quarantine(stage: str, index: int, code: str, detail: str, raw: dict) -> dic
     return quarantine_row(stage, index, code, detail, dumps(raw))
 
 
-def run_gen_stage(stage: str, cfg: GenStageConfig, factory: Callable[[], Any], kind: str | None,
-                  extra: dict | None = None, log=print) -> dict:
+def run_gen_stage(
+    stage: str,
+    cfg: GenStageConfig,
+    factory: Callable[[], Any],
+    kind: str | None,
+    extra: dict | None = None,
+    log=print,
+    summarise: Callable[[dict], dict[str, Any]] | None = None,
+) -> StageResult:
+    """Run a generation stage through the sharded runner and return its StageResult.
+
+    `summarise(manifest) -> {key: value}` adds stage-specific summaries (e.g. clair's contrast)
+    to the manifest and the result's details; numbers among them become metrics too."""
     before = set(_ENGINES)
     try:
-        manifest = run_sharded(stage, cfg.inputs, cfg.output, factory, kind=kind, pool=cfg.pool, config_hash=cfg.hash(),
-                               extra={"model": cfg.policy_engine().model, **(extra or {})}, log=log)
+        manifest = run_sharded(
+            stage,
+            cfg.inputs,
+            cfg.output,
+            factory,
+            kind=kind,
+            pool=cfg.pool,
+            config_hash=cfg.hash(),
+            extra={"model": cfg.policy_engine().model, **(extra or {})},
+            log=log,
+        )
     finally:
         release_engines(keep=before)
-    c = manifest["counts"]
+    m: dict[str, Any] = manifest.to_json() if hasattr(manifest, "to_json") else dict(manifest)
+    c = m["counts"]
     log(f"[{stage}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} output rows")
     for reason, n in c["by_reason"].items():
         log(f"    quarantined {n:5d}  {reason}")
-    statuses = {k[len("status."):]: int(v) for k, v in manifest["stats"].items() if k.startswith("status.")}
+    added: dict[str, Any] = {}
+    statuses = {k[len("status.") :]: int(v) for k, v in m.get("stats", {}).items() if k.startswith("status.")}
     if statuses:
-        manifest["status_counts"] = dict(sorted(statuses.items()))
-        log(f"    statuses: {manifest['status_counts']}")
-        save_manifest(cfg.output, manifest)
-    return manifest
+        added["status_counts"] = dict(sorted(statuses.items()))
+        log(f"    statuses: {added['status_counts']}")
+    added.update(summarise(m) if summarise else {})
+    if added:
+        save_manifest(cfg.output, {**m, **added})
+    metrics = numeric_metrics(m.get("stats", {}))
+    for key, value in added.items():
+        if isinstance(value, dict):
+            metrics.update({f"{key}.{k}": v for k, v in numeric_metrics(value).items()})
+    return StageResult(
+        stage=stage,
+        output=cfg.output,
+        counts=Counts.model_validate(c),
+        metrics=metrics,
+        details={
+            "complete": bool(m.get("complete", True)),
+            "shards": len(m.get("shards", [])),
+            "manifest": storage.join(cfg.output, MANIFEST),
+            **added,
+        },
+    )
 
 
 def save_manifest(out_dir: str, manifest: dict) -> None:
-    """Rewrite manifest.json with the keys a generation stage adds (status counts, contrast)."""
-    (Path(out_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    """Write manifest.json with the keys a generation stage adds (status counts, contrast): one
+    atomic replace, so a reader never sees a half-written manifest."""
+    storage.write_json(storage.join(out_dir, MANIFEST), manifest)
 
 
 def count_status(stats: dict, status: str) -> None:

@@ -17,15 +17,31 @@ import pyarrow as pa
 
 from rayalign.data.schemas import SCHEMAS
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import (EngineProcessor, GenStageConfig, chat_requests, count_status, engine_for,
-                                      first_text, quarantine, run_gen_stage)
+from rayalign.generate.common import (
+    EngineProcessor,
+    GenStageConfig,
+    chat_requests,
+    count_status,
+    engine_for,
+    first_text,
+    quarantine,
+    run_gen_stage,
+)
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_judgement, prompt_text, template_version, user_turn
+from rayalign.results import StageResult
 
-JUDGE_SCHEMA = pa.schema(list(SCHEMAS["pairs"]) + [
-    ("status", pa.string()), ("verdict", pa.string()), ("judge_raw", pa.string()), ("model", pa.string()),
-    ("judge_model", pa.string()), ("prompt_version", pa.string()),
-])
+JUDGE_SCHEMA = pa.schema(
+    [
+        *list(SCHEMAS["pairs"]),
+        ("status", pa.string()),
+        ("verdict", pa.string()),
+        ("judge_raw", pa.string()),
+        ("model", pa.string()),
+        ("judge_model", pa.string()),
+        ("prompt_version", pa.string()),
+    ]
+)
 
 
 class JudgeConfig(GenStageConfig):
@@ -62,7 +78,9 @@ class JudgeProcessor(EngineProcessor):
 
     def process(self, rows: list[dict]) -> ProcessResult:
         cfg = self.cfg
-        samples = self.engine.generate(chat_requests([r["messages"] for r in rows], cfg.params.model_copy(update={"n": 2})))
+        samples = self.engine.generate(
+            chat_requests([r["messages"] for r in rows], cfg.params.model_copy(update={"n": 2}))
+        )
         todo, quarantined, stats = [], [], {}
 
         def drop(r, status, detail, extra=None):
@@ -84,11 +102,13 @@ class JudgeProcessor(EngineProcessor):
             reqs.append(user_turn("judge", prompt=p, response_a=a, response_b=b))
             if cfg.swap:
                 reqs.append(user_turn("judge", prompt=p, response_a=b, response_b=a))
-        verdicts = self.judge.generate(chat_requests(reqs, cfg.judge_params.model_copy(update={"n": 1}))) if reqs else []
+        verdicts = (
+            self.judge.generate(chat_requests(reqs, cfg.judge_params.model_copy(update={"n": 1}))) if reqs else []
+        )
         step = 2 if cfg.swap else 1
         out = []
         for k, (r, a, b) in enumerate(todo):
-            raws = [first_text(v) for v in verdicts[k * step:(k + 1) * step]]
+            raws = [first_text(v) for v in verdicts[k * step : (k + 1) * step]]
             if any(f == "error" for _, f in raws):
                 drop(r, "judge_error", "the judge request failed", {"responses": [a, b]})
                 continue
@@ -100,11 +120,23 @@ class JudgeProcessor(EngineProcessor):
                 continue
             count_status(stats, status)
             chosen, rejected = (a, b) if winner == "A" else (b, a)
-            out.append({"id": r["id"], "prompt": r["messages"], "chosen": chosen, "rejected": rejected, "meta": r["meta"],
-                        "status": status, "verdict": winner, "judge_raw": judge_raw, "model": self.ecfg.model,
-                        "judge_model": self.jcfg.model, "prompt_version": self.version})
+            out.append(
+                {
+                    "id": r["id"],
+                    "prompt": r["messages"],
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "meta": r["meta"],
+                    "status": status,
+                    "verdict": winner,
+                    "judge_raw": judge_raw,
+                    "model": self.ecfg.model,
+                    "judge_model": self.jcfg.model,
+                    "prompt_version": self.version,
+                }
+            )
         return ProcessResult(out, quarantined, stats)
 
 
-def run_judge(cfg: JudgeConfig, log=print) -> dict:
+def run_judge(cfg: JudgeConfig, log=print) -> StageResult:
     return run_gen_stage("judge", cfg, lambda: JudgeProcessor(cfg), kind="prompts", log=log)

@@ -14,23 +14,40 @@ Input kind `prompts` (default) or `chat` (the hint goes to the last user turn).
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Literal
 
 import pyarrow as pa
 
 from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
-from rayalign.generate.common import (EngineProcessor, GenStageConfig, chat_requests, count_status, engine_for,
-                                      first_text, run_gen_stage)
+from rayalign.generate.common import (
+    EngineProcessor,
+    GenStageConfig,
+    chat_requests,
+    count_status,
+    engine_for,
+    first_text,
+    run_gen_stage,
+)
 from rayalign.generate.engine import EngineConfig, SamplingParams
+from rayalign.generate.pas_rules import augment, last_user, rule_check
 from rayalign.generate.prompts import parse_hint, parse_verdict, prompt_text, template_version, user_turn
+from rayalign.results import StageResult
 
-PAS_SCHEMA = pa.schema([
-    ("id", pa.string()), ("messages", MESSAGES), ("meta", pa.string()), ("hint", pa.string()),
-    ("original", MESSAGES), ("status", pa.string()), ("raw_hint", pa.string()), ("raw_critique", pa.string()),
-    ("model", pa.string()), ("prompt_version", pa.string()),
-])
+PAS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("messages", MESSAGES),
+        ("meta", pa.string()),
+        ("hint", pa.string()),
+        ("original", MESSAGES),
+        ("status", pa.string()),
+        ("raw_hint", pa.string()),
+        ("raw_critique", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+    ]
+)
 
 
 class PASConfig(GenStageConfig):
@@ -40,41 +57,6 @@ class PASConfig(GenStageConfig):
     critique: bool = True
     critic: EngineConfig | None = None  # None: the hint model critiques itself
     critique_params: SamplingParams = SamplingParams(max_tokens=32)
-
-
-def script_of(text: str) -> str | None:
-    """The dominant writing system of a text (LATIN, CJK, CYRILLIC, ...), None without letters."""
-    counts: dict[str, int] = {}
-    for ch in text:
-        if not ch.isalpha():
-            continue
-        name = unicodedata.name(ch, "")
-        script = "CJK" if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) else (name.split(" ")[0] or "OTHER")
-        counts[script] = counts.get(script, 0) + 1
-    return max(counts, key=counts.get) if counts else None
-
-
-def rule_check(prompt: str, hint: str, max_words: int) -> str:
-    """"ok" or why a parsed hint is rejected before any critic sees it."""
-    if len(hint.split()) > max_words:
-        return "too_long"
-    sp, sh = script_of(prompt), script_of(hint)
-    if sp and sh and sp != sh:
-        return "language_changed"
-    if " ".join(hint.lower().split()) == " ".join(prompt.lower().split()):
-        return "echoes_prompt"
-    return "ok"
-
-
-def last_user(messages: list[dict]) -> int:
-    return max(i for i, m in enumerate(messages) if m["role"] == "user")
-
-
-def augment(messages: list[dict], hint: str) -> list[dict]:
-    i = last_user(messages)
-    out = [dict(m) for m in messages]
-    out[i]["content"] = f"{out[i]['content']}\n\n{hint}"
-    return out
 
 
 class PASProcessor(EngineProcessor):
@@ -89,8 +71,9 @@ class PASProcessor(EngineProcessor):
         cfg = self.cfg
         prompts = [prompt_text(r["messages"][: last_user(r["messages"]) + 1]) for r in rows]
         params = cfg.params.model_copy(update={"n": 1})
-        results = self.engine.generate(chat_requests(
-            [user_turn("pas_hint", prompt=p, max_words=str(cfg.max_words)) for p in prompts], params))
+        results = self.engine.generate(
+            chat_requests([user_turn("pas_hint", prompt=p, max_words=str(cfg.max_words)) for p in prompts], params)
+        )
         hints, status, raw_hint = [None] * len(rows), [""] * len(rows), [""] * len(rows)
         for i, res in enumerate(results):
             raw, finish = first_text(res)
@@ -104,9 +87,12 @@ class PASProcessor(EngineProcessor):
         raw_crit = [""] * len(rows)
         todo = [i for i in range(len(rows)) if status[i] == "pending"]
         if todo and cfg.critique:
-            crit = self.critic.generate(chat_requests(
-                [user_turn("pas_critique", prompt=prompts[i], hint=hints[i]) for i in todo],
-                cfg.critique_params.model_copy(update={"n": 1})))
+            crit = self.critic.generate(
+                chat_requests(
+                    [user_turn("pas_critique", prompt=prompts[i], hint=hints[i]) for i in todo],
+                    cfg.critique_params.model_copy(update={"n": 1}),
+                )
+            )
             for i, res in zip(todo, crit):
                 raw, finish = first_text(res)
                 raw_crit[i] = raw if res.ok else (res.error or "")
@@ -122,12 +108,22 @@ class PASProcessor(EngineProcessor):
         for i, r in enumerate(rows):
             count_status(stats, status[i])
             ok = status[i] == "accepted"
-            out.append({"id": r["id"], "messages": augment(r["messages"], hints[i]) if ok else r["messages"],
-                        "meta": r["meta"], "hint": hints[i] if ok else "", "original": r["messages"], "status": status[i],
-                        "raw_hint": raw_hint[i], "raw_critique": raw_crit[i], "model": self.ecfg.model,
-                        "prompt_version": self.version})
+            out.append(
+                {
+                    "id": r["id"],
+                    "messages": augment(r["messages"], hints[i]) if ok else r["messages"],
+                    "meta": r["meta"],
+                    "hint": hints[i] if ok else "",
+                    "original": r["messages"],
+                    "status": status[i],
+                    "raw_hint": raw_hint[i],
+                    "raw_critique": raw_crit[i],
+                    "model": self.ecfg.model,
+                    "prompt_version": self.version,
+                }
+            )
         return ProcessResult(out, [], stats)
 
 
-def run_pas(cfg: PASConfig, log=print) -> dict:
+def run_pas(cfg: PASConfig, log=print) -> StageResult:
     return run_gen_stage("pas", cfg, lambda: PASProcessor(cfg), kind=cfg.kind, log=log)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from string import Template
 
 TEMPLATES = ("rewrite", "pas_hint", "pas_critique", "clair_revise", "judge")
 
 
-@lru_cache(maxsize=None)
+@cache
 def template_text(name: str) -> str:
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; available: {', '.join(TEMPLATES)}")
@@ -107,8 +107,11 @@ def parse_revision(raw: str) -> tuple[str | None, str]:
 def parse_judgement(raw: str) -> tuple[str | None, str]:
     """→ ("A" | "B" | None, status). "Better: A", "[[B]]", or a reply that is just the letter."""
     text = (raw or "").strip()
-    for pat in (r"better\s*(?:response)?\s*[:=\-]?\s*\**\s*\(?\b([AB])\b", r"\[\[\s*([AB])\s*\]\]",
-                r"^\W*(?:response\s+)?([AB])\W*$"):
+    for pat in (
+        r"better\s*(?:response)?\s*[:=\-]?\s*\**\s*\(?\b([AB])\b",
+        r"\[\[\s*([AB])\s*\]\]",
+        r"^\W*(?:response\s+)?([AB])\W*$",
+    ):
         found = set(re.findall(pat, text, flags=re.IGNORECASE | re.MULTILINE))
         found = {f.upper() for f in found}
         if len(found) == 1:

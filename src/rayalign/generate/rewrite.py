@@ -27,13 +27,27 @@ from rayalign.data.shards import ProcessResult
 from rayalign.generate.common import EngineProcessor, GenStageConfig, count_status, first_text, run_gen_stage
 from rayalign.generate.engine import GenRequest, SamplingParams
 from rayalign.generate.prompts import parse_rewrite, template_version, user_turn
+from rayalign.results import StageResult
 
-REWRITE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("text", pa.string()), ("meta", pa.string()), ("original", pa.string()),
-    ("rewritten", pa.string()), ("status", pa.string()), ("length_ratio", pa.float64()),
-    ("finish_reason", pa.string()), ("raw", pa.string()), ("model", pa.string()), ("prompt_version", pa.string()),
-    ("messages", MESSAGES),  # (original → rewrite) as a chat example for training a rewrite worker; null if untrusted
-])
+REWRITE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("meta", pa.string()),
+        ("original", pa.string()),
+        ("rewritten", pa.string()),
+        ("status", pa.string()),
+        ("length_ratio", pa.float64()),
+        ("finish_reason", pa.string()),
+        ("raw", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+        (
+            "messages",
+            MESSAGES,
+        ),  # (original → rewrite) as a chat example for training a rewrite worker; null if untrusted
+    ]
+)
 TRUSTED = ("rewritten", "unchanged")
 
 
@@ -77,23 +91,45 @@ class RewriteProcessor(EngineProcessor):
         for r in rows:
             n_doc = self.engine.count_tokens(prompt=r["text"])
             budget = min(cfg.params.max_tokens, int(cfg.max_expand * n_doc) + 32)
-            reqs.append(GenRequest(messages=user_turn("rewrite", document=r["text"]),
-                                   params=cfg.params.model_copy(update={"max_tokens": budget, "n": 1}), request_id=r["id"]))
+            reqs.append(
+                GenRequest(
+                    messages=user_turn("rewrite", document=r["text"]),
+                    params=cfg.params.model_copy(update={"max_tokens": budget, "n": 1}),
+                    request_id=r["id"],
+                )
+            )
         out, stats = [], {}
         for r, req, res in zip(rows, reqs, self.engine.generate(reqs)):
             raw, finish = first_text(res)
             rewritten, status, ratio = judge_rewrite(r["text"], raw, finish, cfg.min_ratio, cfg.max_ratio)
             count_status(stats, status)
             target = "[UNCHANGED]" if status == "unchanged" else rewritten
-            example = req.messages + [{"role": "assistant", "content": target}] if status in TRUSTED else None
-            out.append({"id": r["id"], "text": rewritten if status in TRUSTED else r["text"], "meta": r["meta"],
-                        "original": r["text"], "rewritten": rewritten, "status": status, "length_ratio": ratio,
-                        "finish_reason": finish, "raw": raw if res.ok else (res.error or ""),
-                        "model": self.ecfg.model, "prompt_version": self.version,
-                        "messages": example})
+            example = [*req.messages, {"role": "assistant", "content": target}] if status in TRUSTED else None
+            out.append(
+                {
+                    "id": r["id"],
+                    "text": rewritten if status in TRUSTED else r["text"],
+                    "meta": r["meta"],
+                    "original": r["text"],
+                    "rewritten": rewritten,
+                    "status": status,
+                    "length_ratio": ratio,
+                    "finish_reason": finish,
+                    "raw": raw if res.ok else (res.error or ""),
+                    "model": self.ecfg.model,
+                    "prompt_version": self.version,
+                    "messages": example,
+                }
+            )
         return ProcessResult(out, [], stats)
 
 
-def run_rewrite(cfg: RewriteConfig, log=print) -> dict:
-    return run_gen_stage("rewrite", cfg, lambda: RewriteProcessor(cfg), kind="corpus",
-                         extra={"prompt_version": template_version("rewrite")}, log=log)
+def run_rewrite(cfg: RewriteConfig, log=print) -> StageResult:
+    return run_gen_stage(
+        "rewrite",
+        cfg,
+        lambda: RewriteProcessor(cfg),
+        kind="corpus",
+        extra={"prompt_version": template_version("rewrite")},
+        log=log,
+    )

@@ -16,12 +16,23 @@ from rayalign.data.schemas import MESSAGES
 from rayalign.data.shards import ProcessResult
 from rayalign.generate.common import EngineProcessor, GenStageConfig, chat_requests, count_status, run_gen_stage
 from rayalign.generate.engine import SamplingParams
+from rayalign.results import StageResult
 
-SAMPLE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("prompt_id", pa.string()), ("messages", MESSAGES), ("meta", pa.string()),
-    ("response", pa.string()), ("sample_index", pa.int32()), ("finish_reason", pa.string()),
-    ("completion_tokens", pa.int32()), ("status", pa.string()), ("error", pa.string()), ("model", pa.string()),
-])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("meta", pa.string()),
+        ("response", pa.string()),
+        ("sample_index", pa.int32()),
+        ("finish_reason", pa.string()),
+        ("completion_tokens", pa.int32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("model", pa.string()),
+    ]
+)
 
 
 class SampleConfig(GenStageConfig):
@@ -44,8 +55,9 @@ class SampleProcessor(EngineProcessor):
 
     def process(self, rows: list[dict]) -> ProcessResult:
         n = self.cfg.params.n
-        results = self.engine.generate(chat_requests([r["messages"] for r in rows], self.cfg.params,
-                                                     [r["id"] for r in rows]))
+        results = self.engine.generate(
+            chat_requests([r["messages"] for r in rows], self.cfg.params, [r["id"] for r in rows])
+        )
         out, stats = [], {}
         for r, res in zip(rows, results):
             for k in range(n):
@@ -53,13 +65,24 @@ class SampleProcessor(EngineProcessor):
                 finish = res.finish_reasons[k] if res.ok else "error"
                 status = sample_status(text, finish)
                 count_status(stats, status)
-                out.append({"id": f"{r['id']}-s{k}", "prompt_id": r["id"], "messages": r["messages"], "meta": r["meta"],
-                            "response": text, "sample_index": k, "finish_reason": finish,
-                            "completion_tokens": res.completion_tokens[k] if res.ok else 0, "status": status,
-                            "error": res.error or "", "model": self.ecfg.model})
+                out.append(
+                    {
+                        "id": f"{r['id']}-s{k}",
+                        "prompt_id": r["id"],
+                        "messages": r["messages"],
+                        "meta": r["meta"],
+                        "response": text,
+                        "sample_index": k,
+                        "finish_reason": finish,
+                        "completion_tokens": res.completion_tokens[k] if res.ok else 0,
+                        "status": status,
+                        "error": res.error or "",
+                        "model": self.ecfg.model,
+                    }
+                )
         stats["completion_tokens"] = sum(o["completion_tokens"] for o in out)
         return ProcessResult(out, [], stats)
 
 
-def run_sample(cfg: SampleConfig, log=print) -> dict:
+def run_sample(cfg: SampleConfig, log=print) -> StageResult:
     return run_gen_stage("sample", cfg, lambda: SampleProcessor(cfg), kind="prompts", log=log)

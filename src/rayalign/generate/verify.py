@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from rayalign.eval.checks import WORD, check_response
 
@@ -37,10 +37,11 @@ FIXES: dict[str, Callable[..., str]] = {
     "no_commas": lambda r: r.replace(",", ""),
     "end_with": lambda r, phrase: f"{r.rstrip()} {phrase}",
     "start_with": lambda r, phrase: f"{phrase} {r.lstrip()}",
-    "include_keywords": lambda r, keywords: r.rstrip() + "".join(
-        f" {k}" for k in keywords if not re.search(rf"\b{re.escape(k)}\b", r, flags=re.IGNORECASE)),
+    "include_keywords": lambda r, keywords: (
+        r.rstrip() + "".join(f" {k}" for k in keywords if not re.search(rf"\b{re.escape(k)}\b", r, flags=re.IGNORECASE))
+    ),
     "forbidden_words": lambda r, words: _drop_words(r, words),
-    "max_words": lambda r, max: _truncate_words(r, int(max)),  # noqa: A006 (suite param name)
+    "max_words": lambda r, max: _truncate_words(r, int(max)),
     "quotation": lambda r: f'"{r.strip()}"',
 }
 

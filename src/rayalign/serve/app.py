@@ -39,13 +39,17 @@ def _error_response(e: P.ApiError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException):
     # Unknown routes and wrong methods in OpenAI's error shape too, not FastAPI's {"detail": ...}.
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return _error_response(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                      code=kind))
+    return _error_response(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=kind))
 
 
 def _overloaded(what: str) -> P.ApiError:
-    return P.ApiError(503, f"server overloaded ({what}); retry shortly", type="server_error",
-                      code="overloaded", headers={"Retry-After": "1"})
+    return P.ApiError(
+        503,
+        f"server overloaded ({what}); retry shortly",
+        type="server_error",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
 
 
 @serve.ingress(api)
@@ -73,8 +77,7 @@ class OpenAIIngress:
         limit = self.cfg.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise P.ApiError(413, f"request body is {declared} bytes; the limit is {limit}",
-                             code="request_too_large")
+            raise P.ApiError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -83,36 +86,50 @@ class OpenAIIngress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _check_model(self, name: str) -> None:
-        if name != self.cfg.model_name:
-            raise P.ApiError(404, f"The model '{name}' does not exist; this server serves "
-                                  f"'{self.cfg.model_name}' (see GET /v1/models)", param="model",
-                             code="model_not_found")
+    def _check_model(self, name: str) -> str | None:
+        """The adapter a request's `model` names (None: the base model); 404 for unknown names."""
+        if name == self.cfg.model_name:
+            return None
+        if name in self.cfg.adapters:
+            return name
+        raise P.ApiError(
+            404,
+            f"The model '{name}' does not exist; this server serves "
+            f"{', '.join(repr(m) for m in self._names())} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+
+    def _names(self) -> list[str]:
+        return [self.cfg.model_name, *sorted(self.cfg.adapters)]
 
     def _params(self, body) -> SamplingParams:
         if body.n > self.cfg.max_n:
-            raise P.ApiError(400, f"invalid value for 'n': at most {self.cfg.max_n} (got {body.n})",
-                             param="n", code="invalid_value")
+            raise P.ApiError(
+                400, f"invalid value for 'n': at most {self.cfg.max_n} (got {body.n})", param="n", code="invalid_value"
+            )
         # max_tokens is settled by the engine replica, which knows the prompt length.
-        return SamplingParams(temperature=body.temperature, top_p=body.top_p, stop=body.stop or [], n=body.n,
-                              seed=body.seed, max_tokens=1)
+        return SamplingParams(
+            temperature=body.temperature, top_p=body.top_p, stop=body.stop or [], n=body.n, seed=body.seed, max_tokens=1
+        )
 
     async def _handle(self, request: Request, model_cls, make_req, chunk_fn, response_fn, prefix: str):
         try:
             self._auth(request)
             body = P.parse_body(await self._body(request), model_cls, self.cfg.max_body_bytes)
-            self._check_model(body.model)
             req = make_req(body, self._params(body))
+            req.adapter = self._check_model(body.model)
+            req.logprobs = body.logprobs_k()
+            req.response_format = body.response_format.model_dump() if body.response_format else None
             if body.stream:
                 return await self._stream(req, body, chunk_fn, prefix)
             try:
                 out = await self.engine.generate.remote(req, body.requested_max_tokens())
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise self._engine_failure(e) from None
             if "error" in out:
                 raise P.ApiError(out["status"], **out["error"])
-            return JSONResponse(response_fn(P.new_id(prefix), self.cfg.model_name, out["texts"],
-                                            out["finish_reasons"], out["prompt_tokens"], out["completion_tokens"]))
+            return JSONResponse(response_fn(P.new_id(prefix), body.model, out))
         except P.ApiError as e:
             return _error_response(e)
 
@@ -122,19 +139,24 @@ class OpenAIIngress:
         if isinstance(e, BackPressureError):
             return _overloaded("request queue full")
         log.exception("engine call failed")  # e.g. the replica died: clients may retry
-        return P.ApiError(503, f"engine unavailable: {type(e).__name__}", type="server_error",
-                          code="engine_unavailable", headers={"Retry-After": "1"})
+        return P.ApiError(
+            503,
+            f"engine unavailable: {type(e).__name__}",
+            type="server_error",
+            code="engine_unavailable",
+            headers={"Retry-After": "1"},
+        )
 
     async def _stream(self, req: GenRequest, body, chunk_fn, prefix: str):
         gen = self.engine.options(stream=True).stream.remote(req, body.requested_max_tokens())
         try:
             first = await gen.__anext__()  # admission result: errors still get a proper status
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             gen.cancel()
             raise self._engine_failure(e) from None
         if "error" in first:
             raise P.ApiError(first["status"], **first["error"])
-        rid, created, model = P.new_id(prefix), int(time.time()), self.cfg.model_name
+        rid, created, model = P.new_id(prefix), int(time.time()), body.model
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chat = prefix == "chatcmpl"
 
@@ -149,26 +171,44 @@ class OpenAIIngress:
                     i = item["index"]
                     if "delta" in item:
                         payload = {"content": item["delta"]} if chat else item["delta"]
-                        yield P.sse(chunk_fn(rid, model, created, i, payload, None))
+                        lps = item["logprobs"] if req.logprobs is not None else None
+                        yield P.sse(chunk_fn(rid, model, created, i, payload, None, lps))
                     else:
                         completion_tokens += item["completion_tokens"]
                         yield P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"]))
                 if include_usage:
                     obj = "chat.completion.chunk" if chat else "text_completion"
-                    yield P.sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                                 "usage": P.usage(first["prompt_tokens"], completion_tokens)})
+                    yield P.sse(
+                        {
+                            "id": rid,
+                            "object": obj,
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": P.usage(first["prompt_tokens"], completion_tokens),
+                        }
+                    )
                 yield P.sse("[DONE]")
                 done = True
-            except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, end the stream
+            except Exception as e:
                 log.exception("stream failed")
-                yield P.sse({"error": {"message": f"stream failed: {type(e).__name__}: {e}",
-                                       "type": "server_error", "param": None, "code": "stream_error"}})
+                yield P.sse(
+                    {
+                        "error": {
+                            "message": f"stream failed: {type(e).__name__}: {e}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "stream_error",
+                        }
+                    }
+                )
             finally:
                 if not done:  # client disconnected (or error): free the engine slot now
                     gen.cancel()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -176,7 +216,7 @@ class OpenAIIngress:
     async def health(self):
         try:
             info = await asyncio.wait_for(self.engine.info.remote(), timeout=10)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return JSONResponse({"status": "unavailable", "reason": type(e).__name__}, status_code=503)
         return {"status": "ok", **info}
 
@@ -186,7 +226,7 @@ class OpenAIIngress:
             self._auth(request)
         except P.ApiError as e:
             return _error_response(e)
-        return {"object": "list", "data": [self._model_card()]}
+        return {"object": "list", "data": [self._model_card(name) for name in self._names()]}
 
     @api.get("/v1/models/{model_id:path}")
     async def model(self, model_id: str, request: Request):
@@ -195,49 +235,84 @@ class OpenAIIngress:
             self._check_model(model_id)
         except P.ApiError as e:
             return _error_response(e)
-        return self._model_card()
+        return self._model_card(model_id)
 
-    def _model_card(self) -> dict:
-        return {"id": self.cfg.model_name, "object": "model", "created": self.created, "owned_by": "rayalign"}
+    def _model_card(self, name: str) -> dict:
+        card = {"id": name, "object": "model", "created": self.created, "owned_by": "rayalign"}
+        if name != self.cfg.model_name:
+            card["parent"] = self.cfg.model_name  # an adapter on the base model
+        return card
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         return await self._handle(
-            request, P.ChatCompletionRequest,
+            request,
+            P.ChatCompletionRequest,
             lambda body, params: GenRequest(messages=body.chat_messages(), params=params),
-            P.chat_chunk, P.chat_response, "chatcmpl")
+            P.chat_chunk,
+            P.chat_response,
+            "chatcmpl",
+        )
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         return await self._handle(
-            request, P.CompletionRequest,
+            request,
+            P.CompletionRequest,
             lambda body, params: GenRequest(prompt=body.prompt, params=params),
-            P.completion_chunk, P.completion_response, "cmpl")
+            P.completion_chunk,
+            P.completion_response,
+            "cmpl",
+        )
+
+
+def engine_placement(cfg: ServeConfig) -> dict:
+    """Ray resources of one engine replica. One GPU engine: the replica actor holds the GPU(s).
+    Tensor parallel (tp > 1): a STRICT_PACK placement group of tp GPU bundles on one node; the
+    replica runs in bundle 0 and vLLM's Ray executor places its workers in the group's bundles."""
+    actor: dict = {"num_cpus": cfg.engine_num_cpus}
+    if cfg.accelerator_type:
+        actor["accelerator_type"] = cfg.accelerator_type
+    tp = cfg.engine.tensor_parallel_size
+    if tp <= 1 or cfg.backend != "vllm":
+        if cfg.engine_num_gpus:
+            actor["num_gpus"] = cfg.engine_num_gpus
+        return {"ray_actor_options": actor}
+    bundle = {"GPU": 1.0}
+    if cfg.accelerator_type:
+        bundle[f"accelerator_type:{cfg.accelerator_type}"] = 0.001
+    # the replica itself needs no GPU: its engine-core drives the workers, each on its own bundle
+    bundles = [{"CPU": cfg.engine_num_cpus, **bundle}] + [dict(bundle) for _ in range(tp - 1)]
+    actor.pop("accelerator_type", None)
+    return {"ray_actor_options": actor, "placement_group_bundles": bundles, "placement_group_strategy": "STRICT_PACK"}
 
 
 def build_app(cfg: ServeConfig):
     """The Serve application: engine deployment (autoscaled or fixed) bound into the ingress."""
     engine_opts: dict = dict(
-        ray_actor_options={"num_cpus": cfg.engine_num_cpus},
+        **engine_placement(cfg),
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
     )
     if cfg.autoscaling is not None:
         a = cfg.autoscaling
         engine_opts["autoscaling_config"] = {
-            "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
             "initial_replicas": max(a.min_replicas, 1),
             "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
         }
     else:
         engine_opts["num_replicas"] = cfg.num_replicas
-    engine = serve.deployment(EngineServer, name="EngineServer").options(**engine_opts).bind(cfg.model_dump())
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress").options(
+    engine = serve.deployment(name="EngineServer", **engine_opts)(EngineServer).bind(cfg.model_dump())
+    ingress = serve.deployment(
+        name="OpenAIIngress",
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         max_queued_requests=cfg.ingress_max_ongoing_requests,
-    )
+    )(OpenAIIngress)
     return ingress.bind(engine, cfg.model_dump())
 
 

@@ -7,11 +7,12 @@ caller gets 503, never a crash), the HTTP body limit, and the request-batching w
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayalign.config import Cfg
+from rayalign.generate.engine import EngineConfig
 
 
 class AutoscalingCfg(Cfg):
@@ -49,13 +50,31 @@ class PasCfg(Cfg):
 
 
 class ServeConfig(Cfg):
+    resource_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "num_replicas",
+            "autoscaling",
+            "max_ongoing_requests",
+            "max_queued_requests",
+            "engine_num_cpus",
+            "engine_num_gpus",
+            "accelerator_type",
+            "ingress_num_cpus",
+            "ingress_max_ongoing_requests",
+        }
+    )
+
     model: str = "builtin:smollm2-135m-instruct"  # the embedded default; tests pass tiny-random:llama
     # Name clients put in `model`; defaults to the spec itself.
     served_model_name: str | None = None
-    adapter: str | None = None
+    adapter: str | None = None  # hf: one LoRA / Aligner folder merged into the served model
+    # Adapters served by name beside the base (name -> folder): a request's `model` picks one.
+    # LoRA through vLLM's multi-LoRA on `vllm`; LoRA and Aligner on `hf`.
+    adapters: dict[str, str] = Field(default_factory=dict)
     backend: Literal["hf", "vllm"] = "hf"
-    # Extra keyword arguments for the backend's EngineConfig (dtype, max_model_len, ...).
-    engine: dict = {}
+    # Engine settings (dtype, max_model_len, tensor_parallel_size, vllm_kwargs, ...); model, backend,
+    # adapter and adapters above take precedence over the same fields here.
+    engine: EngineConfig = EngineConfig()
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -76,6 +95,10 @@ class ServeConfig(Cfg):
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(64, ge=-1)
     engine_num_cpus: float = Field(1.0, ge=0)
+    # GPUs per engine replica; with engine.tensor_parallel_size > 1 each replica reserves a placement
+    # group of that many GPU bundles (STRICT_PACK: one node) for vLLM's tensor-parallel workers.
+    engine_num_gpus: float = Field(0.0, ge=0)
+    accelerator_type: str | None = None  # e.g. "H100", "A10G": Ray's accelerator_type resource
     # The HTTP ingress only parses JSON and forwards: no CPU reservation so it never waits.
     ingress_num_cpus: float = Field(0.0, ge=0)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
@@ -87,8 +110,39 @@ class ServeConfig(Cfg):
     def model_name(self) -> str:
         return self.served_model_name or self.model
 
+    def engine_config(self) -> EngineConfig:
+        """The engine this app serves: `engine` with the top-level model/backend/adapters applied."""
+        return self.engine.model_copy(
+            update={
+                "model": self.model,
+                "backend": self.backend,
+                "adapter": self.adapter,
+                "adapters": dict(self.adapters),
+            }
+        )
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not name or not path or "=" in name:
+                raise ValueError(f"adapter {name!r}={path!r}: give name=PATH with a non-empty name and folder")
+        return v
+
     @model_validator(mode="after")
     def _prefix(self):
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
+        if self.model_name in self.adapters:
+            raise ValueError(f"adapter name {self.model_name!r} is the base model's name; rename the adapter")
+        if self.backend == "vllm" and self.adapter:
+            raise ValueError(
+                "adapter (merged on load) is hf only; on vllm serve LoRA folders by name: adapters: "
+                "{name: folder} (or --adapter name=PATH)"
+            )
+        if self.engine.tensor_parallel_size > 1 and self.engine_num_gpus < 1:
+            raise ValueError(
+                f"engine.tensor_parallel_size {self.engine.tensor_parallel_size} needs GPUs: "
+                f"set engine_num_gpus: 1 (one GPU per tensor-parallel worker)"
+            )
         return self

@@ -1,69 +1,76 @@
 """The engine deployment: one model copy per replica behind the generic Engine protocol.
 
-Non-streaming requests go through `serve.batch`, so concurrent requests on one replica share a
-single `engine.generate` call (one batched forward instead of N). Streaming requests call
-`engine.stream` and hand text deltas back one by one; when the caller goes away (client
-disconnect → the ingress cancels → Serve cancels this generator) the engine's iterator is closed,
-which stops generation and frees the replica's slot.
+On `backend: vllm` the replica holds vLLM's async engine (`AsyncEngine`): every request — streamed
+or not, from any number of clients — is submitted to the same continuously batched engine loop,
+so the 2nd…Nth client joins the running batch instead of waiting. When a client goes away (the
+ingress cancels → Serve cancels this generator) the engine aborts the request and frees its slot.
 
-Everything a client can get wrong that only the model can judge (prompt longer than the context)
-is checked here and returned as an error dict with an HTTP status, never raised across Ray.
+On `backend: hf` non-streaming requests go through `serve.batch` (concurrent requests share one
+`engine.generate` call); streams run in worker threads one generate at a time (transformers has
+no continuous batching), each closed — generation stopped — when its client leaves.
+
+Everything a client can get wrong that only the model can judge (prompt longer than the context,
+an adapter it does not have) is checked here and returned as an error dict with an HTTP status,
+never raised across Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import logging
+import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ray import serve
 
-from rayalign.generate.engine import GenRequest, GenResult, SamplingParams
+from rayalign.generate.engine import AsyncEngine, GenRequest, GenResult, SamplingParams, StreamChunk, make_engine
 from rayalign.serve import pas as pas_mod
 from rayalign.serve.config import ServeConfig
 
 log = logging.getLogger("ray.serve")
 
-class _End:
-    """End of an engine stream, carrying the generator's return value (usage info, if any)."""
 
-    def __init__(self, value):
-        self.value = value if isinstance(value, dict) else {}
-
-
-def _next(it):
-    try:
-        return next(it)
-    except StopIteration as stop:
-        return _End(stop.value)
-
-
-def build_engine(cfg: ServeConfig, model: str | None = None, adapter: str | None = None):
-    """Engine for `cfg` through the project's one factory (`rayalign.generate.engine.make_engine`)."""
-    from rayalign.generate.engine import EngineConfig, make_engine
-
-    ecfg = EngineConfig(backend=cfg.backend, model=model or cfg.model, adapter=adapter, **cfg.engine)
-    return make_engine(ecfg)
-
-
-def error(status: int, message: str, param: str | None = None, code: str | None = None,
-          type: str = "invalid_request_error") -> dict:
+def error(
+    status: int, message: str, param: str | None = None, code: str | None = None, type: str = "invalid_request_error"
+) -> dict:
     return {"status": status, "error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _lps(items) -> list[dict]:
+    return [{"token": x.token, "logprob": x.logprob, "top": list(x.top)} for x in items]
+
+
+def _chunk_dict(c: StreamChunk) -> dict:
+    if c.finish_reason is not None:
+        return {"index": c.index, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
+    return {"index": c.index, "delta": c.delta, "logprobs": _lps(c.logprobs)}
 
 
 class EngineServer:
     def __init__(self, cfg: dict):
         self.cfg = ServeConfig.model_validate(cfg)
-        self.engine = build_engine(self.cfg, adapter=self.cfg.adapter)
+        self.engine = make_engine(self.cfg.engine_config())
         self.hint_engine = None
         if self.cfg.pas.enabled:
             # A separate hint model when one is named; otherwise the served model writes its own hints.
-            self.hint_engine = (build_engine(self.cfg, model=self.cfg.pas.model) if self.cfg.pas.model
-                                else self.engine)
-        self._batched.set_max_batch_size(self.cfg.batch.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.cfg.batch.batch_wait_timeout_s)
+            self.hint_engine = (
+                make_engine(
+                    self.cfg.engine_config().model_copy(
+                        update={"model": self.cfg.pas.model, "adapter": None, "adapters": {}}
+                    )
+                )
+                if self.cfg.pas.model
+                else self.engine
+            )
+        self.is_async = isinstance(self.engine, AsyncEngine)
+        # serve.batch wraps the method in an object with these setters; mypy sees the plain function
+        self._batched.set_max_batch_size(self.cfg.batch.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.active_streams = 0
         self.streams_cancelled = 0
         self.deltas_streamed = 0
@@ -71,8 +78,7 @@ class EngineServer:
         self.batch_sizes: list[int] = []  # last batch sizes, for tests and the benchmark
         # One thread per request this replica may hold at once (+ spares). With the small default
         # pool, streams parked on the engine's lock could starve the stream holding it: deadlock.
-        self.pool = ThreadPoolExecutor(max_workers=self.cfg.max_ongoing_requests + 4,
-                                       thread_name_prefix="engine")
+        self.pool = ThreadPoolExecutor(max_workers=self.cfg.max_ongoing_requests + 4, thread_name_prefix="engine")
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
@@ -80,14 +86,24 @@ class EngineServer:
     # -- admission ---------------------------------------------------------------------------
 
     def _admit(self, req: GenRequest, requested_max_tokens: int | None) -> GenRequest | dict:
-        """Apply PAS, check the context budget, fill in max_tokens. Runs in a worker thread."""
+        """Apply PAS, check adapter, format and context budget, fill in max_tokens (worker thread)."""
+        if req.adapter is not None and req.adapter not in self.engine.adapters():
+            return error(404, f"The model '{req.adapter}' does not exist", param="model", code="model_not_found")
+        fmt = (req.response_format or {}).get("type", "text")
+        if fmt != "text" and self.cfg.backend != "vllm":
+            return error(
+                400,
+                f"response_format {fmt!r} needs guided decoding, which backend {self.cfg.backend!r} "
+                f"does not do; serve with backend vllm or drop response_format",
+                param="response_format",
+                code="unsupported_response_format",
+            )
         if self.hint_engine is not None and req.messages is not None:
-            req = GenRequest(messages=self._with_hint(req.messages), params=req.params,
-                             request_id=req.request_id)
+            req = dataclasses.replace(req, messages=self._with_hint(req.messages))
         param = "messages" if req.messages is not None else "prompt"
         try:
             n_prompt = self.engine.count_tokens(messages=req.messages, prompt=req.prompt)
-        except Exception as e:  # noqa: BLE001 - e.g. a chat template that rejects the role order
+        except Exception as e:
             return error(400, f"could not render the {param}: {e}", param=param, code="invalid_prompt")
         if n_prompt == 0:
             return error(400, f"the {param} is empty (0 tokens); send some text", param=param, code="empty_prompt")
@@ -96,20 +112,25 @@ class EngineServer:
         want = requested_max_tokens
         if room <= 0 or (want is not None and want > room):
             asked = f" + {want} requested completion tokens (max_tokens)" if want else ""
-            return error(400, f"This model's maximum context length is {ctx} tokens. However, your "
-                              f"{param} resulted in {n_prompt} tokens{asked}. Shorten the {param} or "
-                              f"lower max_tokens.", param=param, code="context_length_exceeded")
+            return error(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, your "
+                f"{param} resulted in {n_prompt} tokens{asked}. Shorten the {param} or "
+                f"lower max_tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
         max_tokens = want if want is not None else min(self.cfg.default_max_tokens, room)
-        params = req.params.model_copy(update={"max_tokens": max_tokens})
-        return GenRequest(messages=req.messages, prompt=req.prompt, params=params, request_id=req.request_id)
+        return dataclasses.replace(req, params=req.params.model_copy(update={"max_tokens": max_tokens}))
 
     def _with_hint(self, messages: list[dict]) -> list[dict]:
-        if not any(m.get("role") == "user" for m in messages):
+        if not any(m.get("role") == "user" for m in messages) or self.hint_engine is None:
             return messages
         words = self.cfg.pas.max_words
         hint_params = SamplingParams(temperature=0.0, max_tokens=self.cfg.pas.max_hint_tokens)
-        [res] = self.hint_engine.generate([GenRequest(messages=pas_mod.hint_messages(messages, words),
-                                                      params=hint_params)])
+        [res] = self.hint_engine.generate(
+            [GenRequest(messages=pas_mod.hint_messages(messages, words), params=hint_params)]
+        )
         if not res.ok:  # a failed hint must not fail the user's request: answer without it
             log.warning("PAS hint failed: %s", res.error)
             return messages
@@ -120,7 +141,7 @@ class EngineServer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, reqs: list[GenRequest]) -> list[GenResult]:
-        self.batch_sizes = (self.batch_sizes + [len(reqs)])[-1000:]
+        self.batch_sizes = ([*self.batch_sizes, len(reqs)])[-1000:]
         # The engine call blocks for the whole generation: keep it off the event loop so the
         # replica still answers health checks and streams meanwhile.
         return await self._run(self.engine.generate, reqs)
@@ -129,92 +150,98 @@ class EngineServer:
         admitted = await self._run(self._admit, req, requested_max_tokens)
         if isinstance(admitted, dict):
             return admitted
-        res: GenResult = await self._batched(admitted)
+        if self.is_async:  # joins the engine's running batch; no batching window needed
+            res: GenResult = await self.engine.agenerate(admitted)  # type: ignore[attr-defined]
+        else:
+            res = await self._batched(admitted)
         if not res.ok:
             return error(500, f"generation failed: {res.error}", type="server_error", code="engine_error")
-        return {"texts": res.texts, "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": list(res.completion_tokens), "finish_reasons": list(res.finish_reasons)}
+        return {
+            "texts": res.texts,
+            "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": list(res.completion_tokens),
+            "finish_reasons": list(res.finish_reasons),
+            "logprobs": None if res.logprobs is None else [_lps(x) for x in res.logprobs],
+        }
 
     # -- streaming -----------------------------------------------------------------------------
 
-    def _count(self, text: str) -> int:
-        tok = getattr(self.engine, "tok", None)
-        if tok is not None:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
-        return self.engine.count_tokens(prompt=text)
-
     async def stream(self, req: GenRequest, requested_max_tokens: int | None = None) -> AsyncIterator[dict]:
-        """Yields {"prompt_tokens"} (or an error dict) first, then {"index", "delta"} items, and
-        {"index", "finish_reason", "completion_tokens"} after each choice."""
+        """Yields {"prompt_tokens"} (or an error dict) first, then {"index", "delta", "logprobs"}
+        items, and {"index", "finish_reason", "completion_tokens"} after each choice."""
         admitted = await self._run(self._admit, req, requested_max_tokens)
         if isinstance(admitted, dict):
             yield admitted
             return
         n_prompt = await self._run(self.engine.count_tokens, admitted.messages, admitted.prompt)
         yield {"prompt_tokens": n_prompt}
-        loop = asyncio.get_running_loop()
         self.active_streams += 1
-        it, pending = None, None  # the engine iterator being consumed and its in-flight next()
+        done = False
         try:
-            p = admitted.params
-            for index in range(p.n):
-                # n > 1 streams choice after choice; distinct seeds keep seeded samples distinct.
-                seed = None if p.seed is None else p.seed + index
-                one = GenRequest(messages=admitted.messages, prompt=admitted.prompt,
-                                 params=p.model_copy(update={"n": 1, "seed": seed}), request_id=admitted.request_id)
-                it, parts = self.engine.stream(one), []
-                while True:
-                    # shield: a cancellation must not orphan the thread's result (see finally)
-                    pending = loop.run_in_executor(self.pool, _next, it)
-                    delta = await asyncio.shield(pending)
-                    pending = None
-                    if isinstance(delta, _End):
-                        end_info = delta.value
-                        break
-                    if delta:
-                        parts.append(delta)
-                        self.deltas_streamed += 1
-                        yield {"index": index, "delta": delta}
-                it = None
-                if "completion_tokens" in end_info:  # exact counts from the engine
-                    n_tok, finish = end_info["completion_tokens"], end_info.get("finish_reason", "stop")
-                else:  # an engine that only yields text: re-tokenise (close, not always exact)
-                    n_tok = await self._run(self._count, "".join(parts))
-                    finish = "length" if n_tok >= p.max_tokens else "stop"
-                yield {"index": index, "finish_reason": finish, "completion_tokens": n_tok}
+            chunks = self.engine.astream(admitted) if self.is_async else self._thread_stream(admitted)  # type: ignore[attr-defined]
+            async for c in chunks:
+                if c.finish_reason is None:
+                    self.deltas_streamed += 1
+                yield _chunk_dict(c)
+            done = True
         finally:
             self.active_streams -= 1
-            if it is not None:
-                # Abandoned mid-choice (client gone: Serve cancelled us at an await, or closed us
-                # at a yield). Closing the engine iterator stops its generation; if a worker is
-                # still inside next(), close after it returns (closing a running generator fails).
+            if not done:  # the client left (Serve cancelled or closed us): the engine was told to stop
                 self.streams_cancelled += 1
-                abandoned = it
+
+    async def _thread_stream(self, req: GenRequest) -> AsyncIterator[StreamChunk]:
+        """A sync engine's streams, choice after choice, each consumed in a worker thread."""
+        p = req.params
+        for index in range(p.n):
+            # distinct seeds keep seeded samples distinct across choices
+            seed = None if p.seed is None else p.seed + index
+            one = dataclasses.replace(req, params=p.model_copy(update={"n": 1, "seed": seed}))
+            it = self.engine.stream(one)
+            pending = None
+            try:
+                while True:
+                    # shield: a cancellation must not orphan the thread's result (see finally)
+                    pending = asyncio.get_running_loop().run_in_executor(self.pool, next, it, None)
+                    c = await asyncio.shield(pending)
+                    pending = None
+                    if c is None:
+                        break
+                    yield dataclasses.replace(c, index=index)
+            finally:
+                # Closing the engine iterator stops its generation; if a worker is still inside
+                # next(), close after it returns (closing a running generator fails).
                 if pending is not None and not pending.done():
-                    pending.add_done_callback(lambda _f: self.pool.submit(_close, abandoned))
+                    pending.add_done_callback(functools.partial(_close_later, self.pool, it))
                 else:
-                    self.pool.submit(_close, abandoned)
+                    self.pool.submit(_close, it)
 
     # -- introspection -------------------------------------------------------------------------
 
     async def info(self) -> dict[str, Any]:
-        return {"model": self.cfg.model_name, "max_context": self.engine.max_context(),
-                "backend": self.cfg.backend, "pas": self.cfg.pas.enabled}
+        return {
+            "model": self.cfg.model_name,
+            "max_context": self.engine.max_context(),
+            "adapters": self.engine.adapters(),
+            "backend": self.cfg.backend,
+            "pas": self.cfg.pas.enabled,
+            "pid": os.getpid(),
+        }
 
     async def stats(self) -> dict[str, Any]:
-        return {"active_streams": self.active_streams, "streams_cancelled": self.streams_cancelled,
-                "deltas_streamed": self.deltas_streamed,
-                "batch_sizes": list(self.batch_sizes)}
+        return {
+            "active_streams": self.active_streams,
+            "streams_cancelled": self.streams_cancelled,
+            "deltas_streamed": self.deltas_streamed,
+            "batch_sizes": list(self.batch_sizes),
+            "engine_unfinished": self.engine.num_unfinished() if self.is_async else None,
+        }  # type: ignore[attr-defined]
 
     def __del__(self):
         # Serve calls this when a replica stops: let a vLLM engine stop its engine-core process.
-        for eng in {id(e): e for e in (getattr(self, "engine", None), getattr(self, "hint_engine", None)) if e}.values():
-            close = getattr(eng, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:  # noqa: BLE001 - shutting down anyway
-                    pass
+        engines = {id(e): e for e in (getattr(self, "engine", None), getattr(self, "hint_engine", None)) if e}
+        for eng in engines.values():
+            with contextlib.suppress(Exception):
+                eng.close()
 
     async def check_health(self) -> None:
         """Serve's replica health check: a broken engine object restarts the replica."""
@@ -222,8 +249,10 @@ class EngineServer:
             raise RuntimeError("engine not loaded")
 
 
+def _close_later(pool: ThreadPoolExecutor, it, _done) -> None:
+    pool.submit(_close, it)
+
+
 def _close(it) -> None:
-    try:
+    with contextlib.suppress(Exception):
         it.close()
-    except Exception:  # noqa: BLE001 - best effort: the generation is being abandoned anyway
-        pass

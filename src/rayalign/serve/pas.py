@@ -2,16 +2,17 @@
 model answers the prompt with that complement appended (Baichuan Alignment report, PAS).
 
 The template, parser, rule checks and the way a hint is appended are the PAS stage's own
-(`rayalign.generate.pas` / `generate.prompts`), so serve-time hints match the ones in SFT data.
+(`rayalign.generate.pas_rules` / `generate.prompts`), so serve-time hints match the ones in SFT data.
 There is no critic pass at serve time (it would double the latency); a hint that fails the rule
 checks is dropped and the prompt is answered as is.
 """
 
 from __future__ import annotations
 
-from rayalign.generate.pas import augment as _augment
-from rayalign.generate.pas import rule_check
+from rayalign.generate.pas_rules import augment, rule_check
 from rayalign.generate.prompts import parse_hint, prompt_text, user_turn
+
+__all__ = ["accept_hint", "augment", "hint_messages"]
 
 
 def hint_messages(messages: list[dict], max_words: int) -> list[dict]:
@@ -25,13 +26,6 @@ def accept_hint(messages: list[dict], raw: str, max_words: int) -> str | None:
     if hint is None or status != "ok":
         return None
     return hint if rule_check(_prompt(messages), hint, max_words) == "ok" else None
-
-
-def augment(messages: list[dict], hint: str | None) -> list[dict]:
-    """The messages with the hint appended to the last user turn (copies; input untouched)."""
-    if not hint or not any(m.get("role") == "user" for m in messages):
-        return messages
-    return _augment(messages, hint)
 
 
 def _prompt(messages: list[dict]) -> str:

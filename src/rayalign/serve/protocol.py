@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_STOP = 4  # OpenAI's own limit on stop sequences
 
@@ -20,8 +20,15 @@ MAX_STOP = 4  # OpenAI's own limit on stop sequences
 class ApiError(Exception):
     """An error that becomes an HTTP status plus `{"error": {message, type, param, code}}`."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
@@ -47,8 +54,10 @@ class ChatMessage(_Lenient):
             texts = []
             for i, part in enumerate(v):
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError(f"content part {i} must be {{'type': 'text', 'text': str}}; "
-                                     f"this endpoint serves a text-only model")
+                    raise ValueError(
+                        f"content part {i} must be {{'type': 'text', 'text': str}}; "
+                        f"this endpoint serves a text-only model"
+                    )
                 texts.append(part["text"])
             return "".join(texts)
         return v
@@ -56,6 +65,17 @@ class ChatMessage(_Lenient):
 
 class StreamOptions(_Lenient):
     include_usage: bool = False
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None
+
+    @model_validator(mode="after")
+    def _schema(self):
+        if self.type == "json_schema" and not isinstance((self.json_schema or {}).get("schema"), dict):
+            raise ValueError("type json_schema needs json_schema: {name, schema: {...JSON schema...}}")
+        return self
 
 
 class _SamplingFields(_Lenient):
@@ -69,6 +89,7 @@ class _SamplingFields(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -86,10 +107,22 @@ class _SamplingFields(_Lenient):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> list[dict]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.content or ""}
-                for m in self.messages]
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.content or ""} for m in self.messages
+        ]
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -98,6 +131,10 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -116,8 +153,7 @@ class CompletionRequest(_SamplingFields):
 def parse_body(raw: bytes, model_cls: type[BaseModel], limit: int) -> Any:
     """bytes → validated request, or ApiError 413 (too big) / 400 (bad JSON, bad field)."""
     if len(raw) > limit:
-        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limit}",
-                       code="request_too_large")
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limit}", code="request_too_large")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -125,8 +161,7 @@ def parse_body(raw: bytes, model_cls: type[BaseModel], limit: int) -> Any:
     except RecursionError:  # e.g. a megabyte of '[': the parser's own depth limit
         raise ApiError(400, "request body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}",
-                       code="invalid_json")
+        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
@@ -148,38 +183,99 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def chat_response(rid: str, model: str, texts: list[str], finish: list[str], prompt_tokens: int,
-                  completion_tokens: list[int]) -> dict:
     return {
-        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f,
-                     "logprobs": None} for i, (t, f) in enumerate(zip(texts, finish))],
-        "usage": usage(prompt_tokens, sum(completion_tokens)),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
-def completion_response(rid: str, model: str, texts: list[str], finish: list[str], prompt_tokens: int,
-                        completion_tokens: list[int]) -> dict:
+def chat_logprobs(lps: list[dict] | None) -> dict | None:
+    """OpenAI chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    if lps is None:
+        return None
+
+    def one(tok: str, lp: float) -> dict:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8", "replace"))}
+
     return {
-        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
-                    for i, (t, f) in enumerate(zip(texts, finish))],
-        "usage": usage(prompt_tokens, sum(completion_tokens)),
+        "content": [{**one(x["token"], x["logprob"]), "top_logprobs": [one(t, v) for t, v in x["top"]]} for x in lps]
     }
 
 
-def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish: str | None) -> dict:
-    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+def completion_logprobs(lps: list[dict] | None, offset: int = 0) -> dict | None:
+    """OpenAI completions shape: parallel lists of tokens, their log-probs, top maps, text offsets."""
+    if lps is None:
+        return None
+    offsets, pos = [], offset
+    for x in lps:
+        offsets.append(pos)
+        pos += len(x["token"])
+    return {
+        "tokens": [x["token"] for x in lps],
+        "token_logprobs": [x["logprob"] for x in lps],
+        "top_logprobs": [dict(x["top"]) for x in lps],
+        "text_offset": offsets,
+    }
 
 
-def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish: str | None) -> dict:
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]}
+def chat_response(rid: str, model: str, out: dict) -> dict:
+    lps = out.get("logprobs") or [None] * len(out["texts"])
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": f,
+                "logprobs": chat_logprobs(lp),
+            }
+            for i, (t, f, lp) in enumerate(zip(out["texts"], out["finish_reasons"], lps))
+        ],
+        "usage": usage(out["prompt_tokens"], sum(out["completion_tokens"])),
+    }
+
+
+def completion_response(rid: str, model: str, out: dict) -> dict:
+    lps = out.get("logprobs") or [None] * len(out["texts"])
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": i, "text": t, "finish_reason": f, "logprobs": completion_logprobs(lp)}
+            for i, (t, f, lp) in enumerate(zip(out["texts"], out["finish_reasons"], lps))
+        ],
+        "usage": usage(out["prompt_tokens"], sum(out["completion_tokens"])),
+    }
+
+
+def chat_chunk(
+    rid: str, model: str, created: int, index: int, delta: dict, finish: str | None, logprobs: list[dict] | None = None
+) -> dict:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": chat_logprobs(logprobs)}],
+    }
+
+
+def completion_chunk(
+    rid: str, model: str, created: int, index: int, text: str, finish: str | None, logprobs: list[dict] | None = None
+) -> dict:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": completion_logprobs(logprobs)}],
+    }
 
 
 def sse(obj: dict | str) -> bytes:

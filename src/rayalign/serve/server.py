@@ -1,12 +1,13 @@
 """Start, wait for and stop the serving app on a (local or joined) Ray cluster.
 
-    url = start(ServeConfig(model="tiny-random:llama", port=8000))   # returns once ready
-    ...                                                                # clients use url + "/v1"
-    stop(cfg)
+url = start(ServeConfig(model="tiny-random:llama", port=8000))   # returns once ready
+...                                                                # clients use url + "/v1"
+stop(cfg)
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
 import warnings
@@ -41,13 +42,18 @@ def _actual_http(cfg: ServeConfig) -> ServeConfig:
     try:
         from ray.serve.context import _get_global_client  # private, hence the fallback below
 
-        http = _get_global_client().http_config
-        host, port = http.host, int(http.port)
-    except Exception:  # noqa: BLE001 - unknown: trust the config
+        client = _get_global_client()
+        if client is None:
+            return cfg
+        host, port = client.http_config.host, int(client.http_config.port)
+    except Exception:
         return cfg
     if (host, port) != (cfg.host, cfg.port):
-        warnings.warn(f"Serve was already running on this cluster at {host}:{port}; it keeps that address "
-                      f"(asked for {cfg.host}:{cfg.port})", stacklevel=3)
+        warnings.warn(
+            f"Serve was already running on this cluster at {host}:{port}; it keeps that address "
+            f"(asked for {cfg.host}:{cfg.port})",
+            stacklevel=3,
+        )
         return cfg.model_copy(update={"host": host, "port": port})
     return cfg
 
@@ -58,10 +64,10 @@ def wait_ready(url: str, timeout_s: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=10) as r:  # noqa: S310 - our own loopback URL
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as r:
                 if r.status == 200:
                     return
-        except Exception as e:  # noqa: BLE001 - not up yet
+        except Exception as e:
             last = e
         time.sleep(0.25)
     raise TimeoutError(f"{url}/health not ready after {timeout_s:.0f}s (last error: {last})")
@@ -73,15 +79,13 @@ def stop(cfg: ServeConfig | None = None, shutdown_serve: bool = True) -> None:
     from ray import serve
 
     if cfg is not None:
-        try:
+        with contextlib.suppress(Exception):
             serve.delete(cfg.app_name)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
     if not shutdown_serve:
         return
     try:
         others = [name for name in serve.status().applications if cfg is None or name != cfg.app_name]
-    except Exception:  # noqa: BLE001 - Serve not running at all
+    except Exception:
         return
     if not others:
         serve.shutdown()

