@@ -96,15 +96,8 @@ def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
     results = engine.generate(
         [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
     )
-    _close(engine)
+    engine.close()
     return [r.texts[0] if r.ok and r.texts else "" for r in results]
-
-
-def _close(engine) -> None:
-    # TRANSITIONAL: once close() is part of the Engine protocol (engines branch) this is engine.close()
-    close = getattr(engine, "close", None) or getattr(engine, "shutdown", None)
-    if callable(close):
-        close()
 
 
 def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, list[list[bool]]]:
@@ -159,7 +152,7 @@ def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: l
         reqs.append(user_turn("judge", prompt=p, response_a=b, response_b=a))
     engine = make_engine((cfg.judge_engine or cfg.engine).model_copy(update={"model": cfg.judge_model}))
     verdicts = engine.generate([GenRequest(messages=m, params=SamplingParams(max_tokens=16)) for m in reqs])
-    _close(engine)
+    engine.close()
     wins = losses = ties = 0
     for k in range(n):
         first = parse_judgement(verdicts[2 * k].texts[0] if verdicts[2 * k].ok else "")[0]
