@@ -233,8 +233,8 @@ class EngineServer:
             "streams_cancelled": self.streams_cancelled,
             "deltas_streamed": self.deltas_streamed,
             "batch_sizes": list(self.batch_sizes),
-            "engine_unfinished": self.engine.num_unfinished() if self.is_async else None,
-        }  # type: ignore[attr-defined]
+            "engine_unfinished": self.engine.num_unfinished() if isinstance(self.engine, AsyncEngine) else None,
+        }
 
     def __del__(self):
         # Serve calls this when a replica stops: let a vLLM engine stop its engine-core process.
