@@ -81,8 +81,8 @@ def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str,
             f"the sampled response has status {status!r}; revise_statuses is {revise_statuses}",
         )
     norm, reason = validate_row("prompts", {k: row.get(k) for k in ("id", "messages", "prompt", "meta") if k in row})
-    if reason is not None:
-        return None, f"input_{reason.code}", reason.detail
+    if norm is None or reason is not None:
+        return None, f"input_{reason.code if reason else 'invalid'}", reason.detail if reason else ""
     resp = row.get("response")
     if not isinstance(resp, str) or not resp.strip():
         return None, "input_no_response", "field 'response' is missing or empty"
@@ -121,6 +121,7 @@ class ClairProcessor:
             [user_turn("clair_revise", prompt=prompt_text(r["messages"]), response=r["response"]) for r in rows],
             self.cfg.params.model_copy(update={"n": 1}),
         )
+        assert self.engine is not None, "the rule reviser has no engine"  # _llm runs for llm/verifier only
         out = []
         for r, res in zip(rows, self.engine.generate(reqs)):
             raw, finish = first_text(res)

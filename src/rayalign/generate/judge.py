@@ -68,6 +68,7 @@ def combine(first: str | None, swapped: str | None, swap: bool) -> tuple[str | N
 
 
 class JudgeProcessor(EngineProcessor):
+    cfg: JudgeConfig  # narrower than the base's GenStageConfig
     output_schema = JUDGE_SCHEMA
 
     def __init__(self, cfg: JudgeConfig):
@@ -81,7 +82,8 @@ class JudgeProcessor(EngineProcessor):
         samples = self.engine.generate(
             chat_requests([r["messages"] for r in rows], cfg.params.model_copy(update={"n": 2}))
         )
-        todo, quarantined, stats = [], [], {}
+        todo, quarantined = [], []
+        stats: dict[str, float] = {}
 
         def drop(r, status, detail, extra=None):
             count_status(stats, status)

@@ -60,6 +60,7 @@ class PASConfig(GenStageConfig):
 
 
 class PASProcessor(EngineProcessor):
+    cfg: PASConfig  # narrower than the base's GenStageConfig
     output_schema = PAS_SCHEMA
 
     def __init__(self, cfg: PASConfig):
@@ -74,7 +75,8 @@ class PASProcessor(EngineProcessor):
         results = self.engine.generate(
             chat_requests([user_turn("pas_hint", prompt=p, max_words=str(cfg.max_words)) for p in prompts], params)
         )
-        hints, status, raw_hint = [None] * len(rows), [""] * len(rows), [""] * len(rows)
+        hints: list[str | None] = [None] * len(rows)
+        status, raw_hint = [""] * len(rows), [""] * len(rows)
         for i, res in enumerate(results):
             raw, finish = first_text(res)
             raw_hint[i] = raw if res.ok else (res.error or "")
@@ -89,7 +91,7 @@ class PASProcessor(EngineProcessor):
         if todo and cfg.critique:
             crit = self.critic.generate(
                 chat_requests(
-                    [user_turn("pas_critique", prompt=prompts[i], hint=hints[i]) for i in todo],
+                    [user_turn("pas_critique", prompt=prompts[i], hint=hints[i] or "") for i in todo],
                     cfg.critique_params.model_copy(update={"n": 1}),
                 )
             )
@@ -104,7 +106,8 @@ class PASProcessor(EngineProcessor):
         for i in todo:
             if status[i] == "pending":  # critique switched off: rule checks alone decide
                 status[i] = "accepted"
-        out, stats = [], {}
+        out: list[dict] = []
+        stats: dict[str, float] = {}
         for i, r in enumerate(rows):
             count_status(stats, status[i])
             ok = status[i] == "accepted"

@@ -80,6 +80,7 @@ def judge_rewrite(original: str, raw: str, finish: str, min_ratio: float, max_ra
 
 
 class RewriteProcessor(EngineProcessor):
+    cfg: RewriteConfig  # narrower than the base's GenStageConfig
     output_schema = REWRITE_SCHEMA
 
     def __init__(self, cfg: RewriteConfig):
@@ -98,13 +99,14 @@ class RewriteProcessor(EngineProcessor):
                     request_id=r["id"],
                 )
             )
-        out, stats = [], {}
+        out: list[dict] = []
+        stats: dict[str, float] = {}
         for r, req, res in zip(rows, reqs, self.engine.generate(reqs)):
             raw, finish = first_text(res)
             rewritten, status, ratio = judge_rewrite(r["text"], raw, finish, cfg.min_ratio, cfg.max_ratio)
             count_status(stats, status)
             target = "[UNCHANGED]" if status == "unchanged" else rewritten
-            example = [*req.messages, {"role": "assistant", "content": target}] if status in TRUSTED else None
+            example = [*(req.messages or []), {"role": "assistant", "content": target}] if status in TRUSTED else None
             out.append(
                 {
                     "id": r["id"],

@@ -48,6 +48,7 @@ def sample_status(text: str, finish: str) -> str:
 
 
 class SampleProcessor(EngineProcessor):
+    cfg: SampleConfig  # narrower than the base's GenStageConfig
     output_schema = SAMPLE_SCHEMA
 
     def __init__(self, cfg: SampleConfig):
@@ -58,7 +59,8 @@ class SampleProcessor(EngineProcessor):
         results = self.engine.generate(
             chat_requests([r["messages"] for r in rows], self.cfg.params, [r["id"] for r in rows])
         )
-        out, stats = [], {}
+        out: list[dict] = []
+        stats: dict[str, float] = {}
         for r, res in zip(rows, results):
             for k in range(n):
                 text = res.texts[k] if res.ok else ""
