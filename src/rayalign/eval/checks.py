@@ -192,9 +192,3 @@ def check_one(constraint: dict, response: str) -> bool:
 def check_response(constraints: list[dict], response: str) -> list[bool]:
     """One bool per constraint: does `response` satisfy it?"""
     return [check_one(c, response) for c in constraints]
-
-
-def describe(constraint: dict) -> str:
-    """A short human label for tables: `bullet_count(count=3)`."""
-    params = ", ".join(f"{k}={v}" for k, v in constraint.items() if k != "kind")
-    return f"{constraint['kind']}({params})"

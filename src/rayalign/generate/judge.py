@@ -78,6 +78,8 @@ class JudgeProcessor(EngineProcessor):
         self.version = template_version("judge")
 
     def process(self, rows: list[dict]) -> ProcessResult:
+        """Two samples per prompt, then one judge call per pair (both orders with `swap`). Kept in
+        one function: the two engine passes share the per-row bookkeeping of what is still open."""
         cfg = self.cfg
         samples = self.engine.generate(
             chat_requests([r["messages"] for r in rows], cfg.params.model_copy(update={"n": 2}))

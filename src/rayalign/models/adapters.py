@@ -59,10 +59,6 @@ def apply_peft(model, cfg: PeftConfig):
     return _aligner().add_aligner(model, tokens=cfg.tokens, start_layer=cfg.start_layer)
 
 
-def is_lora(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
-
-
 def save_adapter(model, cfg: PeftConfig, out_dir: str | Path, state_dict: dict | None = None) -> str:
     """Write the adapter folder. `state_dict` (full, gathered) is given when the model is FSDP-sharded."""
     out = Path(out_dir)

@@ -148,6 +148,8 @@ class OpenAIIngress:
         )
 
     async def _stream(self, req: GenRequest, body, chunk_fn, prefix: str):
+        """Server-sent events for one request. One function on purpose: admission, the event loop,
+        usage and the error/disconnect paths share the generator's state and its `finally`."""
         gen = self.engine.options(stream=True).stream.remote(req, body.requested_max_tokens())
         try:
             first = await gen.__anext__()  # admission result: errors still get a proper status
