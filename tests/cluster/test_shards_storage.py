@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from rayalign import storage
 from rayalign.data.prepare import PrepareConfig, run_prepare
+from rayalign.data.readers import DataError
 from rayalign.data.shards import PROGRESS, finished_shards, manifest_counts, read_dataset, read_manifest
 from rayalign.results import Counts
 
@@ -61,35 +63,38 @@ def test_prepare_reads_and_writes_a_bucket(s3_bucket, tmp_path, monkeypatch):
     remote = run_prepare(cfg([f"{s3_bucket}/in"], f"{s3_bucket}/prep"), log=lambda s: None)
     local = run_prepare(cfg([str(tmp_path / "corpus.jsonl")], str(tmp_path / "local")), log=lambda s: None)
 
-    assert manifest_counts(remote) == Counts.model_validate(
+    assert remote.counts == Counts.model_validate(
         {
             "in": 400,
             "ok": 400 - n_bad(400),
             "quarantined": n_bad(400),
-            "out_rows": remote["counts"]["out_rows"],
+            "out_rows": remote.counts.to_json()["out_rows"],
             "by_reason": {"wrong_type": n_bad(400)},
         }
     )
-    assert remote["counts"] == local["counts"]
+    assert remote.counts.to_json() == local.counts.to_json()
     assert read_dataset(f"{s3_bucket}/prep").to_pylist() == read_dataset(tmp_path / "local").to_pylist()
-    assert read_manifest(f"{s3_bucket}/prep")["counts"] == remote["counts"]
-    assert len(finished_shards(f"{s3_bucket}/prep")) == 8
-    assert len(storage.glob(f"{s3_bucket}/prep/quarantine", "shard-*.parquet")) == 8  # one bad row per 50
+    assert manifest_counts(read_manifest(f"{s3_bucket}/prep")) == remote.counts
+    planned = storage.read_json(f"{s3_bucket}/prep/_plan.json")["shards"]
+    assert len(finished_shards(f"{s3_bucket}/prep")) == planned >= 6  # byte ranges of ~50 rows
+    quarantine = storage.glob(f"{s3_bucket}/prep/quarantine", "shard-*.parquet")
+    assert sum(pq.read_metadata(storage.open_input(f)).num_rows for f in quarantine) == n_bad(400)
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir()), "a URI became a local folder"
-    # a finished stage in the bucket is consumed as a dataset folder by the next stage
-    again = run_prepare(
-        PrepareConfig(
-            kind="corpus",
-            inputs=[f"{s3_bucket}/prep"],
-            output=f"{s3_bucket}/x",
-            model="tiny-random:llama",
-            max_length=128,
-            pack=False,
-            pool={"workers": 0, "shard_rows": 50},
-        ),
-        log=lambda s: None,
-    )
-    assert again["counts"]["in"] == remote["counts"]["out_rows"]
+    # a finished stage in the bucket is read as a dataset folder (its data shards) by the next
+    # stage: token rows given as a corpus fail before any work, naming the shard and the fix
+    with pytest.raises(DataError, match=r"prep/data/shard-00000\.parquet: its columns .* hold no corpus rows"):
+        run_prepare(
+            PrepareConfig(
+                kind="corpus",
+                inputs=[f"{s3_bucket}/prep"],
+                output=f"{s3_bucket}/x",
+                model="tiny-random:llama",
+                max_length=128,
+                pack=False,
+                pool={"workers": 0, "shard_rows": 50},
+            ),
+            log=lambda s: None,
+        )
 
 
 @pytest.mark.timeout(180)
@@ -104,9 +109,10 @@ def test_a_shard_without_its_marker_is_absent(s3_bucket):
     storage.write_bytes(f"{out}/data/shard-00002.parquet", b"torn")  # not even parquet
     logs: list[str] = []
     again = run_prepare(cfg([f"{s3_bucket}/in.jsonl"], out), log=logs.append)
-    assert any("6 shard(s), 300 row(s); 5 done, 1 to run" in m for m in logs), logs
+    planned = storage.read_json(f"{out}/_plan.json")["shards"]
+    assert any(f"{planned} shard(s), rows counted as read; {planned - 1} done, 1 to run" in m for m in logs), logs
     assert read_dataset(out).to_pylist() == want
-    assert again["counts"] == first["counts"]
+    assert again.counts.to_json() == first.counts.to_json()
 
 
 @pytest.mark.timeout(180)
@@ -120,8 +126,9 @@ def test_changed_config_wipes_a_partial_run_in_the_bucket(s3_bucket):
     c.pack = False
     m = run_prepare(c, log=logs.append)
     assert any("config changed" in s for s in logs)
-    assert any("4 shard(s), 200 row(s); 0 done, 4 to run" in s for s in logs)
-    assert m["counts"]["out_rows"] == m["counts"]["ok"] == 200 - n_bad(200)
+    planned = storage.read_json(f"{out}/_plan.json")["shards"]
+    assert any(f"{planned} shard(s), rows counted as read; 0 done, {planned} to run" in s for s in logs)
+    assert m.counts.to_json()["out_rows"] == m.counts.to_json()["ok"] == 200 - n_bad(200)
     assert all(len(r["seq_lens"]) == 1 for r in read_dataset(out).to_pylist())
 
 
@@ -151,12 +158,15 @@ def test_killed_prepare_resumes_with_another_pool_size(s3_bucket, tmp_path, ray_
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     done = len(finished_shards(out))
-    assert read_manifest(out) is None and 5 <= done < 60, f"the kill must land mid-stage ({done} shards done)"
+    planned = storage.read_json(f"{out}/_plan.json")["shards"]
+    assert read_manifest(out) is None and 5 <= done < planned, f"the kill must land mid-stage ({done} shards done)"
 
     logs: list[str] = []
     resumed = run_prepare(cfg([f"{s3_bucket}/in.jsonl"], out, workers=2), log=logs.append)
-    assert any(f"60 shard(s), {n} row(s); {done} done, {60 - done} to run" in s for s in logs), logs[:3]
+    assert any(f"{planned} shard(s), rows counted as read; {done} done, {planned - done} to run" in s for s in logs), (
+        logs[:3]
+    )
     ids = doc_ids(out)
-    assert len(ids) == len(set(ids)) == n - n_bad(n) == resumed["counts"]["ok"]
+    assert len(ids) == len(set(ids)) == n - n_bad(n) == resumed.counts.to_json()["ok"]
     assert set(ids) == {f"d{i}" for i in range(n) if i % 37}
-    assert resumed["counts"]["in"] == n and resumed["counts"]["quarantined"] == n_bad(n)
+    assert resumed.counts.to_json()["in"] == n and resumed.counts.to_json()["quarantined"] == n_bad(n)

@@ -160,3 +160,38 @@ def test_report_on_object_storage_with_rounds(s3_bucket):
     assert "| round-1/eval | eval | complete |" in text
     for png in ("ifeval_by_kind.png", "train_round-1_prefer.png", "train_round-2_prefer.png"):
         assert storage.read_bytes(f"{run}/round-2/eval/report/plots/{png}")[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(300)
+def test_eval_logged_to_mlflow_and_wandb(tmp_path, monkeypatch):
+    """`report_to` on eval: the headline metrics read back equal to the stage's result, and the
+    report folder (tables, plots) arrives as an artifact."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    cfg = EvalConfig(
+        model="tiny-random:llama",
+        output=str(tmp_path / "eval"),
+        limit=4,
+        params={"max_tokens": 8},
+        report_to=["mlflow", "wandb"],
+    )
+    out = run_eval(cfg, log=lambda *_: None)
+    assert out.metrics and "aligned/prompt_accuracy" in out.metrics
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("rayalign").experiment_id])
+    assert [r.info.run_name for r in runs] == ["eval-eval"]
+    run = runs[0]
+    for key, value in out.metrics.items():
+        assert [m.value for m in client.get_metric_history(run.info.run_id, key)] == [pytest.approx(value)], key
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert "report/report.md" in names
+
+    artifacts = list((tmp_path / "wb").rglob("report.md"))  # W&B offline stages the artifact's files
+    assert artifacts, sorted(str(p) for p in (tmp_path / "wb").rglob("*"))[:20]

@@ -58,3 +58,41 @@ def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
                 proc.kill()
     assert "shutting down" in log.read_text()
     assert "cli-app" not in serve.status().applications  # its app is gone from the cluster
+
+
+def test_cli_serves_a_model_from_a_bucket(s3_bucket, tiny_model_path, tmp_path):
+    """`rayalign serve --model s3://…`: the folder is fetched once into the node cache (never turned
+    into a local path of the URI) and answers the official client like the local folder does."""
+    from rayalign import storage
+
+    uri = s3_bucket + "/models/tiny"
+    storage.upload_dir(tiny_model_path, uri)
+    port = free_port()
+    cache = tmp_path / "cache"
+    # its own local Ray cluster (no RAY_ADDRESS): the replica inherits the S3 endpoint and keys
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONUNBUFFERED="1", RAYALIGN_CACHE=str(cache))
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rayalign.cli", "serve", "--model", uri, "--port", str(port), "engine_num_cpus=0.5"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        try:
+            wait_for_line(proc, log, f"serving {uri}", 180)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+            assert [m.id for m in client.models.list().data] == [uri]
+            ask = {"max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+            r = client.chat.completions.create(model=uri, **ask)
+            assert r.usage.completion_tokens >= 1
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    copies = [p for p in (cache / "remote").iterdir() if p.is_dir()]
+    assert len(copies) == 1 and (copies[0] / "config.json").exists()  # one node-local copy
+    assert not Path("s3:").exists() and not (Path.cwd() / "s3:").exists()

@@ -25,6 +25,10 @@ import json
 import time
 from collections import defaultdict
 from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from rayalign import storage
 from rayalign.config import Cfg, ConfigError
@@ -53,6 +57,11 @@ class EvalConfig(Cfg):
     # > 0: every model runs in a Ray task holding this many GPUs (a GPU cluster's CPU head cannot
     # host the engine); 0: in this process
     num_gpus: float = 0.0
+    # experiment trackers that get the headline metrics and the report folder (tables, plots) as
+    # artifacts; the same libraries and environment settings as training's `report_to`
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+
+    resource_fields = frozenset({"num_gpus", "report_to"})
 
 
 def load_suite(spec: str, limit: int | None = None) -> list[dict]:
@@ -248,12 +257,38 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     storage.write_json(results_path, results)
     report = write_report(storage.join(cfg.output, "report"), results, run_dir=cfg.run_dir)
     log(f"[eval] report: {report}")
+    track_eval(cfg, metrics, storage.join(cfg.output, "report"))
     return StageResult(
         stage="eval",
         output=cfg.output,
         metrics=metrics,
         details={"results": results_path, "report": str(report), "prompts": len(suite)},
     )
+
+
+def track_eval(cfg: EvalConfig, metrics: dict[str, float], report_dir: str) -> None:
+    """Send the headline metrics (step 0) and the report folder to each tracker in `report_to`.
+
+    A report in object storage is fetched into a temporary folder first; MLflow's default local
+    store then lives there too, so set MLFLOW_TRACKING_URI when the output is a bucket."""
+    if not cfg.report_to:
+        return
+    import tempfile
+
+    from rayalign.train.tracking import open_trackers
+
+    with tempfile.TemporaryDirectory(prefix="rayalign-eval-") as tmp:
+        folder = Path(tmp) / "report"
+        if storage.is_uri(report_dir):
+            storage.download_dir(report_dir, folder)
+        else:
+            folder = Path(report_dir)
+        run_dir = Path(tmp) if storage.is_uri(cfg.output) else Path(cfg.output)
+        name = f"eval-{storage.basename(cfg.output)}"
+        for tracker in open_trackers(cfg.report_to, run_dir, name, cfg.model_dump(mode="json")):
+            tracker.log(metrics, step=0)
+            tracker.log_artifacts(folder)
+            tracker.close()
 
 
 def flat_metrics(results: dict) -> dict:

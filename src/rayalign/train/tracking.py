@@ -1,4 +1,4 @@
-"""Experiment trackers: `report_to: [tensorboard, wandb, mlflow]` on a training config.
+"""Experiment trackers: `report_to: [tensorboard, wandb, mlflow]` on training and eval configs.
 
 Each tracker gets the run name, the config (secrets redacted) and every logged step's numeric
 metrics, from rank 0 only. The libraries are optional (the `tracking` extra); a tracker whose
@@ -21,6 +21,8 @@ SECRET = re.compile(r"(token|secret|password|api[_-]?key|credential)", re.IGNORE
 
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifacts(self, folder: Path) -> None: ...  # a report folder: tables, plots
 
     def close(self) -> None: ...
 
@@ -63,8 +65,18 @@ class TensorBoardTracker:
         self.writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in flat(config).items()))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"train/{k}", v, step)
+        for k, v in metrics.items():  # eval metrics carry their own section (`aligned/...`)
+            self.writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
+
+    def log_artifacts(self, folder: Path) -> None:
+        # TensorBoard has no files: the report's markdown tables as text, its plots as images
+        for f in sorted(folder.rglob("*.md")):
+            self.writer.add_text(f"report/{f.name}", f.read_text())
+        for f in sorted(folder.rglob("*.png")):
+            import numpy as np
+            from matplotlib import image
+
+            self.writer.add_image(f"report/{f.stem}", np.asarray(image.imread(f))[..., :3], dataformats="HWC")
 
     def close(self) -> None:
         self.writer.close()
@@ -80,6 +92,13 @@ class WandbTracker:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
+
+    def log_artifacts(self, folder: Path) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(f"{self.run.name or 'run'}-report", type="report")
+        artifact.add_dir(str(folder))
+        self.run.log_artifact(artifact)
 
     def close(self) -> None:
         self.run.finish()
@@ -102,6 +121,9 @@ class MlflowTracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
             self.client.log_metric(self.run_id, k, v, step=step)
+
+    def log_artifacts(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path="report")
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
