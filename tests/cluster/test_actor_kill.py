@@ -28,17 +28,19 @@ def corpus(path: Path) -> None:
 
 
 def shard_actor_pids() -> list[int]:
-    """PIDs of this machine's Ray Data actors running the shard runner (Ray titles them
-    `ray::MapWorker(MapBatches(_ShardActor))`)."""
+    """PIDs of this test session's Ray Data actors running the shard runner (Ray titles them
+    `ray::MapWorker(MapBatches(_ShardActor))`). Only descendants of this process count: the
+    session's cluster was started from here, and other Ray clusters may run on the same machine."""
+    import psutil
+
     pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith("ray::") and "_ShardActor" in cmd:
-                pids.append(int(d.name))
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if cmd.startswith("ray::") and "_ShardActor" in cmd:
+            pids.append(proc.pid)
     return pids
 
 
