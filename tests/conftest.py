@@ -28,8 +28,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster shared by every test that asks for it (started once)."""
+def ray_cluster(s3_server):
+    """A real local Ray cluster shared by every test that asks for it (started once).
+
+    The S3 test server starts first, so the cluster's workers inherit its endpoint and keys (an
+    object-storage test that runs after the cluster started would otherwise reach out to AWS)."""
     import ray
 
     from rayalign.raycluster import ensure_ray

@@ -121,10 +121,10 @@ def test_two_rounds_killed_in_round_two_resume_like_uninterrupted(tmp_path):
     assert rec["round-1/sample"]["config"]["model"] == by["sft"]["checkpoint"]
     assert (
         rec["round-2/sample"]["config"]["model"]
-        == rec["round-2/prefer"]["config"]["model"]
+        == rec["round-2/prefer"]["config"]["train"]["model"]  # prefer nests its training run
         == by["round-1/prefer"]["checkpoint"]
     )
-    assert rec["round-2/prefer"]["config"]["data"]["path"] == str(whole / "round-2" / "reference")
+    assert rec["round-2/prefer"]["config"]["train"]["data"]["path"] == str(whole / "round-2" / "reference")
     assert by["round-2/prefer"]["checkpoint"].startswith(str(whole / "round-2" / "prefer"))
     assert ref["final_model"] == by["round-2/prefer"]["checkpoint"]
     report = (whole / "round-2" / "eval" / "report" / "report.md").read_text()
