@@ -10,7 +10,7 @@ store `mlflow.db` in the run's local folder).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -136,7 +136,7 @@ TRACKERS: dict[str, Callable[[Path, str, dict], Tracker]] = {
 }
 
 
-def open_trackers(names: list[str], run_dir: Path, run_name: str, config: dict) -> list[Tracker]:
+def open_trackers(names: Sequence[str], run_dir: Path, run_name: str, config: dict) -> list[Tracker]:
     """Start one tracker per name (rank 0 only); `run_dir` is the run's local folder."""
     clean = redact(config)
     return [TRACKERS[n](run_dir / n if n == "tensorboard" else run_dir, run_name, clean) for n in dict.fromkeys(names)]
