@@ -87,7 +87,9 @@ class WandbTracker:
         import os
 
         wandb = _require("wandb", "wandb")
-        folder = None if os.environ.get("WANDB_DIR") else str(run_dir)  # the user's WANDB_DIR wins
+        # the user's WANDB_DIR wins; passed per run because wandb keeps the settings of the first
+        # init in a process-wide singleton (a second run would land in the first one's folder)
+        folder = os.environ.get("WANDB_DIR") or str(run_dir)
         self.run = wandb.init(project="rayalign", name=name, config=config, dir=folder, reinit="create_new")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
