@@ -115,7 +115,15 @@ class MlflowTracker:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
         self.client = mlflow.MlflowClient(uri)
         experiment = self.client.get_experiment_by_name("rayalign")
-        exp_id = experiment.experiment_id if experiment else self.client.create_experiment("rayalign")
+        # a local SQLite store keeps its artifacts beside it (MLflow's default is ./mlruns in the
+        # current directory, which would litter wherever the job was started)
+        local = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+        artifacts = (Path(local).parent / "mlartifacts").as_uri() if local else None
+        exp_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment("rayalign", artifact_location=artifacts)
+        )
         self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
         for k, v in flat(config).items():
             self.client.log_param(self.run_id, k[:250], str(v)[:6000])
