@@ -84,9 +84,10 @@ def _jsonl(path: str) -> list[dict]:
 
 
 def shard_reports(folder: str) -> list[dict]:
-    reports = [storage.read_json(p) for p in storage.glob(storage.join(folder, "_progress"), "*.json")]
-    reports = [r for r in reports if isinstance(r, dict)]
-    return reports
+    """The shard reports of a dataset stage's committed markers (`{"config_hash", "report"}`)."""
+    markers = [storage.read_json(p) for p in storage.glob(storage.join(folder, "_progress"), "*.json")]
+    reports = [m.get("report") for m in markers if isinstance(m, dict)]
+    return [r for r in reports if isinstance(r, dict)]
 
 
 def read_progress(folder: str, config: dict[str, Any], since: float, start_done: int = 0) -> Progress | None:
