@@ -111,7 +111,7 @@ def read_progress(folder: str, config: dict[str, Any], since: float, start_done:
         return Progress(
             "steps",
             done,
-            config.get("max_steps"),
+            config.get("max_steps") or (config.get("train") or {}).get("max_steps"),  # prefer nests it
             rate=max(done - start_done, 0) / elapsed,
             loss=last.get("loss"),
             tokens_per_s=last.get("tokens_per_s"),
