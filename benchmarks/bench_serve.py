@@ -260,7 +260,7 @@ def main() -> int:
     import torch
 
     # The Serve replica reserves 1 CPU, so Ray gives it one torch thread; match it here (two
-    # threads on a shared 2-core box were up to 20x slower, STACK.md) so the baseline is fair.
+    # threads per process on a shared 2-core box were up to 20x slower) so the baseline is fair.
     torch.set_num_threads(1)
     engine = make_engine(EngineConfig(backend="hf", model=args.model))
     base = {c: inprocess_level(engine, args, c) for c in levels}

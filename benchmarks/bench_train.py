@@ -149,19 +149,19 @@ def prepare(work: Path, n: int) -> None:
     from rayalign.data.prepare import PrepareConfig, run_prepare
     from rayalign.data.shards import read_dataset
 
-    quiet = lambda *_: None  # noqa: E731
-    run_prepare(
-        PrepareConfig(
+    def prepare_chat(src: Path, out: Path) -> None:
+        cfg = PrepareConfig(
             kind="chat",
-            inputs=[str(REPO / "rayjobs/data/chat.jsonl")],
-            output=str(work / "all"),
+            inputs=[str(src)],
+            output=str(out),
             model=MODEL,
             max_length=512,
             seq_len=512,
             pool={"workers": 0},
-        ),
-        log=quiet,
-    )
+        )
+        run_prepare(cfg, log=lambda *_: None)
+
+    prepare_chat(REPO / "rayjobs/data/chat.jsonl", work / "all")
     ok = {d for row in read_dataset(work / "all", ["doc_ids"]).to_pylist() for d in row["doc_ids"]}
     chats = []
     for line in (REPO / "rayjobs/data/chat.jsonl").read_bytes().splitlines():
@@ -173,18 +173,7 @@ def prepare(work: Path, n: int) -> None:
             chats.append(row)
     chats = chats[:n]
     (work / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
-    run_prepare(
-        PrepareConfig(
-            kind="chat",
-            inputs=[str(work / "chats.jsonl")],
-            output=str(work / "packed"),
-            model=MODEL,
-            max_length=512,
-            seq_len=512,
-            pool={"workers": 0},
-        ),
-        log=quiet,
-    )
+    prepare_chat(work / "chats.jsonl", work / "packed")
 
 
 def main() -> None:
