@@ -1,0 +1,1 @@
+"""Online alignment: rollouts, rewards and policy-gradient training (GRPO)."""
