@@ -30,6 +30,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "clair": ("rayalign.generate.clair:ClairConfig", "rayalign.generate.clair:run_clair"),
     "judge": ("rayalign.generate.judge:JudgeConfig", "rayalign.generate.judge:run_judge"),
     "eval": ("rayalign.eval.stage:EvalConfig", "rayalign.eval.stage:run_eval"),
+    "grpo": ("rayalign.rl.grpo:GRPOConfig", "rayalign.rl.grpo:run_grpo"),
 }
 
 

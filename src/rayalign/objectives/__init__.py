@@ -25,6 +25,7 @@ import torch
 
 from rayalign.objectives.causal_lm import CausalLMObjective
 from rayalign.objectives.pairs import MixtureObjective, PreferenceObjective, RewardObjective
+from rayalign.objectives.policy import PolicyObjective
 from rayalign.objectives.preference import PREFERENCE_LOSSES
 
 
@@ -46,6 +47,7 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "causal_lm": CausalLMObjective,
     "reward": RewardObjective,
     "mixture": MixtureObjective,
+    "grpo": PolicyObjective,  # rollout rows from `rayalign grpo` (rayalign.rl), not a dataset
     **{name: partial(PreferenceObjective, name) for name in PREFERENCE_LOSSES},
 }
 

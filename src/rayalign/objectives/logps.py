@@ -30,6 +30,15 @@ def sequence_logps(
     `logits` may cover only the last K positions of the sequence (``logits_to_keep``); labels
     are then cut to the matching window.
     """
+    per_token, keep = token_logps(logits, labels, mask)
+    return per_token.sum(-1), keep.sum(-1)
+
+
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [B, T-1] of the targets (0 where not scored) and the bool `keep` [B, T-1]
+    of the scored positions; arguments as in `sequence_logps` (policy-gradient losses need tokens)."""
     if logits.shape[1] != labels.shape[1]:
         # the model kept only the last K positions' logits: they predict the last K-1 labels
         labels = labels[:, -logits.shape[1] :]
@@ -42,9 +51,8 @@ def sequence_logps(
     safe = targets.masked_fill(~keep, 0)  # any valid index; masked out below
     # log softmax at the target only: logit[target] - logsumexp(logits), without a [B, T, V] copy
     picked = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1)
-    token_logps = picked - torch.logsumexp(logits, dim=-1)
-    token_logps = token_logps.masked_fill(~keep, 0.0)
-    return token_logps.sum(-1), keep.sum(-1)
+    per_token = picked - torch.logsumexp(logits, dim=-1)
+    return per_token.masked_fill(~keep, 0.0), keep
 
 
 def sums_by_sequence(

@@ -104,3 +104,98 @@ def clipped_policy_loss(
     elif kl_coef:
         raise ValueError("clipped_policy_loss: kl_coef > 0 needs ref_logps")
     return aggregate(per_token, mask, aggregation, constant), metrics
+
+
+class PolicyObjective:
+    """GRPO-family loss as a trainer objective (``objective: {name: grpo, eps_low, eps_high, kl_coef,
+    aggregation, constant}``) over rollout rows.
+
+    A row is one sampled response: ``prompt_ids``, ``response_ids`` (the sampled tokens, EOS
+    included) and its ``advantage``. The rollout side may add ``old_logps`` / ``ref_logps`` ([N, K]
+    tensors from `token_logps_of`) to the collated batch; without ``old_logps`` the ratio is taken
+    against the detached current log-probs (ρ = 1, the single-update case).
+
+    `loss` returns SUMS in the units of `count` (sequences; response tokens for ``token``
+    aggregation), so the trainer's division by the global count of the step gives the aggregation
+    over every rank's and micro-batch's rollouts: the mean over sequences of per-sequence means
+    (``sequence``), over all response tokens (``token``), or Σ tokens ÷ (N · constant) (``constant``).
+    Metric sums (clip_fraction, ratio_mean, kl) are the micro-batch's token means × its units.
+    """
+
+    name = "grpo"
+    model_class = "causal_lm"
+
+    def __init__(
+        self,
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        kl_coef: float = 0.0,
+        aggregation: Aggregation = "sequence",
+        constant: float | None = None,
+    ):
+        if aggregation not in ("sequence", "token", "constant"):
+            raise ValueError(f"objective.aggregation: {aggregation!r}; use sequence, token or constant")
+        if aggregation == "constant" and not constant:
+            raise ValueError("objective.constant: constant aggregation needs the divisor (e.g. rollout max_tokens)")
+        self.eps_low, self.eps_high, self.kl_coef = eps_low, eps_high, kl_coef
+        self.aggregation, self.constant = aggregation, constant
+        self.needs_reference = kl_coef > 0
+
+    def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        from rayalign.constants import IGNORE
+        from rayalign.objectives.causal_lm import pad_to
+
+        seqs = [list(r["prompt_ids"]) + list(r["response_ids"]) for r in rows]
+        labels = [[IGNORE] * len(r["prompt_ids"]) + list(r["response_ids"]) for r in rows]
+        # Only positions from the shortest prompt's last token on predict a response token: the LM
+        # head (most of a small model's compute) runs on those only.
+        keep = max(len(s) for s in seqs) - min(len(r["prompt_ids"]) for r in rows) + 1
+        return {
+            "input_ids": pad_to(seqs, pad_id),
+            "attention_mask": pad_to([[1] * len(s) for s in seqs], 0),
+            "labels": pad_to(labels, IGNORE),
+            "advantages": torch.tensor([float(r["advantage"]) for r in rows], dtype=torch.float32),
+            "logits_to_keep": torch.tensor(keep),
+        }
+
+    def count(self, batch: dict) -> torch.Tensor:
+        if self.aggregation == "token":
+            from rayalign.constants import IGNORE
+
+            return (batch["labels"][:, 1:] != IGNORE).sum()
+        return torch.tensor(batch["labels"].shape[0])
+
+    def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logps, mask = token_logps_of(model, batch)
+        old = batch.get("old_logps")
+        ref = batch.get("ref_logps")
+        if ref is None and ref_model is not None:
+            with torch.no_grad():
+                ref = token_logps_of(ref_model, batch)[0]
+        loss, metrics = clipped_policy_loss(
+            logps,
+            logps.detach() if old is None else old,
+            batch["advantages"],
+            mask,
+            self.eps_low,
+            self.eps_high,
+            self.kl_coef,
+            ref,
+            self.aggregation,
+            self.constant,
+        )
+        units = self.count(batch).to(loss.device, loss.dtype)
+        return loss * units, {k: v * units for k, v in metrics.items()}
+
+
+def token_logps_of(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the response tokens of a collated rollout batch, and their mask [N, K]."""
+    from rayalign.objectives.logps import token_logps
+
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        logits_to_keep=int(batch["logits_to_keep"]),
+    )
+    return token_logps(out.logits, batch["labels"])

@@ -10,7 +10,9 @@ worker failure. Other stages (prefer, reward) call `launch(cfg)` with their own 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rayalign import storage
 from rayalign.results import StageResult
@@ -67,14 +69,23 @@ def _ray_worker(config: dict) -> None:  # Ray Train's worker function
     train_loop(config, hooks=RayHooks())
 
 
-def launch(cfg: TrainConfig) -> StageResult:
+def _entry_worker(entry: Callable[..., StageResult], context: dict) -> Callable[[dict], None]:
+    def worker(config: dict) -> None:  # a stage's own loop, with what the driver built for it
+        entry(config, hooks=RayHooks(), **context)
+
+    return worker
+
+
+def launch(cfg: TrainConfig, entry: Callable[..., StageResult] | None = None, **context: Any) -> StageResult:
+    """Run `cfg`'s training. `entry(config, hooks, **context)` replaces the default loop for stages
+    with their own Trainer (GRPO); `context` (e.g. Ray actor handles) travels to every worker."""
     from rayalign.objectives import get_objective
 
     get_objective(cfg.objective.name, **cfg.objective.kwargs())  # a bad name fails here, not in N workers
     out = cfg.output_dir if storage.is_uri(cfg.output_dir) else str(Path(cfg.output_dir).resolve())
     cfg = cfg.model_copy(update={"output_dir": out})
     if cfg.scaling.workers == 0:
-        return train_loop(cfg)
+        return entry(cfg, **context) if entry else train_loop(cfg)
 
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -89,7 +100,7 @@ def launch(cfg: TrainConfig) -> StageResult:
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
     env.update(OMP_NUM_THREADS=str(cfg.torch_threads))
     trainer = TorchTrainer(
-        _ray_worker,
+        _entry_worker(entry, context) if entry else _ray_worker,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -200,6 +200,11 @@ class Trainer:
                     )
                     + "\n"
                 )
+        self.optimizer_step(batches, local_count)
+
+    def optimizer_step(self, batches: list[dict], local_count: torch.Tensor, schedule: bool = True) -> None:
+        """Backward over this rank's collated micro-batches normalised by the global count, then clip
+        and step; ``schedule=False`` leaves the LR schedule where it is (several updates on one batch)."""
         global_count = local_count.clone()
         if self.distributed:
             torch.distributed.all_reduce(global_count)
@@ -213,7 +218,8 @@ class Trainer:
             )
         self.lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
-        self.scheduler.step()
+        if schedule:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def log(self, done: int) -> None:
@@ -232,9 +238,14 @@ class Trainer:
             "cpu_time": time.process_time(),
         }  # this process's CPU seconds: wall time lies on a shared box
         record.update(metrics)
+        record.update(self.step_metrics())
         self.writer.log(record)
         self.last_record = record
         self.window.reset()
+
+    def step_metrics(self) -> dict[str, float]:
+        """Further metrics of the logged window (subclasses: e.g. GRPO's rollout rewards); every rank calls it."""
+        return {}
 
     def save(self, done: int) -> str:
         """Commit the previous (async) save, start this one; sync saves are committed at once."""

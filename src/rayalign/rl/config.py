@@ -1,0 +1,121 @@
+"""The `grpo` stage's configuration: the training run (`train`) plus rollouts, rewards and the loss.
+
+Keys of the training run (model, output_dir, optim, scaling, checkpoint, max_steps, seed, ...) may be
+written at the top level or under ``train:``; the rest are the stage's own (see `GRPOConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from rayalign.config import Cfg, ConfigError
+from rayalign.generate.engine import EngineConfig, SamplingParams
+from rayalign.objectives.policy import Aggregation
+from rayalign.rl.rewards import RewardSpec
+from rayalign.train.config import ObjectiveSpec, TrainConfig
+
+# advantage preset → (advantage function, std scaling, default token aggregation)
+ADVANTAGES: dict[str, tuple[str, str, Aggregation]] = {
+    "grpo": ("group", "std", "sequence"),  # DeepSeekMath: (r − mean) / std, per-sequence means
+    "dr_grpo": ("group", "none", "constant"),  # Dr. GRPO: no std, Σ tokens ÷ (N · max_tokens)
+    "rloo": ("rloo", "none", "sequence"),  # leave-one-out baseline
+}
+
+
+class GRPOConfig(Cfg):
+    """GRPO: G rollouts per prompt, group-relative advantages, clipped importance ratio.
+
+    ``prompts``: raw prompt files (the `prompts` kind: id, messages, meta with ``constraints``) or
+    one prepared folder. Each step takes ``prompts_per_step`` prompts (split over the training
+    workers, ``train.micro_batch_size`` prompts per forward pass) and samples ``group_size``
+    responses of each with ``rollout`` sampling params on the rollout ``engine``. ``advantage``
+    picks a preset (``scale`` / ``aggregation`` override its parts); ``eps_low`` / ``eps_high``
+    clip the ratio (DAPO: eps_high > eps_low); ``kl_coef`` > 0 adds k3 KL to a frozen reference
+    (built only then); ``inner_epochs`` updates per rollout batch (μ; the old log-probs are taken
+    once before the first). ``pass_threshold``: a response passes when its total reward ≥ it.
+    """
+
+    resource_fields: ClassVar[frozenset[str]] = frozenset({"engines", "engine_cpus"})
+
+    train: TrainConfig
+    prompts: list[str]
+    group_size: int = Field(4, ge=2)
+    prompts_per_step: int = Field(4, ge=1)
+    rollout: SamplingParams = SamplingParams(temperature=1.0, max_tokens=64)
+    engine: EngineConfig = EngineConfig()
+    engines: int = Field(1, ge=1)  # rollout engine actors (Ray Train runs only)
+    engine_cpus: float = Field(0.5, ge=0)  # per engine actor: fractional so a 2-CPU box never deadlocks
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="constraints")])
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    scale: Literal["std", "none"] | None = None  # default: the preset's
+    aggregation: Aggregation | None = None  # default: the preset's
+    eps_low: float = Field(0.2, ge=0)
+    eps_high: float = Field(0.2, ge=0)
+    kl_coef: float = Field(0.0, ge=0)
+    inner_epochs: int = Field(1, ge=1)
+    pass_threshold: float = 1.0
+
+    @classmethod
+    def accepted_keys(cls) -> set[str]:
+        return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_keys(cls, data: Any) -> Any:
+        """Keys that are not the stage's own configure the training run."""
+        if not isinstance(data, dict):
+            return data
+        stage = {k: v for k, v in data.items() if k in cls.model_fields and k != "train"}
+        run = {**(data.get("train") or {}), **{k: v for k, v in data.items() if k not in cls.model_fields}}
+        run.setdefault("name", "grpo")
+        return {**stage, "train": run}
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOConfig:
+        per_forward = max(self.train.scaling.workers, 1) * self.train.micro_batch_size
+        if self.prompts_per_step % per_forward:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of scaling.workers × "
+                f"micro_batch_size ({per_forward})"
+            )
+        if self.rollout.stop or self.rollout.n != 1:
+            raise ValueError("rollout: stop strings and n are not supported (group_size sets the samples)")
+        if self.rollout.temperature <= 0:
+            raise ValueError("rollout.temperature must be > 0: a group of greedy samples has no spread")
+        if self.train.objective.name not in ("sft", "grpo"):  # sft: TrainConfig's default
+            raise ValueError("objective: set by the grpo stage (eps_low, eps_high, kl_coef, aggregation)")
+        if self.train.peft.method != "none":
+            raise ValueError("peft.method: grpo trains the full model (engines receive full weights); set none")
+        return self
+
+    def loss_parts(self) -> tuple[str, str, Aggregation]:
+        kind, scale, aggregation = ADVANTAGES[self.advantage]
+        return kind, self.scale or scale, self.aggregation or aggregation
+
+    def train_config(self, prompts_path: str) -> TrainConfig:
+        """The run `launch` gets: the prompts as its data, the loss as its objective."""
+        _, _, aggregation = self.loss_parts()
+        objective = ObjectiveSpec(
+            name="grpo",
+            eps_low=self.eps_low,
+            eps_high=self.eps_high,
+            kl_coef=self.kl_coef,
+            aggregation=aggregation,
+            constant=float(self.rollout.max_tokens),
+        )
+        t = self.train
+        per_rank = self.prompts_per_step // max(t.scaling.workers, 1)
+        data = t.data.model_copy(update={"path": prompts_path, "inputs": []})
+        return t.model_copy(
+            update={"data": data, "objective": objective, "grad_accum": per_rank // t.micro_batch_size}
+        )
+
+    def engine_config(self) -> EngineConfig:
+        if self.engine.backend != "hf":
+            raise ConfigError(
+                "engine.backend: grpo rollouts run on hf engines here; vllm engines would need their "
+                "weights replaced in place after every update (see docs/grpo.md), which is not built"
+            )
+        return self.engine.model_copy(update={"model": self.train.model, "adapter": None, "adapters": {}})

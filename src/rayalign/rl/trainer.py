@@ -1,0 +1,159 @@
+"""The GRPO trainer: the training engine's `Trainer` with a step that samples its own data.
+
+One step (`GRPOTrainer.train_step`), on every rank:
+  1. this rank's prompts for the step from `DataOrder` (a pure function of seed and step, so a
+     resumed run continues at the right prompt with nothing else to restore),
+  2. `group_size` responses per prompt from the rollout engines, sampled with a seed that is a pure
+     function of (seed, step, prompt row) — a resumed run reproduces the same rollouts,
+  3. rewards (`rl.rewards`) → group advantages (`objectives.policy`),
+  4. the batch of prompt + response tokens (prompt masked out), old log-probs (only when
+     ``inner_epochs`` > 1) and reference log-probs (only when ``kl_coef`` > 0) without grad,
+  5. ``inner_epochs`` optimizer steps of the clipped loss through the Trainer's own step (loss
+     units summed over ranks, one scheduler step per rollout batch),
+  6. the new weights to the engines (`rl.rollout`).
+Everything else — FSDP2, checkpoints and exact resume, metrics.jsonl, the summary — is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from rayalign.generate.engine import GenRequest, GenResult
+from rayalign.generate.engine.protocol import TokenizingEngine
+from rayalign.objectives.policy import group_advantages, rloo_advantages, token_logps_of
+from rayalign.results import StageResult
+from rayalign.rl.config import GRPOConfig
+from rayalign.rl.rewards import Rewards
+from rayalign.rl.rollout import RolloutEngines, rollout_seed
+from rayalign.train.config import TrainConfig
+from rayalign.train.loop import Hooks
+from rayalign.train.trainer import Trainer
+
+STATS = ("responses", "reward_sum", "reward_sq", "passes", "response_tokens", "rollout_seconds")
+
+
+class GRPOTrainer(Trainer):
+    def __init__(self, cfg: TrainConfig, hooks: Hooks | None, grpo: GRPOConfig, actors: list[Any] | None = None):
+        super().__init__(cfg, hooks)
+        self.grpo = grpo
+        self.rewards = Rewards(grpo.rewards)
+        engine_cfg = grpo.engine_config()
+        self.render = TokenizingEngine(engine_cfg).render_ids  # the engines' own prompt rendering
+        self.engines = RolloutEngines(engine_cfg, actors)
+        self.part_names = [s.name for s in grpo.rewards]
+        self.stats = torch.zeros(len(STATS) + len(self.part_names), dtype=torch.float64)
+        self.engines.sync(self.model, self.rank, self.distributed)  # the initial or resumed policy
+
+    def train_step(self, step: int) -> None:
+        t0 = time.perf_counter()
+        groups = self.order.step_rows(step)
+        samples = self.rollout(step, [i for g in groups for i in g])
+        rollout_s = time.perf_counter() - t0
+        self.stats[STATS.index("rollout_seconds")] += rollout_s
+        per = self.grpo.group_size * self.cfg.micro_batch_size
+        pad = self.tokenizer.pad_token_id
+        batches = [self.objective.collate(samples[i : i + per], pad) for i in range(0, len(samples), per)]
+        self.precompute(batches)
+        local_count = torch.stack([self.objective.count(b) for b in batches]).sum()
+        local_count = local_count.to(device=self.device, dtype=torch.float32)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        for epoch in range(self.grpo.inner_epochs):
+            self.window.tokens += tokens
+            self.optimizer_step(batches, local_count, schedule=epoch == self.grpo.inner_epochs - 1)
+        t1 = time.perf_counter()
+        self.engines.sync(self.model, self.rank, self.distributed)
+        # training tokens/s counts training time only: not sampling, not the weight sync
+        self.window.start += rollout_s + (time.perf_counter() - t1)
+
+    def rollout(self, step: int, rows: list[int]) -> list[dict]:
+        """Sample, score and weigh this rank's prompts `rows`: one training row per response."""
+        prompts = self.source.rows(rows)
+        g = self.grpo.group_size
+        requests = [
+            GenRequest(
+                messages=p["messages"],
+                params=self.grpo.rollout.model_copy(update={"n": g, "seed": rollout_seed(self.cfg.seed, step, row)}),
+                request_id=str(p.get("id", row)),
+                logprobs=0,  # the sampled token ids come with their log-probs
+            )
+            for p, row in zip(prompts, rows, strict=True)
+        ]
+        slots = [self.rank + self.world * j for j in range(len(rows))]
+        results = self.engines.generate(requests, slots)
+        for p, res in zip(prompts, results, strict=True):
+            if not res.ok or res.logprobs is None:
+                raise RuntimeError(f"rollout of prompt {p.get('id')!r} failed: {res.error}")
+        texts = [t for res in results for t in res.texts]
+        total, parts = self.rewards([p for p in prompts for _ in range(g)], texts)
+        advantages = self.advantages(torch.tensor(total, dtype=torch.float64).view(len(prompts), g))
+        self.count_rollouts(total, parts, results)
+        out = []
+        for j, (p, res) in enumerate(zip(prompts, results, strict=True)):
+            prompt_ids = self.render(p["messages"])
+            for k, lps in enumerate(res.logprobs or []):
+                ids = [t.token_id for t in lps]
+                out.append({"prompt_ids": prompt_ids, "response_ids": ids, "advantage": float(advantages[j, k])})
+        return out
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        kind, scale, _ = self.grpo.loss_parts()
+        return rloo_advantages(rewards) if kind == "rloo" else group_advantages(rewards, scale)  # type: ignore[arg-type]
+
+    def count_rollouts(self, total: list[float], parts: dict[str, list[float]], results: list[GenResult]) -> None:
+        r = torch.tensor(total, dtype=torch.float64)
+        n_tokens = sum(sum(res.completion_tokens) for res in results)
+        passed = float((r >= self.grpo.pass_threshold).sum())
+        head = [len(total), float(r.sum()), float((r * r).sum()), passed, float(n_tokens), 0.0]
+        part_sums = [sum(parts[name]) for name in self.part_names]
+        self.stats += torch.tensor(head + part_sums, dtype=torch.float64)
+
+    def precompute(self, batches: list[dict]) -> None:
+        """Old-policy (μ > 1) and reference (KL) log-probs, once per rollout batch, without grad."""
+        old = self.grpo.inner_epochs > 1
+        if not old and self.ref_model is None:
+            return
+        with torch.no_grad(), self.autocast:
+            for b in batches:
+                on_device = {k: v.to(self.device) for k, v in b.items()}
+                if old:
+                    b["old_logps"] = token_logps_of(self.model, on_device)[0].float()
+                if self.ref_model is not None:
+                    b["ref_logps"] = token_logps_of(self.ref_model, on_device)[0].float()
+
+    def step_metrics(self) -> dict[str, float]:
+        """Rollout metrics of the logged window, summed over ranks (every rank calls this)."""
+        s = self.stats.to(self.device)
+        if self.distributed:
+            torch.distributed.all_reduce(s)
+        v = dict(zip(STATS, s.tolist()[: len(STATS)]))
+        n = max(v["responses"], 1.0)
+        mean = v["reward_sum"] / n
+        seconds = v["rollout_seconds"] / self.world  # ranks sample at the same time
+        out = {
+            "reward_mean": mean,
+            "reward_std": max(v["reward_sq"] / n - mean * mean, 0.0) ** 0.5,
+            "pass_rate": v["passes"] / n,
+            "response_length": v["response_tokens"] / n,
+            "rollout_tokens_per_s": v["response_tokens"] / max(seconds, 1e-9),
+        }
+        for name, value in zip(self.part_names, s.tolist()[len(STATS) :]):
+            out[f"reward/{name}"] = value / n
+        self.stats.zero_()
+        return out
+
+    def train(self) -> StageResult:
+        try:
+            return super().train()
+        finally:
+            self.engines.close()
+
+
+def grpo_loop(
+    config: dict | TrainConfig, hooks: Hooks | None = None, *, grpo: GRPOConfig, actors: list[Any] | None = None
+) -> StageResult:
+    """The training entry (`launch(..., entry=grpo_loop)`): in this process or on each Ray Train worker."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    return GRPOTrainer(cfg, hooks, grpo, actors).train()
