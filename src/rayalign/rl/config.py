@@ -37,7 +37,7 @@ class GRPOConfig(Cfg):
     once before the first). ``pass_threshold``: a response passes when its total reward ≥ it.
     """
 
-    resource_fields: ClassVar[frozenset[str]] = frozenset({"engines", "engine_cpus"})
+    resource_fields: ClassVar[frozenset[str]] = frozenset({"engines", "engine_cpus", "engine_gpus"})
 
     train: TrainConfig
     prompts: list[str]
@@ -47,6 +47,7 @@ class GRPOConfig(Cfg):
     engine: EngineConfig = EngineConfig()
     engines: int = Field(1, ge=1)  # rollout engine actors (Ray Train runs only)
     engine_cpus: float = Field(0.5, ge=0)  # per engine actor: fractional so a 2-CPU box never deadlocks
+    engine_gpus: float = Field(0.0, ge=0)  # per engine actor
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="constraints")])
     advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     scale: Literal["std", "none"] | None = None  # default: the preset's

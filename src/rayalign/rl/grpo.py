@@ -60,7 +60,7 @@ def start_engines(cfg: GRPOConfig) -> list[Any]:
     from rayalign.rl.rollout import EngineActor
 
     ensure_ray()
-    actor = ray.remote(num_cpus=cfg.engine_cpus)(EngineActor)
+    actor = ray.remote(num_cpus=cfg.engine_cpus, num_gpus=cfg.engine_gpus)(EngineActor)
     return [actor.remote(cfg.engine_config(), cfg.train.torch_threads) for _ in range(cfg.engines)]
 
 
