@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from grpo_helpers import TINY, TOPICS, grpo_config, write_chats, write_prompts
 
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.stages import run_stage
-
-from grpo_helpers import TINY, TOPICS, grpo_config, write_chats, write_prompts
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -23,7 +22,9 @@ def sampled_start_rate(model: str) -> float:
     """Share of 8 prompts × 16 samples (temperature 1, fixed seed) starting with "Sure"."""
     engine = make_engine(EngineConfig(model=model, batch_size=16))
     params = SamplingParams(temperature=1.0, max_tokens=3, n=16, seed=11)
-    reqs = [GenRequest(messages=[{"role": "user", "content": f"Tell me about {t}."}], params=params) for t in TOPICS[:8]]
+    reqs = [
+        GenRequest(messages=[{"role": "user", "content": f"Tell me about {t}."}], params=params) for t in TOPICS[:8]
+    ]
     texts = [t for res in engine.generate(reqs) for t in res.texts]
     engine.close()
     return sum(t.strip().lower().startswith("sure") for t in texts) / len(texts)

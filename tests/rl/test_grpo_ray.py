@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from grpo_helpers import TINY, grpo_config, write_prompts
 
 from rayalign.stages import run_stage
-
-from grpo_helpers import TINY, grpo_config, write_prompts
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from grpo_helpers import TINY, grpo_config, write_prompts
 
 from rayalign.stages import run_stage
 from rayalign.train.checkpoint import complete_checkpoints
-
-from grpo_helpers import TINY, grpo_config, write_prompts
 
 pytestmark = pytest.mark.timeout(300)
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -47,7 +46,9 @@ def records(out: Path) -> dict[int, dict]:
 def start_cli(cfg_path: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC}
     with log.open("w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "rayalign.cli", "grpo", str(cfg_path)], env=env, stdout=fh, stderr=fh)
+        return subprocess.Popen(
+            [sys.executable, "-m", "rayalign.cli", "grpo", str(cfg_path)], env=env, stdout=fh, stderr=fh
+        )
 
 
 def test_killed_grpo_run_resumes_with_the_uninterrupted_tail(tmp_path):

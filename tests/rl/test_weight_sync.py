@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grpo_helpers import TINY, grpo_config, write_prompts
 
 from rayalign.generate.engine import GenRequest, SamplingParams
 from rayalign.rl.config import GRPOConfig
 from rayalign.rl.grpo import prepared_prompts
 from rayalign.rl.rollout import EngineActor, RolloutEngines
 from rayalign.rl.trainer import GRPOTrainer
-
-from grpo_helpers import TINY, grpo_config, write_prompts
 
 MESSAGES = [{"role": "user", "content": "Tell me about rivers."}]
 
@@ -43,8 +42,12 @@ def greedy_model_ids(trainer: GRPOTrainer) -> list[int]:
     ids = torch.tensor([trainer.render(MESSAGES)])
     with torch.no_grad():
         out = trainer.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-            pad_token_id=trainer.tokenizer.pad_token_id, eos_token_id=sorted(trainer.engines.local.eos_ids),
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=trainer.tokenizer.pad_token_id,
+            eos_token_id=sorted(trainer.engines.local.eos_ids),
         )
     gen = out[0, ids.shape[1] :].tolist()
     eos = trainer.engines.local.eos_ids
@@ -58,9 +61,15 @@ def updated(tmp_path_factory):
     (responses differ in length, so advantages are not all 0 as a constraint reward would be on a
     random model)."""
     tmp = tmp_path_factory.mktemp("sync")
-    data = grpo_config(tmp / "run", TINY, write_prompts(tmp / "p.jsonl"), max_steps=2,
-                       optim={"lr": 5e-2, "min_lr_ratio": 1.0, "max_grad_norm": 0.0}, aggregation="token",
-                       rewards=[{"name": "length", "params": {"target": 1, "unit": "chars"}}])
+    data = grpo_config(
+        tmp / "run",
+        TINY,
+        write_prompts(tmp / "p.jsonl"),
+        max_steps=2,
+        optim={"lr": 5e-2, "min_lr_ratio": 1.0, "max_grad_norm": 0.0},
+        aggregation="token",
+        rewards=[{"name": "length", "params": {"target": 1, "unit": "chars"}}],
+    )
     cfg = GRPOConfig.model_validate(data)
     train = cfg.train_config(prepared_prompts(cfg, log=lambda *_: None))
     trainer = GRPOTrainer(train, None, cfg)

@@ -109,9 +109,7 @@ class GRPOConfig(Cfg):
         t = self.train
         per_rank = self.prompts_per_step // max(t.scaling.workers, 1)
         data = t.data.model_copy(update={"path": prompts_path, "inputs": []})
-        return t.model_copy(
-            update={"data": data, "objective": objective, "grad_accum": per_rank // t.micro_batch_size}
-        )
+        return t.model_copy(update={"data": data, "objective": objective, "grad_accum": per_rank // t.micro_batch_size})
 
     def engine_config(self) -> EngineConfig:
         if self.engine.backend != "hf":
