@@ -10,11 +10,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from rayalign.config import Cfg, ConfigError
+from rayalign.config import ConfigError
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.objectives.policy import Aggregation
 from rayalign.rl.rewards import RewardSpec
-from rayalign.train.config import ObjectiveSpec, TrainConfig
+from rayalign.train.config import ComposedRun, ObjectiveSpec, TrainConfig
 
 # advantage preset → (advantage function, std scaling, default token aggregation)
 ADVANTAGES: dict[str, tuple[str, str, Aggregation]] = {
@@ -24,7 +24,7 @@ ADVANTAGES: dict[str, tuple[str, str, Aggregation]] = {
 }
 
 
-class GRPOConfig(Cfg):
+class GRPOConfig(ComposedRun):
     """GRPO: G rollouts per prompt, group-relative advantages, clipped importance ratio.
 
     ``prompts``: raw prompt files (the `prompts` kind: id, messages, meta with ``constraints``) or
@@ -38,8 +38,8 @@ class GRPOConfig(Cfg):
     """
 
     resource_fields: ClassVar[frozenset[str]] = frozenset({"engines", "engine_cpus", "engine_gpus"})
+    train_defaults: ClassVar[dict[str, Any]] = {"name": "grpo"}
 
-    train: TrainConfig
     prompts: list[str]
     group_size: int = Field(4, ge=2)
     prompts_per_step: int = Field(4, ge=1)
@@ -57,21 +57,6 @@ class GRPOConfig(Cfg):
     kl_coef: float = Field(0.0, ge=0)
     inner_epochs: int = Field(1, ge=1)
     pass_threshold: float = 1.0
-
-    @classmethod
-    def accepted_keys(cls) -> set[str]:
-        return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split_keys(cls, data: Any) -> Any:
-        """Keys that are not the stage's own configure the training run."""
-        if not isinstance(data, dict):
-            return data
-        stage = {k: v for k, v in data.items() if k in cls.model_fields and k != "train"}
-        run = {**(data.get("train") or {}), **{k: v for k, v in data.items() if k not in cls.model_fields}}
-        run.setdefault("name", "grpo")
-        return {**stage, "train": run}
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:

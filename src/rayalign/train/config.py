@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rayalign.config import Cfg, DType
 from rayalign.data.shards import PoolConfig
@@ -107,3 +107,28 @@ class TrainConfig(Cfg):
         if v < 1:
             raise ValueError("must be ≥ 1")
         return v
+
+
+class ComposedRun(Cfg):
+    """Base of stage configs that compose a training run under ``train`` next to their own keys.
+
+    Top-level keys that are not the stage's own configure the run (an explicit ``train:`` section
+    wins over them); `train_defaults` fill the run's gaps (e.g. its name)."""
+
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    train: TrainConfig
+
+    @classmethod
+    def accepted_keys(cls) -> set[str]:
+        return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_to_train(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields) - {"train"}
+        run = {k: v for k, v in data.items() if k not in own and k != "train"}
+        run.update(data.get("train") or {})
+        return {**{k: v for k, v in data.items() if k in own}, "train": {**cls.train_defaults, **run}}
