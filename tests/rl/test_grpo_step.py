@@ -60,6 +60,8 @@ def test_one_step_clipped_loss_by_hand():
     −0.026513, and the objective returns the SUM over its 2 sequences (−0.053025) with count 2, which the
     trainer divides by the step's global count. Clip fraction 1/3 (row 1's token), ratio mean 3.75/3.
     Token-level aggregation (DAPO): (−0.848408 + 0.883759 + 0.707007) / 3 tokens = 0.247453; sum 0.742358.
+    Constant divisor (Dr. GRPO, max_tokens 2): 0.742358 / (2 sequences · 2) = 0.185590; the objective
+    returns 0.742358 / 2 = 0.371179 with count 2 (sequences).
     """
     model = FixedLogits()
     obj = get_objective("grpo", eps_low=0.2, eps_high=0.2)
@@ -76,6 +78,12 @@ def test_one_step_clipped_loss_by_hand():
     tok_sum, _ = tok.loss(model, batch)
     assert int(tok.count(batch)) == 3
     assert float(tok_sum.detach()) == pytest.approx(0.742358, abs=1e-6)
+
+    const = get_objective("grpo", aggregation="constant", constant=2.0)
+    const_sum, _ = const.loss(model, batch)
+    assert int(const.count(batch)) == 2
+    assert float(const_sum.detach()) == pytest.approx(0.371179, abs=1e-6)
+    assert float(const_sum.detach()) / 2 == pytest.approx(0.185590, abs=1e-6)
 
 
 def test_single_update_ratio_is_one_and_gradient_follows_advantages():
