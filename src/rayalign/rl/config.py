@@ -97,9 +97,16 @@ class GRPOConfig(ComposedRun):
         return t.model_copy(update={"data": data, "objective": objective, "grad_accum": per_rank // t.micro_batch_size})
 
     def engine_config(self) -> EngineConfig:
-        if self.engine.backend != "hf":
-            raise ConfigError(
-                "engine.backend: grpo rollouts run on hf engines here; vllm engines would need their "
-                "weights replaced in place after every update (see docs/grpo.md), which is not built"
-            )
-        return self.engine.model_copy(update={"model": self.train.model, "adapter": None, "adapters": {}})
+        """The rollout engines' config: the policy's model; on vllm with the worker extension that
+        takes weight updates in place (`rl.vllm_weights`)."""
+        update: dict[str, Any] = {"model": self.train.model, "adapter": None, "adapters": {}}
+        if self.engine.backend == "vllm":
+            from rayalign.rl.vllm_weights import EXTENSION
+
+            given = self.engine.vllm_kwargs.get("worker_extension_cls", EXTENSION)
+            if given != EXTENSION:
+                raise ConfigError(
+                    f"engine.vllm_kwargs.worker_extension_cls: grpo needs {EXTENSION} (weight updates), not {given}"
+                )
+            update["vllm_kwargs"] = {**self.engine.vllm_kwargs, "worker_extension_cls": EXTENSION}
+        return self.engine.model_copy(update=update)

@@ -9,11 +9,14 @@ Weight sync after every optimizer step, as built here (CPU):
   CPU), rank 0 puts the dict in the object store ONCE and every engine actor loads it from there;
   a barrier keeps the other ranks from sampling with the old weights.
 
-On GPUs the object store round trip (and a CPU copy of the model) is the wrong tool: the usual
-path is an NCCL group spanning the trainer's rank 0 and the engines' workers, broadcasting each
-gathered tensor straight into vLLM's model (its weight-update API: ``collective_rpc`` to the
-workers' ``load_weights``). That path is NOT built or tested here (no GPU on this project's test
-machine); `GRPOConfig.engine_config` refuses ``backend: vllm`` rather than pretend.
+A vllm engine takes the dict through vLLM's ``collective_rpc`` into a worker extension that calls
+the workers' in-place ``reload_weights`` (`rl.vllm_weights`); tested on CPU against the hf engine.
+
+On GPUs the object store round trip (and a CPU copy of the model) is the wrong tool for large
+models: the usual path is an NCCL group spanning the trainer's rank 0 and the engines' workers,
+broadcasting each gathered tensor straight into vLLM's model (vLLM's NCCL weight transfer:
+``weight_transfer_config``, ``init_weight_transfer_engine`` / ``update_weights``). That path is NOT
+built or tested here (no GPU on this project's test machine).
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ def rollout_seed(seed: int, step: int, row: int) -> int:
 
 
 def load_weights(engine: Engine, state: dict[str, torch.Tensor]) -> None:
-    """Replace an HF engine's weights in place with a full state dict (same architecture)."""
+    """Replace an engine's weights in place with a full state dict (same architecture): an hf
+    engine's model directly, a vllm engine's workers through `rl.vllm_weights`."""
+    if getattr(engine, "llm", None) is not None:
+        from rayalign.rl.vllm_weights import load_into_vllm
+
+        load_into_vllm(engine, state)
+        return
     model = getattr(engine, "model", None)
     if model is None:
-        raise TypeError(f"{type(engine).__name__} cannot load weights in place (hf engines only)")
+        raise TypeError(f"{type(engine).__name__} cannot load weights in place (hf and vllm engines only)")
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
 
