@@ -11,6 +11,8 @@ training engine (`train.launcher.launch`). The result's metrics are the last log
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from rayalign import storage
@@ -45,7 +47,7 @@ def prepared_prompts(cfg: GRPOConfig, log=print) -> str:
         _PromptRows,
         kind="prompts",
         pool=PoolConfig(workers=0),
-        config_hash=PoolConfig(workers=0).hash() + ":".join(cfg.prompts),
+        config_hash=hashlib.sha256(json.dumps(cfg.prompts).encode()).hexdigest()[:16],
         log=log,
     )
     if not manifest["counts"]["ok"]:
