@@ -13,6 +13,7 @@ aborts its request inside the engine.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -184,15 +185,19 @@ class TokenizingEngine:
         self.cfg = cfg
         self.model_name = cfg.model
         self.tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        # Several shards (threads) tokenise at once: a fast tokenizer whose settings one call
+        # changes while another encodes raises "Already borrowed", so encoding goes one at a time.
+        self._tok_lock = threading.Lock()
 
     def render_ids(self, messages: list[dict] | None = None, prompt: str | None = None) -> list[int]:
-        if messages is not None:
-            text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # the template already holds any special tokens it wants
-            return list(self.tok(text, add_special_tokens=False)["input_ids"])
-        if prompt is None:
+        if messages is None and prompt is None:
             raise EngineError("request has neither messages nor prompt")
-        return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+        with self._tok_lock:
+            if messages is not None:
+                text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                # the template already holds any special tokens it wants
+                return list(self.tok(text, add_special_tokens=False)["input_ids"])
+            return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
 
     def count_tokens(self, messages: list[dict] | None = None, prompt: str | None = None) -> int:
         return len(self.render_ids(messages, prompt))

@@ -174,11 +174,12 @@ class VLLMEngine(TokenizingEngine):
             structured_outputs=_structured(req.response_format),
         )
 
-    async def _outputs(self, req: GenRequest, delta: bool):
-        """Run on the engine loop: (prompt ids, async iterator of vLLM RequestOutputs)."""
+    async def _outputs(self, req: GenRequest, delta: bool, ids: list[int] | None = None):
+        """Run on the engine loop: (prompt ids, async iterator of vLLM RequestOutputs). `ids`: the
+        prompt already tokenised by the caller (None: tokenise here)."""
         from vllm.inputs import TokensPrompt
 
-        ids = self.prepare(req)
+        ids = self.prepare(req) if ids is None else ids
         rid = f"{req.request_id or 'req'}-{os.getpid()}-{next(self._ids)}"
         gen = self.llm.generate(
             TokensPrompt(prompt_token_ids=ids),
@@ -188,9 +189,9 @@ class VLLMEngine(TokenizingEngine):
         )
         return ids, gen
 
-    async def _generate_here(self, req: GenRequest) -> GenResult:
+    async def _generate_here(self, req: GenRequest, ids: list[int] | None = None) -> GenResult:
         try:
-            ids, gen = await self._outputs(req, delta=False)
+            ids, gen = await self._outputs(req, delta=False, ids=ids)
             final = None
             async for out in gen:
                 final = out
@@ -214,12 +215,24 @@ class VLLMEngine(TokenizingEngine):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._generate_here(request), self._loop))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        """All rows submitted at once (one batch that refills as rows finish); errors per row."""
+        """All rows submitted at once (one batch that refills as rows finish); errors per row.
+
+        Safe from several threads at once: their rows join the same running batch. Prompts are
+        tokenised here, in the calling thread, so the engine loop only submits and collects."""
+        results: list[GenResult | None] = [None] * len(requests)
+        todo: list[tuple[int, list[int]]] = []
+        for i, req in enumerate(requests):
+            try:
+                todo.append((i, self.prepare(req)))
+            except Exception as e:
+                results[i] = error_result(f"{type(e).__name__}: {e}", req.params.n)
 
         async def all_rows():
-            return await asyncio.gather(*(self._generate_here(r) for r in requests))
+            return await asyncio.gather(*(self._generate_here(requests[i], ids) for i, ids in todo))
 
-        return list(self._call(all_rows()))
+        for (i, _), res in zip(todo, self._call(all_rows())):
+            results[i] = res
+        return results  # type: ignore[return-value]  # every slot was filled above
 
     async def _pump(self, req: GenRequest, put) -> None:
         """On the engine loop: turn vLLM's delta outputs into StreamChunks handed to `put`."""
