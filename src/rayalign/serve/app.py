@@ -12,6 +12,7 @@ limits (Serve's proxy answers 503). A slow client never holds more than its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -162,6 +163,20 @@ class OpenAIIngress:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chat = prefix == "chatcmpl"
 
+        def sse_of(items: list[dict]) -> tuple[bytes, int]:
+            """SSE events of engine items (adjacent deltas joined) and the completion tokens they end."""
+            out, ended = [], 0
+            for item in _merged(items):
+                i = item["index"]
+                if "delta" in item:
+                    payload = {"content": item["delta"]} if chat else item["delta"]
+                    lps = item["logprobs"] if req.logprobs is not None else None
+                    out.append(P.sse(chunk_fn(rid, model, created, i, payload, None, lps)))
+                else:
+                    ended += item["completion_tokens"]
+                    out.append(P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"])))
+            return b"".join(out), ended
+
         async def events():
             completion_tokens = 0
             done = False
@@ -169,15 +184,11 @@ class OpenAIIngress:
                 if chat:  # OpenAI opens each choice with the role
                     for i in range(body.n):
                         yield P.sse(chunk_fn(rid, model, created, i, {"role": "assistant", "content": ""}, None))
-                async for item in gen:
-                    i = item["index"]
-                    if "delta" in item:
-                        payload = {"content": item["delta"]} if chat else item["delta"]
-                        lps = item["logprobs"] if req.logprobs is not None else None
-                        yield P.sse(chunk_fn(rid, model, created, i, payload, None, lps))
-                    else:
-                        completion_tokens += item["completion_tokens"]
-                        yield P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"]))
+                async with contextlib.aclosing(_drained(gen)) as batches:
+                    async for items in batches:
+                        data, ended = sse_of(items)
+                        completion_tokens += ended
+                        yield data  # one write (one proxy hop) for what arrived together
                 if include_usage:
                     obj = "chat.completion.chunk" if chat else "text_completion"
                     yield P.sse(
@@ -266,6 +277,54 @@ class OpenAIIngress:
             P.completion_response,
             "cmpl",
         )
+
+
+_END = object()
+
+
+async def _drained(gen):
+    """A Serve streaming response's items in lists: each list is everything that arrived while the
+    previous one was being sent. Under load (ingress or proxy busy) tokens then travel in groups —
+    one SSE write, one proxy hop, one client read per group — instead of one of each per token;
+    unloaded, every list holds one item and nothing waits."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump():
+        try:
+            async for item in gen:
+                queue.put_nowait(item)
+            queue.put_nowait(_END)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            queue.put_nowait(e)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            ready = [x for x in items if isinstance(x, dict)]
+            if ready:
+                yield ready
+            if len(ready) < len(items):
+                last = items[len(ready)]
+                if isinstance(last, BaseException):
+                    raise last
+                return
+    finally:
+        task.cancel()
+
+
+def _merged(items: list[dict]) -> list[dict]:
+    """Adjacent deltas of the same choice joined (text and log-probs), finish items kept as they are."""
+    out: list[dict] = []
+    for it in items:
+        last = out[-1] if out else None
+        if last is not None and "delta" in last and "delta" in it and last["index"] == it["index"]:
+            out[-1] = {**last, "delta": last["delta"] + it["delta"], "logprobs": last["logprobs"] + it["logprobs"]}
+        else:
+            out.append(it)
+    return out
 
 
 def engine_placement(cfg: ServeConfig) -> dict:

@@ -175,6 +175,24 @@ def stream_with_stops(deltas: Iterator[str], stops: list[str]) -> Iterator[str]:
         yield buf[sent:]
 
 
+def merge_chunks(chunks: list[StreamChunk]) -> list[StreamChunk]:
+    """Adjacent text deltas of the same choice joined into one chunk (order kept, finish chunks as
+    they are): a stream whose consumer fell behind catches up in one hop instead of one per token."""
+    out: list[StreamChunk] = []
+    for c in chunks:
+        last = out[-1] if out else None
+        if last is not None and last.finish_reason is None and c.finish_reason is None and last.index == c.index:
+            out[-1] = StreamChunk(
+                index=c.index,
+                delta=last.delta + c.delta,
+                prompt_tokens=c.prompt_tokens,
+                logprobs=last.logprobs + c.logprobs,
+            )
+        else:
+            out.append(c)
+    return out
+
+
 class TokenizingEngine:
     """Tokenisation shared by both backends: one HF tokenizer renders every prompt to ids, so the
     two backends see identical prompts and greedy fp32 outputs agree token for token."""

@@ -38,6 +38,7 @@ from rayalign.generate.engine.protocol import (
     TokenizingEngine,
     TokenLogprob,
     error_result,
+    merge_chunks,
 )
 
 
@@ -272,8 +273,18 @@ class VLLMEngine(TokenizingEngine):
 
         fut = asyncio.run_coroutine_threadsafe(self._pump(request, put), self._loop)
         try:
-            while (item := _checked(await queue.get())) is not None:
-                yield item
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                # Deltas that piled up while the consumer was busy (a loaded replica) go out joined:
+                # one hop downstream per batch of tokens instead of one per token.
+                chunks = list(itertools.takewhile(lambda x: isinstance(x, StreamChunk), items))
+                for c in merge_chunks(chunks):
+                    yield c
+                if len(chunks) < len(items):
+                    _checked(items[len(chunks)])  # the end (None) or the engine's exception, raised
+                    return
         finally:
             if not fut.done():
                 fut.cancel()  # propagates to the task on the engine loop → AsyncLLM aborts the request
