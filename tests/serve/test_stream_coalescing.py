@@ -87,3 +87,13 @@ def test_drained_hands_over_items_then_raises_the_source_error():
         return seen
 
     assert asyncio.run(consume()) == ["0", "1", "2"]
+
+
+def test_joining_stops_at_max_joined_so_a_lagging_stream_still_advances_in_steps():
+    from rayalign.generate.engine.protocol import MAX_JOINED
+
+    assert MAX_JOINED == 8
+    out = merge_chunks([StreamChunk(index=0, delta=str(i % 10)) for i in range(20)])
+    assert [c.delta for c in out] == ["01234567", "89012345", "6789"]
+    items = [{"index": 0, "delta": "x", "logprobs": []} for _ in range(9)]
+    assert [d["delta"] for d in _merged(items)] == ["x" * 8, "x"]

@@ -23,6 +23,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayalign.generate.engine import GenRequest, SamplingParams
+from rayalign.generate.engine.protocol import MAX_JOINED
 from rayalign.serve import protocol as P
 from rayalign.serve.config import ServeConfig
 from rayalign.serve.engine_server import EngineServer
@@ -315,15 +316,19 @@ async def _drained(gen):
         task.cancel()
 
 
-def _merged(items: list[dict]) -> list[dict]:
-    """Adjacent deltas of the same choice joined (text and log-probs), finish items kept as they are."""
+def _merged(items: list[dict], most: int = MAX_JOINED) -> list[dict]:
+    """Adjacent deltas of the same choice joined (text and log-probs), at most `most` per event so a
+    lagging stream still advances in steps; finish items kept as they are."""
     out: list[dict] = []
+    joined = 0
     for it in items:
         last = out[-1] if out else None
-        if last is not None and "delta" in last and "delta" in it and last["index"] == it["index"]:
+        if last is not None and "delta" in last and "delta" in it and last["index"] == it["index"] and joined < most:
             out[-1] = {**last, "delta": last["delta"] + it["delta"], "logprobs": last["logprobs"] + it["logprobs"]}
+            joined += 1
         else:
             out.append(it)
+            joined = 1
     return out
 
 

@@ -175,13 +175,26 @@ def stream_with_stops(deltas: Iterator[str], stops: list[str]) -> Iterator[str]:
         yield buf[sent:]
 
 
-def merge_chunks(chunks: list[StreamChunk]) -> list[StreamChunk]:
-    """Adjacent text deltas of the same choice joined into one chunk (order kept, finish chunks as
-    they are): a stream whose consumer fell behind catches up in one hop instead of one per token."""
+# The most stream deltas one joined chunk holds: a lagging consumer still sees progress in steps.
+MAX_JOINED = 8
+
+
+def merge_chunks(chunks: list[StreamChunk], most: int = MAX_JOINED) -> list[StreamChunk]:
+    """Adjacent text deltas of the same choice joined, at most `most` per chunk (order kept, finish
+    chunks as they are): a stream whose consumer fell behind catches up in a few hops instead of
+    one per token."""
     out: list[StreamChunk] = []
+    joined = 0
     for c in chunks:
         last = out[-1] if out else None
-        if last is not None and last.finish_reason is None and c.finish_reason is None and last.index == c.index:
+        if (
+            last is not None
+            and last.finish_reason is None
+            and c.finish_reason is None
+            and last.index == c.index
+            and joined < most
+        ):
+            joined += 1
             out[-1] = StreamChunk(
                 index=c.index,
                 delta=last.delta + c.delta,
@@ -190,6 +203,7 @@ def merge_chunks(chunks: list[StreamChunk]) -> list[StreamChunk]:
             )
         else:
             out.append(c)
+            joined = 1
     return out
 
 
