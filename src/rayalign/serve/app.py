@@ -33,6 +33,60 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="rayalign", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+# Helpers the ingress's methods call must be defined above the class: `serve.ingress` freezes the
+# FastAPI app (a pickle round trip) when the class is defined, keeping only the globals that exist then.
+_END = object()
+
+
+async def _drained(gen):
+    """A Serve streaming response's items in lists: each list is everything that arrived while the
+    previous one was being sent. Under load (ingress or proxy busy) tokens then travel in groups —
+    one SSE write, one proxy hop, one client read per group — instead of one of each per token;
+    unloaded, every list holds one item and nothing waits."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump():
+        try:
+            async for item in gen:
+                queue.put_nowait(item)
+            queue.put_nowait(_END)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            queue.put_nowait(e)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            ready = [x for x in items if isinstance(x, dict)]
+            if ready:
+                yield ready
+            if len(ready) < len(items):
+                last = items[len(ready)]
+                if isinstance(last, BaseException):
+                    raise last
+                return
+    finally:
+        task.cancel()
+
+
+def _merged(items: list[dict], most: int = MAX_JOINED) -> list[dict]:
+    """Adjacent deltas of the same choice joined (text and log-probs), at most `most` per event so a
+    lagging stream still advances in steps; finish items kept as they are."""
+    out: list[dict] = []
+    joined = 0
+    for it in items:
+        last = out[-1] if out else None
+        if last is not None and "delta" in last and "delta" in it and last["index"] == it["index"] and joined < most:
+            out[-1] = {**last, "delta": last["delta"] + it["delta"], "logprobs": last["logprobs"] + it["logprobs"]}
+            joined += 1
+        else:
+            out.append(it)
+            joined = 1
+    return out
+
+
 def _error_response(e: P.ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
@@ -278,58 +332,6 @@ class OpenAIIngress:
             P.completion_response,
             "cmpl",
         )
-
-
-_END = object()
-
-
-async def _drained(gen):
-    """A Serve streaming response's items in lists: each list is everything that arrived while the
-    previous one was being sent. Under load (ingress or proxy busy) tokens then travel in groups —
-    one SSE write, one proxy hop, one client read per group — instead of one of each per token;
-    unloaded, every list holds one item and nothing waits."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump():
-        try:
-            async for item in gen:
-                queue.put_nowait(item)
-            queue.put_nowait(_END)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            queue.put_nowait(e)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            ready = [x for x in items if isinstance(x, dict)]
-            if ready:
-                yield ready
-            if len(ready) < len(items):
-                last = items[len(ready)]
-                if isinstance(last, BaseException):
-                    raise last
-                return
-    finally:
-        task.cancel()
-
-
-def _merged(items: list[dict], most: int = MAX_JOINED) -> list[dict]:
-    """Adjacent deltas of the same choice joined (text and log-probs), at most `most` per event so a
-    lagging stream still advances in steps; finish items kept as they are."""
-    out: list[dict] = []
-    joined = 0
-    for it in items:
-        last = out[-1] if out else None
-        if last is not None and "delta" in last and "delta" in it and last["index"] == it["index"] and joined < most:
-            out[-1] = {**last, "delta": last["delta"] + it["delta"], "logprobs": last["logprobs"] + it["logprobs"]}
-            joined += 1
-        else:
-            out.append(it)
-            joined = 1
-    return out
 
 
 def engine_placement(cfg: ServeConfig) -> dict:

@@ -150,10 +150,13 @@ class VLLMEngine(TokenizingEngine):
 
     def close(self) -> None:
         """Stop vLLM's engine-core process and the engine loop now, not in an exit hook."""
-        if self._loop.is_closed():
+        if self._loop.is_closed() or not hasattr(self, "llm"):  # closed already
             return
         try:
             self.llm.shutdown()
+            # dropped now: AsyncLLM's own finaliser would shut down again at interpreter exit,
+            # when the modules it calls are already torn down (a noisy ignored TypeError)
+            del self.llm
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
