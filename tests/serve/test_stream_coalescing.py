@@ -97,3 +97,20 @@ def test_joining_stops_at_max_joined_so_a_lagging_stream_still_advances_in_steps
     assert [c.delta for c in out] == ["01234567", "89012345", "6789"]
     items = [{"index": 0, "delta": "x", "logprobs": []} for _ in range(9)]
     assert [d["delta"] for d in _merged(items)] == ["x" * 8, "x"]
+
+
+def test_stream_interval_holds_deltas_back_and_flushes_at_each_finish():
+    from rayalign.serve.engine_server import held_back
+
+    async def src():
+        for ch in "abcde":
+            yield StreamChunk(index=0, delta=ch)
+        yield StreamChunk(index=0, finish_reason="length", completion_tokens=5)
+        yield StreamChunk(index=1, delta="x")  # a later choice, ended by the stream's end alone
+
+    async def run(k: int) -> list[tuple[int, str, str | None]]:
+        return [(c.index, c.delta, c.finish_reason) async for c in held_back(src(), k)]
+
+    assert asyncio.run(run(2)) == [(0, "ab", None), (0, "cd", None), (0, "e", None), (0, "", "length"), (1, "x", None)]
+    assert asyncio.run(run(8)) == [(0, "abcde", None), (0, "", "length"), (1, "x", None)]
+    assert asyncio.run(run(1)) == [(0, ch, None) for ch in "abcde"] + [(0, "", "length"), (1, "x", None)]

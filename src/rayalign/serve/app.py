@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -38,7 +39,7 @@ api = FastAPI(title="rayalign", docs_url=None, redoc_url=None, openapi_url=None)
 _END = object()
 
 
-async def _drained(gen):
+async def _drained(gen: AsyncIterator[dict]) -> AsyncIterator[list[dict]]:
     """A Serve streaming response's items in lists: each list is everything that arrived while the
     previous one was being sent. Under load (ingress or proxy busy) tokens then travel in groups —
     one SSE write, one proxy hop, one client read per group — instead of one of each per token;
