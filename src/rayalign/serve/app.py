@@ -12,9 +12,11 @@ limits (Serve's proxy answers 503). A slow client never holds more than its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -22,6 +24,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayalign.generate.engine import GenRequest, SamplingParams
+from rayalign.generate.engine.protocol import MAX_JOINED
 from rayalign.serve import protocol as P
 from rayalign.serve.config import ServeConfig
 from rayalign.serve.engine_server import EngineServer
@@ -29,6 +32,60 @@ from rayalign.serve.engine_server import EngineServer
 log = logging.getLogger("ray.serve")
 
 api = FastAPI(title="rayalign", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+# Helpers the ingress's methods call must be defined above the class: `serve.ingress` freezes the
+# FastAPI app (a pickle round trip) when the class is defined, keeping only the globals that exist then.
+_END = object()
+
+
+async def _drained(gen: AsyncIterator[dict]) -> AsyncIterator[list[dict]]:
+    """A Serve streaming response's items in lists: each list is everything that arrived while the
+    previous one was being sent. Under load (ingress or proxy busy) tokens then travel in groups —
+    one SSE write, one proxy hop, one client read per group — instead of one of each per token;
+    unloaded, every list holds one item and nothing waits."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump():
+        try:
+            async for item in gen:
+                queue.put_nowait(item)
+            queue.put_nowait(_END)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            queue.put_nowait(e)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            ready = [x for x in items if isinstance(x, dict)]
+            if ready:
+                yield ready
+            if len(ready) < len(items):
+                last = items[len(ready)]
+                if isinstance(last, BaseException):
+                    raise last
+                return
+    finally:
+        task.cancel()
+
+
+def _merged(items: list[dict], most: int = MAX_JOINED) -> list[dict]:
+    """Adjacent deltas of the same choice joined (text and log-probs), at most `most` per event so a
+    lagging stream still advances in steps; finish items kept as they are."""
+    out: list[dict] = []
+    joined = 0
+    for it in items:
+        last = out[-1] if out else None
+        if last is not None and "delta" in last and "delta" in it and last["index"] == it["index"] and joined < most:
+            out[-1] = {**last, "delta": last["delta"] + it["delta"], "logprobs": last["logprobs"] + it["logprobs"]}
+            joined += 1
+        else:
+            out.append(it)
+            joined = 1
+    return out
 
 
 def _error_response(e: P.ApiError) -> JSONResponse:
@@ -162,6 +219,20 @@ class OpenAIIngress:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chat = prefix == "chatcmpl"
 
+        def sse_of(items: list[dict]) -> tuple[bytes, int]:
+            """SSE events of engine items (adjacent deltas joined) and the completion tokens they end."""
+            out, ended = [], 0
+            for item in _merged(items):
+                i = item["index"]
+                if "delta" in item:
+                    payload = {"content": item["delta"]} if chat else item["delta"]
+                    lps = item["logprobs"] if req.logprobs is not None else None
+                    out.append(P.sse(chunk_fn(rid, model, created, i, payload, None, lps)))
+                else:
+                    ended += item["completion_tokens"]
+                    out.append(P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"])))
+            return b"".join(out), ended
+
         async def events():
             completion_tokens = 0
             done = False
@@ -169,15 +240,11 @@ class OpenAIIngress:
                 if chat:  # OpenAI opens each choice with the role
                     for i in range(body.n):
                         yield P.sse(chunk_fn(rid, model, created, i, {"role": "assistant", "content": ""}, None))
-                async for item in gen:
-                    i = item["index"]
-                    if "delta" in item:
-                        payload = {"content": item["delta"]} if chat else item["delta"]
-                        lps = item["logprobs"] if req.logprobs is not None else None
-                        yield P.sse(chunk_fn(rid, model, created, i, payload, None, lps))
-                    else:
-                        completion_tokens += item["completion_tokens"]
-                        yield P.sse(chunk_fn(rid, model, created, i, {} if chat else "", item["finish_reason"]))
+                async with contextlib.aclosing(_drained(gen)) as batches:
+                    async for items in batches:
+                        data, ended = sse_of(items)
+                        completion_tokens += ended
+                        yield data  # one write (one proxy hop) for what arrived together
                 if include_usage:
                     obj = "chat.completion.chunk" if chat else "text_completion"
                     yield P.sse(

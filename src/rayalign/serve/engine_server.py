@@ -28,7 +28,15 @@ from typing import Any
 
 from ray import serve
 
-from rayalign.generate.engine import AsyncEngine, GenRequest, GenResult, SamplingParams, StreamChunk, make_engine
+from rayalign.generate.engine import (
+    AsyncEngine,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    StreamChunk,
+    make_engine,
+    merge_chunks,
+)
 from rayalign.serve import pas as pas_mod
 from rayalign.serve.config import ServeConfig
 
@@ -179,7 +187,7 @@ class EngineServer:
         done = False
         try:
             chunks = self.engine.astream(admitted) if self.is_async else self._thread_stream(admitted)  # type: ignore[attr-defined]
-            async for c in chunks:
+            async for c in held_back(chunks, self.cfg.stream_interval):
                 if c.finish_reason is None:
                     self.deltas_streamed += 1
                 yield _chunk_dict(c)
@@ -247,6 +255,28 @@ class EngineServer:
         """Serve's replica health check: a broken engine object restarts the replica."""
         if self.engine is None:
             raise RuntimeError("engine not loaded")
+
+
+async def held_back(chunks: AsyncIterator[StreamChunk], interval: int) -> AsyncIterator[StreamChunk]:
+    """Deltas joined `interval` at a time (`ServeConfig.stream_interval`); a choice's finish (and
+    the end of the stream) sends what is held first, so nothing is lost or reordered."""
+    if interval <= 1:
+        async for c in chunks:
+            yield c
+        return
+    held: list[StreamChunk] = []
+    async for c in chunks:
+        if c.finish_reason is None:
+            held.append(c)
+            if len(held) < interval:
+                continue
+        for m in merge_chunks(held, most=interval):
+            yield m
+        held = []
+        if c.finish_reason is not None:
+            yield c
+    for m in merge_chunks(held, most=interval):
+        yield m
 
 
 def _close_later(pool: ThreadPoolExecutor, it, _done) -> None:

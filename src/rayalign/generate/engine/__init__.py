@@ -22,6 +22,7 @@ from rayalign.generate.engine.protocol import (
     TokenLogprob,
     cut_at_stop,
     error_result,
+    merge_chunks,
     stream_with_stops,
 )
 from rayalign.generate.engine.vllm import vllm_env_defaults  # imports vllm lazily
@@ -39,6 +40,7 @@ __all__ = [
     "cut_at_stop",
     "error_result",
     "make_engine",
+    "merge_chunks",
     "stream_with_stops",
     "vllm_env_defaults",
 ]

@@ -13,6 +13,7 @@ aborts its request inside the engine.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -174,6 +175,38 @@ def stream_with_stops(deltas: Iterator[str], stops: list[str]) -> Iterator[str]:
         yield buf[sent:]
 
 
+# The most stream deltas one joined chunk holds: a lagging consumer still sees progress in steps.
+MAX_JOINED = 8
+
+
+def merge_chunks(chunks: list[StreamChunk], most: int = MAX_JOINED) -> list[StreamChunk]:
+    """Adjacent text deltas of the same choice joined, at most `most` per chunk (order kept, finish
+    chunks as they are): a stream whose consumer fell behind catches up in a few hops instead of
+    one per token."""
+    out: list[StreamChunk] = []
+    joined = 0
+    for c in chunks:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.finish_reason is None
+            and c.finish_reason is None
+            and last.index == c.index
+            and joined < most
+        ):
+            joined += 1
+            out[-1] = StreamChunk(
+                index=c.index,
+                delta=last.delta + c.delta,
+                prompt_tokens=c.prompt_tokens,
+                logprobs=last.logprobs + c.logprobs,
+            )
+        else:
+            out.append(c)
+            joined = 1
+    return out
+
+
 class TokenizingEngine:
     """Tokenisation shared by both backends: one HF tokenizer renders every prompt to ids, so the
     two backends see identical prompts and greedy fp32 outputs agree token for token."""
@@ -184,15 +217,19 @@ class TokenizingEngine:
         self.cfg = cfg
         self.model_name = cfg.model
         self.tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        # Several shards (threads) tokenise at once: a fast tokenizer whose settings one call
+        # changes while another encodes raises "Already borrowed", so encoding goes one at a time.
+        self._tok_lock = threading.Lock()
 
     def render_ids(self, messages: list[dict] | None = None, prompt: str | None = None) -> list[int]:
-        if messages is not None:
-            text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # the template already holds any special tokens it wants
-            return list(self.tok(text, add_special_tokens=False)["input_ids"])
-        if prompt is None:
+        if messages is None and prompt is None:
             raise EngineError("request has neither messages nor prompt")
-        return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+        with self._tok_lock:
+            if messages is not None:
+                text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                # the template already holds any special tokens it wants
+                return list(self.tok(text, add_special_tokens=False)["input_ids"])
+            return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
 
     def count_tokens(self, messages: list[dict] | None = None, prompt: str | None = None) -> int:
         return len(self.render_ids(messages, prompt))

@@ -38,6 +38,7 @@ from rayalign.generate.engine.protocol import (
     TokenizingEngine,
     TokenLogprob,
     error_result,
+    merge_chunks,
 )
 
 
@@ -149,10 +150,13 @@ class VLLMEngine(TokenizingEngine):
 
     def close(self) -> None:
         """Stop vLLM's engine-core process and the engine loop now, not in an exit hook."""
-        if self._loop.is_closed():
+        if self._loop.is_closed() or not hasattr(self, "llm"):  # closed already
             return
         try:
             self.llm.shutdown()
+            # dropped now: AsyncLLM's own finaliser would shut down again at interpreter exit,
+            # when the modules it calls are already torn down (a noisy ignored TypeError)
+            del self.llm
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
@@ -174,11 +178,12 @@ class VLLMEngine(TokenizingEngine):
             structured_outputs=_structured(req.response_format),
         )
 
-    async def _outputs(self, req: GenRequest, delta: bool):
-        """Run on the engine loop: (prompt ids, async iterator of vLLM RequestOutputs)."""
+    async def _outputs(self, req: GenRequest, delta: bool, ids: list[int] | None = None):
+        """Run on the engine loop: (prompt ids, async iterator of vLLM RequestOutputs). `ids`: the
+        prompt already tokenised by the caller (None: tokenise here)."""
         from vllm.inputs import TokensPrompt
 
-        ids = self.prepare(req)
+        ids = self.prepare(req) if ids is None else ids
         rid = f"{req.request_id or 'req'}-{os.getpid()}-{next(self._ids)}"
         gen = self.llm.generate(
             TokensPrompt(prompt_token_ids=ids),
@@ -188,9 +193,9 @@ class VLLMEngine(TokenizingEngine):
         )
         return ids, gen
 
-    async def _generate_here(self, req: GenRequest) -> GenResult:
+    async def _generate_here(self, req: GenRequest, ids: list[int] | None = None) -> GenResult:
         try:
-            ids, gen = await self._outputs(req, delta=False)
+            ids, gen = await self._outputs(req, delta=False, ids=ids)
             final = None
             async for out in gen:
                 final = out
@@ -214,12 +219,24 @@ class VLLMEngine(TokenizingEngine):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._generate_here(request), self._loop))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        """All rows submitted at once (one batch that refills as rows finish); errors per row."""
+        """All rows submitted at once (one batch that refills as rows finish); errors per row.
+
+        Safe from several threads at once: their rows join the same running batch. Prompts are
+        tokenised here, in the calling thread, so the engine loop only submits and collects."""
+        results: list[GenResult | None] = [None] * len(requests)
+        todo: list[tuple[int, list[int]]] = []
+        for i, req in enumerate(requests):
+            try:
+                todo.append((i, self.prepare(req)))
+            except Exception as e:
+                results[i] = error_result(f"{type(e).__name__}: {e}", req.params.n)
 
         async def all_rows():
-            return await asyncio.gather(*(self._generate_here(r) for r in requests))
+            return await asyncio.gather(*(self._generate_here(requests[i], ids) for i, ids in todo))
 
-        return list(self._call(all_rows()))
+        for (i, _), res in zip(todo, self._call(all_rows())):
+            results[i] = res
+        return results  # type: ignore[return-value]  # every slot was filled above
 
     async def _pump(self, req: GenRequest, put) -> None:
         """On the engine loop: turn vLLM's delta outputs into StreamChunks handed to `put`."""
@@ -259,8 +276,18 @@ class VLLMEngine(TokenizingEngine):
 
         fut = asyncio.run_coroutine_threadsafe(self._pump(request, put), self._loop)
         try:
-            while (item := _checked(await queue.get())) is not None:
-                yield item
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                # Deltas that piled up while the consumer was busy (a loaded replica) go out joined:
+                # one hop downstream per batch of tokens instead of one per token.
+                chunks = list(itertools.takewhile(lambda x: isinstance(x, StreamChunk), items))
+                for c in merge_chunks(chunks):
+                    yield c
+                if len(chunks) < len(items):
+                    _checked(items[len(chunks)])  # the end (None) or the engine's exception, raised
+                    return
         finally:
             if not fut.done():
                 fut.cancel()  # propagates to the task on the engine loop → AsyncLLM aborts the request

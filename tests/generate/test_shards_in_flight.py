@@ -1,0 +1,118 @@
+"""Several shards in flight per generation actor (threads over one engine) give exactly the rows of
+one shard at a time: same ids, same texts (greedy and seeded sampling), every row once, counts that
+reconcile; a threaded Ray actor SIGKILLed mid-run still completes exactly once. (The vLLM side —
+rows of several shards sharing one running batch — is in test_vllm_engine.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rayalign.data.shards import finished_shards, read_dataset, read_manifest
+from rayalign.stages import run_stage
+
+TINY = {"backend": "hf", "model": "tiny-random:llama", "max_model_len": 768, "batch_size": 8}
+
+
+def prompts_file(path: Path, n: int) -> str:
+    rows = [{"id": f"q{i}", "prompt": f"Question {i}: " + "tell me more " * (i % 5)} for i in range(n)]
+    rows.insert(3, {"id": "bad", "text": "no prompt field"})  # quarantined: missing_field
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def sample_data(inp: str, out: Path, in_flight: int, workers: int = 0, **params) -> dict:
+    return {
+        "inputs": [inp],
+        "output": str(out),
+        "engine": TINY,
+        "params": {"n": 2, "max_tokens": 6, "temperature": 1.0, "seed": 7, **params},
+        "pool": {"workers": workers, "num_cpus": 0.5, "shard_rows": 3, "shards_in_flight": in_flight},
+    }
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same rows in the same shard order, same per-shard reports (counts, reasons)."""
+    rows_a, rows_b = read_dataset(a).to_pylist(), read_dataset(b).to_pylist()
+    assert rows_a == rows_b
+    ids = [r["id"] for r in rows_a]
+    assert len(ids) == len(set(ids))
+    ma, mb = read_manifest(a), read_manifest(b)
+    assert ma is not None and mb is not None
+    assert ma["shards"] == mb["shards"] and ma["counts"] == mb["counts"]
+
+
+@pytest.mark.timeout(300)
+def test_in_process_threads_give_the_rows_of_one_shard_at_a_time(tmp_path):
+    inp = prompts_file(tmp_path / "p.jsonl", 20)
+    one = run_stage("sample", data=sample_data(inp, tmp_path / "one", 1))
+    four = run_stage("sample", data=sample_data(inp, tmp_path / "four", 4))
+    c = four.counts.to_json()
+    assert (c["in"], c["ok"], c["quarantined"], c["out_rows"]) == (21, 20, 1, 40)
+    assert c["by_reason"] == {"missing_field": 1} and one.counts.to_json() == c
+    assert four.details["shards"] >= 6  # byte-range shards of ~3 rows: several really are in flight
+    assert_same_run(tmp_path / "one", tmp_path / "four")
+    ids = {r["id"] for r in read_dataset(tmp_path / "four").to_pylist()}
+    assert ids == {f"q{i}-s{k}" for i in range(20) for k in range(2)}
+
+
+def shard_actor_pids() -> list[int]:
+    """PIDs of this session's Ray Data actors running the shard runner (titled
+    `ray::MapWorker(MapBatches(_ShardActor))`), descendants of this process only."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if cmd.startswith("ray::") and "_ShardActor" in cmd:
+            pids.append(proc.pid)
+    return pids
+
+
+@pytest.mark.timeout(600)
+def test_threaded_actor_killed_mid_run_completes_exactly_once(ray_cluster, tmp_path):
+    """One actor with 3 shards in flight, SIGKILLed once some shards are committed: Ray restarts it
+    and retries its shards; the result equals an uninterrupted one-shard-at-a-time run."""
+    inp = prompts_file(tmp_path / "p.jsonl", 40)
+    out = tmp_path / "ray"
+    data = sample_data(inp, out, 3, workers=1, max_tokens=24)
+    result: dict = {}
+
+    def run():
+        try:
+            result["m"] = run_stage("sample", data=data)
+        except BaseException as e:  # reported by the assertion below
+            result["error"] = e
+
+    driver = threading.Thread(target=run, daemon=True)
+    driver.start()
+    deadline = time.time() + 300
+    while len(finished_shards(out)) < 2 or not shard_actor_pids():
+        assert driver.is_alive(), f"the stage ended before the kill: {result}"
+        assert time.time() < deadline, "the actor pool never got going"
+        time.sleep(0.02)
+    [victim] = shard_actor_pids()
+    os.kill(victim, signal.SIGKILL)
+    done_at_kill = len(finished_shards(out))
+    driver.join(timeout=400)
+    assert not driver.is_alive(), "the stage did not finish after the kill"
+    assert "error" not in result, result.get("error")
+    planned = json.loads((out / "_plan.json").read_text())["shards"]
+    assert done_at_kill < planned, "the kill must land mid-stage"
+    assert victim not in shard_actor_pids()
+    c = result["m"].counts.to_json()
+    assert (c["in"], c["ok"], c["quarantined"], c["out_rows"]) == (41, 40, 1, 80)
+    assert len(finished_shards(out)) == planned == result["m"].details["shards"]
+
+    local = run_stage("sample", data=sample_data(inp, tmp_path / "local", 1, max_tokens=24))
+    assert local.counts.to_json() == c
+    assert_same_run(tmp_path / "local", out)
