@@ -5,16 +5,13 @@ files and the shard's marker is written last)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from rayalign.data.prepare import PrepareConfig, run_prepare
 from rayalign.data.shards import finished_shards, read_dataset, read_manifest
+from shard_kill_helpers import run_and_kill_one_actor
 
 N, SHARD_ROWS = 2000, 100  # 20 shards of ~0.2-0.4 s each on one actor: a kill lands inside one
 
@@ -26,23 +23,6 @@ def corpus(path: Path) -> None:
         for i in range(N):
             text = f"Document {i}. " + "The river runs past the old mill. " * (1 + i % 5)
             fh.write(json.dumps({"id": f"d{i}", "text": 5 if i % 37 == 0 else text}) + "\n")
-
-
-def shard_actor_pids() -> list[int]:
-    """PIDs of this test session's Ray Data actors running the shard runner (Ray titles them
-    `ray::MapWorker(MapBatches(_ShardActor))`). Only descendants of this process count: the
-    session's cluster was started from here, and other Ray clusters may run on the same machine."""
-    import psutil
-
-    pids = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            cmd = " ".join(proc.cmdline())
-        except psutil.Error:
-            continue
-        if cmd.startswith("ray::") and "_ShardActor" in cmd:
-            pids.append(proc.pid)
-    return pids
 
 
 @pytest.mark.timeout(300)
@@ -58,33 +38,13 @@ def test_sigkill_of_a_shard_actor_mid_shard_loses_no_row(ray_cluster, tmp_path):
         seq_len=256,
         pool={"workers": 1, "num_cpus": 0.5, "shard_rows": SHARD_ROWS},
     )
-    result: dict = {}
     logs: list[str] = []
-
-    def run():
-        try:
-            result["manifest"] = run_prepare(cfg, log=logs.append)
-        except BaseException as e:  # reported by the assertion below
-            result["error"] = e
-
-    driver = threading.Thread(target=run, daemon=True)
-    driver.start()
-    deadline = time.time() + 180
-    while len(finished_shards(out)) < 3 or not shard_actor_pids():
-        assert driver.is_alive(), f"the stage ended before the kill: {result}"
-        assert time.time() < deadline, "the actor pool never got going"
-        time.sleep(0.02)
-    [victim] = shard_actor_pids()
-    os.kill(victim, signal.SIGKILL)
-    done_at_kill = len(finished_shards(out))
-    driver.join(timeout=240)
-    assert not driver.is_alive(), "the stage did not finish after the kill"
-    assert "error" not in result, result.get("error")
+    manifest, _, done_at_kill = run_and_kill_one_actor(
+        lambda: run_prepare(cfg, log=logs.append), out, after_shards=3, start_s=180, finish_s=240
+    )
     assert done_at_kill < json.loads((out / "_plan.json").read_text())["shards"], "the kill must land mid-stage"
 
-    later = shard_actor_pids()
-    assert victim not in later
-    m = result["manifest"].counts
+    m = manifest.counts
     bad = len(range(0, N, 37))
     assert (m.in_, m.ok, m.quarantined) == (N, N - bad, bad)
     planned = json.loads((out / "_plan.json").read_text())["shards"]

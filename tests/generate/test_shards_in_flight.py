@@ -6,16 +6,13 @@ rows of several shards sharing one running batch — is in test_vllm_engine.py.)
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from rayalign.data.shards import finished_shards, read_dataset, read_manifest
 from rayalign.stages import run_stage
+from shard_kill_helpers import run_and_kill_one_actor
 
 TINY = {"backend": "hf", "model": "tiny-random:llama", "max_model_len": 768, "batch_size": 8}
 
@@ -62,22 +59,6 @@ def test_in_process_threads_give_the_rows_of_one_shard_at_a_time(tmp_path):
     assert ids == {f"q{i}-s{k}" for i in range(20) for k in range(2)}
 
 
-def shard_actor_pids() -> list[int]:
-    """PIDs of this session's Ray Data actors running the shard runner (titled
-    `ray::MapWorker(MapBatches(_ShardActor))`), descendants of this process only."""
-    import psutil
-
-    pids = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            cmd = " ".join(proc.cmdline())
-        except psutil.Error:
-            continue
-        if cmd.startswith("ray::") and "_ShardActor" in cmd:
-            pids.append(proc.pid)
-    return pids
-
-
 @pytest.mark.timeout(600)
 def test_threaded_actor_killed_mid_run_completes_exactly_once(ray_cluster, tmp_path):
     """One actor with 3 shards in flight, SIGKILLed once some shards are committed: Ray restarts it
@@ -85,33 +66,14 @@ def test_threaded_actor_killed_mid_run_completes_exactly_once(ray_cluster, tmp_p
     inp = prompts_file(tmp_path / "p.jsonl", 40)
     out = tmp_path / "ray"
     data = sample_data(inp, out, 3, workers=1, max_tokens=24)
-    result: dict = {}
-
-    def run():
-        try:
-            result["m"] = run_stage("sample", data=data)
-        except BaseException as e:  # reported by the assertion below
-            result["error"] = e
-
-    driver = threading.Thread(target=run, daemon=True)
-    driver.start()
-    deadline = time.time() + 300
-    while len(finished_shards(out)) < 2 or not shard_actor_pids():
-        assert driver.is_alive(), f"the stage ended before the kill: {result}"
-        assert time.time() < deadline, "the actor pool never got going"
-        time.sleep(0.02)
-    [victim] = shard_actor_pids()
-    os.kill(victim, signal.SIGKILL)
-    done_at_kill = len(finished_shards(out))
-    driver.join(timeout=400)
-    assert not driver.is_alive(), "the stage did not finish after the kill"
-    assert "error" not in result, result.get("error")
+    result, _, done_at_kill = run_and_kill_one_actor(
+        lambda: run_stage("sample", data=data), out, after_shards=2, start_s=300, finish_s=400
+    )
     planned = json.loads((out / "_plan.json").read_text())["shards"]
     assert done_at_kill < planned, "the kill must land mid-stage"
-    assert victim not in shard_actor_pids()
-    c = result["m"].counts.to_json()
+    c = result.counts.to_json()
     assert (c["in"], c["ok"], c["quarantined"], c["out_rows"]) == (41, 40, 1, 80)
-    assert len(finished_shards(out)) == planned == result["m"].details["shards"]
+    assert len(finished_shards(out)) == planned == result.details["shards"]
 
     local = run_stage("sample", data=sample_data(inp, tmp_path / "local", 1, max_tokens=24))
     assert local.counts.to_json() == c
