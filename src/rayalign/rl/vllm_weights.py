@@ -52,5 +52,4 @@ class WeightReceiver:
 
 def load_into_vllm(engine: Any, state: dict[str, torch.Tensor]) -> None:
     """Replace a `VLLMEngine`'s weights in place (the engine was built with `EXTENSION`)."""
-    # the engine owns its event loop; `_call` runs a coroutine there (AsyncLLM is bound to that loop)
-    engine._call(engine.llm.collective_rpc("rayalign_load_weights", args=(pack(state),)))
+    engine.collective_rpc("rayalign_load_weights", args=(pack(state),))

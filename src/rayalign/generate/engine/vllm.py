@@ -141,6 +141,11 @@ class VLLMEngine(TokenizingEngine):
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    def collective_rpc(self, method: str, args: tuple = ()) -> list:
+        """Call `method` on every vLLM worker (a method of the engine's ``worker_extension_cls``), e.g.
+        an in-place weight update; returns each worker's answer."""
+        return self._call(self.llm.collective_rpc(method, args=args))
+
     def max_context(self) -> int:
         return int(self.llm.model_config.max_model_len)
 
