@@ -1,20 +1,16 @@
 """Adapter runs on 2 gloo workers load the base model sharded (meta device + FSDP2 + safetensors fill).
 
-Each rank builds the base as zero-memory stubs, adds the adapter from the seeded generator, shards
-with FSDP2 and reads only its own rows of the base weights. Checked against one process holding the
+Each rank builds the base on the meta device (zero-memory stubs while the adapter is added from the
+seeded generator), shards it with FSDP2 and reads only its own rows of the base weights. Checked against one process holding the
 whole model: the base shards equal the files, the adapter starts from the same values, and the losses
 of the first steps (2 workers × 1 micro-batch of 1 row vs 1 process × 2 micro-batches) agree ≤ 1e-5.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-from pathlib import Path
-
 import pytest
 import torch
+from spawn_helpers import spawn_trainers
 from train_helpers import base_config
 
 from rayalign.train.metrics import read_metrics
@@ -22,41 +18,9 @@ from rayalign.train.metrics import read_metrics
 STEPS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
-    import torch.distributed as dist
-
-    from rayalign.train.config import TrainConfig
-    from rayalign.train.trainer import Trainer
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        trainer = Trainer(TrainConfig.model_validate(cfg))
-        # what the rank holds before training: local shard sizes of the base and the adapter's full values
-        held = {
-            "base_local": sum(p.to_local().numel() for p in trainer.model.parameters() if not p.requires_grad),
-            "base_global": sum(p.numel() for p in trainer.model.parameters() if not p.requires_grad),
-            "adapter": {
-                n: p.full_tensor().flatten()[:8].tolist() for n, p in trainer.model.named_parameters() if p.requires_grad
-            },
-        }
-        (Path(out) / f"rank{rank}.json").write_text(json.dumps(held))
-        trainer.train()
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("method", ["lora", "aligner"])
 def test_adapter_run_on_two_workers_loads_base_sharded_and_matches_one_process(tmp_path, chat_packed, method):
-    import torch.multiprocessing as mp
-
     from rayalign.train.loop import train_loop
 
     peft = {"method": method, "r": 4} if method == "lora" else {"method": method, "tokens": 2, "start_layer": 0}
@@ -64,15 +28,13 @@ def test_adapter_run_on_two_workers_loads_base_sharded_and_matches_one_process(t
     one = tmp_path / "one"
     train_loop(base_config(one, chat_packed, micro_batch_size=1, grad_accum=2, **common))
     two = tmp_path / "two"
-    two.mkdir()
     cfg = base_config(two, chat_packed, micro_batch_size=1, grad_accum=1, **common)
-    mp.spawn(_worker, args=(2, _free_port(), cfg, str(two)), nprocs=2, join=True)
+    held = spawn_trainers(cfg, 2, two)
 
     want = [r["loss"] for r in read_metrics(one)]
     got = [r["loss"] for r in read_metrics(two)]
     assert len(got) == STEPS and got == pytest.approx(want, abs=1e-5), (got, want)
     assert want[1] != want[0]  # the adapter trains: step 2 sees the updated adapter
-    held = [json.loads((two / f"rank{r}.json").read_text()) for r in range(2)]
     # each rank holds about half of the base (dim-0 shards; odd sizes round up on rank 0), never the whole
     for h in held:
         assert h["base_local"] <= 0.5 * h["base_global"] + 4096
