@@ -59,5 +59,5 @@ def storage_reader(path: str):
         return FileSystemReader(path)
     reader = FileSystemReader(path)
     reader.fs = _ReadOnlyStorage()  # type: ignore[assignment]  # DCP's FileSystemBase interface, duck-typed
-    reader.path = path  # type: ignore[assignment]  # a URI string; the base class would make it a Path
+    reader.path = path  # a URI string; the base class would have made it a Path
     return reader

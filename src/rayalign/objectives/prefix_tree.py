@@ -78,7 +78,7 @@ def group_rows(
     for group in groups:
         seqs = [sequences[i] for i in group]
         if row is not None:
-            new, seen = 0, []
+            new, seen = 0, list[Sequence[int]]()
             for seq in seqs:  # the tree after this group's earlier sequences holds their prefixes too
                 held = max([row.matched(seq)] + [_common_prefix(seq, s) for s in seen])
                 new += len(seq) - held
