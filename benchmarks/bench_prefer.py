@@ -3,8 +3,10 @@
     python benchmarks/bench_prefer.py            # 10 steps per side (80 pairs), + rayalign with activation checkpointing
     python benchmarks/bench_prefer.py --quick    # 3 steps per side (24 pairs; ~5 min on an idle 2-CPU box)
 
-rayalign trains on packed pairs (its default: the chosen and rejected sequences of a micro-batch share
-rows, no padding); the padded layout (`objective.pack: false`) is measured too.
+rayalign trains on prefix-tree packed pairs (its default: each prompt computed once for its chosen and
+rejected response, a shared system prompt once per row, no padding); plain packing
+(`objective.share_prefix: false`) and the padded layout (`objective.pack: false`) are measured too.
+Besides pairs/s (wall clock, load-sensitive) every side reports CPU seconds per pair of its process.
 
 Same model (builtin:smollm2-135m-instruct, fp32), same pairs (the first steps × 8 good rows of the
 bundled rayjobs/data/pairs.jsonl — exactly one epoch, so the reference pass scores what is trained), same machine, same batch (TRL's default: 8 pairs per step, no accumulation), same
@@ -54,6 +56,13 @@ def steady_pairs_per_s(step_times: list[float]) -> float:
     return BATCH * (len(step_times) - 1) / (step_times[-1] - step_times[0])
 
 
+def cpu_s_per_pair(cpu_times: list[float]) -> float:
+    """CPU seconds of the process per pair over steps 2..N: unlike pairs/s, insensitive to other load."""
+    if len(cpu_times) < 2:
+        return float("nan")
+    return (cpu_times[-1] - cpu_times[0]) / (BATCH * (len(cpu_times) - 1))
+
+
 def write_pairs(work: Path, n: int) -> Path:
     """The first n good pairs of the bundled file (its bad rows are left out: both sides see the same data)."""
     good = []
@@ -91,19 +100,29 @@ def side_reference(work: Path, steps: int) -> dict:
     return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "peak_rss_mib": peak_rss_mib()}
 
 
-def side_rayalign(work: Path, steps: int, checkpointing: bool = False, pack: bool = True) -> dict:
+def side_rayalign(
+    work: Path, steps: int, checkpointing: bool = False, pack: bool = True, share_prefix: bool = True
+) -> dict:
     import torch
 
     from rayalign.prefer.stages import PreferConfig, run_prefer
 
-    out = work / ("rayalign-ckpt" if checkpointing else "rayalign" if pack else "rayalign-padded")
+    out = work / (
+        "rayalign-ckpt"
+        if checkpointing
+        else "rayalign-padded"
+        if not pack
+        else "rayalign"
+        if share_prefix
+        else "rayalign-plain"
+    )
     cfg = PreferConfig.model_validate(
         dict(
             activation_checkpointing=checkpointing,
             model=MODEL,
             output_dir=str(out),
             data={"path": str(work / "reference"), "shuffle": True},
-            objective={"name": "dpo", "beta": BETA, "pack": pack},
+            objective={"name": "dpo", "beta": BETA, "pack": pack, "share_prefix": share_prefix},
             micro_batch_size=BATCH,
             grad_accum=1,
             max_steps=steps,
@@ -117,10 +136,11 @@ def side_rayalign(work: Path, steps: int, checkpointing: bool = False, pack: boo
     t0 = time.perf_counter()
     result = run_prefer(cfg, log=lambda s: None)
     wall = time.perf_counter() - t0
-    times = [json.loads(x)["time"] for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return {
         "steps": int(result.metrics["step"]),
-        "pairs_per_s": steady_pairs_per_s(times),
+        "pairs_per_s": steady_pairs_per_s([r["time"] for r in records]),
+        "cpu_s_per_pair": cpu_s_per_pair([r["cpu_time"] for r in records]),
         "wall_s": wall,
         "peak_rss_mib": peak_rss_mib(),
         "final_loss": result.metrics["loss"],
@@ -152,10 +172,12 @@ def side_trl(work: Path, steps: int) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     times: list[float] = []
+    cpu: list[float] = []
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             times.append(time.time())
+            cpu.append(time.process_time())
 
     args = DPOConfig(
         output_dir=str(work / "trl"),
@@ -173,6 +195,7 @@ def side_trl(work: Path, steps: int) -> dict:
     return {
         "steps": len(times),
         "pairs_per_s": steady_pairs_per_s(times),
+        "cpu_s_per_pair": cpu_s_per_pair(cpu),
         "wall_s": wall,
         "peak_rss_mib": peak_rss_mib(),
         "final_loss": result.training_loss,
@@ -192,6 +215,7 @@ SIDES = {
     "rayalign": side_rayalign,
     "trl": side_trl,
     "rayalign-padded": lambda work, steps: side_rayalign(work, steps, pack=False),
+    "rayalign-plain": lambda work, steps: side_rayalign(work, steps, share_prefix=False),
     "rayalign-ckpt": lambda work, steps: side_rayalign(work, steps, checkpointing=True),
 }
 
@@ -225,7 +249,15 @@ def run_side(side: str, work: Path, steps: int, threads: int) -> dict:
 
 
 def report(
-    ref: dict, ra: dict, pad: dict, ck: dict | None, trl: dict, steps: int, load: tuple[float, float], threads: int
+    ref: dict,
+    ra: dict,
+    pad: dict,
+    plain: dict,
+    ck: dict | None,
+    trl: dict,
+    steps: int,
+    load: tuple[float, float],
+    threads: int,
 ) -> str:
     speed = ra["pairs_per_s"] / trl["pairs_per_s"]
     mem = ra["peak_rss_mib"] / trl["peak_rss_mib"]
@@ -238,10 +270,12 @@ def report(
         f"at the end (the box is shared: "
         f"compare the ratio, not the absolute numbers).",
         "",
-        "| | rayalign prefer (precomputed ref, packed pairs) | TRL DPOTrainer (defaults) | ratio (rayalign / TRL) "
+        "| | rayalign prefer (precomputed ref, prefix-tree packed pairs) | TRL DPOTrainer (defaults) | ratio (rayalign / TRL) "
         "| goal |",
         "|---|---|---|---|---|",
         f"| steady-state pairs/s | {ra['pairs_per_s']:.2f} | {trl['pairs_per_s']:.2f} | {speed:.2f}× | ≥ 3× |",
+        f"| CPU seconds per pair (load-insensitive) | {ra['cpu_s_per_pair']:.2f} | {trl['cpu_s_per_pair']:.2f} | "
+        f"{trl['cpu_s_per_pair'] / ra['cpu_s_per_pair']:.2f}× fewer | ≥ 3× |",
         f"| peak memory (RSS, MiB) | {ra['peak_rss_mib']:.0f} | {trl['peak_rss_mib']:.0f} | {mem:.2f}× | ≤ 1.0× |",
         f"| wall time of the training call (s) | {ra['wall_s']:.1f} | {trl['wall_s']:.1f} | "
         f"{ra['wall_s'] / trl['wall_s']:.2f}× | |",
@@ -249,7 +283,13 @@ def report(
         "",
         f"Padded pairs (`objective.pack: false`, one sequence per row): {pad['pairs_per_s']:.2f} pairs/s "
         f"({pad['pairs_per_s'] / trl['pairs_per_s']:.2f}× TRL), peak {pad['peak_rss_mib']:.0f} MiB "
-        f"({pad['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× TRL); loss {pad['final_loss']:.4f}.",
+        f"({pad['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× TRL), {pad['cpu_s_per_pair']:.2f} CPU s/pair; "
+        f"loss {pad['final_loss']:.4f}.",
+        "",
+        f"Plain packing (`objective.share_prefix: false`: whole sequences packed, every prompt computed for "
+        f"both responses): {plain['pairs_per_s']:.2f} pairs/s ({plain['pairs_per_s'] / trl['pairs_per_s']:.2f}× "
+        f"TRL), peak {plain['peak_rss_mib']:.0f} MiB ({plain['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× TRL), "
+        f"{plain['cpu_s_per_pair']:.2f} CPU s/pair; loss {plain['final_loss']:.4f}.",
         "",
         (
             f"With activation checkpointing on (TRL's default, `activation_checkpointing: true`): "
@@ -268,9 +308,10 @@ def report(
         f"its bf16 default on a CPU.",
         "",
         "Where the difference comes from: rayalign never runs the reference model during training (its "
-        "log-probs are columns of the data), holds no second model, packs the pair sequences into rows "
-        "(no padding tokens in the forward), and projects to the vocabulary only at the scored response "
-        "positions; TRL recomputes activations (gradient checkpointing on by default), "
+        "log-probs are columns of the data), holds no second model, lays a micro-batch's pairs out as "
+        "prefix trees (each prompt computed once for both of its responses, the chat template's shared "
+        "system prompt once per row, no padding), and projects to the vocabulary only at the scored "
+        "response positions; TRL recomputes activations (gradient checkpointing on by default), "
         "runs the reference forward every step and computes logits at every position.",
         "",
         "Memory floor: full fine-tuning in fp32 with AdamW holds weights + gradients + two moments = 4 × the "
@@ -302,9 +343,10 @@ def main() -> None:
         ref = run_side("reference", work, steps, a.threads)
         ra = run_side("rayalign", work, steps, a.threads)
         pad = run_side("rayalign-padded", work, steps, a.threads)
+        plain = run_side("rayalign-plain", work, steps, a.threads)
         ck = None if a.quick else run_side("rayalign-ckpt", work, steps, a.threads)
         trl = run_side("trl", work, steps, a.threads)
-    text = report(ref, ra, pad, ck, trl, steps, (load_before[0], os.getloadavg()[0]), a.threads)
+    text = report(ref, ra, pad, plain, ck, trl, steps, (load_before[0], os.getloadavg()[0]), a.threads)
     print(text)
     out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-prefer-cpu{'-quick' if a.quick else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

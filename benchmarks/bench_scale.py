@@ -82,7 +82,8 @@ def copies(src: Path, dst: Path, times: int) -> Path:
 
 
 def data_child(path: str, out: str) -> None:
-    from rayalign.data.shards import read_dataset
+    import pyarrow.parquet as pq
+
     from rayalign.train.config import TrainConfig
     from rayalign.train.launcher import launch
 
@@ -98,7 +99,9 @@ def data_child(path: str, out: str) -> None:
     )
     res = launch(cfg)
     peak = _hwm_mb()
-    old_table = read_dataset(path).nbytes  # what every rank held before: the whole prepared dataset
+    # what every rank held before: the whole prepared dataset, every shard file of the folder
+    # (read file by file: the copies' manifest names only the 1× shards, the folder holds them all)
+    old_table = sum(pq.read_table(f).nbytes for f in sorted(Path(path, "data").glob("shard-*.parquet")))
     print(json.dumps({"peak_rss_mb": peak, **res.details["data"], "old_loader_table_mb": old_table / 2**20}))
 
 
@@ -210,6 +213,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data-child", nargs=2)
     ap.add_argument("--ckpt-child", nargs=4)
+    ap.add_argument("--data-only", action="store_true", help="skip the checkpoint part")
     args = ap.parse_args()
     if args.data_child:
         return data_child(*args.data_child)
@@ -226,7 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = bench_data(work, chats)
-        ck = bench_checkpoint(work, spec)
+        ck = None if args.data_only else bench_checkpoint(work, spec)
     lines = [
         f"# bench_scale {'(quick)' if args.quick else ''}",
         "",
@@ -242,17 +246,18 @@ def main() -> None:
             f"| {d['copies']}× | {d['dataset_rows']} | {d['rows_read']} | {d['bytes_read'] / 2**20:.2f} "
             f"| {d['old_loader_table_mb']:.2f} | {d['peak_rss_mb']:.0f} |"
         )
-    lines += [
-        "",
-        f"## Rank 0 peak RSS rise during a checkpoint save (2 gloo ranks, {ck['params'] / 1e6:.0f}M params)",
-        "",
-        f"- full training state (fp32 weights + AdamW moments): {ck['full_state_mb']:.0f} MB; "
-        f"1/world of it: {ck['full_state_mb'] / 2:.0f} MB",
-        f"- sharded DCP save (this engine): {ck['dcp_peak_rise_mb']:.0f} MB",
-        f"- full gather to rank 0 + torch.save (previous engine): {ck['full_gather_peak_rise_mb']:.0f} MB",
-        "",
-    ]
-    save_report(lines, "scale", quick=args.quick)
+    if ck is not None:
+        lines += [
+            "",
+            f"## Rank 0 peak RSS rise during a checkpoint save (2 gloo ranks, {ck['params'] / 1e6:.0f}M params)",
+            "",
+            f"- full training state (fp32 weights + AdamW moments): {ck['full_state_mb']:.0f} MB; "
+            f"1/world of it: {ck['full_state_mb'] / 2:.0f} MB",
+            f"- sharded DCP save (this engine): {ck['dcp_peak_rise_mb']:.0f} MB",
+            f"- full gather to rank 0 + torch.save (previous engine): {ck['full_gather_peak_rise_mb']:.0f} MB",
+            "",
+        ]
+    save_report(lines, "scale-data" if args.data_only else "scale", quick=args.quick)
 
 
 if __name__ == "__main__":

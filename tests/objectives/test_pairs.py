@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from rayalign.objectives.logps import IGNORE, sequence_logps
-from rayalign.objectives.pairs import PreferenceObjective, RewardObjective, collate_pairs, pack_pairs, pair_logps
+from rayalign.objectives.pairs import (
+    PreferenceObjective,
+    RewardObjective,
+    collate_pair_layout,
+    collate_pairs,
+    pack_pairs,
+    pair_logps,
+    tree_pack_pairs,
+)
 
 ROWS = [
     {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10]},
@@ -207,3 +215,85 @@ def test_packed_pairs_equal_padded_pairs(tiny_model_path, tokenizer, selective):
     assert losses[0] == pytest.approx(4 * -math.log(1 / (1 + math.exp(-0.075))), abs=1e-5)  # −log σ(0.1·0.75) × 4
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_tree_pack_pairs_layout_hand_worked():
+    """Sequences p0+c0 = [5 6 7 8 9], p0+r0 = [5 6 7 10], p1+c1 = [11 12 13 14], p1+r1 = [11 15 16].
+
+    One row (default capacity): pair 0's tree [5 6 7 8 9 10] (10 hangs under 7, depth 3), then pair
+    1's [11 12 13 14 15 16] (15 under 11, depth 1): 12 positions instead of 16. Scored: the position
+    of each response token's parent predicts it; the prompt's last token (slot 2) predicts both 8
+    and 10, so 8 targets read 6 distinct positions [2 3 6 7 8 10].
+    """
+    b = tree_pack_pairs(ROWS, pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 3, 1, 2]]
+    mask = b["attention_mask"][0, 0]
+    assert mask[5].nonzero().squeeze(1).tolist() == [0, 1, 2, 5]  # 10 sees its prompt, not the chosen 8 9
+    assert mask[11].nonzero().squeeze(1).tolist() == [6, 10, 11]
+    assert mask[9].nonzero().squeeze(1).tolist() == [6, 7, 8, 9]
+    assert b["score_positions"].tolist() == [2, 3, 6, 7, 8, 10] and b["score_rows"].tolist() == [0] * 6
+    assert b["target_labels"].tolist() == [8, 9, 10, 12, 13, 14, 15, 16]
+    assert b["target_seq"].tolist() == [0, 0, 2, 1, 1, 1, 3, 3]  # chosen i = i, rejected i = 2 + i
+    assert b["target_index"].tolist() == [0, 1, 0, 2, 3, 4, 2, 5]
+    assert int(b["num_pairs"]) == 2
+    # capacity 8: pair 1 would make the row 12 positions wide, so it starts a second row (pad id 0)
+    w = tree_pack_pairs(ROWS, pad_id=0, capacity=8)
+    assert w["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]]
+    assert w["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 3, 1, 2]]
+    assert w["score_rows"].tolist() == [0, 0, 1, 1, 1, 1] and w["score_positions"].tolist() == [2, 3, 0, 1, 2, 4]
+    with pytest.raises(ValueError, match="empty prompt_ids"):
+        tree_pack_pairs([{**ROWS[0], "prompt_ids": []}], pad_id=0)
+
+
+def test_tree_pack_pads_rows_and_shares_a_template_prefix():
+    """Three pairs with the same 3-token system prefix [1 2 3]: the row holds it once; a capacity of
+    12 splits them after the second pair (11 positions; the third would make 14): rows of 11 and 6
+    positions, the second padded to 11 (padding sees only itself)."""
+    rows = [
+        {"prompt_ids": [1, 2, 3, 20], "chosen_ids": [30, 31], "rejected_ids": [32]},
+        {"prompt_ids": [1, 2, 3, 21], "chosen_ids": [33], "rejected_ids": [34, 35]},
+        {"prompt_ids": [1, 2, 3, 22], "chosen_ids": [36], "rejected_ids": [37]},
+    ]
+    one = tree_pack_pairs(rows, pad_id=0)
+    assert one["input_ids"].shape == (1, 3 + 4 + 4 + 3)  # prefix once, then each pair's own tokens
+    two = tree_pack_pairs(rows, pad_id=0, capacity=12)
+    assert two["input_ids"].tolist() == [[1, 2, 3, 20, 30, 31, 32, 21, 33, 34, 35], [1, 2, 3, 22, 36, 37] + [0] * 5]
+    assert two["attention_mask"][1, 0, 10].nonzero().squeeze(1).tolist() == [10]
+    assert two["attention_mask"][1, 0, 5].nonzero().squeeze(1).tolist() == [0, 1, 2, 3, 5]
+    # 14 positions vs plain packing's 6 rows × 7 (the longest sequence): the tree layout is chosen
+    assert collate_pair_layout(rows, pad_id=0)["input_ids"].shape == (1, 14)
+    assert "seq_index" in collate_pair_layout(rows, pad_id=0, share_prefix=False)
+    assert "attention_mask" in collate_pair_layout(rows, pad_id=0, pack=False)
+
+
+@pytest.mark.parametrize("selective", [True, False], ids=["head-at-scored-positions", "whole-model"])
+@pytest.mark.parametrize("capacity", [None, 40], ids=["one-row", "rows-of-40"])
+def test_tree_packed_pairs_equal_padded_pairs(tiny_model_path, tokenizer, selective, capacity):
+    """The 4 tokenised pairs as prefix trees vs padded: per-sequence log-probs ≤ 1e-5, equal token
+    counts, and the DPO loss and the gradient of every parameter ≤ 1e-5 (fp64, as above)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float64).eval()
+    rows = _tokenised_pairs(tokenizer)
+    padded = collate_pairs(rows, tokenizer.pad_token_id)
+    tree = tree_pack_pairs(rows, tokenizer.pad_token_id, capacity=capacity)
+    # 138 positions in one row, or 236 in rows of ≤ 40 tokens padded to the widest, vs 8 × 55 padded
+    assert tree["input_ids"].numel() == (138 if capacity is None else 236) and padded["input_ids"].numel() == 440
+    with torch.no_grad():
+        want, got = pair_logps(model, padded, selective=selective), pair_logps(model, tree, selective=selective)
+    for a, b in zip(want[:2], got[:2]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+    assert torch.equal(want[2], got[2]) and torch.equal(want[3], got[3])
+    ref = [{**r, "ref_chosen_logp": -40.0 + i, "ref_rejected_logp": -41.0} for i, r in enumerate(rows)]
+    obj = PreferenceObjective("dpo", beta=0.1)
+    losses, grads = [], []
+    for batch in (collate_pairs(ref, tokenizer.pad_token_id), tree_pack_pairs(ref, tokenizer.pad_token_id, capacity)):
+        model.zero_grad()
+        loss, _ = obj.loss(model, batch)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    for g0, g1 in zip(*grads):
+        assert torch.allclose(g0, g1, atol=1e-5, rtol=0)

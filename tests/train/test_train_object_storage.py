@@ -86,3 +86,31 @@ def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(tmp_path, chat_
         a["model.layers.0.self_attn.q_proj.weight"],
         AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()["model.layers.0.self_attn.q_proj.weight"],
     )
+
+
+@pytest.mark.timeout(400)
+def test_resume_reads_a_two_worker_checkpoint_in_place_from_the_bucket(tmp_path, chat_packed, s3_bucket):
+    """2 gloo workers train 2 of 4 steps into s3:// and stop; ONE process resumes from the bucket (DCP
+    reshards 2 → 1) and logs the uninterrupted local run's steps 3–4 (≤ 1e-5). The checkpoint is read
+    in place: nothing of it is copied into the node's download cache."""
+    from spawn_helpers import spawn_trainers
+
+    from rayalign.train.loop import train_loop
+
+    common = dict(max_steps=4, data={"shuffle": False}, torch_threads=1, checkpoint={"every": 2})
+    train_loop(base_config(tmp_path / "local", chat_packed, micro_batch_size=1, grad_accum=2, **common))
+    want = [r["loss"] for r in read_metrics(tmp_path / "local")]
+
+    out = f"{s3_bucket}/runs/two-then-one"
+    spawn_trainers(base_config(out, chat_packed, grad_accum=1, stop_at_step=2, **common), 2, tmp_path / "ranks")
+    assert storage.exists(f"{out}/checkpoints/step-000002/COMPLETE")
+    assert len(storage.glob(f"{out}/checkpoints/step-000002/dcp", "*.distcp")) == 2  # one shard file per rank
+    cache = storage.cache_root() / "remote"
+    before = set(cache.iterdir()) if cache.exists() else set()
+    result = train_loop(base_config(out, chat_packed, grad_accum=2, **common))
+    assert result.details["resumed_at"] == 2
+    got = [r["loss"] for r in read_metrics(out)]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert got == pytest.approx(want, abs=1e-5), (got, want)
+    after = set(cache.iterdir()) if cache.exists() else set()
+    assert not [p for p in after - before if (p / "dcp").exists() or (p / "trainer.pt").exists()]

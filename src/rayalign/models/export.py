@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from rayalign import storage
+from rayalign.models.dcp_reader import storage_reader
 
 MARKER = ".rayalign-export.json"
 WEIGHTS_PREFIX = "model."  # DCP flattens {"model": {...}, "optim": {...}} into dotted keys
 
 
-def _weight_plan(dcp_dir: Path, shard_bytes: int, tied: bool) -> list[list[tuple[str, Any]]]:
+def _weight_plan(dcp_dir: str, shard_bytes: int, tied: bool) -> list[list[tuple[str, Any]]]:
     """Groups of (key, TensorStorageMetadata) of at most `shard_bytes` each, in key order."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    meta = FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+    meta = storage_reader(dcp_dir).read_metadata().state_dict_metadata
     items = [
         (k[len(WEIGHTS_PREFIX) :], m)
         for k, m in sorted(meta.items())
@@ -52,8 +52,9 @@ def _weight_plan(dcp_dir: Path, shard_bytes: int, tied: bool) -> list[list[tuple
     return groups
 
 
-def export_weights(dcp_dir: Path, out: Path, shard_bytes: int, tied: bool) -> int:
-    """Stream DCP weight shards into safetensors files; returns the number of tensors written."""
+def export_weights(dcp_dir: str, out: Path, shard_bytes: int, tied: bool) -> int:
+    """Stream DCP weight shards (a local folder or a URI, read in place) into safetensors files;
+    returns the number of tensors written."""
     import torch
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
@@ -66,7 +67,7 @@ def export_weights(dcp_dir: Path, out: Path, shard_bytes: int, tied: bool) -> in
         tensors = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in group}
         with warnings.catch_warnings():  # one process reading a checkpoint is the intended use here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load({"model": tensors}, checkpoint_id=str(dcp_dir), no_dist=True)
+            dcp.load({"model": tensors}, storage_reader=storage_reader(dcp_dir), no_dist=True)
         name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / name), metadata={"format": "pt"})
         index.update(dict.fromkeys(tensors, name))
@@ -80,20 +81,24 @@ def export_weights(dcp_dir: Path, out: Path, shard_bytes: int, tied: bool) -> in
 
 
 def export_checkpoint(checkpoint: str, output: str, card: dict | None = None, shard_bytes: int = 2 << 30) -> str:
-    """Write the HF folder of `checkpoint` (local path or URI) to `output` (local path or URI)."""
-    src = storage.local_copy(checkpoint)
-    if not (src / "model").is_dir():
+    """Write the HF folder of `checkpoint` (local path or URI, read in place) to `output` (local path or URI)."""
+    model_dir = storage.join(str(checkpoint), "model")
+    if not storage.is_dir(model_dir):
         raise FileNotFoundError(
             f"{checkpoint}: not a rayalign checkpoint (no model/ folder); give a checkpoints/step-NNNNNN folder"
         )
     staging = Path(tempfile.mkdtemp(prefix="export-")) / "hf" if storage.is_uri(output) else Path(output)
     if staging.exists() and not storage.is_uri(output):
         shutil.rmtree(staging)
-    shutil.copytree(src / "model", staging)
+    if storage.is_uri(model_dir):  # config, tokenizer (or the adapter): small
+        storage.download_dir(model_dir, staging)
+    else:
+        shutil.copytree(model_dir, staging)
     config = json.loads((staging / "config.json").read_text()) if (staging / "config.json").exists() else {}
     adapter = (staging / "adapter_config.json").exists() or (staging / "aligner_config.json").exists()
     if not adapter:
-        export_weights(src / "dcp", staging, shard_bytes, tied=bool(config.get("tie_word_embeddings")))
+        dcp_dir = storage.join(str(checkpoint), "dcp")
+        export_weights(dcp_dir, staging, shard_bytes, tied=bool(config.get("tie_word_embeddings")))
     info = {"checkpoint": str(checkpoint), "adapter": adapter, **(card or {})}
     write_model_card(staging, info)
     if storage.is_uri(output):

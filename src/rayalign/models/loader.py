@@ -298,6 +298,43 @@ def build_on_meta(spec: str, dtype: Any = "fp32", trust_remote_code: bool = Fals
     return model
 
 
+def _swap_parameters(model, pick, make) -> None:
+    """Replace every parameter `pick`ed by `make(param)`, keeping tied parameters one object."""
+    from torch import nn
+
+    done: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or not pick(param):
+                continue
+            if id(param) not in done:
+                done[id(param)] = nn.Parameter(make(param), requires_grad=param.requires_grad)
+            module._parameters[name] = done[id(param)]
+
+
+def stub_meta_parameters(model) -> None:
+    """Give every meta parameter a CPU value that holds no memory: a zero broadcast to the shape
+    (stride 0). Code that builds on the parameters' device (peft creates LoRA matrices on the base
+    layer's device, Aligner on the k_proj's) then builds real, seeded tensors for what it adds, while
+    the base stays free. `unstub_parameters` turns the stubs back into meta parameters (FSDP2 shards
+    only contiguous tensors)."""
+    import torch
+
+    _swap_parameters(model, lambda p: p.is_meta, lambda p: torch.zeros((), dtype=p.dtype).expand(p.shape))
+
+
+def unstub_parameters(model) -> None:
+    """Meta parameters again in place of `stub_meta_parameters`' stubs (real parameters stay)."""
+    _swap_parameters(model, lambda p: p.dim() > 0 and not any(p.stride()), lambda p: p.to("meta"))
+
+
+def file_tensor_name(name: str) -> str:
+    """The safetensors name of a parameter of a possibly peft-wrapped model (LoRA wraps the model in
+    ``base_model.model.`` and each target layer's own weight in ``base_layer``)."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".")
+
+
 def _weight_files(folder: Path) -> dict[str, Path]:
     """tensor name → safetensors file of an HF folder (single file or sharded with an index)."""
     import json
@@ -314,12 +351,24 @@ def _weight_files(folder: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
-def fill_from_safetensors(model, spec: str) -> int:
+def local_slice(param) -> tuple[slice, ...] | None:
+    """The index of this rank's part of a DTensor parameter in the full tensor (None: not sharded)."""
+    if not hasattr(param, "device_mesh"):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return tuple(slice(o, o + s) for o, s in zip(offset, shape))
+
+
+def fill_from_safetensors(model, spec: str, skip: frozenset[str] = frozenset()) -> int:
     """Copy each parameter's LOCAL part from the model's safetensors files; returns elements read.
 
     For an FSDP2-sharded model (DTensor parameters) a rank reads only the rows it owns (safetensors
     slices are memory-mapped), so no process ever holds the whole model. Tied parameters appear
-    once in `named_parameters()` and are filled once.
+    once in `named_parameters()` and are filled once. Parameters of a peft-wrapped model are found
+    under their base names (`file_tensor_name`); `skip` names parameters that are not in the files
+    (an adapter's own, already initialised).
     """
     import torch
     from safetensors import safe_open
@@ -329,19 +378,17 @@ def fill_from_safetensors(model, spec: str) -> int:
     read = 0
     with contextlib.ExitStack() as stack, torch.no_grad():
         for name, param in model.named_parameters():
-            if name not in files:
-                raise ModelSpecError(f"{spec}: no tensor {name!r} in its safetensors files")
-            f = files[name]
+            if name in skip:
+                continue
+            key = file_tensor_name(name)
+            if key not in files:
+                raise ModelSpecError(f"{spec}: no tensor {key!r} in its safetensors files")
+            f = files[key]
             if f not in handles:
                 handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
             local = param.to_local() if hasattr(param, "to_local") else param
-            if hasattr(param, "device_mesh"):
-                from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
-                part = handles[f].get_slice(name)[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
-            else:
-                part = handles[f].get_tensor(name)
+            index = local_slice(param)
+            part = handles[f].get_tensor(key) if index is None else handles[f].get_slice(key)[index]
             local.copy_(part)
             read += part.numel()
     return read

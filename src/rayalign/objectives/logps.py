@@ -56,16 +56,26 @@ def token_logps(
 
 
 def sums_by_sequence(
-    logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, n: int
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    sequence: torch.Tensor,
+    n: int,
+    position: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of target log-probs and target counts from flat scored positions.
 
     logits: [N, V] at the N positions that predict a target, targets: [N] token ids, sequence: [N]
     the index (0..n-1) of the sequence each target belongs to (a padded row, or one of several
-    sequences packed into a row).
+    sequences packed into a row). With `position` ([N] indices into M ≤ N rows of `logits`), several
+    targets read the logits of one position (prefix-shared layouts: a prompt's last token predicts
+    the first token of both responses), and the log-normaliser is computed once per position.
     """
     logits = at_least_fp32(logits)
-    token_logps = torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    if position is None:
+        token_logps = torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - lse
+    else:
+        token_logps = logits[position, targets] - lse[position]
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, sequence, token_logps)
     counts = torch.zeros(n, dtype=torch.long, device=sequence.device).index_add(0, sequence, torch.ones_like(sequence))
     return sums, counts

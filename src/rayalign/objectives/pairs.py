@@ -151,6 +151,45 @@ def pack_pairs(rows: Sequence[dict], pad_id: int, capacity: int | None = None) -
     return _with_reference(batch, rows)
 
 
+TREE_ROW_TOKENS = 512  # default row width of prefix-shared packing (a wider pair tree gets its own row)
+
+
+def tree_pack_pairs(rows: Sequence[dict], pad_id: int, capacity: int | None = None) -> dict[str, torch.Tensor]:
+    """The pairs as prefix trees (`objectives.prefix_tree`): each prompt once for its chosen and rejected
+    response, and prefixes shared across the pairs of a row (a chat template's system prompt) once per
+    row. Rows hold up to `capacity` tokens (default: `TREE_ROW_TOKENS`, or the largest pair's tree when
+    wider). Per-sequence log-probs equal the padded layout's; the batch carries an explicit
+    [rows, 1, T, T] ancestor mask instead of relying on position resets.
+    """
+    from rayalign.objectives.prefix_tree import group_rows, tree_tensors
+
+    prompts, responses = pair_sequences(rows)
+    if any(not p for p in prompts):
+        raise ValueError("tree_pack_pairs: a pair has an empty prompt_ids; packed sequences need ≥ 1 prompt token")
+    sequences = [p + y for p, y in zip(prompts, responses)]
+    b = len(rows)
+    pair_size = [len(sequences[i]) + len(sequences[b + i]) - len(prompts[i]) for i in range(b)]
+    width = max(capacity or TREE_ROW_TOKENS, max(pair_size))
+    # pairs with alike prompts side by side, so the rows' trees share the most
+    order = sorted(range(b), key=lambda i: prompts[i])
+    layout = group_rows([[i, b + i] for i in order], sequences, width)
+    batch = tree_tensors(layout, sequences, [len(p) for p in prompts], pad_id)
+    batch["pad_id"] = torch.tensor(pad_id, dtype=torch.long)
+    return _with_reference(batch, rows)
+
+
+def collate_pair_layout(rows: Sequence[dict], pad_id: int, pack: bool = True, share_prefix: bool = True) -> dict:
+    """The training layout of a micro-batch of pairs (see `PreferenceObjective`): padded, packed, or
+    prefix trees when those compute ≥ 10% fewer positions (rows × width) than plain packing."""
+    if not pack:
+        return collate_pairs(rows, pad_id)
+    plain = pack_pairs(rows, pad_id)
+    if not share_prefix:
+        return plain
+    tree = tree_pack_pairs(rows, pad_id)
+    return tree if tree["input_ids"].numel() <= 0.9 * plain["input_ids"].numel() else plain
+
+
 def splittable_causal_lm(model) -> bool:
     """A bare Hugging Face causal LM whose body (`model.model`) and head (`model.lm_head`, a plain Linear
     with no logit scaling or soft-capping) can be called apart. FSDP2-sharded and peft-wrapped models
@@ -177,7 +216,9 @@ def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) ->
     trailing window (padded) that predict response tokens. Packed batches (`pack_pairs`) carry
     ``seq_index`` and no attention mask; padded ones (`collate_pairs`) an attention mask.
     """
-    if "seq_index" in batch:
+    if "target_index" in batch:
+        logps, counts = _tree_logps(model, batch, selective)
+    elif "seq_index" in batch:
         logps, counts = _packed_logps(model, batch, selective)
     elif selective and splittable_causal_lm(model):
         hidden = model.model(
@@ -192,6 +233,23 @@ def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) ->
         logps, counts = sequence_logps(out.logits, batch["labels"])
     b = logps.shape[0] // 2
     return logps[:b], logps[b:], counts[:b], counts[b:]
+
+
+def _tree_logps(model, batch: dict[str, torch.Tensor], selective: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    n = 2 * int(batch["num_pairs"])  # one scalar per micro-batch
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "position_ids": batch["position_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
+    if selective and splittable_causal_lm(model):
+        hidden = model.model(**inputs).last_hidden_state
+        logits = model.lm_head(hidden[batch["score_rows"], batch["score_positions"]])
+    else:
+        out = model(**inputs, logits_to_keep=batch["logit_positions"])
+        logits = out.logits[batch["score_rows"], batch["score_columns"]]
+    return sums_by_sequence(logits, batch["target_labels"], batch["target_seq"], n, position=batch["target_index"])
 
 
 def _packed_logps(model, batch: dict[str, torch.Tensor], selective: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,20 +295,22 @@ class PreferenceObjective:
     """Any loss of `PREFERENCE_LOSSES` as a train-loop objective; the loss function is the only difference.
 
     ``pack`` (default on): the chosen and rejected sequences of the micro-batch are packed into rows
-    (`pack_pairs`) instead of padded one per row (`collate_pairs`); the per-sequence log-probs, and so
-    the loss, are the same either way.
+    instead of padded one per row (`collate_pairs`); ``share_prefix`` (default on): packed as prefix
+    trees (`tree_pack_pairs`, each prompt and shared template prefix computed once) where that computes
+    ≥ 10% fewer positions than plain packing (`pack_pairs`). The per-sequence log-probs, and so the
+    loss, are the same in every layout.
     """
 
     model_class = "causal_lm"
 
-    def __init__(self, name: str, pack: bool = True, **params: Any):
+    def __init__(self, name: str, pack: bool = True, share_prefix: bool = True, **params: Any):
         self.name = name
-        self.pack = pack
+        self.pack, self.share_prefix = pack, share_prefix
         self.fn, self.needs_reference = lookup_loss(name)
         self.params = check_params(name, self.fn, params)
 
     def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-        return pack_pairs(rows, pad_id) if self.pack else collate_pairs(rows, pad_id)
+        return collate_pair_layout(rows, pad_id, self.pack, self.share_prefix)
 
     def count(self, batch: dict) -> torch.Tensor:
         return batch["num_pairs"].to(torch.float32)
@@ -285,7 +345,7 @@ class MixtureObjective(PreferenceObjective):
     ``objective: {name: mixture, losses: [{name: dpo, weight: 0.8}, {name: bco_pair, weight: 0.2},
     {name: chosen_nll, weight: 1.0}]}``; each entry may carry its own hyper-parameters (``beta`` ...)."""
 
-    def __init__(self, losses: Sequence[dict[str, Any]], pack: bool = True):
+    def __init__(self, losses: Sequence[dict[str, Any]], pack: bool = True, share_prefix: bool = True):
         from rayalign.config import ConfigError
 
         if not losses:
@@ -299,7 +359,7 @@ class MixtureObjective(PreferenceObjective):
             fn, _ = lookup_loss(name)
             parts.append((name, weight, fn, check_params(name, fn, spec)))
         self.name = "mixture"
-        self.pack = pack
+        self.pack, self.share_prefix = pack, share_prefix
         self.needs_reference = any(PREFERENCE_LOSSES[p[0]][1] for p in parts)
         self.fn = weighted_mixture
         self.params = {"parts": parts}

@@ -8,7 +8,7 @@ them if needed and adds ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log 
 response tokens) and the response token counts. Training then reads these columns, so the
 reference model never sits in training memory and is never run twice over the same pair.
 
-The batch layout and the log-prob function are the training objective's own (`pack_pairs`,
+The batch layout and the log-prob function are the training objective's own (`collate_pair_layout`,
 `pair_logps`), which is what makes precomputed and on-the-fly reference log-probs agree.
 """
 
@@ -97,7 +97,7 @@ class ReferenceProcessor:
     def process(self, rows: list[dict]) -> ProcessResult:
         import torch
 
-        from rayalign.objectives.pairs import pack_pairs, pair_logps
+        from rayalign.objectives.pairs import collate_pair_layout, pair_logps
 
         good: list[dict] = []
         quarantine = []
@@ -118,7 +118,7 @@ class ReferenceProcessor:
         with torch.inference_mode():
             for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
-                batch = pack_pairs([good[i] for i in idx], self.tok.pad_token_id)
+                batch = collate_pair_layout([good[i] for i in idx], self.tok.pad_token_id)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 chosen, rejected, n_c, n_r = (t.cpu().tolist() for t in pair_logps(self.model, batch))
                 for j, i in enumerate(idx):

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from rayalign import storage
+from rayalign.models.dcp_reader import storage_reader
 
 COMPLETE = "COMPLETE"
 
@@ -205,27 +206,30 @@ def _write_model_folder(folder: Path, model, tokenizer, peft_cfg, rank: int) -> 
         tokenizer.save_pretrained(str(folder))
 
 
-def local_checkpoint(path: str) -> Path:
-    """A local folder with the checkpoint's files (downloaded once per node for a URI)."""
-    return storage.local_copy(path)
+def _load_small(path: str) -> Any:
+    """A small torch file of a checkpoint (scheduler, RNG) read in place, local or on object storage."""
+    import io
+
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
 
 
 def load_training_state(path: str, *, model, optimizer, scheduler, rank: int, adapter: bool, distributed: bool) -> int:
-    """Restore weights, optimizer (resharded to this world size), scheduler and RNG; return the step."""
+    """Restore weights, optimizer (resharded to this world size), scheduler and RNG; return the step.
+
+    `path` may be a URI: every rank reads its own parts of the shards where they are."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    local = local_checkpoint(path)
     state = training_state(model, optimizer, adapter)
     with quiet_single_process():
-        dcp.load(state, checkpoint_id=str(local / "dcp"), no_dist=not distributed)
+        dcp.load(state, storage_reader=storage_reader(storage.join(path, "dcp")), no_dist=not distributed)
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=not adapter))
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optim"])
-    trainer = torch.load(local / "trainer.pt", map_location="cpu", weights_only=True)
+    trainer = _load_small(storage.join(path, "trainer.pt"))
     scheduler.load_state_dict(trainer["scheduler"])
-    rng_file = local / f"rng-rank{rank}.pt"
-    if rng_file.exists():  # absent when resuming on more ranks than were saved
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    rng_file = storage.join(path, f"rng-rank{rank}.pt")
+    if storage.exists(rng_file):  # absent when resuming on more ranks than were saved
+        set_rng_state(_load_small(rng_file))
     return int(trainer["step"])
 
 

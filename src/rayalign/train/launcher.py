@@ -53,7 +53,11 @@ class RayHooks(LocalHooks):
             return None
         if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
             return checkpoint.path
-        return checkpoint.to_directory()  # remote storage: download once per worker
+        # remote storage: read in place (each rank reads only its parts of the shards), not downloaded
+        scheme = {"s3": "s3", "gcs": "gs"}.get(checkpoint.filesystem.type_name)
+        if scheme is None:
+            return checkpoint.to_directory()  # a file system rayalign.storage cannot address by URI
+        return f"{scheme}://{checkpoint.path}"
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train

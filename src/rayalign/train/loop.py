@@ -76,29 +76,49 @@ def _place(model, device, world: int, bf16: bool):
     return model.to(device)
 
 
-def sharded_from_meta(spec: str, cfg: TrainConfig, device: torch.device, world: int, bf16: bool):
-    """Build on the meta device, shard with FSDP2, then fill each rank's shards from safetensors.
+def sharded_from_meta(spec: str, cfg: TrainConfig, device: torch.device, world: int, bf16: bool, peft=None):
+    """Build on the meta device, add the adapter (`peft`, a PeftConfig), shard with FSDP2, then fill
+    each rank's shards of the base weights from safetensors.
 
-    No process holds the whole model: parameters exist only as shapes until `to_empty` allocates
-    this rank's shards, and each rank reads its own rows of each tensor from the files.
+    No process holds the whole base model: its parameters exist only as shapes until `to_empty`
+    allocates this rank's shards, and each rank reads its own rows of each tensor from the files. An
+    adapter's tensors are small: they are built whole, on the CPU, from the same seeded generator and
+    in the same order as in a single process, and each rank keeps its shard of them.
     """
-    from rayalign.models.loader import build_on_meta, fill_from_safetensors
+    from rayalign.models.adapters import apply_peft
+    from rayalign.models.loader import (
+        build_on_meta,
+        fill_from_safetensors,
+        local_slice,
+        stub_meta_parameters,
+        unstub_parameters,
+    )
 
-    model = _finish_model(build_on_meta(spec), cfg)
-    model = fsdp.shard_model(model, device, world, mixed_precision=bf16)
+    model = build_on_meta(spec)
+    adapter: dict[str, torch.Tensor] = {}
+    if peft is not None and peft.method != "none":
+        stub_meta_parameters(model)  # peft/Aligner build their tensors on the base layers' device
+        model = apply_peft(model, peft)
+        adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        unstub_parameters(model)
+    model = fsdp.shard_model(_finish_model(model, cfg), device, world, mixed_precision=bf16)
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # computed in __init__, not in files
     model.to_empty(device=device)
     with torch.no_grad():
         for name, buf in model.named_buffers():
             buf.copy_(buffers[name])
-    fill_from_safetensors(model, spec)
+        fill_from_safetensors(model, spec, skip=frozenset(adapter))
+        for name, param in model.named_parameters():
+            if name in adapter:
+                index = local_slice(param)
+                local = param.to_local() if hasattr(param, "to_local") else param
+                local.copy_(adapter[name] if index is None else adapter[name][index])
     return model
 
 
-def _meta_ok(cfg: TrainConfig, objective, world: int) -> bool:
-    # Adapter runs build the full model first so their seeded initialisation matches one process
-    # exactly; reward models get a new score head that is not in the files.
-    return world > 1 and cfg.peft.method == "none" and objective.model_class == "causal_lm"
+def _meta_ok(objective, world: int) -> bool:
+    # reward models get a new score head that is not in the files: they load whole
+    return world > 1 and objective.model_class == "causal_lm"
 
 
 def build_model(cfg: TrainConfig, objective, device: torch.device, world: int, bf16: bool):
@@ -106,8 +126,8 @@ def build_model(cfg: TrainConfig, objective, device: torch.device, world: int, b
     from rayalign.models.adapters import apply_peft
 
     seed_everything(cfg.seed)  # before building: adapter initialisation is seeded too
-    if _meta_ok(cfg, objective, world):
-        return sharded_from_meta(cfg.model, cfg, device, world, bf16)
+    if _meta_ok(objective, world):
+        return sharded_from_meta(cfg.model, cfg, device, world, bf16, peft=cfg.peft)
     model = load_causal_model(cfg.model, objective.model_class, torch.float32)
     model = _finish_model(apply_peft(model, cfg.peft), cfg)
     return _place(model, device, world, bf16)
