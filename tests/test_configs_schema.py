@@ -123,3 +123,23 @@ def test_cluster_yaml(path):
         for must in (".venv/", ".git/", "runs/"):
             assert must in doc["excludes"]
         assert all(isinstance(v, str) for v in doc.get("env_vars", {}).values())  # Ray requires strings
+
+
+@pytest.mark.parametrize("stage", ["prefer", "reward", "grpo"])
+def test_composed_run_keys_top_level_or_under_train(stage):
+    """Stages that nest a training run accept its keys either way (with the stage's defaults filling
+    the gaps); one key given both ways with different values is refused, naming it."""
+    from rayalign.config import ConfigError
+
+    cls, _ = get_stage(stage)
+    base = {"model": "tiny-random:llama", "output_dir": "/tmp/out", "data": {"path": "/tmp/x"}}
+    if stage == "grpo":
+        base = {"model": "tiny-random:llama", "output_dir": "/tmp/out", "prompts": ["/tmp/p.jsonl"]}
+        base["rewards"] = [{"name": "length"}]
+    top = load_config(cls, None, ["seed=5"], data=dict(base))
+    nested = load_config(cls, None, ["train.seed=5"], data=dict(base))
+    assert top.train.seed == nested.train.seed == 5 and top.train.name == stage
+    same = load_config(cls, None, ["seed=5", "train.seed=5"], data=dict(base))
+    assert same.train.seed == 5
+    with pytest.raises(ConfigError, match=r"'seed' is given at the top level \(5\) and under train: \(3\)"):
+        load_config(cls, None, ["seed=5", "train.seed=3"], data=dict(base))

@@ -28,13 +28,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import model_validator
-
 from rayalign.config import Cfg, ConfigError
 from rayalign.data.shards import PoolConfig
 from rayalign.prefer.reference import ReferenceConfig, has_reference_columns, run_reference
 from rayalign.results import StageResult, numeric_metrics
-from rayalign.train.config import TrainConfig
+from rayalign.train.config import ComposedRun, TrainConfig
 
 
 class ReferenceSpec(Cfg):
@@ -45,44 +43,21 @@ class ReferenceSpec(Cfg):
     pool: PoolConfig = PoolConfig()  # the reference pass's actor pool (workers: 0 = in this process)
 
 
-class _PairStageConfig(Cfg):
+class _PairStageConfig(ComposedRun):
     """A training stage on pairs: the engine's `train` config plus the stage's own sections."""
-
-    default_objective: ClassVar[dict[str, Any]] = {}
-    default_name: ClassVar[str] = ""
 
     train: TrainConfig
     eval_pairs: int = 256  # held-in pairs scored after training (0: skip)
 
-    @classmethod
-    def accepted_keys(cls) -> set[str]:
-        """Every top-level key a YAML may give: the stage's own fields and the training run's."""
-        return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _route_training_keys(cls, data: Any) -> Any:
-        """Top-level keys that are not this stage's own belong to the training run (`train`)."""
-        if not isinstance(data, dict):
-            return data
-        own = {k: v for k, v in data.items() if k in cls.model_fields and k != "train"}
-        train = dict(data.get("train") or {})
-        train.update({k: v for k, v in data.items() if k not in cls.model_fields})
-        train.setdefault("objective", dict(cls.default_objective))
-        train.setdefault("name", cls.default_name)
-        return {**own, "train": train}
-
 
 class PreferConfig(_PairStageConfig):
-    default_objective: ClassVar[dict[str, Any]] = {"name": "apo_zero", "beta": 0.1}
-    default_name: ClassVar[str] = "prefer"
+    train_defaults: ClassVar[dict[str, Any]] = {"objective": {"name": "apo_zero", "beta": 0.1}, "name": "prefer"}
 
     reference: ReferenceSpec = ReferenceSpec()
 
 
 class RewardConfig(_PairStageConfig):
-    default_objective: ClassVar[dict[str, Any]] = {"name": "reward"}
-    default_name: ClassVar[str] = "reward"
+    train_defaults: ClassVar[dict[str, Any]] = {"objective": {"name": "reward"}, "name": "reward"}
 
 
 def _with_data(cfg: TrainConfig, data_path: str) -> TrainConfig:

@@ -112,8 +112,9 @@ class TrainConfig(Cfg):
 class ComposedRun(Cfg):
     """Base of stage configs that compose a training run under ``train`` next to their own keys.
 
-    Top-level keys that are not the stage's own configure the run (an explicit ``train:`` section
-    wins over them); `train_defaults` fill the run's gaps (e.g. its name)."""
+    A YAML may nest the run under ``train:`` or write its keys at the top level; top-level keys that
+    are not the stage's own go to the run. A key given both ways with different values is an error
+    (neither spelling silently wins). `train_defaults` fill the run's gaps (e.g. its name)."""
 
     train_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -121,6 +122,7 @@ class ComposedRun(Cfg):
 
     @classmethod
     def accepted_keys(cls) -> set[str]:
+        """Every top-level key a YAML may give: the stage's own fields and the training run's."""
         return (set(cls.model_fields) - {"train"}) | set(TrainConfig.model_fields)
 
     @model_validator(mode="before")
@@ -129,6 +131,11 @@ class ComposedRun(Cfg):
         if not isinstance(data, dict):
             return data
         own = set(cls.model_fields) - {"train"}
-        run = {k: v for k, v in data.items() if k not in own and k != "train"}
-        run.update(data.get("train") or {})
-        return {**{k: v for k, v in data.items() if k in own}, "train": {**cls.train_defaults, **run}}
+        nested = dict(data.get("train") or {})
+        top = {k: v for k, v in data.items() if k not in own and k != "train"}
+        clash = sorted(k for k in top.keys() & nested.keys() if top[k] != nested[k])
+        if clash:
+            k = clash[0]
+            raise ValueError(f"{k!r} is given at the top level ({top[k]!r}) and under train: ({nested[k]!r}); keep one")
+        run = {**cls.train_defaults, **top, **nested}
+        return {**{k: v for k, v in data.items() if k in own}, "train": run}
