@@ -9,7 +9,7 @@ import math
 import pytest
 
 from rayalign.config import ConfigError
-from rayalign.rl.rewards import REWARDS, RewardSpec, Rewards, _fit, build_reward, parse_rating
+from rayalign.rl.rewards import REWARDS, Rewards, RewardSpec, _fit, build_reward, parse_rating
 
 TINY = "tiny-random:llama"
 

@@ -174,7 +174,9 @@ def reward_model_reward(
 ) -> RewardFn:
     """The reward of a trained Bradley–Terry reward model (`model`: the reward stage's checkpoint)."""
     if batch_size < 1 or max_length < 2:
-        raise ConfigError(f"rewards: reward_model needs batch_size ≥ 1 and max_length ≥ 2, got {batch_size}, {max_length}")
+        raise ConfigError(
+            f"rewards: reward_model needs batch_size ≥ 1 and max_length ≥ 2, got {batch_size}, {max_length}"
+        )
     if normalize not in (None, "sigmoid", "batch"):
         raise ConfigError(f"rewards: reward_model normalize must be sigmoid, batch or null, not {normalize!r}")
     return RewardModelReward(model, batch_size, max_length, normalize, device)
