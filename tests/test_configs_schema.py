@@ -37,7 +37,7 @@ def stage_of(path: Path) -> str:
 
 def test_there_are_configs():
     names = {p.name for p in CONFIGS}
-    assert {"quickstart.yaml", "pipeline-tiny.yaml", "llama3-8b-clair-apo.yaml"} <= names
+    assert {"quickstart.yaml", "quickstart-rounds.yaml", "pipeline-tiny.yaml", "llama3-8b-clair-apo.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -59,10 +59,30 @@ def test_config_validates(path):
 
 
 def test_quickstart_chain():
-    """The quickstart wires each stage to the previous one's output: SFT, then two on-policy rounds of
+    """The quickstart wires each stage to the previous one's output and ends with eval on prefer."""
+    pipe = load_pipeline(REPO / "rayjobs/configs/quickstart.yaml")
+    kinds = [s.stage for s in pipe.stages]
+    for earlier, later in [
+        ("rewrite", "pretrain"),
+        ("pretrain", "pas"),
+        ("pas", "sft"),
+        ("sft", "sample"),
+        ("sample", "clair"),
+        ("clair", "reference"),
+        ("reference", "prefer"),
+        ("prefer", "eval"),
+    ]:
+        assert kinds.index(earlier) < kinds.index(later)
+    prefer = next(s for s in pipe.stages if s.stage == "prefer")
+    assert prefer.config["objective"]["name"] == "apo_zero"
+    assert pipe.defaults["model"] == "builtin:smollm2-135m-instruct"
+
+
+def test_quickstart_rounds_chain():
+    """The rounds candidate wires each stage to the previous one's output: SFT, then two on-policy rounds of
     sample → clair → reference → prefer (APO-zero), round 2 from round 1's policy, then eval on the
     last round's prefer."""
-    pipe = load_pipeline(REPO / "rayjobs/configs/quickstart.yaml")
+    pipe = load_pipeline(REPO / "rayjobs/configs/quickstart-rounds.yaml")
     order = [s.id for s in steps(pipe)]
     round_stages = ["sample", "clair", "reference", "prefer"]
     assert order == [
@@ -73,10 +93,12 @@ def test_quickstart_chain():
     ]
     kinds = {s.id: s.spec.stage for s in steps(pipe)}
     assert all(kinds[f"round-2/{n}"] == n for n in round_stages) and kinds["eval"] == "eval"
-    cfgs = dict(zip(order, validate_pipeline(pipe, "quickstart.yaml")))
+    cfgs = dict(zip(order, validate_pipeline(pipe, "quickstart-rounds.yaml")))
     r1, r2 = cfgs["round-1/prefer"], cfgs["round-2/prefer"]
     assert r1.train.objective.name == r2.train.objective.name == "apo_zero"
-    assert r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == "<stages.sft.checkpoint>"
+    assert (
+        r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == "<stages.sft.checkpoint>"
+    )
     policy2 = "<round.prev.prefer.checkpoint>"
     assert r2.train.model == cfgs["round-2/sample"].model == cfgs["round-2/reference"].model == policy2
     assert cfgs["round-2/clair"].inputs == [f"{pipe.run_dir}/round-2/sample/data"]
