@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rayalign.config import load_config
-from rayalign.pipeline import load_pipeline, validate_pipeline
+from rayalign.pipeline import load_pipeline, steps, validate_pipeline
 from rayalign.stages import STAGES, get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def stage_of(path: Path) -> str:
 
 def test_there_are_configs():
     names = {p.name for p in CONFIGS}
-    assert {"quickstart.yaml", "pipeline-tiny.yaml", "llama3-8b-clair-apo.yaml"} <= names
+    assert {"quickstart.yaml", "quickstart-rounds.yaml", "pipeline-tiny.yaml", "llama3-8b-clair-apo.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -46,7 +46,7 @@ def test_config_validates(path):
     if "stages" in data:  # a pipeline: every stage config resolves and validates against its class
         pipe = load_pipeline(path)
         cfgs = validate_pipeline(pipe, str(path))
-        assert len(cfgs) == len(pipe.stages) >= 1
+        assert len(cfgs) == len(steps(pipe)) >= len(pipe.stages) >= 1  # a repeat group gives N per stage
         return
     stage = stage_of(path)
     if stage == "serve":
@@ -75,6 +75,35 @@ def test_quickstart_chain():
         assert kinds.index(earlier) < kinds.index(later)
     prefer = next(s for s in pipe.stages if s.stage == "prefer")
     assert prefer.config["objective"]["name"] == "apo_zero"
+    assert pipe.defaults["model"] == "builtin:smollm2-135m-instruct"
+
+
+def test_quickstart_rounds_chain():
+    """The rounds candidate wires each stage to the previous one's output: SFT, then two on-policy rounds of
+    sample → clair → reference → prefer (APO-zero), round 2 from round 1's policy, then eval on the
+    last round's prefer."""
+    pipe = load_pipeline(REPO / "rayjobs/configs/quickstart-rounds.yaml")
+    order = [s.id for s in steps(pipe)]
+    round_stages = ["sample", "clair", "reference", "prefer"]
+    assert order == [
+        "sft",
+        *[f"round-{r}/{n}" for r in (1, 2) for n in round_stages],
+        "heldout",
+        "eval",
+    ]
+    kinds = {s.id: s.spec.stage for s in steps(pipe)}
+    assert all(kinds[f"round-2/{n}"] == n for n in round_stages) and kinds["eval"] == "eval"
+    cfgs = dict(zip(order, validate_pipeline(pipe, "quickstart-rounds.yaml")))
+    r1, r2 = cfgs["round-1/prefer"], cfgs["round-2/prefer"]
+    assert r1.train.objective.name == r2.train.objective.name == "apo_zero"
+    assert (
+        r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == "<stages.sft.checkpoint>"
+    )
+    policy2 = "<round.prev.prefer.checkpoint>"
+    assert r2.train.model == cfgs["round-2/sample"].model == cfgs["round-2/reference"].model == policy2
+    assert cfgs["round-2/clair"].inputs == [f"{pipe.run_dir}/round-2/sample/data"]
+    assert cfgs["round-1/sample"].params.seed == 1 and cfgs["round-2/sample"].params.seed == 2
+    assert cfgs["eval"].model == "<stages.prefer.checkpoint>"
     assert pipe.defaults["model"] == "builtin:smollm2-135m-instruct"
 
 

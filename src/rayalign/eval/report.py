@@ -3,7 +3,9 @@
 Plots: pass rate by constraint kind (baseline vs aligned), the training curve of every training
 stage (from its `metrics.jsonl`: one JSON object per step with `step`, `loss`, `lr`, ...), and the
 reward margins over steps of preference stages (metrics keys containing "margin" or starting
-with "rewards": chosen / rejected implicit rewards). A pipeline with rounds (`repeat`) gets a table
+with "rewards": chosen / rejected implicit rewards), and for policy-gradient stages (GRPO: rows with
+`reward_mean`, `pass_rate`, `kl`, ...) reward / pass rate (and each `reward/<name>`), KL and clip
+fraction, response length, and rollout / training tokens/s. A pipeline with rounds (`repeat`) gets a table
 with one row per round: the eval metrics of that round's eval stage (if it has one) and the last
 loss of its training stages.
 
@@ -276,4 +278,43 @@ def _curves_md(logs: dict[str, list[dict]], plots: Path) -> list[str]:
         if margin_keys:
             plot_curves(rows, margin_keys, f"{name}: reward margins", plots / f"margins_{safe}.png")
             md += [f"![{name} margins](plots/margins_{safe}.png)", ""]
+        md += _online_md(name, rows, plots)
+    return md
+
+
+# Policy-gradient stages (GRPO) log rollout metrics per step; one plot per group of comparable scale.
+ONLINE_KEYS = ("reward_mean", "pass_rate", "kl", "clip_fraction", "rollout_tokens_per_s")
+ONLINE_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("rewards", "reward and pass rate", ("reward_mean", "reward_std", "pass_rate")),
+    ("kl", "KL to the reference and clipped ratio share", ("kl", "clip_fraction")),
+    ("length", "response length (tokens)", ("response_length",)),
+    ("throughput", "tokens/s of rollout and of training", ("rollout_tokens_per_s", "tokens_per_s")),
+)
+
+
+def online_keys(rows: list[dict]) -> dict[str, list[str]]:
+    """Plot group → the keys of it present in a policy-gradient stage's rows (`reward/<name>`, the
+    part of each configured reward, joins "rewards"); {} for other stages."""
+    present = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not present & set(ONLINE_KEYS):
+        return {}
+    groups = {g: [k for k in keys if k in present] for g, _, keys in ONLINE_GROUPS}
+    groups["rewards"] += sorted(k for k in present if k.startswith("reward/") and k.count("/") == 1)
+    return {g: keys for g, keys in groups.items() if keys}
+
+
+def _online_md(name: str, rows: list[dict], plots: Path) -> list[str]:
+    groups = online_keys(rows)
+    if not groups:
+        return []
+    safe, titles = name.replace("/", "_"), {g: t for g, t, _ in ONLINE_GROUPS}
+    md = []
+    for key in ("reward_mean", "pass_rate"):
+        pts = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            md.append(f"{key} {_f(float(pts[0]))} → {_f(float(pts[-1]))} over {len(pts)} steps")
+    md = ["; ".join(md), ""] if md else []
+    for group, keys in groups.items():
+        plot_curves(rows, keys, f"{name}: {titles[group]}", plots / f"{group}_{safe}.png")
+        md += [f"![{name} {titles[group]}](plots/{group}_{safe}.png)", ""]
     return md
