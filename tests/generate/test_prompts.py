@@ -32,6 +32,7 @@ VALUES = {
     "pas_critique": dict(prompt="How do I bake bread?", hint="Cover ingredients, proofing time and oven temperature."),
     "clair_revise": dict(prompt="What is 2+2?", response="2+2 is 5."),
     "judge": dict(prompt="What is 2+2?", response_a="4", response_b="5"),
+    "judge_rating": dict(prompt="What is 2+2?", response="4"),
 }
 
 

@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 from string import Template
 
-TEMPLATES = ("rewrite", "pas_hint", "pas_critique", "clair_revise", "judge")
+TEMPLATES = ("rewrite", "pas_hint", "pas_critique", "clair_revise", "judge", "judge_rating")
 
 
 @cache

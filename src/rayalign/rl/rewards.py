@@ -24,7 +24,6 @@ import json
 import math
 import re
 from collections.abc import Callable
-from importlib import resources
 from string import Template
 from typing import Any
 
@@ -32,6 +31,7 @@ from pydantic import Field, ValidationError
 
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.checks import check_response
+from rayalign.generate.prompts import template_text
 
 RewardFn = Callable[[list[dict], list[str]], list[float]]
 REWARDS: dict[str, Callable[..., RewardFn]] = {}
@@ -207,7 +207,7 @@ def rating_template(path: str | None = None) -> str:
         from rayalign import storage
 
         return storage.read_text(path)
-    return resources.files("rayalign.generate").joinpath("templates", "judge_rating.txt").read_text(encoding="utf-8")
+    return template_text("judge_rating")
 
 
 class JudgeReward:

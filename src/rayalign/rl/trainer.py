@@ -149,6 +149,7 @@ class GRPOTrainer(Trainer):
             return super().train()
         finally:
             self.engines.close()
+            self.rewards.close()  # a judge reward's engine
 
 
 def grpo_loop(
