@@ -24,7 +24,7 @@ def test_unknown_key_names_file_path_and_allowed_keys(tmp_path):
     msg = str(e.value)
     assert str(p) in msg
     assert "pool.shardrows: unknown key" in msg
-    assert "allowed keys here: limit, num_cpus, num_gpus, resources, shard_rows, workers" in msg
+    assert "allowed keys here: limit, num_cpus, num_gpus, resources, shard_rows, shards_in_flight, workers" in msg
 
 
 def test_bad_literal_names_value_and_choices(tmp_path):
