@@ -1,4 +1,5 @@
-"""Write the bundled sample datasets (deterministic): corpus, chat, prompts, pairs — each with bad rows.
+"""Write the bundled sample datasets (deterministic): corpus, chat, prompts, pairs — each with bad rows —
+and the all-kinds constraint prompts with their dev split.
 
     python rayjobs/data/make_sample_data.py            # rewrites rayjobs/data/*.jsonl
 
@@ -197,6 +198,51 @@ def prompts(rng: random.Random) -> list[dict]:
     return rows
 
 
+N_CONSTRAINT_PROMPTS, N_DEV = 300, 60
+
+
+def constraint_prompts(rng: random.Random) -> list[dict]:
+    """Training prompts over every constraint kind that has a rule-based fix (all the eval checks but
+    `min_words`), then a dev split of the same make: `N_DEV` more rows, kept out of training, for
+    choosing recipes. Tasks are `prompt_tasks`' (subjects disjoint from the eval suite's); the pairing
+    rules are the suite's, so no prompt asks for two instructions that contradict each other."""
+    from rayalign.eval.make_suite import CONFLICTS, SECONDARY, instruction
+    from rayalign.generate.verify import FIXES
+
+    kinds = sorted(FIXES)
+    rows: list[dict] = []
+    seen: set[str] = set()
+    i = 0
+    while len(rows) < N_CONSTRAINT_PROMPTS + N_DEV:
+        task, keywords = prompt_tasks(rng)
+        first = kinds[i % len(kinds)]
+        text, c = instruction(first, rng, keywords)
+        texts, cons = [text], [c]
+        allowed = [k for k in SECONDARY if k not in CONFLICTS.get(first, set()) and k != first]
+        if i % 3 == 0 and allowed:
+            text, c = instruction(rng.choice(allowed), rng, keywords)
+            texts.append(text)
+            cons.append(c)
+        i += 1
+        prompt = " ".join([task, *texts])
+        if len(rows) >= N_CONSTRAINT_PROMPTS and prompt in seen:
+            continue  # a dev prompt never repeats a training prompt
+        seen.add(prompt)
+        rows.append({"id": f"cprompt-{len(rows):04d}", "prompt": prompt, "meta": {"constraints": cons}})
+    return rows
+
+
+def write_constraint_prompts() -> None:
+    """`constraint_prompts.jsonl` (training, prompts kind) and `dev_suite.jsonl` (the eval suite's row
+    format, for `eval` with `suite:`); their own seed, so the other files do not change with them."""
+    rows = constraint_prompts(random.Random(20261124))
+    train, dev = rows[:N_CONSTRAINT_PROMPTS], rows[N_CONSTRAINT_PROMPTS:]
+    (HERE / "constraint_prompts.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train))
+    suite = [{"id": r["id"], "prompt": r["prompt"], "constraints": r["meta"]["constraints"]} for r in dev]
+    (HERE / "dev_suite.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in suite))
+    print(f"constraint_prompts.jsonl: {len(train)} rows; dev_suite.jsonl: {len(dev)} rows")
+
+
 def degrade(answer: str, rng: random.Random) -> str:
     """A worse answer: wrong, rude or ignoring the instruction."""
     choice = rng.randrange(3)
@@ -286,6 +332,7 @@ def main() -> None:
             lines.insert((k * 37 + 11) % len(lines), b)
         (HERE / f"{kind}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
         print(f"{kind}.jsonl: {len(good)} good + {len(bad)} bad rows")
+    write_constraint_prompts()
 
 
 if __name__ == "__main__":

@@ -142,6 +142,59 @@ def test_verify_uses_eval_checks_and_rule_fix():
     assert verify.check({}, "anything") and not verify.checkable("{}") and not verify.checkable("not json")
 
 
+@pytest.mark.parametrize(
+    ("constraint", "response", "fixed"),
+    [
+        # sentences regrouped in order into the asked number of bullets / sections / paragraphs
+        (
+            {"kind": "bullet_count", "count": 3},
+            "Sleep helps. It lifts mood. Rest. Bye.",
+            "- Sleep helps. It lifts mood.\n- Rest.\n- Bye.",
+        ),
+        ({"kind": "bullet_count", "count": 2}, "- a b\n- c d\n- e f", "- a b c d\n- e f"),  # lines are units too
+        (
+            {"kind": "sections", "count": 2},
+            "One here. Two here. Three.",
+            "Section 1\nOne here. Two here.\n\nSection 2\nThree.",
+        ),
+        ({"kind": "paragraphs", "count": 3}, "One. Two. Three. Four.", "One. Two.\n\nThree.\n\nFour."),
+        ({"kind": "paragraphs", "count": 2}, "no stops here", "no stops\n\nhere"),  # fewer sentences: words
+        ({"kind": "max_sentences", "max": 2}, "A b. C d! E f? G", "A b. C d!"),
+        ({"kind": "title"}, "sleep is good for you.", "<<Sleep is good for>>\nsleep is good for you."),
+        ({"kind": "placeholders", "min": 3}, "Dear [name], hi.", "Dear [name], hi. [name] [place]"),
+        ({"kind": "postscript"}, "Hello.", "Hello.\n\nP.S. Thank you for reading."),
+        ({"kind": "json_format"}, 'He said "hi".', '{"response": "He said \\"hi\\"."}'),
+        ({"kind": "keyword_frequency", "keyword": "sleep", "min": 3}, "Sleep well.", "Sleep well. sleep sleep"),
+    ],
+)
+def test_rule_fix_layout_and_marker_kinds(constraint, response, fixed):
+    meta = {"constraints": [constraint]}
+    assert not verify.check(meta, response)
+    assert verify.rule_fix(meta, response) == fixed
+    assert verify.check(meta, fixed)
+
+
+def test_rule_fix_gives_up_without_material():
+    # three paragraphs need three words at least; a fixed point that still fails is None, not a wrong pair
+    assert verify.rule_fix({"constraints": [{"kind": "paragraphs", "count": 3}]}, "two words") is None
+
+
+def test_every_suite_kind_but_min_words_has_a_fix_that_passes():
+    """On every eval-suite prompt, a plain two-sentence answer is fixed into one that passes all its
+    constraints — except where the prompt asks for min_words (no honest minimal fix)."""
+    from rayalign.eval.make_suite import build
+
+    answer = "This is a plain answer with enough words to work with. It has a second sentence here too."
+    kinds = {c["kind"] for row in build() for c in row["constraints"]}
+    assert sorted(kinds - {"min_words"}) == sorted(verify.FIXES)
+    for row in build():
+        meta = {"constraints": row["constraints"]}
+        fixed = verify.rule_fix(meta, answer)
+        if any(c["kind"] == "min_words" for c in row["constraints"]):
+            continue
+        assert fixed is not None and verify.check(meta, fixed), (row["id"], fixed)
+
+
 def test_rewrite_statuses():
     orig = "Water boils at 50 degrees at sea level."
     assert judge_rewrite(orig, "", "error", 0.6, 1.8) == ("", "engine_error", 0.0)
@@ -189,3 +242,33 @@ def test_clair_decide_and_input():
     )
     assert read_input({"id": "1", "prompt": "Q", "response": " "}, ok)[1] == "input_no_response"
     assert read_input({"id": "1", "response": "A"}, ok)[1] == "input_missing_field"
+
+
+def test_constraint_prompts_match_their_generator_and_dev_is_held_apart():
+    """The bundled all-kinds training prompts and their dev split are what the generator writes; no
+    dev prompt is trained on, and no eval-suite prompt or subject occurs in either."""
+    import importlib.util
+    import json
+    import random
+    from pathlib import Path
+
+    from rayalign.eval.make_suite import TOPICS, build
+
+    data = Path(__file__).parents[2] / "rayjobs" / "data"
+    spec = importlib.util.spec_from_file_location("make_sample_data", data / "make_sample_data.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    rows = gen.constraint_prompts(random.Random(20261124))
+    train = [json.loads(x) for x in (data / "constraint_prompts.jsonl").read_text().splitlines()]
+    dev = [json.loads(x) for x in (data / "dev_suite.jsonl").read_text().splitlines()]
+    assert train == rows[: gen.N_CONSTRAINT_PROMPTS]
+    assert dev == [
+        {"id": r["id"], "prompt": r["prompt"], "constraints": r["meta"]["constraints"]}
+        for r in rows[gen.N_CONSTRAINT_PROMPTS :]
+    ]
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in dev}
+    suite_tasks = {task for task, _ in TOPICS}
+    for r in train + dev:
+        assert not any(r["prompt"].startswith(t) for t in suite_tasks), r["id"]
+    assert not {r["prompt"] for r in build()} & {r["prompt"] for r in train + dev}
+    assert {c["kind"] for r in train for c in r["meta"]["constraints"]} == set(verify.FIXES)

@@ -7,7 +7,8 @@ so the reviser and the evaluation agree on what "passes" means.
 
 `rule_fix` is the minimal, rule-based revision for the embedded default, where no model stronger
 than the policy exists: it changes only what a failing constraint requires, for the kinds that
-have an honest minimal fix (below); other failures are "unfixable".
+have an honest minimal fix (below: every checkable kind but `min_words`, which would need new
+content); other failures are "unfixable".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import re
 from collections.abc import Callable
 
-from rayalign.eval.checks import WORD, check_response
+from rayalign.eval.checks import PLACEHOLDER, SENTENCE_END, WORD, check_response
 
 
 def _drop_words(text: str, words: list[str]) -> str:
@@ -30,7 +31,59 @@ def _truncate_words(text: str, n: int) -> str:
     return text if len(matches) <= n else text[: matches[n - 1].end()] if n > 0 else ""
 
 
-# kind -> fix(response, **params) -> str; each touches only what its check looks at
+def _sentences(text: str) -> list[str]:
+    """The text's sentences (ends at . ! ? before whitespace, and line ends), bullet and section
+    markers dropped."""
+    text = BULLET_MARK.sub("", SECTION_LINE.sub("", text))
+    parts = []
+    for line in text.splitlines():
+        start = 0
+        for m in SENTENCE_END.finditer(line):
+            parts.append(line[start : m.end()])
+            start = m.end()
+        parts.append(line[start:])
+    return [" ".join(p.split()) for p in parts if WORD.search(p)]
+
+
+def _groups(text: str, n: int) -> list[str] | None:
+    """The text cut into `n` consecutive non-empty groups: by sentences when there are enough, else by
+    words; None when it has fewer than `n` words (nothing honest to restructure)."""
+    units = _sentences(text)
+    if len(units) < n:
+        units = WORD.findall(text)
+        if len(units) < n:
+            return None
+    size, extra = divmod(len(units), n)
+    out, i = [], 0
+    for k in range(n):
+        take = size + (1 if k < extra else 0)
+        out.append(" ".join(units[i : i + take]))
+        i += take
+    return out
+
+
+def _layout(text: str, n: int, render: Callable[[int, str], str], sep: str) -> str:
+    groups = _groups(text, int(n))
+    return text if groups is None else sep.join(render(k, g) for k, g in enumerate(groups, start=1))
+
+
+def _max_sentences(text: str, n: int) -> str:
+    ends = list(SENTENCE_END.finditer(text.strip()))
+    return text.strip()[: ends[n - 1].end()] if n > 0 and len(ends) >= n else text
+
+
+def _title(text: str) -> str:
+    head = " ".join(WORD.findall(text)[:4]) or "Answer"
+    return f"<<{head[:1].upper()}{head[1:]}>>\n{text.lstrip()}"
+
+
+PLACEHOLDER_NAMES = ["name", "place", "date", "time", "address", "number"]
+BULLET_MARK = re.compile(r"^\s*[-*•]\s+", re.MULTILINE)
+SECTION_LINE = re.compile(r"^\s*(?:#+\s*)?Section\s+\d+\s*$", re.MULTILINE | re.IGNORECASE)
+
+# kind -> fix(response, **params) -> str; each touches only what its check looks at: words or marks
+# added at the end, a prefix, case, removal, truncation, or (layout kinds) the same sentences regrouped
+# into the asked number of bullets / sections / paragraphs. `min_words` has no honest minimal fix.
 FIXES: dict[str, Callable[..., str]] = {
     "lowercase": lambda r: r.lower(),
     "uppercase": lambda r: r.upper(),
@@ -43,6 +96,24 @@ FIXES: dict[str, Callable[..., str]] = {
     "forbidden_words": lambda r, words: _drop_words(r, words),
     "max_words": lambda r, max: _truncate_words(r, int(max)),
     "quotation": lambda r: f'"{r.strip()}"',
+    "keyword_frequency": lambda r, keyword, min: (
+        r.rstrip()
+        + f" {keyword}" * max(0, int(min) - len(re.findall(rf"\b{re.escape(keyword)}\b", r, flags=re.IGNORECASE)))
+    ),
+    "json_format": lambda r: json.dumps({"response": r.strip()}, ensure_ascii=False),
+    "max_sentences": lambda r, max: _max_sentences(r, int(max)),
+    "bullet_count": lambda r, count: _layout(r, count, lambda k, g: f"- {g}", "\n"),
+    "sections": lambda r, count, marker="Section": _layout(r, count, lambda k, g: f"{marker} {k}\n{g}", "\n\n"),
+    "paragraphs": lambda r, count: _layout(r, count, lambda k, g: g, "\n\n"),
+    "title": _title,
+    "placeholders": lambda r, min: (
+        r.rstrip()
+        + "".join(
+            f" [{PLACEHOLDER_NAMES[k % len(PLACEHOLDER_NAMES)]}]"
+            for k in range(max(0, int(min) - len(PLACEHOLDER.findall(r))))
+        )
+    ),
+    "postscript": lambda r, marker="P.S.": f"{r.rstrip()}\n\n{marker} Thank you for reading.",
 }
 
 
@@ -65,6 +136,26 @@ def checkable(prompt_meta: dict | str | None) -> bool:
     return bool(constraints_of(prompt_meta))
 
 
+def _appended_words(cons: list[dict], text: str) -> int:
+    """Words the fixes of the failing constraints would add to `text` (a word budget must leave room)."""
+    n = len(WORD.findall(text))
+    extra = 0
+    for c in cons:
+        fix = FIXES.get(c["kind"])
+        if fix is not None and c["kind"] not in SHRINKING and not check_response([c], text)[0]:
+            extra += max(0, len(WORD.findall(fix(text, **_params(c)))) - n)
+    return extra
+
+
+def _params(c: dict) -> dict:
+    return {k: v for k, v in c.items() if k != "kind"}
+
+
+# fixes that cut text run first in each pass, with their budget reduced by what the other fixes add
+# ("include 'waves' and 'salt'" + "at most 15 words": cut to 13, then append the two keywords)
+SHRINKING = ("max_words", "max_sentences")
+
+
 def rule_fix(prompt_meta: dict | str | None, response: str) -> str | None:
     """Apply the fix of each failing constraint; None when the result still fails.
 
@@ -72,13 +163,17 @@ def rule_fix(prompt_meta: dict | str | None, response: str) -> str | None:
     once per constraint, until every check holds.
     """
     cons = constraints_of(prompt_meta)
+    order = sorted(cons, key=lambda c: c["kind"] not in SHRINKING)
     text = response
     for _ in range(len(cons)):
-        results = check_response(cons, text)
-        if all(results):
+        if all(check_response(cons, text)):
             return text
-        for c, ok in zip(cons, results):
+        for c in order:
             fix = FIXES.get(c["kind"])
-            if not ok and fix is not None:
-                text = fix(text, **{k: v for k, v in c.items() if k != "kind"})
+            if fix is None or check_response([c], text)[0]:
+                continue
+            params = _params(c)
+            if c["kind"] == "max_words":
+                params["max"] = max(1, int(params["max"]) - _appended_words(cons, text))
+            text = fix(text, **params)
     return text if all(check_response(cons, text)) else None
