@@ -4,8 +4,9 @@
     python rayjobs/quickstart.py run_dir=runs/qs2     # any pipeline override works
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python rayjobs/quickstart.py
 
-rewrite → pretrain → pas → sft → sample → clair → reference → prefer (APO-zero) → eval, as listed in
-rayjobs/configs/quickstart.yaml. Re-running skips finished stages; a killed run resumes. At the end
+sample → clair → reference → prefer (APO-zero) → eval, as listed in rayjobs/configs/quickstart.yaml:
+the model's own answers to prompts with checkable instructions, each failing answer paired with its
+minimal revision, APO on those pairs, then base vs aligned on the held-out verifiable suite. Re-running skips finished stages; a killed run resumes. At the end
 it prints the evaluation headline (base vs aligned) and the command that serves the aligned model.
 """
 

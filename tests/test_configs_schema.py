@@ -59,34 +59,31 @@ def test_config_validates(path):
 
 
 def test_quickstart_chain():
-    """The quickstart wires each stage to the previous one's output and ends with eval on prefer."""
+    """The quickstart samples the base model on the all-kinds training prompts, pairs its answers with
+    their CLAIR revisions, trains APO-zero from the base on them, and evaluates that policy against the
+    base; the dev split it was chosen on is not among its inputs."""
     pipe = load_pipeline(REPO / "rayjobs/configs/quickstart.yaml")
-    kinds = [s.stage for s in pipe.stages]
-    for earlier, later in [
-        ("rewrite", "pretrain"),
-        ("pretrain", "pas"),
-        ("pas", "sft"),
-        ("sft", "sample"),
-        ("sample", "clair"),
-        ("clair", "reference"),
-        ("reference", "prefer"),
-        ("prefer", "eval"),
-    ]:
-        assert kinds.index(earlier) < kinds.index(later)
-    prefer = next(s for s in pipe.stages if s.stage == "prefer")
-    assert prefer.config["objective"]["name"] == "apo_zero"
-    assert pipe.defaults["model"] == "builtin:smollm2-135m-instruct"
+    assert [s.stage for s in pipe.stages] == ["sample", "clair", "reference", "prefer", "prepare", "eval"]
+    cfgs = {s.name: c for s, c in zip(pipe.stages, validate_pipeline(pipe, "quickstart.yaml"))}
+    base = "builtin:smollm2-135m-instruct"
+    assert pipe.defaults["model"] == base
+    assert cfgs["sample"].model == cfgs["reference"].model == cfgs["prefer"].train.model == base
+    assert cfgs["sample"].inputs == ["rayjobs/data/constraint_prompts.jsonl"]
+    assert cfgs["clair"].inputs == [f"{pipe.run_dir}/sample/data"] and cfgs["clair"].reviser == "rule"
+    assert cfgs["prefer"].train.objective.name == "apo_zero"
+    assert cfgs["eval"].model == "<stages.prefer.checkpoint>" and cfgs["eval"].baseline_model == base
+    assert cfgs["eval"].suite == "builtin"
+    assert "dev_suite" not in (REPO / "rayjobs/configs/quickstart.yaml").read_text().split("stages:", 1)[1]
 
 
 def test_quickstart_rounds_chain():
-    """The rounds candidate wires each stage to the previous one's output: SFT, then two on-policy rounds of
-    sample → clair → reference → prefer (APO-zero), round 2 from round 1's policy, then eval on the
-    last round's prefer."""
+    """The rounds variant wires each stage to the previous one's output: two on-policy rounds of
+    sample → clair → reference → prefer (APO-zero), round 1 from the base model, round 2 from round 1's
+    policy, then eval on the last round's prefer."""
     pipe = load_pipeline(REPO / "rayjobs/configs/quickstart-rounds.yaml")
     order = [s.id for s in steps(pipe)]
     round_stages = ["sample", "clair", "reference", "prefer"]
     assert order == [
-        "sft",
         *[f"round-{r}/{n}" for r in (1, 2) for n in round_stages],
         "heldout",
         "eval",
@@ -97,12 +94,13 @@ def test_quickstart_rounds_chain():
     r1, r2 = cfgs["round-1/prefer"], cfgs["round-2/prefer"]
     assert r1.train.objective.name == r2.train.objective.name == "apo_zero"
     assert (
-        r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == "<stages.sft.checkpoint>"
+        r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == pipe.defaults["model"]
     )
     policy2 = "<round.prev.prefer.checkpoint>"
     assert r2.train.model == cfgs["round-2/sample"].model == cfgs["round-2/reference"].model == policy2
     assert cfgs["round-2/clair"].inputs == [f"{pipe.run_dir}/round-2/sample/data"]
     assert cfgs["round-1/sample"].params.seed == 1 and cfgs["round-2/sample"].params.seed == 2
+    assert cfgs["round-1/sample"].inputs == cfgs["round-2/sample"].inputs == ["rayjobs/data/constraint_prompts.jsonl"]
     assert cfgs["eval"].model == "<stages.prefer.checkpoint>"
     assert pipe.defaults["model"] == "builtin:smollm2-135m-instruct"
 
