@@ -6,8 +6,9 @@
 
 sample → clair → reference → prefer (APO-zero) → eval, as listed in rayjobs/configs/quickstart.yaml:
 the model's own answers to prompts with checkable instructions, each failing answer paired with its
-minimal revision, APO on those pairs, then base vs aligned on the held-out verifiable suite. Re-running skips finished stages; a killed run resumes. At the end
-it prints the evaluation headline (base vs aligned) and the command that serves the aligned model.
+minimal revision, APO on those pairs, then base vs aligned on the held-out verifiable suite.
+Re-running skips finished stages; a killed run resumes. At the end it prints the evaluation headline
+(base vs aligned) and the command that serves the aligned model.
 """
 
 from __future__ import annotations
