@@ -61,6 +61,7 @@ class ServeConfig(Cfg):
             "accelerator_type",
             "ingress_num_cpus",
             "ingress_max_ongoing_requests",
+            "colocate_engine",
         }
     )
 
@@ -107,8 +108,19 @@ class ServeConfig(Cfg):
     ingress_num_cpus: float = Field(0.0, ge=0)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
 
+    # One deployment whose replicas hold the ingress and the engine together (the ingress awaits
+    # the engine in its own process: one process and one Ray hop per streamed chunk fewer), placed
+    # and scaled as the engine's replicas (engine_num_cpus/gpus, replicas, autoscaling); the engine's
+    # max_ongoing_requests + max_queued_requests still bound it (503 past both). None = on for
+    # `backend: vllm` (its async engine needs no threads or batching window), off for hf.
+    colocate_engine: bool | None = None
+
     batch: BatchCfg = BatchCfg()
     pas: PasCfg = PasCfg()
+
+    def colocated(self) -> bool:
+        """Whether the ingress holds the engine itself (`colocate_engine`, resolved)."""
+        return self.backend == "vllm" if self.colocate_engine is None else self.colocate_engine
 
     @property
     def model_name(self) -> str:
