@@ -92,6 +92,11 @@ class ServeConfig(Cfg):
     # decoded; k sends every k-th, cutting the serving path's CPU per token (replica, ingress,
     # proxy and client each handle one message per chunk) about k-fold at k-1 tokens of latency.
     stream_interval: int = Field(1, ge=1)
+    # Time-based coalescing on top: a stream sends at most one chunk per this many milliseconds,
+    # joining whatever tokens arrived meanwhile (0: no time limit). Unlike the count, it bounds the
+    # messages per stream whatever the engine's speed: on a fast GPU step many tokens join, on a
+    # slow CPU step (one token per stream per step) few do.
+    stream_interval_ms: float = Field(0.0, ge=0)
 
     # Engine replicas: at most `max_ongoing_requests` in flight each, `max_queued_requests`
     # waiting in the caller; past both the ingress answers 503 with Retry-After.
