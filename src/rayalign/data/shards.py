@@ -107,7 +107,9 @@ def resolve_in_flight(
     at once; None: unknown, "auto" then keeps one shard in flight)."""
     if default is None:
         ignored = setting not in (None, 1)
-        return 1, "this stage runs one shard at a time per actor" + (": pool.shards_in_flight ignored" if ignored else "")
+        return 1, "this stage runs one shard at a time per actor" + (
+            ": pool.shards_in_flight ignored" if ignored else ""
+        )
     chosen = default if setting is None else setting
     if chosen != "auto":
         return int(chosen), "pool.shards_in_flight" if setting is not None else "the stage's default"

@@ -258,7 +258,9 @@ class EngineServer:
             raise RuntimeError("engine not loaded")
 
 
-async def held_back(chunks: AsyncIterator[StreamChunk], interval: int, gap_s: float = 0.0) -> AsyncIterator[StreamChunk]:
+async def held_back(
+    chunks: AsyncIterator[StreamChunk], interval: int, gap_s: float = 0.0
+) -> AsyncIterator[StreamChunk]:
     """Deltas held back and sent joined: a chunk goes out once it holds `interval` tokens
     (`ServeConfig.stream_interval`) and at least `gap_s` seconds have passed since the stream's
     last one (`stream_interval_ms`). A choice's finish (and the end of the stream) sends what is

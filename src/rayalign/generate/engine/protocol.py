@@ -130,7 +130,6 @@ class EngineConfig(Cfg):
     max_lora_rank: int = Field(64, ge=1)  # vllm: the largest LoRA rank it reserves room for
     seed: int = 0
 
-
     def capacity(self, n: int = 1) -> int:
         """Prompt rows (of `n` samples each) the engine runs at once: vLLM's `max_num_seqs` (from
         `vllm_kwargs`, else vLLM's scheduler default of 128 for AsyncLLM) over n, as each sample is
