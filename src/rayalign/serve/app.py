@@ -134,6 +134,12 @@ class OpenAIIngress:
         if isinstance(self.engine, LocalEngine):
             await self.engine.server.check_health()
 
+    def __del__(self):
+        # Serve calls this when a replica stops: a colocated engine stops its engine-core process now.
+        engine = getattr(self, "engine", None)
+        if isinstance(engine, LocalEngine):
+            engine.server.__del__()
+
     # -- shared checks ---------------------------------------------------------------------
 
     def _auth(self, request: Request) -> None:
