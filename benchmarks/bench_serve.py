@@ -15,7 +15,7 @@ The overhead ratio is endpoint / in-process (p50 latency and requests/s).
 against the same requests through one offline `vllm.LLM.generate` call; the ratio at 16 clients
 is the number to watch (goal ≥ 0.8).
 
-    python benchmarks/bench_serve.py --vllm-streams --quick     # ~6-8 min: 4 variants, then offline
+    python benchmarks/bench_serve.py --vllm-streams --quick     # ~8-12 min: 5 variants, then offline
 
 Variants (`--variants`, in one run against the same offline engine): `split` (engine deployment
 behind the ingress, the old topology), `colocated` (the ingress holds the engine: the default on
@@ -365,7 +365,7 @@ def main() -> int:
     ap.add_argument("--vllm-streams", action="store_true", help="continuous batching: streams vs offline vLLM")
     ap.add_argument(
         "--variants",
-        default="split,colocated,colocated-4,colocated-250ms",
+        default="split,colocated,split-4,colocated-4,colocated-250ms",
         help=f"--vllm-streams: comma-separated serving variants among {', '.join(VARIANTS)}",
     )
     ap.add_argument("--under-load", action="store_true", help="name the results file ...-under-load (shared box)")
