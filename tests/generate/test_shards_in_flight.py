@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rayalign.data.shards import finished_shards, read_dataset, read_manifest
+from rayalign.generate.sample import SampleConfig, run_sample
 from rayalign.stages import run_stage
 from shard_kill_helpers import run_and_kill_one_actor
 
@@ -24,7 +25,7 @@ def prompts_file(path: Path, n: int) -> str:
     return str(path)
 
 
-def sample_data(inp: str, out: Path, in_flight: int, workers: int = 0, **params) -> dict:
+def sample_data(inp: str, out: Path, in_flight: int | str, workers: int = 0, **params) -> dict:
     return {
         "inputs": [inp],
         "output": str(out),
@@ -78,3 +79,21 @@ def test_threaded_actor_killed_mid_run_completes_exactly_once(ray_cluster, tmp_p
     local = run_stage("sample", data=sample_data(inp, tmp_path / "local", 1, max_tokens=24))
     assert local.counts.to_json() == c
     assert_same_run(tmp_path / "local", out)
+
+
+@pytest.mark.timeout(300)
+def test_auto_in_flight_follows_engine_batch_and_gives_the_rows_of_one_at_a_time(tmp_path):
+    """`auto` (the generation default): HF batch 4, n 2 and shards of ~3 rows → ceil(2*4/3) = 3
+    shards in flight, logged once; the rows equal those of one shard at a time."""
+    inp = prompts_file(tmp_path / "p.jsonl", 20)
+    logs: list[str] = []
+    data = sample_data(inp, tmp_path / "auto", "auto")
+    data["engine"] = {**TINY, "batch_size": 4}
+    auto = run_sample(SampleConfig.model_validate(data), log=logs.append)
+    one_data = sample_data(inp, tmp_path / "one", 1)
+    one_data["engine"] = {**TINY, "batch_size": 4}
+    one = run_stage("sample", data=one_data)
+    said = [m for m in logs if "in flight" in m]
+    assert said == ["[sample] 3 shard(s) in flight per actor: engine runs 4 at once, shards of 3 rows"]
+    assert auto.counts.to_json() == one.counts.to_json() and auto.counts.out_rows == 40
+    assert_same_run(tmp_path / "one", tmp_path / "auto")

@@ -14,7 +14,7 @@ import time
 import httpx
 import openai
 import pytest
-from serve_helpers import free_port
+from serve_helpers import engine_stats, free_port
 
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, cut_at_stop, make_engine
 from rayalign.serve.config import ServeConfig
@@ -24,14 +24,17 @@ KEY = "sk-test-key"
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def server(ray_cluster):
+@pytest.fixture(scope="module", params=[False, True], ids=["engine-deployment", "colocated"])
+def server(ray_cluster, request):
     from rayalign.serve.server import start, stop
 
     # autoscaling bounded at one replica: exercises the autoscaling config path while every
-    # request (and the stats the tests read) lands on the same replica
+    # request (and the stats the tests read) lands on the same replica. Colocated: the ingress
+    # holds the engine server itself; auth, limits, batching and 503s must behave the same.
     cfg = ServeConfig(
         model=TINY,
+        colocate_engine=request.param,
+        app_name=f"rayalign-{'colocated' if request.param else 'split'}",
         port=free_port(),
         api_key=KEY,
         engine_num_cpus=0.5,
@@ -149,15 +152,13 @@ def test_n_and_seed_are_reproducible(client):
 
 
 def test_concurrent_requests_are_batched(server, client):
-    from ray import serve
-
     def one(i):
         return client.completions.create(model=TINY, prompt=f"Number {i}", max_tokens=8, temperature=0)
 
     with cf.ThreadPoolExecutor(4) as ex:
         outs = list(ex.map(one, range(4)))
     assert all(o.usage.completion_tokens >= 1 for o in outs)
-    stats = serve.get_deployment_handle("EngineServer", server[0].app_name).stats.remote().result()
+    stats = engine_stats(server[0].app_name)
     assert max(stats["batch_sizes"]) > 1, stats  # at least two requests shared one engine call
 
 
@@ -269,10 +270,7 @@ def test_overload_gives_503_never_a_crash(server, client):
 
 
 def test_client_disconnect_mid_stream_frees_the_slot(server, client):
-    from ray import serve
-
-    handle = serve.get_deployment_handle("EngineServer", server[0].app_name)
-    s0 = handle.stats.remote().result()
+    s0 = engine_stats(server[0].app_name)
     before, d0 = s0["streams_cancelled"], s0["deltas_streamed"]
     body = {"model": TINY, "prompt": "Hi", "max_tokens": 2000, "temperature": 0, "stream": True}
     with httpx.stream(
@@ -284,14 +282,14 @@ def test_client_disconnect_mid_stream_frees_the_slot(server, client):
     assert any(line.startswith("data: {") for line in got)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        s = handle.stats.remote().result()
+        s = engine_stats(server[0].app_name)
         if s["active_streams"] == 0 and s["streams_cancelled"] > before:
             break
         time.sleep(0.2)
     assert s["active_streams"] == 0 and s["streams_cancelled"] == before + 1, s
     # generation really stopped: no more deltas are produced, far fewer than the 2000 asked for
     time.sleep(1.0)
-    after = handle.stats.remote().result()
+    after = engine_stats(server[0].app_name)
     assert after["deltas_streamed"] == s["deltas_streamed"] and after["deltas_streamed"] - d0 < 1500, after
     # the freed slot serves the next request at once
     assert client.completions.create(model=TINY, prompt="next", max_tokens=2).choices

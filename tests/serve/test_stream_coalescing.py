@@ -114,3 +114,30 @@ def test_stream_interval_holds_deltas_back_and_flushes_at_each_finish():
     assert asyncio.run(run(2)) == [(0, "ab", None), (0, "cd", None), (0, "e", None), (0, "", "length"), (1, "x", None)]
     assert asyncio.run(run(8)) == [(0, "abcde", None), (0, "", "length"), (1, "x", None)]
     assert asyncio.run(run(1)) == [(0, ch, None) for ch in "abcde"] + [(0, "", "length"), (1, "x", None)]
+
+
+def test_stream_interval_ms_joins_what_arrived_within_the_gap_and_loses_nothing():
+    """Deltas 10 ms apart, at most one chunk per 45 ms: chunks of several tokens (a slower box only
+    makes them larger), the text intact, the finish after every delta of its choice."""
+    from rayalign.serve.engine_server import held_back
+
+    async def src():
+        for i in range(30):
+            await asyncio.sleep(0.01)
+            yield StreamChunk(index=0, delta=str(i % 10))
+        yield StreamChunk(index=0, finish_reason="length", completion_tokens=30)
+
+    async def run(k: int, gap_s: float) -> list[StreamChunk]:
+        return [c async for c in held_back(src(), k, gap_s)]
+
+    out = asyncio.run(run(1, 0.045))
+    assert "".join(c.delta for c in out) == "".join(str(i % 10) for i in range(30))
+    assert [c.finish_reason for c in out][-1] == "length" and all(c.finish_reason is None for c in out[:-1])
+    deltas = [c for c in out if c.finish_reason is None]
+    assert len(deltas) <= 30 * 10 // 45 + 1  # at most one per gap: ≤ 7 chunks, not 30
+    assert all(len(c.delta) >= 2 for c in deltas[:-1])
+    # count and time together: every chunk holds at least 4 tokens (the last may hold the rest)
+    four = [c for c in asyncio.run(run(4, 0.015)) if c.finish_reason is None]
+    assert "".join(c.delta for c in four) == "".join(str(i % 10) for i in range(30))
+    assert all(len(c.delta) >= 4 for c in four[:-1])
+    assert asyncio.run(run(1, 0.0))[0].delta == "0" and len(asyncio.run(run(1, 0.0))) == 31  # off: every token

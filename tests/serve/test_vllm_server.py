@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from serve_helpers import free_port
+from serve_helpers import engine_stats, free_port
 
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.models.loader import BUILTIN_SMOLLM2 as MODEL
@@ -48,7 +48,6 @@ def _lora(path, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, tmp_path_factory):
-    from ray import serve
 
     from rayalign.serve.server import start, stop
 
@@ -65,8 +64,7 @@ def app(ray_cluster, tmp_path_factory):
         engine={"max_model_len": 1024, "max_lora_rank": 8, "vllm_kwargs": {"enforce_eager": True}},
     )
     url = start(cfg, ready_timeout_s=420)
-    handle = serve.get_deployment_handle("EngineServer", cfg.app_name)
-    yield url, adapters, handle
+    yield url, adapters, cfg.app_name
     stop(cfg)
 
 
@@ -121,7 +119,7 @@ def test_concurrent_streams_progress_together_and_equal_single_requests(client):
 
 
 def test_client_disconnect_aborts_the_request_in_the_engine(app):
-    url, _, handle = app
+    url, _, app_name = app
     body = {
         "model": MODEL,
         "prompt": "Count from 1 to 300, separated by commas.",
@@ -138,9 +136,9 @@ def test_client_disconnect_aborts_the_request_in_the_engine(app):
             if line.startswith("data: {"):
                 events.append(json.loads(line[6:]))
         assert all(e["choices"][0]["finish_reason"] is None for e in events), events  # still generating
-        assert handle.stats.remote().result()["engine_unfinished"] == 1  # running in the engine now
+        assert engine_stats(app_name)["engine_unfinished"] == 1  # running in the engine now
     deadline = time.monotonic() + 30
-    while (stats := handle.stats.remote().result())["engine_unfinished"] != 0:
+    while (stats := engine_stats(app_name))["engine_unfinished"] != 0:
         assert time.monotonic() < deadline, stats  # 900 tokens would take far longer than this
         time.sleep(0.2)
     assert stats["streams_cancelled"] >= 1

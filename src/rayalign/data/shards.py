@@ -28,11 +28,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from rayalign import storage
 from rayalign.config import Cfg
@@ -74,11 +74,49 @@ class PoolConfig(Cfg):
     # with `ray start --resources '{"data_node": 4}'`
     resources: dict[str, float] = Field(default_factory=dict)
     # Shards one actor (or the driver, at workers 0) works on at once, each in its own thread over
-    # the one processor. Generation stages default to several so their engine never drains at a
-    # shard boundary; None = the stage's default (1 for stages whose processors are not thread-safe).
-    shards_in_flight: int | None = Field(None, ge=1)
+    # the one processor. "auto" (generation stages): enough shards that the engine always holds
+    # more requests than it runs at once (see `auto_in_flight`), so it never drains at a shard
+    # boundary; None = the stage's default (1 for stages whose processors are not thread-safe).
+    shards_in_flight: PositiveInt | Literal["auto"] | None = None
     shard_rows: int = 256
     limit: int | None = None  # only the first N input rows (a seed sample, a smoke run); None = all
+
+
+# The most shards "auto" keeps in flight per actor: each is a thread holding its rows and results.
+MAX_AUTO_IN_FLIGHT = 64
+
+
+def auto_in_flight(capacity: int, shard_rows: int, pending: int) -> int:
+    """Shards in flight that keep an engine running `capacity` requests at once always full.
+
+    Twice the capacity is queued (ceil(2 * capacity / shard_rows) shards): when a shard's last
+    rows finish, the others still hold more requests than the engine runs, so its batch refills at
+    once instead of draining while the next shard is read and tokenised. At least 2, so that even
+    shards larger than the engine's batch never leave it running only one shard's longest tail.
+    Clamped to MAX_AUTO_IN_FLIGHT and to the shards left to run (at least 1).
+    """
+    want = max(2, -(-2 * max(capacity, 1) // max(shard_rows, 1)))
+    return max(1, min(want, MAX_AUTO_IN_FLIGHT, pending))
+
+
+def resolve_in_flight(
+    setting: int | str | None, default: int | str | None, capacity: int | None, shard_rows: int, pending: int
+) -> tuple[int, str]:
+    """(shards in flight per actor, why) from `pool.shards_in_flight` (`setting`), the stage's
+    default (None: one at a time, whatever the pool says) and its engine's capacity (requests run
+    at once; None: unknown, "auto" then keeps one shard in flight)."""
+    if default is None:
+        ignored = setting not in (None, 1)
+        return 1, "this stage runs one shard at a time per actor" + (
+            ": pool.shards_in_flight ignored" if ignored else ""
+        )
+    chosen = default if setting is None else setting
+    if chosen != "auto":
+        return int(chosen), "pool.shards_in_flight" if setting is not None else "the stage's default"
+    if capacity is None:
+        return 1, "auto, but the engine's capacity is unknown"
+    n = auto_in_flight(capacity, shard_rows, pending)
+    return n, f"engine runs {capacity} at once, shards of {shard_rows} rows"
 
 
 @dataclass
@@ -445,14 +483,16 @@ def run_sharded(
     config_hash: str,
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
-    shards_in_flight: int | None = None,
+    shards_in_flight: int | Literal["auto"] | None = None,
+    capacity: int | None = None,
 ) -> dict:
     """Run a sharded stage to completion (resuming if possible); return the manifest (JSON form).
 
     `out_dir` and `inputs` may be local paths or URIs. `manifest_counts(result)` gives the typed counts.
     `shards_in_flight` is the stage's default for `pool.shards_in_flight`, given only by stages
     whose processor's `process` is safe to call from several threads at once; None = one shard per
-    actor at a time, whatever the pool says.
+    actor at a time, whatever the pool says. `capacity` is how many rows the stage's engine runs at
+    once, which "auto" sizes the shards in flight from (`auto_in_flight`).
     """
     out_dir = str(out_dir)
     done_manifest = _prepare_output(stage, out_dir, config_hash, log)
@@ -469,9 +509,9 @@ def run_sharded(
     size = f"{total_rows} row(s)" if known else "rows counted as read"
     log(f"[{stage}] {len(shards)} shard(s), {size}; {len(done)} done, {len(pending)} to run")
     t0, rows_run = time.time(), 0
-    in_flight = 1 if shards_in_flight is None else (pool.shards_in_flight or shards_in_flight)
-    if shards_in_flight is None and (pool.shards_in_flight or 1) > 1:
-        log(f"[{stage}] pool.shards_in_flight ignored: this stage runs one shard at a time per actor")
+    in_flight, why = resolve_in_flight(pool.shards_in_flight, shards_in_flight, capacity, pool.shard_rows, len(pending))
+    if pending and (in_flight > 1 or pool.shards_in_flight not in (None, 1) or shards_in_flight is not None):
+        log(f"[{stage}] {in_flight} shard(s) in flight per actor: {why}")
     reports = _execute(pending, kind, factory, out_dir, pool, config_hash, in_flight)
     for i, report in enumerate(reports, start=1):
         done[report["shard"]] = report

@@ -4,11 +4,20 @@ A generation stage is a `run_sharded` stage whose Processor holds an Engine: Ray
 to an actor pool sized by `pool` (fractional CPUs so a 2-CPU box never deadlocks), each actor
 builds its engine once, and every shard lands as a parquet file; a re-run skips finished shards.
 
-Each actor keeps `pool.shards_in_flight` shards (default `GEN_SHARDS_IN_FLIGHT`) going at once, in
-threads over its one processor and engine. On vLLM's async engine their rows share one running
-batch, so the batch refills from the next shard while the longest answers of the last one finish,
-and one shard's read, tokenisation and parquet write overlap the others' decoding. The HF engine
-serialises its `generate` calls under a lock, so there only the CPU work overlaps.
+Each actor keeps `pool.shards_in_flight` shards going at once, in threads over its one processor
+and engine. The default, "auto", sizes that from the engine's capacity (`EngineConfig.capacity`:
+vLLM's `max_num_seqs`, HF's `batch_size`) and `shard_rows` so the engine always holds about twice
+the rows it runs at once (`rayalign.data.shards.auto_in_flight`). On vLLM's async engine the rows
+of every shard in flight share one running batch, so the batch refills from the next shard while
+the longest answers of the last one finish, and one shard's read, tokenisation and parquet write
+(all on the shard's own thread, never on the engine loop) overlap the others' decoding.
+
+The HF engine serialises its `generate` calls under a lock, so there only the CPU work overlaps.
+Its rows are not batched across shards on purpose: transformers' `generate` is a static batch that
+runs until its longest row ends, so joining two shards' rows into one call makes the short rows
+of both wait for the longer tail (what several shards in flight avoid on vLLM), and a shard of
+`batch_size` rows or more already fills a call by itself. Give HF stages `shard_rows` ≥
+`engine.batch_size`.
 
 Why not `ray.data.llm` (`build_processor` + `vLLMEngineProcessorConfig`): its vLLM stage is a Ray
 Data operator over rows, so a row's output reaches storage only through a downstream write of
@@ -24,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from rayalign import storage
 from rayalign.config import Cfg
@@ -45,8 +54,9 @@ class GenStageConfig(Cfg):
         return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine
 
 
-# Shards each generation actor works on at once (a resource setting: `pool.shards_in_flight`).
-GEN_SHARDS_IN_FLIGHT = 4
+# Shards each generation actor works on at once (a resource setting: `pool.shards_in_flight`):
+# "auto" sizes it from the engine's capacity and the shard size.
+GEN_SHARDS_IN_FLIGHT: Literal["auto"] = "auto"
 
 _ENGINES: dict[str, Engine] = {}
 
@@ -126,6 +136,7 @@ def run_gen_stage(
             extra={"model": cfg.policy_engine().model, **(extra or {})},
             log=log,
             shards_in_flight=GEN_SHARDS_IN_FLIGHT,
+            capacity=cfg.policy_engine().capacity(cfg.params.n),
         )
     finally:
         release_engines(keep=before)

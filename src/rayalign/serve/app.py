@@ -2,6 +2,9 @@
 
     ingress (FastAPI, num_cpus 0)  ──handle──▶  EngineServer replicas (autoscaled, batched)
 
+On `backend: vllm` the two run as one deployment by default (`ServeConfig.colocate_engine`,
+`local_engine.py`): the ingress awaits the async engine in its own process, one hop less per chunk.
+
 The ingress owns everything that needs no model: API-key check, body-size limit, JSON and field
 validation, the model name. Each becomes an OpenAI-shaped error with the right status before any
 engine work is queued. Overload is bounded twice: the engine deployment's `max_ongoing_requests`
@@ -28,6 +31,7 @@ from rayalign.generate.engine.protocol import MAX_JOINED
 from rayalign.serve import protocol as P
 from rayalign.serve.config import ServeConfig
 from rayalign.serve.engine_server import EngineServer
+from rayalign.serve.local_engine import LocalEngine
 
 log = logging.getLogger("ray.serve")
 
@@ -88,6 +92,10 @@ def _merged(items: list[dict], most: int = MAX_JOINED) -> list[dict]:
     return out
 
 
+def _local_engine(cfg: ServeConfig) -> LocalEngine:
+    return LocalEngine(EngineServer(cfg.model_dump()), cfg.max_ongoing_requests, cfg.max_queued_requests)
+
+
 def _error_response(e: P.ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
@@ -112,9 +120,25 @@ def _overloaded(what: str) -> P.ApiError:
 @serve.ingress(api)
 class OpenAIIngress:
     def __init__(self, engine, cfg: dict):
-        self.engine = engine
         self.cfg = ServeConfig.model_validate(cfg)
+        # engine None: the engine server lives in this process (ServeConfig.colocate_engine)
+        self.engine = engine if engine is not None else _local_engine(self.cfg)
         self.created = int(time.time())
+
+    async def engine_stats(self) -> dict:
+        """The engine server's counters (active/cancelled streams, engine_unfinished), wherever it runs."""
+        return await self.engine.stats.remote()
+
+    async def check_health(self) -> None:
+        """Serve's health check: a colocated engine that lost its engine loop restarts the replica."""
+        if isinstance(self.engine, LocalEngine):
+            await self.engine.server.check_health()
+
+    def __del__(self):
+        # Serve calls this when a replica stops: a colocated engine stops its engine-core process now.
+        engine = getattr(self, "engine", None)
+        if isinstance(engine, LocalEngine):
+            engine.server.__del__()
 
     # -- shared checks ---------------------------------------------------------------------
 
@@ -357,12 +381,32 @@ def engine_placement(cfg: ServeConfig) -> dict:
 
 
 def build_app(cfg: ServeConfig):
-    """The Serve application: engine deployment (autoscaled or fixed) bound into the ingress."""
-    engine_opts: dict = dict(
-        **engine_placement(cfg),
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
+    """The Serve application: engine deployment (autoscaled or fixed) bound into the ingress, or
+    (`cfg.colocated()`) one deployment whose replicas hold both, placed as engine replicas are."""
+    if cfg.colocated():
+        opts = _scaling(cfg, dict(**engine_placement(cfg), max_ongoing_requests=cfg.ingress_max_ongoing_requests))
+        opts["max_queued_requests"] = cfg.ingress_max_ongoing_requests
+        return serve.deployment(name="OpenAIIngress", **opts)(OpenAIIngress).bind(None, cfg.model_dump())
+    engine_opts = _scaling(
+        cfg,
+        dict(
+            **engine_placement(cfg),
+            max_ongoing_requests=cfg.max_ongoing_requests,
+            max_queued_requests=cfg.max_queued_requests,
+        ),
     )
+    engine = serve.deployment(name="EngineServer", **engine_opts)(EngineServer).bind(cfg.model_dump())
+    ingress = serve.deployment(
+        name="OpenAIIngress",
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+        max_queued_requests=cfg.ingress_max_ongoing_requests,
+    )(OpenAIIngress)
+    return ingress.bind(engine, cfg.model_dump())
+
+
+def _scaling(cfg: ServeConfig, engine_opts: dict) -> dict:
+    """`engine_opts` with the replica count or the autoscaling config of the engine's deployment."""
     if cfg.autoscaling is not None:
         a = cfg.autoscaling
         engine_opts["autoscaling_config"] = {
@@ -375,14 +419,7 @@ def build_app(cfg: ServeConfig):
         }
     else:
         engine_opts["num_replicas"] = cfg.num_replicas
-    engine = serve.deployment(name="EngineServer", **engine_opts)(EngineServer).bind(cfg.model_dump())
-    ingress = serve.deployment(
-        name="OpenAIIngress",
-        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
-        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
-        max_queued_requests=cfg.ingress_max_ongoing_requests,
-    )(OpenAIIngress)
-    return ingress.bind(engine, cfg.model_dump())
+    return engine_opts
 
 
 def app_builder(args: dict):

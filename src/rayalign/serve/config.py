@@ -61,6 +61,7 @@ class ServeConfig(Cfg):
             "accelerator_type",
             "ingress_num_cpus",
             "ingress_max_ongoing_requests",
+            "colocate_engine",
         }
     )
 
@@ -91,6 +92,12 @@ class ServeConfig(Cfg):
     # decoded; k sends every k-th, cutting the serving path's CPU per token (replica, ingress,
     # proxy and client each handle one message per chunk) about k-fold at k-1 tokens of latency.
     stream_interval: int = Field(1, ge=1)
+    # Time-based coalescing on top: a stream sends at most one chunk per this many milliseconds,
+    # joining whatever tokens arrived meanwhile (0: no time limit). Unlike the count, it bounds the
+    # messages per stream whatever the engine's speed: on a fast GPU step many tokens join, on a
+    # slow CPU step (one token per stream per step) few do — on a 2-core box with 16 streams, 250 ms
+    # joined almost nothing, hence off by default.
+    stream_interval_ms: float = Field(0.0, ge=0)
 
     # Engine replicas: at most `max_ongoing_requests` in flight each, `max_queued_requests`
     # waiting in the caller; past both the ingress answers 503 with Retry-After.
@@ -107,8 +114,19 @@ class ServeConfig(Cfg):
     ingress_num_cpus: float = Field(0.0, ge=0)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
 
+    # One deployment whose replicas hold the ingress and the engine together (the ingress awaits
+    # the engine in its own process: one process and one Ray hop per streamed chunk fewer), placed
+    # and scaled as the engine's replicas (engine_num_cpus/gpus, replicas, autoscaling); the engine's
+    # max_ongoing_requests + max_queued_requests still bound it (503 past both). None = on for
+    # `backend: vllm` (its async engine needs no threads or batching window), off for hf.
+    colocate_engine: bool | None = None
+
     batch: BatchCfg = BatchCfg()
     pas: PasCfg = PasCfg()
+
+    def colocated(self) -> bool:
+        """Whether the ingress holds the engine itself (`colocate_engine`, resolved)."""
+        return self.backend == "vllm" if self.colocate_engine is None else self.colocate_engine
 
     @property
     def model_name(self) -> str:

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -187,7 +188,7 @@ class EngineServer:
         done = False
         try:
             chunks = self.engine.astream(admitted) if self.is_async else self._thread_stream(admitted)  # type: ignore[attr-defined]
-            async for c in held_back(chunks, self.cfg.stream_interval):
+            async for c in held_back(chunks, self.cfg.stream_interval, self.cfg.stream_interval_ms / 1000):
                 if c.finish_reason is None:
                     self.deltas_streamed += 1
                 yield _chunk_dict(c)
@@ -257,25 +258,33 @@ class EngineServer:
             raise RuntimeError("engine not loaded")
 
 
-async def held_back(chunks: AsyncIterator[StreamChunk], interval: int) -> AsyncIterator[StreamChunk]:
-    """Deltas joined `interval` at a time (`ServeConfig.stream_interval`); a choice's finish (and
-    the end of the stream) sends what is held first, so nothing is lost or reordered."""
-    if interval <= 1:
+async def held_back(
+    chunks: AsyncIterator[StreamChunk], interval: int, gap_s: float = 0.0
+) -> AsyncIterator[StreamChunk]:
+    """Deltas held back and sent joined: a chunk goes out once it holds `interval` tokens
+    (`ServeConfig.stream_interval`) and at least `gap_s` seconds have passed since the stream's
+    last one (`stream_interval_ms`). A choice's finish (and the end of the stream) sends what is
+    held first, so nothing is lost or reordered; a held delta waits at most until the next token
+    arrives after the gap."""
+    if interval <= 1 and gap_s <= 0:
         async for c in chunks:
             yield c
         return
     held: list[StreamChunk] = []
+    last = time.monotonic()
     async for c in chunks:
         if c.finish_reason is None:
             held.append(c)
-            if len(held) < interval:
+            if len(held) < interval or time.monotonic() - last < gap_s:
                 continue
-        for m in merge_chunks(held, most=interval):
+        for m in merge_chunks(held, most=max(interval, len(held))):
             yield m
+        if held:
+            last = time.monotonic()
         held = []
         if c.finish_reason is not None:
             yield c
-    for m in merge_chunks(held, most=interval):
+    for m in merge_chunks(held, most=max(interval, len(held))):
         yield m
 
 

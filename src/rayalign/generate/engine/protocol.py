@@ -130,6 +130,21 @@ class EngineConfig(Cfg):
     max_lora_rank: int = Field(64, ge=1)  # vllm: the largest LoRA rank it reserves room for
     seed: int = 0
 
+    def capacity(self, n: int = 1) -> int:
+        """Prompt rows (of `n` samples each) the engine runs at once: vLLM's `max_num_seqs` (from
+        `vllm_kwargs`, else vLLM's scheduler default of 128 for AsyncLLM) over n, as each sample is
+        one of its sequences; HF's `batch_size` (rows per `generate` call, n samples each).
+        Generation stages size their shards in flight from it."""
+        if self.backend == "vllm":
+            seqs = int(self.vllm_kwargs.get("max_num_seqs") or VLLM_DEFAULT_MAX_NUM_SEQS)
+            return max(1, seqs // max(n, 1))
+        return self.batch_size
+
+
+# vLLM's `SchedulerConfig.DEFAULT_MAX_NUM_SEQS`, what AsyncLLM runs with when max_num_seqs is unset
+# (kept here so a driver sizing a stage's pool need not import vllm).
+VLLM_DEFAULT_MAX_NUM_SEQS = 128
+
 
 class EngineError(RuntimeError):
     """A request that cannot be run (e.g. prompt longer than the context); reported per row."""
