@@ -287,8 +287,12 @@ def main() -> None:
     if args.scaling:
         lines += scaling_lines(16 if args.quick else 32, 16 if args.quick else 32)
     lines += [
-        f"/proc/loadavg at the end of the run: {Path('/proc/loadavg').read_text().strip()} (on {os.cpu_count()} CPUs). "
-        "Taken under load by parallel work on a shared box: compare ratios within this run, not absolutes.",
+        f"/proc/loadavg at the end of the run: {Path('/proc/loadavg').read_text().strip()} (on {os.cpu_count()} CPUs)."
+        + (
+            " Taken under load by parallel work on a shared box: compare ratios within this run, not absolutes."
+            if args.under_load
+            else ""
+        ),
     ]
     save_report(lines, "generate-under-load" if args.under_load else "generate", quick=args.quick)
 
