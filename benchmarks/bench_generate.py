@@ -268,6 +268,7 @@ def main() -> None:
     ap.add_argument("--engines", action="store_true", help="also vLLM vs HF on the same prompts")
     ap.add_argument("--scaling", action="store_true", help="also Ray Data scaling 1 -> 2 actors (HF backend)")
     ap.add_argument("--under-load", action="store_true", help="name the results file ...-under-load (shared box)")
+    ap.add_argument("--flights", help="comma list of shards_in_flight values to run, e.g. 4,auto (default: all)")
     args = ap.parse_args()
     n_drain, rows, drain_toks = (48, 4, 128) if args.quick else (96, 8, 256)
     MAX_NUM_SEQS["value"] = 16 if args.quick else 32
@@ -280,6 +281,8 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as d:
         flights: list[int | str] = [1, 4, "auto"] if args.quick else [1, 2, 4, "auto"]
+        if args.flights:
+            flights = [f if f == "auto" else int(f) for f in args.flights.split(",")]
         res = bench_drain(Path(d), n_drain, rows, drain_toks, flights, once=(1,) if args.quick else ())
     lines += drain_lines(res, n_drain, rows, drain_toks)
     if args.engines:
@@ -294,7 +297,8 @@ def main() -> None:
             else ""
         ),
     ]
-    save_report(lines, "generate-under-load" if args.under_load else "generate", quick=args.quick)
+    name = "generate" + ("-flights-" + args.flights.replace(",", "-") if args.flights else "")
+    save_report(lines, name + ("-under-load" if args.under_load else ""), quick=args.quick)
 
 
 def engine_lines(n: int, toks: int, batch: int) -> list[str]:
