@@ -23,6 +23,20 @@ def local_ray_env() -> dict[str, str]:
     }
 
 
+def _loopback_only() -> None:
+    """Make this process's Ray resolve its node address to 127.0.0.1, as the child processes do.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when `ray` is first imported; with it unset,
+    `ray.init(_node_ip_address="127.0.0.1")` rewrites loopback to the machine's interface address
+    and the raylet, its workers and their listeners take that address. The environment above
+    reaches the processes Ray starts; this process imported `ray` before it was set, so its copy of
+    the switch is set here too (a module constant Ray reads at call time).
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     import ray
 
@@ -41,6 +55,7 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
         return
+    _loopback_only()
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
