@@ -29,6 +29,20 @@ def test_auto_in_flight_from_capacity_and_shard_rows(capacity, shard_rows, pendi
     assert auto_in_flight(capacity, shard_rows, pending) == expected
 
 
+@pytest.mark.parametrize(
+    ("capacity", "shard_rows", "pending", "expected"),
+    [
+        (16, 4, 100, 16),  # 4*16/4: 64 rows held for 16 running (a continuously batched engine)
+        (32, 8, 12, 12),  # 4*32/8 = 16 wanted, 12 shards left
+        (128, 256, 100, 2),  # 512/256
+        (128, 4, 1000, MAX_AUTO_IN_FLIGHT),
+    ],
+)
+def test_auto_in_flight_deeper_for_continuous_batching(capacity, shard_rows, pending, expected):
+    assert auto_in_flight(capacity, shard_rows, pending, depth=4) == expected
+    assert EngineConfig(backend="vllm").queue_depth() == 4 and EngineConfig(backend="hf").queue_depth() == 2
+
+
 def test_resolve_in_flight_explicit_wins_and_unsafe_stages_stay_at_one():
     assert resolve_in_flight(None, "auto", 8, 4, 100) == (4, "engine runs 8 at once, shards of 4 rows")
     assert resolve_in_flight("auto", "auto", 16, 2, 100)[0] == 16

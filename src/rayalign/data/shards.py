@@ -86,21 +86,30 @@ class PoolConfig(Cfg):
 MAX_AUTO_IN_FLIGHT = 64
 
 
-def auto_in_flight(capacity: int, shard_rows: int, pending: int) -> int:
+def auto_in_flight(capacity: int, shard_rows: int, pending: int, depth: int = 2) -> int:
     """Shards in flight that keep an engine running `capacity` requests at once always full.
 
-    Twice the capacity is queued (ceil(2 * capacity / shard_rows) shards): when a shard's last
-    rows finish, the others still hold more requests than the engine runs, so its batch refills at
-    once instead of draining while the next shard is read and tokenised. At least 2, so that even
-    shards larger than the engine's batch never leave it running only one shard's longest tail.
-    Clamped to MAX_AUTO_IN_FLIGHT and to the shards left to run (at least 1).
+    `depth` times the capacity is held (ceil(depth * capacity / shard_rows) shards): when a shard's
+    last rows finish, the others still hold more requests than the engine runs, so its batch refills
+    at once instead of draining while the next shard is read and tokenised. A continuously batched
+    engine takes depth 4 (`EngineConfig.queue_depth`): with long-tailed answers every shard in flight
+    can be down to its one longest answer, and only rows still queued in other shards keep the batch
+    full; that engine admits a shard's rows only while its own backlog is under twice its capacity,
+    so the deeper queue costs rows held in memory, not a longer engine queue. At least 2, so that
+    even shards larger than the engine's batch never leave it running only one shard's longest
+    tail. Clamped to MAX_AUTO_IN_FLIGHT and to the shards left to run (at least 1).
     """
-    want = max(2, -(-2 * max(capacity, 1) // max(shard_rows, 1)))
+    want = max(2, -(-depth * max(capacity, 1) // max(shard_rows, 1)))
     return max(1, min(want, MAX_AUTO_IN_FLIGHT, pending))
 
 
 def resolve_in_flight(
-    setting: int | str | None, default: int | str | None, capacity: int | None, shard_rows: int, pending: int
+    setting: int | str | None,
+    default: int | str | None,
+    capacity: int | None,
+    shard_rows: int,
+    pending: int,
+    depth: int = 2,
 ) -> tuple[int, str]:
     """(shards in flight per actor, why) from `pool.shards_in_flight` (`setting`), the stage's
     default (None: one at a time, whatever the pool says) and its engine's capacity (requests run
@@ -115,7 +124,7 @@ def resolve_in_flight(
         return int(chosen), "pool.shards_in_flight" if setting is not None else "the stage's default"
     if capacity is None:
         return 1, "auto, but the engine's capacity is unknown"
-    n = auto_in_flight(capacity, shard_rows, pending)
+    n = auto_in_flight(capacity, shard_rows, pending, depth)
     return n, f"engine runs {capacity} at once, shards of {shard_rows} rows"
 
 
@@ -485,6 +494,7 @@ def run_sharded(
     log: Callable[[str], None] = print,
     shards_in_flight: int | Literal["auto"] | None = None,
     capacity: int | None = None,
+    depth: int = 2,
 ) -> dict:
     """Run a sharded stage to completion (resuming if possible); return the manifest (JSON form).
 
@@ -492,7 +502,8 @@ def run_sharded(
     `shards_in_flight` is the stage's default for `pool.shards_in_flight`, given only by stages
     whose processor's `process` is safe to call from several threads at once; None = one shard per
     actor at a time, whatever the pool says. `capacity` is how many rows the stage's engine runs at
-    once, which "auto" sizes the shards in flight from (`auto_in_flight`).
+    once and `depth` how many times that the shards in flight hold, which "auto" sizes them from
+    (`auto_in_flight`).
     """
     out_dir = str(out_dir)
     done_manifest = _prepare_output(stage, out_dir, config_hash, log)
@@ -509,7 +520,9 @@ def run_sharded(
     size = f"{total_rows} row(s)" if known else "rows counted as read"
     log(f"[{stage}] {len(shards)} shard(s), {size}; {len(done)} done, {len(pending)} to run")
     t0, rows_run = time.time(), 0
-    in_flight, why = resolve_in_flight(pool.shards_in_flight, shards_in_flight, capacity, pool.shard_rows, len(pending))
+    in_flight, why = resolve_in_flight(
+        pool.shards_in_flight, shards_in_flight, capacity, pool.shard_rows, len(pending), depth
+    )
     if pending and (in_flight > 1 or pool.shards_in_flight not in (None, 1) or shards_in_flight is not None):
         log(f"[{stage}] {in_flight} shard(s) in flight per actor: {why}")
     reports = _execute(pending, kind, factory, out_dir, pool, config_hash, in_flight)

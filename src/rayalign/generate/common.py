@@ -6,8 +6,9 @@ builds its engine once, and every shard lands as a parquet file; a re-run skips 
 
 Each actor keeps `pool.shards_in_flight` shards going at once, in threads over its one processor
 and engine. The default, "auto", sizes that from the engine's capacity (`EngineConfig.capacity`:
-vLLM's `max_num_seqs`, HF's `batch_size`) and `shard_rows` so the engine always holds about twice
-the rows it runs at once (`rayalign.data.shards.auto_in_flight`). On vLLM's async engine the rows
+vLLM's `max_num_seqs`, HF's `batch_size`) and `shard_rows` so the shards in flight hold 4× the rows the
+engine runs at once (2× on HF; `rayalign.data.shards.auto_in_flight`), and the vLLM engine admits
+a shard's rows while its backlog is under twice its capacity. On vLLM's async engine the rows
 of every shard in flight share one running batch, so the batch refills from the next shard while
 the longest answers of the last one finish, and one shard's read, tokenisation and parquet write
 (all on the shard's own thread, never on the engine loop) overlap the others' decoding.
@@ -137,6 +138,7 @@ def run_gen_stage(
             log=log,
             shards_in_flight=GEN_SHARDS_IN_FLIGHT,
             capacity=cfg.policy_engine().capacity(cfg.params.n),
+            depth=cfg.policy_engine().queue_depth(),
         )
     finally:
         release_engines(keep=before)

@@ -140,6 +140,12 @@ class EngineConfig(Cfg):
             return max(1, seqs // max(n, 1))
         return self.batch_size
 
+    def queue_depth(self) -> int:
+        """How many times its capacity a stage keeps in flight for this engine (`auto_in_flight`):
+        4 on vLLM, whose running batch refills from any shard's rows; 2 on HF, whose `generate`
+        calls run one at a time (more shards waiting would only hold rows)."""
+        return 4 if self.backend == "vllm" else 2
+
 
 # vLLM's `SchedulerConfig.DEFAULT_MAX_NUM_SEQS`, what AsyncLLM runs with when max_num_seqs is unset
 # (kept here so a driver sizing a stage's pool need not import vllm).

@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -149,6 +150,15 @@ class VLLMEngine(TokenizingEngine):
     def max_context(self) -> int:
         return int(self.llm.model_config.max_model_len)
 
+    def _admit(self) -> None:
+        """Wait, in the calling thread, while the engine already holds twice the prompts it runs at
+        once. Generation stages keep more shards in flight than that (so the batch refills from one
+        while another is down to its longest answer); the extra shards queue here, holding only
+        their rows, instead of growing the engine's queue without bound."""
+        limit = 2 * self.cfg.capacity()
+        while self.num_unfinished() >= limit and not self._loop.is_closed():
+            time.sleep(0.01)
+
     def num_unfinished(self) -> int:
         """Requests the engine is running or holding right now (drops when a stream is aborted)."""
         return int(self.llm.get_num_unfinished_requests())
@@ -238,6 +248,8 @@ class VLLMEngine(TokenizingEngine):
 
         async def all_rows():
             return await asyncio.gather(*(self._generate_here(requests[i], ids) for i, ids in todo))
+
+        self._admit()
 
         for (i, _), res in zip(todo, self._call(all_rows())):
             results[i] = res
