@@ -93,9 +93,7 @@ def test_quickstart_rounds_chain():
     cfgs = dict(zip(order, validate_pipeline(pipe, "quickstart-rounds.yaml")))
     r1, r2 = cfgs["round-1/prefer"], cfgs["round-2/prefer"]
     assert r1.train.objective.name == r2.train.objective.name == "apo_zero"
-    assert (
-        r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == pipe.defaults["model"]
-    )
+    assert r1.train.model == cfgs["round-1/sample"].model == cfgs["round-1/reference"].model == pipe.defaults["model"]
     policy2 = "<round.prev.prefer.checkpoint>"
     assert r2.train.model == cfgs["round-2/sample"].model == cfgs["round-2/reference"].model == policy2
     assert cfgs["round-2/clair"].inputs == [f"{pipe.run_dir}/round-2/sample/data"]
