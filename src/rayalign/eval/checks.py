@@ -47,7 +47,7 @@ def words(text: str) -> list[str]:
     return WORD.findall(text)
 
 
-def _count_word(text: str, word: str) -> int:
+def count_word(text: str, word: str) -> int:
     # whole-word, case-insensitive; a multi-word phrase matches with any whitespace between its words
     parts = [re.escape(p) for p in word.split()]
     pattern = r"(?<![A-Za-z0-9])" + r"\s+".join(parts) + r"(?![A-Za-z0-9])"
@@ -63,15 +63,15 @@ def uppercase(r: str) -> bool:
 
 
 def include_keywords(r: str, keywords: list[str]) -> bool:
-    return all(_count_word(r, k) > 0 for k in keywords)
+    return all(count_word(r, k) > 0 for k in keywords)
 
 
 def forbidden_words(r: str, words: list[str]) -> bool:
-    return not any(_count_word(r, w) > 0 for w in words)
+    return not any(count_word(r, w) > 0 for w in words)
 
 
 def keyword_frequency(r: str, keyword: str, min: int) -> bool:
-    return _count_word(r, keyword) >= min
+    return count_word(r, keyword) >= min
 
 
 def start_with(r: str, phrase: str) -> bool:

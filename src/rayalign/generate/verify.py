@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable
 
-from rayalign.eval.checks import PLACEHOLDER, SENTENCE_END, WORD, check_response
+from rayalign.eval.checks import PLACEHOLDER, SENTENCE_END, WORD, check_response, count_word
 
 
 def _drop_words(text: str, words: list[str]) -> str:
@@ -68,8 +68,9 @@ def _layout(text: str, n: int, render: Callable[[int, str], str], sep: str) -> s
 
 
 def _max_sentences(text: str, n: int) -> str:
-    ends = list(SENTENCE_END.finditer(text.strip()))
-    return text.strip()[: ends[n - 1].end()] if n > 0 and len(ends) >= n else text
+    body = text.strip()
+    ends = list(SENTENCE_END.finditer(body))
+    return body[: ends[n - 1].end()] if n > 0 and len(ends) >= n else text
 
 
 def _title(text: str) -> str:
@@ -96,10 +97,7 @@ FIXES: dict[str, Callable[..., str]] = {
     "forbidden_words": lambda r, words: _drop_words(r, words),
     "max_words": lambda r, max: _truncate_words(r, int(max)),
     "quotation": lambda r: f'"{r.strip()}"',
-    "keyword_frequency": lambda r, keyword, min: (
-        r.rstrip()
-        + f" {keyword}" * max(0, int(min) - len(re.findall(rf"\b{re.escape(keyword)}\b", r, flags=re.IGNORECASE)))
-    ),
+    "keyword_frequency": lambda r, keyword, min: r.rstrip() + f" {keyword}" * max(0, int(min) - count_word(r, keyword)),
     "json_format": lambda r: json.dumps({"response": r.strip()}, ensure_ascii=False),
     "max_sentences": lambda r, max: _max_sentences(r, int(max)),
     "bullet_count": lambda r, count: _layout(r, count, lambda k, g: f"- {g}", "\n"),
