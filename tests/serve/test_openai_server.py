@@ -9,6 +9,7 @@ exactly what the engine returns, and the token counts must equal the tokenizer's
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 
 import httpx
@@ -160,6 +161,31 @@ def test_concurrent_requests_are_batched(server, client):
     assert all(o.usage.completion_tokens >= 1 for o in outs)
     stats = engine_stats(server[0].app_name)
     assert max(stats["batch_sizes"]) > 1, stats  # at least two requests shared one engine call
+
+
+def test_concurrent_streams_progress_at_once(server, client, ref_engine):
+    """HF streams share the replica's continuously batched loop: each client's first token comes
+    before any stream ends, and each text equals the engine's own greedy answer."""
+    go = threading.Barrier(4)
+
+    def one(i):
+        go.wait()
+        first, text = None, ""
+        for ev in client.completions.create(
+            model=TINY, prompt=f"Story {i}:", max_tokens=120, temperature=0, stream=True
+        ):
+            if ev.choices and ev.choices[0].text:
+                first = first or time.monotonic()
+                text += ev.choices[0].text
+        return first, time.monotonic(), text
+
+    with cf.ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(one, range(4)))
+    assert max(o[0] for o in outs) < min(o[1] for o in outs), outs
+    refs = ref_engine.generate(
+        [GenRequest(prompt=f"Story {i}:", params=SamplingParams(max_tokens=120)) for i in range(4)]
+    )
+    assert [o[2] for o in outs] == [r.texts[0] for r in refs]
 
 
 # -- bad input: every case with its status ------------------------------------------------------

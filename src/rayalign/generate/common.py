@@ -18,7 +18,9 @@ Its rows are not batched across shards on purpose: transformers' `generate` is a
 runs until its longest row ends, so joining two shards' rows into one call makes the short rows
 of both wait for the longer tail (what several shards in flight avoid on vLLM), and a shard of
 `batch_size` rows or more already fills a call by itself. Give HF stages `shard_rows` ≥
-`engine.batch_size`.
+`engine.batch_size`. (The HF engine's continuously batched loop, which serves concurrent streams,
+is not used here: it samples every row from one shared generator, so a shard's sampled rows could
+not be reproduced by its seed, which exact resume relies on.)
 
 Why not `ray.data.llm` (`build_processor` + `vLLMEngineProcessorConfig`): its vLLM stage is a Ray
 Data operator over rows, so a row's output reaches storage only through a downstream write of

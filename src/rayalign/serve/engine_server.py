@@ -6,8 +6,10 @@ so the 2nd…Nth client joins the running batch instead of waiting. When a clien
 ingress cancels → Serve cancels this generator) the engine aborts the request and frees its slot.
 
 On `backend: hf` non-streaming requests go through `serve.batch` (concurrent requests share one
-`engine.generate` call); streams run in worker threads one generate at a time (transformers has
-no continuous batching), each closed — generation stopped — when its client leaves.
+`engine.generate` call); streams are consumed in worker threads and share the engine's
+continuously batched loop (transformers' manager, `generate/engine/hf_batching.py`), each closed —
+its request cancelled in the loop — when its client leaves. Streams the loop cannot run exactly
+(log-probs, a fixed seed, an Aligner model) run one `generate` at a time.
 
 Everything a client can get wrong that only the model can judge (prompt longer than the context,
 an adapter it does not have) is checked here and returned as an error dict with an HTTP status,

@@ -3,17 +3,22 @@
 The CPU default and the only backend that serves Aligner adapters. Named adapters (LoRA or
 Aligner folders) are each loaded as their own model beside the base (simple and exact; on a GPU
 with many adapters prefer the vllm backend, which keeps one base and swaps LoRA weights per row).
-Concurrent callers share the model through a lock: non-streaming requests are batched by the
-caller (`serve.batch` in the serving replica, whole shards in the stages).
+Non-streaming requests are batched by the caller (`serve.batch` in the serving replica, whole
+shards in the stages) and run one `generate` at a time under a lock. Concurrent streams share a
+continuously batched loop instead (`hf_batching.StreamBatcher`, transformers' own manager): each
+joins the running batch at the next step and leaves it when done or cancelled; streams it cannot
+run exactly (log-probs, a fixed seed, an Aligner model) take the locked path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+from rayalign.generate.engine.hf_batching import StreamBatcher
 from rayalign.generate.engine.protocol import (
     EngineConfig,
     EngineError,
@@ -87,6 +92,8 @@ class HFEngine(TokenizingEngine):
             self.eos_ids.add(self.tok.eos_token_id)
         model_max = getattr(self.model.config, "max_position_embeddings", None) or cfg.max_model_len
         self._max_ctx = min(cfg.max_model_len, model_max)
+        # started on the first stream it can run (stages, which never stream, never start one)
+        self.batcher = StreamBatcher(self.models, self.tok, self.eos_ids, cfg.batch_size, self._max_ctx, self._lock)
 
     def max_context(self) -> int:
         return self._max_ctx
@@ -125,7 +132,7 @@ class HFEngine(TokenizingEngine):
             kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tok, width, p.stop)])
         if logprobs is not None:  # raw logits per step: log-probs of the model itself, not of the sampler
             kw.update(output_logits=True, return_dict_in_generate=True)
-        with self._lock, torch.inference_mode():
+        with self._lock, self._own_rng(p), torch.inference_mode():
             if p.seed is not None:  # under the lock: another thread's generate must not consume the RNG
                 torch.manual_seed(p.seed)
             out = self.models[adapter].generate(input_ids=input_ids, attention_mask=attn, **kw)
@@ -150,6 +157,10 @@ class HFEngine(TokenizingEngine):
                     res.logprobs.append(self._logprobs(lsm, row, seq[:n_tok], logprobs or 0))
             results.append(res)
         return results
+
+    def _own_rng(self, p: SamplingParams):
+        """Seeded sampling owns torch's global generator: the batched streams' sampler pauses."""
+        return self.batcher.exclusive_rng() if p.seed is not None and p.temperature > 0 else contextlib.nullcontext()
 
     def _logprobs(self, lsm: list, row: int, seq: list[int], k: int) -> list[TokenLogprob]:
         out = []
@@ -221,7 +232,27 @@ class HFEngine(TokenizingEngine):
                 finish_reason=res.finish_reasons[0], prompt_tokens=len(ids), completion_tokens=res.completion_tokens[0]
             )
             return
-        yield from self._stream_tokens(request, ids)
+        if self.batcher.can_run(request.adapter, request.params, request.logprobs):
+            yield from self._batched_stream(request, ids)
+        else:
+            yield from self._stream_tokens(request, ids)
+
+    def _batched_stream(self, request: GenRequest, ids: list[int]) -> Iterator[StreamChunk]:
+        p = request.params
+        state: dict = {"tokens": 0, "eos": False}
+        deltas = self.batcher.stream(ids, p, request.adapter, state)
+        try:
+            for delta in stream_with_stops(deltas, p.stop):
+                yield StreamChunk(delta=delta, prompt_tokens=len(ids))
+        finally:
+            deltas.close()  # a stop string or a gone consumer: the request leaves the batch
+        length = state["tokens"] >= p.max_tokens and not state["eos"]
+        yield StreamChunk(
+            finish_reason="length" if length else "stop", prompt_tokens=len(ids), completion_tokens=state["tokens"]
+        )
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def _stream_tokens(self, request: GenRequest, ids: list[int]) -> Iterator[StreamChunk]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
@@ -251,7 +282,7 @@ class HFEngine(TokenizingEngine):
                 errors.append(e)
                 streamer.end()
 
-        with self._lock:
+        with self._lock, self._own_rng(p):
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
             try:
