@@ -17,6 +17,11 @@ is the number to watch (goal ≥ 0.8).
 
     python benchmarks/bench_serve.py --vllm-streams --quick     # ~8-12 min: 5 variants, then offline
 
+`--hf-streams` does the same on the HF backend: streams through the engine's continuously
+batched loop vs the same streams one `generate` at a time vs one in-process `engine.generate`.
+
+    python benchmarks/bench_serve.py --hf-streams --quick       # ~5 min
+
 Variants (`--variants`, in one run against the same offline engine): `split` (engine deployment
 behind the ingress, the old topology), `colocated` (the ingress holds the engine: the default on
 vllm), `colocated-4` (stream_interval 4), `colocated-250ms` (stream_interval_ms 250), `split-4`.
@@ -151,7 +156,9 @@ async def load_run(url: str, args, limit: int) -> dict:
     return {"codes": dict(sorted(codes.items())), "wall": wall, "5xx": sum(v for k, v in codes.items() if k >= 500)}
 
 
-async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) -> tuple[int, int]:
+async def _streams(
+    url: str, model: str, prompts: list[str], max_tokens: int, seed: int | None = None
+) -> tuple[int, int]:
     """All prompts streamed at once; returns (completion tokens the server reported, SSE chunks read)."""
     import openai
 
@@ -164,6 +171,7 @@ async def _streams(url: str, model: str, prompts: list[str], max_tokens: int) ->
             prompt=p,
             max_tokens=max_tokens,
             temperature=0,
+            seed=seed,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -299,6 +307,71 @@ def vllm_streams(args) -> int:
     return 0
 
 
+def hf_streams(args) -> int:
+    """HF backend: aggregate streaming tokens/s at 1, 4, 16 clients through the engine's
+    continuously batched loop vs the same streams on the locked one-at-a-time path (a request
+    with a fixed seed takes it; at temperature 0 the texts are the same) vs one in-process
+    `engine.generate` over the same prompts (a static batch, no HTTP)."""
+    import torch
+
+    from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
+    from rayalign.models.loader import BUILTIN_SMOLLM2
+    from rayalign.raycluster import ensure_ray
+    from rayalign.serve.config import ServeConfig
+    from rayalign.serve.server import start, stop
+
+    model, toks, levels = BUILTIN_SMOLLM2, (48 if args.quick else 128), (1, 4, 16)
+    prompts = [f"Count from {i} to {i + 200}, separated by commas." for i in range(max(levels))]
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    ecfg = {"max_model_len": 1024, "batch_size": max(levels)}
+    ensure_ray(num_cpus=2)
+    cfg = ServeConfig(
+        model=model, port=free_port(), app_name="bench-hf", engine_num_cpus=1, max_ongoing_requests=64, engine=ecfg
+    )
+    url = start(cfg, ready_timeout_s=600)
+    served: dict = {}
+    try:
+        asyncio.run(_streams(url, model, prompts[:1], 4))  # warm-up
+        for path, seed in (("batched", None), ("locked", 0)):
+            for c in levels:
+                (n, _), wall, _ = timed(lambda c=c, seed=seed: asyncio.run(_streams(url, model, prompts[:c], toks, seed)))
+                served[path, c] = n / wall
+                print(f"{path} {c} streams: {n} tokens in {wall:.1f}s", flush=True)
+    finally:
+        stop(cfg)
+    import ray
+
+    ray.shutdown()
+    torch.set_num_threads(1)  # what the replica's 1 CPU gives its torch
+    engine = make_engine(EngineConfig(backend="hf", model=model, **ecfg))
+    engine.generate([GenRequest(prompt=prompts[0], params=SamplingParams(max_tokens=4))])
+    inproc = {}
+    for c in levels:
+        reqs = [GenRequest(prompt=p, params=SamplingParams(max_tokens=toks)) for p in prompts[:c]]
+        res, wall, _ = timed(lambda reqs=reqs: engine.generate(reqs))
+        inproc[c] = sum(r.completion_tokens[0] for r in res) / wall  # type: ignore[attr-defined]
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    lines = [
+        f"# bench_serve --hf-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
+        "",
+        f"HF backend, `{model}` fp32, {toks} tokens per request at temperature 0, engine replica with 1 CPU "
+        f"(one torch thread), batch_size {max(levels)}; c concurrent streaming `openai` clients on 127.0.0.1. "
+        "`batched`: the engine's continuously batched loop; `locked`: the same requests with a fixed seed, "
+        "which take the one-`generate`-at-a-time path (what every stream did before); in-process: one "
+        "`engine.generate` over the same c prompts (static batch, no HTTP, one torch thread).",
+        "",
+        f"/proc/loadavg {' '.join(load_before)} before, {' '.join(load_after)} after.",
+        "",
+        "| clients | batched tok/s | locked tok/s | in-process generate tok/s | batched / locked | batched / generate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in levels:
+        b, lk, g = served["batched", c], served["locked", c], inproc[c]
+        lines.append(f"| {c} | {b:.1f} | {lk:.1f} | {g:.1f} | {b / lk:.2f} | {b / g:.2f} |")
+    save_report(lines, "serve-hf-streams", quick=args.quick)
+    return 0
+
+
 def streams_header(toks: int, model: str, load_before, load_after) -> list[str]:
     return [
         f"# bench_serve --vllm-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
@@ -363,6 +436,7 @@ def streams_report(served, offline, levels, name: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vllm-streams", action="store_true", help="continuous batching: streams vs offline vLLM")
+    ap.add_argument("--hf-streams", action="store_true", help="HF backend: batched vs locked streams vs generate")
     ap.add_argument(
         "--variants",
         default="split,colocated,split-4,colocated-4,colocated-250ms",
@@ -377,6 +451,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.vllm_streams:
         return vllm_streams(args)
+    if args.hf_streams:
+        return hf_streams(args)
     args.requests = args.requests or (24 if args.quick else 96)
     args.load_requests = args.load_requests or (400 if args.quick else 1000)
 
