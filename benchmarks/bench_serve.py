@@ -23,8 +23,9 @@ batched loop vs the same streams one `generate` at a time vs one in-process `eng
     python benchmarks/bench_serve.py --hf-streams --quick       # ~5 min
 
 Variants (`--variants`, in one run against the same offline engine): `split` (engine deployment
-behind the ingress, the old topology), `colocated` (the ingress holds the engine: the default on
-vllm), `colocated-4` (stream_interval 4), `colocated-250ms` (stream_interval_ms 250), `split-4`.
+behind the ingress, the old topology) and `colocated` (the ingress holds the engine), both sending
+every token; `default` (the default config: colocated, `stream_interval_ms: auto`, 250 ms on a CPU
+engine); `colocated-4` (stream_interval 4); also `colocated-250ms`, `split-4`.
 
 The load run sends N requests (default 1,000) from 16 clients, 10% of them malformed in rotating
 ways (bad JSON, missing field, bad value, unknown model, oversize body, wrong API key), and
@@ -230,6 +231,7 @@ def timed(fn) -> tuple[object, float, dict[str, float]]:
 VARIANTS = {
     "split": ("engine deployment + ingress (2 processes), every token", False, 1, 0.0),
     "colocated": ("ingress holds the engine (1 process), every token", True, 1, 0.0),
+    "default": ("the default config: colocated, stream_interval_ms auto (250 ms on a CPU engine)", True, 1, "auto"),
     "colocated-4": ("colocated, stream_interval 4", True, 4, 0.0),
     "colocated-250ms": ("colocated, stream_interval_ms 250", True, 1, 250.0),
     "split-4": ("engine deployment + ingress, stream_interval 4", False, 4, 0.0),
@@ -334,7 +336,9 @@ def hf_streams(args) -> int:
         asyncio.run(_streams(url, model, prompts[:1], 4))  # warm-up
         for path, seed in (("batched", None), ("locked", 0)):
             for c in levels:
-                (n, _), wall, _ = timed(lambda c=c, seed=seed: asyncio.run(_streams(url, model, prompts[:c], toks, seed)))
+                (n, _), wall, _ = timed(
+                    lambda c=c, seed=seed: asyncio.run(_streams(url, model, prompts[:c], toks, seed))
+                )
                 served[path, c] = n / wall
                 print(f"{path} {c} streams: {n} tokens in {wall:.1f}s", flush=True)
     finally:
@@ -439,7 +443,7 @@ def main() -> int:
     ap.add_argument("--hf-streams", action="store_true", help="HF backend: batched vs locked streams vs generate")
     ap.add_argument(
         "--variants",
-        default="split,colocated,split-4,colocated-4,colocated-250ms",
+        default="split,colocated,default,colocated-4",
         help=f"--vllm-streams: comma-separated serving variants among {', '.join(VARIANTS)}",
     )
     ap.add_argument("--under-load", action="store_true", help="name the results file ...-under-load (shared box)")

@@ -88,6 +88,14 @@ def test_config_defaults_and_errors(tmp_path):
     p.write_text("modle: x\n")
     with pytest.raises(ConfigError, match="modle"):
         load_config(ServeConfig, p)
+    # time coalescing: 250 ms on a CPU engine, every token with GPUs, or the value given
+    assert cfg.stream_interval_ms == "auto" and cfg.stream_gap_s == 0.25
+    assert ServeConfig(engine_num_gpus=1).stream_gap_s == 0.0
+    assert ServeConfig(stream_interval_ms=40).stream_gap_s == 0.04
+    assert ServeConfig(stream_interval_ms=0, engine_num_gpus=0).stream_gap_s == 0.0
+    p.write_text("stream_interval_ms: -5\n")
+    with pytest.raises(ConfigError, match="stream_interval_ms"):
+        load_config(ServeConfig, p)
 
 
 def test_cli_flags_override_yaml(tmp_path):

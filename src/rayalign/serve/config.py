@@ -93,12 +93,16 @@ class ServeConfig(Cfg):
     # proxy and client each handle one message per chunk) about k-fold at k-1 tokens of latency.
     stream_interval: int = Field(1, ge=1)
     # Time-based coalescing on top: a stream sends at most one chunk per this many milliseconds,
-    # joining whatever tokens arrived meanwhile (0: no time limit). Unlike the count, it bounds the
-    # messages per stream whatever the engine's speed: on a fast GPU step many tokens join, on a
-    # slow CPU step (one token per stream per step) few do. On a 2-core box with 16 streams, 250 ms
-    # took streamed tokens/s from 0.71 to 0.81 of the offline engine when idle (0.29 chunks per
-    # token) but joined almost nothing under load; off by default, as vLLM streams every token.
-    stream_interval_ms: float = Field(0.0, ge=0)
+    # joining whatever tokens arrived meanwhile (0: every token; a stream's first token always goes
+    # at once). Unlike the count, it bounds the messages per stream whatever the engine's speed.
+    # "auto": 250 ms when the engine has no GPU, 0 with GPUs. On a CPU engine every chunk's work in
+    # the serving path (replica, HTTP proxy, client) takes cores from decoding, while a stream gets
+    # only a few tokens per second, so 250 ms joins 2-4 tokens at a latency nobody reads faster
+    # than; measured on a 2-core box with 16 vLLM streams: 0.71 of the offline engine's tokens/s
+    # every token, 0.81 at 250 ms (0.29 chunks per token). A GPU decodes far faster than a Python
+    # event loop forwards messages on cores of its own, so there every token goes out as vLLM's
+    # own server sends it (set a value to bound the chunk rate of busy replicas).
+    stream_interval_ms: float | Literal["auto"] = "auto"
 
     # Engine replicas: at most `max_ongoing_requests` in flight each, `max_queued_requests`
     # waiting in the caller; past both the ingress answers 503 with Retry-After.
@@ -130,6 +134,13 @@ class ServeConfig(Cfg):
         return self.backend == "vllm" if self.colocate_engine is None else self.colocate_engine
 
     @property
+    def stream_gap_s(self) -> float:
+        """`stream_interval_ms` resolved ("auto": 250 ms on a CPU engine, 0 with GPUs), in seconds."""
+        if self.stream_interval_ms == "auto":
+            return 0.25 if self.engine_num_gpus == 0 else 0.0
+        return self.stream_interval_ms / 1000
+
+    @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
 
@@ -143,6 +154,13 @@ class ServeConfig(Cfg):
                 "adapters": dict(self.adapters),
             }
         )
+
+    @field_validator("stream_interval_ms")
+    @classmethod
+    def _gap(cls, v: float | str) -> float | str:
+        if v != "auto" and float(v) < 0:
+            raise ValueError(f"stream_interval_ms must be >= 0 milliseconds or 'auto', got {v}")
+        return v
 
     @field_validator("adapters")
     @classmethod

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -190,7 +191,7 @@ class EngineServer:
         done = False
         try:
             chunks = self.engine.astream(admitted) if self.is_async else self._thread_stream(admitted)  # type: ignore[attr-defined]
-            async for c in held_back(chunks, self.cfg.stream_interval, self.cfg.stream_interval_ms / 1000):
+            async for c in held_back(chunks, self.cfg.stream_interval, self.cfg.stream_gap_s):
                 if c.finish_reason is None:
                     self.deltas_streamed += 1
                 yield _chunk_dict(c)
@@ -267,13 +268,14 @@ async def held_back(
     (`ServeConfig.stream_interval`) and at least `gap_s` seconds have passed since the stream's
     last one (`stream_interval_ms`). A choice's finish (and the end of the stream) sends what is
     held first, so nothing is lost or reordered; a held delta waits at most until the next token
-    arrives after the gap."""
+    arrives after the gap. The gap does not hold back a stream's first chunk (time to first
+    token is what a user waits on)."""
     if interval <= 1 and gap_s <= 0:
         async for c in chunks:
             yield c
         return
     held: list[StreamChunk] = []
-    last = time.monotonic()
+    last = -math.inf  # the first token goes out at once: coalescing never delays the first byte
     async for c in chunks:
         if c.finish_reason is None:
             held.append(c)
