@@ -98,8 +98,8 @@ class ServeConfig(Cfg):
     # "auto": 250 ms when the engine has no GPU, 0 with GPUs. On a CPU engine every chunk's work in
     # the serving path (replica, HTTP proxy, client) takes cores from decoding, while a stream gets
     # only a few tokens per second, so 250 ms joins 2-4 tokens at a latency nobody reads faster
-    # than; measured on a 2-core box with 16 vLLM streams: 0.71 of the offline engine's tokens/s
-    # every token, 0.81 at 250 ms (0.29 chunks per token). A GPU decodes far faster than a Python
+    # than; measured on an idle 2-core box with 16 vLLM streams of up to 128 tokens: 0.80 of the
+    # offline engine's tokens/s every token, 0.87 with "auto" (0.24 chunks per token). A GPU decodes far faster than a Python
     # event loop forwards messages on cores of its own, so there every token goes out as vLLM's
     # own server sends it (set a value to bound the chunk rate of busy replicas).
     stream_interval_ms: float | Literal["auto"] = "auto"
