@@ -359,7 +359,8 @@ def hf_streams(args) -> int:
         f"# bench_serve --hf-streams — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} CPUs",
         "",
         f"HF backend, `{model}` fp32, {toks} tokens per request at temperature 0, engine replica with 1 CPU "
-        f"(one torch thread), batch_size {max(levels)}; c concurrent streaming `openai` clients on 127.0.0.1. "
+        f"(one torch thread), batch_size {max(levels)}, default serving config (stream_interval_ms auto: "
+        f"{cfg.stream_gap_s * 1000:.0f} ms here); c concurrent streaming `openai` clients on 127.0.0.1. "
         "`batched`: the engine's continuously batched loop; `locked`: the same requests with a fixed seed, "
         "which take the one-`generate`-at-a-time path (what every stream did before); in-process: one "
         "`engine.generate` over the same c prompts (static batch, no HTTP, one torch thread).",
