@@ -7,12 +7,12 @@ Non-streaming requests are batched by the caller (`serve.batch` in the serving r
 shards in the stages) and run one `generate` at a time under a lock. Concurrent streams share a
 continuously batched loop instead (`hf_batching.StreamBatcher`, transformers' own manager): each
 joins the running batch at the next step and leaves it when done or cancelled; streams it cannot
-run exactly (log-probs, a fixed seed, an Aligner model) take the locked path.
+run exactly (log-probs, a fixed seed, an Aligner model) take the locked path. The model never runs
+two forwards at once: a locked `generate` pauses the loops at a step boundary while it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -132,7 +132,7 @@ class HFEngine(TokenizingEngine):
             kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tok, width, p.stop)])
         if logprobs is not None:  # raw logits per step: log-probs of the model itself, not of the sampler
             kw.update(output_logits=True, return_dict_in_generate=True)
-        with self._lock, self._own_rng(p), torch.inference_mode():
+        with self._lock, self.batcher.paused(), torch.inference_mode():
             if p.seed is not None:  # under the lock: another thread's generate must not consume the RNG
                 torch.manual_seed(p.seed)
             out = self.models[adapter].generate(input_ids=input_ids, attention_mask=attn, **kw)
@@ -157,10 +157,6 @@ class HFEngine(TokenizingEngine):
                     res.logprobs.append(self._logprobs(lsm, row, seq[:n_tok], logprobs or 0))
             results.append(res)
         return results
-
-    def _own_rng(self, p: SamplingParams):
-        """Seeded sampling owns torch's global generator: the batched streams' sampler pauses."""
-        return self.batcher.exclusive_rng() if p.seed is not None and p.temperature > 0 else contextlib.nullcontext()
 
     def _logprobs(self, lsm: list, row: int, seq: list[int], k: int) -> list[TokenLogprob]:
         out = []
@@ -282,7 +278,7 @@ class HFEngine(TokenizingEngine):
                 errors.append(e)
                 streamer.end()
 
-        with self._lock, self._own_rng(p):
+        with self._lock, self.batcher.paused():
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
             try:
