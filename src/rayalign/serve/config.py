@@ -99,9 +99,9 @@ class ServeConfig(Cfg):
     # the serving path (replica, HTTP proxy, client) takes cores from decoding, while a stream gets
     # only a few tokens per second, so 250 ms joins 2-4 tokens at a latency nobody reads faster
     # than; measured on an idle 2-core box with 16 vLLM streams of up to 128 tokens: 0.80 of the
-    # offline engine's tokens/s every token, 0.87 with "auto" (0.24 chunks per token). A GPU decodes far faster than a Python
-    # event loop forwards messages on cores of its own, so there every token goes out as vLLM's
-    # own server sends it (set a value to bound the chunk rate of busy replicas).
+    # offline engine's tokens/s every token, 0.87 with "auto" (0.24 chunks per token). A GPU
+    # decodes far faster than a Python event loop forwards messages on cores of its own, so there
+    # every token goes out as vLLM's own server sends it (set a value to bound busy replicas).
     stream_interval_ms: float | Literal["auto"] = "auto"
 
     # Engine replicas: at most `max_ongoing_requests` in flight each, `max_queued_requests`

@@ -203,7 +203,7 @@ class StreamBatcher:
         rid = f"rq{next(self._ids)}"
         q = m.submit(rid, ids, params.max_tokens, self.eos, **row_kw)
         finished = False
-        sent = ""
+        offsets = [0, 0]  # decode window: [context start, end of the text already sent]
         try:
             while not finished:
                 try:
@@ -220,13 +220,24 @@ class StreamBatcher:
                 toks = out.generated_tokens
                 state["tokens"] = len(toks)
                 state["eos"] = bool(toks) and toks[-1] in self.eos
-                text = self.tok.decode(toks, skip_special_tokens=True)
-                # a trailing U+FFFD is a character whose bytes are still arriving: wait for them
-                if text.startswith(sent) and len(text) > len(sent) and (finished or not text.endswith("\ufffd")):
-                    yield text[len(sent) :]
-                    sent = text
+                delta = self._delta(toks, offsets, finished)
+                if delta:
+                    yield delta
         finally:
             m.release(rid, cancel=not finished)
+
+    def _delta(self, toks: list[int], offsets: list[int], finished: bool) -> str:
+        """New text of `toks` since the last call, decoding only a window: from the tokens before
+        the last sent ones (their context fixes spacing and merges) to the end, so a stream of n
+        tokens costs O(n) decoding, not O(n^2). A trailing U+FFFD is a character whose bytes are
+        still arriving: held until they do (or the stream ends)."""
+        start, read = offsets
+        before = self.tok.decode(toks[start:read], skip_special_tokens=True)
+        text = self.tok.decode(toks[start:], skip_special_tokens=True)
+        if len(text) <= len(before) or (text.endswith("\ufffd") and not finished):
+            return ""
+        offsets[:] = [read, len(toks)]
+        return text[len(before) :]
 
     def close(self) -> None:
         for m in self.managers():
