@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rayalign.eval.checks import check_response
+from rayalign.checks import check_response
 from rayalign.eval.report import training_logs, write_report
 from rayalign.eval.stage import EvalConfig, instruction_scores, load_suite, run_eval
 

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from rayalign import storage
 from rayalign.config import Cfg, ConfigError
-from rayalign.eval.checks import check_response
+from rayalign.checks import check_response
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 

@@ -2,7 +2,7 @@
 
 A prompt's meta may hold ``constraints``: the eval suite's format, a list of ``{"kind": KIND,
 **params}`` dicts such as ``{"kind": "lowercase"}`` or ``{"kind": "end_with", "phrase": "Done"}``.
-Checking is delegated to `rayalign.eval.checks.check_response` (IFEval-like checks, owned by eval),
+Checking is delegated to `rayalign.checks.check_response` (IFEval-like checks, a low module of their own),
 so the reviser and the evaluation agree on what "passes" means.
 
 `rule_fix` is the minimal, rule-based revision for the embedded default, where no model stronger
@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable
 
-from rayalign.eval.checks import PLACEHOLDER, SENTENCE_END, WORD, check_response, count_word
+from rayalign.checks import PLACEHOLDER, SENTENCE_END, WORD, check_response, count_word
 
 
 def _drop_words(text: str, words: list[str]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from rayalign.config import Cfg, ConfigError
-from rayalign.eval.checks import check_response
+from rayalign.checks import check_response
 from rayalign.generate.prompts import template_text
 
 RewardFn = Callable[[list[dict], list[str]], list[float]]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rayalign.eval import make_suite
-from rayalign.eval.checks import CHECKS, check_response, count_sentences
+from rayalign.checks import CHECKS, check_response, count_sentences
 
 CASES = [  # (constraint, passing response, failing response)
     ({"kind": "lowercase"}, "rain falls from clouds.", "Rain falls from clouds."),
