@@ -16,17 +16,6 @@ from rayalign.stages import STAGES
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rayalign"
 
-# Known exceptions, each being removed on another branch; the lead empties these after the merge.
-ALLOWLIST: set[tuple[str, str]] = {
-    # (importer, imported):
-    # training stages tokenise raw inputs by calling the prepare stage (its schema and run
-    # function belong in data/ as a library call the stage wraps)
-    ("rayalign.train.stages", "rayalign.data.prepare"),
-    ("rayalign.prefer.stages", "rayalign.data.prepare"),
-    ("rayalign.prefer.reference", "rayalign.data.prepare"),
-}
-
-
 def module_name(path: Path) -> str:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -58,11 +47,11 @@ def imports(module: str) -> set[str]:
 
 
 def edges() -> dict[tuple[str, str], set[tuple[str, str]]]:
-    """(node, node) → the (importer, imported) module pairs behind it, allowlisted pairs left out."""
+    """(node, node) → the (importer, imported) module pairs behind it."""
     out: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for m in MODULES:
         for t in imports(m):
-            if node(m) != node(t) and (m, t) not in ALLOWLIST:
+            if node(m) != node(t):
                 out.setdefault((node(m), node(t)), set()).add((m, t))
     return out
 
@@ -108,7 +97,7 @@ def test_no_cycle_between_subpackages():
 def test_nothing_imports_a_stage_module():
     stage_modules = {ref.split(":")[0] for pair in STAGES.values() for ref in pair}
     bad = sorted(
-        (m, t) for m in MODULES for t in imports(m) & stage_modules if (m, t) not in ALLOWLIST and node(m) != node(t)
+        (m, t) for m in MODULES for t in imports(m) & stage_modules if node(m) != node(t)
     )
     assert not bad, f"modules importing a stage module of another package (move the shared logic low): {bad}"
 
@@ -119,7 +108,7 @@ def test_eval_does_not_import_the_prefer_stage_package():
         for m in MODULES
         if node(m) == "eval"
         for t in imports(m)
-        if t.startswith("rayalign.prefer") and (m, t) not in ALLOWLIST
+        if t.startswith("rayalign.prefer")
     )
     assert not bad, bad
 

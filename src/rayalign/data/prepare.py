@@ -11,33 +11,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pyarrow as pa
-
 from rayalign import storage
 from rayalign.config import Cfg
 from rayalign.data.formats import Format
 from rayalign.data.packing import pack, packing_efficiency
-from rayalign.data.schemas import SCHEMAS
+from rayalign.data.schemas import PACKED_SCHEMA, PAIR_TOKEN_SCHEMA, SCHEMAS
 from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, quarantine_row, run_sharded
 from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
 from rayalign.results import Counts, StageResult, numeric_metrics
-
-INT_LIST = pa.list_(pa.int32())
-PACKED_SCHEMA = pa.schema(
-    [
-        ("input_ids", INT_LIST),
-        ("labels", INT_LIST),
-        ("position_ids", INT_LIST),
-        ("seq_lens", INT_LIST),
-        ("doc_ids", pa.list_(pa.string())),
-        ("num_tokens", pa.int64()),
-        ("num_targets", pa.int64()),
-    ]
-)
-PAIR_TOKEN_SCHEMA = pa.schema(
-    [*list(SCHEMAS["pairs"]), ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST)]
-)
-
 
 class PrepareConfig(Cfg):
     """What to prepare and how.
