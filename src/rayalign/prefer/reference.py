@@ -22,7 +22,6 @@ from rayalign.config import Cfg, ConfigError, DType
 from rayalign.data.dataset import is_dataset_folder
 from rayalign.data.schemas import PAIR_TOKEN_SCHEMA
 from rayalign.data.shards import PoolConfig, ProcessResult, dataset_files, quarantine_row, run_sharded
-from rayalign.prefer.common import dataset_result
 from rayalign.results import StageResult
 
 REFERENCE_COLUMNS = [
@@ -160,13 +159,5 @@ def run_reference(cfg: ReferenceConfig, log=print) -> StageResult:
         extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter},
         log=log,
     )
-    result = dataset_result("reference", cfg.output, manifest, model=cfg.model, adapter=cfg.adapter)
-    c = result.counts
-    assert c is not None
-    log(
-        f"[reference] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} pairs "
-        f"with reference log-probs of {cfg.model}"
-    )
-    for reason, n in c.by_reason.items():
-        log(f"    quarantined {n:5d}  {reason}")
-    return result
+    manifest.log_counts(log, f"pairs with reference log-probs of {cfg.model}")
+    return manifest.to_result(cfg.output, model=cfg.model, adapter=cfg.adapter)

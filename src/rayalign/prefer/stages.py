@@ -35,7 +35,6 @@ from rayalign.prefer.reference import ReferenceConfig, has_reference_columns, ru
 from rayalign.results import StageResult, numeric_metrics
 from rayalign.train.config import ComposedRun, TrainConfig
 
-
 REFERENCE = "reference"  # the folder under output_dir that holds the pairs with reference log-probs
 
 
