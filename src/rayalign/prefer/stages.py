@@ -38,7 +38,7 @@ from rayalign.train.config import ComposedRun, TrainConfig
 REFERENCE = "reference"  # the folder under output_dir that holds the pairs with reference log-probs
 
 
-class ReferenceSpec(Cfg):
+class ReferencePassConfig(Cfg):
     resource_fields = frozenset({"batch_size", "pool"})
 
     mode: Literal["precomputed", "on_the_fly"] = "precomputed"
@@ -56,7 +56,7 @@ class _PairStageConfig(ComposedRun):
 class PreferConfig(_PairStageConfig):
     train_defaults: ClassVar[dict[str, Any]] = {"objective": {"name": "apo_zero", "beta": 0.1}, "name": "prefer"}
 
-    reference: ReferenceSpec = ReferenceSpec()
+    reference: ReferencePassConfig = ReferencePassConfig()
 
 
 class RewardConfig(_PairStageConfig):
