@@ -11,6 +11,7 @@ reviser), rl (rewards) and eval (the eval stage) all use it, and it imports noth
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def node(module: str) -> str:
     return parts[1] if len(parts) > 1 else "rayalign"
 
 
-def imports(module: str) -> set[str]:
+@functools.cache
+def imports(module: str) -> frozenset[str]:
     """Every rayalign module `module` imports, anywhere in the file (functions included)."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
@@ -46,7 +48,7 @@ def imports(module: str) -> set[str]:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - n.level + 1] + ([base] if base else []))
             found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in n.names)
-    return {m for m in found if m in MODULES}
+    return frozenset(m for m in found if m in MODULES)
 
 
 def edges() -> dict[tuple[str, str], set[tuple[str, str]]]:
