@@ -168,3 +168,34 @@ def test_composed_run_keys_top_level_or_under_train(stage):
     assert same.train.seed == 5
     with pytest.raises(ConfigError, match=r"'seed' is given at the top level \(5\) and under train: \(3\)"):
         load_config(cls, None, ["seed=5", "train.seed=3"], data=dict(base))
+
+
+# entries of a list or a pipeline ("spec" of one item) and vLLM's own name, not config sections
+NOT_CONFIG_SECTIONS = {"StageSpec", "RepeatSpec", "RepeatItem", "RewardSpec", "ObjectiveSpec", "SamplingParams"}
+
+
+def test_config_classes_are_named_config():
+    """Every config class a stage or `rayalign serve` reads, nested sections included, is a `*Config`."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from rayalign.serve.config import ServeConfig
+
+    seen: set[type] = set()
+
+    def walk(tp: object) -> None:
+        for arg in typing.get_args(tp):
+            walk(arg)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and tp not in seen:
+            seen.add(tp)
+            for field in tp.model_fields.values():
+                walk(field.annotation)
+
+    for name in STAGES:
+        walk(get_stage(name)[0])
+    walk(ServeConfig)
+    names = {c.__name__ for c in seen if c.__module__.startswith("rayalign.")}
+    assert len(names) > 20
+    bad = sorted(n for n in names - NOT_CONFIG_SECTIONS if not n.endswith("Config"))
+    assert not bad, f"config classes not named *Config: {bad}"

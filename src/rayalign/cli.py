@@ -10,7 +10,6 @@ import json
 import sys
 
 from rayalign.config import ConfigError
-from rayalign.results import StageResult
 
 
 def _stage_main(stage: str, argv: list[str]) -> int:
@@ -21,11 +20,7 @@ def _stage_main(stage: str, argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = p.parse_args(argv)
     result = run_stage(stage, args.config, args.overrides)
-    if isinstance(result, StageResult):
-        print(json.dumps(result.to_json(), indent=2, default=str)[:4000])
-    elif isinstance(result, dict):  # TRANSITIONAL: stages not yet returning a StageResult
-        brief = {k: v for k, v in result.items() if k not in ("shards",)}
-        print(json.dumps(brief, indent=2, default=str)[:4000])
+    print(json.dumps(result.to_json(), indent=2, default=str)[:4000])
     return 0
 
 

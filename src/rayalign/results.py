@@ -13,10 +13,13 @@ nothing else, so a stage never has to guess which dict keys another module digs 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rayalign import storage
 
 
 class Status(StrEnum):
@@ -46,10 +49,14 @@ class Counts(BaseModel):
         return self.model_dump(by_alias=True)
 
 
-class ShardReport(BaseModel):
-    """One finished shard of a dataset stage."""
+MANIFEST = "manifest.json"  # a dataset stage's manifest, in its output folder
 
-    model_config = ConfigDict(extra="allow")
+
+class ShardReport(BaseModel):
+    """One finished shard of a dataset stage: which rows it read, its counts (in = ok + quarantined),
+    the output rows it wrote, its quarantine reasons and the processor's summed stats."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     shard: str
     source: str = ""
@@ -61,6 +68,10 @@ class ShardReport(BaseModel):
     out_rows: int = 0
     reasons: dict[str, int] = {}
     stats: dict[str, float] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form, with the `in` key the shard markers and manifests hold."""
+        return self.model_dump(mode="json", by_alias=True)
 
 
 def numeric_metrics(values: dict[str, Any]) -> dict[str, float]:
@@ -110,5 +121,30 @@ class Manifest(BaseModel):
     shards: list[ShardReport] = []
 
     def to_json(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", by_alias=True)
-        return data
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls.model_validate(data)
+
+    def with_fields(self, **fields: Any) -> Manifest:
+        """A copy with more top-level fields (a stage's summaries: packing efficiency, contrast...)."""
+        return Manifest.model_validate({**self.to_json(), **fields})
+
+    def to_result(self, output: str, metrics: dict[str, float] | None = None, **details: Any) -> StageResult:
+        """The dataset stage's `StageResult`: its row counts, its numeric stats as metrics (plus
+        `metrics`), and in details the manifest's location, the number of shards and `details`."""
+        return StageResult(
+            stage=self.stage,
+            output=output,
+            counts=self.counts.model_copy(deep=True),
+            metrics={**numeric_metrics(self.stats), **(metrics or {})},
+            details={"manifest": storage.join(output, MANIFEST), "shards": len(self.shards), **details},
+        )
+
+    def log_counts(self, log: Callable[[str], None], rows: str = "output rows") -> None:
+        """Log in = ok + quarantined → output rows, and the quarantined rows by reason."""
+        c = self.counts
+        log(f"[{self.stage}] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} {rows}")
+        for reason, n in c.by_reason.items():
+            log(f"    quarantined {n:5d}  {reason}")

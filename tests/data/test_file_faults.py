@@ -122,9 +122,9 @@ def test_processing_errors_are_isolated_to_their_rows(tmp_path):
     src.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     (shard,) = plan_shards([str(src)], 100)
     report = process_shard(shard, "corpus", Picky(), str(tmp_path / "out"))
-    assert report["in"] == 8 and report["ok"] == 5 and report["quarantined"] == 3
-    assert report["reasons"] == {"processing_error": 2, "unwritable_row": 1}
-    assert report["stats"] == {"n": 6}  # the parts that ran, summed
+    assert report.in_ == 8 and report.ok == 5 and report.quarantined == 3
+    assert report.reasons == {"processing_error": 2, "unwritable_row": 1}
+    assert report.stats == {"n": 6}  # the parts that ran, summed
     ids = [r["id"] for r in pq.read_table(tmp_path / "out" / "data").to_pylist()]
     assert ids == ["r0", "r2", "r3", "r5", "r7"]
     q = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()

@@ -245,7 +245,6 @@ def test_save_load_gives_identical_logits(tmp_path, arch):
 
 def test_load_model_with_adapter_path(tmp_path):
     """`load_model(spec, adapter=PATH)` (through rayalign.models.adapters) applies a saved Aligner."""
-    pytest.importorskip("rayalign.models.adapters", reason="adapters.py (another engineer) not landed yet")
     model = add_aligner(tiny(), tokens=1, start_layer=1)
     set_random_adapter(model, seed=9)
     x = ids_batch(9)

@@ -2,8 +2,8 @@
 stage's folder all live in the bucket (a real S3 API on 127.0.0.1); nothing lands in a local
 folder named `s3:`.
 
-The stages here are eval stages (they write through the storage layer on this branch); the tiny
-pipeline's dataset stages follow once their shard writer is on object storage too.
+The stages here are eval stages, the quickest that write through the storage layer (dataset
+stages in a bucket are covered by tests/cluster/test_shards_storage.py).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def test_run_dir_in_bucket(s3_bucket, tmp_path, capsys, monkeypatch):
     first, second = summary["stages"]
     assert first["output"] == f"{run}/first" and second["output"] == f"{run}/second-of-2"
     rec = read_record(run, "second")
-    assert rec is not None and rec["status"] == "complete" and rec["config"]["limit"] == 2
-    assert rec["config"]["params"]["max_tokens"] == 4 and rec["result"]["details"]["prompts"] == 2
+    assert rec is not None and rec.status == "complete" and rec.config["limit"] == 2
+    assert rec.config["params"]["max_tokens"] == 4 and rec.result and rec.result.details["prompts"] == 2
     assert storage.exists(f"{run}/first/results.json") and storage.exists(f"{run}/first/report/report.md")
     assert "## Pipeline stages" not in storage.read_text(f"{run}/first/report/report.md")  # no summary yet then
     assert not os.path.exists(tmp_path / "s3:") and not any(tmp_path.glob("s3*"))
@@ -75,4 +75,4 @@ def test_run_dir_in_bucket(s3_bucket, tmp_path, capsys, monkeypatch):
     again = read_summary(run)
     assert again is not None and [s["skipped"] for s in again["stages"]] == [False, False]
     rec = read_record(run, "second")
-    assert rec is not None and rec["config"]["limit"] == 3 and rec["config"]["output"] == f"{run}/second-of-3"
+    assert rec is not None and rec.config["limit"] == 3 and rec.config["output"] == f"{run}/second-of-3"

@@ -135,9 +135,10 @@ def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
     assert pairs["output"] == str(run / "pairs-out") and 0 < chat["metrics"]["packing_efficiency"] <= 1
     rec = read_record(str(run), "pairs")
     assert (
-        rec["status"] == "complete"
-        and rec["config"]["max_length"] == 256
-        and rec["config"]["model"] == "tiny-random:llama"
+        rec is not None
+        and rec.status == "complete"
+        and rec.config["max_length"] == 256
+        and rec.config["model"] == "tiny-random:llama"
     )
     assert summary["final_model"] is None  # no training stage
 
@@ -149,7 +150,7 @@ def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
 
     assert main([str(p), "stages.pairs.config.max_length=300"]) == 0  # only the changed stage runs
     s3 = json.loads((run / "summary.json").read_text())["stages"]
-    assert [s["skipped"] for s in s3] == [True, False] and read_record(str(run), "pairs")["config"]["max_length"] == 300
+    assert [s["skipped"] for s in s3] == [True, False] and read_record(str(run), "pairs").config["max_length"] == 300
 
 
 @pytest.mark.timeout(120)
@@ -175,7 +176,7 @@ def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
     assert "stage 'broken' (prepare) failed" in err
     assert f"rayalign run {p} stages.chat.config.max_length=200" in err
     rec = read_record(str(tmp_path / "run"), "broken")
-    assert rec["status"] == "failed" and "missing.jsonl" in rec["error"]
+    assert rec is not None and rec.status == "failed" and "missing.jsonl" in (rec.error or "")
     assert read_record(str(tmp_path / "run"), "never") is None
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and [s["status"] for s in summary["stages"]] == ["complete", "failed"]

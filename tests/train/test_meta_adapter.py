@@ -21,7 +21,7 @@ STEPS = 2
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("method", ["lora", "aligner"])
 def test_adapter_run_on_two_workers_loads_base_sharded_and_matches_one_process(tmp_path, chat_packed, method):
-    from rayalign.train.loop import train_loop
+    from rayalign.train.trainer import train_loop
 
     peft = {"method": method, "r": 4} if method == "lora" else {"method": method, "tokens": 2, "start_layer": 0}
     common = dict(max_steps=STEPS, data={"shuffle": False}, peft=peft, torch_threads=1, optim={"lr": 1e-2})

@@ -95,7 +95,7 @@ def test_resume_reads_a_two_worker_checkpoint_in_place_from_the_bucket(tmp_path,
     in place: nothing of it is copied into the node's download cache."""
     from spawn_helpers import spawn_trainers
 
-    from rayalign.train.loop import train_loop
+    from rayalign.train.trainer import train_loop
 
     common = dict(max_steps=4, data={"shuffle": False}, torch_threads=1, checkpoint={"every": 2})
     train_loop(base_config(tmp_path / "local", chat_packed, micro_batch_size=1, grad_accum=2, **common))

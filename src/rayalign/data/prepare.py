@@ -11,32 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pyarrow as pa
-
-from rayalign import storage
 from rayalign.config import Cfg
 from rayalign.data.formats import Format
 from rayalign.data.packing import pack, packing_efficiency
-from rayalign.data.schemas import SCHEMAS
-from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, quarantine_row, run_sharded
+from rayalign.data.schemas import PACKED_SCHEMA, PAIR_TOKEN_SCHEMA, SCHEMAS
+from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
 from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
-from rayalign.results import Counts, StageResult, numeric_metrics
-
-INT_LIST = pa.list_(pa.int32())
-PACKED_SCHEMA = pa.schema(
-    [
-        ("input_ids", INT_LIST),
-        ("labels", INT_LIST),
-        ("position_ids", INT_LIST),
-        ("seq_lens", INT_LIST),
-        ("doc_ids", pa.list_(pa.string())),
-        ("num_tokens", pa.int64()),
-        ("num_targets", pa.int64()),
-    ]
-)
-PAIR_TOKEN_SCHEMA = pa.schema(
-    [*list(SCHEMAS["pairs"]), ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST)]
-)
+from rayalign.results import StageResult
 
 
 class PrepareConfig(Cfg):
@@ -179,30 +160,14 @@ def run_prepare(cfg: PrepareConfig, log=print) -> StageResult:
         extra={"kind": cfg.kind, "model": cfg.model},
         log=log,
     )
-    st = manifest["stats"]
-    metrics = {k: float(v) for k, v in st.items() if k in ("tokens", "targets", "truncated", "rows")}
+    st = manifest.stats
+    metrics: dict[str, float] = {}
     if st.get("slots"):
-        manifest["packing_efficiency"] = st["tokens"] / st["slots"]
-        metrics["packing_efficiency"] = manifest["packing_efficiency"]
-    print_summary(manifest, log)
-    return StageResult(
-        stage="prepare",
-        output=cfg.output,
-        counts=Counts.model_validate(manifest["counts"]),
-        metrics=numeric_metrics(metrics),
-        details={"manifest": storage.join(cfg.output, MANIFEST), "kind": cfg.kind, "model": cfg.model},
-    )
-
-
-def print_summary(manifest: dict, log=print) -> None:
-    c = manifest["counts"]
-    log(
-        f"[{manifest['stage']}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']}  → {c['out_rows']} output rows"
-    )
-    for reason, n in c["by_reason"].items():
-        log(f"    quarantined {n:5d}  {reason}")
-    if "packing_efficiency" in manifest:
-        log(f"    packing efficiency {manifest['packing_efficiency']:.3f}  ({int(manifest['stats']['tokens'])} tokens)")
+        metrics["packing_efficiency"] = st["tokens"] / st["slots"]
+    manifest.log_counts(log)
+    if metrics:
+        log(f"    packing efficiency {metrics['packing_efficiency']:.3f}  ({int(st['tokens'])} tokens)")
+    return manifest.to_result(cfg.output, metrics, kind=cfg.kind, model=cfg.model)
 
 
 __all__ = ["PrepareConfig", "PrepareProcessor", "run_prepare", "packing_efficiency", "PACKED_SCHEMA"]

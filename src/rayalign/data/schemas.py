@@ -35,6 +35,24 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+INT_LIST = pa.list_(pa.int32())
+# rows of a packed dataset (`corpus`, `chat` after `prepare`): ready for the training loop
+PACKED_SCHEMA = pa.schema(
+    [
+        ("input_ids", INT_LIST),
+        ("labels", INT_LIST),
+        ("position_ids", INT_LIST),
+        ("seq_lens", INT_LIST),
+        ("doc_ids", pa.list_(pa.string())),
+        ("num_tokens", pa.int64()),
+        ("num_targets", pa.int64()),
+    ]
+)
+# tokenised pairs: the `pairs` row plus the token ids of prompt, chosen and rejected
+PAIR_TOKEN_SCHEMA = pa.schema(
+    [*list(SCHEMAS["pairs"]), ("prompt_ids", INT_LIST), ("chosen_ids", INT_LIST), ("rejected_ids", INT_LIST)]
+)
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("source", pa.string()),

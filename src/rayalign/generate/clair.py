@@ -43,7 +43,7 @@ from rayalign.generate.common import (
 from rayalign.generate.contrast import contrast_stats
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
-from rayalign.results import StageResult
+from rayalign.results import Manifest, StageResult
 
 CLAIR_SCHEMA = pa.schema(
     [
@@ -208,8 +208,8 @@ class ClairProcessor:
 
 
 def run_clair(cfg: ClairConfig, log=print) -> StageResult:
-    def contrast(manifest: dict) -> dict:
-        n, st = manifest["counts"]["out_rows"], manifest["stats"]
+    def contrast(manifest: Manifest) -> dict:
+        n, st = manifest.counts.out_rows, manifest.stats
         if not n:
             return {}
         out = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}

@@ -38,11 +38,10 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal
 
-from rayalign import storage
 from rayalign.config import Cfg
-from rayalign.data.shards import MANIFEST, PoolConfig, quarantine_row, run_sharded
+from rayalign.data.shards import PoolConfig, commit_manifest, quarantine_row, run_sharded
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
-from rayalign.results import Counts, StageResult, numeric_metrics
+from rayalign.results import Manifest, StageResult, numeric_metrics
 
 
 class GenStageConfig(Cfg):
@@ -120,7 +119,7 @@ def run_gen_stage(
     kind: str | None,
     extra: dict | None = None,
     log=print,
-    summarise: Callable[[dict], dict[str, Any]] | None = None,
+    summarise: Callable[[Manifest], dict[str, Any]] | None = None,
 ) -> StageResult:
     """Run a generation stage through the sharded runner and return its StageResult.
 
@@ -144,41 +143,20 @@ def run_gen_stage(
         )
     finally:
         release_engines(keep=before)
-    m: dict[str, Any] = manifest.to_json() if hasattr(manifest, "to_json") else dict(manifest)
-    c = m["counts"]
-    log(f"[{stage}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} output rows")
-    for reason, n in c["by_reason"].items():
-        log(f"    quarantined {n:5d}  {reason}")
+    manifest.log_counts(log)
     added: dict[str, Any] = {}
-    statuses = {k[len("status.") :]: int(v) for k, v in m.get("stats", {}).items() if k.startswith("status.")}
+    statuses = {k[len("status.") :]: int(v) for k, v in manifest.stats.items() if k.startswith("status.")}
     if statuses:
         added["status_counts"] = dict(sorted(statuses.items()))
         log(f"    statuses: {added['status_counts']}")
-    added.update(summarise(m) if summarise else {})
-    if added:
-        save_manifest(cfg.output, {**m, **added})
-    metrics = numeric_metrics(m.get("stats", {}))
+    added.update(summarise(manifest) if summarise else {})
+    if added:  # one atomic replace: a reader never sees a half-written manifest
+        commit_manifest(cfg.output, manifest.with_fields(**added))
+    metrics: dict[str, float] = {}
     for key, value in added.items():
         if isinstance(value, dict):
             metrics.update({f"{key}.{k}": v for k, v in numeric_metrics(value).items()})
-    return StageResult(
-        stage=stage,
-        output=cfg.output,
-        counts=Counts.model_validate(c),
-        metrics=metrics,
-        details={
-            "complete": bool(m.get("complete", True)),
-            "shards": len(m.get("shards", [])),
-            "manifest": storage.join(cfg.output, MANIFEST),
-            **added,
-        },
-    )
-
-
-def save_manifest(out_dir: str, manifest: dict) -> None:
-    """Write manifest.json with the keys a generation stage adds (status counts, contrast): one
-    atomic replace, so a reader never sees a half-written manifest."""
-    storage.write_json(storage.join(out_dir, MANIFEST), manifest)
+    return manifest.to_result(cfg.output, metrics, complete=manifest.complete, **added)
 
 
 def count_status(stats: dict, status: str) -> None:

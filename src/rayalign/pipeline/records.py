@@ -3,17 +3,20 @@
 A record is the commit marker of a stage instance: written `running` before it starts and
 `complete` (with its `StageResult`) after it returns; a stage with no complete record is not done.
 Every write goes through `storage.write_json` (atomic locally, one PUT on object stores).
+Records (`StageRecord`), the run's summary (`RunSummary`) and its entries (`StageSummary`) are
+typed; their JSON forms are what the files hold.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from rayalign import storage
 from rayalign.pipeline.spec import Step, stage_dir
-from rayalign.results import Counts, StageResult, Status, numeric_metrics
+from rayalign.results import Counts, StageResult, Status
 
 STAGE_RECORD = "stage.json"
 SUMMARY = "summary.json"
@@ -24,14 +27,87 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def read_record(run_dir: str, step_id: str) -> dict | None:
-    """The record of a stage instance, or None (absent or torn: treated as not finished)."""
-    record = storage.read_json(storage.join(stage_dir(run_dir, step_id), STAGE_RECORD))
-    return record if isinstance(record, dict) else None
+class StageRecord(BaseModel):
+    """`<stage dir>/stage.json`: one stage instance's status, config and (once complete) result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    id: str
+    round: int | None = None
+    stage: str
+    status: Status
+    config_hash: str
+    config: dict[str, Any] = {}
+    started: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    result: StageResult | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    def complete_with(self, config_hash: str) -> bool:
+        return self.status == Status.COMPLETE and self.config_hash == config_hash
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"result"})
+        data["result"] = self.result.to_json() if self.result is not None else None
+        return data
 
 
-def write_record(run_dir: str, step_id: str, record: dict) -> None:
-    storage.write_json(storage.join(stage_dir(run_dir, step_id), STAGE_RECORD), record)
+class StageSummary(BaseModel):
+    """One stage's entry of summary.json: status, timing, output, counts, metrics, full result."""
+
+    name: str
+    id: str
+    round: int | None = None
+    stage: str
+    status: Status
+    skipped: bool
+    seconds: float | None = None
+    config_hash: str
+    output: str | None = None
+    checkpoint: str | None = None
+    counts: Counts | None = None
+    metrics: dict[str, float] = {}
+    result: StageResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"counts", "result"})
+        data["counts"] = self.counts.to_json() if self.counts is not None else None
+        data["result"] = self.result.to_json() if self.result is not None else None
+        return data
+
+
+class RunSummary(BaseModel):
+    """`<run_dir>/summary.json`: the run's status, its stages in order and the final model."""
+
+    run_dir: str
+    status: Status
+    updated: str
+    seconds: float
+    stages: list[StageSummary]
+    final_model: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"stages"})
+        data["stages"] = [s.to_json() for s in self.stages]
+        return data
+
+
+def read_record(run_dir: str, step_id: str) -> StageRecord | None:
+    """The record of a stage instance, or None (absent, torn or of an unknown shape: not finished)."""
+    data = storage.read_json(storage.join(stage_dir(run_dir, step_id), STAGE_RECORD))
+    if not isinstance(data, dict):
+        return None
+    try:
+        return StageRecord.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def write_record(run_dir: str, step_id: str, record: StageRecord) -> None:
+    storage.write_json(storage.join(stage_dir(run_dir, step_id), STAGE_RECORD), record.to_json())
 
 
 def clear_stage_dir(run_dir: str, step_id: str) -> None:
@@ -46,82 +122,44 @@ def clear_stage_dir(run_dir: str, step_id: str) -> None:
             storage.remove(child)
 
 
-def record_result(record: dict | None) -> StageResult | None:
-    if not record or not isinstance(record.get("result"), dict):
-        return None
-    return StageResult.from_json(record["result"])
-
-
-# --- transitional: delete once every stage returns a StageResult (after the branches merge) ---
-LEGACY_DROP = ("shards", "time", "started", "finished")  # bulky, or timestamps that are no metric
-
-
-def legacy_result(stage: str, value: Any) -> StageResult:
-    """TRANSITIONAL: turn a stage's legacy dict summary into a `StageResult`; a StageResult passes.
-
-    The lead deletes this function (and its one caller in the runner) after the merge, when every
-    stage returns a `StageResult`.
-    """
-    if isinstance(value, StageResult):
-        return value
-    if not isinstance(value, dict):
-        return StageResult(stage=stage, details={"value": json.loads(json.dumps(value, default=str))})
-    d = {k: v for k, v in value.items() if k not in LEGACY_DROP}
-    counts = Counts.model_validate(d.pop("counts")) if isinstance(d.get("counts"), dict) else None
-    metrics = numeric_metrics(d)
-    if isinstance(d.get("metrics"), dict):
-        metrics.update(numeric_metrics(d.pop("metrics")))
-    details = {k: v for k, v in d.items() if k not in metrics and k not in ("checkpoint", "output")}
-    output = d.get("output") if isinstance(d.get("output"), str) else None
-    checkpoint = d.get("checkpoint") if isinstance(d.get("checkpoint"), str) else None
-    return StageResult(
-        stage=stage,
+def stage_summary(step: Step, record: StageRecord, skipped: bool) -> StageSummary:
+    """One stage's entry of summary.json, from its record."""
+    result = record.result
+    config = record.config
+    output = (result.output if result else None) or next((config[k] for k in OUTPUT_FIELDS if config.get(k)), None)
+    return StageSummary(
+        name=step.spec.name,
+        id=step.id,
+        round=step.round,
+        stage=step.spec.stage,
+        status=record.status,
+        skipped=skipped,
+        seconds=record.seconds,
+        config_hash=record.config_hash,
         output=output,
-        checkpoint=checkpoint,
-        counts=counts,
-        metrics=metrics,
-        details=json.loads(json.dumps(details, default=str)),
+        checkpoint=result.checkpoint if result else None,
+        counts=result.counts if result else None,
+        metrics=dict(result.metrics) if result else {},
+        result=result,
     )
 
 
-# --- end transitional ---
-
-
-def stage_summary(step: Step, record: dict, skipped: bool) -> dict:
-    """One stage's entry of summary.json: status, timing, output, counts, metrics, full result."""
-    result = record_result(record)
-    config = record.get("config") or {}
-    output = (result.output if result else None) or next((config[k] for k in OUTPUT_FIELDS if config.get(k)), None)
-    return {
-        "name": step.spec.name,
-        "id": step.id,
-        "round": step.round,
-        "stage": step.spec.stage,
-        "status": record.get("status"),
-        "skipped": skipped,
-        "seconds": record.get("seconds"),
-        "config_hash": record.get("config_hash"),
-        "output": output,
-        "checkpoint": result.checkpoint if result else None,
-        "counts": result.counts.to_json() if result and result.counts else None,
-        "metrics": dict(result.metrics) if result else {},
-        "result": result.to_json() if result else None,
-    }
-
-
-def write_summary(run_dir: str, status: Status, stages: list[dict], seconds: float, final_model: str | None) -> dict:
-    summary = {
-        "run_dir": run_dir,
-        "status": status.value,
-        "updated": now(),
-        "seconds": round(seconds, 3),
-        "stages": stages,
-        "final_model": final_model,
-    }
-    storage.write_json(storage.join(run_dir, SUMMARY), summary)
+def write_summary(
+    run_dir: str, status: Status, stages: list[StageSummary], seconds: float, final_model: str | None
+) -> RunSummary:
+    summary = RunSummary(
+        run_dir=run_dir,
+        status=status,
+        updated=now(),
+        seconds=round(seconds, 3),
+        stages=stages,
+        final_model=final_model,
+    )
+    storage.write_json(storage.join(run_dir, SUMMARY), summary.to_json())
     return summary
 
 
 def read_summary(run_dir: str) -> dict | None:
+    """summary.json as JSON (read as written: a report may read runs of other versions)."""
     s = storage.read_json(storage.join(run_dir, SUMMARY))
     return s if isinstance(s, dict) else None

@@ -18,7 +18,7 @@ from typing import Any
 from rayalign import storage
 from rayalign.config import Cfg, ConfigError, validate_config
 from rayalign.pipeline import records
-from rayalign.pipeline.records import OUTPUT_FIELDS
+from rayalign.pipeline.records import OUTPUT_FIELDS, RunSummary, StageRecord, StageSummary
 from rayalign.pipeline.refs import Entry, Scope, Unresolved, interpolate, resolve
 from rayalign.pipeline.spec import PipelineConfig, StageSpec, Step, stage_dir, steps
 from rayalign.results import StageResult, Status
@@ -40,7 +40,7 @@ class EmptyOutput(RuntimeError):
 @dataclass(frozen=True)
 class Resolved:
     cfg: Cfg
-    run: Callable[..., Any]
+    run: Callable[[Cfg], StageResult]
     hash: str
 
 
@@ -119,14 +119,14 @@ def check_not_empty(spec: StageSpec, result: StageResult) -> None:
         )
 
 
-def final_model(pipe: PipelineConfig, summaries: list[dict], state: State | None) -> str | None:
+def final_model(pipe: PipelineConfig, summaries: list[StageSummary], state: State | None) -> str | None:
     """The `final_model` reference if given (once every stage ran), else the last checkpoint."""
     if pipe.final_model and state is not None:
         value = interpolate(pipe.final_model, state.scope(), "final_model")
         return None if isinstance(value, Unresolved) else str(value)
     for s in reversed(summaries):
-        if s.get("checkpoint"):
-            return str(s["checkpoint"])
+        if s.checkpoint:
+            return s.checkpoint
     return None
 
 
@@ -166,8 +166,8 @@ def run_pipeline(
         display.close()
     done = len(run.summaries) == len(plan)
     summary = run.write(Status.COMPLETE if done else Status.PARTIAL, final=True)
-    display.finish(summary)
-    return summary
+    display.finish(summary.to_json())
+    return summary.to_json()
 
 
 class _Run:
@@ -176,10 +176,10 @@ class _Run:
     def __init__(self, pipe: PipelineConfig, plan: list[Step], source: str, resume_cmd: str | None, display: Any):
         self.pipe, self.plan, self.source, self.resume_cmd, self.display = pipe, plan, source, resume_cmd, display
         self.state = State(pipe)
-        self.summaries: list[dict] = []
+        self.summaries: list[StageSummary] = []
         self.t0 = time.time()
 
-    def write(self, status: Status, final: bool = False, extra: list[dict] | None = None) -> dict:
+    def write(self, status: Status, final: bool = False, extra: list[StageSummary] | None = None) -> RunSummary:
         stages = self.summaries + (extra or [])
         model = final_model(self.pipe, stages, self.state if final else None)
         return records.write_summary(self.pipe.run_dir, status, stages, time.time() - self.t0, model)
@@ -190,69 +190,71 @@ class _Run:
         run_dir = self.pipe.run_dir
         old = records.read_record(run_dir, step.id)
         label = f"[{i + 1}/{len(self.plan)}] {step.title}"
-        if old and old.get("status") == Status.COMPLETE and old.get("config_hash") == r.hash:
+        if old and old.complete_with(r.hash):
             self.display.note(f"✓ {label}: already complete (config {r.hash}); skipping", style="green")
             record, skipped = old, True
         else:
             self._announce(label, step, old, r.hash)
             record, skipped = self._execute(i, step, r), False
-        self.state.add(step, Entry(record.get("config") or {}, records.record_result(record), r.hash))
+        self.state.add(step, Entry(record.config, record.result, r.hash))
         self.summaries.append(records.stage_summary(step, record, skipped))
         self.write(Status.RUNNING)
-        self.display.stage_done(i, step, self.summaries[-1])
+        self.display.stage_done(i, step, self.summaries[-1].to_json())
 
-    def _announce(self, label: str, step: Step, old: dict | None, h: str) -> None:
+    def _announce(self, label: str, step: Step, old: StageRecord | None, h: str) -> None:
         run_dir = self.pipe.run_dir
-        if old and old.get("status") == Status.COMPLETE:
+        if old and old.status == Status.COMPLETE:
             self.display.note(
-                f"{label}: its config or an upstream stage changed ({old.get('config_hash')} → {h}); "
+                f"{label}: its config or an upstream stage changed ({old.config_hash} → {h}); "
                 f"clearing {stage_dir(run_dir, step.id)} and running again",
                 style="yellow",
             )
             # the stage's own resume (finished shards, checkpoints) must not reuse stale work
             records.clear_stage_dir(run_dir, step.id)
-        elif old and old.get("status") in (Status.RUNNING, Status.FAILED):
-            self.display.note(
-                f"{label}: resuming an unfinished run ({old.get('status')} since {old.get('started')})", style="yellow"
-            )
+        elif old and old.status in (Status.RUNNING, Status.FAILED):
+            self.display.note(f"{label}: resuming an unfinished run ({old.status} since {old.started})", style="yellow")
 
-    def _execute(self, i: int, step: Step, r: Resolved) -> dict:
+    def _execute(self, i: int, step: Step, r: Resolved) -> StageRecord:
         run_dir = self.pipe.run_dir
-        record: dict[str, Any] = {
-            "name": step.spec.name,
-            "id": step.id,
-            "round": step.round,
-            "stage": step.spec.stage,
-            "status": Status.RUNNING,
-            "config_hash": r.hash,
-            "config": r.cfg.model_dump(mode="json"),
-            "started": records.now(),
-            "result": None,
-        }
+        record = StageRecord(
+            name=step.spec.name,
+            id=step.id,
+            round=step.round,
+            stage=step.spec.stage,
+            status=Status.RUNNING,
+            config_hash=r.hash,
+            config=r.cfg.model_dump(mode="json"),
+            started=records.now(),
+        )
         records.write_record(run_dir, step.id, record)
-        self.display.stage_started(i, step, stage_dir(run_dir, step.id), record["config"])
+        self.display.stage_started(i, step, stage_dir(run_dir, step.id), record.config)
         t0 = time.time()
         try:
-            # TRANSITIONAL: legacy_result accepts the old dict summaries until every stage returns
-            # a StageResult; then this becomes `result = r.run(r.cfg)`
-            result = records.legacy_result(step.spec.stage, r.run(r.cfg))
+            result = r.run(r.cfg)
+            if not isinstance(result, StageResult):
+                raise TypeError(f"the {step.spec.stage} stage returned {type(result).__name__}, not a StageResult")
             check_not_empty(step.spec, result)
         except BaseException as e:  # record the failure (also on Ctrl-C / SIGTERM), then stop the run
-            record.update(
-                status=Status.FAILED,
-                finished=records.now(),
-                seconds=round(time.time() - t0, 3),
-                error=f"{type(e).__name__}: {e}",
-                traceback=traceback.format_exc()[-8000:],
+            error = f"{type(e).__name__}: {e}"
+            record = record.model_copy(
+                update=dict(
+                    status=Status.FAILED,
+                    finished=records.now(),
+                    seconds=round(time.time() - t0, 3),
+                    error=error,
+                    traceback=traceback.format_exc()[-8000:],
+                )
             )
             records.write_record(run_dir, step.id, record)
             self.write(Status.FAILED, extra=[records.stage_summary(step, record, False)])
-            self.display.stage_failed(i, step, record["error"])
+            self.display.stage_failed(i, step, error)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise StageFailed(step.id, step.spec.stage, record["error"], self.resume_cmd) from e
-        record.update(
-            status=Status.COMPLETE, finished=records.now(), seconds=round(time.time() - t0, 3), result=result.to_json()
+            raise StageFailed(step.id, step.spec.stage, error, self.resume_cmd) from e
+        record = record.model_copy(
+            update=dict(
+                status=Status.COMPLETE, finished=records.now(), seconds=round(time.time() - t0, 3), result=result
+            )
         )
         records.write_record(run_dir, step.id, record)
         return record

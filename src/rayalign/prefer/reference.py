@@ -19,11 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from rayalign.config import Cfg, ConfigError, DType
-from rayalign.data.shards import MANIFEST, PoolConfig, ProcessResult, dataset_files, quarantine_row, run_sharded
-from rayalign.prefer.common import dataset_result
+from rayalign.data.dataset import is_dataset_folder
+from rayalign.data.schemas import PAIR_TOKEN_SCHEMA
+from rayalign.data.shards import PoolConfig, ProcessResult, dataset_files, quarantine_row, run_sharded
 from rayalign.results import StageResult
 
-INT_LIST = pa.list_(pa.int32())
 REFERENCE_COLUMNS = [
     ("ref_chosen_logp", pa.float64()),
     ("ref_rejected_logp", pa.float64()),
@@ -34,8 +34,6 @@ REFERENCE_COLUMNS = [
 
 
 def reference_schema() -> pa.Schema:
-    from rayalign.data.prepare import PAIR_TOKEN_SCHEMA
-
     return pa.schema(list(PAIR_TOKEN_SCHEMA) + [pa.field(n, t) for n, t in REFERENCE_COLUMNS])
 
 
@@ -55,7 +53,7 @@ class ReferenceConfig(Cfg):
 def split_inputs(inputs: list[str]) -> tuple[list[str], str | None]:
     """Dataset folders (holding manifest.json) become their parquet shards with no re-validation
     (kind None); raw files are validated as pairs. Mixing both in one run is refused."""
-    folders = [i for i in inputs if (Path(i) / MANIFEST).exists() or (Path(i) / "data").is_dir()]
+    folders = [i for i in inputs if is_dataset_folder(i)]
     if folders and len(folders) != len(inputs):
         raise ConfigError("inputs: mix of dataset folders and raw files; run them as two stages")
     if folders:
@@ -136,11 +134,16 @@ class ReferenceProcessor:
 
 
 def has_reference_columns(path: str | Path) -> bool:
-    """True when a dataset folder already carries reference log-probs (the `reference` stage's output)."""
+    """True when a dataset folder (local or URI) already carries reference log-probs (the `reference` stage's output)."""
     import pyarrow.parquet as pq
 
-    files = dataset_files(path) if (Path(path) / "data").is_dir() else []
-    return bool(files) and "ref_chosen_logp" in pq.read_schema(files[0]).names
+    from rayalign import storage
+
+    files = dataset_files(path) if storage.is_dir(storage.join(str(path), "data")) else []
+    if not files:
+        return False
+    fs, inner = storage.filesystem(files[0])
+    return "ref_chosen_logp" in pq.read_schema(inner, filesystem=fs).names
 
 
 def run_reference(cfg: ReferenceConfig, log=print) -> StageResult:
@@ -156,13 +159,5 @@ def run_reference(cfg: ReferenceConfig, log=print) -> StageResult:
         extra={"kind": "pairs", "model": cfg.model, "adapter": cfg.adapter},
         log=log,
     )
-    result = dataset_result("reference", cfg.output, manifest, model=cfg.model, adapter=cfg.adapter)
-    c = result.counts
-    assert c is not None
-    log(
-        f"[reference] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} pairs "
-        f"with reference log-probs of {cfg.model}"
-    )
-    for reason, n in c.by_reason.items():
-        log(f"    quarantined {n:5d}  {reason}")
-    return result
+    manifest.log_counts(log, f"pairs with reference log-probs of {cfg.model}")
+    return manifest.to_result(cfg.output, model=cfg.model, adapter=cfg.adapter)

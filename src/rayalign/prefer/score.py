@@ -17,7 +17,6 @@ from typing import Literal
 
 from rayalign.config import Cfg
 from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
-from rayalign.prefer.common import dataset_result
 from rayalign.results import StageResult
 
 
@@ -164,10 +163,9 @@ def run_score(cfg: ScoreConfig, log=print) -> StageResult:
         extra={"kind": cfg.kind, "model": cfg.model},
         log=log,
     )
-    result = dataset_result("score", cfg.output, manifest, kind=cfg.kind, model=cfg.model)
-    c = result.counts
-    assert c is not None
-    log(f"[score] in {c.in_} = ok {c.ok} + quarantined {c.quarantined} → {c.out_rows} scored rows")
+    result = manifest.to_result(cfg.output, kind=cfg.kind, model=cfg.model)
+    manifest.log_counts(log, "scored rows")
+    c = manifest.counts
     if cfg.kind == "pairs" and c.out_rows:
         result.metrics["chosen_win_rate"] = result.metrics.get("chosen_wins", 0.0) / c.out_rows
         log(f"[score] reward model prefers the chosen response in {result.metrics['chosen_win_rate']:.3f} of pairs")

@@ -25,17 +25,20 @@ resources (its GPU, bf16 there) for a Ray Train run — never in a driver-side f
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from rayalign import storage
 from rayalign.config import Cfg, ConfigError
+from rayalign.data.dataset import ensure_dataset
 from rayalign.data.shards import PoolConfig
 from rayalign.prefer.reference import ReferenceConfig, has_reference_columns, run_reference
 from rayalign.results import StageResult, numeric_metrics
 from rayalign.train.config import ComposedRun, TrainConfig
 
+REFERENCE = "reference"  # the folder under output_dir that holds the pairs with reference log-probs
 
-class ReferenceSpec(Cfg):
+
+class ReferencePassConfig(Cfg):
     resource_fields = frozenset({"batch_size", "pool"})
 
     mode: Literal["precomputed", "on_the_fly"] = "precomputed"
@@ -53,7 +56,7 @@ class _PairStageConfig(ComposedRun):
 class PreferConfig(_PairStageConfig):
     train_defaults: ClassVar[dict[str, Any]] = {"objective": {"name": "apo_zero", "beta": 0.1}, "name": "prefer"}
 
-    reference: ReferenceSpec = ReferenceSpec()
+    reference: ReferencePassConfig = ReferencePassConfig()
 
 
 class RewardConfig(_PairStageConfig):
@@ -69,8 +72,6 @@ def last_metrics(trained: StageResult) -> dict[str, float]:
     from the run's metrics.jsonl, numbers only; the record's wall-clock `time` stamp is not a metric."""
     import json
 
-    from rayalign import storage
-
     path = str(trained.details.get("metrics_file") or "")
     text = storage.read_text(path) if path and storage.exists(path) else ""
     lines = [x for x in text.splitlines() if x.strip()]
@@ -81,26 +82,18 @@ def last_metrics(trained: StageResult) -> dict[str, float]:
 
 def tokenised_pairs(cfg: TrainConfig, log=print) -> str:
     """A folder of tokenised pairs (prompt_ids/chosen_ids/rejected_ids): data.path as is, or `prepare` data.inputs."""
-    if cfg.data.path:
-        return cfg.data.path
-    if not cfg.data.inputs:
-        raise ConfigError("data: give data.path (a folder of prepared pairs) or data.inputs (raw pair files)")
-    from rayalign.data.prepare import PrepareConfig, run_prepare
-
-    target = Path(cfg.output_dir) / "prepared"
-    run_prepare(
-        PrepareConfig(
-            kind="pairs",
-            inputs=cfg.data.inputs,
-            output=str(target),
-            model=cfg.model,
-            max_length=cfg.data.max_length,
-            overlength="quarantine",
-            pool=cfg.data.pool,
-        ),
+    d = cfg.data
+    return ensure_dataset(
+        "pairs",
+        path=d.path,
+        inputs=d.inputs,
+        output_dir=cfg.output_dir,
+        model=cfg.model,
+        max_length=d.max_length,
+        overlength="quarantine",
+        pool=d.pool,
         log=log,
     )
-    return str(target)
 
 
 def pairs_with_reference(cfg: PreferConfig, log=print) -> str:
@@ -111,11 +104,11 @@ def pairs_with_reference(cfg: PreferConfig, log=print) -> str:
     inputs = [train.data.path] if train.data.path else train.data.inputs
     if not inputs:
         raise ConfigError("data: give data.path (a folder of pairs) or data.inputs (raw pair files)")
-    target = Path(train.output_dir) / "reference"
+    target = storage.join(train.output_dir, REFERENCE)
     run_reference(
         ReferenceConfig(
             inputs=inputs,
-            output=str(target),
+            output=target,
             model=train.reference_model or train.model,
             max_length=train.data.max_length,
             batch_size=cfg.reference.batch_size,
@@ -123,7 +116,7 @@ def pairs_with_reference(cfg: PreferConfig, log=print) -> str:
         ),
         log=log,
     )
-    return str(target)
+    return target
 
 
 def _objective(cfg: TrainConfig, model_class: str, other_stage: str):

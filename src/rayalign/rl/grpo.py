@@ -50,7 +50,7 @@ def prepared_prompts(cfg: GRPOConfig, log=print) -> str:
         config_hash=hashlib.sha256(json.dumps(cfg.prompts).encode()).hexdigest()[:16],
         log=log,
     )
-    if not manifest["counts"]["ok"]:
+    if not manifest.counts.ok:
         raise ConfigError(f"prompts: no valid prompt row in {cfg.prompts} (see {target}/quarantine)")
     return target
 

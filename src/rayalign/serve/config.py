@@ -15,7 +15,7 @@ from rayalign.config import Cfg
 from rayalign.generate.engine import EngineConfig
 
 
-class AutoscalingCfg(Cfg):
+class AutoscalingConfig(Cfg):
     """Ray Serve autoscaling of the engine deployment (one model copy per replica)."""
 
     min_replicas: int = Field(1, ge=0)
@@ -32,14 +32,14 @@ class AutoscalingCfg(Cfg):
         return self
 
 
-class BatchCfg(Cfg):
+class BatchConfig(Cfg):
     """`serve.batch` on the engine replica: concurrent requests share one engine call."""
 
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
 
 
-class PasCfg(Cfg):
+class ServePASConfig(Cfg):
     """Prompt augmentation at serve time: a hint model writes a short complement to the user turn."""
 
     enabled: bool = False
@@ -107,7 +107,7 @@ class ServeConfig(Cfg):
     # Engine replicas: at most `max_ongoing_requests` in flight each, `max_queued_requests`
     # waiting in the caller; past both the ingress answers 503 with Retry-After.
     num_replicas: int = Field(1, ge=1)
-    autoscaling: AutoscalingCfg | None = None
+    autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(64, ge=-1)
     engine_num_cpus: float = Field(1.0, ge=0)
@@ -126,8 +126,8 @@ class ServeConfig(Cfg):
     # `backend: vllm` (its async engine needs no threads or batching window), off for hf.
     colocate_engine: bool | None = None
 
-    batch: BatchCfg = BatchCfg()
-    pas: PasCfg = PasCfg()
+    batch: BatchConfig = BatchConfig()
+    pas: ServePASConfig = ServePASConfig()
 
     def colocated(self) -> bool:
         """Whether the ingress holds the engine itself (`colocate_engine`, resolved)."""

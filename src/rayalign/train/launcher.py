@@ -17,7 +17,8 @@ from typing import Any
 from rayalign import storage
 from rayalign.results import StageResult
 from rayalign.train.config import TrainConfig
-from rayalign.train.loop import LocalHooks, train_loop
+from rayalign.train.loop import LocalHooks
+from rayalign.train.trainer import train_loop
 
 # Environment forwarded to Ray Train workers: model cache, hub mode, object-store endpoint/credentials
 # (values travel in the runtime env, never into logs or summaries).

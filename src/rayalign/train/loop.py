@@ -1,7 +1,7 @@
-"""What a training process needs around the Trainer: hooks to its runner, model building, the entry.
+"""What a training process needs around the Trainer: hooks to its runner and model building.
 
-`train_loop(config, hooks)` is the worker function: it runs in this process (`scaling.workers: 0`)
-and on every Ray Train worker (launcher.py passes Ray's hooks). The step itself lives in trainer.py.
+The worker function (`rayalign.train.trainer.train_loop`) and the step itself live in trainer.py,
+which builds on this module (never the other way round).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Protocol
 
 import torch
 
-from rayalign.results import StageResult
 from rayalign.train import fsdp
 from rayalign.train.config import TrainConfig
 
@@ -141,11 +140,3 @@ def build_reference(cfg: TrainConfig, objective, device: torch.device, world: in
         ref = _place(load_causal_model(spec, objective.model_class, torch.float32), device, world, bf16)
     ref.requires_grad_(False)
     return ref.eval()
-
-
-def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> StageResult:
-    """Build a Trainer from the config and run it; every rank returns the run summary."""
-    from rayalign.train.trainer import Trainer
-
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
-    return Trainer(cfg, hooks).train()

@@ -9,8 +9,9 @@ tokenises and packs itself into `<output_dir>/prepared` with `rayalign prepare` 
 
 from __future__ import annotations
 
-from rayalign import storage
-from rayalign.config import ConfigError
+from typing import Literal
+
+from rayalign.data.dataset import ensure_dataset
 from rayalign.results import StageResult
 from rayalign.train.config import ObjectiveSpec, TrainConfig
 
@@ -23,30 +24,21 @@ class PretrainConfig(TrainConfig):
     objective: ObjectiveSpec = ObjectiveSpec(name="pretrain")
 
 
-def ensure_prepared(cfg: TrainConfig, kind: str) -> TrainConfig:
+def ensure_prepared(cfg: TrainConfig, kind: Literal["corpus", "chat"]) -> TrainConfig:
     """Return cfg with data.path set, running `prepare` on data.inputs when no path was given."""
-    if cfg.data.path:
-        return cfg
-    if not cfg.data.inputs:
-        raise ConfigError("data: give either data.path (a prepared dataset folder) or data.inputs (raw files)")
-    from rayalign.data.prepare import PrepareConfig, run_prepare
-
-    target = storage.join(cfg.output_dir, "prepared")
     d = cfg.data
-    run_prepare(
-        PrepareConfig(
-            kind=kind,
-            inputs=d.inputs,
-            output=target,
-            model=cfg.model,
-            max_length=d.max_length,
-            seq_len=d.seq_len,
-            overlength=d.overlength,
-            pool=d.pool,
-        )
+    path = ensure_dataset(
+        kind,
+        path=d.path,
+        inputs=d.inputs,
+        output_dir=cfg.output_dir,
+        model=cfg.model,
+        max_length=d.max_length,
+        seq_len=d.seq_len,
+        overlength=d.overlength,
+        pool=d.pool,
     )
-    data = d.model_copy(update={"path": target})
-    return cfg.model_copy(update={"data": data})
+    return cfg.model_copy(update={"data": d.model_copy(update={"path": path})})
 
 
 def run_sft(cfg: SFTConfig) -> StageResult:

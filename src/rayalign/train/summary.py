@@ -7,16 +7,32 @@ only (steps, final loss, the objective's own metrics), `details` the paths and t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from rayalign import storage
 from rayalign.results import StageResult, numeric_metrics
 from rayalign.train import checkpoint as ckpt
+from rayalign.train.config import TrainConfig
+from rayalign.train.data import RowSource
 
-if TYPE_CHECKING:
-    from rayalign.train.trainer import Trainer
+
+class FinishedRun(Protocol):
+    """What the end of a run reads of the trainer that ran it (`rayalign.train.trainer.Trainer`)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    distributed: bool
+    out: str
+    source: RowSource
+    start: int  # the step the run resumed at
+    last_step: int
+    total_steps: int
+    last_record: dict[str, Any]
+    last_checkpoint: str | None
+
 
 # logged every step but not a result of the run (timings, positions, schedule)
 NOT_RESULTS = {
@@ -34,7 +50,7 @@ NOT_RESULTS = {
 }
 
 
-def _read_totals(trainer: Trainer) -> dict[str, int]:
+def _read_totals(trainer: FinishedRun) -> dict[str, int]:
     s = trainer.source.stats
     t = torch.tensor([s.rows_read, s.bytes_read, s.groups_read], dtype=torch.float64)
     if trainer.distributed:
@@ -43,7 +59,7 @@ def _read_totals(trainer: Trainer) -> dict[str, int]:
     return {"rows_read": rows, "bytes_read": nbytes, "groups_read": groups, "dataset_rows": len(trainer.source)}
 
 
-def card_info(trainer: Trainer) -> dict[str, Any]:
+def card_info(trainer: FinishedRun) -> dict[str, Any]:
     cfg = trainer.cfg
     hp = {
         "objective": cfg.objective.name,
@@ -68,7 +84,7 @@ def card_info(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def export_final(trainer: Trainer, checkpoint: str) -> dict[str, str]:
+def export_final(trainer: FinishedRun, checkpoint: str) -> dict[str, str]:
     """Rank 0: the HF folder (adapter folder for adapter runs) and, for LoRA with merge, the merged model."""
     from rayalign.models.export import export_checkpoint
 
@@ -102,7 +118,7 @@ def merge_adapter(base_spec: str, adapter_dir: str, target: str, info: dict) -> 
     return target
 
 
-def finish(trainer: Trainer) -> StageResult:
+def finish(trainer: FinishedRun) -> StageResult:
     cfg, rank = trainer.cfg, trainer.rank
     stopped_early = bool(cfg.stop_at_step and cfg.stop_at_step < trainer.total_steps)
     record = trainer.last_record

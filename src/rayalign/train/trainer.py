@@ -306,3 +306,11 @@ class Trainer:
 
 def _scalars(record: dict) -> dict:
     return {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
+
+
+def train_loop(config: dict | TrainConfig, hooks: Hooks | None = None) -> StageResult:
+    """The worker function: build a Trainer from the config and run it; every rank returns the run
+    summary. It runs in this process (`scaling.workers: 0`) and on every Ray Train worker
+    (launcher.py passes Ray's hooks)."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    return Trainer(cfg, hooks).train()
