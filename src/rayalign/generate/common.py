@@ -42,6 +42,7 @@ from rayalign import storage
 from rayalign.config import Cfg
 from rayalign.data.shards import MANIFEST, PoolConfig, quarantine_row, run_sharded
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
+from rayalign.placement import check_host_gpus, engine_gpus, tp_actor_options
 from rayalign.results import Counts, StageResult, numeric_metrics
 
 
@@ -55,6 +56,17 @@ class GenStageConfig(Cfg):
 
     def policy_engine(self) -> EngineConfig:
         return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine
+
+    def engine_configs(self) -> list[EngineConfig]:
+        """Every engine an actor of this stage may build (the policy's, and e.g. clair's reviser)."""
+        return [self.policy_engine()] + [v for v in self.__dict__.values() if isinstance(v, EngineConfig)]
+
+    def actor_options(self) -> Callable[[], dict[str, Any]] | None:
+        """Ray options of each actor when it hosts a tensor-parallel engine: a placement group of
+        the engine's GPUs (`rayalign.placement`); None: the pool's resources as they are."""
+        tp = engine_gpus(self.engine_configs())
+        check_host_gpus(self.pool.num_gpus, tp, "pool.num_gpus")
+        return tp_actor_options(tp, self.pool.num_cpus, self.pool.resources) if tp > 1 else None
 
 
 # Shards each generation actor works on at once (a resource setting: `pool.shards_in_flight`):
@@ -141,6 +153,7 @@ def run_gen_stage(
             shards_in_flight=GEN_SHARDS_IN_FLIGHT,
             capacity=cfg.policy_engine().capacity(cfg.params.n),
             depth=cfg.policy_engine().queue_depth(),
+            actor_options=cfg.actor_options() if cfg.pool.workers > 0 else None,
         )
     finally:
         release_engines(keep=before)
