@@ -18,6 +18,7 @@ the host asks for all `tensor_parallel_size` GPUs itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any
 
 from rayalign.config import ConfigError
@@ -58,25 +59,56 @@ def check_host_gpus(num_gpus: float, tp: int, field: str) -> None:
         )
 
 
-def tp_actor_options(tp: int, num_cpus: float, resources: dict[str, float] | None = None) -> Callable[[], dict]:
-    """A function returning the Ray options of one engine host actor in a fresh placement group of
-    `engine_bundles(tp, ...)`; called once per actor (e.g. Ray Data's `ray_remote_args_fn`)."""
+class TPActorOptions:
+    """Ray options for the actors of a pool that host a `tp`-GPU engine: each actor start gets a
+    fresh placement group of `engine_bundles(tp, ...)`, the actor in bundle 0 (Ray Data's
+    `ray_remote_args_fn`). `release()` removes the groups when the stage is done, so its GPUs are
+    free for the next stage of the same driver.
 
-    def options() -> dict[str, Any]:
+    Ray Data also calls this function outside actor starts (its memory issue detector reads the
+    operator's options now and then); a group made for such a call would reserve `tp` GPUs that no
+    actor ever uses. Only a call from the actor pool's start path (`_start_actor`, Ray 2.60) makes a
+    group; other calls get the options without one. tests/cluster/test_autoscaling.py
+    checks on Ray's autoscaler that a pool of one such actor books exactly `tp` GPUs.
+    """
+
+    def __init__(self, tp: int, num_cpus: float, resources: dict[str, float] | None = None):
+        self.tp, self.num_cpus, self.resources = tp, num_cpus, dict(resources or {})
+        self.groups: list[Any] = []
+
+    def __call__(self) -> dict[str, Any]:
+        import sys
+
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": 0, "resources": dict(self.resources)}
+        frame: FrameType | None = sys._getframe(1)
+        callers: set[str] = set()
+        for _ in range(8):  # Ray Data's start path: _start_actor -> _merge_ray_remote_args -> (wrappers) -> here
+            if frame is None:
+                break
+            callers.add(frame.f_code.co_name)
+            frame = frame.f_back
+        if "_start_actor" not in callers:
+            return options
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        group = placement_group(engine_bundles(tp, num_cpus, resources), strategy="STRICT_PACK")
-        return {
-            "num_cpus": num_cpus,
-            "num_gpus": 0,
-            "resources": dict(resources or {}),
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
-            ),
-        }
+        group = placement_group(engine_bundles(self.tp, self.num_cpus, self.resources), strategy="STRICT_PACK")
+        self.groups.append(group)
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
+        return options
 
-    return options
+    def release(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        while self.groups:
+            remove_placement_group(self.groups.pop())
+
+
+def tp_actor_options(tp: int, num_cpus: float, resources: dict[str, float] | None = None) -> TPActorOptions:
+    """The Ray options of the engine host actors of a pool (see `TPActorOptions`)."""
+    return TPActorOptions(tp, num_cpus, resources)
 
 
 def run_on_gpus(fn: Callable, args: tuple, num_gpus: float, tp: int, num_cpus: float = 1) -> Any:

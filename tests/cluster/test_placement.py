@@ -45,6 +45,10 @@ def test_stage_configs_place_the_widest_engine_they_host():
     assert GenStageConfig(**base, engine=vllm(1), pool={"num_gpus": 1}).actor_options() is None
     # clair's reviser is the tensor-parallel engine, not the policy's
     clair = ClairConfig(**base, reviser="llm", reviser_engine=vllm(4), pool={"workers": 2, "num_gpus": 4})
-    assert engine_gpus(clair.engine_configs()) == 4 and callable(clair.actor_options())
+    assert engine_gpus(clair.engine_configs()) == 4
+    options = clair.actor_options()
+    assert options is not None and options.tp == 4
+    # called other than by an actor start (Ray Data's issue detectors do): no group is made
+    assert options() == {"num_cpus": 0.5, "num_gpus": 0, "resources": {}} and options.groups == []
     with pytest.raises(ConfigError, match=r"pool\.num_gpus"):
         GenStageConfig(**base, engine=vllm(2), pool={"num_gpus": 1}).actor_options()

@@ -42,7 +42,7 @@ from rayalign import storage
 from rayalign.config import Cfg
 from rayalign.data.shards import MANIFEST, PoolConfig, quarantine_row, run_sharded
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
-from rayalign.placement import check_host_gpus, engine_gpus, tp_actor_options
+from rayalign.placement import TPActorOptions, check_host_gpus, engine_gpus, tp_actor_options
 from rayalign.results import Counts, StageResult, numeric_metrics
 
 
@@ -61,7 +61,7 @@ class GenStageConfig(Cfg):
         """Every engine an actor of this stage may build (the policy's, and e.g. clair's reviser)."""
         return [self.policy_engine()] + [v for v in self.__dict__.values() if isinstance(v, EngineConfig)]
 
-    def actor_options(self) -> Callable[[], dict[str, Any]] | None:
+    def actor_options(self) -> TPActorOptions | None:
         """Ray options of each actor when it hosts a tensor-parallel engine: a placement group of
         the engine's GPUs (`rayalign.placement`); None: the pool's resources as they are."""
         tp = engine_gpus(self.engine_configs())
@@ -139,6 +139,7 @@ def run_gen_stage(
     `summarise(manifest) -> {key: value}` adds stage-specific summaries (e.g. clair's contrast)
     to the manifest and the result's details; numbers among them become metrics too."""
     before = set(_ENGINES)
+    placement = cfg.actor_options() if cfg.pool.workers > 0 else None
     try:
         manifest = run_sharded(
             stage,
@@ -153,10 +154,12 @@ def run_gen_stage(
             shards_in_flight=GEN_SHARDS_IN_FLIGHT,
             capacity=cfg.policy_engine().capacity(cfg.params.n),
             depth=cfg.policy_engine().queue_depth(),
-            actor_options=cfg.actor_options() if cfg.pool.workers > 0 else None,
+            actor_options=placement,
         )
     finally:
         release_engines(keep=before)
+        if placement is not None:
+            placement.release()  # the engines' GPUs are free for the next stage
     m: dict[str, Any] = manifest.to_json() if hasattr(manifest, "to_json") else dict(manifest)
     c = m["counts"]
     log(f"[{stage}] in {c['in']} = ok {c['ok']} + quarantined {c['quarantined']} → {c['out_rows']} output rows")
