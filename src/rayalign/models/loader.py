@@ -222,8 +222,9 @@ def _hub_error(spec: str, err: Exception) -> ModelSpecError:
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) holds no copy of it. {fixes}; "
             f"or unset HF_HUB_OFFLINE on a machine that reaches the hub (HF_ENDPOINT for a mirror)."
         )
+    reason = " ".join(str(err).split())[:300]  # the hub's message on one line
     return ModelSpecError(
-        f"could not download hub model {spec!r} ({type(err).__name__}: {err}). Check the name, the "
+        f"could not download hub model {spec!r} ({type(err).__name__}: {reason}). Check the name, the "
         f"network, and HF_TOKEN for gated models (HF_ENDPOINT for a mirror). {fixes}."
     )
 
