@@ -9,7 +9,10 @@ PYTEST_ARGS ?=
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
+# this box's facts, not the product's: no hub (models are embedded or tiny), and every listener
+# (Ray, vLLM's engine core and its workers) on loopback
 export HF_HUB_OFFLINE := 1
+export VLLM_HOST_IP := 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install test test-fast quickstart bench clean data lint

@@ -9,7 +9,10 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the test box's facts (the product sets neither): no hub, and vLLM engines (their engine core
+# and tensor-parallel workers inherit this environment) advertise loopback only
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 
 TINY = "tiny-random:llama"
 

@@ -8,10 +8,11 @@ package the same way (`py_modules: [src/rayalign]` there); their drivers then im
 job's runtime resources and ship nothing more.
 
 Settings that workers need to reach storage and the hub (S3 endpoint and region, hub endpoint and
-offline mode) travel as environment variables. Secrets (`HF_TOKEN`, AWS keys) travel only to a local
-cluster started by this process: a runtime environment is visible in the cluster's dashboard and job
-records, so on a real cluster they belong in the nodes' own environment (a Kubernetes secret, an
-instance role, `docker run --env`), where every worker inherits them without them being recorded.
+offline mode) travel as environment variables. Secrets (`HF_TOKEN`, AWS keys) never do: a runtime
+environment is visible in the cluster's dashboard and job records. On a cluster they belong in the
+nodes' own environment (a Kubernetes secret, an instance role, `cluster.env` sourced by
+`ray start`); a local cluster's Ray processes are started by this process and inherit its
+environment, secrets included, without them being recorded anywhere.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SETTINGS = (
     "HF_HUB_ENABLE_HF_TRANSFER",
     "TRANSFORMERS_OFFLINE",
 )
-# credentials: forwarded to a local cluster only (see the module docstring)
+# credentials: never in a runtime environment (see the module docstring)
 SECRETS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 SHIP_ENV = "RAYALIGN_SHIP_PACKAGE"  # "0": never ship (the image has rayalign); "1": always
@@ -59,10 +60,9 @@ def should_ship(remote: bool) -> bool:
     return remote and not shipped_by_job()
 
 
-def forwarded_env(include_secrets: bool) -> dict[str, str]:
-    """The storage/hub settings (and, for local clusters, credentials) set in this process."""
-    names = SETTINGS + (SECRETS if include_secrets else ())
-    return {k: os.environ[k] for k in names if os.environ.get(k)}
+def forwarded_env() -> dict[str, str]:
+    """The storage/hub settings set in this process (never its credentials)."""
+    return {k: os.environ[k] for k in SETTINGS if os.environ.get(k)}
 
 
 def worker_runtime_env(env_vars: dict[str, str], remote: bool) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def worker_runtime_env(env_vars: dict[str, str], remote: bool) -> dict[str, Any]
     `remote` is True when joining an existing cluster (`RAY_ADDRESS`), False for a local cluster
     this process starts (its workers share this machine's files and environment).
     """
-    runtime_env: dict[str, Any] = {"env_vars": {**forwarded_env(include_secrets=not remote), **env_vars}}
+    runtime_env: dict[str, Any] = {"env_vars": {**forwarded_env(), **env_vars}}
     if should_ship(remote):
         runtime_env["py_modules"] = [str(package_dir())]
         runtime_env["excludes"] = ["__pycache__/", "*.pyc"]

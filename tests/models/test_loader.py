@@ -49,10 +49,15 @@ def test_folder_without_config(tmp_path):
         resolve_model_path(str(tmp_path))
 
 
-def test_hub_id_offline_gives_clear_error(monkeypatch):
+def test_hub_id_offline_gives_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelSpecError, match="may be offline"):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelSpecError) as err:
         load_tokenizer("some-org/some-model-that-is-not-cached")
+    msg = str(err.value)
+    assert "'some-org/some-model-that-is-not-cached' is a hub id" in msg and "HF_HUB_OFFLINE" in msg
+    assert "local folder" in msg and "s3://" in msg and "unset HF_HUB_OFFLINE" in msg
+    assert str(tmp_path) in msg
 
 
 def test_dtypes():

@@ -54,8 +54,9 @@ class EvalConfig(Cfg):
     heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
     heldout_limit: int | None = 200
     run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
-    # > 0: every model runs in a Ray task holding this many GPUs (a GPU cluster's CPU head cannot
-    # host the engine); 0: in this process
+    # > 0: every model runs in a Ray task on GPUs (a GPU cluster's CPU head cannot host the
+    # engine), booking what its engine needs: tensor_parallel_size GPUs in one placement group for
+    # a vLLM engine sharded over several, else min(num_gpus, 1); 0: in this process
     num_gpus: float = 0.0
     # experiment trackers that get the headline metrics and the report folder (tables, plots) as
     # artifacts; the same libraries and environment settings as training's `report_to`
@@ -85,16 +86,18 @@ def load_suite(spec: str, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def on_device(cfg: EvalConfig, fn, *args):
-    """Run `fn(*args)` here, or in a Ray task with `num_gpus` GPUs when the config asks for them."""
+def on_device(cfg: EvalConfig, fn, *args, engine: EngineConfig | None = None):
+    """Run `fn(*args)` here, or (`num_gpus` > 0) in a Ray task booking what its `engine` needs: a
+    placement group of `tensor_parallel_size` GPUs with the task in its first bundle for a
+    tensor-parallel vLLM engine (`rayalign.placement`: booked once, not by the task and again by
+    vLLM), else min(num_gpus, 1) GPU (one engine or model uses one device)."""
     if cfg.num_gpus <= 0:
         return fn(*args)
-    import ray
-
+    from rayalign.placement import engine_gpus, run_on_gpus
     from rayalign.raycluster import ensure_ray
 
     ensure_ray()
-    return ray.get(ray.remote(num_gpus=cfg.num_gpus, num_cpus=1)(fn).remote(*args))
+    return run_on_gpus(fn, args, num_gpus=min(cfg.num_gpus, 1.0), tp=engine_gpus([engine]))
 
 
 def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
@@ -202,7 +205,7 @@ def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=pri
     """(scores, responses, per-prompt passes) of one model: suite, reward model, held-out pairs."""
     prompts = [r["prompt"] for r in suite]
     log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-    responses = on_device(cfg, generate, cfg, spec, prompts)
+    responses = on_device(cfg, generate, cfg, spec, prompts, engine=cfg.engine)
     scores: dict = {}
     scores["ifeval"], passes = instruction_scores(suite, responses)
     if cfg.reward_model:
@@ -247,7 +250,13 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
         results["judge"] = on_device(
-            cfg, judge_win_rate, cfg, [r["prompt"] for r in suite], responses["aligned"], responses["baseline"]
+            cfg,
+            judge_win_rate,
+            cfg,
+            [r["prompt"] for r in suite],
+            responses["aligned"],
+            responses["baseline"],
+            engine=cfg.judge_engine or cfg.engine,
         )
     write_responses(storage.join(cfg.output, "responses.jsonl"), suite, responses, passes)
     metrics = flat_metrics(results)

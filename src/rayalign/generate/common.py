@@ -41,6 +41,7 @@ from typing import Any, Literal
 from rayalign.config import Cfg
 from rayalign.data.shards import PoolConfig, commit_manifest, quarantine_row, run_sharded
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, SamplingParams, make_engine
+from rayalign.placement import TPActorOptions, check_host_gpus, engine_gpus, tp_actor_options
 from rayalign.results import Manifest, StageResult, numeric_metrics
 
 
@@ -54,6 +55,17 @@ class GenStageConfig(Cfg):
 
     def policy_engine(self) -> EngineConfig:
         return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine
+
+    def engine_configs(self) -> list[EngineConfig]:
+        """Every engine an actor of this stage may build (the policy's, and e.g. clair's reviser)."""
+        return [self.policy_engine()] + [v for v in self.__dict__.values() if isinstance(v, EngineConfig)]
+
+    def actor_options(self) -> TPActorOptions | None:
+        """Ray options of each actor when it hosts a tensor-parallel engine: a placement group of
+        the engine's GPUs (`rayalign.placement`); None: the pool's resources as they are."""
+        tp = engine_gpus(self.engine_configs())
+        check_host_gpus(self.pool.num_gpus, tp, "pool.num_gpus")
+        return tp_actor_options(tp, self.pool.num_cpus, self.pool.resources) if tp > 1 else None
 
 
 # Shards each generation actor works on at once (a resource setting: `pool.shards_in_flight`):
@@ -126,6 +138,7 @@ def run_gen_stage(
     `summarise(manifest) -> {key: value}` adds stage-specific summaries (e.g. clair's contrast)
     to the manifest and the result's details; numbers among them become metrics too."""
     before = set(_ENGINES)
+    placement = cfg.actor_options() if cfg.pool.workers > 0 else None
     try:
         manifest = run_sharded(
             stage,
@@ -140,9 +153,12 @@ def run_gen_stage(
             shards_in_flight=GEN_SHARDS_IN_FLIGHT,
             capacity=cfg.policy_engine().capacity(cfg.params.n),
             depth=cfg.policy_engine().queue_depth(),
+            actor_options=placement,
         )
     finally:
         release_engines(keep=before)
+        if placement is not None:
+            placement.release()  # the engines' GPUs are free for the next stage
     manifest.log_counts(log)
     added: dict[str, Any] = {}
     statuses = {k[len("status.") :]: int(v) for k, v in manifest.stats.items() if k.startswith("status.")}

@@ -9,10 +9,12 @@ Specs:
 - a local folder holding ``config.json`` — loaded as is.
 - a URI (``s3://bucket/models/x``, ``gs://...``) of such a folder — downloaded once per node into a
   content-keyed cache (``rayalign.storage.local_copy``), then loaded from there.
-- anything else (``org/name``) — a hub id, for clusters that reach a hub; offline it fails with a
-  message saying how to fix it.
+- anything else (``org/name``) — a hub id: downloaded once per node into the hub's cache
+  (``HF_HOME``; ``HF_ENDPOINT`` for a mirror, ``HF_TOKEN`` from the environment for gated models),
+  safetensors weights, tokenizer and configs only. With ``HF_HUB_OFFLINE=1`` only a copy already in
+  that cache is used; without one the error names the model and the fixes.
 
-Every spec resolves to a folder (or hub id) through :func:`resolve_model_path`, so vLLM, Ray
+Every spec resolves to a local folder through :func:`resolve_model_path`, so vLLM, Ray
 workers and serving all load the very same files.
 """
 
@@ -147,7 +149,7 @@ def _build_tiny(arch: str, out: Path) -> None:
 
 
 def resolve_model_path(spec: str) -> str:
-    """Turn a spec into a local folder path (or a hub id on clusters with hub access)."""
+    """Turn a spec into a local folder path (hub ids are downloaded into the hub's cache first)."""
     spec = str(spec).strip()
     if "://" in spec:  # s3://, gs://...: downloaded once per node into the content-keyed cache
         from rayalign import storage
@@ -176,13 +178,54 @@ def resolve_model_path(spec: str) -> str:
             f"model {spec!r} is neither a local folder nor a hub id (org/name). Use a folder with "
             f"config.json, {BUILTIN_SMOLLM2}, or tiny-random:llama"
         )
-    return spec  # hub id
+    return hub_snapshot(spec)
+
+
+# What a hub download fetches: configs, tokenizer files, chat templates and safetensors weights.
+# Repos often carry the same weights again as PyTorch pickles or in an `original/` folder (16 GB
+# for an 8B model); rayalign loads safetensors only, so those never leave the hub.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
+HUB_SKIP = ["original/*"]
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_snapshot(repo_id: str) -> str:
+    """The local folder of hub model `repo_id`: downloaded once per node into the hub's cache.
+
+    huggingface_hub reads `HF_TOKEN` (gated models) and `HF_ENDPOINT` from the environment itself;
+    the token is never part of a message raised here. Offline (`HF_HUB_OFFLINE=1`) a cached copy
+    is used and a missing one is an error naming the fixes."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=hub_offline()
+        )
+    except Exception as e:  # network, auth, missing repo, offline without a cached copy
+        raise _hub_error(repo_id, e) from None
+    if not (Path(folder) / "config.json").exists():
+        raise ModelSpecError(f"hub model {repo_id!r} has no config.json: not a Hugging Face model repository")
+    return folder
 
 
 def _hub_error(spec: str, err: Exception) -> ModelSpecError:
+    fixes = (
+        f"Fixes: point model: at a local folder holding config.json, or at a URI of one "
+        f"(s3://bucket/models/name, gs://...; every node copies it once), or use {BUILTIN_SMOLLM2}"
+    )
+    if hub_offline():
+        return ModelSpecError(
+            f"model {spec!r} is a hub id, but HF_HUB_OFFLINE is set and this machine's hub cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) holds no copy of it. {fixes}; "
+            f"or unset HF_HUB_OFFLINE on a machine that reaches the hub (HF_ENDPOINT for a mirror)."
+        )
+    reason = " ".join(str(err).split())[:300]  # the hub's message on one line
     return ModelSpecError(
-        f"could not load {spec!r} from the model hub ({type(err).__name__}: {err}). This machine may be "
-        f"offline: use a local folder, {BUILTIN_SMOLLM2}, or tiny-random:llama"
+        f"could not download hub model {spec!r} ({type(err).__name__}: {reason}). Check the name, the "
+        f"network, and HF_TOKEN for gated models (HF_ENDPOINT for a mirror). {fixes}."
     )
 
 
@@ -220,7 +263,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise ModelSpecError(f"could not load the tokenizer of {spec!r} from {path}: {e}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
@@ -247,7 +290,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise ModelSpecError(f"could not load model {spec!r} from {path}: {e}") from None
     if device:
         model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` via a decorator that loses str
     if adapter:

@@ -20,17 +20,16 @@ from rayalign.train.config import TrainConfig
 from rayalign.train.loop import LocalHooks
 from rayalign.train.trainer import train_loop
 
-# Environment forwarded to Ray Train workers: model cache, hub mode, object-store endpoint/credentials
-# (values travel in the runtime env, never into logs or summaries).
+# Settings forwarded to Ray Train workers: model cache, hub mode and endpoint, object-store endpoint.
+# Credentials (HF_TOKEN, AWS keys) are not: a runtime env is recorded and shown by the dashboard.
+# Workers inherit them from the node's environment (cluster.env, a Kubernetes secret, the
+# instance role) or, on a local cluster, from the job's environment (`rayalign.runtime_env`).
 FORWARD_ENV = (
     "RAYALIGN_CACHE",
     "HF_HUB_OFFLINE",
-    "HF_TOKEN",
+    "HF_ENDPOINT",
     "TOKENIZERS_PARALLELISM",
     "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_EC2_METADATA_DISABLED",
     "WANDB_MODE",

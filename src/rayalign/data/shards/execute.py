@@ -236,6 +236,7 @@ def run_sharded(
     shards_in_flight: int | Literal["auto"] | None = None,
     capacity: int | None = None,
     depth: int = 2,
+    actor_options: Callable[[], dict[str, Any]] | None = None,
 ) -> Manifest:
     """Run a sharded stage to completion (resuming if possible); return its committed manifest.
 
@@ -244,7 +245,9 @@ def run_sharded(
     whose processor's `process` is safe to call from several threads at once; None = one shard per
     actor at a time, whatever the pool says. `capacity` is how many rows the stage's engine runs at
     once and `depth` how many times that the shards in flight hold, which "auto" sizes them from
-    (`auto_in_flight`).
+    (`auto_in_flight`). `actor_options` (called once per actor) replaces the pool's resources with
+    the actor's own Ray options, e.g. a placement group for a tensor-parallel engine
+    (`rayalign.placement.tp_actor_options`).
     """
     out_dir = str(out_dir)
     done_manifest = _prepare_output(stage, out_dir, config_hash, log)
@@ -266,7 +269,7 @@ def run_sharded(
     )
     if pending and (in_flight > 1 or pool.shards_in_flight not in (None, 1) or shards_in_flight is not None):
         log(f"[{stage}] {in_flight} shard(s) in flight per actor: {why}")
-    reports = _execute(pending, kind, factory, out_dir, pool, config_hash, in_flight)
+    reports = _execute(pending, kind, factory, out_dir, pool, config_hash, in_flight, actor_options)
     for i, report in enumerate(reports, start=1):
         done[report.shard] = report
         rows_run += report.in_
@@ -280,7 +283,16 @@ def run_sharded(
     return manifest
 
 
-def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig, config_hash: str, in_flight: int = 1):
+def _execute(
+    pending: list[Shard],
+    kind,
+    factory,
+    out_dir: str,
+    pool: PoolConfig,
+    config_hash: str,
+    in_flight: int = 1,
+    actor_options: Callable[[], dict[str, Any]] | None = None,
+):
     """Yield the reports of `pending` shards as they finish (in-process or on a Ray Data actor pool).
 
     With `in_flight` > 1 each actor (or the driver) runs that many shards at once in threads over
@@ -320,8 +332,9 @@ def _execute(pending: list[Shard], kind, factory, out_dir: str, pool: PoolConfig
         batch_size=1,
         compute=compute,
         num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus,
+        num_gpus=0 if actor_options else pool.num_gpus,
         resources=dict(pool.resources) or None,
+        ray_remote_args_fn=actor_options,
     )
     for row in ds.iter_rows():
         yield ShardReport.model_validate(json.loads(row["report"]))

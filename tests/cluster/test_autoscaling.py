@@ -1,0 +1,216 @@
+"""cluster/aws.yaml's node types on Ray's own autoscaler: `ray start --head --autoscaling-config`
+with Ray's fake multi-node provider (the real autoscaler; each node a real raylet started as local
+processes), every node on 127.0.0.1.
+
+The node types, their declared resources and `min_workers` are read from cluster/aws.yaml (only
+`max_workers` is capped to fit this machine), so a change there that breaks scaling fails here:
+- a CPU-only stage (`prepare`) starts CPU workers and no GPU node;
+- a stage asking for GPUs starts the GPU type from zero and completes (no CUDA here: the compute
+  falls back to CPU — what is tested is scheduling);
+- a generation actor for a tensor-parallel-2 engine books exactly 2 GPUs, in its placement group,
+  and holds none itself;
+- idle worker nodes are scaled back down.
+
+The cluster lives in its own temp dir (`RAY_TMPDIR`) and ports, and is stopped by signalling exactly
+the processes it started (those whose environment names that temp dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = Path(__file__).with_name("autoscaling_jobs.py")
+CAP = 1  # max_workers per type here (one fake node each on a 2-core box)
+IDLE_MINUTES = 0.25
+
+pytestmark = [pytest.mark.slow]
+
+
+def aws_node_types() -> tuple[dict, dict]:
+    """(head resources, worker node types) of cluster/aws.yaml in the fake provider's shape."""
+    doc = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    head = doc["available_node_types"][doc["head_node_type"]]
+    workers = {
+        name: {
+            "resources": dict(t["resources"]),
+            "min_workers": t["min_workers"],
+            "max_workers": min(t["max_workers"], CAP),
+            "node_config": {},
+        }
+        for name, t in doc["available_node_types"].items()
+        if name != doc["head_node_type"]
+    }
+    return dict(head["resources"]), workers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own_pids(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker.encode() in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="module")
+def autoscaling_cluster():
+    head_resources, workers = aws_node_types()
+    temp = tempfile.mkdtemp(prefix="rayalign-as-", dir="/tmp")
+    port = free_port()
+    config = {
+        "cluster_name": "rayalign-fake",
+        "max_workers": CAP * len(workers),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": IDLE_MINUTES,
+        # fake nodes are started by the provider itself: no SSH updaters, no launch-config hashing
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": f"127.0.0.1:{port}",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            **workers,
+            "ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0},
+        },
+        "head_node_type": "ray.head.default",
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+    path = Path(temp) / "autoscaling.json"
+    path.write_text(json.dumps(config))
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_TMPDIR": temp,
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    log = open(Path(temp) / "head.log", "w")  # noqa: SIM115  # the head's output for as long as it runs
+    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--temp-dir={temp}", f"--autoscaling-config={path}", "--include-dashboard=false",
+           f"--num-cpus={int(head_resources.get('CPU', 0))}", f"--num-gpus={int(head_resources.get('GPU', 0))}",
+           "--disable-usage-stats"]  # fmt: skip
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode:
+            assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
+            assert time.time() < deadline, "the head did not come up in 90 s"
+            time.sleep(1)
+        yield {"env": {**env, "RAY_ADDRESS": address}, "workers": workers, "temp": temp, "ray": ray_bin}
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for pid in own_pids(f"RAY_TMPDIR={temp}"):  # the fake nodes the autoscaler started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def run_job(cluster: dict, job: str, work: Path, timeout: float = 150) -> dict:
+    env = {**cluster["env"], "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, str(JOBS), job, str(work)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def gpu_nodes(nodes: list[dict]) -> list[dict]:
+    return [n for n in nodes if n["resources"].get("GPU", 0) > 0]
+
+
+def workers_of(nodes: list[dict], cluster: dict, kind: str) -> list[dict]:
+    want = cluster["workers"][kind]["resources"]
+    return [n for n in nodes if all(n["resources"].get(k) == v for k, v in want.items())]
+
+
+def test_node_types_come_from_aws_yaml_with_gpus_declared_and_min_zero():
+    head, workers = aws_node_types()
+    assert head == {"CPU": 0}
+    assert set(workers) == {"cpu_workers", "gpu_workers"}
+    assert workers["gpu_workers"]["resources"]["GPU"] == 8 and "GPU" not in workers["cpu_workers"]["resources"]
+    assert all(t["min_workers"] == 0 for t in workers.values())
+
+
+@pytest.mark.timeout(200)
+def test_a_cpu_stage_scales_cpu_workers_and_starts_no_gpu_node(autoscaling_cluster, tmp_path):
+    out = run_job(autoscaling_cluster, "cpu-stage", tmp_path)
+    assert out["ok"] > 0
+    assert workers_of(out["nodes"], autoscaling_cluster, "cpu_workers"), out["nodes"]
+    assert gpu_nodes(out["nodes"]) == [], "a CPU-only stage started a GPU node"
+
+
+@pytest.mark.timeout(200)
+def test_a_gpu_stage_scales_the_gpu_type_up_from_zero_and_completes(autoscaling_cluster, tmp_path):
+    out = run_job(autoscaling_cluster, "gpu-stage", tmp_path)
+    assert out["ok"] > 0
+    assert len(gpu_nodes(out["nodes"])) == 1, out["nodes"]
+    assert workers_of(out["nodes"], autoscaling_cluster, "gpu_workers")
+
+
+@pytest.mark.timeout(200)
+def test_a_tensor_parallel_2_engine_host_books_exactly_2_gpus(autoscaling_cluster, tmp_path):
+    out = run_job(autoscaling_cluster, "tp2-actor", tmp_path)
+    seen = out["observed"]
+    assert "GPU" not in seen["assigned"], seen  # the actor itself holds no GPU...
+    assert seen["bundles"] is not None and sum(b.get("GPU", 0) for b in seen["bundles"]) == 2  # ...its group 2
+    assert seen["gpus_total"] - seen["gpus_free"] == 2, seen  # and nothing else is booked
+    assert out["groups"] == 1  # one actor, one group, released after the stage:
+    assert out["gpus_free_after"] == seen["gpus_total"]
+
+
+@pytest.mark.timeout(200)
+def test_idle_worker_nodes_scale_back_down(autoscaling_cluster):
+    env = autoscaling_cluster["env"]
+    code = "import json, ray; ray.init(); print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    deadline = time.time() + 150
+    while True:
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90)
+        assert run.returncode == 0, run.stderr[-3000:]
+        alive = json.loads(run.stdout.strip().splitlines()[-1])
+        if [r for r in alive if r.get("CPU", 0) > 0 or r.get("GPU", 0) > 0] == []:
+            return  # only the head (CPU 0) is left
+        assert time.time() < deadline, f"worker nodes still up after 150 s: {alive}"
+        time.sleep(5)
