@@ -32,8 +32,22 @@ def test_instruction_scores_by_hand():
     assert scores["kind_counts"] == {"lowercase": 1, "max_words": 1, "no_commas": 2}
 
 
+def test_seen_and_unseen_kinds_scored_apart():
+    """no_commas is trained (seen), ends_with_question and highlights are held-out kinds (unseen):
+    'a b?' passes no_commas and ends_with_question, fails highlights → seen 1/1, unseen 1/2."""
+    suite = [{"id": "d", "prompt": "p", "constraints": [{"kind": "no_commas"}, {"kind": "ends_with_question"}]}]
+    suite.append({"id": "e", "prompt": "q", "constraints": [{"kind": "highlights", "min": 1}]})
+    scores, _ = instruction_scores(suite, ["a b?", "a b?"])
+    assert scores["seen_kinds"] == ["no_commas"] and scores["unseen_kinds"] == ["ends_with_question", "highlights"]
+    assert scores["seen_instruction_accuracy"] == 1.0 and scores["unseen_instruction_accuracy"] == 0.5
+    assert instruction_scores(SUITE, ["", "", ""])[0]["unseen_instruction_accuracy"] is None
+
+
 def test_suite_loading_errors(tmp_path):
     assert len(load_suite("builtin")) >= 100 and len(load_suite("builtin", limit=5)) == 5
+    assert [r["id"] for r in load_suite("heldout", limit=2)] == ["heldout-0000", "heldout-0001"]
+    with pytest.raises(ValueError, match="'builtin' or 'heldout'"):
+        load_suite(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "s.jsonl"
     bad.write_text('{"prompt": "x", "constraints": [{"kind": "shout"}]}\n')
     with pytest.raises(ValueError, match="unknown constraint kind 'shout'"):

@@ -6,7 +6,10 @@ For `model` and (if given) `baseline_model`:
 1. instruction following: every suite prompt (the project's `suite/ifeval.jsonl`, or any JSONL of
    {id, prompt, constraints}) is answered through the Engine; `checks.check_response` scores each
    constraint. Prompt-level accuracy = all constraints of a prompt pass; instruction-level = the
-   share of constraints passed; plus a pass rate per constraint kind.
+   share of constraints passed; plus a pass rate per constraint kind, and for the kinds training
+   targets ("seen kinds") and those it never targets ("unseen kinds", `checks.HELDOUT_KINDS`).
+   `suite: heldout` is the independent held-out suite (`eval/heldout.py`), `builtin` the suite in
+   the training templates' phrasings (trained-template performance).
 2. reward (if `reward_model`): the mean reward-model score of the responses.
 3. judge (if `judge_model` and a baseline): pairwise win rate of `model` against `baseline_model`,
    each pair judged in both orders; a win counts 1, a loss 0, a split or unparseable verdict ½.
@@ -31,8 +34,8 @@ from typing import Literal
 from pydantic import Field
 
 from rayalign import storage
+from rayalign.checks import HELDOUT_KINDS, check_response
 from rayalign.config import Cfg, ConfigError
-from rayalign.checks import check_response
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 
@@ -41,7 +44,10 @@ class EvalConfig(Cfg):
     model: str
     baseline_model: str | None = None
     output: str
-    suite: str = "builtin"  # the packaged suite, or a JSONL path of {id, prompt, constraints}
+    # a packaged suite by name — "heldout" (independent: own phrasings, unseen kinds), "builtin" (the
+    # training templates' phrasings: trained-template performance) — or a JSONL path of
+    # {id, prompt, constraints}
+    suite: str = "builtin"
     limit: int | None = None  # first N suite prompts (quick runs)
     # how to run each model: backend, dtype, batch size, tensor parallelism (its `model` is replaced
     # by `model` / `baseline_model`); `judge_engine` the same for the judge (default: `engine`)
@@ -64,13 +70,26 @@ class EvalConfig(Cfg):
     resource_fields = frozenset({"num_gpus", "report_to"})
 
 
+PACKAGED_SUITES = {"builtin": "suite/ifeval.jsonl", "heldout": "suite/heldout.jsonl"}
+
+
+def suite_path(spec: str) -> str:
+    """Where a suite spec points: the packaged file of a named suite, else the spec itself."""
+    if spec in PACKAGED_SUITES:
+        return str(resources.files("rayalign.eval").joinpath(PACKAGED_SUITES[spec]))
+    return spec
+
+
 def load_suite(spec: str, limit: int | None = None) -> list[dict]:
-    if spec == "builtin":
-        text = resources.files("rayalign.eval").joinpath("suite/ifeval.jsonl").read_text()
-        source = "builtin suite"
+    if spec in PACKAGED_SUITES:
+        text = resources.files("rayalign.eval").joinpath(PACKAGED_SUITES[spec]).read_text()
+        source = f"{spec} suite"
     else:
         if not storage.exists(spec):
-            raise ConfigError(f"suite: {spec} does not exist; use 'builtin' or a JSONL of {{id, prompt, constraints}}")
+            raise ConfigError(
+                f"suite: {spec} does not exist; use {' or '.join(map(repr, PACKAGED_SUITES))} or a JSONL of "
+                "{id, prompt, constraints}"
+            )
         text, source = storage.read_text(spec), spec
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -116,11 +135,19 @@ def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, l
         for c, v in zip(r["constraints"], ok):
             by_kind[c["kind"]].append(v)
     flat = [v for ok in passes for v in ok]
+    seen = [v for k, vs in by_kind.items() if k not in HELDOUT_KINDS for v in vs]
+    unseen = [v for k, vs in by_kind.items() if k in HELDOUT_KINDS for v in vs]
     scores = {
         "prompt_accuracy": sum(all(ok) for ok in passes) / max(len(passes), 1),
         "instruction_accuracy": sum(flat) / max(len(flat), 1),
         "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
         "kind_counts": {k: len(v) for k, v in sorted(by_kind.items())},
+        # constraint-level pass rates of the kinds training targets ("seen") and of the kinds no
+        # training path targets (`rayalign.checks.HELDOUT_KINDS`: "unseen"); None when absent
+        "seen_kinds": sorted(k for k in by_kind if k not in HELDOUT_KINDS),
+        "unseen_kinds": sorted(k for k in by_kind if k in HELDOUT_KINDS),
+        "seen_instruction_accuracy": sum(seen) / len(seen) if seen else None,
+        "unseen_instruction_accuracy": sum(unseen) / len(unseen) if unseen else None,
     }
     return scores, passes
 
@@ -300,6 +327,9 @@ def flat_metrics(results: dict) -> dict:
             continue
         m[f"{tag}/prompt_accuracy"] = r["ifeval"]["prompt_accuracy"]
         m[f"{tag}/instruction_accuracy"] = r["ifeval"]["instruction_accuracy"]
+        for group in ("seen", "unseen"):
+            if r["ifeval"].get(f"{group}_instruction_accuracy") is not None:
+                m[f"{tag}/{group}_kinds_accuracy"] = r["ifeval"][f"{group}_instruction_accuracy"]
         if "reward" in r:
             m[f"{tag}/reward"] = r["reward"]["mean"]
         if "heldout" in r:
