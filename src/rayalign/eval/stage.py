@@ -16,6 +16,11 @@ For `model` and (if given) `baseline_model`:
 4. held-out preference accuracy (if `heldout_pairs`, a prepared `pairs` dataset): how often the
    policy's log-prob margin prefers the chosen response (`objectives.accuracy.preference_accuracy`).
 
+5. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
+   as a paired bootstrap interval with its p-value ("within noise" when it covers 0), per kind
+   with n: `results["stats"]`; with `gate`, whether the paired lower bound clears it
+   (`results["gate"]`, metric `gate/passed`; a pipeline then withholds `final_model`).
+
 Writes `<output>/results.json`, `<output>/responses.jsonl` and the report folder (`report.md` +
 PNG plots, with training curves and per-round results from `run_dir`'s stages when given);
 `output` and `run_dir` may be object-storage URIs. Returns a `StageResult` whose metrics are the
@@ -36,6 +41,7 @@ from pydantic import Field
 from rayalign import storage
 from rayalign.checks import HELDOUT_KINDS, check_response
 from rayalign.config import Cfg, ConfigError
+from rayalign.eval.stats import GateConfig, eval_stats, gate, record_read
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 
@@ -60,6 +66,10 @@ class EvalConfig(Cfg):
     heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
     heldout_limit: int | None = 200
     run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
+    # promotion gate: the stage records whether `model` − `baseline_model` clears it (e.g.
+    # {metric: prompt_level, min_lower_bound: 0.0}: the 95% lower bound of the paired difference is
+    # above 0); a pipeline promotes `final_model` only when every gate in it passed
+    gate: GateConfig | None = None
     # > 0: every model runs in a Ray task holding this many GPUs (a GPU cluster's CPU head cannot
     # host the engine); 0: in this process
     num_gpus: float = 0.0
@@ -277,6 +287,12 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
             cfg, judge_win_rate, cfg, [r["prompt"] for r in suite], responses["aligned"], responses["baseline"]
         )
     write_responses(storage.join(cfg.output, "responses.jsonl"), suite, responses, passes)
+    info = {"name": cfg.suite, "path": suite_path(cfg.suite), "reads": record_read(cfg.suite, suite)}
+    base = "baseline" if cfg.baseline_model else None
+    results["stats"] = eval_stats(suite, passes, base, info)
+    if cfg.gate is not None:
+        results["gate"] = gate(cfg.gate, suite, passes, "aligned", base)
+        log(f"[eval] gate {'passed' if results['gate']['passed'] else 'FAILED'}: {results['gate']['reason']}")
     metrics = flat_metrics(results)
     results["metrics"] = metrics
     results["seconds"] = round(time.time() - t0, 3)
@@ -289,7 +305,12 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
         stage="eval",
         output=cfg.output,
         metrics=metrics,
-        details={"results": results_path, "report": str(report), "prompts": len(suite)},
+        details={
+            "results": results_path,
+            "report": str(report),
+            "prompts": len(suite),
+            **({"gate": results["gate"]} if "gate" in results else {}),
+        },
     )
 
 
@@ -336,4 +357,8 @@ def flat_metrics(results: dict) -> dict:
             m[f"{tag}/heldout_accuracy"] = r["heldout"]["accuracy"]
     if "judge" in results:
         m["judge/win_rate"] = results["judge"]["win_rate"]
+    for d in results.get("stats", {}).get("paired", {}).values():
+        m.update({f"paired/{k}": float(d[k]) for k in ("diff", "lo", "hi", "p_value")})
+    if "gate" in results:
+        m["gate/passed"] = 1.0 if results["gate"]["passed"] else 0.0
     return m

@@ -109,7 +109,15 @@ def stage_summary(step: Step, record: dict, skipped: bool) -> dict:
     }
 
 
-def write_summary(run_dir: str, status: Status, stages: list[dict], seconds: float, final_model: str | None) -> dict:
+def write_summary(
+    run_dir: str,
+    status: Status,
+    stages: list[dict],
+    seconds: float,
+    final_model: str | None,
+    withheld: str | None = None,
+) -> dict:
+    """summary.json; `withheld`: why `final_model` is null although training finished (a failed gate)."""
     summary = {
         "run_dir": run_dir,
         "status": status.value,
@@ -118,6 +126,8 @@ def write_summary(run_dir: str, status: Status, stages: list[dict], seconds: flo
         "stages": stages,
         "final_model": final_model,
     }
+    if withheld:
+        summary["final_model_withheld"] = withheld
     storage.write_json(storage.join(run_dir, SUMMARY), summary)
     return summary
 
