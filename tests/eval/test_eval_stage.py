@@ -123,6 +123,13 @@ def test_eval_tiny_model_end_to_end(tmp_path):
     assert m["judge/win_rate"] == 0.5
     results = json.loads(Path(out.details["results"]).read_text())
     assert results["judge"]["wins"] == results["judge"]["losses"]
+    # identical answers: identical leak rates, a paired difference of exactly 0, within noise
+    assert (
+        results["aligned"]["leaks"] == results["baseline"]["leaks"]
+        and results["aligned"]["leaks"]["repetition"]["n"] == 8
+    )
+    assert results["stats"]["paired"]["aligned - baseline"]["diff"] == 0.0 and m["paired/p_value"] == 1.0
+    assert [s["id"] for s in results["samples"]] == [f"ifeval-{i:04d}" for i in range(8)]
     rows = [json.loads(x) for x in (tmp_path / "eval" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     # the stored pass flags are the checker's verdicts on the stored responses

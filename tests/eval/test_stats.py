@@ -168,3 +168,4 @@ def test_pipeline_withholds_final_model_when_eval_gate_fails(tmp_path, monkeypat
     assert results["stats"]["suite"]["name"] == "heldout" and results["stats"]["suite"]["reads"] == 1
     report = (tmp_path / "run" / "eval" / "report" / "report.md").read_text()
     assert "## Promotion gate" in report and "**FAILED**" in report and "## Seen and unseen kinds" in report
+    assert "## Format leaks and repetition" in report and "## Sample answers (4)" in report

@@ -16,7 +16,9 @@ For `model` and (if given) `baseline_model`:
 4. held-out preference accuracy (if `heldout_pairs`, a prepared `pairs` dataset): how often the
    policy's log-prob margin prefers the chosen response (`objectives.accuracy.preference_accuracy`).
 
-5. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
+5. format leaks and repetition (`eval/leaks.py`): how often an answer adds quotes, a JSON
+   wrapper, a P.S. or a title the prompt did not ask for, and repeats one 4-word phrase 4+ times.
+6. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
    as a paired bootstrap interval with its p-value ("within noise" when it covers 0), per kind
    with n: `results["stats"]`; with `gate`, whether the paired lower bound clears it
    (`results["gate"]`, metric `gate/passed`; a pipeline then withholds `final_model`).
@@ -41,6 +43,7 @@ from pydantic import Field
 from rayalign import storage
 from rayalign.checks import HELDOUT_KINDS, check_response
 from rayalign.config import Cfg, ConfigError
+from rayalign.eval.leaks import leak_rates
 from rayalign.eval.stats import GateConfig, eval_stats, gate, record_read
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
@@ -242,6 +245,7 @@ def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=pri
     responses = on_device(cfg, generate, cfg, spec, prompts)
     scores: dict = {}
     scores["ifeval"], passes = instruction_scores(suite, responses)
+    scores["leaks"] = leak_rates(suite, responses)
     if cfg.reward_model:
         rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses, cfg.engine.batch_size)
         scores["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
@@ -287,6 +291,10 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
             cfg, judge_win_rate, cfg, [r["prompt"] for r in suite], responses["aligned"], responses["baseline"]
         )
     write_responses(storage.join(cfg.output, "responses.jsonl"), suite, responses, passes)
+    results["samples"] = [
+        {"id": row["id"], "prompt": row["prompt"], **{tag: responses[tag][i] for tag in responses}}
+        for i, row in enumerate(suite[:10])
+    ]
     info = {"name": cfg.suite, "path": suite_path(cfg.suite), "reads": record_read(cfg.suite, suite)}
     base = "baseline" if cfg.baseline_model else None
     results["stats"] = eval_stats(suite, passes, base, info)
@@ -348,6 +356,9 @@ def flat_metrics(results: dict) -> dict:
             continue
         m[f"{tag}/prompt_accuracy"] = r["ifeval"]["prompt_accuracy"]
         m[f"{tag}/instruction_accuracy"] = r["ifeval"]["instruction_accuracy"]
+        if "leaks" in r:
+            m[f"{tag}/format_leak_rate"] = r["leaks"]["any"]["rate"]
+            m[f"{tag}/repetition_rate"] = r["leaks"]["repetition"]["rate"]
         for group in ("seen", "unseen"):
             if r["ifeval"].get(f"{group}_instruction_accuracy") is not None:
                 m[f"{tag}/{group}_kinds_accuracy"] = r["ifeval"][f"{group}_instruction_accuracy"]

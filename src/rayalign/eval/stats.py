@@ -27,6 +27,7 @@ import numpy as np
 
 from rayalign import storage
 from rayalign.config import Cfg
+from rayalign.eval.leaks import leaks_md, samples_md
 
 N_BOOT = 2000
 SEED = 0
@@ -191,7 +192,7 @@ def stats_md(stats: dict) -> list[str]:
         cells = [_ci(stats["rates"][t]["kinds"][k]) if k in stats["rates"][t]["kinds"] else "" for t in tags]
         n = next(stats["rates"][t]["kinds"][k]["n"] for t in tags if k in stats["rates"][t]["kinds"])
         lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def gate_md(g: dict) -> list[str]:
@@ -209,18 +210,19 @@ def kinds_md(results: dict, tags: list[str]) -> list[str]:
         kinds = first[f"{group}_kinds"]
         scores = ", ".join(f"{t} {_fmt(ife[t][f'{group}_instruction_accuracy'])}" for t in tags)
         md.append(f"- {group} kinds ({len(kinds)}): {', '.join(kinds) or 'none'} — instruction level: {scores}")
-    return md + [""]
+    return [*md, ""]
 
 
 def report_sections(results: dict) -> list[str]:
-    """The report.md sections this module adds: seen/unseen kinds, statistics, the gate."""
+    """The report.md sections of the eval's quality measures: seen/unseen kinds, statistics, the gate,
+    format leaks and repetition, sample answers side by side."""
     tags = [t for t in ("baseline", "aligned") if t in results]
     md = kinds_md(results, tags)
     if results.get("stats"):
         md += stats_md(results["stats"])
     if results.get("gate"):
         md += gate_md(results["gate"])
-    return md
+    return md + leaks_md(results, tags) + samples_md(results.get("samples") or [], tags)
 
 
 def _fmt(v: float | None) -> str:
