@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
@@ -175,6 +176,13 @@ def ends_with_question(r: str) -> bool:
 def two_responses(r: str, separator: str = "******") -> bool:
     parts = [p.strip() for p in re.split(rf"^\s*{re.escape(separator)}\s*$", r, flags=re.MULTILINE)]
     return len(parts) == 2 and all(parts) and parts[0] != parts[1]
+
+
+def repeated_phrase(r: str, n: int = 4, times: int = 4) -> bool:
+    """Degeneration, not a constraint: some run of `n` words (case-insensitive) occurs `times`+ times."""
+    w = [x.lower() for x in WORD.findall(r)]
+    counts = Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
+    return bool(counts) and max(counts.values()) >= times
 
 
 # kinds kept out of every training path (data, revisers, rewards): the held-out suite's "unseen kinds"

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Callable
 
-from rayalign.checks import FENCE, TITLE, WORD, postscript
+from rayalign.checks import FENCE, TITLE, postscript, repeated_phrase
 
 
 def starts_quoted(r: str) -> bool:
@@ -45,13 +44,6 @@ HEADING = re.compile(r"^\s*#{1,6}\s+\S")
 def has_title(r: str) -> bool:
     first = next((line for line in r.splitlines() if line.strip()), "")
     return TITLE.search(r) is not None or HEADING.match(first) is not None
-
-
-def repeated_phrase(r: str, n: int = 4, times: int = 4) -> bool:
-    """Some run of `n` words (case-insensitive) occurs `times` times or more."""
-    w = [x.lower() for x in WORD.findall(r)]
-    counts = Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
-    return bool(counts) and max(counts.values()) >= times
 
 
 # leak -> (detector, constraint kinds that ask for that format)
