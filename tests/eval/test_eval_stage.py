@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from rayalign.eval.report import training_logs, write_report
 from rayalign.eval.stage import EvalConfig, instruction_scores, load_suite, run_eval
 
 REPO = Path(__file__).resolve().parents[2]
+LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 
 SUITE = [
     {"id": "a", "prompt": "p1", "constraints": [{"kind": "no_commas"}, {"kind": "max_words", "max": 3}]},
@@ -113,6 +115,7 @@ def test_eval_tiny_model_end_to_end(tmp_path):
         judge_limit=4,
         heldout_pairs=str(pairs),
         heldout_limit=16,
+        lm_eval={"check_suite": True} if LM_EVAL else None,
     )
     out = run_eval(cfg, log=lambda *_: None)
     m = out.metrics
@@ -130,6 +133,10 @@ def test_eval_tiny_model_end_to_end(tmp_path):
     )
     assert results["stats"]["paired"]["aligned - baseline"]["diff"] == 0.0 and m["paired/p_value"] == 1.0
     assert [s["id"] for s in results["samples"]] == [f"ifeval-{i:04d}" for i in range(8)]
+    if LM_EVAL:  # the same answers re-scored by lm-eval's IFEval checkers (where they have a counterpart)
+        a = results["aligned"]["lm_eval_ifeval"]
+        assert a["compared"] > 0 and a["agree"] + len(a["disagreements"]) == a["compared"]
+        assert "## Suite scored by lm-eval's IFEval checkers too" in Path(out.details["report"]).read_text()
     rows = [json.loads(x) for x in (tmp_path / "eval" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     # the stored pass flags are the checker's verdicts on the stored responses

@@ -18,7 +18,10 @@ For `model` and (if given) `baseline_model`:
 
 5. format leaks and repetition (`eval/leaks.py`): how often an answer adds quotes, a JSON
    wrapper, a P.S. or a title the prompt did not ask for, and repeats one 4-word phrase 4+ times.
-6. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
+6. lm-evaluation-harness (`lm_eval`, `eval/lmeval.py`): lm-eval tasks run against each model served
+   through rayalign's OpenAI-compatible endpoint, and the suite's answers re-scored with lm-eval's
+   IFEval checker code (how often the two implementations agree, and where they differ).
+7. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
    as a paired bootstrap interval with its p-value ("within noise" when it covers 0), per kind
    with n: `results["stats"]`; with `gate`, whether the paired lower bound clears it
    (`results["gate"]`, metric `gate/passed`; a pipeline then withholds `final_model`).
@@ -44,6 +47,7 @@ from rayalign import storage
 from rayalign.checks import HELDOUT_KINDS, check_response
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.leaks import leak_rates
+from rayalign.eval.lmeval import LmEvalConfig
 from rayalign.eval.stats import GateConfig, eval_stats, gate, record_read
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
@@ -73,6 +77,9 @@ class EvalConfig(Cfg):
     # {metric: prompt_level, min_lower_bound: 0.0}: the 95% lower bound of the paired difference is
     # above 0); a pipeline promotes `final_model` only when every gate in it passed
     gate: GateConfig | None = None
+    # lm-evaluation-harness: its tasks run against each model served through rayalign's endpoint,
+    # and the suite's answers re-scored with its IFEval checkers (agreement per kind, disagreements)
+    lm_eval: LmEvalConfig | None = None
     # > 0: every model runs in a Ray task holding this many GPUs (a GPU cluster's CPU head cannot
     # host the engine); 0: in this process
     num_gpus: float = 0.0
@@ -251,6 +258,15 @@ def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=pri
         scores["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
     if cfg.heldout_pairs:
         scores["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
+    if cfg.lm_eval is not None:
+        from rayalign.eval import lmeval
+
+        if cfg.lm_eval.check_suite:
+            scores["lm_eval_ifeval"] = lmeval.ifeval_agreement(suite, responses)
+            agreement = scores["lm_eval_ifeval"]["agreement"]
+            log(f"[eval] {tag}: rayalign checks agree with lm-eval's IFEval checkers on {agreement}")
+        if cfg.lm_eval.tasks:
+            scores["lm_eval"] = lmeval.run_tasks(cfg.lm_eval, spec, log)
     ife = scores["ifeval"]
     log(
         f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
@@ -356,6 +372,10 @@ def flat_metrics(results: dict) -> dict:
             continue
         m[f"{tag}/prompt_accuracy"] = r["ifeval"]["prompt_accuracy"]
         m[f"{tag}/instruction_accuracy"] = r["ifeval"]["instruction_accuracy"]
+        for task, vals in r.get("lm_eval", {}).items():
+            m.update({f"{tag}/lm_eval/{task}/{k}": v for k, v in vals.items() if "stderr" not in k})
+        if r.get("lm_eval_ifeval", {}).get("agreement") is not None:
+            m[f"{tag}/lm_eval_ifeval_agreement"] = r["lm_eval_ifeval"]["agreement"]
         if "leaks" in r:
             m[f"{tag}/format_leak_rate"] = r["leaks"]["any"]["rate"]
             m[f"{tag}/repetition_rate"] = r["leaks"]["repetition"]["rate"]

@@ -28,6 +28,7 @@ import numpy as np
 from rayalign import storage
 from rayalign.config import Cfg
 from rayalign.eval.leaks import leaks_md, samples_md
+from rayalign.eval.lmeval import lmeval_md
 
 N_BOOT = 2000
 SEED = 0
@@ -215,14 +216,15 @@ def kinds_md(results: dict, tags: list[str]) -> list[str]:
 
 def report_sections(results: dict) -> list[str]:
     """The report.md sections of the eval's quality measures: seen/unseen kinds, statistics, the gate,
-    format leaks and repetition, sample answers side by side."""
+    format leaks and repetition, lm-eval results, sample answers side by side."""
     tags = [t for t in ("baseline", "aligned") if t in results]
     md = kinds_md(results, tags)
     if results.get("stats"):
         md += stats_md(results["stats"])
     if results.get("gate"):
         md += gate_md(results["gate"])
-    return md + leaks_md(results, tags) + samples_md(results.get("samples") or [], tags)
+    md += leaks_md(results, tags) + lmeval_md(results, tags)
+    return md + samples_md(results.get("samples") or [], tags)
 
 
 def _fmt(v: float | None) -> str:
