@@ -103,3 +103,46 @@ def test_clair_quarantines_unacceptable_revisions(tmp_path):
     assert "In short it comes down to tea." in json.loads(q["raw"])["revision"]
     assert out.stats["status.repetitive"] == 1 and len(out.rows) + len(out.quarantine) == len(rows)
     assert ClairProcessor(cfg.model_copy(update={"quality_checks": False})).process(rows).rows[1]["id"] == "stuffed"
+
+
+def test_clair_stage_counts_the_quality_quarantine_and_the_eval_report_shows_pairs(tmp_path):
+    """The model-free CLAIR stage end to end: in = pairs + quarantined with the quality reason in the
+    manifest; the eval report's pair table reads that stage's output through the run's summary."""
+    from rayalign.data.shards import read_dataset
+    from rayalign.eval.stage import clair_pairs
+    from rayalign.generate.clair import run_clair
+
+    rows = [
+        {
+            "id": "a",
+            "prompt": "Capital of Italy?",
+            "response": "Rome, Italy.",
+            "meta": {"constraints": [{"kind": "no_commas"}]},
+        },
+        {
+            "id": "b",
+            "prompt": "Tea?",
+            "response": "Yes please.",
+            "meta": {"constraints": [{"kind": "keyword_frequency", "keyword": "tea", "min": 6}]},
+        },
+    ]
+    inp = tmp_path / "samples.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run" / "clair"
+    m = run_clair(
+        ClairConfig(inputs=[str(inp)], output=str(out), reviser="rule", pool={"workers": 0}), log=lambda *_: None
+    )
+    c = m.counts.to_json()
+    assert (c["in"], c["out_rows"], c["by_reason"]) == (2, 1, {"repetitive": 1})
+    assert read_dataset(out).column("chosen").to_pylist() == ["Rome Italy."]
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"stages": [{"stage": "clair", "output": str(out)}]}))
+    assert clair_pairs(str(tmp_path / "run")) == [
+        {
+            "id": "a",
+            "prompt": "Capital of Italy?",
+            "chosen": "Rome Italy.",
+            "rejected": "Rome, Italy.",
+            "status": "rule_fixed",
+        }
+    ]
+    assert clair_pairs(str(tmp_path / "nothing")) == []

@@ -93,14 +93,16 @@ def leaks_md(results: dict, tags: list[str]) -> list[str]:
     return [*md, ""]
 
 
-def samples_md(samples: list[dict], tags: list[str], k: int = 10, width: int = 300) -> list[str]:
-    """The first `k` prompts with each model's answer side by side (cut at `width` characters)."""
+def samples_md(
+    samples: list[dict], tags: list[str], k: int = 10, width: int = 300, title: str = "Sample answers"
+) -> list[str]:
+    """The first `k` rows with the `tags` columns side by side (each cut at `width` characters)."""
     if not samples:
         return []
-    md = [f"## Sample answers ({min(k, len(samples))})", "", "| prompt | " + " | ".join(tags) + " |"]
+    md = [f"## {title} ({min(k, len(samples))})", "", "| prompt | " + " | ".join(tags) + " |"]
     md.append("|---|" + "---|" * len(tags))
     for s in samples[:k]:
-        cells = [_cell(s["prompt"], width)] + [_cell(s.get(t, ""), width) for t in tags]
+        cells = [_cell(s["prompt"], width)] + [_cell(str(s.get(t, "")), width) for t in tags]
         md.append("| " + " | ".join(cells) + " |")
     return [*md, ""]
 

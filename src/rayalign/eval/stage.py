@@ -311,6 +311,8 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
         {"id": row["id"], "prompt": row["prompt"], **{tag: responses[tag][i] for tag in responses}}
         for i, row in enumerate(suite[:10])
     ]
+    if cfg.run_dir:
+        results["clair_pairs"] = clair_pairs(cfg.run_dir)
     info = {"name": cfg.suite, "path": suite_path(cfg.suite), "reads": record_read(cfg.suite, suite)}
     base = "baseline" if cfg.baseline_model else None
     results["stats"] = eval_stats(suite, passes, base, info)
@@ -336,6 +338,21 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
             **({"gate": results["gate"]} if "gate" in results else {}),
         },
     )
+
+
+def clair_pairs(run_dir: str, k: int = 10) -> list[dict]:
+    """The first `k` pairs of the run's last CLAIR stage (original answer → revision), for the report."""
+    from rayalign.data.shards import dataset_files, read_dataset
+
+    summary = storage.read_json(storage.join(run_dir, "summary.json")) or {}
+    outputs = [s.get("output") for s in summary.get("stages", []) if s.get("stage") == "clair" and s.get("output")]
+    if not outputs or not dataset_files(outputs[-1]):
+        return []
+    rows = read_dataset(outputs[-1], columns=["id", "prompt", "chosen", "rejected", "status"]).slice(0, k).to_pylist()
+    for r in rows:  # the prompt as the user wrote it: the last user turn of the conversation
+        turns = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": str(r["prompt"])}]
+        r["prompt"] = next((t["content"] for t in reversed(turns) if t.get("role") == "user"), "")
+    return rows
 
 
 def track_eval(cfg: EvalConfig, metrics: dict[str, float], report_dir: str) -> None:

@@ -224,7 +224,9 @@ def report_sections(results: dict) -> list[str]:
     if results.get("gate"):
         md += gate_md(results["gate"])
     md += leaks_md(results, tags) + lmeval_md(results, tags)
-    return md + samples_md(results.get("samples") or [], tags)
+    md += samples_md(results.get("samples") or [], tags)
+    pairs = results.get("clair_pairs") or []
+    return md + samples_md(pairs, ["rejected", "chosen", "status"], title="CLAIR pairs: original → revision")
 
 
 def _fmt(v: float | None) -> str:
