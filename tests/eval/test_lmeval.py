@@ -91,3 +91,17 @@ def test_lm_eval_task_over_a_local_file_through_the_served_model(ray_cluster, tm
     finally:
         stop(scfg)
     assert results["rayalign_local_echo"]["exact_match,none"] == 0.5
+
+
+def test_missing_library_is_a_named_setup_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from rayalign.config import ConfigError
+    from rayalign.eval.stage import EvalConfig, run_eval
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    cfg = EvalConfig(model=TINY, output=str(tmp_path / "e"), lm_eval={"tasks": ["ifeval"]})
+    with pytest.raises(ConfigError, match=r"lm_eval: the lm-evaluation-harness is not installed.*pip install"):
+        run_eval(cfg, log=lambda *_: None)
+    assert not (tmp_path / "e").exists()  # nothing generated or written

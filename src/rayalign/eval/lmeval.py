@@ -40,6 +40,18 @@ class LmEvalConfig(Cfg):
     serve: dict[str, Any] = Field(default_factory=dict)
 
 
+def require_lm_eval() -> None:
+    import importlib.util
+
+    from rayalign.config import ConfigError
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(
+            "lm_eval: the lm-evaluation-harness is not installed here; install it with "
+            "pip install 'lm_eval[api,ifeval]>=0.4.13,<0.5' (it is in rayalign's dev extra), or drop lm_eval"
+        )
+
+
 def _words_lt(n: int) -> dict:
     return {"num_words": n + 1, "relation": "less than"}
 

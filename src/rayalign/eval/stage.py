@@ -289,6 +289,10 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     from rayalign.eval.report import write_report
 
     t0 = time.time()
+    if cfg.lm_eval is not None:
+        from rayalign.eval.lmeval import require_lm_eval
+
+        require_lm_eval()  # before any generation: a missing library is a setup error, named with its fix
     storage.makedirs(cfg.output)
     suite = load_suite(cfg.suite, cfg.limit)
     models = {"aligned": cfg.model}
