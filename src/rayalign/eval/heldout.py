@@ -155,12 +155,14 @@ def _families(kind: str) -> list[Family]:
         ],
         "placeholders": [
             lambda min: f"Leave {min} or more blanks for the reader in square brackets, e.g. [city].",
-            lambda min: f"Put no fewer than {min} fill-in fields like [your name] in the reply.",
+            lambda min: f"Put a minimum of {min} fill-in field(s) like [your name] in the reply.",
             lambda min: f"Use {min}+ bracketed slots such as [company] that someone could fill in later.",
         ],
         "postscript": [
-            lambda marker: f"After the main reply add a note that begins with {marker}",
-            lambda marker: f"Finish with an afterthought introduced by {marker}",
+            lambda marker: (
+                f"After the main reply add a note on its own line that begins with {marker} (those letters)."
+            ),
+            lambda marker: f"Finish with an afterthought on a new line introduced by {marker} (those letters).",
             lambda marker: f"Tack on a closing {marker} note.",
         ],
         "highlights": [
