@@ -32,14 +32,27 @@ def headline(run_dir: str) -> list[str]:
         base, aligned = r["baseline"]["ifeval"], r["aligned"]["ifeval"]
         delta = 100 * (aligned["prompt_accuracy"] - base["prompt_accuracy"])
         lines.append(
-            f"verifiable suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
-            f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} held-out prompts)"
+            f"{r.get('suite')} suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
+            f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} prompts)"
         )
+        paired = (r.get("stats") or {}).get("paired", {}).get("aligned - baseline")
+        if paired:
+            noise = "within noise" if paired["within_noise"] else "outside noise"
+            lines.append(
+                f"  95% paired interval [{100 * paired['lo']:+.1f}, {100 * paired['hi']:+.1f}] points, "
+                f"p = {paired['p_value']:.3f} ({noise})"
+            )
+        for group in ("seen", "unseen"):
+            b, a = base.get(f"{group}_instruction_accuracy"), aligned.get(f"{group}_instruction_accuracy")
+            if a is not None and b is not None:
+                lines.append(f"  {group} kinds, instruction level: {b:.3f} → {a:.3f}")
         if "judge" in r:
             lines.append(f"LLM-judge win rate of aligned vs base: {r['judge']['win_rate']:.3f}")
         lines.append(f"report: {storage.join(run_dir, 'eval', 'report', 'report.md')}")
     if summary.get("final_model"):
         lines.append(f"serve it:  rayalign serve --model {summary['final_model']}")
+    elif summary.get("final_model_withheld"):
+        lines.append(f"not promoted: {summary['final_model_withheld']}")
     return lines
 
 

@@ -41,6 +41,15 @@ CASES = [  # (constraint, passing response, failing response)
     ({"kind": "title"}, "<<Rain>>\nRain falls.", "<Rain>\nRain falls."),
     ({"kind": "placeholders", "min": 2}, "Dear [name], see you on [date].", "Dear [name], see you []."),
     ({"kind": "postscript", "marker": "P.S."}, "Body.\n\nP.S. bring tea.", "Body. PS bring tea."),
+    # the held-out kinds: a bullet "* a" and **bold** are not highlights; 2*3*4 is arithmetic
+    ({"kind": "highlights", "min": 2}, "An *early* start and *a calm walk*.", "* a\n* b\n**bold** 2*3*4"),
+    ({"kind": "numbered_items", "count": 2}, "Steps:\n1. Boil\n2) Pour", "1. Boil\n2. Pour\n3. Sip"),
+    ({"kind": "ends_with_question"}, "Shall we go?  \n", "Is it? Yes."),
+    (
+        {"kind": "two_responses"},
+        "Tea is calming.\n******\nCoffee wakes you up.",
+        "Tea is calming.\n******\nTea is calming.",  # two equal answers are one answer
+    ),
 ]
 
 

@@ -72,7 +72,8 @@ def test_quickstart_chain():
     assert cfgs["clair"].inputs == [f"{pipe.run_dir}/sample/data"] and cfgs["clair"].reviser == "rule"
     assert cfgs["prefer"].train.objective.name == "apo_zero"
     assert cfgs["eval"].model == "<stages.prefer.checkpoint>" and cfgs["eval"].baseline_model == base
-    assert cfgs["eval"].suite == "builtin"
+    assert cfgs["eval"].suite == "heldout" and cfgs["eval"].limit is None  # the independent suite, all of it
+    assert cfgs["eval"].gate is not None and cfgs["eval"].gate.min_lower_bound == 0.0
     assert "dev_suite" not in (REPO / "rayjobs/configs/quickstart.yaml").read_text().split("stages:", 1)[1]
 
 

@@ -13,6 +13,8 @@ import json
 import random
 from pathlib import Path
 
+from rayalign.generate.instructions import CONFLICTS, SECONDARY, instruction
+
 HERE = Path(__file__).parent
 
 COUNTRIES = [
@@ -174,8 +176,6 @@ def prompt_tasks(rng: random.Random) -> tuple[str, list[str]]:
 
 def prompts(rng: random.Random) -> list[dict]:
     """Prompts with checkable instructions (constraints in meta, the eval suite's format)."""
-    from rayalign.eval.make_suite import instruction
-
     rows = []
     for i in range(200):
         task, keywords = prompt_tasks(rng)
@@ -205,8 +205,7 @@ def constraint_prompts(rng: random.Random) -> list[dict]:
     """Training prompts over every constraint kind that has a rule-based fix (all the eval checks but
     `min_words`), then a dev split of the same make: `N_DEV` more rows, kept out of training, for
     choosing recipes. Tasks are `prompt_tasks`' (subjects disjoint from the eval suite's); the pairing
-    rules are the suite's, so no prompt asks for two instructions that contradict each other."""
-    from rayalign.eval.make_suite import CONFLICTS, SECONDARY, instruction
+    rules (`CONFLICTS`) are the same as the packaged suite's, so no prompt asks for two instructions that contradict each other."""
     from rayalign.generate.verify import FIXES
 
     kinds = sorted(FIXES)

@@ -24,6 +24,13 @@ one bool per constraint. The kinds follow the spirit of IFEval (checkable by cod
 | title              |                        | a title in double angle brackets, e.g. <<My Title>>           |
 | placeholders       | min                    | at least `min` square-bracket placeholders like [name]        |
 | postscript         | marker="P.S."          | a line starts with the marker (e.g. "P.S. ...")               |
+| highlights         | min                    | at least `min` markdown-highlighted spans like *this*         |
+| numbered_items     | count                  | exactly `count` lines start with "1." / "2)" style numbers    |
+| ends_with_question |                        | the stripped response ends with "?"                           |
+| two_responses      | separator="******"     | two different non-empty answers split by a separator line     |
+
+`HELDOUT_KINDS` (min_words and the last four) are the kinds no bundled training data, rule fix or
+reward of the project targets, so an evaluation on them measures instructions never trained on.
 
 Words are runs of letters, digits, apostrophes and hyphens. An unknown kind or a missing parameter
 raises `ValueError` naming it (a suite error, not a model failure).
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
@@ -40,6 +48,8 @@ BULLET = re.compile(r"^\s*(?:[-*•])\s+\S", re.MULTILINE)
 SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 PLACEHOLDER = re.compile(r"\[[^\[\]\n]+\]")
 TITLE = re.compile(r"<<[^<>\n]+>>")
+HIGHLIGHT = re.compile(r"(?<![*\w])\*[^*\s](?:[^*\n]*[^*\s])?\*(?![*\w])")
+NUMBERED = re.compile(r"^\s*\d+[.)]\s+\S", re.MULTILINE)
 FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 
 
@@ -151,6 +161,33 @@ def postscript(r: str, marker: str = "P.S.") -> bool:
     return re.search(rf"^\s*{re.escape(marker)}", r, flags=re.MULTILINE | re.IGNORECASE) is not None
 
 
+def highlights(r: str, min: int) -> bool:
+    return len(HIGHLIGHT.findall(r)) >= min
+
+
+def numbered_items(r: str, count: int) -> bool:
+    return len(NUMBERED.findall(r)) == count
+
+
+def ends_with_question(r: str) -> bool:
+    return r.strip().endswith(("?", "？"))
+
+
+def two_responses(r: str, separator: str = "******") -> bool:
+    parts = [p.strip() for p in re.split(rf"^\s*{re.escape(separator)}\s*$", r, flags=re.MULTILINE)]
+    return len(parts) == 2 and all(parts) and parts[0] != parts[1]
+
+
+def repeated_phrase(r: str, n: int = 4, times: int = 4) -> bool:
+    """Degeneration, not a constraint: some run of `n` words (case-insensitive) occurs `times`+ times."""
+    w = [x.lower() for x in WORD.findall(r)]
+    counts = Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
+    return bool(counts) and max(counts.values()) >= times
+
+
+# kinds kept out of every training path (data, revisers, rewards): the held-out suite's "unseen kinds"
+HELDOUT_KINDS = ("min_words", "highlights", "numbered_items", "ends_with_question", "two_responses")
+
 CHECKS: dict[str, Callable[..., bool]] = {
     f.__name__: f
     for f in (
@@ -173,6 +210,10 @@ CHECKS: dict[str, Callable[..., bool]] = {
         title,
         placeholders,
         postscript,
+        highlights,
+        numbered_items,
+        ends_with_question,
+        two_responses,
     )
 }
 

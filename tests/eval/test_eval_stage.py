@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from rayalign.eval.report import training_logs, write_report
 from rayalign.eval.stage import EvalConfig, instruction_scores, load_suite, run_eval
 
 REPO = Path(__file__).resolve().parents[2]
+LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 
 SUITE = [
     {"id": "a", "prompt": "p1", "constraints": [{"kind": "no_commas"}, {"kind": "max_words", "max": 3}]},
@@ -32,8 +34,22 @@ def test_instruction_scores_by_hand():
     assert scores["kind_counts"] == {"lowercase": 1, "max_words": 1, "no_commas": 2}
 
 
+def test_seen_and_unseen_kinds_scored_apart():
+    """no_commas is trained (seen), ends_with_question and highlights are held-out kinds (unseen):
+    'a b?' passes no_commas and ends_with_question, fails highlights → seen 1/1, unseen 1/2."""
+    suite = [{"id": "d", "prompt": "p", "constraints": [{"kind": "no_commas"}, {"kind": "ends_with_question"}]}]
+    suite.append({"id": "e", "prompt": "q", "constraints": [{"kind": "highlights", "min": 1}]})
+    scores, _ = instruction_scores(suite, ["a b?", "a b?"])
+    assert scores["seen_kinds"] == ["no_commas"] and scores["unseen_kinds"] == ["ends_with_question", "highlights"]
+    assert scores["seen_instruction_accuracy"] == 1.0 and scores["unseen_instruction_accuracy"] == 0.5
+    assert instruction_scores(SUITE, ["", "", ""])[0]["unseen_instruction_accuracy"] is None
+
+
 def test_suite_loading_errors(tmp_path):
     assert len(load_suite("builtin")) >= 100 and len(load_suite("builtin", limit=5)) == 5
+    assert [r["id"] for r in load_suite("heldout", limit=2)] == ["heldout-0000", "heldout-0001"]
+    with pytest.raises(ValueError, match="'builtin' or 'heldout'"):
+        load_suite(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "s.jsonl"
     bad.write_text('{"prompt": "x", "constraints": [{"kind": "shout"}]}\n')
     with pytest.raises(ValueError, match="unknown constraint kind 'shout'"):
@@ -99,6 +115,7 @@ def test_eval_tiny_model_end_to_end(tmp_path):
         judge_limit=4,
         heldout_pairs=str(pairs),
         heldout_limit=16,
+        lm_eval={"check_suite": True} if LM_EVAL else None,
     )
     out = run_eval(cfg, log=lambda *_: None)
     m = out.metrics
@@ -109,6 +126,17 @@ def test_eval_tiny_model_end_to_end(tmp_path):
     assert m["judge/win_rate"] == 0.5
     results = json.loads(Path(out.details["results"]).read_text())
     assert results["judge"]["wins"] == results["judge"]["losses"]
+    # identical answers: identical leak rates, a paired difference of exactly 0, within noise
+    assert (
+        results["aligned"]["leaks"] == results["baseline"]["leaks"]
+        and results["aligned"]["leaks"]["repetition"]["n"] == 8
+    )
+    assert results["stats"]["paired"]["aligned - baseline"]["diff"] == 0.0 and m["paired/p_value"] == 1.0
+    assert [s["id"] for s in results["samples"]] == [f"ifeval-{i:04d}" for i in range(8)]
+    if LM_EVAL:  # the same answers re-scored by lm-eval's IFEval checkers (where they have a counterpart)
+        a = results["aligned"]["lm_eval_ifeval"]
+        assert a["compared"] > 0 and a["agree"] + len(a["disagreements"]) == a["compared"]
+        assert "## Suite scored by lm-eval's IFEval checkers too" in Path(out.details["report"]).read_text()
     rows = [json.loads(x) for x in (tmp_path / "eval" / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     # the stored pass flags are the checker's verdicts on the stored responses

@@ -160,11 +160,37 @@ def test_verify_uses_eval_checks_and_rule_fix():
         ({"kind": "paragraphs", "count": 3}, "One. Two. Three. Four.", "One. Two.\n\nThree.\n\nFour."),
         ({"kind": "paragraphs", "count": 2}, "no stops here", "no stops\n\nhere"),  # fewer sentences: words
         ({"kind": "max_sentences", "max": 2}, "A b. C d! E f? G", "A b. C d!"),
-        ({"kind": "title"}, "sleep is good for you.", "<<Sleep is good for>>\nsleep is good for you."),
-        ({"kind": "placeholders", "min": 3}, "Dear [name], hi.", "Dear [name], hi. [name] [place]"),
+        # natural text: a title from the first words (no dangling "for"), placeholders in a sentence
+        # (new names, no "[name] [place]" dump), JSON fields carrying the sentences (no
+        # {"response": ...} wrapper), keywords woven into distinct sentences (no "sleep sleep")
+        ({"kind": "title"}, "tea is a drink for the morning.", "<<Tea Is A Drink>>\ntea is a drink for the morning."),
+        (
+            {"kind": "placeholders", "min": 3},
+            "Dear [name], hi.",
+            "Dear [name], hi. Fill in [place] and [date] before you send it.",
+        ),
         ({"kind": "postscript"}, "Hello.", "Hello.\n\nP.S. Thank you for reading."),
-        ({"kind": "json_format"}, 'He said "hi".', '{"response": "He said \\"hi\\"."}'),
-        ({"kind": "keyword_frequency", "keyword": "sleep", "min": 3}, "Sleep well.", "Sleep well. sleep sleep"),
+        (
+            {"kind": "json_format"},
+            'He said "hi". Then he left',
+            '{"summary": "He said \\"hi\\".", "points": ["Then he left"]}',
+        ),
+        ({"kind": "json_format"}, "Paris.", '{"answer": "Paris."}'),
+        (
+            {"kind": "keyword_frequency", "keyword": "sleep", "min": 3},
+            "Sleep well",
+            "Sleep well. In short it comes down to sleep. Keep sleep in mind.",
+        ),
+        (
+            {"kind": "include_keywords", "keywords": ["ash", "magma", "pressure"]},
+            "Magma rises",
+            "Magma rises. This also touches on ash and pressure.",
+        ),
+        ({"kind": "start_with", "phrase": "My answer is"}, "Paris.", "My answer is: Paris."),
+        ({"kind": "start_with", "phrase": "Answer:"}, "Paris.", "Answer: Paris."),
+        # a word budget cuts at the last sentence end that fits, words only when none does
+        ({"kind": "max_words", "max": 6}, "Paris is big. It is old and lovely.", "Paris is big."),
+        ({"kind": "max_words", "max": 2}, "Paris is big. It is old.", "Paris is"),
     ],
 )
 def test_rule_fix_layout_and_marker_kinds(constraint, response, fixed):

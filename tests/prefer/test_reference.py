@@ -129,3 +129,39 @@ def test_over_length_pairs_are_quarantined_with_the_fix(tmp_path):
         if r == "over_length"
     ]
     assert all("raise max_length" in d for d in details)
+
+
+def test_unlikely_revisions_are_quarantined_by_per_token_change(in_process, tmp_path):
+    """24 scored pairs; the threshold is the median per-token drop (between the 12th and 13th), so the pairs whose chosen answer is
+    more than that many nats per token less likely than the rejected one (computed here from the
+    stored columns) are exactly the quarantined ones, and in = ok + quarantined."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from rayalign.prefer.reference import logp_change
+
+    folder = tmp_path / "subset"
+    (folder / "data").mkdir(parents=True)
+    rows = read_dataset(in_process).slice(0, 24)
+    pq.write_table(rows, folder / "data" / "shard-00000.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"stage": "reference", "complete": True}))
+    changes = {r["id"]: logp_change(r) for r in rows.to_pylist()}
+    drops = sorted(-c for c in changes.values())
+    drop = (drops[11] + drops[12]) / 2  # midway: recomputed values within 1e-4 fall on the same side
+    assert drops[12] - drops[11] > 1e-3
+    expected_out = {k for k, c in changes.items() if c < -drop}
+    assert 0 < len(expected_out) < 24
+    cfg = ReferenceConfig(
+        inputs=[str(folder)],
+        output=str(tmp_path / "f"),
+        model=TINY,
+        batch_size=8,
+        max_logp_drop=drop,
+        pool={"workers": 0},
+    )
+    result = run_reference(cfg, log=lambda m: None)
+    kept = {r["id"] for r in read_dataset(tmp_path / "f").to_pylist()}
+    assert kept == set(changes) - expected_out
+    c = result.counts.to_json()
+    assert c["by_reason"] == {"unlikely_revision": len(expected_out)} and c["in"] == c["ok"] + c["quarantined"] == 24

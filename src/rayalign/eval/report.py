@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from rayalign import storage
+from rayalign.eval.stats import report_sections
 
 ROUND = re.compile(r"^round-(\d+)/")
 
@@ -200,7 +201,7 @@ def _draw(folder: Path, results: dict, run_dir: str | Path | None, current: tupl
     md = ["# rayalign evaluation report", ""]
     md += [f"- {tag}: `{results['models'][tag]}`" for tag in tags]
     md += [f"- suite: {results.get('suite')} ({results.get('prompts')} prompts)", ""]
-    md += _summary_md(results, tags) + _by_kind_md(results, tags, plots)
+    md += _summary_md(results, tags) + _by_kind_md(results, tags, plots) + report_sections(results)
     summary = storage.read_json(storage.join(run_dir, "summary.json")) if run_dir else None
     logs = training_logs(run_dir)
     md += _stage_table(summary) + _rounds_table(round_rows(summary, logs, current)) + _curves_md(logs, plots)

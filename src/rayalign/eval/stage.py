@@ -6,12 +6,25 @@ For `model` and (if given) `baseline_model`:
 1. instruction following: every suite prompt (the project's `suite/ifeval.jsonl`, or any JSONL of
    {id, prompt, constraints}) is answered through the Engine; `checks.check_response` scores each
    constraint. Prompt-level accuracy = all constraints of a prompt pass; instruction-level = the
-   share of constraints passed; plus a pass rate per constraint kind.
+   share of constraints passed; plus a pass rate per constraint kind, and for the kinds training
+   targets ("seen kinds") and those it never targets ("unseen kinds", `checks.HELDOUT_KINDS`).
+   `suite: heldout` is the independent held-out suite (`eval/heldout.py`), `builtin` the suite in
+   the training templates' phrasings (trained-template performance).
 2. reward (if `reward_model`): the mean reward-model score of the responses.
 3. judge (if `judge_model` and a baseline): pairwise win rate of `model` against `baseline_model`,
    each pair judged in both orders; a win counts 1, a loss 0, a split or unparseable verdict ½.
 4. held-out preference accuracy (if `heldout_pairs`, a prepared `pairs` dataset): how often the
    policy's log-prob margin prefers the chosen response (`objectives.accuracy.preference_accuracy`).
+
+5. format leaks and repetition (`eval/leaks.py`): how often an answer adds quotes, a JSON
+   wrapper, a P.S. or a title the prompt did not ask for, and repeats one 4-word phrase 4+ times.
+6. lm-evaluation-harness (`lm_eval`, `eval/lmeval.py`): lm-eval tasks run against each model served
+   through rayalign's OpenAI-compatible endpoint, and the suite's answers re-scored with lm-eval's
+   IFEval checker code (how often the two implementations agree, and where they differ).
+7. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
+   as a paired bootstrap interval with its p-value ("within noise" when it covers 0), per kind
+   with n: `results["stats"]`; with `gate`, whether the paired lower bound clears it
+   (`results["gate"]`, metric `gate/passed`; a pipeline then withholds `final_model`).
 
 Writes `<output>/results.json`, `<output>/responses.jsonl` and the report folder (`report.md` +
 PNG plots, with training curves and per-round results from `run_dir`'s stages when given);
@@ -31,8 +44,11 @@ from typing import Literal
 from pydantic import Field
 
 from rayalign import storage
-from rayalign.checks import check_response
+from rayalign.checks import HELDOUT_KINDS, check_response
 from rayalign.config import Cfg, ConfigError
+from rayalign.eval.leaks import leak_rates
+from rayalign.eval.lmeval import LmEvalConfig
+from rayalign.eval.stats import GateConfig, eval_stats, gate, record_read
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 
@@ -41,7 +57,10 @@ class EvalConfig(Cfg):
     model: str
     baseline_model: str | None = None
     output: str
-    suite: str = "builtin"  # the packaged suite, or a JSONL path of {id, prompt, constraints}
+    # a packaged suite by name — "heldout" (independent: own phrasings, unseen kinds), "builtin" (the
+    # training templates' phrasings: trained-template performance) — or a JSONL path of
+    # {id, prompt, constraints}
+    suite: str = "builtin"
     limit: int | None = None  # first N suite prompts (quick runs)
     # how to run each model: backend, dtype, batch size, tensor parallelism (its `model` is replaced
     # by `model` / `baseline_model`); `judge_engine` the same for the judge (default: `engine`)
@@ -54,6 +73,13 @@ class EvalConfig(Cfg):
     heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
     heldout_limit: int | None = 200
     run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
+    # promotion gate: the stage records whether `model` − `baseline_model` clears it (e.g.
+    # {metric: prompt_level, min_lower_bound: 0.0}: the 95% lower bound of the paired difference is
+    # above 0); a pipeline promotes `final_model` only when every gate in it passed
+    gate: GateConfig | None = None
+    # lm-evaluation-harness: its tasks run against each model served through rayalign's endpoint,
+    # and the suite's answers re-scored with its IFEval checkers (agreement per kind, disagreements)
+    lm_eval: LmEvalConfig | None = None
     # > 0: every model runs in a Ray task on GPUs (a GPU cluster's CPU head cannot host the
     # engine), booking what its engine needs: tensor_parallel_size GPUs in one placement group for
     # a vLLM engine sharded over several, else min(num_gpus, 1); 0: in this process
@@ -65,13 +91,26 @@ class EvalConfig(Cfg):
     resource_fields = frozenset({"num_gpus", "report_to"})
 
 
+PACKAGED_SUITES = {"builtin": "suite/ifeval.jsonl", "heldout": "suite/heldout.jsonl"}
+
+
+def suite_path(spec: str) -> str:
+    """Where a suite spec points: the packaged file of a named suite, else the spec itself."""
+    if spec in PACKAGED_SUITES:
+        return str(resources.files("rayalign.eval").joinpath(PACKAGED_SUITES[spec]))
+    return spec
+
+
 def load_suite(spec: str, limit: int | None = None) -> list[dict]:
-    if spec == "builtin":
-        text = resources.files("rayalign.eval").joinpath("suite/ifeval.jsonl").read_text()
-        source = "builtin suite"
+    if spec in PACKAGED_SUITES:
+        text = resources.files("rayalign.eval").joinpath(PACKAGED_SUITES[spec]).read_text()
+        source = f"{spec} suite"
     else:
         if not storage.exists(spec):
-            raise ConfigError(f"suite: {spec} does not exist; use 'builtin' or a JSONL of {{id, prompt, constraints}}")
+            raise ConfigError(
+                f"suite: {spec} does not exist; use {' or '.join(map(repr, PACKAGED_SUITES))} or a JSONL of "
+                "{id, prompt, constraints}"
+            )
         text, source = storage.read_text(spec), spec
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -119,11 +158,19 @@ def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, l
         for c, v in zip(r["constraints"], ok):
             by_kind[c["kind"]].append(v)
     flat = [v for ok in passes for v in ok]
+    seen = [v for k, vs in by_kind.items() if k not in HELDOUT_KINDS for v in vs]
+    unseen = [v for k, vs in by_kind.items() if k in HELDOUT_KINDS for v in vs]
     scores = {
         "prompt_accuracy": sum(all(ok) for ok in passes) / max(len(passes), 1),
         "instruction_accuracy": sum(flat) / max(len(flat), 1),
         "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
         "kind_counts": {k: len(v) for k, v in sorted(by_kind.items())},
+        # constraint-level pass rates of the kinds training targets ("seen") and of the kinds no
+        # training path targets (`rayalign.checks.HELDOUT_KINDS`: "unseen"); None when absent
+        "seen_kinds": sorted(k for k in by_kind if k not in HELDOUT_KINDS),
+        "unseen_kinds": sorted(k for k in by_kind if k in HELDOUT_KINDS),
+        "seen_instruction_accuracy": sum(seen) / len(seen) if seen else None,
+        "unseen_instruction_accuracy": sum(unseen) / len(unseen) if unseen else None,
     }
     return scores, passes
 
@@ -208,11 +255,21 @@ def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=pri
     responses = on_device(cfg, generate, cfg, spec, prompts, engine=cfg.engine)
     scores: dict = {}
     scores["ifeval"], passes = instruction_scores(suite, responses)
+    scores["leaks"] = leak_rates(suite, responses)
     if cfg.reward_model:
         rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses, cfg.engine.batch_size)
         scores["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
     if cfg.heldout_pairs:
         scores["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
+    if cfg.lm_eval is not None:
+        from rayalign.eval import lmeval
+
+        if cfg.lm_eval.check_suite:
+            scores["lm_eval_ifeval"] = lmeval.ifeval_agreement(suite, responses)
+            agreement = scores["lm_eval_ifeval"]["agreement"]
+            log(f"[eval] {tag}: rayalign checks agree with lm-eval's IFEval checkers on {agreement}")
+        if cfg.lm_eval.tasks:
+            scores["lm_eval"] = lmeval.run_tasks(cfg.lm_eval, spec, log)
     ife = scores["ifeval"]
     log(
         f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
@@ -235,6 +292,10 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     from rayalign.eval.report import write_report
 
     t0 = time.time()
+    if cfg.lm_eval is not None:
+        from rayalign.eval.lmeval import require_lm_eval
+
+        require_lm_eval()  # before any generation: a missing library is a setup error, named with its fix
     storage.makedirs(cfg.output)
     suite = load_suite(cfg.suite, cfg.limit)
     models = {"aligned": cfg.model}
@@ -259,6 +320,18 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
             engine=cfg.judge_engine or cfg.engine,
         )
     write_responses(storage.join(cfg.output, "responses.jsonl"), suite, responses, passes)
+    results["samples"] = [
+        {"id": row["id"], "prompt": row["prompt"], **{tag: responses[tag][i] for tag in responses}}
+        for i, row in enumerate(suite[:10])
+    ]
+    if cfg.run_dir:
+        results["clair_pairs"] = clair_pairs(cfg.run_dir)
+    info = {"name": cfg.suite, "path": suite_path(cfg.suite), "reads": record_read(cfg.suite, suite)}
+    base = "baseline" if cfg.baseline_model else None
+    results["stats"] = eval_stats(suite, passes, base, info)
+    if cfg.gate is not None:
+        results["gate"] = gate(cfg.gate, suite, passes, "aligned", base)
+        log(f"[eval] gate {'passed' if results['gate']['passed'] else 'FAILED'}: {results['gate']['reason']}")
     metrics = flat_metrics(results)
     results["metrics"] = metrics
     results["seconds"] = round(time.time() - t0, 3)
@@ -271,8 +344,28 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
         stage="eval",
         output=cfg.output,
         metrics=metrics,
-        details={"results": results_path, "report": str(report), "prompts": len(suite)},
+        details={
+            "results": results_path,
+            "report": str(report),
+            "prompts": len(suite),
+            **({"gate": results["gate"]} if "gate" in results else {}),
+        },
     )
+
+
+def clair_pairs(run_dir: str, k: int = 10) -> list[dict]:
+    """The first `k` pairs of the run's last CLAIR stage (original answer → revision), for the report."""
+    from rayalign.data.shards import dataset_files, read_dataset
+
+    summary = storage.read_json(storage.join(run_dir, "summary.json")) or {}
+    outputs = [s.get("output") for s in summary.get("stages", []) if s.get("stage") == "clair" and s.get("output")]
+    if not outputs or not dataset_files(outputs[-1]):
+        return []
+    rows = read_dataset(outputs[-1], columns=["id", "prompt", "chosen", "rejected", "status"]).slice(0, k).to_pylist()
+    for r in rows:  # the prompt as the user wrote it: the last user turn of the conversation
+        turns = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": str(r["prompt"])}]
+        r["prompt"] = next((t["content"] for t in reversed(turns) if t.get("role") == "user"), "")
+    return rows
 
 
 def track_eval(cfg: EvalConfig, metrics: dict[str, float], report_dir: str) -> None:
@@ -309,10 +402,24 @@ def flat_metrics(results: dict) -> dict:
             continue
         m[f"{tag}/prompt_accuracy"] = r["ifeval"]["prompt_accuracy"]
         m[f"{tag}/instruction_accuracy"] = r["ifeval"]["instruction_accuracy"]
+        for task, vals in r.get("lm_eval", {}).items():
+            m.update({f"{tag}/lm_eval/{task}/{k}": v for k, v in vals.items() if "stderr" not in k})
+        if r.get("lm_eval_ifeval", {}).get("agreement") is not None:
+            m[f"{tag}/lm_eval_ifeval_agreement"] = r["lm_eval_ifeval"]["agreement"]
+        if "leaks" in r:
+            m[f"{tag}/format_leak_rate"] = r["leaks"]["any"]["rate"]
+            m[f"{tag}/repetition_rate"] = r["leaks"]["repetition"]["rate"]
+        for group in ("seen", "unseen"):
+            if r["ifeval"].get(f"{group}_instruction_accuracy") is not None:
+                m[f"{tag}/{group}_kinds_accuracy"] = r["ifeval"][f"{group}_instruction_accuracy"]
         if "reward" in r:
             m[f"{tag}/reward"] = r["reward"]["mean"]
         if "heldout" in r:
             m[f"{tag}/heldout_accuracy"] = r["heldout"]["accuracy"]
     if "judge" in results:
         m["judge/win_rate"] = results["judge"]["win_rate"]
+    for d in results.get("stats", {}).get("paired", {}).values():
+        m.update({f"paired/{k}": float(d[k]) for k in ("diff", "lo", "hi", "p_value")})
+    if "gate" in results:
+        m["gate/passed"] = 1.0 if results["gate"]["passed"] else 0.0
     return m

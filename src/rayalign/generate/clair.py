@@ -13,6 +13,10 @@ contrastiveness stats (token Jaccard, normalised token edit distance). Revisers 
 - ``rule``: the rule-based minimal fix only, no model — for the embedded default, where no model
   stronger than the policy exists.
 
+Every revision is then measured against its original (`quality_checks`, generate/acceptable.py):
+one that loops a phrase, stuffs keywords or wraps the whole answer in a JSON string is quarantined
+with that reason (repetitive / keyword_stuffing / json_wrapper), not paired.
+
 `data/` holds only usable pairs in the `pairs` schema (id, prompt, chosen, rejected, meta) plus
 reviser, status, jaccard, edit_distance, raw, sample_id, reviser_model, prompt_version, so the
 `reference`/`prefer` stages read it directly. Every other row — identical pair, unparseable or
@@ -30,6 +34,7 @@ from pydantic import Field
 from rayalign.data.schemas import SCHEMAS, validate_row
 from rayalign.data.shards import ProcessResult
 from rayalign.generate import verify
+from rayalign.generate.acceptable import revision_problem
 from rayalign.generate.common import (
     GenStageConfig,
     chat_requests,
@@ -69,6 +74,9 @@ class ClairConfig(GenStageConfig):
     revise_statuses: list[str] = Field(
         default_factory=lambda: ["ok", "truncated"]
     )  # sample statuses worth revising (a cut-off answer is a fine "rejected")
+    # quarantine revisions no person would accept (generate/acceptable.py: repetitive, keyword
+    # stuffing, a JSON wrapper around the answer) with that reason instead of pairing them
+    quality_checks: bool = True
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
@@ -161,6 +169,11 @@ class ClairProcessor:
                 results[i] = (fixed, "rule_fixed", raw) if fixed is not None else (None, why, raw)
         return results  # type: ignore[return-value]
 
+    def _problem(self, row: dict, chosen: str | None) -> tuple[str, str] | None:
+        if not self.cfg.quality_checks or chosen is None:
+            return None
+        return revision_problem(row["response"], chosen, verify.constraints_of(row["meta"]))
+
     def process(self, rows: list[dict]) -> ProcessResult:
         good, quarantined, stats = [], [], {"jaccard_sum": 0.0, "edit_distance_sum": 0.0}
         for i, row in enumerate(rows):
@@ -173,6 +186,10 @@ class ClairProcessor:
                 good.append(norm)
         out = []
         for r, (chosen, status, raw) in zip(good, self._revise(good)):
+            problem = self._problem(r, chosen) if status in PAIR_STATUSES else None
+            if problem is not None:
+                status = problem[0]
+                raw = raw or f"{problem[1]}: {chosen}"
             count_status(stats, status)
             if chosen is None or status not in PAIR_STATUSES:
                 quarantined.append(
@@ -180,8 +197,14 @@ class ClairProcessor:
                         "clair",
                         r["_index"],
                         status,
-                        f"no pair: {status}",
-                        {"id": r["id"], "prompt": r["messages"], "response": r["response"], "raw": raw},
+                        f"no pair: {problem[1] if problem else status}",
+                        {
+                            "id": r["id"],
+                            "prompt": r["messages"],
+                            "response": r["response"],
+                            "revision": chosen,
+                            "raw": raw,
+                        },
                     )
                 )
                 continue

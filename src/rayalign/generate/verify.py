@@ -6,9 +6,11 @@ Checking is delegated to `rayalign.checks.check_response` (IFEval-like checks, a
 so the reviser and the evaluation agree on what "passes" means.
 
 `rule_fix` is the minimal, rule-based revision for the embedded default, where no model stronger
-than the policy exists: it changes only what a failing constraint requires, for the kinds that
-have an honest minimal fix (below: every checkable kind but `min_words`, which would need new
-content); other failures are "unfixable".
+than the policy exists: it changes only what a failing constraint requires, in text a person would
+accept (a keyword woven into a sentence, not appended bare; JSON fields carrying the answer, not a
+wrapper), for the kinds that have an honest minimal fix (below: every trained kind but `min_words`,
+which would need new content; the held-out kinds `checks.HELDOUT_KINDS` have none on purpose);
+other failures are "unfixable".
 """
 
 from __future__ import annotations
@@ -67,50 +69,123 @@ def _layout(text: str, n: int, render: Callable[[int, str], str], sep: str) -> s
     return text if groups is None else sep.join(render(k, g) for k, g in enumerate(groups, start=1))
 
 
+def _truncate(text: str, n: int) -> str:
+    """At most `n` words: whole sentences when the first sentence fits, else the first `n` words."""
+    if len(WORD.findall(text)) <= n:
+        return text
+    body = text.strip()
+    cut = ""
+    for m in SENTENCE_END.finditer(body):
+        if len(WORD.findall(body[: m.end()])) > n:
+            break
+        cut = body[: m.end()]
+    return cut if cut else _truncate_words(text, n)
+
+
+def _and(items: list[str]) -> str:
+    """'a', 'a and b', 'a b and c' joined without commas (a comma ban may hold too)."""
+    return items[0] if len(items) == 1 else " ".join(items[:-1]) + " and " + items[-1]
+
+
+def _weave_keywords(text: str, keywords: list[str]) -> str:
+    """The missing keywords in one closing sentence, not a dump of bare words."""
+    missing = [k for k in keywords if count_word(text, k) == 0]
+    if not missing:
+        return text
+    return f"{_with_stop(text)} This also touches on {_and(missing)}."
+
+
+# distinct sentences carrying a keyword once each (a keyword repeated back to back is not English)
+KEYWORD_SENTENCES = [
+    "In short it comes down to {k}.",
+    "Keep {k} in mind.",
+    "That is why {k} matters.",
+    "A little {k} goes a long way.",
+    "Think about {k} first.",
+]
+
+
+def _repeat_keyword(text: str, keyword: str, min: int) -> str:
+    need = max(0, int(min) - count_word(text, keyword))
+    extra = [KEYWORD_SENTENCES[k % len(KEYWORD_SENTENCES)].format(k=keyword) for k in range(need)]
+    return " ".join([_with_stop(text), *extra]) if extra else text
+
+
+def _with_stop(text: str) -> str:
+    """The text stripped, ending with sentence punctuation so that a sentence can follow."""
+    t = text.rstrip()
+    return t if not t or t[-1] in ".!?\"'”)]>" else t + "."
+
+
+def _placeholders(text: str, min: int) -> str:
+    need = max(0, int(min) - len(PLACEHOLDER.findall(text)))
+    if not need:
+        return text
+    free = [f"[{n}]" for n in PLACEHOLDER_NAMES if f"[{n}]" not in text] or [f"[{n}]" for n in PLACEHOLDER_NAMES]
+    slots = [free[k % len(free)] for k in range(need)]
+    return f"{_with_stop(text)} Fill in {_and(slots)} before you send it."
+
+
+def _json(text: str) -> str:
+    """The answer's content as JSON fields: its first sentence as the summary, the rest as points."""
+    units = _sentences(text) or [text.strip()]
+    if len(units) == 1:
+        return json.dumps({"answer": units[0]}, ensure_ascii=False)
+    return json.dumps({"summary": units[0], "points": units[1:]}, ensure_ascii=False)
+
+
+def _start(text: str, phrase: str) -> str:
+    sep = " " if phrase.rstrip()[-1:] in ".:!?,;" else ": "
+    return f"{phrase.rstrip()}{sep}{text.lstrip()}"
+
+
 def _max_sentences(text: str, n: int) -> str:
     body = text.strip()
     ends = list(SENTENCE_END.finditer(body))
     return body[: ends[n - 1].end()] if n > 0 and len(ends) >= n else text
 
 
+STOPWORDS = {"a", "an", "the", "and", "or", "of", "for", "to", "in", "on", "at", "is", "are", "with", "by", "as"}
+
+
 def _title(text: str) -> str:
-    head = " ".join(WORD.findall(text)[:4]) or "Answer"
-    return f"<<{head[:1].upper()}{head[1:]}>>\n{text.lstrip()}"
+    """A title from the first sentence's first words (up to six, no trailing "for"/"the"), capitalised."""
+    first = (_sentences(text) or [text])[0]
+    head = WORD.findall(first)[:6]
+    while head and head[-1].lower() in STOPWORDS:
+        head.pop()
+    title = " ".join(w[:1].upper() + w[1:] for w in head) or "Answer"
+    return f"<<{title}>>\n{text.lstrip()}"
 
 
 PLACEHOLDER_NAMES = ["name", "place", "date", "time", "address", "number"]
 BULLET_MARK = re.compile(r"^\s*[-*•]\s+", re.MULTILINE)
 SECTION_LINE = re.compile(r"^\s*(?:#+\s*)?Section\s+\d+\s*$", re.MULTILINE | re.IGNORECASE)
 
-# kind -> fix(response, **params) -> str; each touches only what its check looks at: words or marks
-# added at the end, a prefix, case, removal, truncation, or (layout kinds) the same sentences regrouped
-# into the asked number of bullets / sections / paragraphs. `min_words` has no honest minimal fix.
+# kind -> fix(response, **params) -> str; each changes what its check looks at and writes it as a
+# person would: a missing keyword woven into a closing sentence (never bare words), a phrase
+# prefixed with a colon, placeholders in a sentence, JSON that carries the answer's sentences as
+# fields (never a {"response": ...} wrapper), a title from the answer's first words, case, removal,
+# truncation at a sentence end where one fits, or (layout kinds) the same sentences regrouped into the
+# asked number of bullets / sections / paragraphs. `min_words` has no honest minimal fix.
 FIXES: dict[str, Callable[..., str]] = {
     "lowercase": lambda r: r.lower(),
     "uppercase": lambda r: r.upper(),
     "no_commas": lambda r: r.replace(",", ""),
-    "end_with": lambda r, phrase: f"{r.rstrip()} {phrase}",
-    "start_with": lambda r, phrase: f"{phrase} {r.lstrip()}",
-    "include_keywords": lambda r, keywords: (
-        r.rstrip() + "".join(f" {k}" for k in keywords if not re.search(rf"\b{re.escape(k)}\b", r, flags=re.IGNORECASE))
-    ),
+    "end_with": lambda r, phrase: f"{_with_stop(r)} {phrase}",
+    "start_with": _start,
+    "include_keywords": _weave_keywords,
     "forbidden_words": lambda r, words: _drop_words(r, words),
-    "max_words": lambda r, max: _truncate_words(r, int(max)),
+    "max_words": lambda r, max: _truncate(r, int(max)),
     "quotation": lambda r: f'"{r.strip()}"',
-    "keyword_frequency": lambda r, keyword, min: r.rstrip() + f" {keyword}" * max(0, int(min) - count_word(r, keyword)),
-    "json_format": lambda r: json.dumps({"response": r.strip()}, ensure_ascii=False),
+    "keyword_frequency": _repeat_keyword,
+    "json_format": _json,
     "max_sentences": lambda r, max: _max_sentences(r, int(max)),
     "bullet_count": lambda r, count: _layout(r, count, lambda k, g: f"- {g}", "\n"),
     "sections": lambda r, count, marker="Section": _layout(r, count, lambda k, g: f"{marker} {k}\n{g}", "\n\n"),
     "paragraphs": lambda r, count: _layout(r, count, lambda k, g: g, "\n\n"),
     "title": _title,
-    "placeholders": lambda r, min: (
-        r.rstrip()
-        + "".join(
-            f" [{PLACEHOLDER_NAMES[k % len(PLACEHOLDER_NAMES)]}]"
-            for k in range(max(0, int(min) - len(PLACEHOLDER.findall(r))))
-        )
-    ),
+    "placeholders": _placeholders,
     "postscript": lambda r, marker="P.S.": f"{r.rstrip()}\n\n{marker} Thank you for reading.",
 }
 

@@ -88,10 +88,13 @@ class RunSummary(BaseModel):
     seconds: float
     stages: list[StageSummary]
     final_model: str | None = None
+    final_model_withheld: str | None = None  # why final_model is null though training finished (a failed gate)
 
     def to_json(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"stages"})
+        data = self.model_dump(mode="json", exclude={"stages", "final_model_withheld"})
         data["stages"] = [s.to_json() for s in self.stages]
+        if self.final_model_withheld:
+            data["final_model_withheld"] = self.final_model_withheld
         return data
 
 
@@ -145,8 +148,14 @@ def stage_summary(step: Step, record: StageRecord, skipped: bool) -> StageSummar
 
 
 def write_summary(
-    run_dir: str, status: Status, stages: list[StageSummary], seconds: float, final_model: str | None
+    run_dir: str,
+    status: Status,
+    stages: list[StageSummary],
+    seconds: float,
+    final_model: str | None,
+    withheld: str | None = None,
 ) -> RunSummary:
+    """summary.json; `withheld`: why `final_model` is null although training finished (a failed gate)."""
     summary = RunSummary(
         run_dir=run_dir,
         status=status,
@@ -154,6 +163,7 @@ def write_summary(
         seconds=round(seconds, 3),
         stages=stages,
         final_model=final_model,
+        final_model_withheld=withheld,
     )
     storage.write_json(storage.join(run_dir, SUMMARY), summary.to_json())
     return summary

@@ -222,4 +222,6 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(line[:WIDTH])
     if summary.get("final_model"):
         lines.append(f"final model: {summary['final_model']}")  # a path is not cut: it must stay usable
+    if summary.get("final_model_withheld"):
+        lines.append(f"final model withheld: {summary['final_model_withheld']}")
     return lines

@@ -119,8 +119,21 @@ def check_not_empty(spec: StageSpec, result: StageResult) -> None:
         )
 
 
+def failed_gates(summaries: list[StageSummary]) -> list[str]:
+    """One line per stage whose promotion gate failed (an eval stage with `gate`: metric gate/passed 0)."""
+    out = []
+    for s in summaries:
+        if s.metrics.get("gate/passed") == 0.0:
+            gate = (s.result.details.get("gate") if s.result else None) or {}
+            out.append(f"{s.id or s.name}: gate failed ({gate.get('reason', 'see its results.json')})")
+    return out
+
+
 def final_model(pipe: PipelineConfig, summaries: list[StageSummary], state: State | None) -> str | None:
-    """The `final_model` reference if given (once every stage ran), else the last checkpoint."""
+    """The `final_model` reference if given (once every stage ran), else the last checkpoint; None
+    when a stage's promotion gate failed (the model is not promoted)."""
+    if failed_gates(summaries):
+        return None
     if pipe.final_model and state is not None:
         value = interpolate(pipe.final_model, state.scope(), "final_model")
         return None if isinstance(value, Unresolved) else str(value)
@@ -182,7 +195,8 @@ class _Run:
     def write(self, status: Status, final: bool = False, extra: list[StageSummary] | None = None) -> RunSummary:
         stages = self.summaries + (extra or [])
         model = final_model(self.pipe, stages, self.state if final else None)
-        return records.write_summary(self.pipe.run_dir, status, stages, time.time() - self.t0, model)
+        withheld = "; ".join(failed_gates(stages)) or None
+        return records.write_summary(self.pipe.run_dir, status, stages, time.time() - self.t0, model, withheld)
 
     def step(self, i: int, step: Step) -> None:
         where = where_of(self.source, i, step)

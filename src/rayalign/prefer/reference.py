@@ -5,7 +5,8 @@
 A sharded Ray Data pass (`run_sharded`): an actor pool holds the frozen reference model, reads pairs
 (raw jsonl/json/parquet validated as kind "pairs", or a prepared pairs dataset folder), tokenises
 them if needed and adds ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log π_ref over the
-response tokens) and the response token counts. Training then reads these columns, so the
+response tokens) and the response token counts; with `max_logp_drop`, a pair whose chosen answer
+is much less likely per token than its rejected one is quarantined (`unlikely_revision`). Training then reads these columns, so the
 reference model never sits in training memory and is never run twice over the same pair.
 
 The batch layout and the log-prob function are the training objective's own (`collate_pair_layout`,
@@ -48,6 +49,11 @@ class ReferenceConfig(Cfg):
     max_length: int = 1024  # prompt + longest response, in tokens; longer pairs are quarantined
     batch_size: int = 8  # pairs per forward pass (2 × rows: chosen and rejected together)
     pool: PoolConfig = PoolConfig()
+    # quarantine (reason `unlikely_revision`) a pair whose chosen answer's per-token log-likelihood
+    # under the reference model is more than this many nats below the rejected one's: a revision the
+    # policy finds unnatural text (CLAIR pairs: the original is the policy's own answer). None: keep
+    # all; the manifest's stats carry the summed per-token change either way (`logp_change_sum`)
+    max_logp_drop: float | None = None
 
 
 def split_inputs(inputs: list[str]) -> tuple[list[str], str | None]:
@@ -111,7 +117,7 @@ class ReferenceProcessor:
             range(len(good)),
             key=lambda i: len(good[i]["prompt_ids"]) + max(len(good[i]["chosen_ids"]), len(good[i]["rejected_ids"])),
         )
-        stats = {"pairs": 0.0, "response_tokens": 0.0}
+        stats = {"pairs": 0.0, "response_tokens": 0.0, "logp_change_sum": 0.0}
         bs = self.cfg.batch_size
         with torch.inference_mode():
             for start in range(0, len(order), bs):
@@ -129,8 +135,29 @@ class ReferenceProcessor:
                         num_tokens=2 * len(row["prompt_ids"]) + n_c[j] + n_r[j],
                     )
                     stats["response_tokens"] += n_c[j] + n_r[j]
+                    stats["logp_change_sum"] += logp_change(row)
+        drop = self.cfg.max_logp_drop
+        if drop is not None:
+            for i, row in enumerate(good):
+                if logp_change(row) < -drop:
+                    detail = (
+                        f"chosen per-token log-likelihood {logp_change(row):+.3f} nats vs rejected "
+                        f"(max_logp_drop {drop}); raise max_logp_drop to keep such pairs"
+                    )
+                    quarantine.append(
+                        quarantine_row(
+                            "reference", row.get("_index", i), "unlikely_revision", detail, str(row.get("id"))
+                        )
+                    )
+            good = [row for row in good if logp_change(row) >= -drop]
         stats["pairs"] = float(len(good))
         return ProcessResult(good, quarantine, stats)
+
+
+def logp_change(row: dict) -> float:
+    """Per-token log-likelihood of chosen minus rejected under the reference model (nats per token)."""
+    chosen = row["ref_chosen_logp"] / max(row["chosen_tokens"], 1)
+    return chosen - row["ref_rejected_logp"] / max(row["rejected_tokens"], 1)
 
 
 def has_reference_columns(path: str | Path) -> bool:

@@ -1,0 +1,148 @@
+"""Revisions a person would accept: the detectors on the old rule fixes' output and on natural text,
+every rule fix's output on the eval suite passing them, and the CLAIR stage quarantining the rest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rayalign.eval.make_suite import build
+from rayalign.generate import verify
+from rayalign.generate.acceptable import revision_problem
+from rayalign.generate.clair import ClairConfig, ClairProcessor
+
+
+@pytest.mark.parametrize(
+    ("original", "revision", "constraints", "reason"),
+    [
+        # what the rule fixes used to write
+        (
+            "Sleep well.",
+            "Sleep well. sleep sleep",
+            [{"kind": "keyword_frequency", "keyword": "sleep", "min": 3}],
+            "keyword_stuffing",
+        ),
+        (
+            "Dear [name], hi.",
+            "Dear [name], hi. [name] [place]",
+            [{"kind": "placeholders", "min": 3}],
+            "keyword_stuffing",
+        ),
+        (
+            "Magma rises.",
+            "Magma rises. ash pressure",
+            [{"kind": "include_keywords", "keywords": ["ash", "pressure"]}],
+            "keyword_stuffing",
+        ),
+        (
+            "Tea is calm. It is warm.",
+            '{"response": "Tea is calm. It is warm."}',
+            [{"kind": "json_format"}],
+            "json_wrapper",
+        ),
+        ("My answer.", "Here is my answer: " * 4, [], "repetitive"),
+        ("Tea.", "Tea. Drink more tea now. Drink more tea now.", [], "repetitive"),
+        ("Tea.", "Tea tea is tea and tea.", [], "keyword_stuffing"),  # one word a quarter of the text, doubled
+        ("Rain falls on the hills today.", "rain rain rain falls on hills.", [], "keyword_stuffing"),
+    ],
+)
+def test_unnatural_revisions_are_caught(original, revision, constraints, reason):
+    found = revision_problem(original, revision, constraints)
+    assert found is not None and found[0] == reason, found
+
+
+def test_natural_revisions_and_inherited_problems_pass():
+    assert (
+        revision_problem("Sleep well.", "Sleep well. In short it comes down to sleep. Keep sleep in mind.", []) is None
+    )
+    assert (
+        revision_problem("He said hi. Then he left.", '{"summary": "He said hi.", "points": ["Then he left."]}', [])
+        is None
+    )
+    assert revision_problem("Paris.", '{"answer": "Paris."}', []) is None  # a one-line answer as one field is fine
+    loop = "go on and on " * 5
+    assert revision_problem(loop, loop.upper(), []) is None  # the original already looped: not the revision's doing
+
+
+def test_every_rule_fix_on_the_suite_is_acceptable():
+    """A plain answer fixed for each packaged-suite prompt (all trained kinds) passes its checks and
+    every detector: the rule reviser writes text a person would accept."""
+    answer = "Bees visit many flowers in the garden. They carry nectar back to the hive for honey."
+    checked = 0
+    for row in build():
+        meta = {"constraints": row["constraints"]}
+        fixed = verify.rule_fix(meta, answer)
+        if fixed is None:
+            continue
+        checked += 1
+        assert revision_problem(answer, fixed, row["constraints"]) is None, (row["id"], fixed)
+    assert checked >= 100
+
+
+def test_clair_quarantines_unacceptable_revisions(tmp_path):
+    """An LLM-free rule pass: a good fix becomes a pair; a revision that only stuffs keywords is quarantined
+    with its reason and the revision kept for inspection; in = pairs + quarantined."""
+    cfg = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule")
+    proc = ClairProcessor(cfg)
+    kw = {"constraints": [{"kind": "keyword_frequency", "keyword": "tea", "min": 6}]}
+    rows = [
+        {
+            "id": "ok",
+            "prompt": "Say hi",
+            "response": "Hello, friend.",
+            "meta": {"constraints": [{"kind": "no_commas"}]},
+        },
+        # six "tea"s in a three-word answer: whatever the fix writes, "tea" fills over a quarter of it
+        {"id": "stuffed", "prompt": "Tea?", "response": "Yes please.", "meta": kw},
+    ]
+    out = proc.process(rows)
+    assert [r["id"] for r in out.rows] == ["ok"] and out.rows[0]["chosen"] == "Hello friend."
+    (q,) = out.quarantine
+    assert q["reason"] == "repetitive" and "'in short it comes down to tea' more than once" in q["detail"]
+    assert "In short it comes down to tea." in json.loads(q["raw"])["revision"]
+    assert out.stats["status.repetitive"] == 1 and len(out.rows) + len(out.quarantine) == len(rows)
+    assert ClairProcessor(cfg.model_copy(update={"quality_checks": False})).process(rows).rows[1]["id"] == "stuffed"
+
+
+def test_clair_stage_counts_the_quality_quarantine_and_the_eval_report_shows_pairs(tmp_path):
+    """The model-free CLAIR stage end to end: in = pairs + quarantined with the quality reason in the
+    manifest; the eval report's pair table reads that stage's output through the run's summary."""
+    from rayalign.data.shards import read_dataset
+    from rayalign.eval.stage import clair_pairs
+    from rayalign.generate.clair import run_clair
+
+    rows = [
+        {
+            "id": "a",
+            "prompt": "Capital of Italy?",
+            "response": "Rome, Italy.",
+            "meta": {"constraints": [{"kind": "no_commas"}]},
+        },
+        {
+            "id": "b",
+            "prompt": "Tea?",
+            "response": "Yes please.",
+            "meta": {"constraints": [{"kind": "keyword_frequency", "keyword": "tea", "min": 6}]},
+        },
+    ]
+    inp = tmp_path / "samples.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run" / "clair"
+    m = run_clair(
+        ClairConfig(inputs=[str(inp)], output=str(out), reviser="rule", pool={"workers": 0}), log=lambda *_: None
+    )
+    c = m.counts.to_json()
+    assert (c["in"], c["out_rows"], c["by_reason"]) == (2, 1, {"repetitive": 1})
+    assert read_dataset(out).column("chosen").to_pylist() == ["Rome Italy."]
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"stages": [{"stage": "clair", "output": str(out)}]}))
+    assert clair_pairs(str(tmp_path / "run")) == [
+        {
+            "id": "a",
+            "prompt": "Capital of Italy?",
+            "chosen": "Rome Italy.",
+            "rejected": "Rome, Italy.",
+            "status": "rule_fixed",
+        }
+    ]
+    assert clair_pairs(str(tmp_path / "nothing")) == []
