@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast quickstart bench clean data lint
+.PHONY: install test test-fast quickstart bench clean data lint docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: install
 
 data: install
 	$(BIN)/python rayjobs/data/make_sample_data.py
+
+# docs/config.md is generated from the config models (tests/test_configdoc.py fails when it is stale)
+docs: install
+	$(BIN)/rayalign config --markdown > docs/config.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

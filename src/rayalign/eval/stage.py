@@ -31,28 +31,28 @@ from typing import Literal
 from pydantic import Field
 
 from rayalign import storage
-from rayalign.config import Cfg, ConfigError
 from rayalign.checks import check_response
+from rayalign.config import Cfg, ConfigError
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 
 
 class EvalConfig(Cfg):
-    model: str
-    baseline_model: str | None = None
-    output: str
+    model: str  # the aligned model (checkpoint folder, builtin:NAME or hub id)
+    baseline_model: str | None = None  # the model it is compared with (None: no comparison)
+    output: str  # the eval folder: results.json, report.md, report.html
     suite: str = "builtin"  # the packaged suite, or a JSONL path of {id, prompt, constraints}
     limit: int | None = None  # first N suite prompts (quick runs)
     # how to run each model: backend, dtype, batch size, tensor parallelism (its `model` is replaced
     # by `model` / `baseline_model`); `judge_engine` the same for the judge (default: `engine`)
     engine: EngineConfig = EngineConfig()
-    params: SamplingParams = SamplingParams(max_tokens=192)
-    reward_model: str | None = None
-    judge_model: str | None = None
-    judge_engine: EngineConfig | None = None
-    judge_limit: int | None = 40
+    params: SamplingParams = SamplingParams(max_tokens=192)  # sampling of the answers (greedy by default)
+    reward_model: str | None = None  # a reward-model folder: mean reward of each model's answers
+    judge_model: str | None = None  # an LLM judge comparing aligned and baseline answers (win rate)
+    judge_engine: EngineConfig | None = None  # the judge's engine (default: engine)
+    judge_limit: int | None = 40  # prompts the judge compares (None: all)
     heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
-    heldout_limit: int | None = 200
+    heldout_limit: int | None = 200  # held-out pairs scored (None: all)
     run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
     # > 0: every model runs in a Ray task holding this many GPUs (a GPU cluster's CPU head cannot
     # host the engine); 0: in this process

@@ -46,12 +46,12 @@ from rayalign.results import Counts, StageResult, numeric_metrics
 
 
 class GenStageConfig(Cfg):
-    inputs: list[str]
-    output: str
+    inputs: list[str]  # prompt rows (files, folders or globs; local or object storage)
+    output: str  # the dataset folder (parquet shards + manifest.json)
     model: str | None = None  # shorthand for engine.model (pipeline `defaults.model` lands here)
-    engine: EngineConfig = EngineConfig()
-    params: SamplingParams = SamplingParams()
-    pool: PoolConfig = PoolConfig()
+    engine: EngineConfig = EngineConfig()  # the generation engine: backend, model, dtype, batch size
+    params: SamplingParams = SamplingParams()  # sampling parameters
+    pool: PoolConfig = PoolConfig()  # actor pool: each actor holds one engine
 
     def policy_engine(self) -> EngineConfig:
         return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine

@@ -43,13 +43,13 @@ class ReferenceConfig(Cfg):
     resource_fields = frozenset({"batch_size", "pool"})
 
     inputs: list[str]  # raw pair files, or folders written by `prepare` (kind: pairs) / `reference`
-    output: str
+    output: str  # the dataset folder: the pairs with their reference log-probs
     model: str = "builtin:smollm2-135m-instruct"  # the reference policy (usually the SFT checkpoint)
     adapter: str | None = None  # a LoRA/Aligner folder applied on top of `model`
-    dtype: DType = "fp32"
+    dtype: DType = "fp32"  # precision of the reference forward passes
     max_length: int = 1024  # prompt + longest response, in tokens; longer pairs are quarantined
     batch_size: int = 8  # pairs per forward pass (2 × rows: chosen and rejected together)
-    pool: PoolConfig = PoolConfig()
+    pool: PoolConfig = PoolConfig()  # actor pool holding the reference model
 
 
 def split_inputs(inputs: list[str]) -> tuple[list[str], str | None]:
