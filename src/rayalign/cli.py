@@ -1,5 +1,5 @@
 """`rayalign <stage> CONFIG.yaml [key.sub=value ...]`, `rayalign run PIPELINE.yaml`, `rayalign serve ...`,
-`rayalign config STAGE [--yaml]` (a stage's fields).
+`rayalign config STAGE [--yaml]` (a stage's fields), `rayalign status RUN_DIR` (a run's state).
 
 Exit codes: 0 success, 1 a stage failed, 2 a configuration error (the message names the field).
 """
@@ -50,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "rayalign.data.inspect:main",
     "export": "rayalign.models.export:main",
     "config": "rayalign.configdoc:main",
+    "status": "rayalign.pipeline.status:main",
 }
 
 

@@ -153,8 +153,9 @@ def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
 
 
 @pytest.mark.timeout(120)
-def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
-    p = write_pipeline(
+def failing_pipeline(tmp_path: Path) -> Path:
+    """chat, then `broken` (its input file is missing), then `never`."""
+    return write_pipeline(
         tmp_path,
         [
             chat_stage(),
@@ -170,6 +171,10 @@ def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
             },
         ],
     )
+
+
+def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
+    p = failing_pipeline(tmp_path)
     assert main([str(p), "stages.chat.config.max_length=200"]) == 1
     err = capsys.readouterr().err
     assert "stage 'broken' (prepare) failed" in err

@@ -64,11 +64,15 @@ stdout is not a terminal); Ray's, vLLM's and the stages' own output goes to
 the stage is recorded as failed (it resumes on the next run) and a Ray cluster the run started is
 shut down.
 
+`rayalign status RUN_DIR` reads the same files back (and `<run_dir>/run.json`, the command that
+started the run): every stage's state, counts, the running stage's progress, the last checkpoint,
+the last error and the command that resumes.
+
 Overrides address stages by name: `stages.sft.config.max_steps=5`, `defaults.model=...`,
 `run_dir=...`. Exit codes: 0 done, 1 a stage failed, 2 a configuration error, 130 interrupted.
 
 Modules: `spec` (YAML, overrides, steps), `refs` (reference resolution), `records` (stage records,
-summary), `runner` (order, skip/resume), `progress` + `render` (what a person sees), `main` (CLI).
+summary), `runner` (order, skip/resume), `progress` + `render` (what a person sees), `status` (`rayalign status`), `main` (CLI).
 """
 
 from rayalign.pipeline.main import main

@@ -18,6 +18,7 @@ from typing import IO
 from rayalign import storage
 from rayalign.config import ConfigError
 from rayalign.pipeline.spec import PipelineConfig
+from rayalign.pipeline.status import RUN_FILE
 
 LOG_DIR = "logs"
 # lines in library logs worth one line of the user's attention (the rest stays in the log file)
@@ -119,6 +120,12 @@ def _run(pipe: PipelineConfig, args: argparse.Namespace) -> None:
 
     validate_pipeline(pipe, args.pipeline)  # before Ray starts: a config error costs nothing
     resume = "rayalign run " + " ".join(shlex.quote(a) for a in [args.pipeline, *args.overrides])
+    # what `rayalign status RUN_DIR` reads to list pending stages and print the command that resumes
+    storage.makedirs(pipe.run_dir)
+    storage.write_json(
+        storage.join(pipe.run_dir, RUN_FILE),
+        {"command": resume, "pipeline": str(Path(args.pipeline).resolve()), "overrides": list(args.overrides)},
+    )
     ray_before = _ray_running()
     with library_logs_to_file(pipe.run_dir, args.verbose) as (stream, _):
         display = make_display(stream)
