@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any
 
-from rayalign.numfmt import number
+from rayalign.textfmt import number
 
 PAIRS_SHOWN = 12
 MAX_POINTS = 400  # points per curve drawn (longer logs are thinned evenly)

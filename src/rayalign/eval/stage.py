@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -97,14 +98,16 @@ def on_device(cfg: EvalConfig, fn, *args):
     return ray.get(ray.remote(num_gpus=cfg.num_gpus, num_cpus=1)(fn).remote(*args))
 
 
-def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
-    """Greedy (by default) answers through the Engine; a failed row answers "" (and fails its checks)."""
+def generate(cfg: EvalConfig, model: str, prompts: list[str], on_done=None) -> list[str]:
+    """Greedy (by default) answers through the Engine; a failed row answers "" (and fails its checks).
+    `on_done(n)` is told how many have returned, as they return."""
+    from rayalign.eval.answering import generate_reporting
     from rayalign.generate.engine import GenRequest, make_engine
 
-    engine = make_engine(cfg.engine.model_copy(update={"model": model}))
-    results = engine.generate(
-        [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
-    )
+    ecfg = cfg.engine.model_copy(update={"model": model})
+    engine = make_engine(ecfg)
+    requests = [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
+    results = generate_reporting(engine, requests, ecfg.capacity(), on_done)
     engine.close()
     return [r.texts[0] if r.ok and r.texts else "" for r in results]
 
@@ -198,11 +201,17 @@ def _progress(cfg: EvalConfig, phase: str, done: int, total: int) -> None:
     storage.write_json(storage.join(cfg.output, "_progress.json"), {"phase": phase, "done": done, "total": total})
 
 
-def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print) -> tuple[dict, list[str], list]:
+def _answered(cfg: EvalConfig, phase: str, before: int, total: int, n: int) -> None:
+    _progress(cfg, phase, before + n, total)
+
+
+def score_model(
+    cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print, on_done=None
+) -> tuple[dict, list[str], list]:
     """(scores, responses, per-prompt passes) of one model: suite, reward model, held-out pairs."""
     prompts = [r["prompt"] for r in suite]
     log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-    responses = on_device(cfg, generate, cfg, spec, prompts)
+    responses = on_device(cfg, generate, cfg, spec, prompts, on_done)
     scores: dict = {}
     scores["ifeval"], passes = instruction_scores(suite, responses)
     if cfg.reward_model:
@@ -241,8 +250,10 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     responses: dict[str, list[str]] = {}
     passes: dict[str, list[list[bool]]] = {}
     for k, (tag, spec) in enumerate(models.items()):
-        _progress(cfg, f"answering ({tag})", k * len(suite), len(models) * len(suite))
-        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log)
+        phase, before, total = f"answering ({tag})", k * len(suite), len(models) * len(suite)
+        _progress(cfg, phase, before, total)
+        answered = partial(_answered, cfg, phase, before, total)
+        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log, answered)
     _progress(cfg, "judging", len(models) * len(suite), len(models) * len(suite))
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
