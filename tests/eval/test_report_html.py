@@ -50,7 +50,7 @@ def make_eval(tmp_path: Path, with_stats: bool = True) -> tuple[Path, dict]:
         "suite": "builtin",
         "prompts": 6,
         "baseline": {"ifeval": _ifeval(2)},
-        "aligned": {"ifeval": _ifeval(3)},
+        "aligned": {"ifeval": _ifeval(3), "truncated": 2},
     }
     if with_stats:
         rate = {"mean": 0.5, "lo": 0.1667, "hi": 0.8333, "n": 6}
@@ -152,6 +152,7 @@ def test_page_content_without_a_browser(tmp_path):
     assert "95% CI 16.7% – 83.3%, n=6" in page
     assert "+16.7 pts" in page and "p=0.62" in page and "within noise" in page
     assert "scored 3 time(s)" in page
+    assert "2/6 aligned answers were cut at max_tokens" in page and "baseline answers were cut" not in page
     # the pair's word-level edit, and the pair with no edit left out
     assert "<del>The</del>" in page and "<ins>the</ins>" in page and "&lt;blue&gt;" in page
     assert ">c1<" not in page

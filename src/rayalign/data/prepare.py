@@ -182,7 +182,7 @@ def run_prepare(cfg: PrepareConfig, log=print) -> StageResult:
         log=log,
     )
     st = manifest["stats"]
-    metrics = {k: float(v) for k, v in st.items() if k in ("tokens", "targets", "truncated", "rows")}
+    metrics = numeric_metrics({k: v for k, v in st.items() if k in ("tokens", "targets", "truncated", "rows")}, True)
     if st.get("slots"):
         manifest["packing_efficiency"] = st["tokens"] / st["slots"]
         metrics["packing_efficiency"] = manifest["packing_efficiency"]

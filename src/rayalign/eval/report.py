@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 from rayalign import storage
+from rayalign.results import summary_warnings
+from rayalign.textfmt import number
 
 ROUND = re.compile(r"^round-(\d+)/")
 
@@ -110,6 +112,10 @@ def _f(v) -> str:
     return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def _seconds(v) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
 def _stage_table(summary: dict | None) -> list[str]:
     if not summary:
         return []
@@ -122,12 +128,13 @@ def _stage_table(summary: dict | None) -> list[str]:
     for s in summary.get("stages", []):
         c = s.get("counts") or {}
         rows = f"{c.get('in')} / {c.get('ok')} / {c.get('out_rows')}" if c else ""
-        metrics = ", ".join(f"{k}={_f(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
+        metrics = ", ".join(f"{k} {number(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
         lines.append(
             f"| {s.get('id') or s['name']} | {s['stage']} | {s['status']}"
-            f"{' (skipped)' if s.get('skipped') else ''} | {_f(s.get('seconds'))} | {rows} | {metrics} |"
+            f"{' (skipped)' if s.get('skipped') else ''} | {_seconds(s.get('seconds'))} | {rows} | {metrics} |"
         )
-    return [*lines, ""]
+    warnings = [f"- {sid}: {w}" for sid, w in summary_warnings(summary)]
+    return [*lines, "", *(["### Warnings", "", *warnings, ""] if warnings else [])]
 
 
 ROUND_METRICS = (

@@ -19,6 +19,7 @@ import json
 import re
 from typing import Any
 
+from rayalign.results import summary_warnings
 from rayalign.textfmt import number
 
 PAIRS_SHOWN = 12
@@ -96,6 +97,13 @@ def headline(results: dict) -> str:
             f'<p class="note">Held-out suite {esc(suite.get("name"))} has been scored {int(suite["reads"])} '
             f"time(s); every read spends some of its independence.</p>"
         )
+    for tag in tags:
+        cut = results[tag].get("truncated")
+        if cut:
+            note += (
+                f'<p class="note warn">{int(cut)}/{_num(results.get("prompts"))} {esc(tag)} answers were cut at '
+                f"max_tokens: their checks judged unfinished text.</p>"
+            )
     return f'<section id="headline"><div class="cards">{"".join(cards)}</div>{note}</section>'
 
 
@@ -397,7 +405,9 @@ def stages(summary: dict | None) -> str:
     head = (
         "<tr><th>stage</th><th>kind</th><th>status</th><th>seconds</th><th>rows in / ok / out</th><th>metrics</th></tr>"
     )
-    return f'<section id="stages"><h2>Pipeline stages</h2><table>{head}{"".join(rows)}</table></section>'
+    warnings = [f"<li><b>{esc(sid)}</b>: {esc(w)}</li>" for sid, w in summary_warnings(summary)]
+    note = f'<div class="warnings"><h3>Warnings</h3><ul>{"".join(warnings)}</ul></div>' if warnings else ""
+    return f'<section id="stages"><h2>Pipeline stages</h2>{note}<table>{head}{"".join(rows)}</table></section>'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +431,7 @@ text-transform:uppercase;letter-spacing:.04em}.big{font-size:28px;font-weight:60
 .ci{display:block;color:var(--muted);font-size:12px}.badge{display:inline-block;font-size:11px;padding:1px 7px;
 border-radius:10px;background:#e5e7eb;color:#374151;margin-left:4px}.badge.sig,.badge.improved{background:#dcfce7;
 color:#166534}.badge.noise{background:#fef9c3;color:#854d0e}.badge.regressed{background:#fee2e2;color:#991b1b}
-.badge.changed{background:#e0e7ff;color:#3730a3}.note{color:var(--muted);font-size:12px}
+.badge.changed{background:#e0e7ff;color:#3730a3}.note{color:var(--muted);font-size:12px}.note.warn{color:#92400e}
 table{border-collapse:collapse;background:#fff;border:1px solid var(--line);width:100%}
 th,td{border-bottom:1px solid var(--line);padding:6px 10px;text-align:left;vertical-align:top}
 th{background:#f1f5f9;font-weight:600;font-size:13px}td.num{text-align:right;font-variant-numeric:tabular-nums;
@@ -444,7 +454,8 @@ td.answer.fail .verdict{color:var(--fail)}
 .pair .prompt{color:#334155;margin-bottom:8px}.sides{display:grid;grid-template-columns:1fr 1fr;gap:12px}
 .side h4{margin:0 0 4px;font-size:12px;text-transform:uppercase;color:var(--muted)}
 .side.rejected{border-left:3px solid #fca5a5;padding-left:8px}.side.chosen{border-left:3px solid #86efac;padding-left:8px}
-del{background:#fee2e2;color:#991b1b}ins{background:#dcfce7;color:#166534;text-decoration:none}
+.warnings{background:#fffbeb;border:1px solid #fcd34d;border-radius:8px;padding:8px 14px;margin-bottom:10px}
+.warnings ul{margin:4px 0;padding-left:18px}del{background:#fee2e2;color:#991b1b}ins{background:#dcfce7;color:#166534;text-decoration:none}
 """
 
 JS = """

@@ -98,9 +98,9 @@ def on_device(cfg: EvalConfig, fn, *args):
     return ray.get(ray.remote(num_gpus=cfg.num_gpus, num_cpus=1)(fn).remote(*args))
 
 
-def generate(cfg: EvalConfig, model: str, prompts: list[str], on_done=None) -> list[str]:
-    """Greedy (by default) answers through the Engine; a failed row answers "" (and fails its checks).
-    `on_done(n)` is told how many have returned, as they return."""
+def generate(cfg: EvalConfig, model: str, prompts: list[str], on_done=None) -> tuple[list[str], int]:
+    """Greedy (by default) answers through the Engine, and how many were cut at max_tokens; a failed
+    row answers "" (and fails its checks). `on_done(n)` is told how many have returned, as they return."""
     from rayalign.eval.answering import generate_reporting
     from rayalign.generate.engine import GenRequest, make_engine
 
@@ -109,7 +109,8 @@ def generate(cfg: EvalConfig, model: str, prompts: list[str], on_done=None) -> l
     requests = [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
     results = generate_reporting(engine, requests, ecfg.capacity(), on_done)
     engine.close()
-    return [r.texts[0] if r.ok and r.texts else "" for r in results]
+    cut = sum(1 for r in results if r.ok and r.finish_reasons and r.finish_reasons[0] == "length")
+    return [r.texts[0] if r.ok and r.texts else "" for r in results], cut
 
 
 def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, list[list[bool]]]:
@@ -211,8 +212,8 @@ def score_model(
     """(scores, responses, per-prompt passes) of one model: suite, reward model, held-out pairs."""
     prompts = [r["prompt"] for r in suite]
     log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-    responses = on_device(cfg, generate, cfg, spec, prompts, on_done)
-    scores: dict = {}
+    responses, cut = on_device(cfg, generate, cfg, spec, prompts, on_done)
+    scores: dict = {"truncated": cut}
     scores["ifeval"], passes = instruction_scores(suite, responses)
     if cfg.reward_model:
         rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses, cfg.engine.batch_size)
@@ -269,11 +270,19 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     report = write_report(storage.join(cfg.output, "report"), results, run_dir=cfg.run_dir)
     log(f"[eval] report: {report}")
     track_eval(cfg, metrics, storage.join(cfg.output, "report"))
+    warnings = [
+        f"{results[t]['truncated']}/{len(suite)} {t} answers truncated at max_tokens={cfg.params.max_tokens}: "
+        "raise params.max_tokens"
+        for t in models
+        if results[t].get("truncated")
+    ]
+    for w in warnings:
+        log(f"[eval] warning: {w}")
     return StageResult(
         stage="eval",
         output=cfg.output,
         metrics=metrics,
-        details={"results": results_path, "report": str(report), "prompts": len(suite)},
+        details={"results": results_path, "report": str(report), "prompts": len(suite), "warnings": warnings},
     )
 
 

@@ -157,10 +157,13 @@ def run_gen_stage(
     added.update(summarise(m) if summarise else {})
     if added:
         save_manifest(cfg.output, {**m, **added})
-    metrics = numeric_metrics(m.get("stats", {}))
+    metrics = numeric_metrics(m.get("stats", {}), counts=True)  # status.X and token counts, summed
     for key, value in added.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "status_counts":  # the status.X metrics already
             metrics.update({f"{key}.{k}": v for k, v in numeric_metrics(value).items()})
+    warnings = truncation_warnings(statuses, cfg.params)
+    for w in warnings:
+        log(f"[{stage}] warning: {w}")
     return StageResult(
         stage=stage,
         output=cfg.output,
@@ -171,8 +174,17 @@ def run_gen_stage(
             "shards": len(m.get("shards", [])),
             "manifest": storage.join(cfg.output, MANIFEST),
             **added,
+            **({"warnings": warnings} if warnings else {}),
         },
     )
+
+
+def truncation_warnings(statuses: dict[str, int], params: SamplingParams) -> list[str]:
+    """A sentence to act on when answers were cut at `max_tokens` (status `truncated`)."""
+    cut, total = statuses.get("truncated", 0), sum(statuses.values())
+    if not cut:
+        return []
+    return [f"{cut}/{total} samples truncated at max_tokens={params.max_tokens}: raise params.max_tokens"]
 
 
 def save_manifest(out_dir: str, manifest: dict) -> None:

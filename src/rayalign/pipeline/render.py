@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from rayalign.pipeline.progress import Progress, baseline, fmt_seconds, read_progress
 from rayalign.pipeline.spec import Step
+from rayalign.results import summary_warnings as results_warnings
 from rayalign.textfmt import number
 
 WIDTH = 100
@@ -263,12 +264,11 @@ def _num(v: Any) -> str:
 
 def stage_warnings(entry: dict) -> list[str]:
     """What a stage asks the user to act on (`details["warnings"]` of its result)."""
-    found = ((entry.get("result") or {}).get("details") or {}).get("warnings") or []
-    return [str(w) for w in found if w]
+    return [w for _, w in results_warnings({"stages": [entry]})]
 
 
 def summary_warnings(summary: dict) -> list[str]:
-    return [f"{s.get('id') or s.get('name')}: {w}" for s in summary.get("stages") or [] for w in stage_warnings(s)]
+    return [f"{sid}: {w}" for sid, w in results_warnings(summary)]
 
 
 def headline(entry: dict) -> str:

@@ -18,6 +18,6 @@ def dataset_result(
         stage=stage,
         output=output,
         counts=Counts.model_validate(data["counts"]),
-        metrics={**numeric_metrics(data.get("stats") or {}), **(metrics or {})},
+        metrics={**numeric_metrics(data.get("stats") or {}, counts=True), **(metrics or {})},
         details={**details, "shards": len(data.get("shards") or [])},
     )

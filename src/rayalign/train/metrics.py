@@ -1,4 +1,8 @@
-"""Per-step metrics: JSONL in the run folder, a rich progress bar and the trackers of `report_to`, rank 0 only.
+"""Per-step metrics: JSONL in the run folder, progress and the trackers of `report_to`, rank 0 only.
+
+Progress: a rich bar (step/total, ETA, loss, tokens/s) on a terminal; on a pipe a plain line every
+30 s and at the last step. Each JSONL row carries `total_steps`, which `rayalign status` and the
+pipeline display read.
 
 MFU uses the usual 6·N FLOPs per trained token (forward 2N + backward 4N), N = model parameters,
 against the per-device peak given in the config or looked up for known GPUs (bf16 dense).
