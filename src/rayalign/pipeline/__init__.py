@@ -59,7 +59,8 @@ failed stage stops the run, records the error, and prints the command that resum
 produced one.
 
 While it runs, a live display shows the stages and the current one's progress (plain lines when
-stdout is not a terminal); Ray's, vLLM's and the stages' own output goes to
+stdout is not a terminal, printed when the counts change or every 30 s; `--progress json`: one JSON
+object per event); Ray's, vLLM's and the stages' own output goes to
 `<run_dir>/logs/run-<time>.log` (`--verbose` shows it instead). SIGTERM stops the run like Ctrl-C:
 the stage is recorded as failed (it resumes on the next run) and a Ray cluster the run started is
 shut down.
