@@ -34,7 +34,7 @@ def make_eval(tmp_path: Path, with_stats: bool = True) -> tuple[Path, dict]:
     lines = []
     for pid, kinds, base, aligned in PROMPTS:
         cons = [{"kind": k} if k != "include_keywords" else {"kind": k, "keywords": ["a|b", "<c>"]} for k in kinds]
-        answer = f"aligned answer to {pid}" + (f" {HOSTILE}" if pid == "p2" else "")
+        answer = f"aligned answer to {pid}" + (f" {HOSTILE}" if pid == "p2" else "") if pid != "p5" else "\n\n  \n"
         lines.append(
             {
                 "id": pid,
@@ -153,6 +153,7 @@ def test_page_content_without_a_browser(tmp_path):
     assert "+16.7 pts" in page and "p=0.62" in page and "within noise" in page
     assert "scored 3 time(s)" in page
     assert "2/6 aligned answers were cut at max_tokens" in page and "baseline answers were cut" not in page
+    assert "(empty answer: 5 whitespace characters)" in page
     # the pair's word-level edit, and the pair with no edit left out
     assert "<del>The</del>" in page and "<ins>the</ins>" in page and "&lt;blue&gt;" in page
     assert ">c1<" not in page

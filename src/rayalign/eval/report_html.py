@@ -313,7 +313,7 @@ def answers(records: list[dict]) -> str:
             status = "pass" if passed and all(passed) else "fail"
             cells.append(
                 f'<td class="answer {status}"><div class="verdict">{esc(t)}: {sum(map(bool, passed))}/{len(passed)} checks'
-                f'</div><div class="text">{esc(ans.get("response", ""))}</div></td>'
+                f"</div>{_answer_text(str(ans.get('response', '')))}</td>"
             )
         kinds_attr = " ".join(sorted({str(c.get("kind", "")) for c in cons}))
         rows.append(
@@ -327,6 +327,14 @@ def answers(records: list[dict]) -> str:
         f'<section id="answers"><h2>Answers, side by side</h2>{controls}{legend}'
         f'<table id="answers-table">{head}{"".join(rows)}</table></section>'
     )
+
+
+def _answer_text(text: str) -> str:
+    """The answer as escaped text; blank lines around it are not drawn, a blank answer says so."""
+    shown = text.strip("\n").rstrip()
+    if not shown.strip():
+        return f'<div class="text empty">(empty answer{f": {len(text)} whitespace characters" if text else ""})</div>'
+    return f'<div class="text">{esc(shown)}</div>'
 
 
 def _passed(rec: dict, tag: str, i: int) -> bool:
@@ -435,7 +443,7 @@ color:#166534}.badge.noise{background:#fef9c3;color:#854d0e}.badge.regressed{bac
 table{border-collapse:collapse;background:#fff;border:1px solid var(--line);width:100%}
 th,td{border-bottom:1px solid var(--line);padding:6px 10px;text-align:left;vertical-align:top}
 th{background:#f1f5f9;font-weight:600;font-size:13px}td.num{text-align:right;font-variant-numeric:tabular-nums;
-white-space:nowrap}td.up{color:var(--pass)}td.down{color:var(--fail)}table.kinds{max-width:860px}
+white-space:nowrap}td.up{color:var(--pass)}td.down{color:var(--fail)}table.kinds{max-width:860px}#scores table{max-width:640px}
 .barbox{display:inline-block;width:90px;height:8px;background:#f1f5f9;margin-right:8px;vertical-align:middle;
 border-radius:4px;overflow:hidden}.bar{height:100%}.bar.aligned{background:var(--aligned)}.bar.baseline{background:var(--base)}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart{background:#fff;border:1px solid var(--line);border-radius:6px}
@@ -443,7 +451,7 @@ border-radius:4px;overflow:hidden}.bar{height:100%}.bar.aligned{background:var(-
 .chart .ct{font-size:12px;font-weight:600;fill:#1f2937}
 .controls{display:flex;flex-wrap:wrap;gap:16px;align-items:center;margin:8px 0}
 .controls select,.controls input{font:inherit;padding:3px 6px;border:1px solid #cbd5e1;border-radius:4px}
-.count{color:var(--muted)}#answers-table td{width:33%}.text{white-space:pre-wrap;word-break:break-word;
+.count{color:var(--muted)}.text.empty{color:var(--muted);font-style:italic}#answers-table td{width:33%}.text{white-space:pre-wrap;word-break:break-word;
 max-height:260px;overflow:auto}.pid{font-size:12px;color:var(--muted);margin-bottom:4px}
 ul.checks{list-style:none;padding:0;margin:8px 0 0}li.check{margin:2px 0;font-size:12px}
 li.check code{background:#f1f5f9;padding:0 4px;border-radius:3px}.mark{display:inline-block;width:16px;
