@@ -9,13 +9,12 @@ import yaml
 
 from rayalign.cli import main
 from rayalign.config import validate_config
-from rayalign.configdoc import _trailing_comment, markdown, stage_docs, yaml_template
-from rayalign.stages import STAGES
+from rayalign.configdoc import _trailing_comment, markdown, names, stage_docs, yaml_template
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", names())
 def test_every_field_has_a_type_and_a_meaning(stage):
     _, rows = stage_docs(stage)
     assert rows
@@ -23,7 +22,7 @@ def test_every_field_has_a_type_and_a_meaning(stage):
     assert all(r.type for r in rows)
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", names())
 def test_yaml_template_loads_back_as_the_stage_defaults(stage):
     cls, rows = stage_docs(stage)
     data = yaml.safe_load(yaml_template(stage))

@@ -2,6 +2,7 @@
 
     rayalign config sample              # a table of every field (nested sections as `engine.model`)
     rayalign config sample --yaml       # a commented YAML template that loads back as a valid config
+    rayalign config pipeline            # the pipeline YAML of `rayalign run`; `serve`: `rayalign serve --config`
     rayalign config --markdown          # docs/config.md: every stage (`make docs` writes it)
 
 A field's meaning is its pydantic `Field(description=...)`, else the comment on its line (or the
@@ -29,6 +30,11 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 REQUIRED = PydanticUndefined
+# configs that are not stages, documented the same way: name -> "module:Class"
+OTHER_CONFIGS = {
+    "pipeline": "rayalign.pipeline.spec:PipelineConfig",
+    "serve": "rayalign.serve.config:ServeConfig",
+}
 
 
 @dataclass
@@ -149,13 +155,15 @@ def describe(cls: type[BaseModel], instance: Any = None, prefix: str = "", depth
         else:
             value = field.get_default(call_default_factory=True)
         sub = _section_model(field.annotation)
-        container = typing.get_origin(field.annotation) in (list, dict) and sub is not None
+        items = list(dict.fromkeys(_models_in(field.annotation)))  # a list or dict of models (or of a union)
+        container = typing.get_origin(field.annotation) in (list, dict) and bool(items)
         row = FieldDoc(path, type_name(field.annotation), _default(value), meaning(cls, name), depth=depth)
         if sub is None or container:
             rows.append(row)
-            if container and sub is not None:
+            if container:
                 item = "[]" if typing.get_origin(field.annotation) is list else ".<name>"
-                rows += describe(sub, None, f"{path}{item}.", depth + 1)
+                for model in items:
+                    rows += describe(model, None, f"{path}{item}.", depth + 1)
             continue
         row.section = True
         rows.append(row)
@@ -169,10 +177,26 @@ def describe(cls: type[BaseModel], instance: Any = None, prefix: str = "", depth
     return rows
 
 
-def stage_docs(stage: str) -> tuple[type[BaseModel], list[FieldDoc]]:
+def config_class(name: str) -> type[BaseModel]:
+    """The config class of a stage or of one of OTHER_CONFIGS."""
+    import importlib
+
     from rayalign.stages import get_stage
 
-    cls, _ = get_stage(stage)
+    if name in OTHER_CONFIGS:
+        module, cls = OTHER_CONFIGS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    return get_stage(name)[0]
+
+
+def names() -> list[str]:
+    from rayalign.stages import STAGES
+
+    return sorted(STAGES) + sorted(OTHER_CONFIGS)
+
+
+def stage_docs(stage: str) -> tuple[type[BaseModel], list[FieldDoc]]:
+    cls = config_class(stage)
     return cls, describe(cls)
 
 
@@ -211,6 +235,8 @@ PLACEHOLDERS: dict[str, Any] = {
     "output_dir": "runs/{stage}",
     "inputs": ["data/input.jsonl"],
     "prompts": ["data/prompts.jsonl"],
+    "run_dir": "runs/my-run",
+    "stages": [],
 }
 
 
@@ -264,8 +290,6 @@ def yaml_template(stage: str) -> str:
 
 def markdown() -> str:
     """docs/config.md: every stage's fields as a table (generated; `make docs` rewrites it)."""
-    from rayalign.stages import STAGES
-
     md = [
         "# Stage configuration reference",
         "",
@@ -276,10 +300,11 @@ def markdown() -> str:
         "Nested sections are written `section.field`; in YAML they are nested mappings. `list[]` marks",
         "the fields of each item of a list, `.<name>` those of each value of a mapping.",
         "",
-        "Stages: " + ", ".join(f"[{s}](#{s})" for s in sorted(STAGES)),
+        "Stages: " + ", ".join(f"[{s}](#{s})" for s in names() if s not in OTHER_CONFIGS) + ". Other configs: "
+        "[pipeline](#pipeline) (the YAML of `rayalign run`), [serve](#serve) (`rayalign serve --config`).",
         "",
     ]
-    for stage in sorted(STAGES):
+    for stage in names():
         cls, rows = stage_docs(stage)
         md += [f"## {stage}", "", f"`{cls.__module__}.{cls.__name__}`" + _doc_sentence(cls), ""]
         md += ["| field | type | default | meaning |", "|---|---|---|---|"]
@@ -300,10 +325,9 @@ def _md(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rayalign.stages import STAGES
-
+    known = names()
     p = argparse.ArgumentParser(prog="rayalign config", description="list a stage's config fields")
-    p.add_argument("stage", nargs="?", help=f"one of: {', '.join(sorted(STAGES))}")
+    p.add_argument("stage", nargs="?", help=f"one of: {', '.join(known)}")
     p.add_argument("--yaml", action="store_true", help="print a commented YAML template instead")
     p.add_argument("--markdown", action="store_true", help="print docs/config.md (every stage)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -312,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.stage:
         p.print_usage(sys.stderr)
-        print(f"rayalign config: name a stage: {', '.join(sorted(STAGES))}", file=sys.stderr)
+        print(f"rayalign config: name a stage: {', '.join(known)}", file=sys.stderr)
         return 2
-    if args.stage not in STAGES:
-        print(f"rayalign config: unknown stage {args.stage!r}; available: {', '.join(sorted(STAGES))}", file=sys.stderr)
+    if args.stage not in known:
+        print(f"rayalign config: unknown stage {args.stage!r}; available: {', '.join(known)}", file=sys.stderr)
         return 2
     sys.stdout.write(yaml_template(args.stage) if args.yaml else format_table(args.stage))
     return 0
