@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from datetime import UTC, datetime, timedelta
 
 from test_runner import failing_pipeline
@@ -85,6 +87,8 @@ def _running_training_run(run_dir: str) -> None:
 
 def _check_running(run_dir: str) -> None:
     st = run_status(run_dir)
+    assert st.stages[1].quiet_s is not None and st.stages[1].quiet_s < 60
+    assert "nothing written" not in format_status(st)
     assert st.state == "running"
     chat, sft = st.stages
     assert (chat.id, chat.state, chat.counts["quarantined"]) == ("chat", "complete", 2)
@@ -101,6 +105,13 @@ def test_status_of_a_running_training_stage(tmp_path):
     run_dir = str(tmp_path / "run")
     _running_training_run(run_dir)
     _check_running(run_dir)
+    # the same stage after its process died unrecorded: nothing written for 20 minutes
+    old = time.time() - 1200
+    for f in (tmp_path / "run" / "sft").rglob("*"):
+        os.utime(f, (old, old))
+    st = run_status(run_dir)
+    assert 1199 <= st.stages[1].quiet_s <= 1300
+    assert "nothing written for 20m00s: if its process is gone" in format_status(st)
 
 
 def test_status_reads_a_run_dir_in_a_bucket(s3_bucket):

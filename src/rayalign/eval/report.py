@@ -222,11 +222,6 @@ PAIR_STAGES = ("clair", "judge")  # stages whose output is a pairs dataset (prom
 PAIR_ROWS_READ = 200
 
 
-def _parent(path: str | Path) -> str:
-    p = str(path).rstrip("/")
-    return p.rsplit("/", 1)[0] if storage.is_uri(p) else str(Path(p).parent)
-
-
 def pairs_folder(summary: dict | None) -> str | None:
     """The output of the run's last pair-making stage (`clair`, `judge`), if it finished."""
     for s in reversed((summary or {}).get("stages") or []):
@@ -257,7 +252,7 @@ def _html(
 ) -> str:
     from rayalign.eval.report_html import render
 
-    responses = responses or storage.join(_parent(folder), "responses.jsonl")
+    responses = responses or storage.join(storage.parent(folder), "responses.jsonl")
     records = read_jsonl(responses) if storage.exists(responses) else []
     pairs = pairs or pairs_folder(summary)
     return render(results, records, training_logs(run_dir), summary, read_pairs(pairs) if pairs else [], pairs)

@@ -24,8 +24,12 @@ from rayalign import storage
 from rayalign.pipeline import records
 from rayalign.pipeline.progress import fmt_seconds, read_progress
 
-RUN_FILE = "run.json"  # {"command": ..., "pipeline": ..., "overrides": [...], "started": ...}
+RUN_FILE = "run.json"  # {"command": ..., "pipeline": ..., "overrides": [...]}
 ROUND_PREFIX = "round-"
+# a running stage that wrote nothing (record, metrics, shard markers, eval progress) for this long
+# is flagged: its process may have been killed without recording it (kill -9, a lost node)
+STALE_S = 600.0
+PROGRESS_FILES = ("stage.json", "metrics.jsonl", "_progress.json", "_plan.json")
 
 
 @dataclass
@@ -38,6 +42,7 @@ class StageStatus:
     counts: dict | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     progress: str | None = None  # the running stage's progress line
+    quiet_s: float | None = None  # a running stage: seconds since it last wrote a progress file
     checkpoint: str | None = None  # the last complete checkpoint of a training stage
     error: str | None = None
 
@@ -92,6 +97,20 @@ def _planned(run: dict | None) -> list[tuple[str, str]]:
     return [(s.id, s.spec.stage) for s in steps(pipe)]
 
 
+def _last_write(folders: list[str]) -> float | None:
+    """The newest modification time (epoch seconds) of the progress files in `folders`."""
+    import pyarrow.fs as pafs
+
+    times = []
+    for folder in dict.fromkeys(folders):
+        fs, root = storage.filesystem(folder)
+        paths = [f"{root.rstrip('/')}/{name}" for name in PROGRESS_FILES]
+        infos = fs.get_file_info(paths)
+        infos += fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/_progress", allow_not_found=True))
+        times += [i.mtime.timestamp() for i in infos if i.type == pafs.FileType.File and i.mtime is not None]
+    return max(times) if times else None
+
+
 def _last_checkpoint(folder: str) -> str | None:
     if not storage.is_dir(storage.join(folder, "checkpoints")):
         return None
@@ -124,6 +143,8 @@ def stage_status(run_dir: str, step_id: str, stage: str = "", now: float | None 
         except Exception:  # a half-written progress file: the state is still worth showing
             p = None
         st.progress = p.line() if p else None
+        last = _last_write([str(folder), storage.join(run_dir, *step_id.split("/"))])
+        st.quiet_s = round((now or datetime.now(UTC).timestamp()) - last, 1) if last else None
     if state == "failed":
         st.error = str(record.get("error") or "")
     return st
@@ -187,6 +208,11 @@ def format_status(st: RunStatus, width: int = 100) -> str:
         lines.append(line.rstrip()[:width])
         if s.checkpoint and s.state != "complete":
             lines.append(f"  {'':<{w}} last checkpoint: {s.checkpoint}")
+        if s.state == "running" and s.quiet_s is not None and s.quiet_s > STALE_S:
+            lines.append(
+                f"  {'':<{w}} nothing written for {fmt_seconds(s.quiet_s)}: if its process is gone (killed, node "
+                "lost), resume with the command below"
+            )
     if st.last_error:
         lines.append(f"last error: {st.last_error[:2000]}")
     if st.final_model:
