@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_HOST_IP := 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast quickstart bench clean data lint
+.PHONY: install test test-fast quickstart bench clean data lint docs browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,10 +34,15 @@ $(STAMP): $(BIN)/python pyproject.toml Makefile docker/constraints.txt
 
 install: $(STAMP)
 
-test: install
+# Chromium and its WebDriver from the Debian packages: the report.html tests open the page in it
+browser:
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
 
 quickstart: install
@@ -48,6 +53,10 @@ bench: install
 
 data: install
 	$(BIN)/python rayjobs/data/make_sample_data.py
+
+# docs/config.md is generated from the config models (tests/test_configdoc.py fails when it is stale)
+docs: install
+	$(BIN)/rayalign config --markdown > docs/config.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

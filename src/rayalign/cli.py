@@ -1,4 +1,5 @@
-"""`rayalign <stage> CONFIG.yaml [key.sub=value ...]`, `rayalign run PIPELINE.yaml`, `rayalign serve ...`.
+"""`rayalign <stage> CONFIG.yaml [key.sub=value ...]`, `rayalign run PIPELINE.yaml`, `rayalign serve ...`,
+`rayalign config STAGE [--yaml]` (a stage's fields), `rayalign status RUN_DIR` (a run's state).
 
 Exit codes: 0 success, 1 a stage failed, 2 a configuration error (the message names the field).
 """
@@ -43,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "serve": "rayalign.serve.cli:main",
     "inspect": "rayalign.data.inspect:main",
     "export": "rayalign.models.export:main",
+    "config": "rayalign.configdoc:main",
+    "status": "rayalign.pipeline.status:main",
 }
 
 

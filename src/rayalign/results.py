@@ -4,8 +4,9 @@ The pipeline runner, the summary, `${stages.NAME.KEY}` references and the CLI re
 nothing else, so a stage never has to guess which dict keys another module digs for.
 
 - `StageResult`: `output` (dataset folder), `checkpoint` (model folder), `counts` (dataset stages),
-  `metrics` (numbers only: losses, accuracies, packing efficiency) and `details` (anything else a
-  stage wants on record, e.g. paths of reports; not shown as a metric).
+  `metrics` (numbers only: losses, accuracies, packing efficiency; counts as integers) and
+  `details` (anything else a stage wants on record, e.g. paths of reports, and `warnings`: a list
+  of sentences a user should act on, which the run's summary prints).
 - `Manifest`: what `manifest.json` of a dataset stage holds; its presence with `complete: true` is
   the commit marker of the stage's output folder.
 """
@@ -74,14 +75,31 @@ class ShardReport(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def numeric_metrics(values: dict[str, Any]) -> dict[str, float]:
-    """Keep the finite real numbers of a dict (bools and strings are not metrics)."""
-    out: dict[str, float] = {}
+ACCUMULATOR_SUFFIXES = ("_sum", "_sq")  # running sums shards add up: a stage reports their means
+
+
+def numeric_metrics(values: dict[str, Any], counts: bool = False) -> dict[str, int | float]:
+    """Keep the finite real numbers of a dict (bools and strings are not metrics; nor are running
+    sums such as `jaccard_sum`, whose means the stage reports). Integers stay integers; with
+    `counts` (shard stats summed over shards: counts of rows, tokens, statuses) a whole float
+    becomes an integer too, so `status.ok` reads 106, not 106.0."""
+    out: dict[str, int | float] = {}
     for k, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or k.endswith(ACCUMULATOR_SUFFIXES):
             continue
-        if math.isfinite(float(v)):
-            out[k] = float(v)
+        if not math.isfinite(float(v)):
+            continue
+        out[k] = int(v) if isinstance(v, int) or (counts and float(v).is_integer()) else float(v)
+    return out
+
+
+def summary_warnings(summary: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(stage id, sentence) for every warning in a run summary's stage results (`details.warnings`)."""
+    out = []
+    for s in (summary or {}).get("stages") or []:
+        for w in ((s.get("result") or {}).get("details") or {}).get("warnings") or []:
+            if w:
+                out.append((str(s.get("id") or s.get("name")), str(w)))
     return out
 
 
@@ -94,7 +112,7 @@ class StageResult(BaseModel):
     output: str | None = None
     checkpoint: str | None = None
     counts: Counts | None = None
-    metrics: dict[str, float] = {}
+    metrics: dict[str, int | float] = {}  # counts stay integers; rates and means are named as such
     details: dict[str, Any] = {}
 
     def to_json(self) -> dict[str, Any]:
@@ -131,14 +149,14 @@ class Manifest(BaseModel):
         """A copy with more top-level fields (a stage's summaries: packing efficiency, contrast...)."""
         return Manifest.model_validate({**self.to_json(), **fields})
 
-    def to_result(self, output: str, metrics: dict[str, float] | None = None, **details: Any) -> StageResult:
+    def to_result(self, output: str, metrics: dict[str, int | float] | None = None, **details: Any) -> StageResult:
         """The dataset stage's `StageResult`: its row counts, its numeric stats as metrics (plus
         `metrics`), and in details the manifest's location, the number of shards and `details`."""
         return StageResult(
             stage=self.stage,
             output=output,
             counts=self.counts.model_copy(deep=True),
-            metrics={**numeric_metrics(self.stats), **(metrics or {})},
+            metrics={**numeric_metrics(self.stats, counts=True), **(metrics or {})},
             details={"manifest": storage.join(output, MANIFEST), "shards": len(self.shards), **details},
         )
 

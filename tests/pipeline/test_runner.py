@@ -154,8 +154,9 @@ def test_run_skip_and_rerun_on_changed_config(tmp_path, capsys):
 
 
 @pytest.mark.timeout(120)
-def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
-    p = write_pipeline(
+def failing_pipeline(tmp_path: Path) -> Path:
+    """chat, then `broken` (its input file is missing), then `never`."""
+    return write_pipeline(
         tmp_path,
         [
             chat_stage(),
@@ -171,6 +172,10 @@ def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
             },
         ],
     )
+
+
+def test_failed_stage_stops_run_and_prints_resume(tmp_path, capsys):
+    p = failing_pipeline(tmp_path)
     assert main([str(p), "stages.chat.config.max_length=200"]) == 1
     err = capsys.readouterr().err
     assert "stage 'broken' (prepare) failed" in err
@@ -279,29 +284,3 @@ def test_stop_after(tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "partial" and [x["name"] for x in s["stages"]] == ["one"]
     assert read_record(str(tmp_path / "run"), "two") is None
-
-
-def test_progress_reads_the_shard_runners_markers(tmp_path):
-    """The live display's dataset progress comes from the markers `run_sharded` commits: 3 shards
-    of a 30-row file (2 rows unparseable) → 3/3 shards and 30 rows read."""
-    import json as _json
-    import time as _time
-
-    from rayalign.data.prepare import PrepareConfig, run_prepare
-    from rayalign.pipeline.progress import read_progress
-
-    src = tmp_path / "c.jsonl"
-    lines = [_json.dumps({"id": f"d{i}", "text": f"document {i} " * 3}) for i in range(28)] + ["{bad", "{also bad"]
-    src.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "prep"
-    cfg = PrepareConfig(
-        kind="corpus",
-        inputs=[str(src)],
-        output=str(out),
-        model="tiny-random:llama",
-        pool={"workers": 0, "shard_rows": 10, "limit": 30},
-    )
-    result = run_prepare(cfg, log=lambda *_: None)
-    p = read_progress(str(out), {}, _time.time() - 1)
-    assert p is not None and (p.done, p.total) == (3, 3)
-    assert p.rows == p.rows_total == 30 == result.counts.in_

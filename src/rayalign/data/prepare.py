@@ -29,16 +29,18 @@ class PrepareConfig(Cfg):
     `format` names the input rows' format (see `rayalign.data.formats`); `auto` detects it per row.
     """
 
+    # corpus (text), chat (messages), prompts (no tokens), pairs (prompt, chosen, rejected)
     kind: Literal["corpus", "chat", "prompts", "pairs"]
-    inputs: list[str]
-    output: str
-    format: Format = "auto"
+    inputs: list[str]  # JSONL / parquet / arrow files, folders or globs (local or object storage)
+    output: str  # the dataset folder (parquet shards + manifest.json)
+    format: Format = "auto"  # input rows' format (rayalign.data.formats); auto: detected per row
     model: str = "builtin:smollm2-135m-instruct"  # whose tokenizer and chat template to use
     max_length: int = 1024  # per document, in tokens
+    # a longer document: cut to max_length, or quarantined with its reason
     overlength: Literal["truncate", "quarantine"] = "quarantine"
     pack: bool = True  # corpus/chat only
     seq_len: int = 1024  # per packed row, in tokens (≥ max_length)
-    pool: PoolConfig = PoolConfig()
+    pool: PoolConfig = PoolConfig()  # actor pool (Ray Data) that tokenises the shards
 
 
 class PrepareProcessor:

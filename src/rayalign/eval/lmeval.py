@@ -30,11 +30,12 @@ from rayalign.config import Cfg
 class LmEvalConfig(Cfg):
     tasks: list[str] = Field(default_factory=list)  # lm-eval task names run against the served model
     include_path: str | None = None  # a folder of extra task YAMLs (e.g. tasks over local data files)
+    # lm-eval's API model: chat messages (chat template applied by the server) or raw completions
     model_type: Literal["local-chat-completions", "local-completions"] = "local-chat-completions"
     base_url: str | None = None  # an endpoint already serving the model (…/v1); None: serve it for the run
     limit: int | None = None  # documents per task (quick runs)
-    num_concurrent: int = 1
-    max_gen_toks: int = 256
+    num_concurrent: int = 1  # requests lm-eval keeps in flight against the endpoint
+    max_gen_toks: int = 256  # most tokens generated per lm-eval request
     check_suite: bool = True  # score the suite's answers with lm-eval's IFEval checkers too
     # extra `rayalign serve` settings for the endpoint the stage starts (engine, backend, ...)
     serve: dict[str, Any] = Field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""The report folder: `report.md` (tables) and PNG plots (matplotlib, Agg backend: no display needed).
+"""The report folder: `report.md` (tables) and PNG plots (matplotlib, Agg backend: no display needed),
+and `report.html` (one self-contained page with the answers side by side: `rayalign.eval.report_html`).
 
 Plots: pass rate by constraint kind (baseline vs aligned), the training curve of every training
 stage (from its `metrics.jsonl`: one JSON object per step with `step`, `loss`, `lr`, ...), and the
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from rayalign import storage
 from rayalign.eval.stats import report_sections
+from rayalign.results import summary_warnings
+from rayalign.textfmt import number
 
 ROUND = re.compile(r"^round-(\d+)/")
 
@@ -110,6 +113,10 @@ def _f(v) -> str:
     return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def _seconds(v) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
 def _stage_table(summary: dict | None) -> list[str]:
     if not summary:
         return []
@@ -122,12 +129,13 @@ def _stage_table(summary: dict | None) -> list[str]:
     for s in summary.get("stages", []):
         c = s.get("counts") or {}
         rows = f"{c.get('in')} / {c.get('ok')} / {c.get('out_rows')}" if c else ""
-        metrics = ", ".join(f"{k}={_f(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
+        metrics = ", ".join(f"{k} {number(v)}" for k, v in list((s.get("metrics") or {}).items())[:5])
         lines.append(
             f"| {s.get('id') or s['name']} | {s['stage']} | {s['status']}"
-            f"{' (skipped)' if s.get('skipped') else ''} | {_f(s.get('seconds'))} | {rows} | {metrics} |"
+            f"{' (skipped)' if s.get('skipped') else ''} | {_seconds(s.get('seconds'))} | {rows} | {metrics} |"
         )
-    return [*lines, ""]
+    warnings = [f"- {sid}: {w}" for sid, w in summary_warnings(summary)]
+    return [*lines, "", *(["### Warnings", "", *warnings, ""] if warnings else [])]
 
 
 ROUND_METRICS = (
@@ -178,19 +186,77 @@ def _rounds_table(rounds: dict[int, dict[str, float]]) -> list[str]:
     return [*lines, ""]
 
 
-def write_report(folder: str | Path, results: dict, run_dir: str | Path | None = None) -> str:
-    """Write `<folder>/report.md` and `<folder>/plots/*.png`; returns the report.md path."""
+def write_report(
+    folder: str | Path,
+    results: dict,
+    run_dir: str | Path | None = None,
+    responses: str | None = None,
+    pairs: str | None = None,
+) -> str:
+    """Write `<folder>/report.md`, `<folder>/plots/*.png` and `<folder>/report.html`; returns the
+    report.md path.
+
+    `responses`: the eval's `responses.jsonl` (default: the one beside `folder`, where the eval
+    stage writes it). `pairs`: a pairs dataset folder to show sample training pairs from (default:
+    the output of the run's last `clair` or `judge` stage, when `run_dir` has a summary).
+    """
     r = round_of(run_dir, folder)
     current = (r, results.get("metrics") or {}) if r else None
+    summary = storage.read_json(storage.join(run_dir, "summary.json")) if run_dir else None
+    page = _html(folder, results, run_dir, summary, responses, pairs)
     if not storage.is_uri(folder):
+        (Path(folder)).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / HTML).write_text(page, encoding="utf-8")
         return str(_draw(Path(folder), results, run_dir, current))
     with tempfile.TemporaryDirectory(prefix="rayalign-report-") as tmp:
         local = _draw(Path(tmp), results, run_dir, current)
         for png in sorted((Path(tmp) / "plots").glob("*.png")):
             storage.write_bytes(storage.join(folder, "plots", png.name), png.read_bytes())
+        storage.write_text(storage.join(folder, HTML), page)
         target = storage.join(folder, "report.md")
         storage.write_text(target, local.read_text())
     return target
+
+
+HTML = "report.html"
+PAIR_STAGES = ("clair", "judge")  # stages whose output is a pairs dataset (prompt, chosen, rejected)
+PAIR_ROWS_READ = 200
+
+
+def pairs_folder(summary: dict | None) -> str | None:
+    """The output of the run's last pair-making stage (`clair`, `judge`), if it finished."""
+    for s in reversed((summary or {}).get("stages") or []):
+        if s.get("stage") in PAIR_STAGES and s.get("status") == "complete" and s.get("output"):
+            return str(s["output"])
+    return None
+
+
+def read_pairs(folder: str, limit: int = PAIR_ROWS_READ) -> list[dict]:
+    """Pairs whose chosen and rejected answers differ, from a pairs dataset's shards ([] if none)."""
+    from rayalign.data.shards import read_dataset
+
+    try:
+        table = read_dataset(folder, columns=["id", "prompt", "chosen", "rejected"])
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return []
+    rows = table.slice(0, limit).to_pylist()
+    return [r for r in rows if r.get("chosen") != r.get("rejected")]
+
+
+def _html(
+    folder: str | Path,
+    results: dict,
+    run_dir: str | Path | None,
+    summary: dict | None,
+    responses: str | None,
+    pairs: str | None,
+) -> str:
+    from rayalign.eval.report_html import render
+
+    responses = responses or storage.join(storage.parent(folder), "responses.jsonl")
+    records = read_jsonl(responses) if storage.exists(responses) else []
+    pairs = pairs or pairs_folder(summary)
+    return render(results, records, training_logs(run_dir), summary, read_pairs(pairs) if pairs else [], pairs)
 
 
 def _draw(folder: Path, results: dict, run_dir: str | Path | None, current: tuple[int, dict] | None) -> Path:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -54,9 +55,9 @@ from rayalign.results import StageResult
 
 
 class EvalConfig(Cfg):
-    model: str
-    baseline_model: str | None = None
-    output: str
+    model: str  # the aligned model (checkpoint folder, builtin:NAME or hub id)
+    baseline_model: str | None = None  # the model it is compared with (None: no comparison)
+    output: str  # the eval folder: results.json, report.md, report.html
     # a packaged suite by name — "heldout" (independent: own phrasings, unseen kinds), "builtin" (the
     # training templates' phrasings: trained-template performance) — or a JSONL path of
     # {id, prompt, constraints}
@@ -65,13 +66,13 @@ class EvalConfig(Cfg):
     # how to run each model: backend, dtype, batch size, tensor parallelism (its `model` is replaced
     # by `model` / `baseline_model`); `judge_engine` the same for the judge (default: `engine`)
     engine: EngineConfig = EngineConfig()
-    params: SamplingParams = SamplingParams(max_tokens=192)
-    reward_model: str | None = None
-    judge_model: str | None = None
-    judge_engine: EngineConfig | None = None
-    judge_limit: int | None = 40
+    params: SamplingParams = SamplingParams(max_tokens=192)  # sampling of the answers (greedy by default)
+    reward_model: str | None = None  # a reward-model folder: mean reward of each model's answers
+    judge_model: str | None = None  # an LLM judge comparing aligned and baseline answers (win rate)
+    judge_engine: EngineConfig | None = None  # the judge's engine (default: engine)
+    judge_limit: int | None = 40  # prompts the judge compares (None: all)
     heldout_pairs: str | None = None  # a prepared pairs dataset folder (rayalign prepare kind=pairs)
-    heldout_limit: int | None = 200
+    heldout_limit: int | None = 200  # held-out pairs scored (None: all)
     run_dir: str | None = None  # a pipeline run folder: its training curves go into the report
     # promotion gate: the stage records whether `model` − `baseline_model` clears it (e.g.
     # {metric: prompt_level, min_lower_bound: 0.0}: the 95% lower bound of the paired difference is
@@ -139,16 +140,19 @@ def on_device(cfg: EvalConfig, fn, *args, engine: EngineConfig | None = None):
     return run_on_gpus(fn, args, num_gpus=min(cfg.num_gpus, 1.0), tp=engine_gpus([engine]))
 
 
-def generate(cfg: EvalConfig, model: str, prompts: list[str]) -> list[str]:
-    """Greedy (by default) answers through the Engine; a failed row answers "" (and fails its checks)."""
+def generate(cfg: EvalConfig, model: str, prompts: list[str], on_done=None) -> tuple[list[str], int]:
+    """Greedy (by default) answers through the Engine, and how many were cut at max_tokens; a failed
+    row answers "" (and fails its checks). `on_done(n)` is told how many have returned, as they return."""
+    from rayalign.eval.answering import generate_reporting
     from rayalign.generate.engine import GenRequest, make_engine
 
-    engine = make_engine(cfg.engine.model_copy(update={"model": model}))
-    results = engine.generate(
-        [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
-    )
+    ecfg = cfg.engine.model_copy(update={"model": model})
+    engine = make_engine(ecfg)
+    requests = [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
+    results = generate_reporting(engine, requests, ecfg.capacity(), on_done)
     engine.close()
-    return [r.texts[0] if r.ok and r.texts else "" for r in results]
+    cut = sum(1 for r in results if r.ok and r.finish_reasons and r.finish_reasons[0] == "length")
+    return [r.texts[0] if r.ok and r.texts else "" for r in results], cut
 
 
 def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, list[list[bool]]]:
@@ -248,12 +252,18 @@ def _progress(cfg: EvalConfig, phase: str, done: int, total: int) -> None:
     storage.write_json(storage.join(cfg.output, "_progress.json"), {"phase": phase, "done": done, "total": total})
 
 
-def score_model(cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print) -> tuple[dict, list[str], list]:
+def _answered(cfg: EvalConfig, phase: str, before: int, total: int, n: int) -> None:
+    _progress(cfg, phase, before + n, total)
+
+
+def score_model(
+    cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print, on_done=None
+) -> tuple[dict, list[str], list]:
     """(scores, responses, per-prompt passes) of one model: suite, reward model, held-out pairs."""
     prompts = [r["prompt"] for r in suite]
     log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-    responses = on_device(cfg, generate, cfg, spec, prompts, engine=cfg.engine)
-    scores: dict = {}
+    responses, cut = on_device(cfg, generate, cfg, spec, prompts, on_done, engine=cfg.engine)
+    scores: dict = {"truncated": cut}
     scores["ifeval"], passes = instruction_scores(suite, responses)
     scores["leaks"] = leak_rates(suite, responses)
     if cfg.reward_model:
@@ -305,8 +315,10 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     responses: dict[str, list[str]] = {}
     passes: dict[str, list[list[bool]]] = {}
     for k, (tag, spec) in enumerate(models.items()):
-        _progress(cfg, f"answering ({tag})", k * len(suite), len(models) * len(suite))
-        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log)
+        phase, before, total = f"answering ({tag})", k * len(suite), len(models) * len(suite)
+        _progress(cfg, phase, before, total)
+        answered = partial(_answered, cfg, phase, before, total)
+        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log, answered)
     _progress(cfg, "judging", len(models) * len(suite), len(models) * len(suite))
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
@@ -340,6 +352,14 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     report = write_report(storage.join(cfg.output, "report"), results, run_dir=cfg.run_dir)
     log(f"[eval] report: {report}")
     track_eval(cfg, metrics, storage.join(cfg.output, "report"))
+    warnings = [
+        f"{results[t]['truncated']}/{len(suite)} {t} answers truncated at max_tokens={cfg.params.max_tokens}: "
+        "raise params.max_tokens"
+        for t in models
+        if results[t].get("truncated")
+    ]
+    for w in warnings:
+        log(f"[eval] warning: {w}")
     return StageResult(
         stage="eval",
         output=cfg.output,
@@ -348,6 +368,7 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
             "results": results_path,
             "report": str(report),
             "prompts": len(suite),
+            "warnings": warnings,
             **({"gate": results["gate"]} if "gate" in results else {}),
         },
     )

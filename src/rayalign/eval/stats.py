@@ -115,8 +115,8 @@ class GateConfig(Cfg):
     """Promote the trained model only when (model − baseline) on `metric` has a 95% lower bound above
     `min_lower_bound` (0.0: the gain is not within noise)."""
 
-    metric: Literal["prompt_level", "instruction_level"] = "prompt_level"
-    min_lower_bound: float = 0.0
+    metric: Literal["prompt_level", "instruction_level"] = "prompt_level"  # the pass rate the gate compares
+    min_lower_bound: float = 0.0  # the paired difference's 95% lower bound must be above this
 
 
 def gate(cfg: GateConfig, suite: list[dict], passes: dict[str, list[list[bool]]], model: str, base: str | None) -> dict:

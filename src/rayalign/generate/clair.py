@@ -67,9 +67,10 @@ PAIR_STATUSES = ("revised", "verified", "rule_fixed")
 
 
 class ClairConfig(GenStageConfig):
+    # llm: the model revises; verifier: LLM revision checked by the rules; rule: rule fixes only
     reviser: Literal["llm", "verifier", "rule"] = "llm"
     reviser_engine: EngineConfig | None = None  # None: the stage's engine (`engine` / `model`)
-    params: SamplingParams = SamplingParams(max_tokens=512)
+    params: SamplingParams = SamplingParams(max_tokens=512)  # sampling of the revisions
     rule_fallback: bool = True  # verifier: try the rule fix when the LLM revision fails the check
     revise_statuses: list[str] = Field(
         default_factory=lambda: ["ok", "truncated"]

@@ -46,12 +46,12 @@ from rayalign.results import Manifest, StageResult, numeric_metrics
 
 
 class GenStageConfig(Cfg):
-    inputs: list[str]
-    output: str
+    inputs: list[str]  # prompt rows (files, folders or globs; local or object storage)
+    output: str  # the dataset folder (parquet shards + manifest.json)
     model: str | None = None  # shorthand for engine.model (pipeline `defaults.model` lands here)
-    engine: EngineConfig = EngineConfig()
-    params: SamplingParams = SamplingParams()
-    pool: PoolConfig = PoolConfig()
+    engine: EngineConfig = EngineConfig()  # the generation engine: backend, model, dtype, batch size
+    params: SamplingParams = SamplingParams()  # sampling parameters
+    pool: PoolConfig = PoolConfig()  # actor pool: each actor holds one engine
 
     def policy_engine(self) -> EngineConfig:
         return self.engine.model_copy(update={"model": self.model}) if self.model else self.engine
@@ -168,11 +168,23 @@ def run_gen_stage(
     added.update(summarise(manifest) if summarise else {})
     if added:  # one atomic replace: a reader never sees a half-written manifest
         commit_manifest(cfg.output, manifest.with_fields(**added))
-    metrics: dict[str, float] = {}
+    metrics: dict[str, int | float] = {}  # besides the manifest's stats (status.X, token counts: summed)
     for key, value in added.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "status_counts":  # the status.X metrics already
             metrics.update({f"{key}.{k}": v for k, v in numeric_metrics(value).items()})
-    return manifest.to_result(cfg.output, metrics, complete=manifest.complete, **added)
+    warnings = truncation_warnings(statuses, cfg.params)
+    for w in warnings:
+        log(f"[{stage}] warning: {w}")
+    details = {"complete": manifest.complete, **added, **({"warnings": warnings} if warnings else {})}
+    return manifest.to_result(cfg.output, metrics, **details)
+
+
+def truncation_warnings(statuses: dict[str, int], params: SamplingParams) -> list[str]:
+    """A sentence to act on when answers were cut at `max_tokens` (status `truncated`)."""
+    cut, total = statuses.get("truncated", 0), sum(statuses.values())
+    if not cut:
+        return []
+    return [f"{cut}/{total} samples truncated at max_tokens={params.max_tokens}: raise params.max_tokens"]
 
 
 def count_status(stats: dict, status: str) -> None:

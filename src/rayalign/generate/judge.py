@@ -45,10 +45,11 @@ JUDGE_SCHEMA = pa.schema(
 
 
 class JudgeConfig(GenStageConfig):
+    # sampling of the candidates: n answers per prompt
     params: SamplingParams = SamplingParams(temperature=0.8, top_p=0.95, n=2, max_tokens=256, seed=0)
-    judge_engine: EngineConfig | None = None
-    judge_params: SamplingParams = SamplingParams(max_tokens=16)
-    swap: bool = True
+    judge_engine: EngineConfig | None = None  # the judge's engine (None: the stage's engine)
+    judge_params: SamplingParams = SamplingParams(max_tokens=16)  # sampling of the judge's verdict
+    swap: bool = True  # judge each pair in both orders (position bias cancels)
 
 
 def combine(first: str | None, swapped: str | None, swap: bool) -> tuple[str | None, str]:

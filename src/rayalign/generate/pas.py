@@ -51,12 +51,12 @@ PAS_SCHEMA = pa.schema(
 
 
 class PASConfig(GenStageConfig):
-    kind: Literal["prompts", "chat"] = "prompts"
-    params: SamplingParams = SamplingParams(max_tokens=64)
-    max_words: int = 30
-    critique: bool = True
+    kind: Literal["prompts", "chat"] = "prompts"  # input rows: prompts or chat
+    params: SamplingParams = SamplingParams(max_tokens=64)  # sampling of the hints
+    max_words: int = 30  # longest hint kept, in words
+    critique: bool = True  # a critic judges each hint; rejected hints are dropped
     critic: EngineConfig | None = None  # None: the hint model critiques itself
-    critique_params: SamplingParams = SamplingParams(max_tokens=32)
+    critique_params: SamplingParams = SamplingParams(max_tokens=32)  # sampling of the critic's verdict
 
 
 class PASProcessor(EngineProcessor):

@@ -52,7 +52,7 @@ TRUSTED = ("rewritten", "unchanged")
 
 
 class RewriteConfig(GenStageConfig):
-    params: SamplingParams = SamplingParams(max_tokens=1024)
+    params: SamplingParams = SamplingParams(max_tokens=1024)  # sampling of the rewrites
     min_ratio: float = 0.6  # rewritten/original characters below this: content was dropped
     max_ratio: float = 1.8  # above this: content was invented
     max_expand: float = 2.0  # per-document max_tokens = min(params.max_tokens, expand × doc tokens + 32)

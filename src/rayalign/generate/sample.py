@@ -36,6 +36,7 @@ SAMPLE_SCHEMA = pa.schema(
 
 
 class SampleConfig(GenStageConfig):
+    # sampling: n answers per prompt
     params: SamplingParams = SamplingParams(temperature=0.7, top_p=0.95, n=2, max_tokens=256, seed=0)
 
 

@@ -18,16 +18,18 @@ from rayalign.config import Cfg
 
 
 class PeftConfig(Cfg):
+    # none: full fine-tuning; lora: low-rank adapters; aligner: learned prefix tokens
     method: Literal["none", "lora", "aligner"] = "none"
     # LoRA
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # LoRA dropout on the adapter input
+    # LoRA: the linear layers that get adapters
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     merge: bool = False  # save the final model with the LoRA weights folded in (a plain HF folder)
     # Aligner
-    tokens: int = 1
-    start_layer: int = 2
+    tokens: int = 1  # Aligner: learned tokens
+    start_layer: int = 2  # Aligner: the first decoder layer that attends to the prefix tokens
 
 
 def _aligner():

@@ -59,16 +59,21 @@ failed stage stops the run, records the error, and prints the command that resum
 produced one.
 
 While it runs, a live display shows the stages and the current one's progress (plain lines when
-stdout is not a terminal); Ray's, vLLM's and the stages' own output goes to
+stdout is not a terminal, printed when the counts change or every 30 s; `--progress json`: one JSON
+object per event); Ray's, vLLM's and the stages' own output goes to
 `<run_dir>/logs/run-<time>.log` (`--verbose` shows it instead). SIGTERM stops the run like Ctrl-C:
 the stage is recorded as failed (it resumes on the next run) and a Ray cluster the run started is
 shut down.
+
+`rayalign status RUN_DIR` reads the same files back (and `<run_dir>/run.json`, the command that
+started the run): every stage's state, counts, the running stage's progress, the last checkpoint,
+the last error and the command that resumes.
 
 Overrides address stages by name: `stages.sft.config.max_steps=5`, `defaults.model=...`,
 `run_dir=...`. Exit codes: 0 done, 1 a stage failed, 2 a configuration error, 130 interrupted.
 
 Modules: `spec` (YAML, overrides, steps), `refs` (reference resolution), `records` (stage records,
-summary), `runner` (order, skip/resume), `progress` + `render` (what a person sees), `main` (CLI).
+summary), `runner` (order, skip/resume), `progress` + `render` (what a person sees), `status` (`rayalign status`), `main` (CLI).
 """
 
 from rayalign.pipeline.main import main

@@ -18,6 +18,7 @@ from typing import IO
 from rayalign import storage
 from rayalign.config import ConfigError
 from rayalign.pipeline.spec import PipelineConfig
+from rayalign.pipeline.status import RUN_FILE
 
 LOG_DIR = "logs"
 # lines in library logs worth one line of the user's attention (the rest stays in the log file)
@@ -30,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides, e.g. stages.sft.config.max_steps=5 run_dir=runs/x")
     p.add_argument("--dry-run", action="store_true", help="resolve and validate every stage config; run nothing")
     p.add_argument("--stop-after", metavar="NAME", help="stop after this stage")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "live", "plain", "json"),
+        default="auto",
+        help="auto: redrawn in place on a terminal, plain lines otherwise; json: one JSON object per update",
+    )
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -47,12 +54,13 @@ def _real_stdout() -> bool:
 
 
 @contextlib.contextmanager
-def library_logs_to_file(run_dir: str, verbose: bool) -> Iterator[tuple[IO[str], str | None]]:
+def library_logs_to_file(run_dir: str, verbose: bool, as_json: bool = False) -> Iterator[tuple[IO[str], str | None]]:
     """Send file descriptors 1 and 2 (Ray, vLLM, stage prints, C++ warnings) to a log file.
 
     Yields (the stream the display writes to: the original stdout, the log's final path). With
     `verbose`, or when stdout is not the process's own descriptor, nothing is redirected. A log for
-    a run folder on object storage is written locally and uploaded when the run ends.
+    a run folder on object storage is written locally and uploaded when the run ends. The closing
+    line naming the log (and its count of warning lines) is a JSON object with `as_json`.
     """
     if verbose or not _real_stdout():
         yield sys.stdout, None
@@ -80,17 +88,19 @@ def library_logs_to_file(run_dir: str, verbose: bool) -> Iterator[tuple[IO[str],
     if storage.is_uri(run_dir):
         with contextlib.suppress(OSError):
             storage.write_bytes(final, local.read_bytes())
-    _warning_line(local, final, display)
+    _warning_line(local, final, display, as_json)
     display.close()
 
 
-def _warning_line(local: Path, final: str, out: IO[str]) -> None:
+def _warning_line(local: Path, final: str, out: IO[str], as_json: bool = False) -> None:
     try:
         lines = local.read_text(errors="replace").splitlines()
     except OSError:
         return
     n = sum(any(m in line for m in WARNING_MARKS) for line in lines)
-    if n:
+    if as_json:
+        out.write(json.dumps({"event": "logs", "path": final, "warning_lines": n}) + "\n")
+    elif n:
         out.write(f"{n} warning line(s) from Ray, vLLM and other libraries; full logs: {final}\n")
     else:
         out.write(f"logs: {final}\n")
@@ -119,9 +129,15 @@ def _run(pipe: PipelineConfig, args: argparse.Namespace) -> None:
 
     validate_pipeline(pipe, args.pipeline)  # before Ray starts: a config error costs nothing
     resume = "rayalign run " + " ".join(shlex.quote(a) for a in [args.pipeline, *args.overrides])
+    # what `rayalign status RUN_DIR` reads to list pending stages and print the command that resumes
+    storage.makedirs(pipe.run_dir)
+    storage.write_json(
+        storage.join(pipe.run_dir, RUN_FILE),
+        {"command": resume, "pipeline": str(Path(args.pipeline).resolve()), "overrides": list(args.overrides)},
+    )
     ray_before = _ray_running()
-    with library_logs_to_file(pipe.run_dir, args.verbose) as (stream, _):
-        display = make_display(stream)
+    with library_logs_to_file(pipe.run_dir, args.verbose, args.progress == "json") as (stream, _):
+        display = make_display(stream, mode=args.progress)
         try:
             if pipe.start_ray:
                 from rayalign.raycluster import ensure_ray

@@ -3,8 +3,8 @@
 - dataset stages: one marker per finished shard (`_progress/shard-N.json`) with the shard's `in` /
   `ok` / `out_rows`; totals from `_plan.json` (`{"shards": N, "rows": M or null}`; JSONL byte-range
   shards know their rows only once read).
-- training stages: `metrics.jsonl` (one JSON object per logged step: step, loss, tokens_per_s);
-  the total is the stage config's `max_steps`.
+- training stages: `metrics.jsonl` (one JSON object per logged step: step, total_steps, loss,
+  tokens_per_s, time); the total is the rows' `total_steps`, else the stage config's `max_steps`.
 - eval: `_progress.json` (`{"phase": ..., "done": n, "total": m}`).
 
 Nothing here talks to the stage: the display polls these files, so a stage in a Ray job on another
@@ -15,58 +15,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from rayalign import storage
+from rayalign.textfmt import Progress, fmt_seconds
 
-
-@dataclass
-class Progress:
-    """A stage's progress as the display shows it; `None` fields are unknown."""
-
-    unit: str = ""  # "shards", "steps" or "requests"
-    done: int = 0
-    total: int | None = None
-    rows: int | None = None
-    rows_total: int | None = None
-    rate: float | None = None  # rows/s, steps/s or requests/s over this invocation
-    loss: float | None = None
-    tokens_per_s: float | None = None
-    phase: str = ""
-
-    @property
-    def eta_s(self) -> float | None:
-        if self.rate is None or self.rate <= 0:
-            return None
-        if self.rows is not None and self.rows_total:
-            return max(self.rows_total - self.rows, 0) / self.rate
-        if self.total:
-            return max(self.total - self.done, 0) / self.rate
-        return None
-
-    def line(self) -> str:
-        """One short line, e.g. `3/29 shards, 24/227 rows, 12.0 rows/s, ETA 17s`."""
-        parts = [f"{self.phase}: " if self.phase else ""]
-        parts.append(f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}")
-        if self.rows is not None:
-            parts.append(f", {self.rows}/{self.rows_total} rows" if self.rows_total else f", {self.rows} rows")
-        if self.loss is not None:
-            parts.append(f", loss {self.loss:.4g}")
-        if self.tokens_per_s is not None:
-            parts.append(f", {self.tokens_per_s:.0f} tok/s")
-        if self.rate:
-            unit = "rows" if self.rows is not None else self.unit
-            rate = f"{self.rate:.1f} {unit}/s" if self.rate >= 1 else f"{1 / self.rate:.1f} s/{unit.rstrip('s')}"
-            parts.append(f", {rate}")
-        if self.eta_s is not None:
-            parts.append(f", ETA {fmt_seconds(self.eta_s)}")
-        return "".join(parts)
-
-
-def fmt_seconds(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+__all__ = ["Progress", "baseline", "fmt_seconds", "read_progress", "shard_reports"]
 
 
 def _jsonl(path: str) -> list[dict]:
@@ -94,32 +48,59 @@ def read_progress(folder: str, config: dict[str, Any], since: float, start_done:
     """The progress of the stage writing `folder`, or None when it has written nothing readable yet.
 
     `since` is when this invocation started and `start_done` what was done then (a resumed stage's
-    earlier work does not count into its rate).
+    earlier work does not count into its rate). ETAs: dataset stages from rows/s once a shard of
+    this invocation has finished (JSONL plans know only their shards: the rows left are estimated
+    from the rows per finished shard); training from the steps/s between its logged steps; eval
+    from requests/s.
     """
-    elapsed = max(time.time() - since, 1e-6)
+    now = time.time()
+    elapsed = max(now - since, 1e-6)
     reports = shard_reports(folder)
-    if reports:
-        plan = storage.read_json(storage.join(folder, "_plan.json"), {}) or {}
+    plan = storage.read_json(storage.join(folder, "_plan.json"))
+    if reports or isinstance(plan, dict):
+        plan = plan if isinstance(plan, dict) else {}
         rows = sum(int(r.get("in", 0)) for r in reports)
-        return Progress(
-            "shards", len(reports), plan.get("shards"), rows, plan.get("rows"), rate=max(rows - start_done, 0) / elapsed
-        )
+        total, rows_total = plan.get("shards"), plan.get("rows")
+        ran = max(rows - start_done, 0)
+        rate = ran / elapsed if ran else None
+        eta = None
+        if rate and rows_total:
+            eta = max(rows_total - rows, 0) / rate
+        elif rate and total and reports:
+            eta = max(rows / len(reports) * total - rows, 0) / rate
+        return Progress("shards", len(reports), total, rows, rows_total, rate=rate, eta_s=eta)
     steps = [r for r in _jsonl(storage.join(folder, "metrics.jsonl")) if "step" in r]
     if steps:
         last = steps[-1]
         done = int(last["step"])
+        total = last.get("total_steps") or config.get("max_steps") or (config.get("train") or {}).get("max_steps")
+        rate = _step_rate([r for r in steps if int(r["step"]) > start_done], done - start_done, elapsed)
+        eta = max(int(total) - done, 0) / rate if rate and total else None
         return Progress(
             "steps",
             done,
-            config.get("max_steps") or (config.get("train") or {}).get("max_steps"),  # prefer nests it
-            rate=max(done - start_done, 0) / elapsed,
+            int(total) if total else None,
+            rate=rate,
             loss=last.get("loss"),
             tokens_per_s=last.get("tokens_per_s"),
+            eta_s=eta,
         )
     ev = storage.read_json(storage.join(folder, "_progress.json"))
     if isinstance(ev, dict):
-        return Progress("requests", int(ev.get("done", 0)), ev.get("total"), phase=str(ev.get("phase", "")))
+        done, total = int(ev.get("done", 0)), ev.get("total")
+        rate = max(done - start_done, 0) / elapsed or None
+        eta = max(int(total) - done, 0) / rate if rate and total else None
+        return Progress("requests", done, total, rate=rate, phase=str(ev.get("phase", "")), eta_s=eta)
     return None
+
+
+def _step_rate(rows: list[dict], steps: int, elapsed: float) -> float | None:
+    """Steps/s between the first and last step logged by this invocation (model loading and the
+    first step's compile do not count), else over the invocation."""
+    timed = [r for r in rows if isinstance(r.get("time"), (int, float))]
+    if len(timed) >= 2 and timed[-1]["time"] > timed[0]["time"]:
+        return (int(timed[-1]["step"]) - int(timed[0]["step"])) / (timed[-1]["time"] - timed[0]["time"])
+    return steps / elapsed if steps > 0 else None
 
 
 def baseline(folder: str) -> int:

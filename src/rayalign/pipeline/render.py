@@ -2,12 +2,16 @@
 
 On a terminal one live display is refreshed in place (rich Live): the stage list with statuses
 and the running stage's progress. When stdout is not a terminal (CI, `ray job logs`, a pipe) the
-same information comes as plain lines: one when a stage starts or ends, and a progress line every
-`PLAIN_EVERY_S` seconds while it runs.
+same information comes as plain lines: one when a stage starts or ends, and a progress line when
+the progress changed (shards, rows, steps or requests done; polled every `PLAIN_EVERY_S` seconds)
+or `PLAIN_QUIET_S` seconds passed without one. `--progress json` writes the same events as one
+JSON object per line (`{"event": "progress", "stage": ..., "done": ..., "total": ..., "eta_s": ...}`)
+for CI and dashboards.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -15,16 +19,25 @@ from typing import IO, Any
 
 from rayalign.pipeline.progress import Progress, baseline, fmt_seconds, read_progress
 from rayalign.pipeline.spec import Step
+from rayalign.results import summary_warnings as results_warnings
+from rayalign.textfmt import number
 
 WIDTH = 100
-PLAIN_EVERY_S = 5.0
+PLAIN_EVERY_S = 5.0  # how often the stage's files are polled
+PLAIN_QUIET_S = 30.0  # a line at least this often while nothing changes
+MODES = ("auto", "live", "plain", "json")
 LIVE_EVERY_S = 1.0
 MARK = {"pending": "·", "running": "▶", "complete": "✓", "skipped": "✓", "failed": "✗"}
 
 
-def make_display(stream: IO[str] | None = None, live: bool | None = None) -> Display:
-    """A live display on a terminal, plain lines otherwise (`live` forces either)."""
+def make_display(stream: IO[str] | None = None, live: bool | None = None, mode: str = "auto") -> Display:
+    """A live display on a terminal, plain lines otherwise (`live` or `mode` live/plain forces
+    either); `mode="json"`: one JSON object per event."""
     stream = stream or sys.stdout
+    if mode == "json":
+        return JsonDisplay(stream)
+    if mode in ("live", "plain"):
+        live = mode == "live"
     if live is None:
         live = bool(getattr(stream, "isatty", lambda: False)())
     return LiveDisplay(stream) if live else Display(stream)
@@ -46,6 +59,7 @@ class Display:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._last: tuple[Any, float] = (None, 0.0)  # (progress key, time) of the last progress line
 
     # --- events from the runner ---
     def start(self, run_dir: str, plan: list[Step]) -> None:
@@ -74,6 +88,8 @@ class Display:
                 f"✓ [{i + 1}/{len(self.plan)}] {_escape(step.title)}: done in "
                 f"{entry.get('seconds') or 0:.1f}s  {_escape(headline(entry))}"
             )
+            for w in stage_warnings(entry):
+                self.print(f"[yellow]  ! {_escape(w)}[/yellow]")
 
     def stage_failed(self, i: int, step: Step, error: str) -> None:
         with self._lock:
@@ -112,9 +128,71 @@ class Display:
                     self.progress = p
             self.tick(step, p, time.time() - since)
 
+    def due(self, p: Progress | None) -> bool:
+        """A new line when the progress changed, or PLAIN_QUIET_S seconds after the last one."""
+        key, now = (p.key() if p else None), time.time()
+        last_key, last_t = self._last
+        if key == last_key and now - last_t < PLAIN_QUIET_S:
+            return False
+        self._last = (key, now)
+        return True
+
     def tick(self, step: Step, p: Progress | None, elapsed: float) -> None:
+        if not self.due(p):
+            return
         text = p.line() if p else "running"
         self.print(f"  {_escape(step.title)}: {_escape(text)} ({fmt_seconds(elapsed)} elapsed)")
+
+
+class JsonDisplay(Display):
+    """One JSON object per line for each event (machines: CI, dashboards); progress as `Display`
+    prints it: when it changed or PLAIN_QUIET_S seconds passed."""
+
+    def __init__(self, stream: IO[str]):
+        super().__init__(stream)
+        self.stream = stream
+
+    def emit(self, event: str, **fields: Any) -> None:
+        doc = {"event": event, "time": round(time.time(), 3), **fields}
+        self.stream.write(json.dumps(doc, default=str) + "\n")
+        self.stream.flush()
+
+    def print(self, markup: str) -> None:
+        """The base display's text lines have their JSON events instead."""
+
+    def start(self, run_dir: str, plan: list[Step]) -> None:
+        self.emit("start", run_dir=run_dir, stages=[s.id for s in plan])
+        super().start(run_dir, plan)
+
+    def note(self, text: str, style: str = "") -> None:
+        self.emit("note", text=text)
+
+    def stage_started(self, i: int, step: Step, folder: str, config: dict) -> None:
+        super().stage_started(i, step, folder, config)
+        self.emit("stage_started", stage=step.id, kind=step.spec.stage, index=i + 1, of=len(self.plan))
+
+    def stage_done(self, i: int, step: Step, entry: dict) -> None:
+        super().stage_done(i, step, entry)
+        keys = ("status", "skipped", "seconds", "counts", "metrics", "output", "checkpoint")
+        self.emit("stage_done", stage=step.id, **{k: entry.get(k) for k in keys})
+
+    def stage_failed(self, i: int, step: Step, error: str) -> None:
+        super().stage_failed(i, step, error)
+        self.emit("stage_failed", stage=step.id, error=error)
+
+    def tick(self, step: Step, p: Progress | None, elapsed: float) -> None:
+        if self.due(p):
+            self.emit("progress", stage=step.id, elapsed_s=round(elapsed, 1), **(p.to_json() if p else {}))
+
+    def finish(self, summary: dict) -> None:
+        self.close()
+        self.emit(
+            "summary",
+            status=summary.get("status"),
+            seconds=summary.get("seconds"),
+            final_model=summary.get("final_model"),
+            warnings=summary_warnings(summary),
+        )
 
 
 class LiveDisplay(Display):
@@ -181,7 +259,16 @@ def _escape(text: str) -> str:
 
 
 def _num(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return number(v)
+
+
+def stage_warnings(entry: dict) -> list[str]:
+    """What a stage asks the user to act on (`details["warnings"]` of its result)."""
+    return [w for _, w in results_warnings({"stages": [entry]})]
+
+
+def summary_warnings(summary: dict) -> list[str]:
+    return [f"{sid}: {w}" for sid, w in results_warnings(summary)]
 
 
 def headline(entry: dict) -> str:
@@ -220,6 +307,10 @@ def summary_lines(summary: dict) -> list[str]:
             f"{fmt_seconds(s.get('seconds') or 0):>6}  {headline(s)}"
         )
         lines.append(line[:WIDTH])
+    warnings = summary_warnings(summary)
+    if warnings:
+        lines.append("warnings:")
+        lines += [f"  ! {w}" for w in warnings]  # not cut: each says what to change
     if summary.get("final_model"):
         lines.append(f"final model: {summary['final_model']}")  # a path is not cut: it must stay usable
     if summary.get("final_model_withheld"):

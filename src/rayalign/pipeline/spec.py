@@ -19,9 +19,9 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
 
 class StageSpec(Cfg):
-    name: str = Field(pattern=NAME_PATTERN)
-    stage: str
-    config: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(pattern=NAME_PATTERN)  # unique name: the stage's folder, references and overrides use it
+    stage: str  # a stage name: prepare, sft, sample, clair, prefer, eval, ... (`rayalign --help`)
+    config: dict[str, Any] = Field(default_factory=dict)  # the stage's config (its fields: rayalign config STAGE)
     # a dataset stage that read rows but wrote none (everything quarantined) fails the run here,
     # where the cause is, instead of a later stage failing on an empty input; true allows it
     allow_empty: bool = False
@@ -30,19 +30,20 @@ class StageSpec(Cfg):
 class RepeatSpec(Cfg):
     """`repeat: {name: rounds, times: N, stages: [...]}`: the stages run N times in order."""
 
-    name: str = Field("rounds", pattern=NAME_PATTERN)
-    times: int = Field(ge=1)
-    stages: list[StageSpec] = Field(min_length=1)
+    name: str = Field("rounds", pattern=NAME_PATTERN)  # addresses the group in overrides: stages.rounds.times=3
+    times: int = Field(ge=1)  # rounds
+    stages: list[StageSpec] = Field(min_length=1)  # run in this order in every round
 
 
 class RepeatItem(Cfg):
-    repeat: RepeatSpec
+    repeat: RepeatSpec  # a group of stages run `times` times, each round from the previous round's outputs
 
 
 class PipelineConfig(Cfg):
-    run_dir: str
+    run_dir: str  # every stage writes under <run_dir>/<name>/ (local or s3://, gs://)
+    # keys copied into every stage config that has such a field and leaves it out
     defaults: dict[str, Any] = Field(default_factory=dict)
-    stages: list[StageSpec | RepeatItem]
+    stages: list[StageSpec | RepeatItem]  # the stages in order: {name, stage, config} or {repeat: {...}}
     final_model: str | None = None  # may be a reference, e.g. ${stages.prefer.checkpoint}
     # connect to (or start) Ray once before the first stage so every stage shares one cluster;
     # false leaves it to the stages that need Ray (handy for in-process tests)

@@ -42,13 +42,13 @@ class ReferenceConfig(Cfg):
     resource_fields = frozenset({"batch_size", "pool"})
 
     inputs: list[str]  # raw pair files, or folders written by `prepare` (kind: pairs) / `reference`
-    output: str
+    output: str  # the dataset folder: the pairs with their reference log-probs
     model: str = "builtin:smollm2-135m-instruct"  # the reference policy (usually the SFT checkpoint)
     adapter: str | None = None  # a LoRA/Aligner folder applied on top of `model`
-    dtype: DType = "fp32"
+    dtype: DType = "fp32"  # precision of the reference forward passes
     max_length: int = 1024  # prompt + longest response, in tokens; longer pairs are quarantined
     batch_size: int = 8  # pairs per forward pass (2 × rows: chosen and rejected together)
-    pool: PoolConfig = PoolConfig()
+    pool: PoolConfig = PoolConfig()  # actor pool holding the reference model
     # quarantine (reason `unlikely_revision`) a pair whose chosen answer's per-token log-likelihood
     # under the reference model is more than this many nats below the rejected one's: a revision the
     # policy finds unnatural text (CLAIR pairs: the original is the policy's own answer). None: keep

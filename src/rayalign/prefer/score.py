@@ -23,13 +23,14 @@ from rayalign.results import StageResult
 class ScoreConfig(Cfg):
     resource_fields = frozenset({"batch_size", "pool"})
 
-    inputs: list[str]
-    output: str
+    inputs: list[str]  # rows to score: files or folders
+    output: str  # the dataset folder: the rows with their rewards
     model: str  # a reward-model folder written by `rayalign reward` (its `checkpoint`)
+    # responses (prompt + response), chat (last assistant turn) or pairs (chosen and rejected)
     kind: Literal["responses", "chat", "pairs"] = "responses"
-    max_length: int = 1024
+    max_length: int = 1024  # tokens per scored sequence; longer rows are quarantined
     batch_size: int = 16  # sequences per forward
-    pool: PoolConfig = PoolConfig()
+    pool: PoolConfig = PoolConfig()  # actor pool holding the reward model
 
 
 def _response_row(raw: dict, default_id: str) -> tuple[dict | None, tuple[str, str] | None]:

@@ -41,6 +41,7 @@ REFERENCE = "reference"  # the folder under output_dir that holds the pairs with
 class ReferencePassConfig(Cfg):
     resource_fields = frozenset({"batch_size", "pool"})
 
+    # precomputed: a `reference` pass before training; on_the_fly: the reference runs in training
     mode: Literal["precomputed", "on_the_fly"] = "precomputed"
     batch_size: int = 8  # pairs per forward in the reference pass
     pool: PoolConfig = PoolConfig()  # the reference pass's actor pool (workers: 0 = in this process)
@@ -49,13 +50,14 @@ class ReferencePassConfig(Cfg):
 class _PairStageConfig(ComposedRun):
     """A training stage on pairs: the engine's `train` config plus the stage's own sections."""
 
-    train: TrainConfig
+    train: TrainConfig  # the training run (its keys may also be given at the top level)
     eval_pairs: int = 256  # held-in pairs scored after training (0: skip)
 
 
 class PreferConfig(_PairStageConfig):
     train_defaults: ClassVar[dict[str, Any]] = {"objective": {"name": "apo_zero", "beta": 0.1}, "name": "prefer"}
 
+    # how the reference log-probs are obtained (reference-based objectives only)
     reference: ReferencePassConfig = ReferencePassConfig()
 
 

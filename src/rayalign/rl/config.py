@@ -40,23 +40,25 @@ class GRPOConfig(ComposedRun):
     resource_fields: ClassVar[frozenset[str]] = frozenset({"engines", "engine_cpus", "engine_gpus"})
     train_defaults: ClassVar[dict[str, Any]] = {"name": "grpo"}
 
-    prompts: list[str]
-    group_size: int = Field(4, ge=2)
-    prompts_per_step: int = Field(4, ge=1)
-    rollout: SamplingParams = SamplingParams(temperature=1.0, max_tokens=64)
-    engine: EngineConfig = EngineConfig()
+    prompts: list[str]  # prompt files (kind prompts, constraints in meta) or one prepared folder
+    group_size: int = Field(4, ge=2)  # rollouts per prompt (the group of the advantage)
+    prompts_per_step: int = Field(4, ge=1)  # prompts per optimizer step
+    rollout: SamplingParams = SamplingParams(temperature=1.0, max_tokens=64)  # sampling of the rollouts
+    engine: EngineConfig = EngineConfig()  # the rollout engine (its model is the policy)
     engines: int = Field(1, ge=1)  # rollout engine actors (Ray Train runs only)
     engine_cpus: float = Field(0.5, ge=0)  # per engine actor: fractional so a 2-CPU box never deadlocks
     engine_gpus: float = Field(0.0, ge=0)  # per engine actor
+    # rewards summed with their weights
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="constraints")])
+    # preset: grpo (std-scaled), dr_grpo (unscaled), rloo (leave-one-out)
     advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     scale: Literal["std", "none"] | None = None  # default: the preset's
     aggregation: Aggregation | None = None  # default: the preset's
-    eps_low: float = Field(0.2, ge=0)
-    eps_high: float = Field(0.2, ge=0)
-    kl_coef: float = Field(0.0, ge=0)
-    inner_epochs: int = Field(1, ge=1)
-    pass_threshold: float = 1.0
+    eps_low: float = Field(0.2, ge=0)  # ratio clip below 1 - eps_low
+    eps_high: float = Field(0.2, ge=0)  # ratio clip above 1 + eps_high (DAPO: > eps_low)
+    kl_coef: float = Field(0.0, ge=0)  # k3 KL penalty to a frozen reference (0: no reference)
+    inner_epochs: int = Field(1, ge=1)  # updates per rollout batch
+    pass_threshold: float = 1.0  # a rollout passes when its total reward ≥ this
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:

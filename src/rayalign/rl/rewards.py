@@ -46,9 +46,9 @@ def register(name: str):
 
 
 class RewardSpec(Cfg):
-    name: str
-    weight: float = 1.0
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str  # a registered reward: constraints, length, reward_model, judge, ...
+    weight: float = 1.0  # its weight in the total reward
+    params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the reward's factory
 
 
 def prompt_meta(row: dict) -> dict:

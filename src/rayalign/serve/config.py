@@ -18,12 +18,12 @@ from rayalign.generate.engine import EngineConfig
 class AutoscalingConfig(Cfg):
     """Ray Serve autoscaling of the engine deployment (one model copy per replica)."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
+    min_replicas: int = Field(1, ge=0)  # fewest engine replicas (0: scale to zero when idle)
+    max_replicas: int = Field(1, ge=1)  # most engine replicas
     # Ongoing requests per replica the autoscaler aims for; above it, replicas are added.
     target_ongoing_requests: float = Field(8.0, gt=0)
-    upscale_delay_s: float = Field(10.0, ge=0)
-    downscale_delay_s: float = Field(120.0, ge=0)
+    upscale_delay_s: float = Field(10.0, ge=0)  # seconds above target before replicas are added
+    downscale_delay_s: float = Field(120.0, ge=0)  # seconds below target before replicas are removed
 
     @model_validator(mode="after")
     def _order(self):
@@ -35,17 +35,17 @@ class AutoscalingConfig(Cfg):
 class BatchConfig(Cfg):
     """`serve.batch` on the engine replica: concurrent requests share one engine call."""
 
-    max_batch_size: int = Field(8, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_batch_size: int = Field(8, ge=1)  # most requests one engine call takes
+    batch_wait_timeout_s: float = Field(0.01, ge=0)  # how long the first request waits for others to join its batch
 
 
 class ServePASConfig(Cfg):
     """Prompt augmentation at serve time: a hint model writes a short complement to the user turn."""
 
-    enabled: bool = False
+    enabled: bool = False  # add a hint to each request's last user turn before it is answered
     # Model spec of the hint model; None reuses the served model itself.
     model: str | None = None
-    max_hint_tokens: int = Field(64, ge=1)
+    max_hint_tokens: int = Field(64, ge=1)  # most tokens of a hint
     max_words: int = Field(30, ge=1)  # hints longer than this are dropped (PAS rule check)
 
 
@@ -65,29 +65,29 @@ class ServeConfig(Cfg):
         }
     )
 
-    model: str = "builtin:smollm2-135m-instruct"  # the embedded default; tests pass tiny-random:llama
+    model: str = "builtin:smollm2-135m-instruct"  # the model to serve: builtin:NAME, a checkpoint folder or a hub id
     # Name clients put in `model`; defaults to the spec itself.
     served_model_name: str | None = None
     adapter: str | None = None  # hf: one LoRA / Aligner folder merged into the served model
     # Adapters served by name beside the base (name -> folder): a request's `model` picks one.
     # LoRA through vLLM's multi-LoRA on `vllm`; LoRA and Aligner on `hf`.
     adapters: dict[str, str] = Field(default_factory=dict)
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"  # hf (transformers, any device) or vllm
     # Engine settings (dtype, max_model_len, tensor_parallel_size, vllm_kwargs, ...); model, backend,
     # adapter and adapters above take precedence over the same fields here.
     engine: EngineConfig = EngineConfig()
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    app_name: str = "rayalign"
-    route_prefix: str = "/"
-    api_key: str | None = None
+    host: str = "127.0.0.1"  # address to listen on (127.0.0.1: this machine only; 0.0.0.0 to expose it)
+    port: int = Field(8000, ge=0, le=65535)  # HTTP port
+    app_name: str = "rayalign"  # the Ray Serve application's name
+    route_prefix: str = "/"  # URL prefix of the OpenAI-compatible routes
+    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
 
     # Requests whose body is larger are refused with 413 before JSON parsing.
     max_body_bytes: int = Field(1_000_000, ge=1024)
     # Used when the client sends no max_tokens (bounded by the room left in the context).
     default_max_tokens: int = Field(256, ge=1)
-    max_n: int = Field(8, ge=1)
+    max_n: int = Field(8, ge=1)  # most choices (n) one request may ask for
     # Tokens a streamed chunk carries (as vLLM's `--stream-interval`): 1 sends every token as it is
     # decoded; k sends every k-th, cutting the serving path's CPU per token (replica, ingress,
     # proxy and client each handle one message per chunk) about k-fold at k-1 tokens of latency.
@@ -107,17 +107,17 @@ class ServeConfig(Cfg):
     # Engine replicas: at most `max_ongoing_requests` in flight each, `max_queued_requests`
     # waiting in the caller; past both the ingress answers 503 with Retry-After.
     num_replicas: int = Field(1, ge=1)
-    autoscaling: AutoscalingConfig | None = None
-    max_ongoing_requests: int = Field(16, ge=1)
-    max_queued_requests: int = Field(64, ge=-1)
-    engine_num_cpus: float = Field(1.0, ge=0)
+    autoscaling: AutoscalingConfig | None = None  # replicas between min and max by load (None: num_replicas fixed)
+    max_ongoing_requests: int = Field(16, ge=1)  # requests in flight per engine replica
+    max_queued_requests: int = Field(64, ge=-1)  # requests waiting per caller past that (-1: unbounded); then 503
+    engine_num_cpus: float = Field(1.0, ge=0)  # CPUs per engine replica
     # GPUs per engine replica; with engine.tensor_parallel_size > 1 each replica reserves a placement
     # group of that many GPU bundles (STRICT_PACK: one node) for vLLM's tensor-parallel workers.
     engine_num_gpus: float = Field(0.0, ge=0)
     accelerator_type: str | None = None  # e.g. "H100", "A10G": Ray's accelerator_type resource
     # The HTTP ingress only parses JSON and forwards: no CPU reservation so it never waits.
     ingress_num_cpus: float = Field(0.0, ge=0)
-    ingress_max_ongoing_requests: int = Field(256, ge=1)
+    ingress_max_ongoing_requests: int = Field(256, ge=1)  # requests in flight on the HTTP ingress
 
     # One deployment whose replicas hold the ingress and the engine together (the ingress awaits
     # the engine in its own process: one process and one Ray hop per streamed chunk fewer), placed
@@ -126,8 +126,8 @@ class ServeConfig(Cfg):
     # `backend: vllm` (its async engine needs no threads or batching window), off for hf.
     colocate_engine: bool | None = None
 
-    batch: BatchConfig = BatchConfig()
-    pas: ServePASConfig = ServePASConfig()
+    batch: BatchConfig = BatchConfig()  # request batching on the engine replica
+    pas: ServePASConfig = ServePASConfig()  # prompt augmentation at serve time
 
     def colocated(self) -> bool:
         """Whether the ingress holds the engine itself (`colocate_engine`, resolved)."""

@@ -20,7 +20,7 @@ class ObjectiveSpec(BaseModel):
     """`objective: {name: sft}`; any further keys go to the objective's factory as kwargs."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "sft"
+    name: str = "sft"  # the loss (rayalign.objectives): sft, pretrain, dpo, apo_zero, ...; other keys are its options
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -31,19 +31,20 @@ class TrainDataConfig(Cfg):
     inputs: list[str] = Field(
         default_factory=list
     )  # or raw files: the stage runs `prepare` into <output_dir>/prepared first
-    max_length: int = 1024
-    seq_len: int = 1024
+    max_length: int = 1024  # per document, in tokens (raw inputs only)
+    seq_len: int = 1024  # per packed training row, in tokens (raw inputs only; ≥ max_length)
+    # a longer document: cut to max_length, or quarantined (raw inputs only)
     overlength: Literal["truncate", "quarantine"] = "quarantine"
     shuffle: bool = True  # seeded permutation of rows per epoch
-    pool: PoolConfig = PoolConfig(workers=0)
+    pool: PoolConfig = PoolConfig(workers=0)  # actor pool of the stage's own prepare pass (workers 0: in this process)
 
 
 class OptimConfig(Cfg):
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 0
+    lr: float = 2e-5  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW (beta1, beta2)
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 0  # linear warm-up steps before the cosine decay
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 disables clipping
     fused: bool = True  # fused AdamW kernel (CPU and CUDA, plain or FSDP2 DTensor parameters)
@@ -62,11 +63,11 @@ class ScalingConfig(Cfg):
 
     resource_config: ClassVar[bool] = True
     workers: int = 0  # 0: run in this process (no Ray); N ≥ 1: Ray Train TorchTrainer with N workers
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
-    resources_per_worker: dict[str, float] = Field(default_factory=dict)
-    max_failures: int = 1
+    use_gpu: bool = False  # one GPU per Ray Train worker (FSDP2 over them)
+    cpus_per_worker: float = 1.0  # CPUs each Ray Train worker requests
+    gpus_per_worker: float = 1.0  # GPUs each worker requests when use_gpu
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # custom Ray resources each worker requests
+    max_failures: int = 1  # worker-group restarts Ray Train allows (from the last checkpoint)
     report_every: int = 10  # steps between metric reports to Ray (each costs a round-trip)
     storage_path: str | None = None  # Ray Train storage (local dir or s3://); default <output_dir>/ray
 
@@ -74,28 +75,28 @@ class ScalingConfig(Cfg):
 class TrainConfig(Cfg):
     resource_fields: ClassVar[frozenset[str]] = frozenset({"scaling", "torch_threads", "progress"})
 
-    model: str = "builtin:smollm2-135m-instruct"
-    output_dir: str
-    name: str = "train"
-    data: TrainDataConfig = TrainDataConfig()
-    objective: ObjectiveSpec = ObjectiveSpec()
+    model: str = "builtin:smollm2-135m-instruct"  # the model to train: builtin:NAME, a Hugging Face folder or hub id
+    output_dir: str  # the run folder: metrics.jsonl, checkpoints/, final/
+    name: str = "train"  # run name (trackers, logs)
+    data: TrainDataConfig = TrainDataConfig()  # the training data: a prepared folder or raw inputs
+    objective: ObjectiveSpec = ObjectiveSpec()  # the loss and its options
     reference_model: str | None = None  # for objectives that need one; default: `model`
-    peft: PeftConfig = PeftConfig()
-    optim: OptimConfig = OptimConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    scaling: ScalingConfig = ScalingConfig()
+    peft: PeftConfig = PeftConfig()  # parameter-efficient training: none, LoRA or Aligner
+    optim: OptimConfig = OptimConfig()  # optimizer and learning-rate schedule
+    checkpoint: CheckpointConfig = CheckpointConfig()  # periodic checkpoints and the final export
+    scaling: ScalingConfig = ScalingConfig()  # where it runs: this process, or Ray Train workers
     micro_batch_size: int = 1  # rows per forward pass per rank
     grad_accum: int = 1  # micro-batches per optimizer step per rank
-    epochs: int = 1
+    epochs: int = 1  # passes over the data (max_steps overrides)
     max_steps: int | None = None  # overrides epochs when set
-    seed: int = 0
+    seed: int = 0  # seeds the data order, dropout and initialisation
     dtype: DType = "auto"  # auto: bf16 mixed precision on GPU, fp32 on CPU
-    activation_checkpointing: bool = False
-    log_every: int = 1
+    activation_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+    log_every: int = 1  # steps between metrics.jsonl rows
     tensorboard: bool = False  # same as listing tensorboard in report_to
     # experiment trackers (optional extra `tracking`): run name, config, per-step metrics
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
-    progress: bool = True
+    progress: bool = True  # a progress line (step/total, loss, tokens/s, ETA) on rank 0
     peak_tflops: float | None = None  # per device, for MFU; default: looked up for known GPUs
     stop_at_step: int | None = None  # save a checkpoint and stop early (resume later with the same config)
     log_samples: bool = False  # write the doc ids each rank consumed per step (resume audits)
@@ -118,7 +119,7 @@ class ComposedRun(Cfg):
 
     train_defaults: ClassVar[dict[str, Any]] = {}
 
-    train: TrainConfig
+    train: TrainConfig  # the training run (its keys may also be given at the top level)
 
     @classmethod
     def accepted_keys(cls) -> set[str]:

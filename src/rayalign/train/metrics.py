@@ -1,4 +1,8 @@
-"""Per-step metrics: JSONL in the run folder, a rich progress bar and the trackers of `report_to`, rank 0 only.
+"""Per-step metrics: JSONL in the run folder, progress and the trackers of `report_to`, rank 0 only.
+
+Progress: a rich bar (step/total, ETA, loss, tokens/s) on a terminal; on a pipe a plain line every
+30 s and at the last step. Each JSONL row carries `total_steps`, which `rayalign status` and the
+pipeline display read.
 
 MFU uses the usual 6·N FLOPs per trained token (forward 2N + backward 4N), N = model parameters,
 against the per-device peak given in the config or looked up for known GPUs (bf16 dense).
@@ -7,6 +11,7 @@ against the per-device peak given in the config or looked up for known GPUs (bf1
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +45,8 @@ class MetricsWriter:
         from rayalign.train.tracking import open_trackers
 
         self.enabled = enabled
+        self.total_steps = total_steps
+        self.plain: PlainProgress | None = None
         self.target = storage.join(output_dir, "metrics.jsonl")
         self.local_dir = run_local_dir(output_dir)
         self.path = self.local_dir / "metrics.jsonl"
@@ -54,7 +61,9 @@ class MetricsWriter:
         self.path.write_text("".join(x + "\n" for x in kept))
         names = list(cfg.report_to) + (["tensorboard"] if cfg.tensorboard else [])
         self.trackers = open_trackers(names, self.local_dir, cfg.name, cfg.model_dump(mode="json"))
-        if cfg.progress:
+        if cfg.progress and not _is_terminal():
+            self.plain = PlainProgress(total_steps)
+        elif cfg.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
@@ -70,16 +79,18 @@ class MetricsWriter:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        record = {"time": time.time(), **record}
+        record = {"time": time.time(), "total_steps": self.total_steps, **record}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         numbers = {
             k: float(v)
             for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time", "total_steps")
         }
         for t in self.trackers:
             t.log(numbers, record["step"])
+        if self.plain is not None:
+            self.plain.update(record)
         if self.bar is not None:
             self.bar.update(
                 self.task,
@@ -97,6 +108,45 @@ class MetricsWriter:
         for t in self.trackers:
             t.close()
         self.sync()
+
+
+PLAIN_EVERY_S = 30.0
+
+
+def _is_terminal() -> bool:
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+
+class PlainProgress:
+    """Training progress on a pipe (CI, `ray job logs`): a line every PLAIN_EVERY_S seconds and at
+    the last step, e.g. `train: 20/60 steps, loss 1.8, 512 tok/s, 2.0 steps/s, ETA 20s`."""
+
+    def __init__(self, total: int, every_s: float = PLAIN_EVERY_S, out=None):
+        self.total, self.every_s, self.out = total, every_s, out
+        self.first: tuple[int, float] | None = None  # (step, time) of this run's first logged step
+        self.last_print = time.time()
+
+    def update(self, record: dict) -> None:
+        from rayalign.textfmt import Progress
+
+        step, now = int(record["step"]), float(record.get("time") or time.time())
+        if self.first is None:
+            self.first = (step, now)
+        rate = (step - self.first[0]) / (now - self.first[1]) if now > self.first[1] else None
+        if now - self.last_print < self.every_s and step < self.total:
+            return
+        self.last_print = now
+        eta = max(self.total - step, 0) / rate if rate else None
+        p = Progress(
+            "steps",
+            step,
+            self.total,
+            rate=rate,
+            loss=record.get("loss"),
+            tokens_per_s=record.get("tokens_per_s"),
+            eta_s=eta,
+        )
+        print(f"train: {p.line()}", file=self.out or sys.stdout, flush=True)
 
 
 def run_local_dir(output_dir: str) -> Path:

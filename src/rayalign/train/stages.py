@@ -17,11 +17,11 @@ from rayalign.train.config import ObjectiveSpec, TrainConfig
 
 
 class SFTConfig(TrainConfig):
-    objective: ObjectiveSpec = ObjectiveSpec(name="sft")
+    objective: ObjectiveSpec = ObjectiveSpec(name="sft")  # the loss: sft (loss on assistant tokens)
 
 
 class PretrainConfig(TrainConfig):
-    objective: ObjectiveSpec = ObjectiveSpec(name="pretrain")
+    objective: ObjectiveSpec = ObjectiveSpec(name="pretrain")  # the loss: pretrain (loss on every token)
 
 
 def ensure_prepared(cfg: TrainConfig, kind: Literal["corpus", "chat"]) -> TrainConfig:

@@ -36,8 +36,8 @@ class PoolConfig(Cfg):
     resource_fields = frozenset({"workers", "num_cpus", "num_gpus", "resources", "shards_in_flight"})
 
     workers: int = 1  # actors in the pool; 0 = run in the driver process without Ray
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
+    num_cpus: float = 0.5  # CPUs per actor (fractional so a 2-CPU box never deadlocks)
+    num_gpus: float = 0.0  # GPUs per actor (engines that run on a GPU)
     # custom Ray resources every actor requests, e.g. {"data_node": 1} to pin the pool to nodes started
     # with `ray start --resources '{"data_node": 4}'`
     resources: dict[str, float] = Field(default_factory=dict)
@@ -46,7 +46,7 @@ class PoolConfig(Cfg):
     # more requests than it runs at once (see `auto_in_flight`), so it never drains at a shard
     # boundary; None = the stage's default (1 for stages whose processors are not thread-safe).
     shards_in_flight: PositiveInt | Literal["auto"] | None = None
-    shard_rows: int = 256
+    shard_rows: int = 256  # input rows per shard: the unit of work, commit and resume
     limit: int | None = None  # only the first N input rows (a seed sample, a smoke run); None = all
 
 

@@ -24,12 +24,12 @@ from rayalign.config import Cfg, DType
 
 
 class SamplingParams(Cfg):
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    stop: list[str] = Field(default_factory=list)
-    n: int = 1
-    seed: int | None = None
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0  # nucleus sampling mass
+    max_tokens: int = 256  # most new tokens per answer; a longer one is cut (finish_reason length)
+    stop: list[str] = Field(default_factory=list)  # strings that end an answer (not included)
+    n: int = 1  # answers per prompt
+    seed: int | None = None  # per-request seed: equal seeds give equal samples (None: the engine's)
 
 
 @dataclass
@@ -114,7 +114,7 @@ class EngineConfig(Cfg):
 
     resource_fields = frozenset({"batch_size", "tensor_parallel_size"})
 
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"  # hf (transformers, any device) or vllm
     model: str = "builtin:smollm2-135m-instruct"  # any spec models.loader resolves
     dtype: DType = "fp32"  # fp32 on CPU: bf16 is slower there and changes greedy output
     max_model_len: int = Field(2048, ge=16)  # prompt + completion tokens
@@ -123,12 +123,12 @@ class EngineConfig(Cfg):
     vllm_kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"enforce_eager": True}
     )  # passed to vLLM's engine args as is
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repo's own Python code (off: only trusted architectures)
     adapter: str | None = None  # hf only: a LoRA / Aligner folder merged into the served base
     # Named adapters (name -> folder) served beside the base; a request picks one by name.
     adapters: dict[str, str] = Field(default_factory=dict)
     max_lora_rank: int = Field(64, ge=1)  # vllm: the largest LoRA rank it reserves room for
-    seed: int = 0
+    seed: int = 0  # engine seed (requests without their own seed)
 
     def capacity(self, n: int = 1) -> int:
         """Prompt rows (of `n` samples each) the engine runs at once: vLLM's `max_num_seqs` (from
