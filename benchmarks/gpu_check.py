@@ -27,7 +27,7 @@ command exits 1 after writing `benchmarks/results/<date>-gpu-check-<gpu>.md` (th
 What the GPU machine needs: Python 3.12 with torch, transformers, peft and pyarrow (older versions
 than the project pins work: nothing here uses newer APIs), and this working tree. rayalign's own
 modules used here import neither Ray nor vLLM (tests/cluster/test_gpu_check.py checks it). The
-rest travels in `benchmarks/.gpu_check/` (git-ignored; about 4 MiB, far under the 64 MiB a working
+rest travels in `benchmarks/.gpu_check/` (git-ignored; about 6 MiB, far under the 64 MiB a working
 tree may carry), written on a machine with network by `--pack`:
 
 - `tokenizer/`: SmolLM2's tokenizer files (tokenizer.json, tokenizer_config.json with its chat
@@ -36,8 +36,9 @@ tree may carry), written on a machine with network by `--pack`:
 - `wheels/`: the pure-Python (and one small binary) wheels rayalign imports that the machine lacks,
   for CPython 3.12 on manylinux x86_64, fetched with the ordinary client:
   `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
-  -d benchmarks/.gpu_check/wheels pydantic==<pin> pydantic-core==<pin> annotated-types typing-inspection`
-  (the pins are the project's `docker/constraints.txt`; `--pack` runs exactly this).
+  -d benchmarks/.gpu_check/wheels pydantic==X pydantic-core==Y annotated-types==Z typing-inspection==W
+  typing-extensions==V` (torch brings a typing-extensions, maybe older than pydantic needs)
+  with the versions of the project's environment (`--pack` runs exactly this).
 
 On the GPU machine the script installs those wheels into `benchmarks/.gpu_check/site` with
 `pip install --no-index --no-deps --target` the first time (no network) and puts that folder and
@@ -66,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / "benchmarks" / ".gpu_check"
 DATA = ROOT / "rayjobs" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
+WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 # model and run sizes: the real check, and the CPU dry run (same code, tiny numbers)
@@ -101,8 +102,15 @@ def pack() -> None:
     for name in TOKENIZER_FILES:
         if (source / name).exists():
             shutil.copy(source / name, tok / name)
-    p = pins()
-    wanted = [f"{w}=={p[w]}" if w in p else w for w in WHEELS]
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pinned(name: str) -> str:  # the version this environment runs (pydantic pins its core exactly)
+        try:
+            return f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            return f"{name}=={pins()[name]}" if name in pins() else name
+
+    wanted = [pinned(w) for w in WHEELS]
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
          "--platform", "manylinux2014_x86_64", "-d", str(CARRY / "wheels"), *wanted],

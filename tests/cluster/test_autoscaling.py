@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,7 @@ def autoscaling_cluster():
         for pid in own_pids(f"RAY_TMPDIR={temp}"):  # the fake nodes the autoscaler started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def run_job(cluster: dict, job: str, work: Path, timeout: float = 150) -> dict:

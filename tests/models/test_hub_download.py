@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -172,3 +174,61 @@ def test_a_wrong_token_is_one_clear_error_without_the_token(hub, tmp_path):
     assert last.startswith("rayalign.models.loader.ModelSpecError: could not download hub model 'tiny-org/tiny-llama'")
     assert "HF_TOKEN" in last and "s3://" in last and "hf_wrongToken987654321" not in run.stderr
     assert seen and all(auth == "Bearer hf_wrongToken987654321" for _, _, auth in seen)
+
+
+RAY_JOB = """
+import json, sys
+import ray
+from rayalign.stages import run_stage
+
+work, prompts, chats, model = sys.argv[1:5]
+sample = run_stage("sample", data={
+    "inputs": [prompts], "output": f"{work}/sample", "model": model,
+    "engine": {"backend": "hf", "dtype": "fp32", "batch_size": 4}, "params": {"max_tokens": 4},
+    "pool": {"workers": 1, "num_cpus": 0.5, "limit": 4}})
+sft = run_stage("sft", data={
+    "model": model, "output_dir": f"{work}/sft", "objective": {"name": "sft"},
+    "data": {"inputs": [chats], "max_length": 128, "seq_len": 128, "pool": {"workers": 0}},
+    "max_steps": 2, "progress": False, "checkpoint": {"every": 0},
+    "scaling": {"workers": 1, "cpus_per_worker": 0.5, "report_every": 1}})
+from rayalign.train.launcher import FORWARD_ENV  # what Train workers' runtime env may carry
+print("RESULT " + json.dumps({"sample_ok": sample.counts.ok, "sft_steps": sft.metrics.get("steps"),
+                              "train_env": list(FORWARD_ENV), "job_env": str(ray.get_runtime_context().runtime_env)}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_actors_and_train_workers_download_with_the_inherited_token(hub, tmp_path):
+    """The token reaches Ray's generation actors and Train workers by inheritance (a 401 would fail
+    the stage), and appears in no runtime env and no file Ray wrote (logs included)."""
+    endpoint, seen = hub
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RAY_ADDRESS")}
+    ray_dir = Path(tempfile.mkdtemp(prefix="ra-hub-", dir="/tmp"))  # short: Ray's socket paths have a length cap
+    env.update(HF_ENDPOINT=endpoint, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(REPO / "src"),
+               HF_HUB_DISABLE_XET="1", RAY_TMPDIR=str(ray_dir))  # fmt: skip
+    data = REPO / "rayjobs" / "data" / "tiny"
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", RAY_JOB, str(tmp_path / "runs"), str(data / "prompts.jsonl"),
+             str(data / "chat.jsonl"), REPO_ID],
+            env=env, capture_output=True, text=True, timeout=280,
+        )  # fmt: skip
+        ray_files = [f for f in ray_dir.rglob("*") if f.is_file() and not f.is_symlink() and not f.is_socket()]
+        leaked = [f for f in ray_files if TOKEN.encode() in f.read_bytes()]
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    out = json.loads(next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert out["sample_ok"] == 4 and out["sft_steps"] == 2
+    assert seen and all(auth == f"Bearer {TOKEN}" for _, _, auth in seen)
+    gets = [p for m, p, _ in seen if m == "GET" and "/resolve/" in p]
+    assert len(gets) == len(set(gets)), "a file was downloaded twice on this node"
+    assert TOKEN not in out["job_env"] and "HF_TOKEN" not in out["job_env"] and "HF_TOKEN" not in out["train_env"]
+    assert endpoint in out["job_env"]  # the hub endpoint is a setting: it travels
+    assert TOKEN not in run.stdout + run.stderr
+    assert ray_files and leaked == []  # Ray's logs and session files
+    for f in (tmp_path / "runs").rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            assert TOKEN.encode() not in f.read_bytes(), f
