@@ -98,8 +98,10 @@ class GRPOConfig(ComposedRun):
             raise ValueError("rollout.temperature must be > 0: a group of greedy samples has no spread")
         if self.train.objective.name not in ("sft", "grpo"):  # sft: TrainConfig's default
             raise ValueError("objective: set by the grpo stage (eps_low, eps_high, kl_coef, aggregation)")
-        if self.train.peft.method != "none":
-            raise ValueError("peft.method: grpo trains the full model (engines receive full weights); set none")
+        if self.train.peft.method == "aligner":
+            raise ValueError("peft.method: grpo trains the full model or a LoRA adapter (lora or none), not aligner")
+        if self.train.peft.method == "lora" and self.engine.backend != "hf":
+            raise ValueError("peft.method lora: adapter-only weight sync is built for engine.backend hf")
         return self
 
     def loss_parts(self) -> tuple[str, str, Aggregation]:

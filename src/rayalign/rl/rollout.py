@@ -39,6 +39,7 @@ from typing import Any, cast
 import torch
 
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, make_engine
+from rayalign.models.adapters import PeftConfig
 
 
 def rollout_seed(seed: int, step: int, row: int) -> int:
@@ -77,9 +78,14 @@ class VersionedEngine:
         self.staged: dict[int, dict[str, torch.Tensor]] = {}
         self.stage_lock = threading.Lock()
         self.engine_lock = threading.Lock()
+        self.adapter: PeftConfig | None = None  # LoRA runs: versions are adapter weights only
+        self.lora: Any = None  # the engine's model with the same LoRA layers as the trainer's
 
-    def receive(self, state: dict[str, torch.Tensor], version: int, keep: int = 1) -> bool:
+    def receive(
+        self, state: dict[str, torch.Tensor], version: int, keep: int = 1, adapter: PeftConfig | None = None
+    ) -> bool:
         with self.stage_lock:
+            self.adapter = adapter
             self.staged[version] = state
             for old in sorted(self.staged)[:-keep]:
                 del self.staged[old]
@@ -96,9 +102,29 @@ class VersionedEngine:
                         f"rollout asks for policy version {version}, but the engine holds {self.version} and has "
                         f"{staged} staged (max_staleness smaller than the queue of rollouts?)"
                     )
-                load_weights(self.engine, state)
+                if self.adapter is not None:
+                    self.load_adapter(state)
+                else:
+                    load_weights(self.engine, state)
                 self.version = version
             return self.version, self.engine.generate(requests)
+
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        """Swap the engine's LoRA weights for `state` (the trainer's trainable tensors, by the
+        trainer's names): the first time, the engine's model gets the same LoRA layers in place."""
+        model = getattr(self.engine, "model", None)
+        if model is None or getattr(self.engine, "llm", None) is not None:
+            raise TypeError(f"{type(self.engine).__name__}: adapter-only weight sync is built for the hf engine")
+        if self.lora is None:
+            from rayalign.models.adapters import apply_peft
+
+            assert self.adapter is not None
+            self.lora = apply_peft(model, self.adapter)  # injects the LoRA layers into `model` itself
+            self.lora.eval()
+        with torch.no_grad():
+            result = self.lora.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise RuntimeError(f"adapter sync: the engine's model has no {result.unexpected_keys[:3]}")
 
 
 class EngineActor(VersionedEngine):
@@ -130,6 +156,16 @@ def engine_actor_class(num_cpus: float, num_gpus: float = 0.0):
 
     options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "concurrency_groups": {"sync": 1}}
     return ray.remote(**options)(EngineActor)
+
+
+def adapter_state_dict(model, distributed: bool) -> dict[str, torch.Tensor]:
+    """The trainable (adapter) tensors only, whole (gathered from FSDP2 shards on every rank)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            full = getattr(p, "full_tensor", None) if distributed else None
+            out[name] = (full() if full is not None else p).detach().cpu()
+    return out
 
 
 def full_state_dict(model, distributed: bool) -> dict[str, torch.Tensor]:
@@ -168,8 +204,11 @@ class RolloutEngines:
         keep: int = 1,
         background: bool = False,
         sync_timeout: float = 600.0,
+        adapter: PeftConfig | None = None,
     ):
         self.actors = list(actors or [])
+        self.adapter = adapter if adapter is not None and adapter.method != "none" else None
+        self.bytes_sent = 0  # weight bytes handed to the engines (per engine), all syncs
         self.keep, self.sync_timeout = keep, sync_timeout
         self.host = None if self.actors else VersionedEngine(make_engine(cfg))
         self.local = self.host.engine if self.host is not None else None
@@ -221,16 +260,23 @@ class RolloutEngines:
         engine that does not acknowledge within ``sync_timeout`` seconds raises `SyncTimeout`
         naming it. Every rank calls this (FSDP2's gather), only rank 0 sends."""
         version = self.version + 1 if version is None else version
-        state = full_state_dict(model, distributed)
+        if self.adapter is not None:  # LoRA: the adapter's tensors only, the base never moves
+            state = adapter_state_dict(model, distributed)
+        else:
+            state = full_state_dict(model, distributed)
+        self.bytes_sent += sum(t.numel() * t.element_size() for t in state.values())
         if self.host is not None:
-            if self.pool is not None:  # training goes on while queued rollouts run: send a copy
+            if self.pool is not None or self.adapter is not None:  # the trainer goes on: send a copy
                 state = {k: v.detach().clone() for k, v in state.items()}
-            self.host.receive(state, version, self.keep)
+            self.host.receive(state, version, self.keep, self.adapter)
         elif rank == 0:
             import ray
 
             ref = ray.put(state)  # once; each actor reads the same object
-            acks = [a.receive.options(concurrency_group="sync").remote(ref, version, self.keep) for a in self.actors]
+            acks = [
+                a.receive.options(concurrency_group="sync").remote(ref, version, self.keep, self.adapter)
+                for a in self.actors
+            ]
             ready, _ = ray.wait(acks, num_returns=len(acks), timeout=self.sync_timeout)
             late = [i for i, ack in enumerate(acks) if ack not in ready]
             if late:

@@ -59,7 +59,12 @@ class GRPOTrainer(Trainer):
         engine_cfg = grpo.engine_config()
         self.render = TokenizingEngine(engine_cfg).render_ids  # the engines' own prompt rendering
         self.engines = RolloutEngines(
-            engine_cfg, actors, keep=self.k + 1, background=self.k > 0, sync_timeout=grpo.asynchronous.sync_timeout
+            engine_cfg,
+            actors,
+            keep=self.k + 1,
+            background=self.k > 0,
+            sync_timeout=grpo.asynchronous.sync_timeout,
+            adapter=cfg.peft,
         )
         self.part_names = [s.name for s in grpo.rewards]
         self.stats = torch.zeros(len(STATS) + len(self.part_names), dtype=torch.float64)
@@ -254,6 +259,7 @@ class GRPOTrainer(Trainer):
         if self.distributed:
             torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
         out = {
+            "sync_bytes": float(self.engines.bytes_sent),
             "staleness_mean": v["staleness_sum"] / groups,
             "staleness_max": float(top),
             "dropped_groups": v["dropped_groups"],
