@@ -148,7 +148,8 @@ class PolicyObjective:
     aggregation, constant, correction, cap}``) over rollout rows.
 
     A row is one sampled response: ``prompt_ids``, ``response_ids`` (the sampled tokens, EOS
-    included), its ``advantage`` and optionally ``behav_logps`` (the engine's log-prob of each
+    included; a multi-turn episode's ids after the prompt, with ``response_mask`` 0 on the
+    environment's), its ``advantage`` and optionally ``behav_logps`` (the engine's log-prob of each
     sampled token: the behaviour policy, for the mismatch metric and the `correction`). The rollout side may add ``old_logps`` / ``ref_logps`` ([N, K]
     tensors from `token_logps_of`) to the collated batch; without ``old_logps`` the ratio is taken
     against the detached current log-probs (ρ = 1, the single-update case).
@@ -191,7 +192,15 @@ class PolicyObjective:
         from rayalign.objectives.causal_lm import pad_to
 
         seqs = [list(r["prompt_ids"]) + list(r["response_ids"]) for r in rows]
-        labels = [[IGNORE] * len(r["prompt_ids"]) + list(r["response_ids"]) for r in rows]
+        # a multi-turn row's environment tokens (response_mask 0) are context, not trained on
+        labels = [
+            [IGNORE] * len(r["prompt_ids"])
+            + [
+                t if m else IGNORE
+                for t, m in zip(r["response_ids"], r.get("response_mask") or [1] * len(r["response_ids"]))
+            ]
+            for r in rows
+        ]
         # Only positions from the shortest prompt's last token on predict a response token: the LM
         # head (most of a small model's compute) runs on those only.
         width = max(len(s) for s in seqs)

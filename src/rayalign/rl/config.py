@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from rayalign.config import Cfg, ConfigError
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.objectives.policy import Aggregation, Correction
+from rayalign.rl.env import EnvConfig
 from rayalign.rl.rewards import RewardSpec
 from rayalign.train.config import ComposedRun, ObjectiveSpec, TrainConfig
 
@@ -81,6 +82,7 @@ class GRPOConfig(ComposedRun):
     kl_coef: float = Field(0.0, ge=0)
     inner_epochs: int = Field(1, ge=1)
     pass_threshold: float = 1.0
+    environment: EnvConfig | None = None
     asynchronous: AsyncConfig = AsyncConfig()
     off_policy: OffPolicyConfig = OffPolicyConfig()
 
@@ -92,6 +94,8 @@ class GRPOConfig(ComposedRun):
                 f"prompts_per_step ({self.prompts_per_step}) must be a multiple of scaling.workers × "
                 f"micro_batch_size ({per_forward})"
             )
+        if self.environment is not None and "rewards" in self.model_fields_set:
+            raise ValueError("rewards: with an environment the episodes' rewards are the environment's; drop rewards")
         if self.rollout.n != 1:
             raise ValueError("rollout.n is not used: group_size sets the samples per prompt")
         if self.rollout.temperature <= 0:

@@ -40,6 +40,7 @@ import torch
 
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, make_engine
 from rayalign.models.adapters import PeftConfig
+from rayalign.rl.env import EnvConfig
 
 
 def rollout_seed(seed: int, step: int, row: int) -> int:
@@ -91,7 +92,11 @@ class VersionedEngine:
                 del self.staged[old]
         return True
 
-    def rollout(self, requests: list[GenRequest], version: int) -> tuple[int, list[GenResult]]:
+    def rollout(
+        self, requests: list[GenRequest], version: int, env: EnvConfig | None = None, rows: list[dict] | None = None
+    ) -> tuple[int, list[Any]]:
+        """`GenResult`s of `requests` sampled with policy `version`; with an environment, the
+        multi-turn `Episode`s of the prompt `rows` instead (G per request, `rl.env.run_episodes`)."""
         with self.engine_lock:
             if version != self.version:
                 with self.stage_lock:
@@ -107,6 +112,10 @@ class VersionedEngine:
                 else:
                     load_weights(self.engine, state)
                 self.version = version
+            if env is not None:
+                from rayalign.rl.env import run_episodes
+
+                return self.version, run_episodes(self.engine, requests, rows or [], env)
             return self.version, self.engine.generate(requests)
 
     def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
@@ -215,28 +224,39 @@ class RolloutEngines:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollout") if self.host and background else None
         self.version = -1  # the newest version sent
 
-    def submit(self, requests: list[GenRequest], slots: list[int], version: int) -> Submitted:
+    def submit(
+        self,
+        requests: list[GenRequest],
+        slots: list[int],
+        version: int,
+        env: EnvConfig | None = None,
+        rows: list[dict] | None = None,
+    ) -> Submitted:
         """Start sampling `requests` with policy `version` (sent before by `sync`); request i goes to
         actor ``slots[i] % len(actors)`` (its global position in the step, so ranks spread their
         prompts over all engines). Returns at once except on the in-process engine without
         background thread, which samples here."""
+        every = list(range(len(requests)))
         if self.host is not None:
             if self.pool is not None:
                 return Submitted(
-                    [(self.pool.submit(self.host.rollout, requests, version), list(range(len(requests))))],
-                    len(requests),
+                    [(self.pool.submit(self.host.rollout, requests, version, env, rows), every)], len(every)
                 )
-            return Submitted([(self.host.rollout(requests, version), list(range(len(requests))))], len(requests))
+            return Submitted([(self.host.rollout(requests, version, env, rows), every)], len(every))
         by_actor: dict[int, list[int]] = {}
         for i, slot in enumerate(slots):
             by_actor.setdefault(slot % len(self.actors), []).append(i)
-        parts = [(self.actors[a].rollout.remote([requests[i] for i in ix], version), ix) for a, ix in by_actor.items()]
+        parts = []
+        for a, ix in by_actor.items():
+            mine = [rows[i] for i in ix] if rows is not None else None
+            parts.append((self.actors[a].rollout.remote([requests[i] for i in ix], version, env, mine), ix))
         return Submitted(parts, len(requests))
 
-    def collect(self, sub: Submitted) -> tuple[list[int], list[GenResult]]:
-        """The policy version each request was sampled with, and the results, in request order."""
+    def collect(self, sub: Submitted) -> tuple[list[int], list[Any]]:
+        """The policy version each request was sampled with, and the results (`GenResult`s, or
+        lists of `Episode`s), in request order."""
         versions: list[int] = [-1] * sub.n
-        out: list[GenResult | None] = [None] * sub.n
+        out: list[Any] = [None] * sub.n
         for handle, ix in sub.parts:
             if isinstance(handle, tuple):
                 version, results = handle
@@ -248,7 +268,7 @@ class RolloutEngines:
                 version, results = ray.get(handle)
             for i, res in zip(ix, results, strict=True):
                 versions[i], out[i] = version, res
-        return versions, out  # type: ignore[return-value]  # every slot filled above
+        return versions, out
 
     def generate(self, requests: list[GenRequest], slots: list[int]) -> list[GenResult]:
         """Sample with the newest version sent (blocking)."""

@@ -30,6 +30,7 @@ from rayalign.generate.engine.protocol import TokenizingEngine, TokenLogprob
 from rayalign.objectives.policy import group_advantages, rloo_advantages, token_logps_of
 from rayalign.results import StageResult
 from rayalign.rl.config import GRPOConfig
+from rayalign.rl.env import Episode
 from rayalign.rl.rewards import Rewards
 from rayalign.rl.rollout import RolloutEngines, rollout_seed
 from rayalign.train.config import TrainConfig
@@ -66,7 +67,7 @@ class GRPOTrainer(Trainer):
             sync_timeout=grpo.asynchronous.sync_timeout,
             adapter=cfg.peft,
         )
-        self.part_names = [s.name for s in grpo.rewards]
+        self.part_names = ["environment"] if grpo.environment is not None else [s.name for s in grpo.rewards]
         self.stats = torch.zeros(len(STATS) + len(self.part_names), dtype=torch.float64)
         self.staleness_max = 0.0
         # step -> rollouts on their way (Submitted) or done ((versions, results)), in step order
@@ -97,7 +98,9 @@ class GRPOTrainer(Trainer):
     def submit(self, step: int, version: int) -> None:
         rows, reqs = self.requests(step)
         slots = [self.rank + self.world * j for j in range(len(rows))]
-        self.queue[step] = self.engines.submit(reqs, slots, version)
+        env = self.grpo.environment
+        prompts = self.source.rows(rows) if env is not None else None  # the environment resets from them
+        self.queue[step] = self.engines.submit(reqs, slots, version, env, prompts)
 
     def fill_queue(self, step: int) -> None:
         """Rollouts of steps step … step + k on their way (each one's version is synced by now)."""
@@ -137,19 +140,25 @@ class GRPOTrainer(Trainer):
         # training tokens/s counts training time only: not sampling, not the weight sync
         self.window.start += rollout_s + (time.perf_counter() - t1)
 
-    def score(self, step: int, versions: list[int], results: list[GenResult]) -> list[dict]:
+    def score(self, step: int, versions: list[int], results: list[Any]) -> list[dict]:
         """Score and weigh one step's groups: one training row per response, with the policy version
         it was sampled with and the engine's log-probs of its tokens (the behaviour policy)."""
         rows = [i for g in self.order.step_rows(step) for i in g]
         prompts = self.source.rows(rows)
         g = self.grpo.group_size
-        for p, res in zip(prompts, results, strict=True):
-            if not res.ok or res.logprobs is None:
-                raise RuntimeError(f"rollout of prompt {p.get('id')!r} failed: {res.error}")
-        texts = [t for res in results for t in res.texts]
-        total, parts = self.rewards([p for p in prompts for _ in range(g)], texts)
+        if self.grpo.environment is not None:  # multi-turn episodes: the environment's rewards
+            total = [ep.reward for eps in results for ep in eps]
+            parts = {"environment": total}
+            n_tokens = sum(sum(ep.mask) for eps in results for ep in eps)
+        else:
+            for p, res in zip(prompts, results, strict=True):
+                if not res.ok or res.logprobs is None:
+                    raise RuntimeError(f"rollout of prompt {p.get('id')!r} failed: {res.error}")
+            texts = [t for res in results for t in res.texts]
+            total, parts = self.rewards([p for p in prompts for _ in range(g)], texts)
+            n_tokens = sum(sum(res.completion_tokens) for res in results)
         advantages = self.advantages(torch.tensor(total, dtype=torch.float64).view(len(prompts), g))
-        self.count_rollouts(total, parts, results)
+        self.count_rollouts(total, parts, n_tokens)
         staleness = [step - v for v in versions]
         self.stats[STATS.index("groups")] += len(staleness)
         self.stats[STATS.index("staleness_sum")] += sum(staleness)
@@ -157,6 +166,19 @@ class GRPOTrainer(Trainer):
         out = []
         for j, (p, res) in enumerate(zip(prompts, results, strict=True)):
             prompt_ids = self.render(p["messages"])
+            if self.grpo.environment is not None:
+                for k, ep in enumerate(res):
+                    out.append(
+                        {
+                            "prompt_ids": prompt_ids,
+                            "response_ids": ep.response_ids,
+                            "response_mask": ep.mask,
+                            "behav_logps": ep.logps,
+                            "advantage": float(advantages[j, k]),
+                            "policy_version": versions[j],
+                        }
+                    )
+                continue
             for k, lps in enumerate(res.logprobs or []):
                 out.append(
                     {
@@ -178,7 +200,7 @@ class GRPOTrainer(Trainer):
             item = self.queue[s]
             self.queue[s] = item if isinstance(item, tuple) else self.engines.collect(item)
             versions, results = self.queue[s]
-            mine[str(s)] = {"versions": versions, "results": [asdict(r) for r in results]}
+            mine[str(s)] = {"versions": versions, "results": [_dump(r) for r in results]}
         everyone: list[Any] = [None] * self.world
         if self.distributed:
             torch.distributed.all_gather_object(everyone, mine)
@@ -202,20 +224,7 @@ class GRPOTrainer(Trainer):
             return {}
         out: dict[int, Any] = {}
         for s, item in blob["ranks"][self.rank].items():
-            results = [
-                GenResult(
-                    **{
-                        **r,
-                        "logprobs": [
-                            [TokenLogprob(**{**t, "top": [tuple(x) for x in t["top"]]}) for t in c]
-                            for c in r["logprobs"]
-                        ]
-                        if r["logprobs"] is not None
-                        else None,
-                    }
-                )
-                for r in item["results"]
-            ]
+            results = [_load(r) for r in item["results"]]
             out[int(s)] = (item["versions"], results)
         return out
 
@@ -223,9 +232,8 @@ class GRPOTrainer(Trainer):
         kind, scale, _ = self.grpo.loss_parts()
         return rloo_advantages(rewards) if kind == "rloo" else group_advantages(rewards, scale)  # type: ignore[arg-type]
 
-    def count_rollouts(self, total: list[float], parts: dict[str, list[float]], results: list[GenResult]) -> None:
+    def count_rollouts(self, total: list[float], parts: dict[str, list[float]], n_tokens: int) -> None:
         r = torch.tensor(total, dtype=torch.float64)
-        n_tokens = sum(sum(res.completion_tokens) for res in results)
         passed = float((r >= self.grpo.pass_threshold).sum())
         head = [len(total), float(r.sum()), float((r * r).sum()), passed, float(n_tokens), 0.0]
         head += [0.0] * (len(STATS) - len(head))  # groups, staleness, drops: counted in `score` / `take`
@@ -281,6 +289,19 @@ class GRPOTrainer(Trainer):
         finally:
             self.engines.close()
             self.rewards.close()  # a judge reward's engine
+
+
+def _dump(result: GenResult | list[Episode]) -> Any:
+    return [asdict(e) for e in result] if isinstance(result, list) else asdict(result)
+
+
+def _load(data: Any) -> GenResult | list[Episode]:
+    if isinstance(data, list):
+        return [Episode(**e) for e in data]
+    lps = data["logprobs"]
+    if lps is not None:
+        lps = [[TokenLogprob(**{**t, "top": [tuple(x) for x in t["top"]]}) for t in c] for c in lps]
+    return GenResult(**{**data, "logprobs": lps})
 
 
 def grpo_loop(
