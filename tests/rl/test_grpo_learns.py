@@ -2,7 +2,8 @@
 
 A random tiny model never says "Sure", so a short SFT first teaches it four openers, one in four
 "Sure" (sampled start rate measured below: between 0 and 0.5). GRPO on the constraint reward then
-takes the sampled start rate to ≥ 0.8 within 16 steps of 4 prompts × 8 samples.
+takes the sampled start rate to ≥ 0.8 within 16 steps of 4 prompts × 8 samples — synchronously and
+asynchronously (rollouts 2 policy versions behind, TIS-corrected).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ def sampled_start_rate(model: str) -> float:
     return sum(t.strip().lower().startswith("sure") for t in texts) / len(texts)
 
 
-def test_grpo_raises_the_start_with_reward(tmp_path):
-    chats = write_chats(tmp_path / "chat.jsonl")
-    sft = run_stage(
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sft")
+    chats = write_chats(tmp / "chat.jsonl")
+    result = run_stage(
         "sft",
         data={
             "model": TINY,
-            "output_dir": str(tmp_path / "sft"),
+            "output_dir": str(tmp / "sft"),
             "data": {"inputs": [chats], "max_length": 64, "seq_len": 64},
             "micro_batch_size": 4,
             "max_steps": 60,
@@ -45,20 +48,33 @@ def test_grpo_raises_the_start_with_reward(tmp_path):
             "optim": {"lr": 1e-2, "min_lr_ratio": 1.0},
         },
     )
-    start = sampled_start_rate(sft.checkpoint)
+    start = sampled_start_rate(result.checkpoint)
     assert 0.0 < start < 0.5, start
+    return result.checkpoint, start
 
+
+VARIANTS = {
+    "sync": ({}, 2e-3),
+    "async": ({"asynchronous": {"max_staleness": 2}, "off_policy": {"correction": "tis", "cap": 2.0}}, 2e-3),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_grpo_raises_the_start_with_reward(tmp_path, sft, variant):
+    checkpoint, start = sft
+    extra, lr = VARIANTS[variant]
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     cfg = grpo_config(
         tmp_path / "grpo",
-        sft.checkpoint,
+        checkpoint,
         prompts,
         group_size=8,
         prompts_per_step=4,
         micro_batch_size=4,
         max_steps=16,
         rollout={"temperature": 1.0, "max_tokens": 3},
-        optim={"lr": 2e-3, "min_lr_ratio": 1.0, "max_grad_norm": 1.0},
+        optim={"lr": lr, "min_lr_ratio": 1.0, "max_grad_norm": 1.0},
+        **extra,
     )
     result = run_stage("grpo", data=cfg)
     records = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
