@@ -123,16 +123,16 @@ def test_a_stuck_engine_fails_the_sync_naming_it(actor, ray_cluster):
 
 
 def test_sync_during_a_rollout_does_not_wait_for_it(actor, ray_cluster):
-    """A long rollout (8 samples × 300 tokens) is running; the next version's weights are staged
+    """A long rollout (8 samples × 600 tokens: seconds even on an idle box) is running; the next version's weights are staged
     and acknowledged before it ends; the rollout asked for version 0 and reports version 0."""
     handle, cfg = actor
     engines = RolloutEngines(cfg.engine_config(), actors=[handle], keep=2)
     model = engines_model(cfg)
     ray_cluster.get(handle.__ray_call__.remote(lambda self: None))  # the actor is up
     engines.sync(model, rank=0, distributed=False, version=0)
-    params = SamplingParams(temperature=1.0, max_tokens=300, n=8, seed=1)
+    params = SamplingParams(temperature=1.0, max_tokens=600, n=8, seed=1)
     long = engines.submit([GenRequest(messages=[{"role": "user", "content": "hi"}], params=params)], [0], 0)
-    time.sleep(0.5)  # the rollout has started
+    time.sleep(0.2)  # the rollout has started
     engines.sync(model, rank=0, distributed=False, version=1)
     [(ref, _)] = long.parts
     ready, _ = ray_cluster.wait([ref], timeout=0)
