@@ -107,3 +107,41 @@ def test_bad_aggregation_settings():
         get_objective("grpo", aggregation="constant")
     with pytest.raises(ValueError, match="aggregation"):
         get_objective("grpo", aggregation="mean")
+
+
+def test_importance_correction_by_hand():
+    """Behaviour log-probs from the engine: response 1's token p = 0.25, response 2's tokens 0.5, 0.75.
+    One update (ρ = 1, per-token term −A), π = (1/4, 3/4): weights w = π/μ = 0.75/0.25 = 3 (row 1),
+    0.25/0.5 = 0.5 and 0.75/0.75 = 1 (row 2).
+    TIS, c = 2: row 1 −2A = −1.414014; row 2 (0.5 + 1)·A/2 = 0.530255; per-sequence mean −0.441879,
+    the objective's sum over 2 sequences −0.883759; weight mean (2 + 0.5 + 1)/3, 1 of 3 tokens capped.
+    MIS, c = 2: row 1's token is masked (w = 0): (0 + 0.530255)/2 = 0.265128, sum 0.530255.
+    mismatch KL (k3 of d = log π − log μ): row 1 d = log 3: 3 − 1.098612 − 1 = 0.901388; row 2
+    d = log 0.5: 0.5 + 0.693147 − 1 = 0.193147, and 0; mean over 3 tokens 0.364845."""
+    model = FixedLogits()
+    rows = rollout_rows()
+    rows[0]["behav_logps"] = [math.log(0.25)]
+    rows[1]["behav_logps"] = [math.log(0.5), math.log(0.75)]
+    none = get_objective("grpo")
+    batch = none.collate(rows, pad_id=0)
+    # laid out like the scored positions: row 1 scores position 0 only
+    expected = [math.log(0.25), 0.0, math.log(0.5), math.log(0.75)]
+    assert batch["behav_logps"].flatten().tolist() == pytest.approx(expected)
+    loss_sum, m = none.loss(model, batch)
+    assert float(loss_sum.detach()) == pytest.approx(0.0, abs=1e-9)  # no correction: the loss is untouched
+    assert float(m["mismatch_kl"]) / 2 == pytest.approx(0.364845, abs=1e-6)
+    assert "is_weight_mean" not in m
+
+    tis = get_objective("grpo", correction="tis", cap=2.0)
+    loss_sum, m = tis.loss(model, batch)
+    assert float(loss_sum.detach()) == pytest.approx(-0.883759, abs=1e-6)
+    assert float(m["is_weight_mean"]) / 2 == pytest.approx(3.5 / 3)
+    assert float(m["is_capped_fraction"]) / 2 == pytest.approx(1 / 3)
+
+    mis = get_objective("grpo", correction="mis", cap=2.0)
+    loss_sum, m = mis.loss(model, batch)
+    assert float(loss_sum.detach()) == pytest.approx(0.530255, abs=1e-6)
+    assert float(m["is_weight_mean"]) / 2 == pytest.approx(1.5 / 3)
+
+    with pytest.raises(ValueError, match="correction"):
+        get_objective("grpo", correction="clip")

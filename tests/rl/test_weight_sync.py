@@ -10,7 +10,7 @@ from grpo_helpers import TINY, grpo_config, write_prompts
 from rayalign.generate.engine import GenRequest, SamplingParams
 from rayalign.rl.config import GRPOConfig
 from rayalign.rl.grpo import prepared_prompts
-from rayalign.rl.rollout import EngineActor, RolloutEngines
+from rayalign.rl.rollout import RolloutEngines, engine_actor_class
 from rayalign.rl.trainer import GRPOTrainer
 
 MESSAGES = [{"role": "user", "content": "Tell me about rivers."}]
@@ -92,7 +92,7 @@ def test_in_process_engine_follows_the_trainer(updated):
 @pytest.mark.timeout(180)
 def test_engine_actor_loads_weights_from_the_object_store(updated, ray_cluster):
     trainer, before, cfg = updated
-    actor = ray_cluster.remote(num_cpus=0.5)(EngineActor).remote(cfg.engine_config())
+    actor = engine_actor_class(0.5).remote(cfg.engine_config())
     try:
         remote = RolloutEngines(cfg.engine_config(), actors=[actor])
         assert greedy_engine(remote) == before  # a fresh actor holds the base model

@@ -10,7 +10,14 @@ Rollouts give G responses per prompt, each with a scalar reward. The pieces:
   ρ = πθ/π_old, asymmetric clipping [1 − ε_low, 1 + ε_high] (DAPO, Yu et al. 2025 "clip-higher"),
   an optional k3 KL penalty to the reference (Schulman's k3 estimator, as in GRPO), and three
   ways to average tokens: per sequence then over sequences (GRPO), over all tokens of the batch
-  (DAPO "token-level"), or a constant divisor (Dr. GRPO, no length bias).
+  (DAPO "token-level"), or a constant divisor (Dr. GRPO, no length bias);
+- `importance_weights`: off-policy correction for rollouts the trainer did not sample itself (an
+  asynchronous run's stale policy, or an inference engine whose numerics differ from the trainer's):
+  per token w = π_old/μ with μ the behaviour policy's log-probs as the engine reported them, either
+  truncated at a cap c (TIS: min(w, c); Yao et al. 2025 "Your efficient RL framework secretly brings
+  you off-policy RL training") or masked past it (MIS: w where w ≤ c, else 0); `clipped_policy_loss`
+  multiplies each token's term by the (detached) weight and reports ``mismatch_kl``, the k3
+  estimate of KL(μ ‖ π_θ) over the sampled tokens (the train/inference mismatch).
 
 Shapes: rewards [P, G] (P prompts × G samples); per-token tensors [N, T] with a 0/1 `mask` of the
 response tokens; advantages [N] (one per sequence, broadcast over its tokens).
@@ -23,6 +30,7 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["sequence", "token", "constant"]
+Correction = Literal["none", "tis", "mis"]
 
 
 def group_advantages(rewards: torch.Tensor, scale: Literal["std", "none"] = "std", eps: float = 1e-4) -> torch.Tensor:
@@ -47,6 +55,20 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(πθ ‖ π_ref) estimate k3 = e^(ref − θ) − (ref − θ) − 1 (≥ 0, unbiased)."""
     d = ref_logps - logps
     return torch.exp(d) - d - 1
+
+
+def importance_weights(
+    old_logps: torch.Tensor, behav_logps: torch.Tensor, correction: Correction, cap: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token off-policy weights w = exp(old − behaviour), detached, and the bool tensor of the
+    tokens the cap acted on: ``tis`` truncates w at `cap`, ``mis`` zeroes tokens whose w > `cap`."""
+    w = torch.exp(old_logps.detach() - behav_logps.to(old_logps.dtype))
+    over = w > cap
+    if correction == "tis":
+        return torch.clamp(w, max=cap), over
+    if correction == "mis":
+        return w.masked_fill(over, 0.0), over
+    raise ValueError(f"importance correction {correction!r}: use none, tis or mis")
 
 
 def aggregate(
@@ -77,13 +99,21 @@ def clipped_policy_loss(
     ref_logps: torch.Tensor | None = None,
     aggregation: Aggregation = "sequence",
     constant: float | None = None,
+    behav_logps: torch.Tensor | None = None,
+    correction: Correction = "none",
+    cap: float = 2.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO/GRPO clipped surrogate: per token −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) + β_KL·k3.
+    """PPO/GRPO clipped surrogate: per token −w·min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) + β_KL·k3.
 
     logps / old_logps / ref_logps: [N, T] per-token log-probs under the policy being trained, the policy
     that sampled the rollouts, and the reference; advantages [N]; mask [N, T]. Returns the aggregated
     loss and metrics: ``clip_fraction`` (share of response tokens whose clipped term is the active one),
     ``ratio_mean``, and ``kl`` (mean k3 over response tokens) when a reference is given.
+
+    behav_logps: [N, T] log-probs of the sampled tokens under the policy that sampled them, as the
+    engine computed them. When given, ``mismatch_kl`` is reported; with ``correction`` tis / mis
+    each token's policy term is weighted by `importance_weights` (w = 1 without a correction), and
+    ``is_weight_mean`` / ``is_capped_fraction`` are reported.
     """
     ratio = torch.exp(logps - old_logps)
     adv = advantages.unsqueeze(1).to(ratio.dtype)
@@ -96,6 +126,13 @@ def clipped_policy_loss(
         "clip_fraction": ((clipped < unclipped).to(ratio.dtype) * m).sum().detach() / n_tokens,
         "ratio_mean": (ratio.detach() * m).sum() / n_tokens,
     }
+    if behav_logps is not None:
+        metrics["mismatch_kl"] = (k3_kl(behav_logps.to(ratio.dtype), logps.detach()) * m).sum() / n_tokens
+        if correction != "none":
+            w, over = importance_weights(old_logps, behav_logps, correction, cap)
+            per_token = per_token * w
+            metrics["is_weight_mean"] = (w * m).sum() / n_tokens
+            metrics["is_capped_fraction"] = (over.to(ratio.dtype) * m).sum() / n_tokens
     if ref_logps is not None:
         kl = k3_kl(logps, ref_logps)
         metrics["kl"] = (kl.detach() * m).sum() / n_tokens
@@ -108,10 +145,12 @@ def clipped_policy_loss(
 
 class PolicyObjective:
     """GRPO-family loss as a trainer objective (``objective: {name: grpo, eps_low, eps_high, kl_coef,
-    aggregation, constant}``) over rollout rows.
+    aggregation, constant, correction, cap}``) over rollout rows.
 
     A row is one sampled response: ``prompt_ids``, ``response_ids`` (the sampled tokens, EOS
-    included) and its ``advantage``. The rollout side may add ``old_logps`` / ``ref_logps`` ([N, K]
+    included; a multi-turn episode's ids after the prompt, with ``response_mask`` 0 on the
+    environment's), its ``advantage`` and optionally ``behav_logps`` (the engine's log-prob of each
+    sampled token: the behaviour policy, for the mismatch metric and the `correction`). The rollout side may add ``old_logps`` / ``ref_logps`` ([N, K]
     tensors from `token_logps_of`) to the collated batch; without ``old_logps`` the ratio is taken
     against the detached current log-probs (ρ = 1, the single-update case).
 
@@ -132,7 +171,14 @@ class PolicyObjective:
         kl_coef: float = 0.0,
         aggregation: Aggregation = "sequence",
         constant: float | None = None,
+        correction: Correction = "none",
+        cap: float = 2.0,
     ):
+        if correction not in ("none", "tis", "mis"):
+            raise ValueError(f"objective.correction: {correction!r}; use none, tis or mis")
+        if cap <= 0:
+            raise ValueError(f"objective.cap: {cap} must be > 0 (the importance-weight cap c)")
+        self.correction, self.cap = correction, cap
         if aggregation not in ("sequence", "token", "constant"):
             raise ValueError(f"objective.aggregation: {aggregation!r}; use sequence, token or constant")
         if aggregation == "constant" and not constant:
@@ -146,17 +192,36 @@ class PolicyObjective:
         from rayalign.objectives.causal_lm import pad_to
 
         seqs = [list(r["prompt_ids"]) + list(r["response_ids"]) for r in rows]
-        labels = [[IGNORE] * len(r["prompt_ids"]) + list(r["response_ids"]) for r in rows]
+        # a multi-turn row's environment tokens (response_mask 0) are context, not trained on
+        labels = [
+            [IGNORE] * len(r["prompt_ids"])
+            + [
+                t if m else IGNORE
+                for t, m in zip(r["response_ids"], r.get("response_mask") or [1] * len(r["response_ids"]))
+            ]
+            for r in rows
+        ]
         # Only positions from the shortest prompt's last token on predict a response token: the LM
         # head (most of a small model's compute) runs on those only.
-        keep = max(len(s) for s in seqs) - min(len(r["prompt_ids"]) for r in rows) + 1
-        return {
+        width = max(len(s) for s in seqs)
+        keep = width - min(len(r["prompt_ids"]) for r in rows) + 1
+        batch = {
             "input_ids": pad_to(seqs, pad_id),
             "attention_mask": pad_to([[1] * len(s) for s in seqs], 0),
             "labels": pad_to(labels, IGNORE),
             "advantages": torch.tensor([float(r["advantage"]) for r in rows], dtype=torch.float32),
             "logits_to_keep": torch.tensor(keep),
         }
+        if all(r.get("behav_logps") is not None for r in rows):
+            # laid out like the labels, then cut to the scored window `token_logps_of` returns
+            behav = torch.zeros(len(rows), width, dtype=torch.float32)
+            for i, r in enumerate(rows):
+                n_prompt, lps = len(r["prompt_ids"]), list(r["behav_logps"])
+                if len(lps) != len(r["response_ids"]):
+                    raise ValueError(f"row {i}: {len(lps)} behaviour log-probs for {len(r['response_ids'])} tokens")
+                behav[i, n_prompt : n_prompt + len(lps)] = torch.tensor(lps, dtype=torch.float32)
+            batch["behav_logps"] = behav[:, width - keep + 1 :]
+        return batch
 
     def count(self, batch: dict) -> torch.Tensor:
         if self.aggregation == "token":
@@ -183,6 +248,9 @@ class PolicyObjective:
             ref,
             self.aggregation,
             self.constant,
+            batch.get("behav_logps"),
+            self.correction,
+            self.cap,
         )
         units = self.count(batch).to(loss.device, loss.dtype)
         return loss * units, {k: v * units for k, v in metrics.items()}

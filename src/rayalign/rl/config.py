@@ -10,9 +10,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from rayalign.config import ConfigError
+from rayalign.config import Cfg, ConfigError
 from rayalign.generate.engine import EngineConfig, SamplingParams
-from rayalign.objectives.policy import Aggregation
+from rayalign.objectives.policy import Aggregation, Correction
+from rayalign.rl.env import EnvConfig
 from rayalign.rl.rewards import RewardSpec
 from rayalign.train.config import ComposedRun, ObjectiveSpec, TrainConfig
 
@@ -22,6 +23,30 @@ ADVANTAGES: dict[str, tuple[str, str, Aggregation]] = {
     "dr_grpo": ("group", "none", "constant"),  # Dr. GRPO: no std, Σ tokens ÷ (N · max_tokens)
     "rloo": ("rloo", "none", "sequence"),  # leave-one-out baseline
 }
+
+
+class AsyncConfig(Cfg):
+    """``asynchronous: {max_staleness: k}``: the engines sample the groups of steps t+1 … t+k while
+    the trainer trains step t; step s's groups come from policy version max(0, s − k) (the weights
+    after s − k updates), so a run is as reproducible as a synchronous one. k = 0: synchronous.
+    Groups older than k versions (e.g. restored from a checkpoint of a run with a larger k) are
+    dropped, counted and sampled again. ``sync_timeout``: seconds an engine may take to acknowledge
+    a weight sync before the run fails naming it."""
+
+    resource_fields: ClassVar[frozenset[str]] = frozenset({"sync_timeout"})
+
+    max_staleness: int = Field(0, ge=0)  # k: steps rollouts may run ahead of training (0: synchronous)
+    sync_timeout: float = Field(600.0, gt=0)  # seconds an engine may take to acknowledge a weight sync
+
+
+class OffPolicyConfig(Cfg):
+    """``off_policy: {correction: tis, cap: 2}``: importance weights π_old/μ on each token's loss term,
+    μ the log-probs the engine reported for its samples: ``tis`` truncates them at ``cap``, ``mis``
+    drops the tokens above it, ``none`` leaves the loss as is (the train/inference mismatch is
+    reported either way as ``mismatch_kl``)."""
+
+    correction: Correction = "none"  # tis: truncate importance weights at cap; mis: mask tokens above it
+    cap: float = Field(2.0, gt=0)  # the importance-weight cap c
 
 
 class GRPOConfig(ComposedRun):
@@ -59,6 +84,9 @@ class GRPOConfig(ComposedRun):
     kl_coef: float = Field(0.0, ge=0)  # k3 KL penalty to a frozen reference (0: no reference)
     inner_epochs: int = Field(1, ge=1)  # updates per rollout batch
     pass_threshold: float = 1.0  # a rollout passes when its total reward ≥ this
+    environment: EnvConfig | None = None  # a multi-turn tool environment (None: single-turn rollouts)
+    asynchronous: AsyncConfig = AsyncConfig()  # rollouts of later steps sampled while a step trains
+    off_policy: OffPolicyConfig = OffPolicyConfig()  # importance-sampling correction for stale/engine log-probs
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
@@ -68,14 +96,18 @@ class GRPOConfig(ComposedRun):
                 f"prompts_per_step ({self.prompts_per_step}) must be a multiple of scaling.workers × "
                 f"micro_batch_size ({per_forward})"
             )
-        if self.rollout.stop or self.rollout.n != 1:
-            raise ValueError("rollout: stop strings and n are not supported (group_size sets the samples)")
+        if self.environment is not None and "rewards" in self.model_fields_set:
+            raise ValueError("rewards: with an environment the episodes' rewards are the environment's; drop rewards")
+        if self.rollout.n != 1:
+            raise ValueError("rollout.n is not used: group_size sets the samples per prompt")
         if self.rollout.temperature <= 0:
             raise ValueError("rollout.temperature must be > 0: a group of greedy samples has no spread")
         if self.train.objective.name not in ("sft", "grpo"):  # sft: TrainConfig's default
             raise ValueError("objective: set by the grpo stage (eps_low, eps_high, kl_coef, aggregation)")
-        if self.train.peft.method != "none":
-            raise ValueError("peft.method: grpo trains the full model (engines receive full weights); set none")
+        if self.train.peft.method == "aligner":
+            raise ValueError("peft.method: grpo trains the full model or a LoRA adapter (lora or none), not aligner")
+        if self.train.peft.method == "lora" and self.engine.backend != "hf":
+            raise ValueError("peft.method lora: adapter-only weight sync is built for engine.backend hf")
         return self
 
     def loss_parts(self) -> tuple[str, str, Aggregation]:
@@ -92,6 +124,8 @@ class GRPOConfig(ComposedRun):
             kl_coef=self.kl_coef,
             aggregation=aggregation,
             constant=float(self.rollout.max_tokens),
+            correction=self.off_policy.correction,
+            cap=self.off_policy.cap,
         )
         t = self.train
         per_rank = self.prompts_per_step // max(t.scaling.workers, 1)

@@ -56,13 +56,12 @@ def prepared_prompts(cfg: GRPOConfig, log=print) -> str:
 
 
 def start_engines(cfg: GRPOConfig) -> list[Any]:
-    import ray
 
     from rayalign.raycluster import ensure_ray
-    from rayalign.rl.rollout import EngineActor
+    from rayalign.rl.rollout import engine_actor_class
 
     ensure_ray()
-    actor = ray.remote(num_cpus=cfg.engine_cpus, num_gpus=cfg.engine_gpus)(EngineActor)
+    actor = engine_actor_class(cfg.engine_cpus, cfg.engine_gpus)
     return [actor.remote(cfg.engine_config(), cfg.train.torch_threads) for _ in range(cfg.engines)]
 
 

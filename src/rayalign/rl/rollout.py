@@ -3,11 +3,20 @@
 `RolloutEngines` is what a training rank sees: an in-process engine (``scaling.workers: 0``) or
 the Ray actors (`EngineActor`) the driver started, behind one `generate` / `sync` pair.
 
+Policy versions: version v is the weights after v optimizer updates. `sync` sends a version to
+every engine, which stages it (`VersionedEngine.receive`, acknowledged at once, even while a rollout
+is generating: actors take it in a concurrency group of its own); a rollout names the version it
+must be sampled with and the engine loads that version before it generates — between two generate
+calls, never during one — and reports it back with the results. An asynchronous run
+(`asynchronous.max_staleness` k) keeps k + 1 versions staged and its rollouts queued ahead of
+training; an engine that does not acknowledge a sync within ``sync_timeout`` fails the run with its
+name (`SyncTimeout`).
+
 Weight sync after every optimizer step, as built here (CPU):
-- in-process: the trainer's state dict is loaded into the engine's model (`load_state_dict`);
+- in-process: the trainer's state dict (a copy when rollouts run in a background thread);
 - Ray: every rank joins FSDP2's full-state-dict gather (DTensor shards → full tensors on rank 0,
-  CPU), rank 0 puts the dict in the object store ONCE and every engine actor loads it from there;
-  a barrier keeps the other ranks from sampling with the old weights.
+  CPU), rank 0 puts the dict in the object store ONCE and every engine actor reads it from there;
+  a barrier keeps the other ranks from sampling before the engines have it.
 
 A vllm engine takes the dict through vLLM's ``collective_rpc`` into a worker extension that calls
 the workers' in-place ``reload_weights`` (`rl.vllm_weights`); tested on CPU against the hf engine.
@@ -22,11 +31,16 @@ built or tested here (no GPU on this project's test machine).
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 
 from rayalign.generate.engine import Engine, EngineConfig, GenRequest, GenResult, make_engine
+from rayalign.models.adapters import PeftConfig
+from rayalign.rl.env import EnvConfig
 
 
 def rollout_seed(seed: int, step: int, row: int) -> int:
@@ -52,22 +66,115 @@ def load_weights(engine: Engine, state: dict[str, torch.Tensor]) -> None:
         model.load_state_dict(state, strict=True)
 
 
-class EngineActor:
-    """One rollout engine in a Ray actor (`ray.remote(EngineActor)`, built by the driver)."""
+class VersionedEngine:
+    """An engine that samples with a named policy version: `receive` stages a version's weights
+    (returns at once, even while a rollout runs), `rollout` loads the version it is asked for before
+    it generates — between two generate calls, never during one — and reports the version it used.
+    The newest `keep` versions stay staged, so rollouts of an asynchronous run that were queued
+    before a newer version arrived still get the weights they were asked for."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.version = -1  # nothing loaded through `rollout` yet: the engine holds its own weights
+        self.staged: dict[int, dict[str, torch.Tensor]] = {}
+        self.stage_lock = threading.Lock()
+        self.engine_lock = threading.Lock()
+        self.adapter: PeftConfig | None = None  # LoRA runs: versions are adapter weights only
+        self.lora: Any = None  # the engine's model with the same LoRA layers as the trainer's
+
+    def receive(
+        self, state: dict[str, torch.Tensor], version: int, keep: int = 1, adapter: PeftConfig | None = None
+    ) -> bool:
+        with self.stage_lock:
+            self.adapter = adapter
+            self.staged[version] = state
+            for old in sorted(self.staged)[:-keep]:
+                del self.staged[old]
+        return True
+
+    def rollout(
+        self, requests: list[GenRequest], version: int, env: EnvConfig | None = None, rows: list[dict] | None = None
+    ) -> tuple[int, list[Any]]:
+        """`GenResult`s of `requests` sampled with policy `version`; with an environment, the
+        multi-turn `Episode`s of the prompt `rows` instead (G per request, `rl.env.run_episodes`)."""
+        with self.engine_lock:
+            if version != self.version:
+                with self.stage_lock:
+                    state = self.staged.get(version)
+                    staged = sorted(self.staged)
+                if state is None:
+                    raise RuntimeError(
+                        f"rollout asks for policy version {version}, but the engine holds {self.version} and has "
+                        f"{staged} staged (max_staleness smaller than the queue of rollouts?)"
+                    )
+                if self.adapter is not None:
+                    self.load_adapter(state)
+                else:
+                    load_weights(self.engine, state)
+                self.version = version
+            if env is not None:
+                from rayalign.rl.env import run_episodes
+
+                return self.version, run_episodes(self.engine, requests, rows or [], env)
+            return self.version, self.engine.generate(requests)
+
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        """Swap the engine's LoRA weights for `state` (the trainer's trainable tensors, by the
+        trainer's names): the first time, the engine's model gets the same LoRA layers in place."""
+        model = getattr(self.engine, "model", None)
+        if model is None or getattr(self.engine, "llm", None) is not None:
+            raise TypeError(f"{type(self.engine).__name__}: adapter-only weight sync is built for the hf engine")
+        if self.lora is None:
+            from rayalign.models.adapters import apply_peft
+
+            assert self.adapter is not None
+            self.lora = apply_peft(model, self.adapter)  # injects the LoRA layers into `model` itself
+            self.lora.eval()
+        with torch.no_grad():
+            result = self.lora.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise RuntimeError(f"adapter sync: the engine's model has no {result.unexpected_keys[:3]}")
+
+
+class EngineActor(VersionedEngine):
+    """One rollout engine in a Ray actor: build it with `engine_actor_class` (its ``sync``
+    concurrency group lets `receive` run while a rollout is generating)."""
 
     def __init__(self, cfg: EngineConfig, threads: int = 1):
         torch.set_num_threads(threads)  # one thread per actor: more is much slower under contention
-        self.engine = make_engine(cfg)
+        super().__init__(make_engine(cfg))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        return self.engine.generate(requests)
+        with self.engine_lock:
+            return self.engine.generate(requests)
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> bool:
-        load_weights(self.engine, state)
+        with self.engine_lock:
+            load_weights(self.engine, state)
+            self.version = -1
         return True
 
     def close(self) -> None:
         self.engine.close()
+
+
+def engine_actor_class(num_cpus: float, num_gpus: float = 0.0):
+    """`EngineActor` as a Ray actor class: generate / rollout run one at a time in submission order
+    (the default group), `receive` in its own ``sync`` group beside them."""
+    import ray
+
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "concurrency_groups": {"sync": 1}}
+    return ray.remote(**options)(EngineActor)
+
+
+def adapter_state_dict(model, distributed: bool) -> dict[str, torch.Tensor]:
+    """The trainable (adapter) tensors only, whole (gathered from FSDP2 shards on every rank)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            full = getattr(p, "full_tensor", None) if distributed else None
+            out[name] = (full() if full is not None else p).detach().cpu()
+    return out
 
 
 def full_state_dict(model, distributed: bool) -> dict[str, torch.Tensor]:
@@ -81,43 +188,130 @@ def full_state_dict(model, distributed: bool) -> dict[str, torch.Tensor]:
     return cast(dict[str, torch.Tensor], state)  # a model's state dict: tensors only
 
 
+@dataclass
+class Submitted:
+    """Rollouts on their way: Ray refs per actor (with the request positions they cover) or a future
+    of the in-process engine."""
+
+    parts: list[tuple[Any, list[int]]]
+    n: int
+
+
+class SyncTimeout(RuntimeError):
+    """A weight sync that an engine did not acknowledge in time (the engine is named)."""
+
+
 class RolloutEngines:
-    """A rank's rollout engines: `actors` (Ray handles of `EngineActor`) or one in-process engine."""
+    """A rank's rollout engines: `actors` (Ray handles of `engine_actor_class`) or one in-process
+    engine. ``keep`` policy versions stay staged on each engine (max_staleness + 1); with
+    ``background`` the in-process engine generates in a thread of its own, beside training."""
 
-    def __init__(self, cfg: EngineConfig, actors: list[Any] | None = None):
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        actors: list[Any] | None = None,
+        keep: int = 1,
+        background: bool = False,
+        sync_timeout: float = 600.0,
+        adapter: PeftConfig | None = None,
+    ):
         self.actors = list(actors or [])
-        self.local = None if self.actors else make_engine(cfg)
+        self.adapter = adapter if adapter is not None and adapter.method != "none" else None
+        self.bytes_sent = 0  # weight bytes handed to the engines (per engine), all syncs
+        self.keep, self.sync_timeout = keep, sync_timeout
+        self.host = None if self.actors else VersionedEngine(make_engine(cfg))
+        self.local = self.host.engine if self.host is not None else None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollout") if self.host and background else None
+        self.version = -1  # the newest version sent
 
-    def generate(self, requests: list[GenRequest], slots: list[int]) -> list[GenResult]:
-        """Results in request order; request i goes to actor ``slots[i] % len(actors)`` (its global
-        position in the step, so ranks spread their prompts over all engines)."""
-        if self.local is not None:
-            return self.local.generate(requests)
-        import ray
-
+    def submit(
+        self,
+        requests: list[GenRequest],
+        slots: list[int],
+        version: int,
+        env: EnvConfig | None = None,
+        rows: list[dict] | None = None,
+    ) -> Submitted:
+        """Start sampling `requests` with policy `version` (sent before by `sync`); request i goes to
+        actor ``slots[i] % len(actors)`` (its global position in the step, so ranks spread their
+        prompts over all engines). Returns at once except on the in-process engine without
+        background thread, which samples here."""
+        every = list(range(len(requests)))
+        if self.host is not None:
+            if self.pool is not None:
+                return Submitted(
+                    [(self.pool.submit(self.host.rollout, requests, version, env, rows), every)], len(every)
+                )
+            return Submitted([(self.host.rollout(requests, version, env, rows), every)], len(every))
         by_actor: dict[int, list[int]] = {}
         for i, slot in enumerate(slots):
             by_actor.setdefault(slot % len(self.actors), []).append(i)
-        refs = {a: self.actors[a].generate.remote([requests[i] for i in ix]) for a, ix in by_actor.items()}
-        out: list[GenResult | None] = [None] * len(requests)
+        parts = []
         for a, ix in by_actor.items():
-            for i, res in zip(ix, ray.get(refs[a]), strict=True):
-                out[i] = res
-        return out  # type: ignore[return-value]  # every slot filled above
+            mine = [rows[i] for i in ix] if rows is not None else None
+            parts.append((self.actors[a].rollout.remote([requests[i] for i in ix], version, env, mine), ix))
+        return Submitted(parts, len(requests))
 
-    def sync(self, model, rank: int, distributed: bool) -> None:
-        """Give every engine the trainer's current weights (see the module docstring)."""
-        state = full_state_dict(model, distributed)
-        if self.local is not None:
-            load_weights(self.local, state)
+    def collect(self, sub: Submitted) -> tuple[list[int], list[Any]]:
+        """The policy version each request was sampled with, and the results (`GenResult`s, or
+        lists of `Episode`s), in request order."""
+        versions: list[int] = [-1] * sub.n
+        out: list[Any] = [None] * sub.n
+        for handle, ix in sub.parts:
+            if isinstance(handle, tuple):
+                version, results = handle
+            elif isinstance(handle, Future):
+                version, results = handle.result()
+            else:
+                import ray
+
+                version, results = ray.get(handle)
+            for i, res in zip(ix, results, strict=True):
+                versions[i], out[i] = version, res
+        return versions, out
+
+    def generate(self, requests: list[GenRequest], slots: list[int]) -> list[GenResult]:
+        """Sample with the newest version sent (blocking)."""
+        return self.collect(self.submit(requests, slots, self.version))[1]
+
+    def sync(self, model, rank: int, distributed: bool, version: int | None = None) -> None:
+        """Send the trainer's current weights to every engine as policy `version` (default: the
+        next one). Engines stage them and load them before their next rollout of that version; an
+        engine that does not acknowledge within ``sync_timeout`` seconds raises `SyncTimeout`
+        naming it. Every rank calls this (FSDP2's gather), only rank 0 sends."""
+        version = self.version + 1 if version is None else version
+        if self.adapter is not None:  # LoRA: the adapter's tensors only, the base never moves
+            state = adapter_state_dict(model, distributed)
+        else:
+            state = full_state_dict(model, distributed)
+        self.bytes_sent += sum(t.numel() * t.element_size() for t in state.values())
+        if self.host is not None:
+            if self.pool is not None or self.adapter is not None:  # the trainer goes on: send a copy
+                state = {k: v.detach().clone() for k, v in state.items()}
+            self.host.receive(state, version, self.keep, self.adapter)
         elif rank == 0:
             import ray
 
             ref = ray.put(state)  # once; each actor reads the same object
-            ray.get([a.load_weights.remote(ref) for a in self.actors])
+            acks = [
+                a.receive.options(concurrency_group="sync").remote(ref, version, self.keep, self.adapter)
+                for a in self.actors
+            ]
+            ready, _ = ray.wait(acks, num_returns=len(acks), timeout=self.sync_timeout)
+            late = [i for i, ack in enumerate(acks) if ack not in ready]
+            if late:
+                names = ", ".join(f"engine {i} (actor {self.actors[i]._actor_id.hex()})" for i in late)
+                raise SyncTimeout(
+                    f"weight sync of policy version {version} not acknowledged within {self.sync_timeout:g} s by {names}"
+                    " (engine stuck or dead; raise asynchronous.sync_timeout if it is only slow)"
+                )
+            ray.get(ready)
+        self.version = version
         if distributed:
             torch.distributed.barrier()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         if self.local is not None:
             self.local.close()

@@ -108,7 +108,7 @@ class Trainer:
         )
         self.total_steps = cfg.max_steps or self.order.steps_per_epoch * cfg.epochs
 
-        resume = self.hooks.resume_from() or ckpt.latest_checkpoint(self.out)
+        resume = self.resumed_from = self.hooks.resume_from() or ckpt.latest_checkpoint(self.out)
         self.model = build_model(cfg, self.objective, self.device, self.world, self.bf16)
         self.n_params = sum(p.numel() for p in self.model.parameters())  # DTensors report their global size
         self.ref_model = None
@@ -262,9 +262,15 @@ class Trainer:
             distributed=self.distributed,
             async_group=self.async_group,
         )
+        if self.pending is not None:
+            self.save_extra(self.pending.local)
         if self.async_group is None:
             self.flush_checkpoint()
         return self.pending.path if self.pending else ckpt.step_dir(self.out, done)
+
+    def save_extra(self, folder: Path) -> None:
+        """Further state of a subclass into the checkpoint being written (every rank calls it; rank
+        0's files are uploaded with the checkpoint): e.g. GRPO's rollouts not yet trained on."""
 
     def flush_checkpoint(self) -> None:
         if self.pending is None:

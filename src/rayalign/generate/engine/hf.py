@@ -150,6 +150,8 @@ class HFEngine(TokenizingEngine):
                         n_tok, ended = j + 1, True
                         break
                 text, stopped = cut_at_stop(self.tok.decode(seq[:n_tok], skip_special_tokens=True), p.stop)
+                if stopped:  # the tokens end with the one that completed the stop string, as vLLM's do
+                    n_tok = self._stop_length(seq[:n_tok], p.stop)
                 res.texts.append(text)
                 res.completion_tokens.append(n_tok)
                 res.finish_reasons.append("stop" if ended or stopped else "length")
@@ -157,6 +159,18 @@ class HFEngine(TokenizingEngine):
                     res.logprobs.append(self._logprobs(lsm, row, seq[:n_tok], logprobs or 0))
             results.append(res)
         return results
+
+    def _stop_length(self, seq: list[int], stops: list[str]) -> int:
+        """The shortest prefix of `seq` whose text holds a stop string (the tokens a row generated
+        after it, until the batch ended, are not part of its completion)."""
+        lo, hi = 1, len(seq)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cut_at_stop(self.tok.decode(seq[:mid], skip_special_tokens=True), stops)[1]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
 
     def _logprobs(self, lsm: list, row: int, seq: list[int], k: int) -> list[TokenLogprob]:
         out = []

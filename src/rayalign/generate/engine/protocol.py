@@ -46,6 +46,7 @@ class TokenLogprob:
 class GenRequest:
     messages: list[dict] | None = None  # chat messages (the chat template is applied by the engine)
     prompt: str | None = None  # or a raw prompt string, used as is
+    prompt_ids: list[int] | None = None  # or the prompt's token ids, used as they are (multi-turn rollouts)
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     # Serving-only knobs, kept off SamplingParams so stage config hashes do not move.
@@ -267,7 +268,7 @@ class TokenizingEngine:
 
     def prepare(self, req: GenRequest) -> list[int]:
         self.check_adapter(req.adapter)
-        ids = self.render_ids(req.messages, req.prompt)
+        ids = list(req.prompt_ids) if req.prompt_ids is not None else self.render_ids(req.messages, req.prompt)
         if len(ids) + req.params.max_tokens > self.max_context():
             raise EngineError(
                 f"prompt has {len(ids)} tokens + max_tokens {req.params.max_tokens} > "
