@@ -52,3 +52,22 @@ def test_stage_configs_place_the_widest_engine_they_host():
     assert options() == {"num_cpus": 0.5, "num_gpus": 0, "resources": {}} and options.groups == []
     with pytest.raises(ConfigError, match=r"pool\.num_gpus"):
         GenStageConfig(**base, engine=vllm(2), pool={"num_gpus": 1}).actor_options()
+
+
+def test_grpo_engines_book_a_tensor_parallel_engine_once(tmp_path):
+    """GRPO's rollout engine actors follow the same rule: with a tp-2 vLLM engine an actor asking
+    for 1 GPU is refused before Ray starts (0 or 2 are the honest requests)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rl"))
+    from grpo_helpers import TINY, grpo_config, write_prompts
+
+    from rayalign.rl.config import GRPOConfig
+    from rayalign.rl.grpo import start_engines
+
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    data = grpo_config(tmp_path / "out", TINY, prompts, engine={"backend": "vllm", "tensor_parallel_size": 2})
+    cfg = GRPOConfig.model_validate({**data, "engine_gpus": 1})
+    with pytest.raises(ConfigError, match=r"engine_gpus: 1 GPU\(s\) for an engine with tensor_parallel_size 2"):
+        start_engines(cfg)

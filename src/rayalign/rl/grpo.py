@@ -55,14 +55,35 @@ def prepared_prompts(cfg: GRPOConfig, log=print) -> str:
     return target
 
 
-def start_engines(cfg: GRPOConfig) -> list[Any]:
-
+def start_engines(cfg: GRPOConfig) -> tuple[list[Any], list[Any]]:
+    """The rollout engine actors and the placement groups they live in. An actor whose vLLM engine
+    is tensor-parallel over N GPUs (Ray executor) sits in bundle 0 of its own STRICT_PACK group of N
+    one-GPU bundles and books no GPU itself, so the engine's workers take the group's GPUs and
+    nothing is booked twice (`rayalign.placement`); otherwise the actor holds `engine_gpus`."""
+    from rayalign.placement import check_host_gpus, engine_bundles, engine_gpus
     from rayalign.raycluster import ensure_ray
     from rayalign.rl.rollout import engine_actor_class
 
+    ecfg = cfg.engine_config()
+    tp = engine_gpus([ecfg])
+    check_host_gpus(cfg.engine_gpus, tp, "engine_gpus")
     ensure_ray()
-    actor = engine_actor_class(cfg.engine_cpus, cfg.engine_gpus)
-    return [actor.remote(cfg.engine_config(), cfg.train.torch_threads) for _ in range(cfg.engines)]
+    if tp <= 1:
+        actor = engine_actor_class(cfg.engine_cpus, cfg.engine_gpus)
+        return [actor.remote(ecfg, cfg.train.torch_threads) for _ in range(cfg.engines)], []
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    actor = engine_actor_class(cfg.engine_cpus, 0.0)
+    actors, groups = [], []
+    for _ in range(cfg.engines):
+        group = placement_group(engine_bundles(tp, cfg.engine_cpus), strategy="STRICT_PACK")
+        groups.append(group)
+        strategy = PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
+        actors.append(actor.options(scheduling_strategy=strategy).remote(ecfg, cfg.train.torch_threads))
+    return actors, groups
 
 
 def run_grpo(cfg: GRPOConfig, log=print) -> StageResult:
@@ -71,15 +92,18 @@ def run_grpo(cfg: GRPOConfig, log=print) -> StageResult:
 
     cfg.engine_config()  # a backend that cannot take weight updates fails before any work
     train = cfg.train_config(prepared_prompts(cfg, log))
-    actors = start_engines(cfg) if train.scaling.workers > 0 else None
+    actors, groups = start_engines(cfg) if train.scaling.workers > 0 else (None, [])
     try:
         trained = launch(train, grpo_loop, grpo=cfg, actors=actors)
     finally:
         if actors:
             import ray
+            from ray.util.placement_group import remove_placement_group
 
             for a in actors:
                 ray.kill(a)
+            for g in groups:
+                remove_placement_group(g)  # the engines' GPUs are free for the next stage
     m = trained.metrics
     log(f"[grpo] {m.get('steps')} steps: reward_mean {m.get('reward_mean')}, pass_rate {m.get('pass_rate')}")
     return StageResult(
