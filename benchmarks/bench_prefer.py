@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
+from report import save_report, slug  # benchmarks/report.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
@@ -414,7 +414,7 @@ def main() -> None:
             for side in sides:
                 res[side] = run_side(side, work, a.model, steps, batch, a.threads)
         lines += shape_section(shape, batch, steps, info, res)
-    save_report(lines, "prefer", quick=a.quick)
+    save_report(lines, "prefer" if a.model == MODEL else f"prefer-{slug(a.model)}", quick=a.quick)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
+from report import save_report, slug  # benchmarks/report.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
@@ -313,7 +313,8 @@ def report(results: dict, n_chats: int, args) -> None:
     settings = {n: results[n]["settings"] for n in ("trl", "trl-packed")}
     lines += ["", f"TRL settings in effect: `{json.dumps(settings)}`."]
     kind = "gpu" if torch.cuda.is_available() else "cpu"
-    save_report(lines, "train", quick=args.quick, device=kind)
+    name = "train" if args.model == MODEL else f"train-{slug(args.model)}"
+    save_report(lines, name, quick=args.quick, device=kind)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ def header(argv: list[str] | None = None, load_at_start: tuple[float, float, flo
     ]
 
 
+def slug(text: str) -> str:
+    """A file-name-safe form of a model spec (`tiny-random:llama` -> `tiny-random-llama`)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
 def save_report(
     lines: list[str], name: str, quick: bool = False, device: str = "cpu", folder: Path | None = None
 ) -> Path:
