@@ -414,7 +414,8 @@ def main() -> None:
             for side in sides:
                 res[side] = run_side(side, work, a.model, steps, batch, a.threads)
         lines += shape_section(shape, batch, steps, info, res)
-    save_report(lines, "prefer" if a.model == MODEL else f"prefer-{slug(a.model)}", quick=a.quick)
+    name = "prefer" + ("" if shapes == list(SHAPES) else "-" + "-".join(shapes))
+    save_report(lines, name + ("" if a.model == MODEL else f"-{slug(a.model)}"), quick=a.quick)
 
 
 if __name__ == "__main__":
