@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
 METHODS = ("full", "lora", "aligner")
@@ -215,13 +217,8 @@ def main() -> None:
     resolve_model_path(MODEL)  # materialise the HF folder once, outside every measurement
     results = [run_method(m, args) for m in METHODS]
     text = report(results, args)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     dev = "gpu" if results[0]["device"] == "cuda" else "cpu"
-    path = out / f"{dt.date.today()}-peft-{dev}{'-quick' if args.quick else ''}.md"
-    path.write_text(text)
-    print(f"wrote {path}")
+    save_report(text.rstrip("\n").split("\n"), "peft", quick=args.quick, device=dev, folder=Path(args.out))
 
 
 if __name__ == "__main__":

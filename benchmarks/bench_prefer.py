@@ -1,45 +1,57 @@
-"""`rayalign prefer` (precomputed reference) vs TRL's `DPOTrainer` with its defaults: pairs/s and peak memory.
+"""`rayalign prefer` vs TRL's `DPOTrainer` doing the same work: pairs/s, CPU s/pair, peak memory.
 
-    python benchmarks/bench_prefer.py            # 10 steps per side (80 pairs), + rayalign with activation checkpointing
-    python benchmarks/bench_prefer.py --quick    # 3 steps per side (24 pairs; ~5 min on an idle 2-CPU box)
+    python benchmarks/bench_prefer.py            # 20 timed steps per side after 1 warm-up step, both data shapes
+    python benchmarks/bench_prefer.py --quick    # 5 timed steps per side
 
-rayalign trains on prefix-tree packed pairs (its default: each prompt computed once for its chosen and
-rejected response, a shared system prompt once per row, no padding); plain packing
-(`objective.share_prefix: false`) and the padded layout (`objective.pack: false`) are measured too.
-Besides pairs/s (wall clock, load-sensitive) every side reports CPU seconds per pair of its process.
+Same model (default builtin:smollm2-135m-instruct, fp32), same pairs, same batch, same loss (sigmoid
+DPO, β = 0.1), same learning rate (TRL's default 1e-6), same number of torch threads, every side in its
+own fresh subprocess. The sides:
 
-Same model (builtin:smollm2-135m-instruct, fp32), same pairs (the first steps × 8 good rows of the
-bundled rayjobs/data/pairs.jsonl — exactly one epoch, so the reference pass scores what is trained), same machine, same batch (TRL's default: 8 pairs per step, no accumulation), same
-loss (sigmoid DPO, β = 0.1) and learning rate (TRL's default 1e-6). TRL runs with every default it
-accepts here; on a CPU it refuses its bf16 default, so bf16=False and use_cpu=True are set — and its
-default gradient checkpointing stays on. rayalign runs `prefer` in-process on the reference stage's
-output (run first, timed on its own). Every side runs torch on `--threads` threads (default 1: on a
-shared 2-core box a 2-thread process thrashes when the other processes take its second core).
+- `rayalign`, `rayalign-ckpt`: `prefer` on the reference stage's output, activation checkpointing off / on;
+- `trl`, `trl-ckpt`: DPOTrainer with the reference model held and run every step, gradient checkpointing
+  off / on (on is TRL's default);
+- `trl-precompute`: DPOTrainer with `precompute_ref_log_probs=True` (gradient checkpointing off);
+- `reference`: rayalign's reference pass over exactly the pairs the training sides train on (timed).
 
-Each side runs in its own fresh subprocess. pairs/s is the steady state: pairs of steps 2..N over
-the time from the end of step 1 to the end of step N (step 1 pays one-off warm-up). Peak memory is
-the subprocess's peak resident set (VmHWM, Linux) — model, reference model where held, gradients,
-optimizer state, activations. Prints a table and writes benchmarks/results/<date>-prefer-cpu.md.
+Pairs/s is the steady state: the pairs of steps 2..N over the time from the end of step 1 to the end of
+step N. The "total work" columns count the reference log-probs in: rayalign's reference pass (its whole
+stage: model load, tokenisation, forward, writing shards) and TRL's precompute (its
+`_precompute_ref_logps` call) add their seconds per pair to the training seconds per pair, and the
+peak memory of the job is the larger of the reference process's and the training process's (the
+reference stage ends before `prefer` starts). Peak memory is the process's peak resident set (VmHWM).
+
+Two data shapes, so that a gain is not only prefix sharing:
+
+- `shared`: the bundled rayjobs/data/pairs.jsonl (short answers behind the chat template's shared
+  system prompt: the best case for rayalign's prefix-tree packing), 8 pairs per step (TRL's default);
+- `long`: distinct prompts, each with its own system message, and chosen / rejected answers of 256-512
+  tokens each (seeded random text), 2 pairs per step.
+
+On a shared machine the sides run one after the other, so each row records the 1-minute load average
+while it ran; CPU seconds per pair of each side's own process are less sensitive to that load than
+pairs/s. Writes benchmarks/results/<date>-prefer-cpu[-quick].md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
+import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from report import save_report, slug  # benchmarks/report.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
 PAIRS = ROOT / "rayjobs" / "data" / "pairs.jsonl"
-BATCH = 8  # TRL's default per_device_train_batch_size
 BETA, LR = 0.1, 1e-6  # TRL's defaults
+SHAPES = {"shared": 8, "long": 2}  # pairs per step
+SIDES = ("reference", "trl", "rayalign", "trl-precompute", "rayalign-ckpt", "trl-ckpt")
+GOAL_SPEED, GOAL_MEMORY = 2.5, 1.0
 
 
 def peak_rss_mib() -> float:
@@ -49,22 +61,18 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def steady_pairs_per_s(step_times: list[float]) -> float:
-    """Pairs of steps 2..N over the time between the end of step 1 and the end of step N."""
-    if len(step_times) < 2:
+def steady(values: list[float], batch: int) -> float:
+    """Seconds (or CPU seconds) per pair over steps 2..N."""
+    if len(values) < 2:
         return float("nan")
-    return BATCH * (len(step_times) - 1) / (step_times[-1] - step_times[0])
+    return (values[-1] - values[0]) / (batch * (len(values) - 1))
 
 
-def cpu_s_per_pair(cpu_times: list[float]) -> float:
-    """CPU seconds of the process per pair over steps 2..N: unlike pairs/s, insensitive to other load."""
-    if len(cpu_times) < 2:
-        return float("nan")
-    return (cpu_times[-1] - cpu_times[0]) / (BATCH * (len(cpu_times) - 1))
+# ---------------------------------------------------------------- data
 
 
-def write_pairs(work: Path, n: int) -> Path:
-    """The first n good pairs of the bundled file (its bad rows are left out: both sides see the same data)."""
+def write_shared(path: Path, n: int) -> None:
+    """The first n good pairs of the bundled file (its deliberately bad rows left out)."""
     good = []
     for line in PAIRS.read_bytes().splitlines():
         try:
@@ -75,55 +83,78 @@ def write_pairs(work: Path, n: int) -> Path:
             good.append(line.decode())
     if n > len(good):
         raise SystemExit(f"asked for {n} pairs, the bundled file has {len(good)} good ones")
-    path = work / "pairs.jsonl"
     path.write_text("\n".join(good[:n]) + "\n")
-    return path
 
 
-def side_reference(work: Path, steps: int) -> dict:
+def write_long(path: Path, n: int, model: str) -> dict:
+    """n pairs with distinct prompts and system messages and 256-512-token answers (seeded)."""
+    from rayalign.models.loader import load_tokenizer
+
+    tok = load_tokenizer(model)
+    words = sorted({w.strip(".,?!:;\"'()") for w in PAIRS.read_text(errors="ignore").split()} - {""})
+    rng = random.Random(0)
+
+    def text(tokens: int) -> str:
+        out: list[str] = []
+        while len(tok.encode(" ".join(out), add_special_tokens=False)) < tokens:
+            out += rng.choices(words, k=32)
+        ids = tok.encode(" ".join(out), add_special_tokens=False)[:tokens]
+        return tok.decode(ids)
+
+    rows, lengths = [], []
+    for i in range(n):
+        system = f"You are assistant {i}. " + text(rng.randint(8, 24))
+        chosen, rejected = text(rng.randint(256, 512)), text(rng.randint(256, 512))
+        lengths += [
+            len(tok.encode(chosen, add_special_tokens=False)),
+            len(tok.encode(rejected, add_special_tokens=False)),
+        ]
+        prompt = [{"role": "system", "content": system}, {"role": "user", "content": f"Question {i}: " + text(24)}]
+        rows.append({"id": f"long-{i:04d}", "messages": prompt, "chosen": chosen, "rejected": rejected})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"answer_tokens_min": min(lengths), "answer_tokens_max": max(lengths)}
+
+
+# ---------------------------------------------------------------- sides (each in its own process)
+
+
+def side_reference(work: Path, model: str, steps: int, batch: int) -> dict:
     from rayalign.prefer.reference import ReferenceConfig, run_reference
 
-    t0 = time.perf_counter()
-    pairs = write_pairs(work, steps * BATCH)
+    t0, c0 = time.perf_counter(), time.process_time()
     m = run_reference(
         ReferenceConfig(
-            inputs=[str(pairs)],
+            inputs=[str(work / "pairs.jsonl")],
             output=str(work / "reference"),
-            model=MODEL,
-            batch_size=BATCH,
-            pool={"workers": 0, "shard_rows": 1024},
+            model=model,
+            batch_size=batch,
+            pool={"workers": 0, "shard_rows": 4096},
         ),
         log=lambda s: None,
     )
-    seconds = time.perf_counter() - t0
     pairs = m.counts.out_rows if m.counts else 0
-    return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "peak_rss_mib": peak_rss_mib()}
+    return {
+        "pairs": pairs,
+        "s_per_pair": (time.perf_counter() - t0) / pairs,
+        "cpu_s_per_pair": (time.process_time() - c0) / pairs,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
-def side_rayalign(
-    work: Path, steps: int, checkpointing: bool = False, pack: bool = True, share_prefix: bool = True
-) -> dict:
+def side_rayalign(work: Path, model: str, steps: int, batch: int, checkpointing: bool) -> dict:
     import torch
 
     from rayalign.prefer.stages import PreferConfig, run_prefer
 
-    out = work / (
-        "rayalign-ckpt"
-        if checkpointing
-        else "rayalign-padded"
-        if not pack
-        else "rayalign"
-        if share_prefix
-        else "rayalign-plain"
-    )
+    out = work / ("rayalign-ckpt" if checkpointing else "rayalign")
     cfg = PreferConfig.model_validate(
         dict(
             activation_checkpointing=checkpointing,
-            model=MODEL,
+            model=model,
             output_dir=str(out),
             data={"path": str(work / "reference"), "shuffle": True},
-            objective={"name": "dpo", "beta": BETA, "pack": pack, "share_prefix": share_prefix},
-            micro_batch_size=BATCH,
+            objective={"name": "dpo", "beta": BETA},
+            micro_batch_size=batch,
             grad_accum=1,
             max_steps=steps,
             optim={"lr": LR, "min_lr_ratio": 1.0, "warmup_steps": 0},
@@ -133,21 +164,18 @@ def side_rayalign(
             torch_threads=torch.get_num_threads(),
         )
     )
-    t0 = time.perf_counter()
     result = run_prefer(cfg, log=lambda s: None)
-    wall = time.perf_counter() - t0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return {
         "steps": int(result.metrics["step"]),
-        "pairs_per_s": steady_pairs_per_s([r["time"] for r in records]),
-        "cpu_s_per_pair": cpu_s_per_pair([r["cpu_time"] for r in records]),
-        "wall_s": wall,
+        "s_per_pair": steady([r["time"] for r in records], batch),
+        "cpu_s_per_pair": steady([r["cpu_time"] for r in records], batch),
         "peak_rss_mib": peak_rss_mib(),
-        "final_loss": result.metrics["loss"],
+        "loss": result.metrics["loss"],
     }
 
 
-def side_trl(work: Path, steps: int) -> dict:
+def side_trl(work: Path, model: str, steps: int, batch: int, checkpointing: bool, precompute: bool) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -168,190 +196,226 @@ def side_trl(work: Path, steps: int) -> dict:
             for r in rows
         ]
     )
-    path = resolve_model_path(MODEL)
+    path = resolve_model_path(model)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     times: list[float] = []
     cpu: list[float] = []
+    pre = {"seconds": 0.0, "cpu": 0.0}
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             times.append(time.time())
             cpu.append(time.process_time())
 
+    class Timed(DPOTrainer):
+        def _precompute_ref_logps(self, *a, **kw):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return super()._precompute_ref_logps(*a, **kw)
+            finally:
+                pre["seconds"] += time.perf_counter() - t0
+                pre["cpu"] += time.process_time() - c0
+
     args = DPOConfig(
         output_dir=str(work / "trl"),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
         max_steps=steps,
+        learning_rate=LR,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        gradient_checkpointing=checkpointing,
+        precompute_ref_log_probs=precompute,
         use_cpu=True,
         bf16=False,
         report_to="none",
         save_strategy="no",
+        logging_steps=10_000,
         disable_tqdm=True,
+        dataloader_num_workers=0,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[StepClock()])
-    t0 = time.perf_counter()
+    trainer = Timed(model=policy, args=args, train_dataset=data, processing_class=tok, callbacks=[StepClock()])
     result = trainer.train()
-    wall = time.perf_counter() - t0
     return {
         "steps": len(times),
-        "pairs_per_s": steady_pairs_per_s(times),
-        "cpu_s_per_pair": cpu_s_per_pair(cpu),
-        "wall_s": wall,
+        "s_per_pair": steady(times, batch),
+        "cpu_s_per_pair": steady(cpu, batch),
         "peak_rss_mib": peak_rss_mib(),
-        "final_loss": result.training_loss,
-        "defaults": {
+        "loss": result.training_loss,
+        "precompute_s_per_pair": pre["seconds"] / len(rows) if precompute else 0.0,
+        "precompute_cpu_s_per_pair": pre["cpu"] / len(rows) if precompute else 0.0,
+        "settings": {
             "gradient_checkpointing": args.gradient_checkpointing,
-            "loss_type": args.loss_type,
-            "beta": args.beta,
-            "learning_rate": args.learning_rate,
-            "max_length": args.max_length,
             "precompute_ref_log_probs": args.precompute_ref_log_probs,
+            "loss_type": args.loss_type,
+            "max_length": args.max_length,
+            "ref_model_held": trainer.ref_model is not None,
         },
     }
 
 
-SIDES = {
-    "reference": side_reference,
-    "rayalign": side_rayalign,
-    "trl": side_trl,
-    "rayalign-padded": lambda work, steps: side_rayalign(work, steps, pack=False),
-    "rayalign-plain": lambda work, steps: side_rayalign(work, steps, share_prefix=False),
-    "rayalign-ckpt": lambda work, steps: side_rayalign(work, steps, checkpointing=True),
-}
+def run_side_here(side: str, work: Path, model: str, steps: int, batch: int) -> dict:
+    if side == "reference":
+        return side_reference(work, model, steps, batch)
+    if side.startswith("rayalign"):
+        return side_rayalign(work, model, steps, batch, checkpointing=side.endswith("-ckpt"))
+    return side_trl(
+        work, model, steps, batch, checkpointing=side.endswith("-ckpt"), precompute=side.endswith("-precompute")
+    )
 
 
-def run_side(side: str, work: Path, steps: int, threads: int) -> dict:
-    """Each side in a fresh interpreter, so one side's allocations never inflate the other's peak."""
+def run_side(side: str, work: Path, model: str, steps: int, batch: int, threads: int) -> dict:
+    """One side in a fresh interpreter, so one side's allocations never inflate another's peak."""
     out = work / f"{side}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--side",
-            side,
-            "--work",
-            str(work),
-            "--steps",
-            str(steps),
-            "--result",
-            str(out),
-            "--threads",
-            str(threads),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    argv = [sys.executable, __file__, "--side", side, "--work", str(work), "--model", model]
+    argv += ["--steps", str(steps), "--batch", str(batch), "--result", str(out), "--threads", str(threads)]
+    load0 = os.getloadavg()[0]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"side {side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return json.loads(out.read_text())
+    r = json.loads(out.read_text())
+    r["load"] = (load0, os.getloadavg()[0])
+    print(f"  {side}: {json.dumps({k: v for k, v in r.items() if k != 'settings'})}", flush=True)
+    return r
 
 
-def report(
-    ref: dict,
-    ra: dict,
-    pad: dict,
-    plain: dict,
-    ck: dict | None,
-    trl: dict,
-    steps: int,
-    load: tuple[float, float],
-    threads: int,
-) -> str:
-    speed = ra["pairs_per_s"] / trl["pairs_per_s"]
-    mem = ra["peak_rss_mib"] / trl["peak_rss_mib"]
+# ---------------------------------------------------------------- report
+
+
+def total(r: dict, ref: dict | None) -> tuple[float, float, float]:
+    """Total work per side: (pairs/s, CPU s/pair, peak MiB) with the reference log-probs counted in."""
+    if ref is not None:  # rayalign: its reference stage, then training
+        return (
+            1 / (r["s_per_pair"] + ref["s_per_pair"]),
+            r["cpu_s_per_pair"] + ref["cpu_s_per_pair"],
+            max(r["peak_rss_mib"], ref["peak_rss_mib"]),
+        )
+    return (
+        1 / (r["s_per_pair"] + r.get("precompute_s_per_pair", 0.0)),
+        r["cpu_s_per_pair"] + r.get("precompute_cpu_s_per_pair", 0.0),
+        r["peak_rss_mib"],
+    )
+
+
+LABELS = {
+    "reference": "rayalign reference pass (whole stage)",
+    "rayalign": "rayalign prefer, checkpointing off",
+    "rayalign-ckpt": "rayalign prefer, checkpointing on",
+    "trl": "TRL DPOTrainer, ref model every step, checkpointing off",
+    "trl-ckpt": "TRL DPOTrainer, ref model every step, checkpointing on (TRL default)",
+    "trl-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True, checkpointing off",
+}
+PAIRINGS = (  # (rayalign side, TRL side, what is equal)
+    ("rayalign", "trl", "checkpointing off on both"),
+    ("rayalign-ckpt", "trl-ckpt", "checkpointing on on both"),
+    ("rayalign", "trl-precompute", "reference log-probs precomputed on both, checkpointing off"),
+)
+
+
+def shape_section(shape: str, batch: int, steps: int, info: dict, res: dict[str, dict]) -> list[str]:
+    ref = res["reference"]
     lines = [
-        f"# prefer vs TRL DPOTrainer — {dt.date.today().isoformat()}",
+        f"## Data shape `{shape}`: {info['what']}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"model {MODEL} (fp32); {BATCH} pairs/step, {steps} steps per side, sigmoid DPO β={BETA}, lr {LR}. "
-        f"torch threads per side: {threads}. 1-min load average {load[0]:.1f} at the start, {load[1]:.1f} "
-        f"at the end (the box is shared: "
-        f"compare the ratio, not the absolute numbers).",
+        f"{batch} pairs per step, {steps} steps per training side (step 1 warm-up, {steps - 1} timed); the "
+        f"reference pass scored the same {ref['pairs']} pairs.",
         "",
-        "| | rayalign prefer (precomputed ref, prefix-tree packed pairs) | TRL DPOTrainer (defaults) | ratio (rayalign / TRL) "
-        "| goal |",
-        "|---|---|---|---|---|",
-        f"| steady-state pairs/s | {ra['pairs_per_s']:.2f} | {trl['pairs_per_s']:.2f} | {speed:.2f}× | ≥ 3× |",
-        f"| CPU seconds per pair (load-insensitive) | {ra['cpu_s_per_pair']:.2f} | {trl['cpu_s_per_pair']:.2f} | "
-        f"{trl['cpu_s_per_pair'] / ra['cpu_s_per_pair']:.2f}× fewer | ≥ 3× |",
-        f"| peak memory (RSS, MiB) | {ra['peak_rss_mib']:.0f} | {trl['peak_rss_mib']:.0f} | {mem:.2f}× | ≤ 1.0× |",
-        f"| wall time of the training call (s) | {ra['wall_s']:.1f} | {trl['wall_s']:.1f} | "
-        f"{ra['wall_s'] / trl['wall_s']:.2f}× | |",
-        f"| loss (rayalign: last step; TRL: mean of its steps) | {ra['final_loss']:.4f} | {trl['final_loss']:.4f} | | |",
-        "",
-        f"Padded pairs (`objective.pack: false`, one sequence per row): {pad['pairs_per_s']:.2f} pairs/s "
-        f"({pad['pairs_per_s'] / trl['pairs_per_s']:.2f}× TRL), peak {pad['peak_rss_mib']:.0f} MiB "
-        f"({pad['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× TRL), {pad['cpu_s_per_pair']:.2f} CPU s/pair; "
-        f"loss {pad['final_loss']:.4f}.",
-        "",
-        f"Plain packing (`objective.share_prefix: false`: whole sequences packed, every prompt computed for "
-        f"both responses): {plain['pairs_per_s']:.2f} pairs/s ({plain['pairs_per_s'] / trl['pairs_per_s']:.2f}× "
-        f"TRL), peak {plain['peak_rss_mib']:.0f} MiB ({plain['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× TRL), "
-        f"{plain['cpu_s_per_pair']:.2f} CPU s/pair; loss {plain['final_loss']:.4f}.",
-        "",
-        (
-            f"With activation checkpointing on (TRL's default, `activation_checkpointing: true`): "
-            f"{ck['pairs_per_s']:.2f} pairs/s ({ck['pairs_per_s'] / trl['pairs_per_s']:.2f}× TRL), peak "
-            f"{ck['peak_rss_mib']:.0f} MiB ({ck['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× TRL)."
-            if ck
-            else "rayalign with activation checkpointing (TRL's default) is measured without --quick."
-        ),
-        "",
-        f"The reference pass (run once, before training; its own process): {ref['pairs']} pairs in "
-        f"{ref['seconds']:.1f} s = {ref['pairs_per_s']:.1f} pairs/s, peak RSS {ref['peak_rss_mib']:.0f} MiB. "
-        f"Counted in, one epoch ({ref['pairs']} pairs) of rayalign costs {ref['pairs'] / ref['pairs_per_s'] + ref['pairs'] / ra['pairs_per_s']:.0f} s "
-        f"vs {ref['pairs'] / trl['pairs_per_s']:.0f} s for TRL.",
-        "",
-        f"TRL settings in effect: {json.dumps(trl['defaults'])}; bf16=False and use_cpu=True because TRL refuses "
-        f"its bf16 default on a CPU.",
-        "",
-        "Where the difference comes from: rayalign never runs the reference model during training (its "
-        "log-probs are columns of the data), holds no second model, lays a micro-batch's pairs out as "
-        "prefix trees (each prompt computed once for both of its responses, the chat template's shared "
-        "system prompt once per row, no padding), and projects to the vocabulary only at the scored "
-        "response positions; TRL recomputes activations (gradient checkpointing on by default), "
-        "runs the reference forward every step and computes logits at every position.",
-        "",
-        "Memory floor: full fine-tuning in fp32 with AdamW holds weights + gradients + two moments = 4 × the "
-        "model (≈ 2.1 GB for 135M parameters) whatever the trainer, plus the Python/torch runtime; TRL adds "
-        "one more model copy (the reference) but recomputes activations instead of keeping them.",
+        "| side | steps | pairs/s (training) | CPU s/pair (training) | peak RSS MiB (training) "
+        "| reference s/pair | total work pairs/s | total work CPU s/pair | total work peak MiB | loss | 1-min load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {LABELS['reference']} | | | | | {ref['s_per_pair']:.3f} | | {ref['cpu_s_per_pair']:.3f} "
+        f"| {ref['peak_rss_mib']:.0f} | | {ref['load'][0]:.1f} → {ref['load'][1]:.1f} |",
     ]
-    return "\n".join(lines) + "\n"
+    for side in SIDES[1:]:
+        if side not in res:
+            continue
+        r = res[side]
+        tp, tc, tm = total(r, ref if side.startswith("rayalign") else None)
+        pre = ref["s_per_pair"] if side.startswith("rayalign") else r.get("precompute_s_per_pair", 0.0)
+        lines.append(
+            f"| {LABELS[side]} | {r['steps']} | {1 / r['s_per_pair']:.3f} | {r['cpu_s_per_pair']:.3f} "
+            f"| {r['peak_rss_mib']:.0f} | {pre:.3f} | {tp:.3f} | {tc:.3f} | {tm:.0f} | {r['loss']:.4f} "
+            f"| {r['load'][0]:.1f} → {r['load'][1]:.1f} |"
+        )
+    lines += [
+        "",
+        "| fair pairing | total work pairs/s ratio | total work CPU ratio (TRL / rayalign CPU s) "
+        "| peak memory ratio | goal (≥ 2.5× at ≤ 1.0×) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for ra, trl, what in PAIRINGS:
+        if ra not in res or trl not in res:
+            continue
+        a, b = total(res[ra], ref), total(res[trl], None)
+        speed, cpu, mem = a[0] / b[0], b[1] / a[1], a[2] / b[2]
+        met = "met" if speed >= GOAL_SPEED and mem <= GOAL_MEMORY else "not met"
+        lines.append(f"| `{ra}` vs `{trl}` ({what}) | {speed:.2f}× | {cpu:.2f}× | {mem:.2f}× | {met} |")
+    trl_settings = {s: res[s]["settings"] for s in SIDES if s.startswith("trl") and s in res}
+    lines += ["", f"TRL settings in effect: `{json.dumps(trl_settings)}`.", ""]
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3 steps per side")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="5 timed steps per side instead of 20")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per side (after 1 warm-up step)")
+    p.add_argument("--shapes", default="shared,long", help="comma list of data shapes: shared, long")
+    p.add_argument("--sides", default=",".join(SIDES[1:]), help="comma list of training sides to run")
+    p.add_argument("--model", default=MODEL)
     p.add_argument("--threads", type=int, default=1, help="torch threads of every side")
-    p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    steps = a.steps or (3 if a.quick else 10)
     if a.side:  # child process: one side, result as JSON
         import torch
 
         torch.set_num_threads(a.threads)
-        Path(a.result).write_text(json.dumps(SIDES[a.side](Path(a.work), steps)))
+        Path(a.result).write_text(json.dumps(run_side_here(a.side, Path(a.work), a.model, a.steps, a.batch)))
         return
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-prefer-") as tmp:
-        work = Path(tmp)
-        ref = run_side("reference", work, steps, a.threads)
-        ra = run_side("rayalign", work, steps, a.threads)
-        pad = run_side("rayalign-padded", work, steps, a.threads)
-        plain = run_side("rayalign-plain", work, steps, a.threads)
-        ck = None if a.quick else run_side("rayalign-ckpt", work, steps, a.threads)
-        trl = run_side("trl", work, steps, a.threads)
-    text = report(ref, ra, pad, plain, ck, trl, steps, (load_before[0], os.getloadavg()[0]), a.threads)
-    print(text)
-    out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-prefer-cpu{'-quick' if a.quick else ''}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
+    timed = a.steps or (5 if a.quick else 20)
+    steps = timed + 1
+    shapes = [s for s in a.shapes.split(",") if s]
+    sides = [s for s in a.sides.split(",") if s]
+    bad = [s for s in shapes if s not in SHAPES] + [s for s in sides if s not in SIDES[1:]]
+    if bad:
+        p.error(f"unknown shape or side {bad}; shapes: {', '.join(SHAPES)}; sides: {', '.join(SIDES[1:])}")
+    import tempfile
+
+    lines = [
+        f"# prefer vs TRL DPOTrainer, same work — {os.cpu_count()} CPUs",
+        "",
+        f"Model `{a.model}` (fp32), sigmoid DPO β={BETA}, lr {LR}, torch threads per side: {a.threads}; every "
+        "side in its own process, one after the other (each row's load average is the 1-minute value at its "
+        "start and end). Total work = training + reference log-probs (rayalign: the reference stage's "
+        "wall time per pair, model load included; TRL precompute: its precompute pass), peak memory of the "
+        "job = the larger of the reference and training processes.",
+        "",
+    ]
+    for shape in shapes:
+        batch = SHAPES[shape]
+        with tempfile.TemporaryDirectory(prefix=f"bench-prefer-{shape}-") as tmp:
+            work = Path(tmp)
+            info: dict = {}
+            if shape == "shared":
+                write_shared(work / "pairs.jsonl", steps * batch)
+                info["what"] = "the bundled pairs (short answers, the template's shared system prompt)"
+            else:
+                n = write_long(work / "pairs.jsonl", steps * batch, a.model)
+                info["what"] = (
+                    f"distinct prompts and system messages, answers of {n['answer_tokens_min']}–"
+                    f"{n['answer_tokens_max']} tokens"
+                )
+            print(f"shape {shape}: {info['what']}", flush=True)
+            res = {"reference": run_side("reference", work, a.model, steps, batch, a.threads)}
+            for side in sides:
+                res[side] = run_side(side, work, a.model, steps, batch, a.threads)
+        lines += shape_section(shape, batch, steps, info, res)
+    name = "prefer" + ("" if shapes == list(SHAPES) else "-" + "-".join(shapes))
+    save_report(lines, name + ("" if a.model == MODEL else f"-{slug(a.model)}"), quick=a.quick)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ number of torch threads, no activation checkpointing. Each runs in its own subpr
 torch.cuda.max_memory_allocated on GPU) is its own. Throughput counts REAL tokens (no padding) from
 the end of step 1 to the end of the last step, so model loading and first-step warm-up are excluded.
 
-rayalign packs documents into rows (position-id resets, no padding); TRL runs its default
-(padded batches, prompt–completion loss) — the setup a user gets out of the box.
+rayalign packs documents into rows of 512 tokens (position-id resets, no padding). TRL runs twice:
+its default (padded batches of `--trl-batch` chats, prompt–completion loss) and with packing
+(`packing=True`, `packing_strategy="bfd"`, which turns on its padding-free mode: rows of 512 tokens
+flattened with position ids, one row per step like rayalign). Every trainer sees the same chats and the
+same real tokens; the report gives tokens/s, tokens per CPU second and peak memory of each, and the
+ratios of rayalign to each TRL variant. Writes benchmarks/results/<date>-train-<cpu|gpu>[-quick].md.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import save_report, slug  # benchmarks/report.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
@@ -45,7 +51,7 @@ def run_rayalign(work: Path, args) -> dict:
 
     out = work / "rayalign_run"
     cfg = TrainConfig(
-        model=MODEL,
+        model=args.model,
         output_dir=str(out),
         data={"path": str(work / "packed"), "shuffle": False},
         objective={"name": "sft"},
@@ -72,7 +78,7 @@ def run_rayalign(work: Path, args) -> dict:
     }
 
 
-def run_trl(work: Path, args) -> dict:
+def run_trl(work: Path, args, packing: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -86,9 +92,9 @@ def run_trl(work: Path, args) -> dict:
     ds = Dataset.from_list([{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in chats])
     gpu = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(MODEL), dtype=torch.float32, attn_implementation="sdpa"
+        resolve_model_path(args.model), dtype=torch.float32, attn_implementation="sdpa"
     )
-    tok = load_tokenizer(MODEL)
+    tok = load_tokenizer(args.model)
     counted: list[int] = []
     stamps: list[float] = []
     cpu: list[float] = []
@@ -103,8 +109,8 @@ def run_trl(work: Path, args) -> dict:
             cpu.append(time.process_time())
 
     conf = SFTConfig(
-        output_dir=str(work / "trl_run"),
-        per_device_train_batch_size=args.trl_batch,
+        output_dir=str(work / ("trl_packed_run" if packing else "trl_run")),
+        per_device_train_batch_size=1 if packing else args.trl_batch,
         gradient_accumulation_steps=1,
         learning_rate=2e-5,
         max_grad_norm=1.0,
@@ -113,7 +119,8 @@ def run_trl(work: Path, args) -> dict:
         save_strategy="no",
         report_to=[],
         max_length=512,
-        packing=False,
+        packing=packing,
+        packing_strategy="bfd",
         gradient_checkpointing=False,  # TRL turns it on by default; rayalign runs without
         bf16=gpu,
         use_cpu=not gpu,
@@ -134,6 +141,13 @@ def run_trl(work: Path, args) -> dict:
     trainer.data_collator = counting_collator
     trainer.train()
     n = len(stamps)
+    settings = {
+        "packing": conf.packing,
+        "padding_free": bool(getattr(trainer, "padding_free", conf.padding_free)),
+        "per_device_train_batch_size": conf.per_device_train_batch_size,
+        "max_length": conf.max_length,
+        "gradient_checkpointing": conf.gradient_checkpointing,
+    }
     tokens = sum(counted[1:n])  # batches of steps 2..n (the dataloader may prefetch one more)
     return {
         "steps": n,
@@ -141,10 +155,18 @@ def run_trl(work: Path, args) -> dict:
         "seconds": stamps[-1] - stamps[0],
         "peak_mb": peak_memory_mb(),
         "cpu_seconds": cpu[-1] - cpu[0],
+        "settings": settings,
     }
 
 
-def prepare(work: Path, n: int) -> None:
+WORKERS = {
+    "rayalign": run_rayalign,
+    "trl": run_trl,
+    "trl-packed": lambda work, args: run_trl(work, args, packing=True),
+}
+
+
+def prepare(work: Path, n: int, model: str) -> None:
     """Tokenise once to find the valid chats, keep the first n, pack those for rayalign."""
     from rayalign.data.prepare import PrepareConfig, run_prepare
     from rayalign.data.shards import read_dataset
@@ -154,7 +176,7 @@ def prepare(work: Path, n: int) -> None:
             kind="chat",
             inputs=[str(src)],
             output=str(out),
-            model=MODEL,
+            model=model,
             max_length=512,
             seq_len=512,
             pool={"workers": 0},
@@ -181,30 +203,31 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="32 chats instead of all")
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--trl-batch", type=int, default=8)
+    p.add_argument("--trl-batch", type=int, default=8, help="chats per step of TRL's padded (unpacked) run")
+    p.add_argument("--model", default=MODEL)
     p.add_argument(
         "--concurrent",
         action="store_true",
         help="run both trainers at the same time, so that on a shared, busy machine both see the "
         "same background load (on a dedicated machine leave it off)",
     )
-    p.add_argument("--worker", choices=["rayalign", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        fn = run_rayalign if args.worker == "rayalign" else run_trl
-        print("RESULT " + json.dumps(fn(Path(args.work), args)))
+        print("RESULT " + json.dumps(WORKERS[args.worker](Path(args.work), args)))
         return
 
     n = args.samples or (32 if args.quick else 10_000)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = Path(tmp)
-        prepare(work, n)
+        prepare(work, n, args.model)
         n_chats = len((work / "chats.jsonl").read_text().splitlines())
         results = {}
         procs = {}
-        for name in ("rayalign", "trl"):
+        loads: dict[str, tuple[float, float]] = {}
+        for name in ("trl", "rayalign", "trl-packed"):
             cmd = [
                 sys.executable,
                 __file__,
@@ -216,10 +239,14 @@ def main() -> None:
                 str(args.threads),
                 "--trl-batch",
                 str(args.trl_batch),
+                "--model",
+                args.model,
             ]
+            load0 = os.getloadavg()[0]
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             if not args.concurrent:
                 procs[name].wait()
+                loads[name] = (load0, os.getloadavg()[0])
         for name, proc in procs.items():
             stdout, stderr = proc.communicate()
             line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
@@ -228,6 +255,7 @@ def main() -> None:
             r = json.loads(line[-1][7:])
             r["tokens_per_s"] = r["tokens"] / max(r["seconds"], 1e-9)
             r["tokens_per_cpu_s"] = r["tokens"] / max(r["cpu_seconds"], 1e-9)
+            r["load"] = loads.get(name, (load0, os.getloadavg()[0]))
             results[name] = r
     report(results, n_chats, args)
 
@@ -235,48 +263,58 @@ def main() -> None:
 def report(results: dict, n_chats: int, args) -> None:
     import torch
 
-    a, b = results["rayalign"], results["trl"]
-    speed, mem = a["tokens_per_s"] / b["tokens_per_s"], a["peak_mb"] / b["peak_mb"]
-    cpu_speed = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
+    a = results["rayalign"]
     device = (
         torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
         else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     )
+    setups = {
+        "rayalign": "packed rows of 512, no padding, logits at targets only",
+        "trl": f"batch {args.trl_batch}, padded, prompt–completion loss (TRL default)",
+        "trl-packed": "packing=True (bfd, padding-free), rows of 512, batch 1, prompt–completion loss",
+    }
     lines = [
-        f"# SFT throughput: rayalign vs TRL SFTTrainer — {time.strftime('%Y-%m-%d')}",
+        f"# SFT throughput: rayalign vs TRL SFTTrainer (with and without packing) — {time.strftime('%Y-%m-%d')}",
         "",
-        f"Model `{MODEL}`, {n_chats} chats from `rayjobs/data/chat.jsonl`, one epoch, {args.threads} torch threads, "
-        f"device: {device}; torch {torch.__version__}. Tokens are real (non-padding) tokens, timed from the end of "
-        f"step 1 to the end of the last step.",
-        "",
-        "| trainer | setup | steps | tokens timed | wall s | tokens/s | CPU s | tokens/CPU-s | peak memory (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| rayalign | packed rows of 512, no padding, logits at targets only | {a['steps']} | {a['tokens']} | "
-        f"{a['seconds']:.1f} | {a['tokens_per_s']:.1f} | {a['cpu_seconds']:.1f} | {a['tokens_per_cpu_s']:.1f} | "
-        f"{a['peak_mb']:.0f} |",
-        f"| TRL SFTTrainer | batch {args.trl_batch}, padded, prompt–completion loss | {b['steps']} | {b['tokens']} | "
-        f"{b['seconds']:.1f} | {b['tokens_per_s']:.1f} | {b['cpu_seconds']:.1f} | {b['tokens_per_cpu_s']:.1f} | "
-        f"{b['peak_mb']:.0f} |",
-        "",
-        f"**Speed ratio (rayalign / TRL): {speed:.2f}× by wall clock, {cpu_speed:.2f}× per CPU-second** "
-        f"(goal ≥ 1.5×); peak memory ratio {mem:.2f}×.",
-        "",
-        (
-            "Both trainers ran at the same time (`--concurrent`) so they shared whatever background load the "
-            "machine had; "
+        f"Model `{args.model}`, {n_chats} chats from `rayjobs/data/chat.jsonl`, one epoch, {args.threads} torch "
+        f"threads, device: {device}; torch {torch.__version__}. Tokens are real (non-padding) tokens, timed from "
+        "the end of step 1 to the end of the last step. "
+        + (
+            "All trainers ran at the same time (`--concurrent`), sharing whatever background load the machine had."
             if args.concurrent
-            else "Both trainers ran back to back in one invocation; "
-        )
-        + "CPU seconds (the process's own user+system time) are far less sensitive to other processes on a "
-        "shared machine than wall time.",
+            else "The trainers ran one after the other in one invocation; each row gives the 1-minute load average "
+            "at its start and end. CPU seconds (the process's own user+system time) are far less sensitive to "
+            "other processes on a shared machine than wall time."
+        ),
+        "",
+        "| trainer | setup | steps | tokens timed | wall s | tokens/s | CPU s | tokens/CPU-s | peak memory (MiB) "
+        "| 1-min load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+    for name in ("rayalign", "trl", "trl-packed"):
+        r = results[name]
+        lines.append(
+            f"| {name} | {setups[name]} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} "
+            f"| {r['cpu_seconds']:.1f} | {r['tokens_per_cpu_s']:.1f} | {r['peak_mb']:.0f} "
+            f"| {r['load'][0]:.1f} → {r['load'][1]:.1f} |"
+        )
+    lines += [
+        "",
+        "| rayalign vs | speed (tokens/s) | speed (tokens per CPU-s) | peak memory | goal ≥ 1.5× (vs TRL with packing) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name in ("trl", "trl-packed"):
+        b = results[name]
+        speed = a["tokens_per_s"] / b["tokens_per_s"]
+        cpu = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
+        goal = ("met" if speed >= 1.5 else "not met") if name == "trl-packed" else ""
+        lines.append(f"| {name} | {speed:.2f}× | {cpu:.2f}× | {a['peak_mb'] / b['peak_mb']:.2f}× | {goal} |")
+    settings = {n: results[n]["settings"] for n in ("trl", "trl-packed")}
+    lines += ["", f"TRL settings in effect: `{json.dumps(settings)}`."]
     kind = "gpu" if torch.cuda.is_available() else "cpu"
-    (out / f"{time.strftime('%Y-%m-%d')}-train-{kind}{'-quick' if args.quick else ''}.md").write_text(text)
+    name = "train" if args.model == MODEL else f"train-{slug(args.model)}"
+    save_report(lines, name, quick=args.quick, device=kind)
 
 
 if __name__ == "__main__":
