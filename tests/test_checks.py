@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rayalign.eval import make_suite
 from rayalign.checks import CHECKS, check_response, count_sentences
+from rayalign.eval import make_suite
 
 CASES = [  # (constraint, passing response, failing response)
     ({"kind": "lowercase"}, "rain falls from clouds.", "Rain falls from clouds."),

@@ -31,6 +31,8 @@ SETTINGS = (
     "HF_HUB_OFFLINE",
     "HF_HUB_ENABLE_HF_TRANSFER",
     "TRANSFORMERS_OFFLINE",
+    "RAYALIGN_STORAGE_RETRIES",
+    "RAYALIGN_STORAGE_BACKOFF_S",
 )
 # credentials: forwarded to a local cluster only (see the module docstring)
 SECRETS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")

@@ -31,8 +31,8 @@ from typing import Literal
 from pydantic import Field
 
 from rayalign import storage
-from rayalign.config import Cfg, ConfigError
 from rayalign.checks import check_response
+from rayalign.config import Cfg, ConfigError
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 

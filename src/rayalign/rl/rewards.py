@@ -29,8 +29,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from rayalign.config import Cfg, ConfigError
 from rayalign.checks import check_response
+from rayalign.config import Cfg, ConfigError
 from rayalign.generate.prompts import template_text
 
 RewardFn = Callable[[list[dict], list[str]], list[float]]
