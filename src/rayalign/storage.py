@@ -30,6 +30,7 @@ content listing (`local_copy`), so every actor on a node shares one download.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
@@ -48,6 +49,7 @@ import pyarrow.fs as pafs
 
 __all__ = [
     "StorageError",
+    "DiskFullError",
     "RetryPolicy",
     "retry_policy",
     "retrying",
@@ -374,8 +376,19 @@ def open_output(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
+        with os.fdopen(fd, "wb", buffering=0) as raw:
+            fh = _DiskWriter(raw)
+            yield fh  # type: ignore[misc]
+        if fh.full is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            free = shutil.disk_usage(target.parent).free
+            raise DiskFullError(
+                f"{target}: no space left on device: the file needs {fh.written} bytes and "
+                f"{free} bytes are free on the disk holding {target.parent}; free at least "
+                f"{max(0, fh.written - free)} more bytes or point the output elsewhere, then run again "
+                "(finished parts are kept)",
+            ) from fh.full
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -393,6 +406,53 @@ def _upload(spool: IO[bytes], uri: str) -> None:
             shutil.copyfileobj(spool, out, length=8 << 20)
 
     retrying(uri, once)
+
+
+class DiskFullError(OSError):
+    """A local write ran out of space; the message names the file and the bytes it needs."""
+
+    errno = errno.ENOSPC
+
+
+class _DiskWriter:
+    """A binary file that, once the disk is full, counts the rest of the writer's bytes instead of
+    failing at once, so the error can say how many bytes the whole file needs."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.written = 0
+        self.full: OSError | None = None
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        if self.full is None:
+            view = memoryview(data).cast("B")
+            try:
+                done = 0
+                while done < n:
+                    done += self.raw.write(view[done:]) or 0
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.full = e
+        self.written += n
+        return n
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
