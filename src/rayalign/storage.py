@@ -17,8 +17,9 @@ Object stores fail in passing (503 SlowDown, reset connections, timeouts): every
 those with exponential backoff and full jitter, `RAYALIGN_STORAGE_RETRIES` attempts in all (default
 8) from a `RAYALIGN_STORAGE_BACKOFF_S` first delay (default 0.5 s, doubling, at most 30 s); a burst
 of retries is logged once when it starts and once when it ends. A permanent error (403, a missing
-bucket) is not retried: it raises `StorageError` naming the URI and the fix. Writes to an object
-store are staged in memory or a local temporary file and uploaded once the writer finished without
+bucket) is not retried: it raises `StorageError` naming the URI and the fix. Reads from an object
+store fetch ranges of at least 8 MiB, each retried (a reset mid-answer reads the range again).
+Writes are staged in memory or a local temporary file and uploaded once the writer finished without
 an error, so a failed writer sends nothing; an upload under 10 MiB is one PUT (atomic), a bigger one
 a multipart upload that a bucket lifecycle rule cleans up if the process dies mid-way (see
 docs/cluster.md).
@@ -33,6 +34,7 @@ import contextlib
 import errno
 import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
@@ -87,6 +89,7 @@ T = TypeVar("T")
 RETRIES_ENV = "RAYALIGN_STORAGE_RETRIES"
 BACKOFF_ENV = "RAYALIGN_STORAGE_BACKOFF_S"
 MAX_BACKOFF_S = 30.0
+_READ_AHEAD = 8 << 20  # object-store reads fetch at least this much
 _SPOOL_BYTES = 16 << 20  # writes are staged in memory up to this size, then in a local temporary file
 
 
@@ -140,6 +143,10 @@ _TRANSIENT = (
     "HTTP response code: 502",
     "HTTP response code: 503",
     "HTTP response code: 504",
+    "HTTP status 500",
+    "HTTP status 502",
+    "HTTP status 503",
+    "HTTP status 504",
     "NO_SUCH_UPLOAD",  # a completion retried after its answer was lost: the whole upload is redone
 )
 _DENIED = (
@@ -353,7 +360,9 @@ def open_input(path: str | os.PathLike) -> Any:
     """A seekable binary file (pyarrow NativeFile) for reading, e.g. for parquet or byte ranges."""
     fs, p = filesystem(path)
     try:
-        return retrying(path, lambda: fs.open_input_file(p))
+        if is_uri(path):
+            return _RetryingInput(str(path), fs, p)
+        return fs.open_input_file(p)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
 
@@ -406,6 +415,74 @@ def _upload(spool: IO[bytes], uri: str) -> None:
             shutil.copyfileobj(spool, out, length=8 << 20)
 
     retrying(uri, once)
+
+
+class _RetryingInput(io.RawIOBase):
+    """A seekable object-store file whose reads are byte ranges retried on transient errors (a
+    connection reset mid-answer reopens the file and reads the same range again)."""
+
+    def __init__(self, uri: str, fs: pafs.FileSystem, path: str) -> None:
+        super().__init__()
+        self.uri, self._fs, self._path = uri, fs, path
+        self._fh: Any = retrying(uri, lambda: fs.open_input_file(path))
+        self._size = int(self._fh.size())
+        self._pos = 0
+        self._block: tuple[int, bytes] = (0, b"")  # read ahead: many small reads, one ranged GET
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _range(self, n: int, at: int) -> bytes:
+        def once() -> bytes:
+            if self._fh is None:
+                self._fh = self._fs.open_input_file(self._path)
+            try:
+                return bytes(self._fh.read_at(n, at))
+            except OSError:
+                self._fh = None  # a fresh connection for the next try
+                raise
+
+        return retrying(self.uri, once)
+
+    def read(self, n: int | None = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        if n <= 0:
+            return b""
+        start, block = self._block
+        if not (start <= self._pos and self._pos + n <= start + len(block)):
+            start, block = self._pos, self._range(min(max(n, _READ_AHEAD), self._size - self._pos), self._pos)
+            self._block = (start, block)
+        data = block[self._pos - start : self._pos - start + n]
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(memoryview(buffer).nbytes)
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        super().close()
 
 
 class DiskFullError(OSError):
