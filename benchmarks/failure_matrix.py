@@ -264,9 +264,19 @@ TESTED = [
         "tests/cluster/test_shards_storage.py",
     ),
     (
-        "`SIGKILL` of the pipeline driver mid-stage",
+        "`SIGKILL` of the pipeline driver mid-stage; its actors gone, CPUs free (Ray state API)",
         "`rayalign run` on a Ray head",
         "tests/pipeline/test_on_ray_head.py",
+    ),
+    (
+        "SIGTERM (spot notice) to a training process: checkpoint within the grace, resumed = uninterrupted",
+        "`rayalign sft`",
+        "tests/reliability/test_preemption.py",
+    ),
+    (
+        "20% object-store faults during DCP save and resume, model and data in the bucket",
+        "`sft` (in-process)",
+        "tests/reliability/test_flaky_object_store.py",
     ),
     ("`SIGKILL` of a Ray Train worker", "`sft` on 2 workers", "tests/train/test_ray_train.py"),
     ("`SIGKILL` of `rayalign sft`, run folder in S3", "`sft`", "tests/train/test_train_object_storage.py"),
