@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,27 @@ def tiny_model_path() -> str:
     from rayalign.models.loader import resolve_model_path
 
     return resolve_model_path(TINY)
+
+
+@pytest.fixture(scope="session")
+def chat_packed(tmp_path_factory, tiny_model_path) -> str:
+    from rayalign.data.prepare import PrepareConfig, run_prepare
+    from rayalign.data.shards import PoolConfig
+
+    out = tmp_path_factory.mktemp("chat_packed")
+    run_prepare(
+        PrepareConfig(
+            kind="chat",
+            inputs=[str(Path(__file__).resolve().parents[1] / "rayjobs/data/chat.jsonl")],
+            output=str(out),
+            model=TINY,
+            max_length=128,
+            seq_len=128,
+            pool=PoolConfig(workers=0),
+        ),
+        log=lambda *_: None,
+    )
+    return str(out)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,8 @@ SETTINGS = (
     "HF_HUB_OFFLINE",
     "HF_HUB_ENABLE_HF_TRANSFER",
     "TRANSFORMERS_OFFLINE",
+    "RAYALIGN_STORAGE_RETRIES",
+    "RAYALIGN_STORAGE_BACKOFF_S",
 )
 # credentials: never in a runtime environment (see the module docstring)
 SECRETS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")

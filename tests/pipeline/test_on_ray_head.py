@@ -98,6 +98,22 @@ def test_ray_job_submit_runs_pipeline(ray_head, tmp_path):
     assert [x["skipped"] for x in s["stages"]] == [False, False, False]
 
 
+def alive_actors(dashboard: str) -> dict[str, str]:
+    """{actor id: "class resources"} of the cluster's live actors that hold resources (Ray Data's
+    detached bookkeeping actors hold none and outlive every job by design)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True, timeout=20)
+    return {a.actor_id: f"{a.class_name} {a.required_resources}" for a in alive if a.required_resources}
+
+
+def available_cpus(env: dict) -> float:
+    """The head's free CPUs, asked by a fresh driver (so this test process never joins the cluster)."""
+    code = "import ray; ray.init(); print(ray.available_resources().get('CPU', 0))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.timeout(300)
 def test_kill_mid_pipeline_then_resume(ray_head, tmp_path):
     run_dir = tmp_path / "run"
@@ -112,9 +128,20 @@ def test_kill_mid_pipeline_then_resume(ray_head, tmp_path):
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.time() < deadline, "the second stage never started"
         time.sleep(0.05)
+    held = alive_actors(ray_head["dashboard"])
+    assert held, "the stage's actor pool should be running"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     log.close()
+    # the dead driver's actors are gone (Ray's state API) and their CPUs back, within a bound
+    deadline = time.time() + 60
+    while set(held) & set(alive_actors(ray_head["dashboard"])):
+        left = {k: v for k, v in alive_actors(ray_head["dashboard"]).items() if k in held}
+        assert time.time() < deadline, f"actors of the killed driver still alive: {left}"
+        time.sleep(0.5)
+    while time.time() < deadline and available_cpus(env) < 2:
+        time.sleep(0.5)
+    assert available_cpus(env) == 2
     assert json.loads((run_dir / "chat" / "stage.json").read_text())["status"] == "complete"
     assert json.loads((run_dir / "pairs" / "stage.json").read_text())["status"] == "running"
     shards_done = len(finished_shards(run_dir / "pairs"))

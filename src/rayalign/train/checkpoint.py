@@ -7,7 +7,8 @@
                       adapter runs: the adapter folder itself (small, written by rank 0)
         trainer.pt    scheduler state and step
         rng-rank{r}.pt  each rank's RNG streams
-        COMPLETE      written last: a folder without it is a torn write and is ignored
+        COMPLETE      written last: {"step", "files": {relative path: bytes}} of every file above;
+                      a folder without it is a torn write and is ignored
 
 No rank ever gathers the model or the optimizer: each writes the shards it owns, and DCP reshards
 on load, so a run saved by N workers resumes on M. The data position is the step counter (see
@@ -15,6 +16,12 @@ data.py), so nothing else is needed to resume.
 
 Object storage (`output_dir: s3://...`): each rank writes into a node-local staging folder, uploads
 the files it wrote, and after a barrier rank 0 writes `COMPLETE` (object stores have no rename).
+Resume takes the newest checkpoint that is whole: its marker's file list matches the files there
+(none missing, none shorter or longer) and every shard file DCP's `.metadata` points into exists and
+holds the byte range it names. A torn one (a truncated shard, a lost file, a marker written over
+incomplete files) is skipped with a warning naming the folder and what is wrong, and the run resumes
+from the one before.
+
 Async saves (`checkpoint.async_save`) return after the state is staged in memory; the write, the
 upload and the marker finish while training goes on, at the latest when the next save starts.
 """
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import random
 import shutil
 import warnings
@@ -36,6 +45,7 @@ from rayalign import storage
 from rayalign.models.dcp_reader import storage_reader
 
 COMPLETE = "COMPLETE"
+log = logging.getLogger("rayalign.train")
 
 
 def step_dir(output_dir: str | Path, step: int) -> str:
@@ -49,8 +59,67 @@ def complete_checkpoints(output_dir: str | Path) -> list[str]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    done = complete_checkpoints(output_dir)
-    return done[-1] if done else None
+    """The newest whole checkpoint; torn ones newer than it are skipped with a warning."""
+    skipped: list[str] = []
+    for path in reversed(complete_checkpoints(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped:
+                log.warning("resuming from %s instead (skipped %d torn checkpoint(s))", path, len(skipped))
+            return path
+        skipped.append(path)
+        log.warning("checkpoint %s is torn and is not loaded: %s", path, problem)
+    if skipped:
+        log.warning("no whole checkpoint in %s: training starts from step 0", output_dir)
+    return None
+
+
+def _sizes(path: str) -> dict[str, int]:
+    """{relative path: bytes} of every file under a checkpoint folder."""
+    fs, inner = storage.filesystem(path)
+    import pyarrow.fs as pafs
+
+    sel = pafs.FileSelector(inner, allow_not_found=True, recursive=True)
+    infos = storage.retrying(path, lambda: fs.get_file_info(sel))
+    return {i.path[len(inner) :].lstrip("/"): int(i.size or 0) for i in infos if i.type == pafs.FileType.File}
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """What is wrong with a marked checkpoint (a sentence), or None when it is whole."""
+    try:
+        marker = json.loads(storage.read_bytes(storage.join(path, COMPLETE)))
+    except FileNotFoundError:
+        return f"no {COMPLETE} marker"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        marker = None  # a plain step number: written before markers listed their files
+    have = _sizes(path)
+    if isinstance(marker, dict) and isinstance(marker.get("files"), dict):
+        for rel, size in sorted(marker["files"].items()):
+            if rel not in have:
+                return f"{rel} is missing ({size} bytes were written)"
+            if have[rel] != size:
+                return f"{rel} has {have[rel]} bytes, {size} were written (truncated or overwritten)"
+    return _dcp_problem(path, have)
+
+
+def _dcp_problem(path: str, have: dict[str, int]) -> str | None:
+    """DCP's `.metadata` checked against the shard files: each exists and holds the ranges it names."""
+    if "dcp/.metadata" not in have:
+        return "dcp/.metadata is missing"
+    try:
+        meta = storage_reader(storage.join(path, "dcp")).read_metadata()
+    except Exception as e:
+        return f"dcp/.metadata cannot be read ({type(e).__name__}: {e})"
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        rel = f"dcp/{info.relative_path}"
+        need[rel] = max(need.get(rel, 0), int(info.offset) + int(info.length))
+    for rel, end in sorted(need.items()):
+        if rel not in have:
+            return f"{rel} is missing (dcp/.metadata names it)"
+        if have[rel] < end:
+            return f"{rel} has {have[rel]} bytes, dcp/.metadata needs {end} (truncated)"
+    return None
 
 
 def rng_state() -> dict:
@@ -156,31 +225,39 @@ def commit(pending: PendingSave, rank: int, distributed: bool) -> str:
     if pending.future is not None:
         pending.future.result()
     _barrier(distributed)
+    files = {f.relative_to(pending.local).as_posix(): f.stat().st_size for f in _own_files(pending, rank)}
     if storage.is_uri(pending.path):
-        _upload_own_files(pending, rank)
-        _barrier(distributed)
+        for rel in sorted(files):
+            with storage.open_output(storage.join(pending.path, rel)) as out, open(pending.local / rel, "rb") as fh:
+                shutil.copyfileobj(fh, out, length=8 << 20)
+    if distributed:  # every rank's file list, for the marker (ranks on other nodes staged their own)
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, files)
+        files = {k: v for part in gathered for k, v in part.items()}
     if rank == 0:
-        storage.write_text(storage.join(pending.path, COMPLETE), str(pending.step))
+        storage.write_text(
+            storage.join(pending.path, COMPLETE), json.dumps({"step": pending.step, "files": files}, sort_keys=True)
+        )
     _barrier(distributed)
     return pending.path
 
 
-def _upload_own_files(pending: PendingSave, rank: int) -> None:
-    """Rank r uploads the DCP shards it wrote (`__r_*`) and its RNG file; rank 0 everything else."""
+def _own_files(pending: PendingSave, rank: int) -> list[Path]:
+    """Rank r's files: the DCP shards it wrote (`__r_*`) and its RNG file; rank 0 everything else."""
+    mine = []
     for f in sorted(pending.local.rglob("*")):
         if not f.is_file():
             continue
         name = f.name
         if name.startswith("__") and name.endswith(".distcp"):
-            mine = name.startswith(f"__{rank}_")
+            own = name.startswith(f"__{rank}_")
         elif name.startswith("rng-rank"):
-            mine = name == f"rng-rank{rank}.pt"
+            own = name == f"rng-rank{rank}.pt"
         else:
-            mine = rank == 0
-        if mine:
-            rel = f.relative_to(pending.local).as_posix()
-            with storage.open_output(storage.join(pending.path, rel)) as out, open(f, "rb") as fh:
-                shutil.copyfileobj(fh, out, length=8 << 20)
+            own = rank == 0
+        if own:
+            mine.append(f)
+    return mine
 
 
 def _write_model_folder(folder: Path, model, tokenizer, peft_cfg, rank: int) -> None:

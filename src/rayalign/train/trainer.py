@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -285,29 +287,82 @@ class Trainer:
             ckpt.prune(self.out, self.cfg.checkpoint.keep_last, protect=path)
 
     def train(self) -> StageResult:
-        """Run the remaining steps; return the run's result (see summary.py)."""
+        """Run the remaining steps; return the run's result (see summary.py).
+
+        A SIGTERM (a spot node's preemption notice, `kubectl delete`, a scheduler's stop) lets the
+        step in flight finish, saves a checkpoint, then reaches whatever handled SIGTERM before
+        (by default: the process ends), so a resumed run loses no finished step."""
         cfg = self.cfg
         self.model.train()
         self.last_step = self.start
-        for step in range(self.start, self.total_steps):
-            self.train_step(step)
-            done = self.last_step = step + 1
-            if done % cfg.log_every == 0 or done == self.total_steps:
-                self.log(done)
-            stopping = cfg.stop_at_step is not None and done == cfg.stop_at_step
-            periodic = cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0
-            if done == self.total_steps or stopping or periodic:
-                self.save(done)
-                self.window.start = time.perf_counter()  # saving is not training time
-            elif cfg.scaling.report_every > 0 and done % cfg.scaling.report_every == 0:
-                self.hooks.report({"step": done, **_scalars(self.last_record)}, None)
-            if stopping:
-                break
-        self.flush_checkpoint()
-        self.writer.close()
+        notice = Preemption(self.device)
+        with notice:
+            for step in range(self.start, self.total_steps):
+                self.train_step(step)
+                done = self.last_step = step + 1
+                if done % cfg.log_every == 0 or done == self.total_steps:
+                    self.log(done)
+                stopping = cfg.stop_at_step is not None and done == cfg.stop_at_step
+                preempted = notice.received(self.distributed)
+                periodic = cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0
+                if done == self.total_steps or stopping or periodic or preempted:
+                    self.save(done)
+                    self.window.start = time.perf_counter()  # saving is not training time
+                elif cfg.scaling.report_every > 0 and done % cfg.scaling.report_every == 0:
+                    self.hooks.report({"step": done, **_scalars(self.last_record)}, None)
+                if stopping or preempted:
+                    break
+            self.flush_checkpoint()
+            self.writer.close()
+        if notice.noted:
+            if self.rank == 0:
+                print(f"[train] SIGTERM: checkpoint saved at step {self.last_step}; stopping", flush=True)
+            notice.deliver()
+            raise RuntimeError(
+                f"training stopped by SIGTERM after step {self.last_step} (checkpoint saved); run again to resume"
+            )
         from rayalign.train.summary import finish
 
         return finish(self)
+
+
+class Preemption:
+    """Notes SIGTERM instead of dying at once (main thread only: a process started to train, not a
+    Ray Train worker thread); `received` is true on every rank once any rank got it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.noted = False
+        self.installed = False
+        self.previous: Any = None
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._note)
+            self.installed = True
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.noted = True
+
+    def received(self, distributed: bool) -> bool:
+        if not self.installed:
+            return False
+        if not distributed:
+            return self.noted
+        flag = torch.tensor([1.0 if self.noted else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.noted = bool(flag.item())
+        return self.noted
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+            self.installed = False
+
+    def deliver(self) -> None:
+        """Hand the SIGTERM to the handler it would have reached (a default one ends the process)."""
+        signal.raise_signal(signal.SIGTERM)
 
 
 def _scalars(record: dict) -> dict:

@@ -187,7 +187,7 @@ def dataset_files(out_dir: str | Path) -> list[str]:
 
 def _read_parquet(path: str, columns: list[str] | None) -> pa.Table:
     fs, inner = storage.filesystem(path)
-    return pq.read_table(inner, filesystem=fs, columns=columns)
+    return storage.retrying(path, lambda: pq.read_table(inner, filesystem=fs, columns=columns))
 
 
 def read_dataset(out_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
