@@ -114,9 +114,12 @@ def _last_write(folders: list[str]) -> float | None:
 def _last_checkpoint(folder: str) -> str | None:
     if not storage.is_dir(storage.join(folder, "checkpoints")):
         return None
-    from rayalign.train.checkpoint import latest_checkpoint
+    from rayalign.train.checkpoint import complete_checkpoints
 
-    return latest_checkpoint(folder)
+    # the newest marked checkpoint, read cheaply (no file listing or DCP metadata): a resume checks
+    # it is whole before loading it and falls back to an older one if it is torn
+    marked = complete_checkpoints(folder)
+    return marked[-1] if marked else None
 
 
 def stage_status(run_dir: str, step_id: str, stage: str = "", now: float | None = None) -> StageStatus:
