@@ -5,6 +5,9 @@ processes), every node on 127.0.0.1.
 The node types, their declared resources and `min_workers` are read from cluster/aws.yaml (only
 `max_workers` is capped to fit this machine), so a change there that breaks scaling fails here:
 - a CPU-only stage (`prepare`) starts CPU workers and no GPU node;
+- every process of the worker node running a stage's actor SIGKILLed mid-stage (its raylet and the
+  actor): the autoscaler terminates the lost node and starts a replacement, and the stage completes
+  on it with every row exactly once;
 - a stage asking for GPUs starts the GPU type from zero and completes (no CUDA here: the compute
   falls back to CPU — what is tested is scheduling);
 - a generation actor for a tensor-parallel-2 engine books exactly 2 GPUs, in its placement group,
@@ -29,8 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from shard_kill_helpers import pids_with_env
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).with_name("autoscaling_jobs.py")
@@ -61,18 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def own_pids(marker: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if marker.encode() in (d / "environ").read_bytes():
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +115,10 @@ def autoscaling_cluster():
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # a killed node: the GCS marks it dead after 5 failed 1 s health checks (default 3 s each),
+        # and the autoscaler terminates it 15 s after its last report (default 30 s)
+        "RAY_health_check_period_ms": "1000",
+        "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "15",
     }
     ray_bin = str(Path(sys.executable).with_name("ray"))
     log = open(Path(temp) / "head.log", "w")  # noqa: SIM115  # the head's output for as long as it runs
@@ -143,7 +141,7 @@ def autoscaling_cluster():
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             head.kill()
-        for pid in own_pids(f"RAY_TMPDIR={temp}"):  # the fake nodes the autoscaler started
+        for pid in pids_with_env(f"RAY_TMPDIR={temp}"):  # the fake nodes the autoscaler started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
@@ -182,6 +180,46 @@ def test_a_cpu_stage_scales_cpu_workers_and_starts_no_gpu_node(autoscaling_clust
     assert out["ok"] > 0
     assert workers_of(out["nodes"], autoscaling_cluster, "cpu_workers"), out["nodes"]
     assert gpu_nodes(out["nodes"]) == [], "a CPU-only stage started a GPU node"
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_node_killed_mid_stage_is_replaced_and_every_row_lands_once(autoscaling_cluster, tmp_path):
+    """Every process of the node running a sharded stage's (single) actor — its raylet and the actor
+    (the only processes a fake node has) — is SIGKILLed once 3 of the stage's 25 shards are
+    committed. The GCS marks the node dead, Ray restarts the actor and retries its shard, the
+    autoscaler terminates the lost node and starts a new CPU worker (the type's cap here is 1, so
+    only once the lost one is gone), and the stage finishes there. Observed: node `…00001` killed
+    after 3 shards, `…00002` (cpu_workers) started and ran the other 22, the next shard committed
+    ~26-29 s after the kill, no GPU node; 120 rows in = 109 ok + 11 quarantined, each id once. Runs
+    before the GPU tests, so no idle GPU node (which has CPUs too) can take the restarted actor.
+    """
+    from autoscaling_jobs import NODE_KILL_BAD_EVERY, NODE_KILL_ROWS
+
+    from rayalign.data.shards import read_dataset, read_manifest
+
+    work = tmp_path / "work"
+    out = run_job(autoscaling_cluster, "node-kill", work, timeout=140)
+    killed = out["killed"]
+    assert "raylet" in killed["names"] and any(n.startswith("ray::") for n in killed["names"]), killed
+    planned = json.loads((work / "out" / "_plan.json").read_text())["shards"]
+    assert 3 <= out["done_at_kill"] < planned == out["shards"] == len(read_manifest(work / "out")["shards"])
+
+    bad = {i for i in range(NODE_KILL_ROWS) if i % NODE_KILL_BAD_EVERY == 0}
+    c = out["counts"]
+    assert (c["in"], c["ok"], c["quarantined"]) == (NODE_KILL_ROWS, NODE_KILL_ROWS - len(bad), len(bad)), c
+    ids = read_dataset(work / "out", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == {f"p{i}" for i in range(NODE_KILL_ROWS) if i not in bad}
+    raws = [r for f in (work / "out" / "quarantine").glob("*.parquet") for r in pq.read_table(f)["raw"].to_pylist()]
+    assert sorted(raws) == sorted(f'{{"id": "p{i}", "prompt": ' for i in bad)  # the broken lines, once each
+
+    nodes = {n["id"]: n for n in out["nodes"]}
+    assert not nodes.get(killed["node"], {}).get("alive"), "the killed node is still alive"
+    after = set(out["batch_nodes"][killed["lines"] :]) - {killed["node"]}
+    assert after, "no shard ran after the kill"
+    for node in after:  # the rest ran on a CPU worker started after the kill, and no GPU node started
+        assert node not in killed["alive"], "the shards after the kill ran on a node that was already up"
+        assert nodes[node]["alive"] and workers_of([nodes[node]], autoscaling_cluster, "cpu_workers"), nodes[node]
+    assert gpu_nodes([n for n in out["nodes"] if n["alive"]]) == []
 
 
 @pytest.mark.timeout(200)
