@@ -28,29 +28,15 @@ from pathlib import Path
 from report import save_report  # benchmarks/report.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "rayjobs"))
 CONFIG = REPO / "rayjobs" / "configs" / "quickstart.yaml"
 DEV = "rayjobs/data/dev_suite.jsonl"
 
 
 def suite_lines(title: str, results: dict, report_md: str) -> list[str]:
-    base, aligned = results["baseline"]["ifeval"], results["aligned"]["ifeval"]
-    lines = [f"## {title}", ""]
-    d = 100 * (aligned["prompt_accuracy"] - base["prompt_accuracy"])
-    lines.append(
-        f"- prompt level: base {base['prompt_accuracy']:.3f} → aligned {aligned['prompt_accuracy']:.3f} "
-        f"({d:+.1f} points, n = {results.get('prompts')})"
-    )
-    paired = (results.get("stats") or {}).get("paired", {}).get("aligned - baseline")
-    if paired:
-        noise = "within noise" if paired["within_noise"] else "outside noise"
-        lines.append(
-            f"- paired 95% bootstrap interval of aligned − base: [{100 * paired['lo']:+.1f}, "
-            f"{100 * paired['hi']:+.1f}] points, p = {paired['p_value']:.3f} ({noise})"
-        )
-    for group in ("seen", "unseen"):
-        b, a = base.get(f"{group}_instruction_accuracy"), aligned.get(f"{group}_instruction_accuracy")
-        if a is not None and b is not None:
-            lines.append(f"- {group} kinds, instruction level: {b:.3f} → {a:.3f} ({100 * (a - b):+.1f} points)")
+    from quickstart import eval_headline  # rayjobs/quickstart.py: the headline `make quickstart` prints
+
+    lines = [f"## {title}", "", *(f"- {line.strip()}" for line in eval_headline(results))]
     reads = ((results.get("stats") or {}).get("suite") or {}).get("reads")
     if reads is not None:
         lines.append(f"- times this suite has been scored on this machine (this read included): {reads}")

@@ -24,30 +24,37 @@ from rayalign.pipeline import main as run_pipeline
 CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
+def eval_headline(r: dict) -> list[str]:
+    """The eval stage's results (results.json) in a few lines: the suite's prompt-level pass rates,
+    the paired interval, seen and unseen kinds, the judge."""
+    base, aligned = r["baseline"]["ifeval"], r["aligned"]["ifeval"]
+    delta = 100 * (aligned["prompt_accuracy"] - base["prompt_accuracy"])
+    lines = [
+        f"{r.get('suite')} suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
+        f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} prompts)"
+    ]
+    paired = (r.get("stats") or {}).get("paired", {}).get("aligned - baseline")
+    if paired:
+        noise = "within noise" if paired["within_noise"] else "outside noise"
+        lines.append(
+            f"  95% paired interval [{100 * paired['lo']:+.1f}, {100 * paired['hi']:+.1f}] points, "
+            f"p = {paired['p_value']:.3f} ({noise})"
+        )
+    for group in ("seen", "unseen"):
+        b, a = base.get(f"{group}_instruction_accuracy"), aligned.get(f"{group}_instruction_accuracy")
+        if a is not None and b is not None:
+            lines.append(f"  {group} kinds, instruction level: {b:.3f} → {a:.3f} ({100 * (a - b):+.1f} points)")
+    if "judge" in r:
+        lines.append(f"LLM-judge win rate of aligned vs base: {r['judge']['win_rate']:.3f}")
+    return lines
+
+
 def headline(run_dir: str) -> list[str]:
     summary = read_summary(run_dir) or {}
     lines = [f"pipeline {summary.get('status', '?')} in {summary.get('seconds', 0):.0f} s"]
     r = storage.read_json(storage.join(run_dir, "eval", "results.json"))
     if r:
-        base, aligned = r["baseline"]["ifeval"], r["aligned"]["ifeval"]
-        delta = 100 * (aligned["prompt_accuracy"] - base["prompt_accuracy"])
-        lines.append(
-            f"{r.get('suite')} suite, prompt-level pass rate: base {base['prompt_accuracy']:.3f} → aligned "
-            f"{aligned['prompt_accuracy']:.3f} ({delta:+.1f} points, {r.get('prompts')} prompts)"
-        )
-        paired = (r.get("stats") or {}).get("paired", {}).get("aligned - baseline")
-        if paired:
-            noise = "within noise" if paired["within_noise"] else "outside noise"
-            lines.append(
-                f"  95% paired interval [{100 * paired['lo']:+.1f}, {100 * paired['hi']:+.1f}] points, "
-                f"p = {paired['p_value']:.3f} ({noise})"
-            )
-        for group in ("seen", "unseen"):
-            b, a = base.get(f"{group}_instruction_accuracy"), aligned.get(f"{group}_instruction_accuracy")
-            if a is not None and b is not None:
-                lines.append(f"  {group} kinds, instruction level: {b:.3f} → {a:.3f}")
-        if "judge" in r:
-            lines.append(f"LLM-judge win rate of aligned vs base: {r['judge']['win_rate']:.3f}")
+        lines += eval_headline(r)
         lines.append(f"report: {storage.join(run_dir, 'eval', 'report', 'report.md')}")
     if summary.get("final_model"):
         lines.append(f"serve it:  rayalign serve --model {summary['final_model']}")
