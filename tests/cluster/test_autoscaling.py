@@ -244,12 +244,13 @@ def test_a_tensor_parallel_2_engine_host_books_exactly_2_gpus(autoscaling_cluste
 @pytest.mark.timeout(200)
 def test_idle_worker_nodes_scale_back_down(autoscaling_cluster):
     env = autoscaling_cluster["env"]
-    code = "import json, ray; ray.init(); print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    # the driver also prints the autoscaler's events ("(autoscaler +0s) Resized to ..."): tag the answer
+    code = "import json, ray; ray.init(); print('NODES ' + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
     deadline = time.time() + 150
     while True:
         run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90)
         assert run.returncode == 0, run.stderr[-3000:]
-        alive = json.loads(run.stdout.strip().splitlines()[-1])
+        alive = json.loads(next(x for x in run.stdout.splitlines() if x.startswith("NODES "))[len("NODES ") :])
         if [r for r in alive if r.get("CPU", 0) > 0 or r.get("GPU", 0) > 0] == []:
             return  # only the head (CPU 0) is left
         assert time.time() < deadline, f"worker nodes still up after 150 s: {alive}"
