@@ -1,12 +1,10 @@
 """`model: org/name` on a fresh machine: downloaded from a model hub, once, with the token from the
 environment, and the token nowhere else.
 
-The hub is a small HTTP server on 127.0.0.1 speaking the part of the Hugging Face Hub API that
-`huggingface_hub.snapshot_download` uses (read from its source): the revision's repo info
-(`/api/models/{repo}/revision/{rev}` → sha), the recursive tree listing
-(`/api/models/{repo}/tree/{sha}`) and `HEAD`/`GET /{repo}/resolve/{sha}/{file}` (commit, ETag and
-size headers, then the bytes). It serves the tiny random Llama's folder, answers 401 to a request
-without the expected `Authorization: Bearer` token, and records every request.
+The hub is a small HTTP server on 127.0.0.1 (tests/hub_server.py) speaking the part of the Hugging
+Face Hub API that `huggingface_hub.snapshot_download` uses. It serves a tiny random Llama's folder,
+answers 401 to a request without the expected `Authorization: Bearer` token, and records every
+request.
 
 The stage runs in a fresh interpreter (huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE at
 import), with HF_HUB_OFFLINE unset, its own empty HF_HOME and HF_TOKEN in its environment.
@@ -14,90 +12,25 @@ import), with HF_HUB_OFFLINE unset, its own empty HF_HOME and HF_TOKEN in its en
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
+from hub_server import COMMIT, MODEL_FILES, REPO_ID, TOKEN, file_gets, serve_hub, vllm_loadable_tiny
+
 REPO = Path(__file__).resolve().parents[2]
-REPO_ID = "tiny-org/tiny-llama"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-TOKEN = "hf_rayalignTestToken0123456789"
-
-
-class Hub(BaseHTTPRequestHandler):
-    folder: Path
-    seen: list[tuple[str, str, str]]  # (method, path, authorization)
-
-    def log_message(self, *args):  # keep the test output clean
-        pass
-
-    def _send(self, code: int, body: bytes = b"", headers: dict | None = None, head: bool = False):
-        self.send_response(code)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _files(self) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(self.folder.iterdir()) if p.is_file()}
-
-    def _route(self, head: bool):
-        path = unquote(urlparse(self.path).path)
-        if REPO_ID not in path:  # not a request for the model (huggingface_hub asks for other things)
-            return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, head)
-        self.seen.append((self.command, path, self.headers.get("Authorization", "")))
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self._send(401, b'{"error": "Invalid credentials"}', {"X-Error-Code": "GatedRepo"}, head)
-        files = self._files()
-        api = f"/api/models/{REPO_ID}/"
-        if path.startswith(api + "revision/"):
-            info = {"id": REPO_ID, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}
-            return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
-        if path.startswith(api + "tree/"):
-            tree = [
-                {"type": "file", "path": f, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                for f, b in files.items()
-            ]
-            return self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, head)
-        prefix = f"/{REPO_ID}/resolve/"
-        if path.startswith(prefix):
-            name = path[len(prefix) :].split("/", 1)[1]
-            if name not in files:
-                return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, head)
-            body = files[name]
-            etag = f'"{hashlib.sha1(body).hexdigest()}"'
-            return self._send(200, body, {"X-Repo-Commit": COMMIT, "ETag": etag}, head)
-        return self._send(404, b"", {"X-Error-Code": "RepoNotFound"}, head)
-
-    def do_GET(self):
-        self._route(head=False)
-
-    def do_HEAD(self):
-        self._route(head=True)
 
 
 @pytest.fixture
 def hub(tiny_model_path):
-    seen: list = []
-    handler = type("TinyHub", (Hub,), {"folder": Path(tiny_model_path), "seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", seen
-    server.shutdown()
-    server.server_close()
+    with serve_hub(tiny_model_path) as served:
+        yield served
 
 
 JOB = """
@@ -231,4 +164,103 @@ def test_ray_actors_and_train_workers_download_with_the_inherited_token(hub, tmp
     assert ray_files and leaked == []  # Ray's logs and session files
     for f in (tmp_path / "runs").rglob("*"):
         if f.is_file() and not f.is_symlink():
+            assert TOKEN.encode() not in f.read_bytes(), f
+
+
+VLLM_JOB = """
+import json, os, sys
+from pathlib import Path
+
+
+def child_envs():
+    # the environment of each process this one started (vLLM's engine core): names and the hub's
+    # settings, and whether the token is the one given here (never the token itself)
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit() or int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            env = dict(x.split("=", 1) for x in (d / "environ").read_text().split("\\0") if "=" in x)
+            title = (d / "cmdline").read_text().replace("\\0", " ")
+        except (OSError, ValueError):
+            continue
+        out.append({"title": title[:80], "HF_ENDPOINT": env.get("HF_ENDPOINT"), "HF_HOME": env.get("HF_HOME"),
+                    "token_inherited": env.get("HF_TOKEN") == os.environ["HF_TOKEN"],
+                    "offline": env.get("HF_HUB_OFFLINE")})
+    return out
+
+
+def main():
+    from rayalign.generate.common import engine_for
+    from rayalign.generate.engine import EngineConfig
+    from rayalign.stages import run_stage
+
+    work, prompts, model = sys.argv[1:4]
+    engine = {"model": model, "dtype": "fp32", "max_model_len": 256, "vllm_kwargs": {"enforce_eager": True}}
+    vllm = engine_for(EngineConfig(backend="vllm", **engine))
+    cores = child_envs()
+    outs = {}
+    for backend in ("vllm", "hf"):  # the same stage on the same downloaded model, both engines
+        cfg = {"inputs": [prompts], "output": f"{work}/{backend}", "model": model,
+               "engine": {**engine, "backend": backend}, "params": {"max_tokens": 8, "temperature": 0.0},
+               "pool": {"workers": 0, "limit": 4}}
+        result = run_stage("sample", data=cfg)
+        outs[backend] = result.model_dump(mode="json") if hasattr(result, "model_dump") else str(result)
+    print("RESULT " + json.dumps({"loaded": vllm.llm.model_config.model, "cores": cores, "summaries": outs}))
+    vllm.close()
+
+
+if __name__ == "__main__":  # vLLM spawns its engine core
+    main()
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_vllm_engine_downloads_a_hub_id_once_and_its_engine_core_inherits_the_hub_settings(tiny_model_path, tmp_path):
+    """`backend: vllm` with `model: org/name`: the hub id is downloaded once into this machine's
+    HF_HOME, with the token; vLLM's engine core (a process of its own) runs on that copy and has
+    the hub's settings and the token by inheritance; its greedy rows equal the HF engine's on the
+    same download; the token is in no log, summary or output file."""
+    pytest.importorskip("vllm")
+    from rayalign.data.shards import read_dataset
+
+    folder = vllm_loadable_tiny(tiny_model_path, tmp_path / "model")
+    home = tmp_path / "hf-home"
+    with serve_hub(folder) as (endpoint, seen):
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_ENDPOINT=endpoint, HF_TOKEN=TOKEN, HF_HOME=str(home), PYTHONPATH=str(REPO / "src"),
+                   HF_HUB_DISABLE_XET="1")  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", VLLM_JOB, str(tmp_path / "runs"), str(REPO / "rayjobs/data/tiny/prompts.jsonl"),
+             REPO_ID],
+            env=env, capture_output=True, text=True, timeout=290,
+        )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    out = json.loads(next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))[7:])
+
+    # downloaded once (the engine core and the second engine used the node's copy), with the token
+    assert seen and all(auth == f"Bearer {TOKEN}" for _, _, auth in seen)
+    gets = file_gets(seen)
+    assert set(MODEL_FILES) <= set(gets) and len(gets) == len(set(gets)), gets
+    snapshot = home / "hub" / "models--tiny-org--tiny-llama" / "snapshots" / COMMIT
+    assert out["loaded"] == str(snapshot)
+
+    # vLLM's engine core: a child process with the hub's endpoint, this HF_HOME and the token
+    [core] = [c for c in out["cores"] if "EngineCore" in c["title"]] or [out["cores"]]
+    assert (core["HF_ENDPOINT"], core["HF_HOME"], core["token_inherited"], core["offline"]) == (
+        endpoint, str(home), True, None)  # fmt: skip
+
+    # vLLM ran the downloaded weights: greedy rows equal the HF engine's on the same copy
+    vllm_rows = read_dataset(tmp_path / "runs" / "vllm").to_pylist()
+    hf_rows = read_dataset(tmp_path / "runs" / "hf").to_pylist()
+    assert len(vllm_rows) == 4 and all(r["status"] in ("ok", "truncated") for r in vllm_rows), vllm_rows
+    assert len({r["response"] for r in vllm_rows}) == 4  # a real answer to each prompt
+    assert [(r["id"], r["response"]) for r in vllm_rows] == [(r["id"], r["response"]) for r in hf_rows]
+    assert all(s["counts"]["ok"] == 4 for s in out["summaries"].values()), out["summaries"]
+
+    assert TOKEN not in run.stdout and TOKEN not in run.stderr
+    for f in (tmp_path / "runs").rglob("*"):
+        if f.is_file():
             assert TOKEN.encode() not in f.read_bytes(), f

@@ -61,6 +61,8 @@ def engine_args(cfg: EngineConfig) -> dict[str, Any]:
     from rayalign.models.loader import parse_dtype, resolve_model_path
 
     kw: dict[str, Any] = dict(
+        # a hub id is downloaded here, once per node (HF_HOME), with this process's HF_ENDPOINT and
+        # HF_TOKEN; vLLM's engine core and workers load that local folder and never ask the hub
         model=resolve_model_path(cfg.model),
         dtype=str(parse_dtype(cfg.dtype)).split(".")[-1],
         max_model_len=cfg.max_model_len,
