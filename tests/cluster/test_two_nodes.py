@@ -15,6 +15,10 @@ The second node carries a custom resource that every dataset stage's actors requ
 (`pool.resources`), so those actors must run there; the test checks its logs for them. Nodes live
 in their own temp dirs and are stopped by signalling exactly the processes this test started.
 
+Both nodes reach a model hub on 127.0.0.1 (tests/hub_server.py: `HF_ENDPOINT`, the token in each
+node's own environment) and each has its own `HF_HOME`: a stage on a hub id downloads the model once
+on each node. One cluster serves every test of this module.
+
 Loopback only: the head runs with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (every listener on
 127.0.0.1). Ray 2.60 refuses to join a second node in that mode, and in the other mode rewrites
 `127.0.0.1` to the machine's interface address; the second node therefore joins as a host name
@@ -41,10 +45,12 @@ from pathlib import Path
 
 import pytest
 
+from hub_server import COMMIT, MODEL_FILES, TOKEN, file_gets, serve_hub, vllm_loadable_tiny
 from rayalign import storage
 
 REPO = Path(__file__).resolve().parents[2]
 RESOURCE = "rayalign_stage"
+HUB_SLOT = "rayalign_hub_slot"  # one on each node: a two-actor pool asking for one runs on both
 # every dataset stage of pipeline-tiny.yaml runs on a one-actor pool that needs the second node
 POOL_STAGES = ("rewrite", "pas", "sample", "clair", "reference", "heldout")
 TINY_INPUTS = {"rewrite": "corpus.jsonl", "pas": "chat.jsonl", "sample": "prompts.jsonl", "heldout": "pairs.jsonl"}
@@ -180,10 +186,28 @@ def wait_for_nodes(dashboard: str, n: int, proc: subprocess.Popen, log: Path, ti
         time.sleep(1)
 
 
-@pytest.fixture
-def two_nodes(s3_server, tmp_path):
+@pytest.fixture(scope="module")
+def hub_model(tiny_model_path, tmp_path_factory) -> Path:
+    """The folder the hub serves: a tiny random Llama whose greedy answers differ by prompt."""
+    return vllm_loadable_tiny(tiny_model_path, tmp_path_factory.mktemp("hub_model"))
+
+
+@pytest.fixture(scope="module")
+def hub(hub_model):
+    with serve_hub(hub_model) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_server, hub, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("two_nodes")
     bin_dir = python_without_rayalign(tmp_path / "venv")
     env = node_env(bin_dir)
+    # online, as a cluster is: the hub on 127.0.0.1, the token in the nodes' own environment, and
+    # each node its own hub cache (nodes share nothing but object storage)
+    del env["HF_HUB_OFFLINE"]
+    env.update(HF_ENDPOINT=hub[0], HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET="1")
+    homes = {"head": tmp_path / "hf-head", "node": tmp_path / "hf-node"}
     probe = subprocess.run([str(bin_dir / "python"), "-c", "import rayalign"], env=env, capture_output=True)
     assert probe.returncode != 0 and b"No module named 'rayalign'" in probe.stderr
     subprocess.run([str(bin_dir / "python"), "-c", "import ray, torch, transformers, pyarrow"], env=env, check=True)
@@ -193,7 +217,7 @@ def two_nodes(s3_server, tmp_path):
     gcs, dash = free_port(), free_port()
     head = ray_start(
         bin_dir,
-        env,
+        {**env, "HF_HOME": str(homes["head"])},
         head_dir,
         tmp_path / "head.log",
         "--head",
@@ -207,6 +231,8 @@ def two_nodes(s3_server, tmp_path):
         "--dashboard-port",
         str(dash),
         f"--ray-client-server-port={free_port()}",
+        "--resources",
+        json.dumps({HUB_SLOT: 1}),
     )
     procs = [(head, head_dir)]
     try:
@@ -217,7 +243,7 @@ def two_nodes(s3_server, tmp_path):
         alias = loopback_alias()
         node = ray_start(
             bin_dir,
-            {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+            {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "HF_HOME": str(homes["node"])},
             node_dir,
             tmp_path / "node.log",
             "--address",
@@ -225,12 +251,13 @@ def two_nodes(s3_server, tmp_path):
             "--num-cpus",
             "2",
             "--resources",
-            json.dumps({RESOURCE: 8}),
+            json.dumps({RESOURCE: 8, HUB_SLOT: 1}),
             node_ip=alias,
         )
         procs.append((node, node_dir))
         wait_for_nodes(f"http://127.0.0.1:{dash}", 2, node, tmp_path / "node.log")
-        yield {"bin": bin_dir, "env": env, "dashboard": f"http://127.0.0.1:{dash}", "node_dir": node_dir}
+        yield {"bin": bin_dir, "env": env, "dashboard": f"http://127.0.0.1:{dash}", "node_dir": node_dir,
+               "hf_homes": homes}  # fmt: skip
     finally:
         for proc, temp_dir in reversed(procs):
             stop(proc, temp_dir)
@@ -259,6 +286,32 @@ def wait_for_job(dashboard: str, job_id: str, timeout: float) -> str:
         time.sleep(2)
 
 
+def submit(two_nodes: dict, job_id: str, *entrypoint: str) -> None:
+    """`ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- ENTRYPOINT`."""
+    cmd = [
+        str(two_nodes["bin"] / "ray"),
+        "job",
+        "submit",
+        "--address",
+        two_nodes["dashboard"],
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "cluster/runtime_env.yaml",
+        "--",
+        *entrypoint,
+    ]
+    for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
+        out = subprocess.run(cmd, env=two_nodes["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        if "No available agent" not in out.stdout + out.stderr:
+            break
+        time.sleep(1)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+
 def overrides(bucket: str) -> list[str]:
     out = [f"run_dir={bucket}/run"]
     for stage, name in TINY_INPUTS.items():
@@ -277,31 +330,9 @@ def test_pipeline_job_on_two_nodes_without_rayalign_installed(two_nodes, s3_buck
     for name in TINY_INPUTS.values():
         storage.write_bytes(f"{s3_bucket}/tiny/{name}", (REPO / "rayjobs" / "data" / "tiny" / name).read_bytes())
     job_id = f"rayalign-two-nodes-{os.getpid()}-{int(time.time())}"
-    cmd = [
-        str(two_nodes["bin"] / "ray"),
-        "job",
-        "submit",
-        "--address",
-        two_nodes["dashboard"],
-        "--no-wait",
-        "--submission-id",
-        job_id,
-        "--working-dir",
-        ".",
-        "--runtime-env",
-        "cluster/runtime_env.yaml",
-        "--",
-        "python",
-        "rayjobs/pipeline.py",
-        "rayjobs/configs/pipeline-tiny.yaml",
-        *overrides(s3_bucket),
-    ]
-    for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
-        out = subprocess.run(cmd, env=two_nodes["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
-        if "No available agent" not in out.stdout + out.stderr:
-            break
-        time.sleep(1)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    submit(
+        two_nodes, job_id, "python", "rayjobs/pipeline.py", "rayjobs/configs/pipeline-tiny.yaml", *overrides(s3_bucket)
+    )
     status = wait_for_job(two_nodes["dashboard"], job_id, timeout=480)
     log = job_logs(two_nodes["dashboard"], job_id)
     (tmp_path / "job.log").write_text(log)
@@ -318,3 +349,60 @@ def test_pipeline_job_on_two_nodes_without_rayalign_installed(two_nodes, s3_buck
     logs = Path(two_nodes["node_dir"]).glob("session_*/logs/*")
     assert any("_ShardActor" in p.read_text(errors="replace") for p in logs if p.is_file())
     assert not (REPO / "s3:").exists(), "a URI became a local folder"
+
+
+def job_actor_nodes(dashboard: str, job_id: str) -> set[str]:
+    """The nodes that ran the job's dataset stage actors (Ray's state API; an actor the pool gave up
+    before it was placed has no node)."""
+    ray_job = job_api(dashboard, job_id)["job_id"]
+    with urllib.request.urlopen(f"{dashboard}/api/v0/actors?limit=1000&detail=1", timeout=30) as r:
+        actors = json.loads(r.read())["data"]["result"]["result"]
+    mine = [a for a in actors if a.get("job_id") == ray_job and "_ShardActor" in a.get("class_name", "")]
+    return {a["node_id"] for a in mine if a.get("node_id")}
+
+
+@pytest.mark.timeout(300)
+def test_a_hub_model_downloads_once_on_each_node_into_its_own_hub_cache(two_nodes, hub, hub_model, s3_bucket, tmp_path):
+    """`model: org/name` in a stage whose two actors run one on each node: each node downloads the
+    model into its own HF_HOME exactly once (every model file is served twice in all, and both
+    caches hold it), with the token from its own environment, and every row equals the same stage
+    run here on the local folder the hub serves."""
+    from rayalign.data.shards import read_dataset
+    from rayalign.stages import run_stage
+
+    _, seen = hub
+    before = len(seen)
+    prompts = REPO / "rayjobs" / "data" / "tiny" / "prompts.jsonl"
+    storage.write_bytes(f"{s3_bucket}/prompts.jsonl", prompts.read_bytes())
+    job_id = f"rayalign-hub-{os.getpid()}-{int(time.time())}"
+    # the driver waits until both actors are up (each downloads as it starts) before handing out
+    # shards: otherwise the first one up may finish the 4 shards before the other is placed
+    submit(two_nodes, job_id, "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S=200", "python", "rayjobs/sample.py",
+           "tests/cluster/hub_sample.yaml",
+           f"inputs=[{s3_bucket}/prompts.jsonl]", f"output={s3_bucket}/sample")  # fmt: skip
+    status = wait_for_job(two_nodes["dashboard"], job_id, timeout=240)
+    log = job_logs(two_nodes["dashboard"], job_id)
+    assert status == "SUCCEEDED", log[-6000:]
+    assert len(job_actor_nodes(two_nodes["dashboard"], job_id)) == 2, "the stage's actors did not run on both nodes"
+
+    requests = seen[before:]
+    assert requests and all(auth == f"Bearer {TOKEN}" for _, _, auth in requests)
+    gets = file_gets(requests)
+    assert set(MODEL_FILES) <= set(gets) and all(gets.count(f) == 2 for f in gets), sorted(gets)
+    for home in two_nodes["hf_homes"].values():
+        snapshot = home / "hub" / "models--tiny-org--tiny-llama" / "snapshots" / COMMIT
+        assert (snapshot / "model.safetensors").exists(), f"{home} holds no copy"
+    assert TOKEN not in log
+
+    # the same stage here, in-process, on the folder the hub serves: the same rows
+    ref = run_stage(
+        "sample",
+        str(REPO / "tests" / "cluster" / "hub_sample.yaml"),
+        [f"inputs=[{prompts}]", f"output={tmp_path / 'ref'}", f"model={hub_model}", "pool.workers=0"],
+    )
+    rows = read_dataset(f"{s3_bucket}/sample").to_pylist()
+    assert ref.counts.ok == 8 and len(rows) == 8
+    assert len({r["response"] for r in rows}) > 1  # the prompts' answers differ
+    assert [(r["id"], r["response"]) for r in rows] == [
+        (r["id"], r["response"]) for r in read_dataset(tmp_path / "ref").to_pylist()
+    ]
