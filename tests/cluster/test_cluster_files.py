@@ -169,4 +169,7 @@ def test_dockerfile_one_cuda_for_base_torch_and_vllm():
     assert args["TORCH_INDEX"] == f"https://download.pytorch.org/whl/{args['PLATFORM']}"
     assert args["VLLM_INDEX"] == f"https://wheels.vllm.ai/{pins['vllm']}/{args['PLATFORM']}"
     assert '--index-url "$TORCH_INDEX" torch' in text
+    # the GPU install names the variant's local version (vllm==0.32.0+cu128) and checks what it got
+    assert "VLLM_PIN=\"vllm==$(sed -n 's/^vllm==//p' docker/constraints.txt)+${PLATFORM}\"" in text
+    assert '".[${EXTRAS}]" ${VLLM_PIN:-}' in text and "v.endswith('+${PLATFORM}')" in text
     assert re.search(r"driver\s+(#\s+)?>= 570", text) and "driver ≥ 570" in DOCS
