@@ -63,6 +63,8 @@ import time
 import traceback
 from pathlib import Path
 
+import report  # benchmarks/report.py: the results header (its load average starts at this import)
+
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / "benchmarks" / ".gpu_check"
 DATA = ROOT / "rayjobs" / "data"
@@ -304,26 +306,6 @@ def grpo(model: str, work: Path, sizes: dict, dtype: str) -> dict:
             "syncs": len(syncs), "seconds": seconds}  # fmt: skip
 
 
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in ("torch", "transformers", "peft", "pyarrow", "pydantic"):
-        try:
-            out.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            out.append(f"{name} (none)")
-    return ", ".join(out)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git here)"
-
-
 def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -331,17 +313,13 @@ def fmt(v) -> str:
 
 
 def write_report(rows: dict, failures: dict, gpu: str, n_params: int, dry: bool, out_dir: Path) -> Path:
-    stamp = dt.date.today().isoformat()
-    slug = "cpu-dry-run" if dry else gpu.lower().replace("nvidia", "").strip().replace(" ", "-")
+    """The results file, under the standard header (benchmarks/report.py: command, commit, load
+    average, versions), so the results index and its checks read it like every other report."""
     lines = [
         f"# GPU check: {'dry run on CPU (tiny model)' if dry else gpu}",
         "",
-        f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
-        f"- commit: {git_commit()}",
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
-        f"- load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-        f"- machine: {platform.node()} ({platform.machine()}), Python {platform.python_version()}",
-        f"- libraries: {versions()}",
+        f"- machine: {platform.node()}, Python {platform.python_version()}",
         f"- model: random Llama, {n_params / 1e9:.3f}B parameters, built here from a config",
         "",
         "| section | result |",
@@ -351,12 +329,8 @@ def write_report(rows: dict, failures: dict, gpu: str, n_params: int, dry: bool,
         lines.append(f"| {name} | {', '.join(f'{k} {fmt(v)}' for k, v in values.items())} |")
     for name, err in failures.items():
         lines.append(f"| {name} | FAILED: {err} |")
-    out = out_dir / f"{stamp}-gpu-check-{slug}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}")
-    return out
+    device = "cpu-dry-run" if dry else report.slug(gpu.replace("NVIDIA", ""))
+    return report.save_report(lines, "gpu-check", device=device, folder=out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,4 +60,6 @@ def test_dry_run_passes_every_section_and_writes_its_report(tmp_path):
                     "hf generation", "grpo step + weight sync"):  # fmt: skip
         assert f"| {section} | " in text, section
     assert "syncs 2" in text  # the initial weight sync and the one after the GRPO step
-    assert "- command: `python benchmarks/gpu_check.py --dry-run" in text and "- load average:" in text
+    # the standard results header (benchmarks/report.py), which the results index reads
+    assert text.startswith("> command: `python benchmarks/gpu_check.py --dry-run")
+    assert "> load average (1/5/15 min): " in text and "> versions: python " in text
