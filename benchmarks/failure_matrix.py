@@ -5,8 +5,9 @@ measured (rows in, rows out, duplicates), written to benchmarks/results/<date>-f
 
 Runs here, on loopback only: a real S3 API (moto's server on 127.0.0.1) behind the fault-injecting
 proxy of tests/reliability/faulty_proxy.py; a small tmpfs (needs root: `mount`); the tiny model's
-training loop for torn checkpoints. The rows for process and node kills are asserted by the tests
-named in the second table and are not re-run by this script.
+training loop for torn checkpoints; multi-node clusters of real raylets on 127.0.0.1 (Ray's
+`cluster_utils.Cluster`, driven by tests/reliability/node_loss_jobs.py) for whole-node loss. The rows
+of the second table are asserted by the tests named there and are not re-run by this script.
 """
 
 from __future__ import annotations
@@ -251,6 +252,40 @@ def torn_checkpoints(work: Path) -> list[str]:
     return rows
 
 
+def node_loss_train(work: Path, data: Path) -> list[str]:
+    """Ray Train on two worker nodes; node 2's raylet, agents and worker SIGKILLed after step 2; a
+    replacement node joins (tests/reliability/node_loss_jobs.py, in its own interpreter and cluster)."""
+    out = run_job("train", work / "node-loss", str(data))
+    if out["error"]:
+        return [f"| whole node lost mid-run | `sft` on 2 nodes | failed: {out['error'][:200]} | | | |"]
+    diff = max(abs(a - b) for a, b in zip(out["losses"], out["reference"], strict=True))
+    nodes = {v: k for k, v in out["nodes"].items()}
+    before = "+".join(nodes[n] for n in out["workers_before"])
+    after = "+".join(nodes[n] for n in out["workers_after"])
+    steps = out["steps"]
+    return [
+        f"| whole node lost: node 2's {', '.join(out['killed'])} SIGKILLed after step {out['killed_after_step']}, "
+        f"a replacement node joins | `sft`, 2 Ray Train workers on nodes {before} | restarted on nodes {after} "
+        f"from the step-{out['resumed_at']} checkpoint, finished {out['kill_to_end_s']:.0f} s after the kill; "
+        f"max abs loss diff vs one uninterrupted process {diff:.1e}; same rows per step: {out['samples']} | "
+        f"{len(out['reference'])} steps | {len(set(steps))} steps | {len(steps) - len(set(steps))} |"
+    ]
+
+
+def run_job(*args: str, timeout: float = 400) -> dict:
+    """A scenario of tests/reliability/node_loss_jobs.py in a fresh interpreter: its RESULT line."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    jobs = ROOT / "tests" / "reliability" / "node_loss_jobs.py"
+    run = subprocess.run([sys.executable, str(jobs), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+    if run.returncode or not lines:
+        return {"error": (run.stdout + run.stderr)[-300:].replace("\n", " ").replace("|", "/")}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 TESTED = [
     ("≥1,000 hostile rows per kind", "`prepare`, `sample`", "tests/reliability/test_hostile_rows.py"),
     ("processor raises on some rows; rows Arrow cannot write", "any dataset stage", "tests/data/test_file_faults.py"),
@@ -280,6 +315,11 @@ TESTED = [
         "tests/reliability/test_flaky_object_store.py",
     ),
     ("`SIGKILL` of a Ray Train worker", "`sft` on 2 workers", "tests/train/test_ray_train.py"),
+    (
+        "every process of a worker node SIGKILLed mid-run, a replacement node joins",
+        "`sft` on 2 nodes",
+        "tests/reliability/test_node_loss.py",
+    ),
     ("`SIGKILL` of `rayalign sft`, run folder in S3", "`sft`", "tests/train/test_train_object_storage.py"),
     ("`SIGKILL` of a serving replica under load", "`serve`", "tests/serve/test_serve_reliability.py"),
     ("2,000 hypothesis-generated hostile requests", "`serve` ingress", "tests/serve/test_http_fuzz.py"),
@@ -301,6 +341,7 @@ def main() -> None:
         rows += permanent(endpoint)
         rows += full_disk(work)
         rows += torn_checkpoints(work)
+        rows += node_loss_train(work, work / "packed")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
