@@ -272,6 +272,24 @@ def node_loss_train(work: Path, data: Path) -> list[str]:
     ]
 
 
+def node_loss_serve(work: Path) -> list[str]:
+    """The engine replica's node SIGKILLed under load from 4 `openai` clients; a replacement joins."""
+    out = run_job("serve", work / "node-loss-serve")
+    if out.get("error"):
+        return [f"| whole node lost under load | `serve` | failed: {out['error'][:200]} | | | |"]
+    statuses = {}
+    for _, s in out["after"]:
+        statuses[str(s)] = statuses.get(str(s), 0) + 1
+    answered = ", ".join(f"{n}× {s}" for s, n in sorted(statuses.items()))
+    return [
+        f"| whole node lost under load: the engine replica's node ({', '.join(out['killed'])}) SIGKILLed, "
+        f"a replacement node joins | `serve` (hf, tiny model), 4 `openai` clients | answers after the kill: "
+        f"{answered}; first 200 from the restarted replica {out['first_ok_after_s']:.1f} s after the kill; "
+        f"replica on the new node: {out['replica_moved']} | {out['before'] + len(out['after'])} requests | "
+        f"{out['before'] + len(out['after'])} answers | n/a |"
+    ]
+
+
 def run_job(*args: str, timeout: float = 400) -> dict:
     """A scenario of tests/reliability/node_loss_jobs.py in a fresh interpreter: its RESULT line."""
     import json
@@ -322,6 +340,16 @@ TESTED = [
     ),
     ("`SIGKILL` of `rayalign sft`, run folder in S3", "`sft`", "tests/train/test_train_object_storage.py"),
     ("`SIGKILL` of a serving replica under load", "`serve`", "tests/serve/test_serve_reliability.py"),
+    (
+        "every process of the engine replica's node SIGKILLed under load, a replacement node joins",
+        "`serve`",
+        "tests/reliability/test_node_loss.py",
+    ),
+    (
+        "Serve stops the replicas (scale-down, redeploy, delete, node drain) with a stream in flight",
+        "`serve`",
+        "tests/reliability/test_serve_drain.py",
+    ),
     ("2,000 hypothesis-generated hostile requests", "`serve` ingress", "tests/serve/test_http_fuzz.py"),
 ]
 
@@ -342,6 +370,7 @@ def main() -> None:
         rows += full_disk(work)
         rows += torn_checkpoints(work)
         rows += node_loss_train(work, work / "packed")
+        rows += node_loss_serve(work)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

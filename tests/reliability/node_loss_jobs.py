@@ -5,11 +5,17 @@ agents and workers, started as local processes; this process is the driver). Pri
 tabulates it.
 
     python tests/reliability/node_loss_jobs.py train WORK_DIR PACKED_DATA
+    python tests/reliability/node_loss_jobs.py serve WORK_DIR
 
 `train`: a head without CPUs and two worker nodes with one training slot each, so the two Ray Train
 workers run one per node. Once step 2 is logged (a checkpoint every step), every process of node 2
 (its raylet and everything under it: agents and workers) is SIGKILLed at once; a replacement node
 joins; Ray Train's FailureConfig restarts the group from the last checkpoint on nodes 1 and 3.
+
+`serve`: the OpenAI endpoint (hf backend, tiny model) with its HTTP proxy on the head (no CPUs) and
+its engine replica on node 2 (the only node with CPUs), under load from the `openai` client; every
+process of node 2 is SIGKILLed, a replacement node joins, Serve starts the replica there. Every
+answer is recorded (status and time) until the endpoint has answered again.
 """
 
 from __future__ import annotations
@@ -162,6 +168,88 @@ def train(work: Path, data: str) -> dict:
         cluster.shutdown()
 
 
+def serve(work: Path) -> dict:
+    import socket
+
+    import openai
+    import ray
+    from ray import serve as ray_serve
+    from ray.cluster_utils import Cluster
+
+    from rayalign.raycluster import ensure_ray
+    from rayalign.serve.config import ServeConfig
+    from rayalign.serve.server import start, stop
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH})
+    try:
+        node2 = cluster.add_node(num_cpus=1)
+        os.environ["RAY_ADDRESS"] = cluster.address
+        ensure_ray()
+        # one HTTP proxy, on the head: every node of this cluster shares 127.0.0.1
+        ray_serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        cfg = ServeConfig(model="tiny-random:llama", port=port, app_name="node-loss", default_max_tokens=8)
+        url = start(cfg)
+        engine = ray_serve.get_deployment_handle("EngineServer", cfg.app_name)
+        before_pid = engine.info.remote().result()["pid"]
+        victims = node_processes(node2)
+        assert before_pid in {p.pid for p in victims}, "the engine replica is not on node 2"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        answers: list[tuple[float, object]] = []
+        killed: list[float] = []
+        stop_at = time.monotonic() + 150
+
+        def recovered() -> bool:
+            return bool(killed) and sum(1 for t, s in list(answers) if s == 200 and t > killed[0] + 1) >= 5
+
+        def load(i: int) -> None:
+            while time.monotonic() < stop_at and not recovered():
+                try:
+                    client.completions.create(model=cfg.model, prompt=f"request {i}", max_tokens=8, temperature=0)
+                    answers.append((time.monotonic(), 200))
+                except openai.APIStatusError as e:
+                    shaped = e.status_code != 503 or bool(e.response.headers.get("retry-after"))
+                    answers.append((time.monotonic(), e.status_code if shaped else "503 without Retry-After"))
+                    time.sleep(0.2)
+                except Exception as e:
+                    answers.append((time.monotonic(), type(e).__name__))
+                    time.sleep(0.2)
+
+        threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
+        for t in threads:
+            t.start()
+        while sum(1 for _, s in answers if s == 200) < 6:
+            assert time.monotonic() < stop_at, f"no load got through: {answers[-5:]}"
+            time.sleep(0.1)
+        names = sigkill_all(victims)
+        killed.append(time.monotonic())
+        cluster.remove_node(node2, allow_graceful=False)
+        node3 = cluster.add_node(num_cpus=1)
+        for t in threads:
+            t.join(timeout=160)
+        after_pid = engine.info.remote().result(timeout_s=60)["pid"]
+        on_node3 = after_pid in {p.pid for p in node_processes(node3)}
+        stop(cfg)
+        k = killed[0]
+        after = [(round(t - k, 2), s) for t, s in answers if t > k]
+        first_ok = next((t for t, s in after if s == 200 and t > 1), None)
+        return {
+            "killed": sorted(names),
+            "killed_pids_alive": [p.pid for p in victims if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            "before": len(answers) - len(after),
+            "after": after,
+            "statuses": sorted({str(s) for _, s in answers}),
+            "first_ok_after_s": first_ok,
+            "replica_moved": before_pid != after_pid and on_node3,
+        }
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        cluster.shutdown()
+
+
 def samples(run_dir: Path) -> dict[int, list[int]]:
     """step → sorted row indices all ranks consumed in it (a row repeated within a step counts twice)."""
     by_step: dict[int, list[int]] = {}
@@ -185,7 +273,7 @@ if __name__ == "__main__":
     # on this machine must not find (and join) this cluster
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayalign-nl-", dir="/tmp")
     try:
-        out = {"train": lambda: train(work, sys.argv[3])}[job]()
+        out = {"train": lambda: train(work, sys.argv[3]), "serve": lambda: serve(work)}[job]()
     finally:
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
     print("RESULT " + json.dumps(out))
