@@ -252,6 +252,80 @@ def torn_checkpoints(work: Path) -> list[str]:
     return rows
 
 
+def eval_through_faults(endpoint: str, rate: float, seed: int, work: Path) -> list[str]:
+    """The eval stage writing into the bucket through the proxy, against a clean local run."""
+    import json
+    import re
+
+    import boto3
+
+    from rayalign.eval.stage import EvalConfig, run_eval
+
+    def run(output: str):
+        cfg = EvalConfig(model="tiny-random:llama", output=output, limit=8, params={"max_tokens": 12})
+        return run_eval(cfg, log=lambda *_: None)
+
+    def norm(text: str, out: str) -> str:  # the report names its folder and counts the suite's reads
+        return re.sub(r"scored \d+ time\(s\)", "scored N time(s)", text.replace(out, "OUT"))
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="evalmatrix")
+    with FaultyProxy(endpoint, rate=rate, seed=seed) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        t0 = time.monotonic()
+        remote = run("s3://evalmatrix/eval")
+        secs = time.monotonic() - t0
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(proxy.counts.items()))
+        requests = proxy.requests
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    local = run(str(work / "eval"))
+    same = remote.metrics == local.metrics and all(
+        norm(storage.read_text(f"s3://evalmatrix/eval/{n}"), "s3://evalmatrix/eval")
+        == norm((work / "eval" / n).read_text(), str(work / "eval"))
+        for n in ("responses.jsonl", "report/report.md")
+    )
+    rows = [json.loads(x) for x in storage.read_text("s3://evalmatrix/eval/responses.jsonl").splitlines()]
+    ids = [r["id"] for r in rows]
+    return [
+        f"| object store: {rate:.0%} of {requests} requests faulted ({faults}) | `eval` (tiny model, 8 suite "
+        f"prompts) writing answers, results, report and plots to s3:// | completes in {secs:.1f} s; metrics, "
+        f"answers and report.md equal a clean local run: {same} | 8 prompts | {len(ids)} answers | "
+        f"{len(ids) - len(set(ids))} |"
+    ]
+
+
+def generation_preemption(work: Path) -> list[str]:
+    """SIGTERM to a `sample` stage's one actor (3 shards in flight) once 2 shards are committed."""
+    import signal
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "generate"))
+    from test_shards_in_flight import prompts_file, sample_data
+
+    from rayalign.raycluster import ensure_ray
+    from rayalign.stages import run_stage
+    from shard_kill_helpers import run_and_kill_one_actor
+
+    ensure_ray(num_cpus=2)
+    inp = prompts_file(work / "gen-prompts.jsonl", 21)
+    out = work / "gen-ray"
+    result, _, done_at_kill = run_and_kill_one_actor(
+        lambda: run_stage("sample", data=sample_data(inp, out, 3, workers=1, max_tokens=16)),
+        out, after_shards=2, start_s=300, finish_s=300, sig=signal.SIGTERM,
+    )  # fmt: skip
+    local = run_stage("sample", data=sample_data(inp, work / "gen-local", 1, max_tokens=16))
+    same_counts = local.counts == result.counts
+    rows, ref = read_dataset(str(out)).to_pylist(), read_dataset(str(work / "gen-local")).to_pylist()
+    ids = [r["id"] for r in rows]
+    planned = result.details["shards"]
+    c = result.counts
+    return [
+        f"| spot notice: SIGTERM to the generation actor after {done_at_kill} of {planned} shards, 3 in flight | "
+        f"`sample` (hf, tiny model) on a 1-actor pool | actor restarted, its shards run again; counts "
+        f"{c.in_} = {c.ok} + {c.quarantined}; rows, texts and counts equal an uninterrupted run: {rows == ref and same_counts} | "
+        f"{c.in_} | {c.ok} + {c.quarantined} ({len(ids)} samples) | {len(ids) - len(set(ids))} |"
+    ]
+
+
 def node_loss_train(work: Path, data: Path) -> list[str]:
     """Ray Train on two worker nodes; node 2's raylet, agents and worker SIGKILLed after step 2; a
     replacement node joins (tests/reliability/node_loss_jobs.py, in its own interpreter and cluster)."""
@@ -323,6 +397,23 @@ TESTED = [
         "tests/pipeline/test_on_ray_head.py",
     ),
     (
+        "`SIGKILL` of a `ray job`'s driver mid-stage, the same job submitted again: finished stage skipped, "
+        "killed one resumed by shard, every row once; no actor of the dead job holds resources",
+        "pipeline via `ray job submit --no-wait`",
+        "tests/pipeline/test_on_ray_head.py",
+    ),
+    (
+        "SIGTERM (spot notice) to a generation actor with 3 shards in flight: shards handed back, "
+        "output equals an uninterrupted run, every row once",
+        "`sample` on a 1-actor pool",
+        "tests/reliability/test_generation_preemption.py",
+    ),
+    (
+        "20% object-store faults while the eval stage writes answers, results, report and plots",
+        "`eval` (output in S3)",
+        "tests/reliability/test_flaky_object_store.py",
+    ),
+    (
         "SIGTERM (spot notice) to a training process: checkpoint within the grace, resumed = uninterrupted",
         "`rayalign sft`",
         "tests/reliability/test_preemption.py",
@@ -367,10 +458,12 @@ def main() -> None:
         rows = flaky_prepare(endpoint, args.rate, args.seed, work)
         rows += failed_writer(endpoint)
         rows += permanent(endpoint)
+        rows += eval_through_faults(endpoint, args.rate, args.seed, work)
         rows += full_disk(work)
         rows += torn_checkpoints(work)
         rows += node_loss_train(work, work / "packed")
         rows += node_loss_serve(work)
+        rows += generation_preemption(work)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
