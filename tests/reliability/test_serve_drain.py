@@ -20,6 +20,7 @@ from rayalign.serve.config import ServeConfig
 
 TINY = "tiny-random:llama"
 TOKENS = 200
+PORT = free_port()  # both cases: Serve keeps the HTTP port of its first start on a cluster
 
 
 def stream(client: openai.OpenAI, first: threading.Event | None = None) -> dict:
@@ -44,7 +45,7 @@ def test_a_stream_in_flight_finishes_whole_while_its_replicas_drain(ray_cluster,
 
     cfg = ServeConfig(
         model=TINY,
-        port=free_port(),
+        port=PORT,
         app_name=f"drain-{int(grace)}",
         engine_num_cpus=0.5,
         stream_interval_ms=0,
