@@ -334,8 +334,8 @@ def node_loss_train(work: Path, data: Path) -> list[str]:
         return [f"| whole node lost mid-run | `sft` on 2 nodes | failed: {out['error'][:200]} | | | |"]
     diff = max(abs(a - b) for a, b in zip(out["losses"], out["reference"], strict=True))
     nodes = {v: k for k, v in out["nodes"].items()}
-    before = "+".join(nodes[n] for n in out["workers_before"])
-    after = "+".join(nodes[n] for n in out["workers_after"])
+    before = "+".join(sorted(nodes[n] for n in out["workers_before"]))
+    after = "+".join(sorted(nodes[n] for n in out["workers_after"]))
     steps = out["steps"]
     return [
         f"| whole node lost: node 2's {', '.join(out['killed'])} SIGKILLed after step {out['killed_after_step']}, "
