@@ -5,8 +5,9 @@ measured (rows in, rows out, duplicates), written to benchmarks/results/<date>-f
 
 Runs here, on loopback only: a real S3 API (moto's server on 127.0.0.1) behind the fault-injecting
 proxy of tests/reliability/faulty_proxy.py; a small tmpfs (needs root: `mount`); the tiny model's
-training loop for torn checkpoints. The rows for process and node kills are asserted by the tests
-named in the second table and are not re-run by this script.
+training loop for torn checkpoints; multi-node clusters of real raylets on 127.0.0.1 (Ray's
+`cluster_utils.Cluster`, driven by tests/reliability/node_loss_jobs.py) for whole-node loss. The rows
+of the second table are asserted by the tests named there and are not re-run by this script.
 """
 
 from __future__ import annotations
@@ -251,6 +252,132 @@ def torn_checkpoints(work: Path) -> list[str]:
     return rows
 
 
+def eval_through_faults(endpoint: str, rate: float, seed: int, work: Path) -> list[str]:
+    """The eval stage writing into the bucket through the proxy, against a clean local run."""
+    import json
+    import re
+
+    import boto3
+
+    from rayalign.eval.stage import EvalConfig, run_eval
+
+    def run(output: str):
+        cfg = EvalConfig(model="tiny-random:llama", output=output, limit=8, params={"max_tokens": 12})
+        return run_eval(cfg, log=lambda *_: None)
+
+    def norm(text: str, out: str) -> str:  # the report names its folder and counts the suite's reads
+        return re.sub(r"scored \d+ time\(s\)", "scored N time(s)", text.replace(out, "OUT"))
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="evalmatrix")
+    with FaultyProxy(endpoint, rate=rate, seed=seed) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        t0 = time.monotonic()
+        remote = run("s3://evalmatrix/eval")
+        secs = time.monotonic() - t0
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(proxy.counts.items()))
+        requests = proxy.requests
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    local = run(str(work / "eval"))
+    same = remote.metrics == local.metrics and all(
+        norm(storage.read_text(f"s3://evalmatrix/eval/{n}"), "s3://evalmatrix/eval")
+        == norm((work / "eval" / n).read_text(), str(work / "eval"))
+        for n in ("responses.jsonl", "report/report.md")
+    )
+    rows = [json.loads(x) for x in storage.read_text("s3://evalmatrix/eval/responses.jsonl").splitlines()]
+    ids = [r["id"] for r in rows]
+    return [
+        f"| object store: {rate:.0%} of {requests} requests faulted ({faults}) | `eval` (tiny model, 8 suite "
+        f"prompts) writing answers, results, report and plots to s3:// | completes in {secs:.1f} s; metrics, "
+        f"answers and report.md equal a clean local run: {same} | 8 prompts | {len(ids)} answers | "
+        f"{len(ids) - len(set(ids))} |"
+    ]
+
+
+def generation_preemption(work: Path) -> list[str]:
+    """SIGTERM to a `sample` stage's one actor (3 shards in flight) once 2 shards are committed."""
+    import signal
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "generate"))
+    from test_shards_in_flight import prompts_file, sample_data
+
+    from rayalign.raycluster import ensure_ray
+    from rayalign.stages import run_stage
+    from shard_kill_helpers import run_and_kill_one_actor
+
+    ensure_ray(num_cpus=2)
+    inp = prompts_file(work / "gen-prompts.jsonl", 21)
+    out = work / "gen-ray"
+    result, _, done_at_kill = run_and_kill_one_actor(
+        lambda: run_stage("sample", data=sample_data(inp, out, 3, workers=1, max_tokens=16)),
+        out, after_shards=2, start_s=300, finish_s=300, sig=signal.SIGTERM,
+    )  # fmt: skip
+    local = run_stage("sample", data=sample_data(inp, work / "gen-local", 1, max_tokens=16))
+    same_counts = local.counts == result.counts
+    rows, ref = read_dataset(str(out)).to_pylist(), read_dataset(str(work / "gen-local")).to_pylist()
+    ids = [r["id"] for r in rows]
+    planned = result.details["shards"]
+    c = result.counts
+    return [
+        f"| spot notice: SIGTERM to the generation actor after {done_at_kill} of {planned} shards, 3 in flight | "
+        f"`sample` (hf, tiny model) on a 1-actor pool | actor restarted, its shards run again; counts "
+        f"{c.in_} = {c.ok} + {c.quarantined}; rows, texts and counts equal an uninterrupted run: {rows == ref and same_counts} | "
+        f"{c.in_} | {c.ok} + {c.quarantined} ({len(ids)} samples) | {len(ids) - len(set(ids))} |"
+    ]
+
+
+def node_loss_train(work: Path, data: Path) -> list[str]:
+    """Ray Train on two worker nodes; node 2's raylet, agents and worker SIGKILLed after step 2; a
+    replacement node joins (tests/reliability/node_loss_jobs.py, in its own interpreter and cluster)."""
+    out = run_job("train", work / "node-loss", str(data))
+    if out["error"]:
+        return [f"| whole node lost mid-run | `sft` on 2 nodes | failed: {out['error'][:200]} | | | |"]
+    diff = max(abs(a - b) for a, b in zip(out["losses"], out["reference"], strict=True))
+    nodes = {v: k for k, v in out["nodes"].items()}
+    before = "+".join(sorted(nodes[n] for n in out["workers_before"]))
+    after = "+".join(sorted(nodes[n] for n in out["workers_after"]))
+    steps = out["steps"]
+    return [
+        f"| whole node lost: node 2's {', '.join(out['killed'])} SIGKILLed after step {out['killed_after_step']}, "
+        f"a replacement node joins | `sft`, 2 Ray Train workers on nodes {before} | restarted on nodes {after} "
+        f"from the step-{out['resumed_at']} checkpoint, finished {out['kill_to_end_s']:.0f} s after the kill; "
+        f"max abs loss diff vs one uninterrupted process {diff:.1e}; same rows per step: {out['samples']} | "
+        f"{len(out['reference'])} steps | {len(set(steps))} steps | {len(steps) - len(set(steps))} |"
+    ]
+
+
+def node_loss_serve(work: Path) -> list[str]:
+    """The engine replica's node SIGKILLed under load from 4 `openai` clients; a replacement joins."""
+    out = run_job("serve", work / "node-loss-serve")
+    if out.get("error"):
+        return [f"| whole node lost under load | `serve` | failed: {out['error'][:200]} | | | |"]
+    statuses = {}
+    for _, s in out["after"]:
+        statuses[str(s)] = statuses.get(str(s), 0) + 1
+    answered = ", ".join(f"{n}× {s}" for s, n in sorted(statuses.items()))
+    return [
+        f"| whole node lost under load: the engine replica's node ({', '.join(out['killed'])}) SIGKILLed, "
+        f"a replacement node joins | `serve` (hf, tiny model), 4 `openai` clients | answers after the kill: "
+        f"{answered}; first 200 from the restarted replica {out['first_ok_after_s']:.1f} s after the kill; "
+        f"replica on the new node: {out['replica_moved']} | {out['before'] + len(out['after'])} requests | "
+        f"{out['before'] + len(out['after'])} answers | n/a |"
+    ]
+
+
+def run_job(*args: str, timeout: float = 400) -> dict:
+    """A scenario of tests/reliability/node_loss_jobs.py in a fresh interpreter: its RESULT line."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    jobs = ROOT / "tests" / "reliability" / "node_loss_jobs.py"
+    run = subprocess.run([sys.executable, str(jobs), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+    if run.returncode or not lines:
+        return {"error": (run.stdout + run.stderr)[-300:].replace("\n", " ").replace("|", "/")}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 TESTED = [
     ("≥1,000 hostile rows per kind", "`prepare`, `sample`", "tests/reliability/test_hostile_rows.py"),
     ("processor raises on some rows; rows Arrow cannot write", "any dataset stage", "tests/data/test_file_faults.py"),
@@ -270,6 +397,23 @@ TESTED = [
         "tests/pipeline/test_on_ray_head.py",
     ),
     (
+        "`SIGKILL` of a `ray job`'s driver mid-stage, the same job submitted again: finished stage skipped, "
+        "killed one resumed by shard, every row once; no actor of the dead job holds resources",
+        "pipeline via `ray job submit --no-wait`",
+        "tests/pipeline/test_on_ray_head.py",
+    ),
+    (
+        "SIGTERM (spot notice) to a generation actor with 3 shards in flight: shards handed back, "
+        "output equals an uninterrupted run, every row once",
+        "`sample` on a 1-actor pool",
+        "tests/reliability/test_generation_preemption.py",
+    ),
+    (
+        "20% object-store faults while the eval stage writes answers, results, report and plots",
+        "`eval` (output in S3)",
+        "tests/reliability/test_flaky_object_store.py",
+    ),
+    (
         "SIGTERM (spot notice) to a training process: checkpoint within the grace, resumed = uninterrupted",
         "`rayalign sft`",
         "tests/reliability/test_preemption.py",
@@ -280,8 +424,23 @@ TESTED = [
         "tests/reliability/test_flaky_object_store.py",
     ),
     ("`SIGKILL` of a Ray Train worker", "`sft` on 2 workers", "tests/train/test_ray_train.py"),
+    (
+        "every process of a worker node SIGKILLed mid-run, a replacement node joins",
+        "`sft` on 2 nodes",
+        "tests/reliability/test_node_loss.py",
+    ),
     ("`SIGKILL` of `rayalign sft`, run folder in S3", "`sft`", "tests/train/test_train_object_storage.py"),
     ("`SIGKILL` of a serving replica under load", "`serve`", "tests/serve/test_serve_reliability.py"),
+    (
+        "every process of the engine replica's node SIGKILLed under load, a replacement node joins",
+        "`serve`",
+        "tests/reliability/test_node_loss.py",
+    ),
+    (
+        "Serve stops the replicas (scale-down, redeploy, delete, node drain) with a stream in flight",
+        "`serve`",
+        "tests/reliability/test_serve_drain.py",
+    ),
     ("2,000 hypothesis-generated hostile requests", "`serve` ingress", "tests/serve/test_http_fuzz.py"),
 ]
 
@@ -299,8 +458,12 @@ def main() -> None:
         rows = flaky_prepare(endpoint, args.rate, args.seed, work)
         rows += failed_writer(endpoint)
         rows += permanent(endpoint)
+        rows += eval_through_faults(endpoint, args.rate, args.seed, work)
         rows += full_disk(work)
         rows += torn_checkpoints(work)
+        rows += node_loss_train(work, work / "packed")
+        rows += node_loss_serve(work)
+        rows += generation_preemption(work)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -54,9 +54,10 @@ def run_and_kill(
     start_s: float,
     finish_s: float,
     victims: Callable[[], list[int]],
+    sig: int = signal.SIGKILL,
 ) -> tuple[Any, list[int], int]:
     """Run the stage `run` in a thread; once `after_shards` shards are committed under `out` and
-    `victims()` names processes, SIGKILL them all at once. Returns (the stage's result, the killed
+    `victims()` names processes, send them all `sig` (SIGKILL) at once. Returns (the stage's result, the killed
     pids, shards done at the kill); fails if the stage ends before the kill, never gets going,
     errors or does not finish."""
     result: dict = {}
@@ -76,7 +77,7 @@ def run_and_kill(
         time.sleep(0.02)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
     done_at_kill = len(finished_shards(out))
     driver.join(timeout=finish_s)
     assert not driver.is_alive(), "the stage did not finish after the kill"
@@ -85,9 +86,9 @@ def run_and_kill(
 
 
 def run_and_kill_one_actor(
-    run: Callable[[], Any], out: Path, after_shards: int, start_s: float, finish_s: float
+    run: Callable[[], Any], out: Path, after_shards: int, start_s: float, finish_s: float, sig: int = signal.SIGKILL
 ) -> tuple[Any, int, int]:
-    """`run_and_kill` of the (single) shard actor. Returns (the stage's result, the killed pid,
+    """`run_and_kill` of the (single) shard actor (`sig`: SIGKILL). Returns (the stage's result, the killed pid,
     shards done at the kill)."""
 
     def one_actor() -> list[int]:
@@ -95,6 +96,6 @@ def run_and_kill_one_actor(
         assert len(pids) <= 1, pids
         return pids
 
-    value, [victim], done_at_kill = run_and_kill(run, out, after_shards, start_s, finish_s, one_actor)
+    value, [victim], done_at_kill = run_and_kill(run, out, after_shards, start_s, finish_s, one_actor, sig)
     assert victim not in shard_actor_pids()
     return value, victim, done_at_kill

@@ -1,14 +1,17 @@
-"""The runner against a real Ray head: `ray job submit` of a pipeline, and kill -9 + resume."""
+"""The runner against a real Ray head: `ray job submit` of a pipeline, and kill -9 + resume (of
+`rayalign run`, and of a `ray job`'s driver followed by the same job submitted again)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -160,6 +163,97 @@ def test_kill_mid_pipeline_then_resume(ray_head, tmp_path):
     s = check_summary(run_dir)
     assert [x["skipped"] for x in s["stages"]] == [True, False, False]
     # every pair row written exactly once across the killed and the resumed run
+    from rayalign.data.shards import read_dataset
+
+    ids = read_dataset(run_dir / "pairs", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 220
+
+
+def submit(ray_head: dict, pipeline: Path, job_id: str) -> None:
+    """`ray job submit --no-wait` of `pipeline` (returns once the job is accepted)."""
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--no-wait",
+           "--submission-id", job_id, "--working-dir", str(REPO),
+           "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
+           "--", str(VENV_BIN / "python"), "rayjobs/pipeline.py", str(pipeline)]  # fmt: skip
+    for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
+        out = subprocess.run(cmd, env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        if "No available agent" not in out.stdout + out.stderr:
+            break
+        time.sleep(1)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+
+def job_info(ray_head: dict, job_id: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{ray_head['dashboard']}/api/jobs/{job_id}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def job_driver_pids(pipeline: Path) -> list[int]:
+    """The job's entrypoint process (`python rayjobs/pipeline.py <this test's yaml>`): the driver."""
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "rayjobs/pipeline.py" in cmd and str(pipeline) in cmd and "/bin/sh" not in cmd[0]:
+            pids.append(p.pid)
+    return pids
+
+
+@pytest.mark.timeout(300)
+def test_ray_job_driver_sigkilled_then_the_same_job_submitted_again_resumes(ray_head, tmp_path):
+    """SIGKILL of a `ray job`'s driver mid-stage (the job supervisor stays, as when the driver's
+    process dies alone): the job ends FAILED, the dead driver's actors are gone and their CPUs free
+    (Ray's state API); the same pipeline submitted again skips the finished stage, resumes the
+    killed one by shard and writes every row once."""
+    run_dir = tmp_path / "run"
+    p = pipeline_yaml(tmp_path, run_dir, pairs_shard_rows=4)  # ~57 shards: the kill lands mid-stage
+    first = f"rayalign-kill-{int(time.time())}"
+    submit(ray_head, p, first)
+    deadline = time.time() + 180
+    while not (pids := job_driver_pids(p)):
+        assert job_info(ray_head, first)["status"] in ("PENDING", "RUNNING"), job_info(ray_head, first)
+        assert time.time() < deadline, "the job's driver never started"
+        time.sleep(0.2)
+    assert len(pids) == 1, pids
+    while len(finished_shards(run_dir / "pairs")) < 1:
+        assert psutil.pid_exists(pids[0]), job_info(ray_head, first)
+        assert time.time() < deadline, "the second stage never started"
+        time.sleep(0.02)
+    os.kill(pids[0], signal.SIGKILL)
+    while job_info(ray_head, first)["status"] in ("PENDING", "RUNNING"):
+        assert time.time() < deadline + 60, "the job did not end after its driver was killed"
+        time.sleep(0.5)
+    info = job_info(ray_head, first)
+    assert info["status"] == "FAILED", info
+    # the dead driver's actors that held resources (its stage's pool) are gone and the CPUs free
+    from ray.util.state import list_actors
+
+    env = {**ray_head["env"], "RAY_ADDRESS": ray_head["gcs"]}
+    deadline = time.time() + 60
+    while True:
+        mine = list_actors(address=ray_head["dashboard"], filters=[("job_id", "=", info["job_id"])], detail=True)
+        pool = [a for a in mine if a.required_resources]
+        held = [f"{a.class_name} {a.state} {a.required_resources}" for a in pool if a.state != "DEAD"]
+        if pool and not held and available_cpus(env) == 2:
+            break
+        assert time.time() < deadline, f"the killed job still holds actors or CPUs: {held or 'no pool seen'}"
+        time.sleep(0.5)
+    shards_done = len(finished_shards(run_dir / "pairs"))
+    planned = json.loads((run_dir / "pairs" / "_plan.json").read_text())["shards"]
+    assert shards_done < planned, "the kill must land mid-stage"
+    assert json.loads((run_dir / "pairs" / "stage.json").read_text())["status"] == "running"
+
+    again = first + "-again"
+    submit(ray_head, p, again)
+    while (status := job_info(ray_head, again)["status"]) in ("PENDING", "RUNNING"):
+        assert time.time() < deadline + 180, "the resubmitted job did not finish"
+        time.sleep(1)
+    assert status == "SUCCEEDED", job_info(ray_head, again)
+    s = check_summary(run_dir)
+    assert [x["skipped"] for x in s["stages"]] == [True, False, False]
+    logs = "".join(f.read_text() for f in sorted((run_dir / "logs").glob("run-*.log")))
+    assert f"{planned} shard(s), rows counted as read; {shards_done} done" in logs
     from rayalign.data.shards import read_dataset
 
     ids = read_dataset(run_dir / "pairs", columns=["id"]).column("id").to_pylist()

@@ -7,8 +7,10 @@ open multipart upload behind; permanent errors (403, a missing bucket) fail at o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -218,3 +220,39 @@ def test_checkpoint_save_and_resume_through_faults(s3_bucket, flaky, tmp_path, c
     want = [r["loss"] for r in read_metrics(tmp_path / "local")]
     assert [r["loss"] for r in read_metrics(out)] == pytest.approx(want, abs=1e-5)
     assert sum(flaky.counts.values()) > 10
+
+
+@pytest.mark.timeout(300)
+def test_eval_report_through_faults_equals_the_clean_one(s3_bucket, flaky, tmp_path):
+    """The eval stage (tiny model, greedy, 8 suite prompts) writing its answers, results, report and
+    plots into the bucket through 20% faults: the same files and the same report as a clean local run
+    (paths aside)."""
+    from rayalign.eval.stage import EvalConfig, run_eval
+
+    def run(output: str):
+        cfg = EvalConfig(model="tiny-random:llama", output=output, limit=8, params={"max_tokens": 12})
+        return run_eval(cfg, log=lambda *_: None)
+
+    before = flaky.requests
+    remote = run(f"{s3_bucket}/eval")
+    assert flaky.requests - before >= 5 and sum(flaky.counts.values()) > 0  # the writes really went through faults
+    local = run(str(tmp_path / "eval"))
+    assert remote.metrics == local.metrics
+    prefix = f"{s3_bucket}/eval/"
+    listed = [f[len(prefix) :] for f in storage.list_dir(f"{s3_bucket}/eval", recursive=True)]
+    names = sorted(n for n in listed if not any(m.startswith(n + "/") for m in listed))  # files, not folders
+    files = sorted(str(p.relative_to(tmp_path / "eval")) for p in (tmp_path / "eval").rglob("*") if p.is_file())
+    assert names == files and "report/report.md" in names
+
+    # the report names its own folder and counts the suite's reads (this run's is one more)
+    def same(text: str, out: str) -> str:
+        return re.sub(r"scored \d+ time\(s\)", "scored N time(s)", text.replace(out, "OUT"))
+
+    results = [
+        json.loads(storage.read_text(f"{s3_bucket}/eval/results.json")),
+        json.loads((tmp_path / "eval" / "results.json").read_text()),
+    ]
+    assert results[0]["aligned"] == results[1]["aligned"] and results[0]["samples"] == results[1]["samples"]
+    for name in ("responses.jsonl", "report/report.md"):
+        a = same(storage.read_text(f"{s3_bucket}/eval/{name}"), f"{s3_bucket}/eval")
+        assert a == same((tmp_path / "eval" / name).read_text(), str(tmp_path / "eval")), name

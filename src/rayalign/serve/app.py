@@ -401,12 +401,23 @@ def build_app(cfg: ServeConfig):
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         max_queued_requests=cfg.ingress_max_ongoing_requests,
+        **_drain(cfg),
     )(OpenAIIngress)
     return ingress.bind(engine, cfg.model_dump())
 
 
+def _drain(cfg: ServeConfig) -> dict:
+    """How long a stopping replica lets its requests in flight (streams included) finish."""
+    return {
+        "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
+        "graceful_shutdown_wait_loop_s": cfg.graceful_shutdown_wait_loop_s,
+    }
+
+
 def _scaling(cfg: ServeConfig, engine_opts: dict) -> dict:
-    """`engine_opts` with the replica count or the autoscaling config of the engine's deployment."""
+    """`engine_opts` with the replica count or the autoscaling config of the engine's deployment,
+    and its drain settings."""
+    engine_opts.update(_drain(cfg))
     if cfg.autoscaling is not None:
         a = cfg.autoscaling
         engine_opts["autoscaling_config"] = {

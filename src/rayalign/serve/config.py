@@ -62,6 +62,8 @@ class ServeConfig(Cfg):
             "ingress_num_cpus",
             "ingress_max_ongoing_requests",
             "colocate_engine",
+            "graceful_shutdown_timeout_s",
+            "graceful_shutdown_wait_loop_s",
         }
     )
 
@@ -125,6 +127,13 @@ class ServeConfig(Cfg):
     # max_ongoing_requests + max_queued_requests still bound it (503 past both). None = on for
     # `backend: vllm` (its async engine needs no threads or batching window), off for hf.
     colocate_engine: bool | None = None
+
+    # Drain: a replica Serve stops (scale-down, redeploy, `serve delete`, its node drained before a
+    # spot preemption) takes no new requests and lets the ones in flight, streams included, finish
+    # for up to this many seconds before it is killed; keep it under the node's notice (AWS 120 s,
+    # GCP 30 s) and above the longest stream you serve (max_tokens / tokens per second).
+    graceful_shutdown_timeout_s: float = Field(25.0, ge=0)
+    graceful_shutdown_wait_loop_s: float = Field(1.0, gt=0)  # how often a draining replica checks for requests left
 
     batch: BatchConfig = BatchConfig()  # request batching on the engine replica
     pas: ServePASConfig = ServePASConfig()  # prompt augmentation at serve time
