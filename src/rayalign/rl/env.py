@@ -229,6 +229,7 @@ def run_episodes(engine: Any, requests: list[GenRequest], rows: list[dict], cfg:
                 prompt_ids=ids,
                 params=SamplingParams(**{**req.params.model_dump(), "n": 1, "seed": _seed(req.params.seed, j, turn)}),
                 request_id=f"{req.request_id}/{j}/{turn}",
+                adapter=req.adapter,
                 logprobs=0,
             )
             for _, j, _, ids, _, req in live
