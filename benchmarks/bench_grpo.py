@@ -14,6 +14,10 @@ to the end of the last (model loading, engine start, the first step's warm-up an
 excluded on both sides); CPU s/step the process's CPU seconds over the same steps (all threads:
 less sensitive to a loaded box than wall time); peak memory the side's peak resident set (VmHWM).
 
+The bf16 variant (sides ``k0-bf16``, ``trl-bf16``): TRL with ``bf16=True`` (bf16 autocast of
+generation and training), rayalign with its rollout engine in bf16 and TIS for the engine's
+log-probs (its trainer stays fp32 on CPU). ``--sides`` picks the runs (default: all).
+
 Then rayalign alone with ``asynchronous.max_staleness`` 0 (synchronous), 1 and 2: wall time to the
 same steps and the reward per step. On one CPU box generation and training share the same cores
 (the background rollout thread and the trainer split the torch threads), so the overlap gains
@@ -56,10 +60,10 @@ def write_prompts(path: Path) -> Path:
     return path
 
 
-def side_rayalign(work: Path, model: str, steps: int, threads: int, staleness: int) -> dict:
+def side_rayalign(work: Path, model: str, steps: int, threads: int, staleness: int, bf16: bool = False) -> dict:
     from rayalign.stages import run_stage
 
-    out = work / f"rayalign-k{staleness}"
+    out = work / f"rayalign-k{staleness}{'-bf16' if bf16 else ''}"
     cfg = {
         "model": model,
         "output_dir": str(out),
@@ -72,12 +76,14 @@ def side_rayalign(work: Path, model: str, steps: int, threads: int, staleness: i
         "progress": False,
         "torch_threads": threads,
         "rollout": {"temperature": 1.0, "max_tokens": MAX_TOKENS},
-        "engine": {"batch_size": PROMPTS_PER_STEP},
+        # bf16: the rollout engine holds the policy in bf16 (each sync casts the trainer's weights);
+        # the trainer itself stays fp32 on CPU, and TIS corrects for the engine's log-probs
+        "engine": {"batch_size": PROMPTS_PER_STEP, "dtype": "bf16" if bf16 else "fp32"},
         "rewards": [REWARD],
         "optim": {"lr": LR, "min_lr_ratio": 1.0},
         "checkpoint": {"export": False},
         "asynchronous": {"max_staleness": staleness},
-        "off_policy": {"correction": "tis" if staleness else "none"},
+        "off_policy": {"correction": "tis" if staleness or bf16 else "none"},
     }
     run_stage("grpo", data=cfg)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -92,7 +98,7 @@ def side_rayalign(work: Path, model: str, steps: int, threads: int, staleness: i
     }
 
 
-def side_trl(work: Path, model: str, steps: int, threads: int) -> dict:
+def side_trl(work: Path, model: str, steps: int, threads: int, bf16: bool = False) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -109,7 +115,7 @@ def side_trl(work: Path, model: str, steps: int, threads: int) -> dict:
     path = resolve_model_path(model)
     rows = [{"prompt": [{"role": "user", "content": f"Tell me about {t}."}]} for t in TOPICS]
     args = GRPOConfig(
-        output_dir=str(work / "trl"),
+        output_dir=str(work / f"trl{'-bf16' if bf16 else ''}"),
         per_device_train_batch_size=GROUP * PROMPTS_PER_STEP,
         num_generations=GROUP,
         max_completion_length=MAX_TOKENS,
@@ -122,7 +128,7 @@ def side_trl(work: Path, model: str, steps: int, threads: int) -> dict:
         num_iterations=1,
         gradient_checkpointing=False,
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,  # bf16 autocast of generation and training (accelerate's mixed precision on CPU)
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -167,27 +173,8 @@ def run_side(name: str, work: Path, a: argparse.Namespace) -> dict:
     return json.loads(out.read_text())
 
 
-def versions() -> str:
-    import importlib.metadata as md
-
-    return ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "trl", "ray"))
-
-
-def report(a: argparse.Namespace, res: dict[str, dict], load: tuple[float, float]) -> list[str]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    ra, trl = res["k0"], res["trl"]
-    lines = [
-        f"# GRPO: rayalign vs TRL GRPOTrainer, async vs sync — {dt.date.today().isoformat()}",
-        "",
-        f"Command: `python benchmarks/bench_grpo.py{' --quick' if a.quick else ''}`; commit {commit.stdout.strip()}; "
-        f"{versions()}; Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads per side {a.threads}. 1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the "
-        "end: the box is shared by several busy processes, so compare the ratios of one run, not absolute numbers.",
-        "",
-        f"Equal work: model `{a.model}` (fp32), {PROMPTS_PER_STEP} prompts × {GROUP} samples per step, "
-        f"≤ {MAX_TOKENS} new tokens, temperature 1, length reward (target {TARGET} chars), {a.steps} steps, "
-        "one update per batch, β = 0, per-sequence averaging, HF generation on both sides.",
-        "",
+def pair_rows(ra: dict, trl: dict, steps: int) -> list[str]:
+    return [
         "| | rayalign grpo (sync) | TRL GRPOTrainer | ratio (rayalign / TRL) | goal |",
         "|---|---|---|---|---|",
         f"| steps/s | {ra['steps_per_s']:.3f} | {trl['steps_per_s']:.3f} | "
@@ -196,27 +183,62 @@ def report(a: argparse.Namespace, res: dict[str, dict], load: tuple[float, float
         f"{trl['cpu_s_per_step'] / ra['cpu_s_per_step']:.2f}× fewer | |",
         f"| peak memory (RSS, MiB) | {ra['peak_rss_mib']:.0f} | {trl['peak_rss_mib']:.0f} | "
         f"{ra['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× | ≤ 1.0× |",
-        f"| wall time, steps 2 … {a.steps} (s) | {ra['wall_s']:.1f} | {trl['wall_s']:.1f} | | |",
-        "",
-        "## Asynchronous rollouts (rayalign, `asynchronous.max_staleness` k)",
-        "",
-        f"| k | wall time, steps 2 … {a.steps} (s) | speed-up vs k = 0 | CPU s/step | reward per step | staleness per step |",
-        "|---|---|---|---|---|---|",
+        f"| wall time, steps 2 … {steps} (s) | {ra['wall_s']:.1f} | {trl['wall_s']:.1f} | | |",
+        f"| reward per step | {', '.join(f'{x:.2f}' for x in ra['rewards'])} | "
+        f"{', '.join(f'{x:.2f}' for x in trl['rewards'])} | | |",
     ]
-    for k in (0, 1, 2):
-        r = res[f"k{k}"]
-        lines.append(
-            f"| {k} | {r['wall_s']:.1f} | {ra['wall_s'] / r['wall_s']:.2f}× | {r['cpu_s_per_step']:.2f} | "
-            f"{', '.join(f'{x:.3f}' for x in r['rewards'])} | {', '.join(f'{x:g}' for x in r['staleness'])} |"
-        )
-    lines += [
+
+
+def report(a: argparse.Namespace, res: dict[str, dict], load: tuple[float, float]) -> list[str]:
+    lines = [
+        f"# GRPO: rayalign vs TRL GRPOTrainer, async vs sync — {dt.date.today().isoformat()}",
         "",
-        f"TRL reward per step: {', '.join(f'{x:.3f}' for x in trl['rewards'])}.",
+        f"Torch threads per side {a.threads}; {os.cpu_count()} CPUs ({platform.machine()}). 1-min load average "
+        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end: the box is shared by other busy processes, so "
+        "compare the ratios of one run, not absolute numbers. Sides run one after another, each in a fresh "
+        "interpreter, in this order: " + ", ".join(res) + ".",
         "",
-        "Generation and training share the same 2 cores here, so overlapping them can only fill the "
-        "idle gaps of each side; on separate devices (engine actors on their own GPUs) a step costs "
-        "max(sampling, training) instead of their sum.",
+        f"Equal work: model `{a.model}`, {PROMPTS_PER_STEP} prompts × {GROUP} samples per step, "
+        f"≤ {MAX_TOKENS} new tokens, temperature 1, length reward (target {TARGET} chars), {a.steps} steps, "
+        "one update per batch, β = 0, per-sequence averaging, HF generation on both sides.",
     ]
+    if "k0" in res and "trl" in res:
+        lines += ["", "## fp32 (both sides)", "", *pair_rows(res["k0"], res["trl"], a.steps)]
+    if "k0-bf16" in res and "trl-bf16" in res:
+        lines += [
+            "",
+            "## bf16 (both sides)",
+            "",
+            "TRL: `bf16=True` (bf16 autocast of generation and training). rayalign: the rollout engine holds "
+            "the policy in bf16 (each sync casts the trainer's weights) and TIS (cap 2) corrects for its "
+            "log-probs; its trainer stays fp32 (no CPU autocast in the training engine), so rayalign does the "
+            "costlier training here.",
+            "",
+            *pair_rows(res["k0-bf16"], res["trl-bf16"], a.steps),
+        ]
+    ks = [k for k in (0, 1, 2) if f"k{k}" in res]
+    if len(ks) > 1 and 0 in ks:
+        base = res["k0"]
+        lines += [
+            "",
+            "## Asynchronous rollouts (rayalign, `asynchronous.max_staleness` k)",
+            "",
+            f"| k | wall time, steps 2 … {a.steps} (s) | speed-up vs k = 0 | CPU s/step | reward per step | "
+            "staleness per step |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k in ks:
+            r = res[f"k{k}"]
+            lines.append(
+                f"| {k} | {r['wall_s']:.1f} | {base['wall_s'] / r['wall_s']:.2f}× | {r['cpu_s_per_step']:.2f} | "
+                f"{', '.join(f'{x:.3f}' for x in r['rewards'])} | {', '.join(f'{x:g}' for x in r['staleness'])} |"
+            )
+        lines += [
+            "",
+            "Generation and training share the same 2 cores here, so overlapping them can only fill the "
+            "idle gaps of each side; on separate devices (engine actors on their own GPUs) a step costs "
+            "max(sampling, training) instead of their sum.",
+        ]
     return lines
 
 
@@ -226,6 +248,12 @@ def main() -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--sides",
+        default="k0,trl,k1,k2,k0-bf16,trl-bf16",
+        help="runs, in order: kN = rayalign at max_staleness N, trl = TRL; -bf16: the bf16 variant of both "
+        "(needs k0 and trl; the async table needs k1, k2)",
+    )
     p.add_argument("--side")
     p.add_argument("--work")
     p.add_argument("--result")
@@ -236,16 +264,17 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
         work = Path(a.work)
-        if a.side == "trl":
-            out = side_trl(work, a.model, a.steps, a.threads)
+        name, bf16 = a.side.removesuffix("-bf16"), a.side.endswith("-bf16")
+        if name == "trl":
+            out = side_trl(work, a.model, a.steps, a.threads, bf16)
         else:
-            out = side_rayalign(work, a.model, a.steps, a.threads, int(a.side[1:]))
+            out = side_rayalign(work, a.model, a.steps, a.threads, int(name[1:]), bf16)
         Path(a.result).write_text(json.dumps(out))
         return
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         work = Path(tmp)
-        res = {name: run_side(name, work, a) for name in ("k0", "trl", "k1", "k2")}
+        res = {name: run_side(name, work, a) for name in a.sides.split(",")}
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from report import save_report
 

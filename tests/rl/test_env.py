@@ -54,6 +54,19 @@ def test_calculator_tasks_and_environment_rewards(tmp_path):
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert path.endswith("t.jsonl") and [json.loads(x)["id"] for x in lines] == ["calc-0-0", "calc-0-1", "calc-0-2"]
 
+    few = calculator_tasks(20, seed=4, few_shot=True)
+    assert [r["meta"] for r in few] == [r["meta"] for r in tasks]  # the same tasks, another prompt
+    example = few[0]["messages"][1:5]  # the worked exchange: the call, its result, the answer
+    called = CalculatorEnv.CALL.search(example[1]["content"]).group(1)
+    assert (
+        example[2]["content"]
+        == "<result>" + str(eval(called, {"__builtins__": {}})) + "</result>"
+        == "<result>57</result>"
+    )
+    assert example[3]["content"] == "<answer>57</answer>"
+    assert [m["role"] for m in few[0]["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert few[0]["messages"][-1]["content"] == f"Compute {tasks[0]['meta']['expression']}."
+
     env = CalculatorEnv(EnvConfig())
     row = tasks[0]
     assert env.reset(row) == row["messages"]

@@ -40,21 +40,28 @@ def _aligner():
     return aligner
 
 
+def lora_config(cfg: PeftConfig, task_type: str = "CAUSAL_LM"):
+    """peft's `LoraConfig` of `cfg` (also what an adapter folder's adapter_config.json holds)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type=task_type,
+    )
+
+
 def apply_peft(model, cfg: PeftConfig):
     """Return the model with frozen base weights and the adapter's trainable parameters added."""
     if cfg.method == "none":
         return model
     if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = LoraConfig(
-            r=cfg.r,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=list(cfg.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM" if hasattr(model, "generate") else "SEQ_CLS",
-        )
+        lora = lora_config(cfg, "CAUSAL_LM" if hasattr(model, "generate") else "SEQ_CLS")
         return get_peft_model(model, lora)  # freezes everything but the LoRA matrices
     for p in model.parameters():
         p.requires_grad_(False)

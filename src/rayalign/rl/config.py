@@ -25,6 +25,9 @@ ADVANTAGES: dict[str, tuple[str, str, Aggregation]] = {
 }
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
 class AsyncConfig(Cfg):
     """``asynchronous: {max_staleness: k}``: the engines sample the groups of steps t+1 … t+k while
     the trainer trains step t; step s's groups come from policy version max(0, s − k) (the weights
@@ -106,8 +109,6 @@ class GRPOConfig(ComposedRun):
             raise ValueError("objective: set by the grpo stage (eps_low, eps_high, kl_coef, aggregation)")
         if self.train.peft.method == "aligner":
             raise ValueError("peft.method: grpo trains the full model or a LoRA adapter (lora or none), not aligner")
-        if self.train.peft.method == "lora" and self.engine.backend != "hf":
-            raise ValueError("peft.method lora: adapter-only weight sync is built for engine.backend hf")
         return self
 
     def loss_parts(self) -> tuple[str, str, Aggregation]:
@@ -134,7 +135,9 @@ class GRPOConfig(ComposedRun):
 
     def engine_config(self) -> EngineConfig:
         """The rollout engines' config: the policy's model; on vllm with the worker extension that
-        takes weight updates in place (`rl.vllm_weights`)."""
+        takes weight updates in place (`rl.vllm_weights`), and for a LoRA policy with LoRA enabled
+        (one adapter at a time, rank room for the policy's ``peft.r``): versions are loaded as
+        adapters by name."""
         update: dict[str, Any] = {"model": self.train.model, "adapter": None, "adapters": {}}
         if self.engine.backend == "vllm":
             from rayalign.rl.vllm_weights import EXTENSION
@@ -144,5 +147,11 @@ class GRPOConfig(ComposedRun):
                 raise ConfigError(
                     f"engine.vllm_kwargs.worker_extension_cls: grpo needs {EXTENSION} (weight updates), not {given}"
                 )
-            update["vllm_kwargs"] = {**self.engine.vllm_kwargs, "worker_extension_cls": EXTENSION}
+            kwargs = {**self.engine.vllm_kwargs, "worker_extension_cls": EXTENSION}
+            if self.train.peft.method == "lora":
+                rank = next((r for r in VLLM_LORA_RANKS if r >= self.train.peft.r), None)
+                if rank is None:
+                    raise ConfigError(f"peft.r {self.train.peft.r}: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}")
+                kwargs = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank, **kwargs}
+            update["vllm_kwargs"] = kwargs
         return self.engine.model_copy(update=update)

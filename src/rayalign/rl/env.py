@@ -229,6 +229,7 @@ def run_episodes(engine: Any, requests: list[GenRequest], rows: list[dict], cfg:
                 prompt_ids=ids,
                 params=SamplingParams(**{**req.params.model_dump(), "n": 1, "seed": _seed(req.params.seed, j, turn)}),
                 request_id=f"{req.request_id}/{j}/{turn}",
+                adapter=req.adapter,
                 logprobs=0,
             )
             for _, j, _, ids, _, req in live
@@ -264,9 +265,25 @@ def run_episodes(engine: Any, requests: list[GenRequest], rows: list[dict], cfg:
     return out
 
 
-def calculator_tasks(n: int, seed: int = 0, steps: int = 2) -> list[dict]:
+FEW_SHOT_SYSTEM = (
+    "You can use a calculator. To use it, write <calc>expression</calc> and stop; the result comes back as "
+    "<result>value</result>. Then give the final number as <answer>number</answer>."
+)
+# the one worked exchange a few-shot prompt shows (its expression has a shape the generator never makes)
+FEW_SHOT_EXAMPLE = [
+    {"role": "user", "content": "Compute ((14 + 5) * 3)."},
+    {"role": "assistant", "content": "<calc>((14 + 5) * 3)</calc>"},
+    {"role": "user", "content": "<result>57</result>"},
+    {"role": "assistant", "content": "<answer>57</answer>"},
+]
+
+
+def calculator_tasks(n: int, seed: int = 0, steps: int = 2, few_shot: bool = False) -> list[dict]:
     """`n` prompt rows (the `prompts` kind): a chained integer expression of `steps` + 1 numbers,
-    its exact value in ``meta.answer`` (a verifiable reward needs no model to judge it)."""
+    its exact value in ``meta.answer`` (a verifiable reward needs no model to judge it). With
+    `few_shot` the prompt is a system message stating the tool format, one worked exchange (a
+    calculator call, its result, the answer) and then the question, which a small instruct model
+    needs before it ever calls the tool."""
     rng = random.Random(seed)
     rows = []
     for k in range(n):
@@ -275,17 +292,19 @@ def calculator_tasks(n: int, seed: int = 0, steps: int = 2) -> list[dict]:
             op = rng.choice(["+", "-", "*"])
             expr = f"({expr} {op} {rng.randint(2, 99)})"
         value = _arith(expr)
-        question = (
-            f"Compute {expr}. You may use a calculator: write <calc>expression</calc> and the result comes "
-            "back as <result>value</result>. Give the final number as <answer>number</answer>."
-        )
-        rows.append(
-            {
-                "id": f"calc-{seed}-{k}",
-                "messages": [{"role": "user", "content": question}],
-                "meta": {"answer": value, "expression": expr},
-            }
-        )
+        if few_shot:
+            messages = [
+                {"role": "system", "content": FEW_SHOT_SYSTEM},
+                *FEW_SHOT_EXAMPLE,
+                {"role": "user", "content": f"Compute {expr}."},
+            ]
+        else:
+            question = (
+                f"Compute {expr}. You may use a calculator: write <calc>expression</calc> and the result comes "
+                "back as <result>value</result>. Give the final number as <answer>number</answer>."
+            )
+            messages = [{"role": "user", "content": question}]
+        rows.append({"id": f"calc-{seed}-{k}", "messages": messages, "meta": {"answer": value, "expression": expr}})
     return rows
 
 
@@ -306,8 +325,12 @@ def _arith(expr: str) -> int:
     return ev(ast.parse(expr, mode="eval").body)
 
 
-def write_calculator_tasks(path: str, n: int, seed: int = 0, steps: int = 2) -> str:
+def write_calculator_tasks(path: str, n: int, seed: int = 0, steps: int = 2, few_shot: bool = False) -> str:
+    return write_rows(path, calculator_tasks(n, seed, steps, few_shot))
+
+
+def write_rows(path: str, rows: list[dict]) -> str:
     with open(path, "w") as fh:
-        for row in calculator_tasks(n, seed, steps):
+        for row in rows:
             fh.write(json.dumps(row) + "\n")
     return path

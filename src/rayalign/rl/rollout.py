@@ -31,9 +31,13 @@ built or tested here (no GPU on this project's test machine).
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -80,7 +84,9 @@ class VersionedEngine:
         self.stage_lock = threading.Lock()
         self.engine_lock = threading.Lock()
         self.adapter: PeftConfig | None = None  # LoRA runs: versions are adapter weights only
-        self.lora: Any = None  # the engine's model with the same LoRA layers as the trainer's
+        self.lora: Any = None  # hf: the engine's model with the same LoRA layers as the trainer's
+        self.adapter_name: str | None = None  # vllm: the loaded version's adapter, named per version
+        self.adapter_dir: str | None = None  # vllm: where the versions' adapter folders are written
 
     def receive(
         self, state: dict[str, torch.Tensor], version: int, keep: int = 1, adapter: PeftConfig | None = None
@@ -108,22 +114,30 @@ class VersionedEngine:
                         f"{staged} staged (max_staleness smaller than the queue of rollouts?)"
                     )
                 if self.adapter is not None:
-                    self.load_adapter(state)
+                    self.load_adapter(state, version)
                 else:
                     load_weights(self.engine, state)
                 self.version = version
+            if self.adapter_name is not None:  # vllm LoRA: every request names the version's adapter
+                requests = [replace(r, adapter=self.adapter_name) for r in requests]
             if env is not None:
                 from rayalign.rl.env import run_episodes
 
                 return self.version, run_episodes(self.engine, requests, rows or [], env)
             return self.version, self.engine.generate(requests)
 
-    def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+    def load_adapter(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Swap the engine's LoRA weights for `state` (the trainer's trainable tensors, by the
-        trainer's names): the first time, the engine's model gets the same LoRA layers in place."""
+        trainer's names). hf: the first time, the engine's model gets the same LoRA layers in place,
+        then their tensors are replaced. vllm: the tensors become a peft adapter folder on this
+        node, loaded by name as ``policy-v<version>`` (a new vLLM adapter id per version) and the
+        previous version's adapter is unloaded; the base weights never move."""
+        if getattr(self.engine, "llm", None) is not None:
+            self.load_vllm_adapter(state, version)
+            return
         model = getattr(self.engine, "model", None)
-        if model is None or getattr(self.engine, "llm", None) is not None:
-            raise TypeError(f"{type(self.engine).__name__}: adapter-only weight sync is built for the hf engine")
+        if model is None:
+            raise TypeError(f"{type(self.engine).__name__}: adapter-only weight sync is built for hf and vllm engines")
         if self.lora is None:
             from rayalign.models.adapters import apply_peft
 
@@ -134,6 +148,36 @@ class VersionedEngine:
             result = self.lora.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise RuntimeError(f"adapter sync: the engine's model has no {result.unexpected_keys[:3]}")
+
+    def load_vllm_adapter(self, state: dict[str, torch.Tensor], version: int) -> None:
+        from safetensors.torch import save_file
+
+        from rayalign.models.adapters import lora_config
+
+        assert self.adapter is not None
+        if self.adapter_dir is None:
+            self.adapter_dir = tempfile.mkdtemp(prefix="rayalign-policy-lora-")
+        name = f"policy-v{version}"
+        folder = os.path.join(self.adapter_dir, name)
+        os.makedirs(folder, exist_ok=True)
+        # peft's file names: the trainer's parameter names without the adapter name ("default")
+        tensors = {_PEFT_NAME.sub(r".\1.", k): v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+        lora_config(self.adapter).save_pretrained(folder)
+        old = self.adapter_name
+        self.engine.load_adapter(name, folder)  # type: ignore[attr-defined]  # a VLLMEngine
+        self.adapter_name = name
+        if old is not None:
+            self.engine.unload_adapter(old)  # type: ignore[attr-defined]
+            shutil.rmtree(os.path.join(self.adapter_dir, old), ignore_errors=True)
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.adapter_dir is not None:
+            shutil.rmtree(self.adapter_dir, ignore_errors=True)
+
+
+_PEFT_NAME = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.default\.")
 
 
 class EngineActor(VersionedEngine):
@@ -153,9 +197,6 @@ class EngineActor(VersionedEngine):
             load_weights(self.engine, state)
             self.version = -1
         return True
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 def engine_actor_class(num_cpus: float, num_gpus: float = 0.0):
@@ -313,5 +354,5 @@ class RolloutEngines:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-        if self.local is not None:
-            self.local.close()
+        if self.host is not None:
+            self.host.close()

@@ -135,6 +135,7 @@ class VLLMEngine(TokenizingEngine):
                 name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=path)
                 for i, (name, path) in enumerate(sorted(cfg.adapters.items()))
             }
+        self._lora_ids = itertools.count(len(self._loras) + 1)  # vLLM caches adapters by id: never reuse one
         self.llm = self._call(self._build())
 
     async def _build(self):
@@ -156,6 +157,32 @@ class VLLMEngine(TokenizingEngine):
 
     def max_context(self) -> int:
         return int(self.llm.model_config.max_model_len)
+
+    def adapters(self) -> list[str]:
+        return sorted(self._loras)
+
+    def check_adapter(self, name: str | None) -> None:
+        if name is not None and name not in self._loras:
+            raise EngineError(f"unknown adapter {name!r}; loaded: {self.adapters() or 'none'}")
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Serve the LoRA folder `path` (peft format) as adapter `name` from now on, beside the base
+        weights, which stay as they are; a request picks it with ``GenRequest.adapter``. Each load
+        gets a new integer id (vLLM caches adapters by id), so new weights under a new name are
+        never served from a stale cache. The engine must be built with ``enable_lora``."""
+        from vllm.lora.request import LoRARequest
+
+        if name in self._loras:
+            raise EngineError(f"adapter {name!r} is loaded already; unload it first or use a new name")
+        request = LoRARequest(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=path)
+        if not self._call(self.llm.add_lora(request)):
+            raise EngineError(f"vLLM did not load adapter {name!r} from {path}")
+        self._loras[name] = request
+
+    def unload_adapter(self, name: str) -> None:
+        """Drop adapter `name` from the engine (its slot and cache entry are free again)."""
+        request = self._loras.pop(name)
+        self._call(self.llm.remove_lora(request.lora_int_id))
 
     def _admit(self) -> None:
         """Wait, in the calling thread, while the engine already holds twice the prompts it runs at
