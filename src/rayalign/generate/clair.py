@@ -85,7 +85,8 @@ class ClairConfig(GenStageConfig):
         default_factory=lambda: ["ok", "truncated"]
     )  # sample statuses worth revising (a cut-off answer is a fine "rejected")
     # quarantine revisions no person would accept (generate/acceptable.py: repetitive, keyword
-    # stuffing, a JSON wrapper around the answer) with that reason instead of pairing them
+    # stuffing, a JSON wrapper around the answer; or a format the prompt did not ask for) with that
+    # reason instead of pairing them
     quality_checks: bool = True
     # also pair every plain answer (accepted revision, or original that passes) against the same
     # answer with a format the prompt did not ask for (quotes, JSON, P.S., title) added
