@@ -89,10 +89,10 @@ def main() -> None:
         out = storage.join(a.run_dir, "eval-heldout")
         cfg = EvalConfig.model_validate(
             {
-                **stage_cfg,  # the quickstart's own engine, sampling and held-out pairs settings
+                **stage_cfg,  # the quickstart's own engine and sampling settings
                 "model": stages["prefer"]["checkpoint"],
                 "baseline_model": spec["defaults"]["model"],
-                "heldout_pairs": stages["heldout"]["output"],
+                "heldout_pairs": None,  # the dev run's eval already scored the held-out pairs
                 "output": out,
                 "suite": "heldout",
                 "gate": None,

@@ -61,8 +61,11 @@ def test_natural_revisions_and_inherited_problems_pass():
         is None
     )
     assert revision_problem("Paris.", '{"answer": "Paris."}', []) is None  # a one-line answer as one field is fine
+    stuffed = "Tea tea is tea and tea."
+    assert revision_problem(stuffed, stuffed.upper(), []) is None  # stuffing the original had is not the revision's
     loop = "go on and on " * 5
-    assert revision_problem(loop, loop.upper(), []) is None  # the original already looped: not the revision's doing
+    found = revision_problem(loop, loop.upper(), [])  # a looping chosen answer teaches looping, whoever wrote it
+    assert found is not None and found[0] == "repetitive"
 
 
 def test_every_rule_fix_on_the_suite_is_acceptable():
@@ -146,3 +149,48 @@ def test_clair_stage_counts_the_quality_quarantine_and_the_eval_report_shows_pai
         }
     ]
     assert clair_pairs(str(tmp_path / "nothing")) == []
+
+
+def test_format_contrast_pairs_prefer_the_plain_answer_to_an_unasked_format(tmp_path):
+    """With format_contrast each plain answer (a fix, or an original that passes) also gives a pair whose
+    rejected side is the same answer with a format the prompt did not ask for; a chosen answer showing an
+    unasked format is quarantined; the format is a stable function of the row id."""
+    from rayalign.generate.contrast import UNASKED_FORMATS, format_contrast
+
+    cfg = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True)
+    rows = [
+        {"id": "fix", "prompt": "Hi", "response": "Hello, friend.", "meta": {"constraints": [{"kind": "no_commas"}]}},
+        {"id": "passes", "prompt": "Hi", "response": "Hello friend.", "meta": {"constraints": [{"kind": "no_commas"}]}},
+        {
+            "id": "quoted",
+            "prompt": "Hi",
+            "response": '"Hello, friend."',
+            "meta": {"constraints": [{"kind": "no_commas"}]},
+        },
+    ]
+    out = ClairProcessor(cfg).process(rows)
+    by_id = {r["id"]: r for r in out.rows}
+    assert sorted(by_id) == ["fix", "fix-fmt", "passes-fmt"]
+    assert (by_id["fix"]["chosen"], by_id["fix"]["rejected"]) == ("Hello friend.", "Hello, friend.")
+    for key in ("fix-fmt", "passes-fmt"):
+        pair = by_id[key]
+        name = pair["raw"].removeprefix("format: ")
+        assert pair["status"] == "format_contrast" and pair["chosen"] == "Hello friend."
+        assert pair["rejected"] == UNASKED_FORMATS[name][2]("Hello friend.") != pair["chosen"]
+    [q] = out.quarantine
+    assert (q["reason"], q["detail"]) == (
+        "unasked_format",
+        "no pair: the chosen answer shows a format the prompt did not ask for: quotes",
+    )
+    assert out.stats["contrast_pairs"] == 2 and out.stats["revision_pairs"] == 1
+    # a prompt asking for quotes gets no quoted rejected side; one asking for all four formats gets none
+    picks = {format_contrast("Tea is warm.", {"quotation"}, f"row{i}")[0] for i in range(40)}  # type: ignore[index]
+    assert picks == {"json", "postscript", "title"}
+    assert format_contrast("Tea is warm.", {"quotation", "json_format", "postscript", "title"}, "x") is None
+    assert format_contrast("Tea is warm.", set(), "row7") == format_contrast("Tea is warm.", set(), "row7")
+    assert format_contrast("Tea is warm.", set(), "row1")[1] in {  # type: ignore[index]
+        '"Tea is warm."',
+        '{"answer": "Tea is warm."}',
+        "Tea is warm.\n\nP.S. Thank you for reading.",
+        "<<Tea Is Warm>>\nTea is warm.",
+    }

@@ -14,7 +14,9 @@ returns (reason, detail) for the first problem the revision adds, or None:
 | json_wrapper      | is a JSON object or array whose only text is one string holding the answer (2+ sentences or     |
 |                   | 25+ words): a wrapper, not the answer's content as fields                     |
 
-Problems the original already had are not the revision's fault and are not counted.
+Repetition counts whoever wrote it: a chosen answer that loops teaches looping, even when the
+original looped first (such a sample has no acceptable minimal revision). The other problems count
+only where the revision adds them.
 """
 
 from __future__ import annotations
@@ -93,9 +95,9 @@ def keywords_of(constraints: list[dict]) -> set[str]:
 
 def revision_problem(original: str, revision: str, constraints: list[dict]) -> tuple[str, str] | None:
     """(reason, detail) for the first problem the revision adds to its original, or None."""
-    if repeated_phrase(revision) and not repeated_phrase(original):
+    if repeated_phrase(revision):
         return "repetitive", "the revision repeats one 4-word phrase 4 or more times"
-    again = _repeated_sentences(revision) - _repeated_sentences(original)
+    again = _repeated_sentences(revision)
     if again:
         return "repetitive", f"the revision says {sorted(again)[0]!r} more than once"
     doubled = {m.group(1).lower() for m in DOUBLED.finditer(revision)} - {

@@ -14,8 +14,16 @@ contrastiveness stats (token Jaccard, normalised token edit distance). Revisers 
   stronger than the policy exists.
 
 Every revision is then measured against its original (`quality_checks`, generate/acceptable.py):
-one that loops a phrase, stuffs keywords or wraps the whole answer in a JSON string is quarantined
-with that reason (repetitive / keyword_stuffing / json_wrapper), not paired.
+one that loops a phrase, stuffs keywords, wraps the whole answer in a JSON string or shows a format
+the prompt did not ask for (quotes, JSON, P.S., title) is quarantined with that reason (repetitive /
+keyword_stuffing / json_wrapper / unasked_format), not paired.
+
+With `format_contrast` every plain answer — an accepted revision, or an original that already
+passes its checks — also gives a format-contrast pair (generate/contrast.py): chosen = the answer,
+rejected = the same answer with one format the prompt did not ask for added, status
+``format_contrast``, id ``<sample id>-fmt``. Minimal revisions alone teach a format's first token
+everywhere (a quotation fix differs from its original only in the quotes); these pairs make it
+conditional on being asked.
 
 `data/` holds only usable pairs in the `pairs` schema (id, prompt, chosen, rejected, meta) plus
 reviser, status, jaccard, edit_distance, raw, sample_id, reviser_model, prompt_version, so the
@@ -45,7 +53,7 @@ from rayalign.generate.common import (
     quarantine,
     run_gen_stage,
 )
-from rayalign.generate.contrast import contrast_stats
+from rayalign.generate.contrast import contrast_stats, format_contrast, unasked_formats
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
 from rayalign.results import Manifest, StageResult
@@ -64,6 +72,7 @@ CLAIR_SCHEMA = pa.schema(
     ]
 )
 PAIR_STATUSES = ("revised", "verified", "rule_fixed")
+CONTRAST_STATUS = "format_contrast"
 
 
 class ClairConfig(GenStageConfig):
@@ -76,8 +85,12 @@ class ClairConfig(GenStageConfig):
         default_factory=lambda: ["ok", "truncated"]
     )  # sample statuses worth revising (a cut-off answer is a fine "rejected")
     # quarantine revisions no person would accept (generate/acceptable.py: repetitive, keyword
-    # stuffing, a JSON wrapper around the answer) with that reason instead of pairing them
+    # stuffing, a JSON wrapper around the answer; or a format the prompt did not ask for) with that
+    # reason instead of pairing them
     quality_checks: bool = True
+    # also pair every plain answer (accepted revision, or original that passes) against the same
+    # answer with a format the prompt did not ask for (quotes, JSON, P.S., title) added
+    format_contrast: bool = False
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
@@ -173,7 +186,36 @@ class ClairProcessor:
     def _problem(self, row: dict, chosen: str | None) -> tuple[str, str] | None:
         if not self.cfg.quality_checks or chosen is None:
             return None
-        return revision_problem(row["response"], chosen, verify.constraints_of(row["meta"]))
+        cons = verify.constraints_of(row["meta"])
+        leaks = unasked_formats(chosen, {c["kind"] for c in cons})
+        if leaks:
+            return "unasked_format", f"the chosen answer shows a format the prompt did not ask for: {leaks[0]}"
+        return revision_problem(row["response"], chosen, cons)
+
+    def _contrast(self, row: dict, plain: str) -> dict | None:
+        """The format-contrast pair of a plain answer (None when off, or no format is left to add)."""
+        if not self.cfg.format_contrast:
+            return None
+        made = format_contrast(plain, {c["kind"] for c in verify.constraints_of(row["meta"])}, row["id"])
+        if made is None:
+            return None
+        return self._pair(row, plain, made[1], CONTRAST_STATUS, f"format: {made[0]}", f"{row['id']}-fmt")
+
+    def _pair(self, r: dict, chosen: str, rejected: str, status: str, raw: str, pair_id: str) -> dict:
+        return {
+            "id": pair_id,
+            "prompt": r["messages"],
+            "chosen": chosen,
+            "rejected": rejected,
+            "meta": r["meta"],
+            "reviser": self.cfg.reviser,
+            "status": status,
+            **contrast_stats(rejected, chosen),
+            "raw": raw,
+            "sample_id": r["id"],
+            "reviser_model": self.reviser_model,
+            "prompt_version": self.version,
+        }
 
     def process(self, rows: list[dict]) -> ProcessResult:
         good, quarantined, stats = [], [], {"jaccard_sum": 0.0, "edit_distance_sum": 0.0}
@@ -187,6 +229,16 @@ class ClairProcessor:
                 good.append(norm)
         out = []
         for r, (chosen, status, raw) in zip(good, self._revise(good)):
+            if status == "original_passes" and self.cfg.format_contrast:
+                # the original is already a plain answer that passes: its contrast pair, if acceptable
+                passing = r["response"]
+                problem = self._problem(r, passing)
+                pair = self._contrast(r, passing) if problem is None else None
+                if pair is not None:
+                    count_status(stats, CONTRAST_STATUS)
+                    stats["contrast_pairs"] = stats.get("contrast_pairs", 0) + 1
+                    out.append(pair)
+                    continue
             problem = self._problem(r, chosen) if status in PAIR_STATUSES else None
             if problem is not None:
                 status = problem[0]
@@ -209,34 +261,27 @@ class ClairProcessor:
                     )
                 )
                 continue
-            st = contrast_stats(r["response"], chosen)
-            stats["jaccard_sum"] += st["jaccard"]
-            stats["edit_distance_sum"] += st["edit_distance"]
-            out.append(
-                {
-                    "id": r["id"],
-                    "prompt": r["messages"],
-                    "chosen": chosen,
-                    "rejected": r["response"],
-                    "meta": r["meta"],
-                    "reviser": self.cfg.reviser,
-                    "status": status,
-                    **st,
-                    "raw": raw,
-                    "sample_id": r["id"],
-                    "reviser_model": self.reviser_model,
-                    "prompt_version": self.version,
-                }
-            )
+            pair = self._pair(r, chosen, r["response"], status, raw, r["id"])
+            stats["jaccard_sum"] += pair["jaccard"]
+            stats["edit_distance_sum"] += pair["edit_distance"]
+            stats["revision_pairs"] = stats.get("revision_pairs", 0) + 1
+            out.append(pair)
+            extra = self._contrast(r, chosen)
+            if extra is not None:
+                stats["contrast_pairs"] = stats.get("contrast_pairs", 0) + 1
+                out.append(extra)
         return ProcessResult(out, quarantined, stats)
 
 
 def run_clair(cfg: ClairConfig, log=print) -> StageResult:
     def contrast(manifest: Manifest) -> dict:
-        n, st = manifest.counts.out_rows, manifest.stats
+        st = manifest.stats
+        n = st.get("revision_pairs", manifest.counts.out_rows)  # the contrast stats are the revisions'
         if not n:
             return {}
         out = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
+        if st.get("contrast_pairs"):
+            out["format_contrast_pairs"] = int(st["contrast_pairs"])
         log(f"    contrast: {dumps(out)}")
         return {"contrast": out}
 

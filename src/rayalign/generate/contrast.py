@@ -1,13 +1,27 @@
-"""Contrastiveness of a (rejected → chosen) pair: token Jaccard and normalised edit distance.
+"""Contrastiveness of a (rejected → chosen) pair, and format-contrast pairs.
+
+Token Jaccard and normalised edit distance measure how close a pair is.
 
 CLAIR's point is that a minimal revision differs from the original only where it must, so pairs
 should be close (high Jaccard, small edit distance) yet not identical. Tokens here are words and
 punctuation marks (lower-cased), so the numbers do not depend on any model's tokenizer.
+
+Format-contrast pairs answer a side effect of minimal revisions: a rule fix such as "wrap the answer
+in quotation marks" differs from its original only in the format, so the whole preference lands on
+that format's first token and the policy learns to add it everywhere. A contrast pair, for a prompt
+that does not ask for a format, prefers the plain answer to the same answer with that format added
+(quotes, the JSON a JSON prompt gets, a P.S., a title), so the format is learned as conditional on
+the prompt asking for it.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
+from collections.abc import Callable
+
+from rayalign import checks
+from rayalign.generate import verify
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -46,3 +60,33 @@ def normalised_edit_distance(a: str, b: str) -> float:
 
 def contrast_stats(rejected: str, chosen: str) -> dict[str, float]:
     return {"jaccard": token_jaccard(rejected, chosen), "edit_distance": normalised_edit_distance(rejected, chosen)}
+
+
+# Formats a prompt may ask for, each with the constraint kinds that ask for it, a detector (does the
+# text show it?) and how an answer looks with it — the same fix a prompt asking for it gets.
+def _shows_quotes(text: str) -> bool:
+    return text.strip()[:1] in ('"', "“")
+
+
+UNASKED_FORMATS: dict[str, tuple[frozenset[str], Callable[[str], bool], Callable[[str], str]]] = {
+    "quotes": (frozenset({"quotation"}), _shows_quotes, verify.FIXES["quotation"]),
+    "json": (frozenset({"json_format"}), checks.json_format, verify.FIXES["json_format"]),
+    "postscript": (frozenset({"postscript"}), checks.postscript, verify.FIXES["postscript"]),
+    "title": (frozenset({"title", "sections"}), checks.title, verify.FIXES["title"]),
+}
+
+
+def unasked_formats(text: str, asked: set[str]) -> list[str]:
+    """The formats `text` shows that no constraint kind in `asked` asks for."""
+    return [name for name, (kinds, shows, _) in UNASKED_FORMATS.items() if not kinds & asked and shows(text)]
+
+
+def format_contrast(answer: str, asked: set[str], key: str) -> tuple[str, str] | None:
+    """(format, the answer with one format the prompt did not ask for added): the rejected side of a
+    contrast pair whose chosen side is the plain `answer`. Which format is a stable function of `key`
+    (a row id), over the formats the prompt does not ask for; None when there is none to add."""
+    free = [name for name, (kinds, shows, _) in UNASKED_FORMATS.items() if not kinds & asked and not shows(answer)]
+    if not free or not answer.strip():
+        return None
+    name = free[zlib.crc32(key.encode()) % len(free)]
+    return name, UNASKED_FORMATS[name][2](answer)
