@@ -2,8 +2,11 @@
 
     python benchmarks/bench_prefer.py            # 20 timed steps per side after 1 warm-up step, both data shapes
     python benchmarks/bench_prefer.py --quick    # 5 timed steps per side
+    python benchmarks/bench_prefer.py --dtype bf16   # bf16 on every side (TRL bf16=True, rayalign dtype: bf16)
 
-Same model (default builtin:smollm2-135m-instruct, fp32), same pairs, same batch, same loss (sigmoid
+Same model (default builtin:smollm2-135m-instruct), same precision on every side (`--dtype`: fp32, or
+bf16: TRL `bf16=True` and rayalign `dtype: bf16`, mixed precision with fp32 master weights; rayalign's
+reference pass then holds bf16 weights, TRL's reference forward runs under the same autocast), same pairs, same batch, same loss (sigmoid
 DPO, β = 0.1), same learning rate (TRL's default 1e-6), same number of torch threads, every side in its
 own fresh subprocess. The sides:
 
@@ -118,7 +121,7 @@ def write_long(path: Path, n: int, model: str) -> dict:
 # ---------------------------------------------------------------- sides (each in its own process)
 
 
-def side_reference(work: Path, model: str, steps: int, batch: int) -> dict:
+def side_reference(work: Path, model: str, steps: int, batch: int, dtype: str) -> dict:
     from rayalign.prefer.reference import ReferenceConfig, run_reference
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -127,6 +130,7 @@ def side_reference(work: Path, model: str, steps: int, batch: int) -> dict:
             inputs=[str(work / "pairs.jsonl")],
             output=str(work / "reference"),
             model=model,
+            dtype=dtype,
             batch_size=batch,
             pool={"workers": 0, "shard_rows": 4096},
         ),
@@ -141,7 +145,7 @@ def side_reference(work: Path, model: str, steps: int, batch: int) -> dict:
     }
 
 
-def side_rayalign(work: Path, model: str, steps: int, batch: int, checkpointing: bool) -> dict:
+def side_rayalign(work: Path, model: str, steps: int, batch: int, checkpointing: bool, dtype: str) -> dict:
     import torch
 
     from rayalign.prefer.stages import PreferConfig, run_prefer
@@ -150,6 +154,7 @@ def side_rayalign(work: Path, model: str, steps: int, batch: int, checkpointing:
     cfg = PreferConfig.model_validate(
         dict(
             activation_checkpointing=checkpointing,
+            dtype=dtype,
             model=model,
             output_dir=str(out),
             data={"path": str(work / "reference"), "shuffle": True},
@@ -175,7 +180,7 @@ def side_rayalign(work: Path, model: str, steps: int, batch: int, checkpointing:
     }
 
 
-def side_trl(work: Path, model: str, steps: int, batch: int, checkpointing: bool, precompute: bool) -> dict:
+def side_trl(work: Path, model: str, steps: int, batch: int, checkpointing: bool, precompute: bool, dtype: str) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -228,7 +233,7 @@ def side_trl(work: Path, model: str, steps: int, batch: int, checkpointing: bool
         gradient_checkpointing=checkpointing,
         precompute_ref_log_probs=precompute,
         use_cpu=True,
-        bf16=False,
+        bf16=dtype == "bf16",
         report_to="none",
         save_strategy="no",
         logging_steps=10_000,
@@ -250,27 +255,27 @@ def side_trl(work: Path, model: str, steps: int, batch: int, checkpointing: bool
             "precompute_ref_log_probs": args.precompute_ref_log_probs,
             "loss_type": args.loss_type,
             "max_length": args.max_length,
+            "bf16": args.bf16,
             "ref_model_held": trainer.ref_model is not None,
         },
     }
 
 
-def run_side_here(side: str, work: Path, model: str, steps: int, batch: int) -> dict:
+def run_side_here(side: str, work: Path, model: str, steps: int, batch: int, dtype: str) -> dict:
     if side == "reference":
-        return side_reference(work, model, steps, batch)
+        return side_reference(work, model, steps, batch, dtype)
     if side.startswith("rayalign"):
-        return side_rayalign(work, model, steps, batch, checkpointing=side.endswith("-ckpt"))
-    return side_trl(
-        work, model, steps, batch, checkpointing=side.endswith("-ckpt"), precompute=side.endswith("-precompute")
-    )
+        return side_rayalign(work, model, steps, batch, side.endswith("-ckpt"), dtype)
+    return side_trl(work, model, steps, batch, side.endswith("-ckpt"), side.endswith("-precompute"), dtype)
 
 
-def run_side(side: str, work: Path, model: str, steps: int, batch: int, threads: int) -> dict:
+def run_side(side: str, work: Path, model: str, steps: int, batch: int, threads: int, dtype: str) -> dict:
     """One side in a fresh interpreter, so one side's allocations never inflate another's peak."""
     out = work / f"{side}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
     argv = [sys.executable, __file__, "--side", side, "--work", str(work), "--model", model]
     argv += ["--steps", str(steps), "--batch", str(batch), "--result", str(out), "--threads", str(threads)]
+    argv += ["--dtype", dtype]
     load0 = os.getloadavg()[0]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -365,6 +370,7 @@ def main() -> None:
     p.add_argument("--sides", default=",".join(SIDES[1:]), help="comma list of training sides to run")
     p.add_argument("--model", default=MODEL)
     p.add_argument("--threads", type=int, default=1, help="torch threads of every side")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision of every side")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -374,7 +380,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-        Path(a.result).write_text(json.dumps(run_side_here(a.side, Path(a.work), a.model, a.steps, a.batch)))
+        Path(a.result).write_text(json.dumps(run_side_here(a.side, Path(a.work), a.model, a.steps, a.batch, a.dtype)))
         return
     timed = a.steps or (5 if a.quick else 20)
     steps = timed + 1
@@ -388,7 +394,7 @@ def main() -> None:
     lines = [
         f"# prefer vs TRL DPOTrainer, same work — {os.cpu_count()} CPUs",
         "",
-        f"Model `{a.model}` (fp32), sigmoid DPO β={BETA}, lr {LR}, torch threads per side: {a.threads}; every "
+        f"Model `{a.model}` ({a.dtype} on every side), sigmoid DPO β={BETA}, lr {LR}, torch threads per side: {a.threads}; every "
         "side in its own process, one after the other (each row's load average is the 1-minute value at its "
         "start and end). Total work = training + reference log-probs (rayalign: the reference stage's "
         "wall time per pair, model load included; TRL precompute: its precompute pass), peak memory of the "
@@ -410,12 +416,13 @@ def main() -> None:
                     f"{n['answer_tokens_max']} tokens"
                 )
             print(f"shape {shape}: {info['what']}", flush=True)
-            res = {"reference": run_side("reference", work, a.model, steps, batch, a.threads)}
+            res = {"reference": run_side("reference", work, a.model, steps, batch, a.threads, a.dtype)}
             for side in sides:
-                res[side] = run_side(side, work, a.model, steps, batch, a.threads)
+                res[side] = run_side(side, work, a.model, steps, batch, a.threads, a.dtype)
         lines += shape_section(shape, batch, steps, info, res)
     name = "prefer" + ("" if shapes == list(SHAPES) else "-" + "-".join(shapes))
-    save_report(lines, name + ("" if a.model == MODEL else f"-{slug(a.model)}"), quick=a.quick)
+    name += "" if a.model == MODEL else f"-{slug(a.model)}"
+    save_report(lines, name + ("" if a.dtype == "fp32" else f"-{a.dtype}"), quick=a.quick)
 
 
 if __name__ == "__main__":

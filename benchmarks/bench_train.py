@@ -2,9 +2,11 @@
 
     python benchmarks/bench_train.py --quick        # ~3 min on 2 idle CPUs: 32 chats
     python benchmarks/bench_train.py                # all bundled chats (220), one epoch each
+    python benchmarks/bench_train.py --dtype bf16   # bf16 mixed precision on both sides (TRL bf16=True)
 
 Both train SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`) for one epoch over the same chats,
-same optimiser (AdamW, lr 2e-5, clip 1.0), fp32 on CPU / bf16 on GPU, SDPA attention, and the same
+same optimiser (AdamW, lr 2e-5, clip 1.0), the same precision (`--dtype`; default fp32 on CPU / bf16 on
+GPU; bf16 = mixed precision with fp32 master weights on both sides), SDPA attention, and the same
 number of torch threads, no activation checkpointing. Each runs in its own subprocess so peak memory (max RSS on CPU,
 torch.cuda.max_memory_allocated on GPU) is its own. Throughput counts REAL tokens (no padding) from
 the end of step 1 to the end of the last step, so model loading and first-step warm-up are excluded.
@@ -62,6 +64,7 @@ def run_rayalign(work: Path, args) -> dict:
         checkpoint={"every": 0},
         progress=False,
         torch_threads=args.threads,
+        dtype=args.dtype,
         stop_at_step=None,
     )
     # no final checkpoint cost inside the timed window: timing comes from per-step metric timestamps
@@ -122,7 +125,7 @@ def run_trl(work: Path, args, packing: bool = False) -> dict:
         packing=packing,
         packing_strategy="bfd",
         gradient_checkpointing=False,  # TRL turns it on by default; rayalign runs without
-        bf16=gpu,
+        bf16=gpu if args.dtype == "auto" else args.dtype == "bf16",
         use_cpu=not gpu,
         dataloader_num_workers=0,
         seed=0,
@@ -147,6 +150,7 @@ def run_trl(work: Path, args, packing: bool = False) -> dict:
         "per_device_train_batch_size": conf.per_device_train_batch_size,
         "max_length": conf.max_length,
         "gradient_checkpointing": conf.gradient_checkpointing,
+        "bf16": conf.bf16,
     }
     tokens = sum(counted[1:n])  # batches of steps 2..n (the dataloader may prefetch one more)
     return {
@@ -205,6 +209,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--trl-batch", type=int, default=8, help="chats per step of TRL's padded (unpacked) run")
     p.add_argument("--model", default=MODEL)
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="both sides' precision")
+    p.add_argument("--trainers", default="rayalign,trl,trl-packed", help="comma list of trainers to run")
     p.add_argument(
         "--concurrent",
         action="store_true",
@@ -227,7 +233,10 @@ def main() -> None:
         results = {}
         procs = {}
         loads: dict[str, tuple[float, float]] = {}
-        for name in ("trl", "rayalign", "trl-packed"):
+        trainers = [t for t in ("trl", "rayalign", "trl-packed") if t in args.trainers.split(",")]
+        if "rayalign" not in trainers:
+            p.error("--trainers must include rayalign (the ratios are rayalign's)")
+        for name in trainers:
             cmd = [
                 sys.executable,
                 __file__,
@@ -241,6 +250,8 @@ def main() -> None:
                 str(args.trl_batch),
                 "--model",
                 args.model,
+                "--dtype",
+                args.dtype,
             ]
             load0 = os.getloadavg()[0]
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -278,7 +289,8 @@ def report(results: dict, n_chats: int, args) -> None:
         f"# SFT throughput: rayalign vs TRL SFTTrainer (with and without packing) — {time.strftime('%Y-%m-%d')}",
         "",
         f"Model `{args.model}`, {n_chats} chats from `rayjobs/data/chat.jsonl`, one epoch, {args.threads} torch "
-        f"threads, device: {device}; torch {torch.__version__}. Tokens are real (non-padding) tokens, timed from "
+        f"threads, device: {device}, precision `{args.dtype}` on every side (auto: fp32 on CPU, bf16 on GPU); "
+        f"torch {torch.__version__}. Tokens are real (non-padding) tokens, timed from "
         "the end of step 1 to the end of the last step. "
         + (
             "All trainers ran at the same time (`--concurrent`), sharing whatever background load the machine had."
@@ -292,7 +304,7 @@ def report(results: dict, n_chats: int, args) -> None:
         "| 1-min load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name in ("rayalign", "trl", "trl-packed"):
+    for name in [n for n in ("rayalign", "trl", "trl-packed") if n in results]:
         r = results[name]
         lines.append(
             f"| {name} | {setups[name]} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} "
@@ -304,16 +316,17 @@ def report(results: dict, n_chats: int, args) -> None:
         "| rayalign vs | speed (tokens/s) | speed (tokens per CPU-s) | peak memory | goal ≥ 1.5× (vs TRL with packing) |",
         "|---|---:|---:|---:|---|",
     ]
-    for name in ("trl", "trl-packed"):
+    for name in [n for n in ("trl", "trl-packed") if n in results]:
         b = results[name]
         speed = a["tokens_per_s"] / b["tokens_per_s"]
         cpu = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
         goal = ("met" if speed >= 1.5 else "not met") if name == "trl-packed" else ""
         lines.append(f"| {name} | {speed:.2f}× | {cpu:.2f}× | {a['peak_mb'] / b['peak_mb']:.2f}× | {goal} |")
-    settings = {n: results[n]["settings"] for n in ("trl", "trl-packed")}
+    settings = {n: results[n]["settings"] for n in ("trl", "trl-packed") if n in results}
     lines += ["", f"TRL settings in effect: `{json.dumps(settings)}`."]
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     name = "train" if args.model == MODEL else f"train-{slug(args.model)}"
+    name += "" if args.dtype == "auto" else f"-{args.dtype}"
     save_report(lines, name, quick=args.quick, device=kind)
 
 

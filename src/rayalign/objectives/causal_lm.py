@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rayalign.objectives.logps import IGNORE
+from rayalign.objectives.logps import IGNORE, at_least_fp32, projected_nll_sum, splittable_causal_lm
 
 
 def pad_to(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
@@ -36,13 +36,18 @@ class CausalLMObjective:
     transformers then builds a document-masked causal mask from the position resets, so packed
     documents never attend to each other. Rows of unequal length are right-padded; the padding
     continues the position count (a separate "document") and carries label -100.
+
+    ``chunked_head`` (default off; bare Hugging Face models): the vocabulary projection and the
+    cross-entropy run chunk by chunk with their gradients formed in the same pass (`projected_nll_sum`),
+    so the [targets, vocabulary] logits are never held: less memory, about the same arithmetic.
     """
 
     needs_reference = False
     model_class = "causal_lm"
 
-    def __init__(self, name: str = "causal_lm"):
+    def __init__(self, name: str = "causal_lm", chunked_head: bool = False):
         self.name = name
+        self.chunked_head = chunked_head
 
     def collate(self, rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         n = max(len(r["input_ids"]) for r in rows)
@@ -66,13 +71,21 @@ class CausalLMObjective:
         return (batch["labels"][:, 1:] != IGNORE).sum()
 
     def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.chunked_head and splittable_causal_lm(model):
+            hidden = model.model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).last_hidden_state
+            picked = hidden[:, batch["logit_positions"]]  # [B, K, H]
+            return projected_nll_sum(
+                picked.reshape(-1, picked.shape[-1]), model.lm_head, batch["target_labels"].reshape(-1)
+            ), {}
         out = model(
             input_ids=batch["input_ids"],
             position_ids=batch["position_ids"],
             use_cache=False,
             logits_to_keep=batch["logit_positions"],
         )
-        logits = out.logits.float()  # [B, K, V]: the kept positions only
+        logits = at_least_fp32(out.logits)  # [B, K, V]: the kept positions only
         nll = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)),
             batch["target_labels"].reshape(-1),

@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from rayalign.objectives.logps import IGNORE, scored_token_logps, sequence_logps, sums_by_sequence
+from rayalign.objectives.logps import (
+    IGNORE,
+    projected_target_logps,
+    scored_token_logps,
+    sequence_logps,
+    sequence_sums,
+    splittable_causal_lm,
+    sums_by_sequence,
+)
 from rayalign.objectives.preference import PREFERENCE_LOSSES, LossFn, PairLogps, weighted_mixture
 from rayalign.objectives.reward import bradley_terry
 
@@ -190,41 +198,27 @@ def collate_pair_layout(rows: Sequence[dict], pad_id: int, pack: bool = True, sh
     return tree if tree["input_ids"].numel() <= 0.9 * plain["input_ids"].numel() else plain
 
 
-def splittable_causal_lm(model) -> bool:
-    """A bare Hugging Face causal LM whose body (`model.model`) and head (`model.lm_head`, a plain Linear
-    with no logit scaling or soft-capping) can be called apart. FSDP2-sharded and peft-wrapped models
-    are not: their parameters are gathered by hooks on the module the caller would skip."""
-    from torch.distributed.fsdp import FSDPModule
-    from transformers import PreTrainedModel
-
-    config = getattr(model, "config", None)
-    return (
-        isinstance(model, PreTrainedModel)
-        and not isinstance(model, FSDPModule)
-        and isinstance(getattr(model, "lm_head", None), torch.nn.Linear)
-        and hasattr(model, "model")
-        and getattr(config, "final_logit_softcapping", None) is None
-        and getattr(config, "logit_scale", None) is None
-    )
-
-
-def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) -> tuple[torch.Tensor, ...]:
+def pair_logps(
+    model, batch: dict[str, torch.Tensor], selective: bool = True, chunked: bool = False
+) -> tuple[torch.Tensor, ...]:
     """One forward over chosen and rejected together → (chosen, rejected, chosen_tokens, rejected_tokens).
 
     A bare HF model projects to the vocabulary only at scored positions (`scored_token_logps`); any
     other model (FSDP2, peft) is called whole with ``logits_to_keep`` = the positions (packed) or the
     trailing window (padded) that predict response tokens. Packed batches (`pack_pairs`) carry
-    ``seq_index`` and no attention mask; padded ones (`collate_pairs`) an attention mask.
+    ``seq_index`` and no attention mask; padded ones (`collate_pairs`) an attention mask. ``chunked``
+    (bare HF models): the projection and log-softmax run chunk by chunk (`projected_target_logps`), so
+    no [tokens, V] logits are held: less memory, a second projection in backward.
     """
     if "target_index" in batch:
-        logps, counts = _tree_logps(model, batch, selective)
+        logps, counts = _tree_logps(model, batch, selective, chunked)
     elif "seq_index" in batch:
-        logps, counts = _packed_logps(model, batch, selective)
+        logps, counts = _packed_logps(model, batch, selective, chunked)
     elif selective and splittable_causal_lm(model):
         hidden = model.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state
-        logps, counts = scored_token_logps(hidden, model.lm_head, batch["labels"])
+        logps, counts = scored_token_logps(hidden, model.lm_head, batch["labels"], chunked=chunked)
     else:
         keep = int(batch["logits_to_keep"])  # one scalar per micro-batch, not per token
         out = model(
@@ -235,7 +229,9 @@ def pair_logps(model, batch: dict[str, torch.Tensor], selective: bool = True) ->
     return logps[:b], logps[b:], counts[:b], counts[b:]
 
 
-def _tree_logps(model, batch: dict[str, torch.Tensor], selective: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _tree_logps(
+    model, batch: dict[str, torch.Tensor], selective: bool, chunked: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = 2 * int(batch["num_pairs"])  # one scalar per micro-batch
     inputs = {
         "input_ids": batch["input_ids"],
@@ -245,20 +241,26 @@ def _tree_logps(model, batch: dict[str, torch.Tensor], selective: bool) -> tuple
     }
     if selective and splittable_causal_lm(model):
         hidden = model.model(**inputs).last_hidden_state
-        logits = model.lm_head(hidden[batch["score_rows"], batch["score_positions"]])
+        scored = hidden[batch["score_rows"], batch["score_positions"]]
+        if chunked:  # a position predicting two targets is projected twice (a prompt's last token)
+            logps = projected_target_logps(scored[batch["target_index"]], model.lm_head, batch["target_labels"])
+            return sequence_sums(logps, batch["target_seq"], n)
+        logits = model.lm_head(scored)
     else:
         out = model(**inputs, logits_to_keep=batch["logit_positions"])
         logits = out.logits[batch["score_rows"], batch["score_columns"]]
     return sums_by_sequence(logits, batch["target_labels"], batch["target_seq"], n, position=batch["target_index"])
 
 
-def _packed_logps(model, batch: dict[str, torch.Tensor], selective: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _packed_logps(
+    model, batch: dict[str, torch.Tensor], selective: bool, chunked: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = 2 * int(batch["num_pairs"])  # one scalar per micro-batch
     if selective and splittable_causal_lm(model):
         hidden = model.model(
             input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
         ).last_hidden_state
-        return scored_token_logps(hidden, model.lm_head, batch["labels"], batch["seq_index"], n)
+        return scored_token_logps(hidden, model.lm_head, batch["labels"], batch["seq_index"], n, chunked)
     out = model(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
@@ -298,14 +300,18 @@ class PreferenceObjective:
     instead of padded one per row (`collate_pairs`); ``share_prefix`` (default on): packed as prefix
     trees (`tree_pack_pairs`, each prompt and shared template prefix computed once) where that computes
     ≥ 10% fewer positions than plain packing (`pack_pairs`). The per-sequence log-probs, and so the
-    loss, are the same in every layout.
+    loss, are the same in every layout. ``chunked_head`` (default off): the vocabulary projection and
+    log-softmax run chunk by chunk (`projected_target_logps`), so no [tokens, vocabulary] logits are
+    held for backward: less memory on long answers, one more projection per step.
     """
 
     model_class = "causal_lm"
 
-    def __init__(self, name: str, pack: bool = True, share_prefix: bool = True, **params: Any):
+    def __init__(
+        self, name: str, pack: bool = True, share_prefix: bool = True, chunked_head: bool = False, **params: Any
+    ):
         self.name = name
-        self.pack, self.share_prefix = pack, share_prefix
+        self.pack, self.share_prefix, self.chunked_head = pack, share_prefix, chunked_head
         self.fn, self.needs_reference = lookup_loss(name)
         self.params = check_params(name, self.fn, params)
 
@@ -326,11 +332,11 @@ class PreferenceObjective:
                 f"ref_chosen_logp/ref_rejected_logp and no reference model was given"
             )
         with torch.no_grad():
-            ref_c, ref_r, _, _ = pair_logps(ref_model, batch)
+            ref_c, ref_r, _, _ = pair_logps(ref_model, batch, chunked=self.chunked_head)
         return ref_c, ref_r
 
     def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        chosen, rejected, n_c, n_r = pair_logps(model, batch)
+        chosen, rejected, n_c, n_r = pair_logps(model, batch, chunked=self.chunked_head)
         ref_c, ref_r = self.reference_logps(batch, ref_model)
         lp = PairLogps(chosen, rejected, ref_c, ref_r, n_c, n_r)
         per_pair, metrics = self.fn(lp, **self.params)
@@ -345,7 +351,13 @@ class MixtureObjective(PreferenceObjective):
     ``objective: {name: mixture, losses: [{name: dpo, weight: 0.8}, {name: bco_pair, weight: 0.2},
     {name: chosen_nll, weight: 1.0}]}``; each entry may carry its own hyper-parameters (``beta`` ...)."""
 
-    def __init__(self, losses: Sequence[dict[str, Any]], pack: bool = True, share_prefix: bool = True):
+    def __init__(
+        self,
+        losses: Sequence[dict[str, Any]],
+        pack: bool = True,
+        share_prefix: bool = True,
+        chunked_head: bool = False,
+    ):
         from rayalign.config import ConfigError
 
         if not losses:
@@ -359,7 +371,7 @@ class MixtureObjective(PreferenceObjective):
             fn, _ = lookup_loss(name)
             parts.append((name, weight, fn, check_params(name, fn, spec)))
         self.name = "mixture"
-        self.pack, self.share_prefix = pack, share_prefix
+        self.pack, self.share_prefix, self.chunked_head = pack, share_prefix, chunked_head
         self.needs_reference = any(PREFERENCE_LOSSES[p[0]][1] for p in parts)
         self.fn = weighted_mixture
         self.params = {"parts": parts}

@@ -90,7 +90,9 @@ class TrainConfig(Cfg):
     epochs: int = 1  # passes over the data (max_steps overrides)
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 0  # seeds the data order, dropout and initialisation
-    dtype: DType = "auto"  # auto: bf16 mixed precision on GPU, fp32 on CPU
+    # auto: bf16 mixed precision on GPU, fp32 on CPU; bf16: bf16 mixed precision on either (fp32 master
+    # weights; FSDP2 gathers bf16 and reduces gradients in fp32); fp32: fp32 throughout
+    dtype: DType = "auto"
     activation_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
     log_every: int = 1  # steps between metrics.jsonl rows
     tensorboard: bool = False  # same as listing tensorboard in report_to

@@ -2,8 +2,9 @@
 
 Sharding each layer separately lets FSDP all-gather one layer's weights at a time (and free them
 after its forward), so peak memory is one full layer plus the shards. The root call covers the
-embeddings, final norm and LM head (tied weights stay together there). On GPU parameters are
-gathered in bf16 and gradients reduced in fp32; on CPU everything stays fp32.
+embeddings, final norm and LM head (tied weights stay together there). With bf16 mixed precision
+(the default on GPU, `dtype: bf16` on CPU) parameters are gathered in bf16 and gradients reduced in
+fp32; otherwise everything stays fp32.
 """
 
 from __future__ import annotations
