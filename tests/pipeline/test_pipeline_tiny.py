@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,11 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     names = ["rewrite", "pretrain", "pas", "sft", "sample", "clair", "reference", "prefer", "heldout", "eval"]
     assert s["status"] == "complete" and [x["name"] for x in s["stages"]] == names
     by = {x["name"]: x for x in s["stages"]}
-    # every tiny prompt carries a rule-fixable constraint the random model's sample fails: 32 pairs
-    assert by["clair"]["counts"]["out_rows"] == by["reference"]["counts"]["out_rows"] == 32
+    # every tiny prompt carries a rule-fixable constraint the random model's sample fails; a fix of
+    # a looping sample is not a pair (quarantined with its reason): in = ok + quarantined
+    c = by["clair"]["counts"]
+    assert c["in"] == 32 and c["ok"] + c["quarantined"] == 32 and sum(c["by_reason"].values()) == c["quarantined"]
+    assert c["ok"] > 0 and c["out_rows"] == c["ok"] == by["reference"]["counts"]["out_rows"]
     for stage in ("pretrain", "sft", "prefer"):
         assert (
             by[stage]["result"]["metrics"]["steps"] == by[stage]["metrics"]["steps"] == 3
@@ -76,7 +80,8 @@ def check_output(text: str, run_dir: Path, live: bool) -> None:
     rows = [line.split()[0] for line in summary[1:11]]
     assert rows == names and all(len(line) <= 100 for line in summary[:11])
     by = dict(zip(names, summary[1:11]))
-    assert "rows 32 in / 32 ok / 32 out" in by["clair"] and "loss " in by["prefer"] and "pass " in by["eval"]
+    assert re.search(r"rows 32 in / (\d+) ok / \1 out", by["clair"]), by["clair"]
+    assert "loss " in by["prefer"] and "pass " in by["eval"]
     # library warnings: one line with the log's path, never the warnings themselves
     assert summary[-1].startswith("logs: ") or "warning line(s) from Ray, vLLM and other libraries" in summary[-1]
     assert str(run_dir / "logs" / "run-") in summary[-1]

@@ -185,17 +185,38 @@ def serve(work: Path) -> dict:
         port = sock.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH})
     try:
-        node2 = cluster.add_node(num_cpus=1)
         os.environ["RAY_ADDRESS"] = cluster.address
         ensure_ray()
         # one HTTP proxy, on the head: every node of this cluster shares 127.0.0.1
         ray_serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         cfg = ServeConfig(model="tiny-random:llama", port=port, app_name="node-loss", default_max_tokens=8)
+        # node 2 joins only once the ingress (0 CPUs) is placed on the head: the node lost is the
+        # engine replica's alone (an ingress lost with it is Serve's proxy answering 500)
+        added: dict = {}
+
+        def add_node_2() -> None:
+            from ray.util.state import list_actors
+
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                "OpenAIIngress" in a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])
+            ):
+                time.sleep(0.5)
+            added["node"] = cluster.add_node(num_cpus=1)
+
+        adder = threading.Thread(target=add_node_2, daemon=True)
+        adder.start()
         url = start(cfg)
+        adder.join(timeout=150)
+        node2 = added["node"]
         engine = ray_serve.get_deployment_handle("EngineServer", cfg.app_name)
         before_pid = engine.info.remote().result()["pid"]
         victims = node_processes(node2)
         assert before_pid in {p.pid for p in victims}, "the engine replica is not on node 2"
+        from ray.util.state import list_actors
+
+        ingress = {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")]) if "OpenAIIngress" in a.class_name}
+        assert ingress and not ingress & {p.pid for p in victims}, "the ingress is on node 2 too"
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
         answers: list[tuple[float, object]] = []
         killed: list[float] = []

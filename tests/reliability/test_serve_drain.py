@@ -38,6 +38,15 @@ def stream(client: openai.OpenAI, first: threading.Event | None = None) -> dict:
     return {"text": "".join(text), "finish": finish, "error": error, "end": time.monotonic()}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _serve_shut_down_after(ray_cluster):
+    """Serve keeps its HTTP port for the life of the cluster: later tests start their own."""
+    yield
+    from rayalign.serve.server import stop
+
+    stop()
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("grace", [30.0, 0.0])
 def test_a_stream_in_flight_finishes_whole_while_its_replicas_drain(ray_cluster, grace):
