@@ -78,6 +78,13 @@ def command_line(argv: list[str] | None = None) -> str:
     return "python " + shlex.join([shown, *argv[1:]])
 
 
+def _niceness() -> str:
+    """Said when the benchmark ran at a raised priority (`nice -n -15 python …` on a shared machine): the
+    other processes then get only the CPU it leaves, which the load average alone would not tell."""
+    n = os.nice(0)
+    return f"; ran at nice {n} (other processes at their own, usually 0)" if n else ""
+
+
 def header(argv: list[str] | None = None, load_at_start: tuple[float, float, float] | None = None) -> list[str]:
     start = " ".join(f"{x:.2f}" for x in (load_at_start or _LOAD_AT_START))
     end = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -85,7 +92,7 @@ def header(argv: list[str] | None = None, load_at_start: tuple[float, float, flo
         f"> command: `{command_line(argv)}`",
         f"> commit: {commit_line()}",
         f"> load average (1/5/15 min): {start} at the start, {end} at the end; {os.cpu_count()} CPUs, "
-        f"{platform.machine()}",
+        f"{platform.machine()}{_niceness()}",
         f"> versions: {versions_line()}",
         "",
     ]

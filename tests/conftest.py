@@ -14,6 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and tensor-parallel workers inherit this environment) advertise loopback only
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+# `make test` runs two pytest-xdist workers: each gets its own Ray temp dir, so a bare `ray.init()`
+# in one worker never finds (and joins) a cluster the other worker started
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("RAY_TMPDIR", f"/tmp/rayalign-{os.environ['PYTEST_XDIST_WORKER']}")
+    os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 TINY = "tiny-random:llama"
 
