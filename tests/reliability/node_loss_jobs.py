@@ -192,6 +192,9 @@ def serve(work: Path, colocated: bool = False) -> dict:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     t0 = time.monotonic()
+    # Serve's controller replaces an HTTP proxy that misses 3 readiness checks of 5 s, which a proxy
+    # starting on a machine loaded by other tests can do; Serve's processes inherit these from here
+    os.environ.update({"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"})
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH})
     try:
         os.environ["RAY_ADDRESS"] = cluster.address
