@@ -56,14 +56,13 @@ def test_serving_replica_node_lost_under_load_answers_again_within_60_s(tmp_path
     engine's node only once the ingress is placed), so what is lost is the engine replica alone.
     Every answer is 200 or an OpenAI-shaped 503 with Retry-After (never a bare 500, a hang or a
     dropped connection), and the endpoint answers again within 60 s, from a replica on the new node.
-    Observed: the requests in flight answered 503 at ~2.4 s (the GCS marks the node dead), requests
-    sent meanwhile wait in the ingress for the replacement replica and are answered 200 at ~25 s;
+    Observed: the requests the replica was running answered 503 at ~2.4 s (the GCS marks the node
+    dead; in some runs none was running at the kill), requests sent meanwhile wait in the ingress for
+    the replacement replica and are answered 200 at 18-25 s;
     the test took 90-140 s alone and 200 s beside other Ray tests (load average 20-30)."""
     out = run_job("serve", str(tmp_path), timeout=360)
     assert {"raylet", "ray::DashboardAgent"} <= set(out["killed"]) and any("EngineServer" in n for n in out["killed"])
     assert out["killed_pids_alive"] == []
     assert out["before"] >= 6 and set(out["statuses"]) <= {"200", "503"}, out["statuses"]
-    # the requests in flight on the lost replica (four clients keep it busy) were answered 503
-    assert any(s == 503 for _, s in out["after"]), out["after"]
     assert out["first_ok_after_s"] is not None and out["first_ok_after_s"] < 60, out["after"]
     assert out["replica_moved"], "the answering replica is not a new one on the replacement node"
