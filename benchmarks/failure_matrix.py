@@ -340,25 +340,32 @@ def node_loss_train(work: Path, data: Path) -> list[str]:
     return [
         f"| whole node lost: node 2's {', '.join(out['killed'])} SIGKILLed after step {out['killed_after_step']}, "
         f"a replacement node joins | `sft`, 2 Ray Train workers on nodes {before} | restarted on nodes {after} "
-        f"from the step-{out['resumed_at']} checkpoint, finished {out['kill_to_end_s']:.0f} s after the kill; "
+        f"from the step-{out['resumed_at']} checkpoint, finished {out['kill_to_end_s']:.0f} s after the kill "
+        f"(run {out['run_s']:.0f} s, one-process reference {out['reference_s']:.0f} s); "
         f"max abs loss diff vs one uninterrupted process {diff:.1e}; same rows per step: {out['samples']} | "
         f"{len(out['reference'])} steps | {len(set(steps))} steps | {len(steps) - len(set(steps))} |"
     ]
 
 
-def node_loss_serve(work: Path) -> list[str]:
-    """The engine replica's node SIGKILLed under load from 4 `openai` clients; a replacement joins."""
-    out = run_job("serve", work / "node-loss-serve")
+def node_loss_serve(work: Path, colocated: bool = False) -> list[str]:
+    """A serving replica's node SIGKILLed under load from 4 `openai` clients; a replacement joins.
+    The engine replica alone (the ingress on the head), or (`colocated`) the one replica holding the
+    ingress and the engine (`colocate_engine`)."""
+    flag = ["--colocated"] if colocated else []
+    out = run_job("serve", str(work / ("node-loss-colocated" if colocated else "node-loss-serve")), *flag)
+    what = "the replica holding ingress and engine (`colocate_engine`)" if colocated else "the engine replica"
     if out.get("error"):
-        return [f"| whole node lost under load | `serve` | failed: {out['error'][:200]} | | | |"]
-    statuses = {}
+        return [f"| whole node lost under load: {what} | `serve` | failed: {out['error'][:200]} | | | |"]
+    statuses: dict[str, int] = {}
     for _, s in out["after"]:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     answered = ", ".join(f"{n}× {s}" for s, n in sorted(statuses.items()))
+    bare = [t for t, s in out["after"] if s == 500]
+    plain = f" (the 500s, {min(bare):.1f}-{max(bare):.1f} s after the kill, are Serve's proxy's)" if bare else ""
     return [
-        f"| whole node lost under load: the engine replica's node ({', '.join(out['killed'])}) SIGKILLed, "
+        f"| whole node lost under load: {what}'s node ({', '.join(out['killed'])}) SIGKILLed, "
         f"a replacement node joins | `serve` (hf, tiny model), 4 `openai` clients | answers after the kill: "
-        f"{answered}; first 200 from the restarted replica {out['first_ok_after_s']:.1f} s after the kill; "
+        f"{answered}{plain}; first 200 from the restarted replica {out['first_ok_after_s']:.1f} s after the kill; "
         f"replica on the new node: {out['replica_moved']} | {out['before'] + len(out['after'])} requests | "
         f"{out['before'] + len(out['after'])} answers | n/a |"
     ]
@@ -463,6 +470,7 @@ def main() -> None:
         rows += torn_checkpoints(work)
         rows += node_loss_train(work, work / "packed")
         rows += node_loss_serve(work)
+        rows += node_loss_serve(work, colocated=True)
         rows += generation_preemption(work)
     finally:
         server.stop()

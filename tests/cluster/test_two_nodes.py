@@ -46,6 +46,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import COMMIT, MODEL_FILES, TOKEN, file_gets, serve_hub, vllm_loadable_tiny
+from ray_job_helpers import ray_job_submit
 from rayalign import storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,12 +305,7 @@ def submit(two_nodes: dict, job_id: str, *entrypoint: str) -> None:
         "--",
         *entrypoint,
     ]
-    for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
-        out = subprocess.run(cmd, env=two_nodes["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
-        if "No available agent" not in out.stdout + out.stderr:
-            break
-        time.sleep(1)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    ray_job_submit(cmd, two_nodes["env"])
 
 
 def overrides(bucket: str) -> list[str]:

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import yaml
 
+from ray_job_helpers import ray_job_submit
 from rayalign.data.shards import finished_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,13 +90,7 @@ def test_ray_job_submit_runs_pipeline(ray_head, tmp_path):
         "rayjobs/pipeline.py",
         str(p),
     ]
-    for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
-        out = subprocess.run(cmd, env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=220)
-        log = out.stdout + out.stderr
-        if "No available agent" not in log:
-            break
-        time.sleep(1)
-    assert out.returncode == 0, log[-4000:]
+    log = ray_job_submit(cmd, ray_head["env"], timeout=220)
     assert "succeeded" in log
     s = check_summary(run_dir)
     assert [x["skipped"] for x in s["stages"]] == [False, False, False]
@@ -175,12 +170,7 @@ def submit(ray_head: dict, pipeline: Path, job_id: str) -> None:
            "--submission-id", job_id, "--working-dir", str(REPO),
            "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
            "--", str(VENV_BIN / "python"), "rayjobs/pipeline.py", str(pipeline)]  # fmt: skip
-    for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
-        out = subprocess.run(cmd, env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
-        if "No available agent" not in out.stdout + out.stderr:
-            break
-        time.sleep(1)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    ray_job_submit(cmd, ray_head["env"])
 
 
 def job_info(ray_head: dict, job_id: str) -> dict:

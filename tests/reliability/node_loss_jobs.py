@@ -5,7 +5,7 @@ agents and workers, started as local processes; this process is the driver). Pri
 tabulates it.
 
     python tests/reliability/node_loss_jobs.py train WORK_DIR PACKED_DATA
-    python tests/reliability/node_loss_jobs.py serve WORK_DIR
+    python tests/reliability/node_loss_jobs.py serve WORK_DIR [--colocated]
 
 `train`: a head without CPUs and two worker nodes with one training slot each, so the two Ray Train
 workers run one per node. Once step 2 is logged (a checkpoint every step), every process of node 2
@@ -15,7 +15,8 @@ joins; Ray Train's FailureConfig restarts the group from the last checkpoint on 
 `serve`: the OpenAI endpoint (hf backend, tiny model) with its HTTP proxy on the head (no CPUs) and
 its engine replica on node 2 (the only node with CPUs), under load from the `openai` client; every
 process of node 2 is SIGKILLed, a replacement node joins, Serve starts the replica there. Every
-answer is recorded (status and time) until the endpoint has answered again.
+answer is recorded (status and time) until the endpoint has answered again. `--colocated`: one
+deployment holding ingress and engine (`colocate_engine`), its replica on node 2.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def train_workers() -> dict[str, str]:
 
     alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, timeout=20)
     return {a.actor_id: a.node_id for a in alive if "RayTrainWorker" in a.class_name}
+
+
+def actor_pids(cls: str) -> set[int]:
+    """Process ids of the live actors whose class name contains `cls` (Ray's state API)."""
+    from ray.util.state import list_actors
+
+    return {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], timeout=20) if cls in a.class_name}
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -168,7 +176,7 @@ def train(work: Path, data: str) -> dict:
         cluster.shutdown()
 
 
-def serve(work: Path) -> dict:
+def serve(work: Path, colocated: bool = False) -> dict:
     import socket
 
     import openai
@@ -183,41 +191,52 @@ def serve(work: Path) -> dict:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    t0 = time.monotonic()
+    # Serve's controller replaces an HTTP proxy that misses 3 readiness checks of 5 s, which a proxy
+    # starting on a machine loaded by other tests can do; Serve's processes inherit these from here
+    os.environ.update({"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"})
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH})
     try:
         os.environ["RAY_ADDRESS"] = cluster.address
         ensure_ray()
         # one HTTP proxy, on the head: every node of this cluster shares 127.0.0.1
         ray_serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        cfg = ServeConfig(model="tiny-random:llama", port=port, app_name="node-loss", default_max_tokens=8)
-        # node 2 joins only once the ingress (0 CPUs) is placed on the head: the node lost is the
-        # engine replica's alone (an ingress lost with it is Serve's proxy answering 500)
-        added: dict = {}
+        cfg = ServeConfig(
+            model="tiny-random:llama", port=port, app_name="node-loss", default_max_tokens=8, colocate_engine=colocated
+        )
+        # The ingress (0 CPUs) may be placed on any node; node 2 (the only one with CPUs) joins only
+        # once it is on the head, so the node lost holds the engine replica alone (colocated: the one
+        # replica, ingress and engine, needs node 2's CPU). `start` runs in a thread meanwhile: Ray
+        # starts a node from the main thread only (its SIGTERM handler).
+        deployed: dict = {}
 
-        def add_node_2() -> None:
-            from ray.util.state import list_actors
+        def deploy() -> None:
+            try:
+                deployed["url"] = start(cfg, ready_timeout_s=150)
+            except BaseException as e:  # reported below
+                deployed["error"] = repr(e)
 
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not any(
-                "OpenAIIngress" in a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])
-            ):
-                time.sleep(0.5)
-            added["node"] = cluster.add_node(num_cpus=1)
-
-        adder = threading.Thread(target=add_node_2, daemon=True)
-        adder.start()
-        url = start(cfg)
-        adder.join(timeout=150)
-        node2 = added["node"]
-        engine = ray_serve.get_deployment_handle("EngineServer", cfg.app_name)
-        before_pid = engine.info.remote().result()["pid"]
+        starter = threading.Thread(target=deploy, daemon=True)
+        starter.start()
+        deadline = time.monotonic() + 120
+        while not colocated and not actor_pids("OpenAIIngress"):
+            assert starter.is_alive(), f"the app failed before its ingress was placed: {deployed}"
+            assert time.monotonic() < deadline, "the ingress was never placed"
+            time.sleep(0.25)
+        ingress = actor_pids("OpenAIIngress")
+        node2 = cluster.add_node(num_cpus=1)
+        starter.join(timeout=160)
+        assert "url" in deployed, f"the app did not come up: {deployed}"
+        url = deployed["url"]
+        replica = "OpenAIIngress" if colocated else "EngineServer"
+        before = actor_pids(replica)
         victims = node_processes(node2)
-        assert before_pid in {p.pid for p in victims}, "the engine replica is not on node 2"
-        from ray.util.state import list_actors
-
-        ingress = {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")]) if "OpenAIIngress" in a.class_name}
-        assert ingress and not ingress & {p.pid for p in victims}, "the ingress is on node 2 too"
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        assert before and before <= {p.pid for p in victims}, "the engine replica is not on node 2"
+        assert colocated or not ingress & {p.pid for p in victims}, "the ingress is on node 2 too"
+        ready_s = time.monotonic() - t0
+        # a request queued while no replica is up waits for the replacement: the client waits as
+        # long as the endpoint's bound
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         answers: list[tuple[float, object]] = []
         killed: list[float] = []
         stop_at = time.monotonic() + 150
@@ -248,22 +267,24 @@ def serve(work: Path) -> dict:
         killed.append(time.monotonic())
         cluster.remove_node(node2, allow_graceful=False)
         node3 = cluster.add_node(num_cpus=1)
-        for t in threads:
-            t.join(timeout=160)
-        after_pid = engine.info.remote().result(timeout_s=60)["pid"]
-        on_node3 = after_pid in {p.pid for p in node_processes(node3)}
+        for t in threads:  # each ends by stop_at plus one client timeout
+            t.join(timeout=max(0.0, stop_at + 65 - time.monotonic()))
+        after = actor_pids(replica)
+        on_node3 = bool(after) and after <= {p.pid for p in node_processes(node3)}
         stop(cfg)
         k = killed[0]
-        after = [(round(t - k, 2), s) for t, s in answers if t > k]
-        first_ok = next((t for t, s in after if s == 200 and t > 1), None)
+        since = [(round(t - k, 2), s) for t, s in answers if t > k]
+        first_ok = next((t for t, s in since if s == 200 and t > 1), None)
         return {
             "killed": sorted(names),
             "killed_pids_alive": [p.pid for p in victims if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-            "before": len(answers) - len(after),
-            "after": after,
+            "before": len(answers) - len(since),
+            "after": since,
             "statuses": sorted({str(s) for _, s in answers}),
             "first_ok_after_s": first_ok,
-            "replica_moved": before_pid != after_pid and on_node3,
+            "replica_moved": not before & after and on_node3,
+            "ready_s": round(ready_s, 1),
+            "run_s": round(time.monotonic() - t0, 1),
         }
     finally:
         with contextlib.suppress(Exception):
@@ -294,7 +315,10 @@ if __name__ == "__main__":
     # on this machine must not find (and join) this cluster
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayalign-nl-", dir="/tmp")
     try:
-        out = {"train": lambda: train(work, sys.argv[3]), "serve": lambda: serve(work)}[job]()
+        out = {
+            "train": lambda: train(work, sys.argv[3]),
+            "serve": lambda: serve(work, colocated="--colocated" in sys.argv),
+        }[job]()
     finally:
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
     print("RESULT " + json.dumps(out))

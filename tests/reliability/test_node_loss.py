@@ -49,19 +49,18 @@ def test_train_on_two_nodes_survives_losing_a_node_with_the_uninterrupted_losses
     assert out["samples"], "the resumed run consumed other rows than the uninterrupted one"
 
 
-@pytest.mark.skip(
-    reason="not stable under the full suite's load: a bare 500 once (the 0-CPU ingress placed on the lost "
-    "node), then a run past its bound after the job began waiting for the ingress; the failure matrix "
-    "measures this row (benchmarks/failure_matrix.py)"
-)
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(380)
 def test_serving_replica_node_lost_under_load_answers_again_within_60_s(tmp_path):
     """The engine replica's node (its raylet, agents and the replica) SIGKILLed under load from four
-    `openai` clients; a replacement node joins. Every answer is 200 or an OpenAI-shaped 503 with
-    Retry-After (never a bare 500, a hang or a dropped connection), and the endpoint answers again
-    within 60 s, from a replica on the new node. Observed: 503s for ~2 s (the GCS marks the node
-    dead), requests queued meanwhile answered 200 at ~25 s on a loaded box."""
-    out = run_job("serve", str(tmp_path), timeout=290)
+    `openai` clients; a replacement node joins. The ingress runs on the head (the job adds the
+    engine's node only once the ingress is placed), so what is lost is the engine replica alone.
+    Every answer is 200 or an OpenAI-shaped 503 with Retry-After (never a bare 500, a hang or a
+    dropped connection), and the endpoint answers again within 60 s, from a replica on the new node.
+    Observed: the requests the replica was running answered 503 at ~2.4 s (the GCS marks the node
+    dead; in some runs none was running at the kill), requests sent meanwhile wait in the ingress for
+    the replacement replica and are answered 200 at 18-25 s;
+    the test took 90-140 s alone and 200 s beside other Ray tests (load average 20-30)."""
+    out = run_job("serve", str(tmp_path), timeout=360)
     assert {"raylet", "ray::DashboardAgent"} <= set(out["killed"]) and any("EngineServer" in n for n in out["killed"])
     assert out["killed_pids_alive"] == []
     assert out["before"] >= 6 and set(out["statuses"]) <= {"200", "503"}, out["statuses"]
