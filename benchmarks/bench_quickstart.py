@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quickstart.py                       # dev split only (choose recipes here)
     python benchmarks/bench_quickstart.py --heldout             # then the held-out suite, read once
+    python benchmarks/bench_quickstart.py --run-dir runs/q --set stages.clair.config.length_contrast=true
 
 Runs `rayjobs/configs/quickstart.yaml` (the embedded SmolLM2-135M-Instruct: sample → CLAIR → reference
 → APO-zero) with its eval stage scoring base vs aligned on the dev split
@@ -48,17 +49,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", default=str(REPO / "runs" / "quickstart-dev"), help="the pipeline run folder")
     p.add_argument("--heldout", action="store_true", help="after the dev run, score the held-out suite once")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides: a recipe variant to measure"
+    )
     a = p.parse_args()
 
-    os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(os.cpu_count() or 1))
+    from quickstart import thread_overrides  # rayjobs/quickstart.py: torch threads = the free cores
+
     from rayalign import storage
     from rayalign.eval.stage import EvalConfig, run_eval
     from rayalign.pipeline import main as run_pipeline
     from rayalign.pipeline import read_summary
 
     t0 = time.time()
-    overrides = [f"run_dir={a.run_dir}", f"stages.eval.config.suite={DEV}", "stages.eval.config.gate=null"]
-    rc = run_pipeline([str(CONFIG), *overrides])
+    overrides = [
+        f"run_dir={a.run_dir}",
+        f"stages.eval.config.suite={DEV}",
+        "stages.eval.config.gate=null",
+        *a.set,
+    ]
+    rc = run_pipeline([str(CONFIG), *thread_overrides(), *overrides])
     if rc != 0:
         sys.exit(f"the quickstart pipeline failed (exit {rc}); see {a.run_dir}")
     summary = read_summary(a.run_dir) or {}
@@ -97,6 +107,7 @@ def main() -> None:
                 "suite": "heldout",
                 "gate": None,
                 "run_dir": a.run_dir,
+                "torch_threads": int(os.environ["RAYALIGN_TORCH_THREADS"]),
             }
         )
         t1 = time.time()
