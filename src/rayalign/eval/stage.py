@@ -441,6 +441,8 @@ def flat_metrics(results: dict) -> dict:
         if "leaks" in r:
             m[f"{tag}/format_leak_rate"] = r["leaks"]["any"]["rate"]
             m[f"{tag}/repetition_rate"] = r["leaks"]["repetition"]["rate"]
+            if "length" in r["leaks"]:
+                m[f"{tag}/median_words"] = r["leaks"]["length"]["median"]
         for group in ("seen", "unseen"):
             if r["ifeval"].get(f"{group}_instruction_accuracy") is not None:
                 m[f"{tag}/{group}_kinds_accuracy"] = r["ifeval"][f"{group}_instruction_accuracy"]
