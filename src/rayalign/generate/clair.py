@@ -249,7 +249,7 @@ class ClairProcessor:
             else:
                 norm["_index"] = row.get("_index", i)
                 good.append(norm)
-        out = []
+        out: list[dict] = []
         for r, (chosen, status, raw) in zip(good, self._revise(good)):
             if status == "original_passes" and (self.cfg.format_contrast or self.cfg.length_contrast):
                 # the original is already a plain answer that passes: its contrast pairs, if acceptable
