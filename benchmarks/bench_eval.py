@@ -90,7 +90,8 @@ def main() -> None:
                 )
     engine.close()
 
-    same = all(v == answers[next(iter(answers))] for v in answers.values())
+    first = next(iter(answers))
+    agree = {key: sum(x == y for x, y in zip(v, answers[first])) for key, v in answers.items()}
     lines = [
         f"# Eval-stage answering — {time.strftime('%Y-%m-%d')}",
         "",
@@ -103,7 +104,9 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
         *(f"| {m} | {t} | {r} | {s:.1f} | {s / len(prompts):.2f} | {ld:.1f} |" for m, t, r, s, ld in rows),
         "",
-        f"Answers identical across all rows: {'yes' if same else 'no (thread counts change bf16 sums)'}.",
+        f"Answers equal to the first row's ({first[0]}, {first[1]} thread(s)), of {len(prompts)}: "
+        + ", ".join(f"{m} {t} thread(s) {n}" for (m, t), n in agree.items())
+        + ".",
         "",
     ]
     for threads in a.threads:
