@@ -2,6 +2,8 @@
 
     python benchmarks/bench_quickstart.py                       # dev split only (choose recipes here)
     python benchmarks/bench_quickstart.py --heldout             # then the held-out suite, read once
+    python benchmarks/bench_quickstart.py --run-dir runs/q --set stages.clair.config.length_contrast=true \
+        --name quickstart-length-contrast --compare runs/quickstart-dev    # a variant against another run
 
 Runs `rayjobs/configs/quickstart.yaml` (the embedded SmolLM2-135M-Instruct: sample → CLAIR → reference
 → APO-zero) with its eval stage scoring base vs aligned on the dev split
@@ -14,12 +16,16 @@ report quotes that count.
 
 Writes benchmarks/results/<date>-quickstart-cpu.md: stage times as the run recorded them, each
 suite's headline with its 95% paired bootstrap interval, seen/unseen kinds, format leaks and
-repetition (the eval stage's own report sections follow).
+repetition (the eval stage's own report sections follow). `--name` names a variant's file
+(<date>-<name>-cpu.md) so that it does not replace the recipe's; `--compare RUN` adds this run's
+aligned model against RUN's aligned model on the same dev prompts (paired interval, per kind, answer
+length where the prompt sets none).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -44,21 +50,80 @@ def suite_lines(title: str, results: dict, report_md: str) -> list[str]:
     return lines
 
 
+def compare_lines(run_dir: str, other: str) -> list[str]:
+    """This run's aligned model against `other`'s on the dev split: the paired prompt-level interval,
+    the pass rate per kind, and answer length where the prompt sets none."""
+    from rayalign import storage
+    from rayalign.eval.leaks import answer_lengths
+    from rayalign.eval.stats import paired
+
+    def rows(run: str) -> list[dict]:
+        text = storage.read_text(storage.join(run, "eval", "responses.jsonl"))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    ours, theirs = rows(run_dir), rows(other)
+    if [r["id"] for r in ours] != [r["id"] for r in theirs]:
+        return [f"## Against {other}", "", "Not comparable: the two runs answered different prompts.", ""]
+    d = paired([all(r["aligned"]["passed"]) for r in ours], [all(r["aligned"]["passed"]) for r in theirs])
+    noise = "within noise" if d["within_noise"] else "outside noise"
+    same_base = sum(a["baseline"]["response"] == b["baseline"]["response"] for a, b in zip(ours, theirs))
+    lines = [
+        f"## Dev split: this run's aligned model against `{other}`'s",
+        "",
+        f"- prompt level, paired over {d['n']} prompts: {100 * d['diff']:+.1f} points, 95% interval "
+        f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}], p = {d['p_value']:.3f} ({noise})",
+        f"- baseline answers identical in both runs: {same_base} of {len(ours)}",
+        "",
+        "| kind | n | other run | this run |",
+        "|---|---:|---:|---:|",
+    ]
+    kinds: dict[str, list[tuple[bool, bool]]] = {}
+    for a, b in zip(ours, theirs):
+        for c, x, y in zip(a["constraints"], a["aligned"]["passed"], b["aligned"]["passed"]):
+            kinds.setdefault(c["kind"], []).append((y, x))
+    for kind, v in sorted(kinds.items()):
+        lines.append(f"| {kind} | {len(v)} | {sum(y for y, _ in v)} | {sum(x for _, x in v)} |")
+    lines += [
+        "",
+        "| answers to prompts setting no length | n | base | other run | this run |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    base = answer_lengths(ours, [r["baseline"]["response"] for r in ours])
+    them = answer_lengths(theirs, [r["aligned"]["response"] for r in theirs])
+    us = answer_lengths(ours, [r["aligned"]["response"] for r in ours])
+    lines.append(f"| median words | {us['n']} | {base['median']:.0f} | {them['median']:.0f} | {us['median']:.0f} |")
+    lines.append(
+        f"| under 20 words | {us['n']} | {base['short']['count']} | {them['short']['count']} | {us['short']['count']} |"
+    )
+    return [*lines, ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", default=str(REPO / "runs" / "quickstart-dev"), help="the pipeline run folder")
     p.add_argument("--heldout", action="store_true", help="after the dev run, score the held-out suite once")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides: a recipe variant to measure"
+    )
+    p.add_argument("--name", default="quickstart", help="results file name: <date>-<name>-cpu.md")
+    p.add_argument("--compare", metavar="RUN", help="a finished run folder to compare this run's aligned model with")
     a = p.parse_args()
 
-    os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(os.cpu_count() or 1))
+    from quickstart import thread_overrides  # rayjobs/quickstart.py: torch threads = the free cores
+
     from rayalign import storage
     from rayalign.eval.stage import EvalConfig, run_eval
     from rayalign.pipeline import main as run_pipeline
     from rayalign.pipeline import read_summary
 
     t0 = time.time()
-    overrides = [f"run_dir={a.run_dir}", f"stages.eval.config.suite={DEV}", "stages.eval.config.gate=null"]
-    rc = run_pipeline([str(CONFIG), *overrides])
+    overrides = [
+        f"run_dir={a.run_dir}",
+        f"stages.eval.config.suite={DEV}",
+        "stages.eval.config.gate=null",
+        *a.set,
+    ]
+    rc = run_pipeline([str(CONFIG), *thread_overrides(), *overrides])
     if rc != 0:
         sys.exit(f"the quickstart pipeline failed (exit {rc}); see {a.run_dir}")
     summary = read_summary(a.run_dir) or {}
@@ -79,6 +144,8 @@ def main() -> None:
     dev = storage.read_json(storage.join(a.run_dir, "eval", "results.json"))
     dev_md = storage.read_text(storage.join(a.run_dir, "eval", "report", "report.md"))
     lines += suite_lines("Dev split (recipes are chosen here)", dev, dev_md)
+    if a.compare:
+        lines += compare_lines(a.run_dir, a.compare)
 
     if a.heldout:
         import yaml
@@ -97,6 +164,7 @@ def main() -> None:
                 "suite": "heldout",
                 "gate": None,
                 "run_dir": a.run_dir,
+                "torch_threads": int(os.environ["RAYALIGN_TORCH_THREADS"]),
             }
         )
         t1 = time.time()
@@ -105,7 +173,7 @@ def main() -> None:
         held_md = storage.read_text(storage.join(out, "report", "report.md"))
         lines += [f"Held-out eval: {time.time() - t1:.0f} s.", ""]
         lines += suite_lines("Independent held-out suite (read once, after the dev run)", held, held_md)
-    save_report(lines, "quickstart")
+    save_report(lines, a.name)
 
 
 if __name__ == "__main__":

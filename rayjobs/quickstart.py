@@ -63,10 +63,26 @@ def headline(run_dir: str) -> list[str]:
     return lines
 
 
+def free_cores() -> int:
+    """The cores not busy when the run starts: CPU count − the 1-minute load average, at least 1."""
+    n = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        busy = 0.0
+    return max(1, min(n, round(n - busy)))
+
+
+def thread_overrides() -> list[str]:
+    """One stage runs at a time here, so its models may use every free core, but no more: a torch
+    thread without a core of its own makes every step wait for it (a forward pass took 5-15x longer
+    with 2 threads than with 1 on a busy 2-core box). $RAYALIGN_TORCH_THREADS, if set, decides."""
+    threads = os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(free_cores()))
+    return [f"stages.prefer.config.torch_threads={threads}", f"stages.eval.config.torch_threads={threads}"]
+
+
 def main(argv: list[str]) -> int:
-    # one stage runs at a time here, so its engine actor may use both cores
-    os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(os.cpu_count() or 1))
-    rc = run_pipeline([str(CONFIG), *argv])
+    rc = run_pipeline([str(CONFIG), *thread_overrides(), *argv])
     run_dir = load_pipeline(CONFIG, [a for a in argv if "=" in a]).run_dir
     if read_summary(run_dir):
         print("\n".join(["", "== quickstart ==", *headline(run_dir)]))

@@ -226,3 +226,19 @@ def test_eval_logged_to_mlflow_and_wandb(tmp_path, monkeypatch):
     blob = run_file.read_bytes()
     assert b"eval-eval-report" in blob and b"report.md" in blob
     assert all(key.encode() in blob for key in out.metrics)
+
+
+def test_models_run_in_process_with_the_configured_torch_threads(tmp_path):
+    """The eval stage runs its models here with `torch_threads` threads (default 1: a thread without a
+    free core slows every step), and gives the process its own thread count back afterwards."""
+    import torch
+
+    from rayalign.eval.stage import on_device
+
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        cfg = EvalConfig(model="m", output=str(tmp_path), torch_threads=threads)
+        assert on_device(cfg, torch.get_num_threads) == threads
+        assert torch.get_num_threads() == before
+    assert EvalConfig(model="m", output=str(tmp_path)).torch_threads == 1
+    assert "torch_threads" not in EvalConfig(model="m", output=str(tmp_path)).hash_data()  # a resource, not a result

@@ -194,3 +194,54 @@ def test_format_contrast_pairs_prefer_the_plain_answer_to_an_unasked_format(tmp_
         "Tea is warm.\n\nP.S. Thank you for reading.",
         "<<Tea Is Warm>>\nTea is warm.",
     }
+
+
+def test_length_contrast_pairs_prefer_the_whole_answer_unless_brevity_was_asked(tmp_path):
+    """With length_contrast each plain answer to a prompt that sets no length limit also gives a pair
+    whose rejected side is the answer cut after its first sentences (a third of them, at least one
+    sentence of 5+ words, at most half the words), as the max_sentences fix cuts; a prompt asking for
+    brevity gets none, and the input rows' statuses still reconcile (one per row)."""
+    from rayalign.generate.contrast import length_contrast
+
+    six = (
+        "Tea is warm and calm. It grows on hills. People pick it by hand. It dries in the sun. Then it is "
+        "rolled. Water wakes it."
+    )
+    # 6 sentences, 26 words: a third is 2 sentences, 9 words
+    assert length_contrast(six, set()) == "Tea is warm and calm. It grows on hills."
+    assert length_contrast(six, {"lowercase"}) == "Tea is warm and calm. It grows on hills."
+    assert length_contrast(six, {"max_words"}) is None and length_contrast(six, {"max_sentences"}) is None
+    # a first "sentence" of one word ("1.") is no answer: the cut takes the next sentence too
+    assert length_contrast("1. Tea is warm and calm. It grows on hills. It dries well.", set()) == (
+        "1. Tea is warm and calm."
+    )
+    # one sentence, or a first sentence holding most of the words: nothing to cut
+    assert length_contrast("Tea is warm and calm.", set()) is None
+    assert length_contrast("Tea is warm and calm and it grows on the hills of China. It dries.", set()) is None
+
+    cfg = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", length_contrast=True)
+    rows = [
+        {
+            "id": "fix",
+            "prompt": "Hi",
+            "response": six.replace("calm.", "calm, friend."),
+            "meta": {"constraints": [{"kind": "no_commas"}]},
+        },
+        {"id": "passes", "prompt": "Hi", "response": six, "meta": {"constraints": [{"kind": "no_commas"}]}},
+        {"id": "short", "prompt": "Hi", "response": six, "meta": {"constraints": [{"kind": "max_words", "max": 10}]}},
+    ]
+    out = ClairProcessor(cfg).process(rows)
+    by_id = {r["id"]: r for r in out.rows}
+    assert sorted(by_id) == ["fix", "fix-len", "passes-len", "short"]
+    assert by_id["fix-len"]["chosen"] == six.replace("calm.", "calm friend.")
+    assert by_id["fix-len"]["rejected"] == "Tea is warm and calm friend. It grows on hills."
+    assert (by_id["passes-len"]["chosen"], by_id["passes-len"]["rejected"]) == (
+        six,
+        "Tea is warm and calm. It grows on hills.",
+    )
+    assert {by_id[k]["status"] for k in ("fix-len", "passes-len")} == {"length_contrast"}
+    # the max_words prompt's own fix is the short answer, and no pair says otherwise
+    assert by_id["short"]["chosen"] == "Tea is warm and calm. It grows on hills."  # 9 words
+    assert out.stats["length_contrast_pairs"] == 2 and out.stats["revision_pairs"] == 2
+    statuses = {k: v for k, v in out.stats.items() if k.startswith("status.")}
+    assert statuses == {"status.rule_fixed": 2, "status.length_contrast": 1}

@@ -3,7 +3,10 @@
 A format a prompt did not ask for is a leak: quotation marks around the answer, a JSON wrapper, a
 P.S., a title. Each leak is counted only over the prompts that do not ask for that format (a
 prompt asking for a postscript may have one). Degeneration: an answer repeats one 4-word phrase 4
-or more times ("Here is my answer: Here is my answer: ..."). The eval stage writes the rates per
+or more times ("Here is my answer: Here is my answer: ..."). Length collapse: the median number of
+words of the answers to prompts that set no length limit (`LENGTH_KINDS`), and the share under 20
+words — training on "at most N words" fixes can teach every answer to stop early. The eval stage
+writes the rates per
 model (`results[label]["leaks"]`) and the report puts base and aligned side by side, with sample
 answers.
 """
@@ -14,7 +17,7 @@ import json
 import re
 from collections.abc import Callable
 
-from rayalign.checks import FENCE, TITLE, postscript, repeated_phrase
+from rayalign.checks import FENCE, TITLE, WORD, postscript, repeated_phrase
 
 
 def starts_quoted(r: str) -> bool:
@@ -66,7 +69,33 @@ def leak_rates(suite: list[dict], responses: list[str]) -> dict:
     every = set().union(*(k for _, k in LEAKS.values()))
     out["any"] = _rate([any(d(r) for d, _ in LEAKS.values()) for r, k in zip(responses, asked) if not k & every])
     out["repetition"] = _rate([repeated_phrase(r) for r in responses])
+    out["length"] = answer_lengths(suite, responses)
     return out
+
+
+# constraint kinds that set an answer's length: their prompts are left out of the length measure
+LENGTH_KINDS = {"max_words", "min_words", "max_sentences"}
+SHORT_WORDS = 20
+
+
+def answer_lengths(suite: list[dict], responses: list[str]) -> dict:
+    """Words per answer over the prompts that set no length limit: median, mean, and the share of
+    answers under `SHORT_WORDS` words (`short`)."""
+    counts = sorted(
+        len(WORD.findall(r))
+        for r, row in zip(responses, suite)
+        if not {c["kind"] for c in row["constraints"]} & LENGTH_KINDS
+    )
+    if not counts:
+        return {"n": 0, "median": 0.0, "mean": 0.0, "short": _rate([])}
+    mid = len(counts) // 2
+    median = counts[mid] if len(counts) % 2 else (counts[mid - 1] + counts[mid]) / 2
+    return {
+        "n": len(counts),
+        "median": float(median),
+        "mean": sum(counts) / len(counts),
+        "short": _rate([c < SHORT_WORDS for c in counts]),
+    }
 
 
 def _rate(hits: list[bool]) -> dict:
@@ -80,7 +109,8 @@ def leaks_md(results: dict, tags: list[str]) -> list[str]:
         "## Format leaks and repetition",
         "",
         "Share of answers that add a format the prompt did not ask for (n = prompts not asking for it), "
-        "and of answers repeating one 4-word phrase 4+ times (all prompts).",
+        "and of answers repeating one 4-word phrase 4+ times (all prompts); answer length where the "
+        'prompt sets none (a model taught "at most N words" everywhere answers shorter).',
         "",
         "| | n | " + " | ".join(tags) + " |",
         "|---|---:|" + "---:|" * len(tags),
@@ -90,6 +120,19 @@ def leaks_md(results: dict, tags: list[str]) -> list[str]:
     for key, label in labels.items():
         cells = [f"{results[t]['leaks'][key]['rate']:.3f} ({results[t]['leaks'][key]['count']})" for t in tags]
         md.append(f"| {label} | {results[tags[0]]['leaks'][key]['n']} | " + " | ".join(cells) + " |")
+    if all("length" in results[t]["leaks"] for t in tags):  # results written before the length measure lack it
+        lengths = [results[t]["leaks"]["length"] for t in tags]
+        n = lengths[0]["n"]
+        md.append(
+            f"| words per answer, median (prompts setting no length) | {n} | "
+            + " | ".join(f"{x['median']:.0f}" for x in lengths)
+            + " |"
+        )
+        md.append(
+            f"| answers under {SHORT_WORDS} words (prompts setting no length) | {n} | "
+            + " | ".join(f"{x['short']['rate']:.3f} ({x['short']['count']})" for x in lengths)
+            + " |"
+        )
     return [*md, ""]
 
 

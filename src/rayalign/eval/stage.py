@@ -85,11 +85,15 @@ class EvalConfig(Cfg):
     # engine), booking what its engine needs: tensor_parallel_size GPUs in one placement group for
     # a vLLM engine sharded over several, else min(num_gpus, 1); 0: in this process
     num_gpus: float = 0.0
+    # torch threads of the models run in this process (answering, held-out pairs, reward model):
+    # more threads than free cores is much slower, not faster (a forward pass of the 135M model took
+    # 5-15x longer with 2 threads than with 1 on a 2-core box busy with other work)
+    torch_threads: int = Field(default=1, ge=1)
     # experiment trackers that get the headline metrics and the report folder (tables, plots) as
     # artifacts; the same libraries and environment settings as training's `report_to`
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
 
-    resource_fields = frozenset({"num_gpus", "report_to"})
+    resource_fields = frozenset({"num_gpus", "report_to", "torch_threads"})
 
 
 PACKAGED_SUITES = {"builtin": "suite/ifeval.jsonl", "heldout": "suite/heldout.jsonl"}
@@ -127,12 +131,19 @@ def load_suite(spec: str, limit: int | None = None) -> list[dict]:
 
 
 def on_device(cfg: EvalConfig, fn, *args, engine: EngineConfig | None = None):
-    """Run `fn(*args)` here, or (`num_gpus` > 0) in a Ray task booking what its `engine` needs: a
+    """Run `fn(*args)` here with `torch_threads` threads, or (`num_gpus` > 0) in a Ray task booking what its `engine` needs: a
     placement group of `tensor_parallel_size` GPUs with the task in its first bundle for a
     tensor-parallel vLLM engine (`rayalign.placement`: booked once, not by the task and again by
     vLLM), else min(num_gpus, 1) GPU (one engine or model uses one device)."""
     if cfg.num_gpus <= 0:
-        return fn(*args)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.torch_threads)
+        try:
+            return fn(*args)
+        finally:
+            torch.set_num_threads(threads)
     from rayalign.placement import engine_gpus, run_on_gpus
     from rayalign.raycluster import ensure_ray
 
@@ -430,6 +441,8 @@ def flat_metrics(results: dict) -> dict:
         if "leaks" in r:
             m[f"{tag}/format_leak_rate"] = r["leaks"]["any"]["rate"]
             m[f"{tag}/repetition_rate"] = r["leaks"]["repetition"]["rate"]
+            if "length" in r["leaks"]:
+                m[f"{tag}/median_words"] = r["leaks"]["length"]["median"]
         for group in ("seen", "unseen"):
             if r["ifeval"].get(f"{group}_instruction_accuracy") is not None:
                 m[f"{tag}/{group}_kinds_accuracy"] = r["ifeval"][f"{group}_instruction_accuracy"]

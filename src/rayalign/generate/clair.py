@@ -25,6 +25,12 @@ rejected = the same answer with one format the prompt did not ask for added, sta
 everywhere (a quotation fix differs from its original only in the quotes); these pairs make it
 conditional on being asked.
 
+With `length_contrast` every plain answer to a prompt that sets no length limit also gives a
+length-contrast pair (status ``length_contrast``, id ``<sample id>-len``): chosen = the answer,
+rejected = the same answer cut after its first sentences, the way a `max_words` / `max_sentences`
+fix cuts. Length fixes alone teach "stop early" everywhere; these pairs make brevity conditional on
+being asked for.
+
 `data/` holds only usable pairs in the `pairs` schema (id, prompt, chosen, rejected, meta) plus
 reviser, status, jaccard, edit_distance, raw, sample_id, reviser_model, prompt_version, so the
 `reference`/`prefer` stages read it directly. Every other row — identical pair, unparseable or
@@ -53,7 +59,7 @@ from rayalign.generate.common import (
     quarantine,
     run_gen_stage,
 )
-from rayalign.generate.contrast import contrast_stats, format_contrast, unasked_formats
+from rayalign.generate.contrast import contrast_stats, format_contrast, length_contrast, unasked_formats
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
 from rayalign.results import Manifest, StageResult
@@ -73,6 +79,7 @@ CLAIR_SCHEMA = pa.schema(
 )
 PAIR_STATUSES = ("revised", "verified", "rule_fixed")
 CONTRAST_STATUS = "format_contrast"
+LENGTH_STATUS = "length_contrast"
 
 
 class ClairConfig(GenStageConfig):
@@ -91,6 +98,9 @@ class ClairConfig(GenStageConfig):
     # also pair every plain answer (accepted revision, or original that passes) against the same
     # answer with a format the prompt did not ask for (quotes, JSON, P.S., title) added
     format_contrast: bool = False
+    # also pair every plain answer to a prompt that sets no length limit against the same answer cut
+    # after its first sentences (as a max_words / max_sentences fix cuts): brevity only when asked
+    length_contrast: bool = False
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
@@ -192,14 +202,26 @@ class ClairProcessor:
             return "unasked_format", f"the chosen answer shows a format the prompt did not ask for: {leaks[0]}"
         return revision_problem(row["response"], chosen, cons)
 
-    def _contrast(self, row: dict, plain: str) -> dict | None:
-        """The format-contrast pair of a plain answer (None when off, or no format is left to add)."""
-        if not self.cfg.format_contrast:
-            return None
-        made = format_contrast(plain, {c["kind"] for c in verify.constraints_of(row["meta"])}, row["id"])
-        if made is None:
-            return None
-        return self._pair(row, plain, made[1], CONTRAST_STATUS, f"format: {made[0]}", f"{row['id']}-fmt")
+    def _contrasts(self, row: dict, plain: str) -> list[dict]:
+        """The contrast pairs of a plain answer: a format-contrast pair (when on, and a format is left
+        to add) and a length-contrast pair (when on, and the prompt sets no length limit)."""
+        asked = {c["kind"] for c in verify.constraints_of(row["meta"])}
+        out = []
+        made = format_contrast(plain, asked, row["id"]) if self.cfg.format_contrast else None
+        if made is not None:
+            out.append(self._pair(row, plain, made[1], CONTRAST_STATUS, f"format: {made[0]}", f"{row['id']}-fmt"))
+        cut = length_contrast(plain, asked) if self.cfg.length_contrast else None
+        if cut is not None:
+            out.append(
+                self._pair(row, plain, cut, LENGTH_STATUS, "length: cut after its first sentences", f"{row['id']}-len")
+            )
+        return out
+
+    def _add_contrasts(self, out: list[dict], stats: dict, pairs: list[dict]) -> None:
+        for pair in pairs:
+            key = "contrast_pairs" if pair["status"] == CONTRAST_STATUS else "length_contrast_pairs"
+            stats[key] = stats.get(key, 0) + 1
+        out.extend(pairs)
 
     def _pair(self, r: dict, chosen: str, rejected: str, status: str, raw: str, pair_id: str) -> dict:
         return {
@@ -227,17 +249,15 @@ class ClairProcessor:
             else:
                 norm["_index"] = row.get("_index", i)
                 good.append(norm)
-        out = []
+        out: list[dict] = []
         for r, (chosen, status, raw) in zip(good, self._revise(good)):
-            if status == "original_passes" and self.cfg.format_contrast:
-                # the original is already a plain answer that passes: its contrast pair, if acceptable
+            if status == "original_passes" and (self.cfg.format_contrast or self.cfg.length_contrast):
+                # the original is already a plain answer that passes: its contrast pairs, if acceptable
                 passing = r["response"]
-                problem = self._problem(r, passing)
-                pair = self._contrast(r, passing) if problem is None else None
-                if pair is not None:
-                    count_status(stats, CONTRAST_STATUS)
-                    stats["contrast_pairs"] = stats.get("contrast_pairs", 0) + 1
-                    out.append(pair)
+                pairs = self._contrasts(r, passing) if self._problem(r, passing) is None else []
+                if pairs:
+                    count_status(stats, pairs[0]["status"])  # the input row's status: its first pair's
+                    self._add_contrasts(out, stats, pairs)
                     continue
             problem = self._problem(r, chosen) if status in PAIR_STATUSES else None
             if problem is not None:
@@ -266,10 +286,7 @@ class ClairProcessor:
             stats["edit_distance_sum"] += pair["edit_distance"]
             stats["revision_pairs"] = stats.get("revision_pairs", 0) + 1
             out.append(pair)
-            extra = self._contrast(r, chosen)
-            if extra is not None:
-                stats["contrast_pairs"] = stats.get("contrast_pairs", 0) + 1
-                out.append(extra)
+            self._add_contrasts(out, stats, self._contrasts(r, chosen))
         return ProcessResult(out, quarantined, stats)
 
 
@@ -282,6 +299,8 @@ def run_clair(cfg: ClairConfig, log=print) -> StageResult:
         out = {"mean_jaccard": st["jaccard_sum"] / n, "mean_edit_distance": st["edit_distance_sum"] / n}
         if st.get("contrast_pairs"):
             out["format_contrast_pairs"] = int(st["contrast_pairs"])
+        if st.get("length_contrast_pairs"):
+            out["length_contrast_pairs"] = int(st["length_contrast_pairs"])
         log(f"    contrast: {dumps(out)}")
         return {"contrast": out}
 

@@ -12,6 +12,12 @@ that format's first token and the policy learns to add it everywhere. A contrast
 that does not ask for a format, prefers the plain answer to the same answer with that format added
 (quotes, the JSON a JSON prompt gets, a P.S., a title), so the format is learned as conditional on
 the prompt asking for it.
+
+Length-contrast pairs answer the same side effect for length: a `max_words` / `max_sentences` fix is
+its original cut short, so the preference also says "stop early" for every prompt, and the answers to
+prompts that set no limit shrink (and fail `min_words`-like requests). A length-contrast pair, for a
+prompt that sets no length limit, prefers the plain answer to the same answer cut the way a length
+fix cuts it (its first sentences), so brevity is learned as conditional on being asked for.
 """
 
 from __future__ import annotations
@@ -90,3 +96,26 @@ def format_contrast(answer: str, asked: set[str], key: str) -> tuple[str, str] |
         return None
     name = free[zlib.crc32(key.encode()) % len(free)]
     return name, UNASKED_FORMATS[name][2](answer)
+
+
+# kinds that ask for a short answer: only their prompts make the shorter of two answers the better
+BREVITY_KINDS = frozenset({"max_words", "max_sentences"})
+
+
+def length_contrast(answer: str, asked: set[str], keep: float = 1 / 3, min_words: int = 5) -> str | None:
+    """The rejected side of a length-contrast pair whose chosen side is the plain `answer`: the answer
+    cut after its first sentences, as the `max_sentences` fix cuts — `keep` of its sentences (at least
+    one, and at least `min_words` words: a bare "1." is no answer) — when that keeps at most half of
+    its words. None when the prompt asks for brevity (`BREVITY_KINDS`) or no such cut exists."""
+    if asked & BREVITY_KINDS:
+        return None
+    total = len(checks.WORD.findall(answer))
+    n = checks.count_sentences(answer)
+    for k in range(max(1, int(n * keep)), n):
+        cut = verify.FIXES["max_sentences"](answer, max=k)
+        size = len(checks.WORD.findall(cut))
+        if 2 * size > total:
+            return None
+        if size >= min_words:
+            return cut
+    return None
