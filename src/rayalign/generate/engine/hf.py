@@ -82,12 +82,14 @@ class SeededSampler:
     """A logits processor that samples every row with its own generator and hands generate a
     one-hot (the chosen token at 0, every other at −inf) for its greedy selection.
 
-    Row r's token: the model's logits ÷ ``temperature``, softmax, top-p filter (the smallest set of
-    most likely tokens whose mass reaches ``top_p``), then the first token whose cumulative
-    probability (float64) exceeds u · total, u one ``torch.rand`` draw of the row's generator. A
-    row consumes exactly one draw per step, whatever the batch holds, so its sample is a function
-    of its seed and its own logits only. At temperature 1 and top_p 1 the distribution sampled is
-    exactly the softmax of the logits, i.e. what the engine reports as log-probs."""
+    Row r's token: weights exp((logit − max) ÷ ``temperature``) (the softmax, unnormalised), top-p
+    filtered (the smallest set of most likely tokens whose mass reaches ``top_p``), then the first
+    token whose cumulative weight (float64) exceeds u · total, u one ``torch.rand`` draw of the
+    row's generator. A row consumes exactly one draw per step, whatever the batch holds, so its
+    sample is a function of its seed and its own logits only. At temperature 1 and top_p 1 the
+    distribution sampled is exactly the softmax of the logits, i.e. what the engine reports as
+    log-probs. The two vocabulary-sized work buffers are kept across the steps of one generate
+    call (allocating them anew each token cost more than the arithmetic on this CPU)."""
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
         import torch
@@ -95,24 +97,31 @@ class SeededSampler:
         self.torch = torch
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.temperature, self.top_p = temperature, top_p
+        self.buffers: tuple[Any, Any] | None = None  # float32 weights, float64 cumulative weights
 
-    def probs(self, scores):
-        """The sampling distribution of each row (float32, as transformers' sampling computes it)."""
+    def weights(self, scores, out):
+        """Each row's sampling weights (unnormalised, float32), written into `out`."""
         torch = self.torch
-        logits = scores.float() if self.temperature == 1.0 else scores.float() / self.temperature
-        probs = torch.softmax(logits, dim=-1)
+        torch.sub(scores, scores.amax(dim=-1, keepdim=True), out=out)
+        if self.temperature != 1.0:
+            out.div_(self.temperature)
+        out.exp_()
         if self.top_p < 1.0:
-            ranked, order = probs.sort(dim=-1, descending=True, stable=True)
+            ranked, order = (out / out.sum(dim=-1, keepdim=True)).sort(dim=-1, descending=True, stable=True)
             before = ranked.cumsum(dim=-1) - ranked  # the mass of the more likely tokens
             ranked = ranked.masked_fill(before >= self.top_p, 0.0)  # the first token is always kept
-            probs = torch.zeros_like(probs).scatter_(-1, order, ranked)
-        return probs
+            out.zero_().scatter_(-1, order, ranked)
+        return out
 
     def __call__(self, input_ids, scores):  # no **kwargs: transformers would demand them
         torch = self.torch
         if scores.shape[0] != len(self.generators):
             raise RuntimeError(f"SeededSampler has {len(self.generators)} generators for {scores.shape[0]} rows")
-        cdf = self.probs(scores).double().cumsum(dim=-1)
+        if self.buffers is None or self.buffers[0].shape != scores.shape:
+            kw = dict(size=scores.shape, device=scores.device)
+            self.buffers = (torch.empty(**kw, dtype=torch.float32), torch.empty(**kw, dtype=torch.float64))
+        w, cdf = self.buffers
+        torch.cumsum(self.weights(scores.float(), w), dim=-1, dtype=torch.float64, out=cdf)
         u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
         target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
         tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
