@@ -16,10 +16,14 @@ Seeds: a request's ``seed`` is its own, as in vLLM. Sampled rows with a seed are
 the tempered, top-p-filtered softmax of the model's logits. Rows that differ only in their seeds
 share one batched `generate` call, and a row's draws never depend on the other rows of the batch:
 the same seed gives the same sample alone or batched, with other seeds, prompts and lengths, so
-long as the model's logits for the row are the same in both batches (left padding is masked,
-but a different batch shape may change float rounding in the kernels; a token then changes only
-if the draw falls within that rounding of a boundary between two tokens' cumulative
-probabilities). Unseeded rows sample from torch's global RNG, as transformers does.
+long as the model's logits for the row are the same in both batches. Left padding is masked, but
+another batch shape may round differently in the kernels, and a token changes when its draw
+falls within that rounding of a boundary between two tokens' cumulative probabilities. Measured
+(fp32, CPU, 32 new tokens, n = 4, each request alone vs all in one call): tiny-random llama, 16
+prompts, every token the same and log-probs equal to the bit; SmolLM2-135M, 8 prompts, 31 of 32
+samples the same, 977 of 1004 tokens before the first difference, log-probs within 3.2e-5. So a
+seeded sample is reproducible exactly with the same batches, and otherwise up to such rare flips.
+Unseeded rows sample from torch's global RNG, as transformers does.
 """
 
 from __future__ import annotations
