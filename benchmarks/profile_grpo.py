@@ -26,7 +26,11 @@ from collections import Counter
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from report import save_report  # noqa: E402  (imported first: the header's start load average)
+
 RATE = 100
+OTHER = "other (data, batching, bookkeeping, logging)"
 
 # (phase, substrings of a frame that put a sample in it); the first phase whose pattern appears
 # anywhere in the stack wins, so a forward inside `generate` counts as generation
@@ -49,10 +53,20 @@ def phase_of(stack: str) -> str:
     for name, patterns in PHASES:
         if any(p in stack for p in patterns):
             return name
-    return "other (data, batching, bookkeeping, logging)"
+    return OTHER
 
 
-def profile_side(side: str, a: argparse.Namespace, work: Path) -> Counter:
+def own_frame(stack: str) -> str:
+    """The innermost frame of a stack that is rayalign's, TRL's, transformers' or torch's own code."""
+    for frame in reversed(stack.split(";")):
+        for lib in ("rayalign/", "trl/", "transformers/", "torch/"):
+            if lib in frame:
+                name, _, where = frame.partition(" (")
+                return f"{name} ({lib}{where.split(lib, 1)[-1].rstrip(')')})"
+    return stack.split(";")[-1]
+
+
+def profile_side(side: str, a: argparse.Namespace, work: Path) -> tuple[Counter, Counter]:
     raw = work / f"{side}.txt"
     cmd = [sys.executable, str(BENCH / "bench_grpo.py"), "--side", side, "--work", str(work)]
     cmd += ["--result", str(work / f"{side}.json"), "--model", a.model, "--steps", str(a.steps)]
@@ -63,11 +77,15 @@ def profile_side(side: str, a: argparse.Namespace, work: Path) -> Counter:
     if proc.returncode != 0:
         raise RuntimeError(f"side {side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     counts: Counter = Counter()
+    other: Counter = Counter()  # what the unclassified samples were doing
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if stack:
-            counts[phase_of(stack)] += int(n)
-    return counts
+            phase = phase_of(stack)
+            counts[phase] += int(n)
+            if phase == OTHER:
+                other[own_frame(stack)] += int(n)
+    return counts, other
 
 
 def main() -> None:
@@ -79,9 +97,10 @@ def main() -> None:
     p.add_argument("--py-spy", default=str(Path(sys.executable).with_name("py-spy")))
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="profile-grpo-") as tmp:
-        res = {side: profile_side(side, a, Path(tmp)) for side in a.sides.split(",")}
+        both = {side: profile_side(side, a, Path(tmp)) for side in a.sides.split(",")}
+    res = {side: counts for side, (counts, _) in both.items()}
     sides = list(res)
-    names = [n for n, _ in PHASES if not n.startswith("start-up")] + ["other (data, batching, bookkeeping, logging)"]
+    names = [n for n, _ in PHASES if not n.startswith("start-up")] + [OTHER]
     lines = [
         f"# GRPO step profile (py-spy): {', '.join(sides)}",
         "",
@@ -106,9 +125,9 @@ def main() -> None:
     lines.append("| all step phases | " + " | ".join(totals) + " |")
     startup = [f"{res[s]['start-up (imports, model loading, prompt stage)'] / RATE:.1f} s" for s in sides]
     lines += ["", "Start-up per side (not per step): " + ", ".join(f"{s} {t}" for s, t in zip(sides, startup)) + "."]
-    sys.path.insert(0, str(BENCH))
-    from report import save_report
-
+    for side, (_, other) in both.items():
+        top = ", ".join(f"`{frame}` {n / RATE / a.steps:.2f}" for frame, n in other.most_common(6))
+        lines += ["", f'{side}, the largest parts of "other" (innermost library frame, s/step): {top}.']
     save_report(lines, "grpo-profile", quick=a.model.startswith("tiny-random"))
 
 
