@@ -228,7 +228,9 @@ class HFEngine(TokenizingEngine):
             out = self.models[adapter].generate(input_ids=input_ids, attention_mask=attn, **kw)
         seqs = out.sequences if logprobs is not None else out
         gen = seqs[:, width:].tolist()  # one host transfer for the whole batch
-        lsm = [torch.log_softmax(s.float(), dim=-1) for s in out.logits] if logprobs is not None else None
+        # per step: the raw logits and their log-sum-exp (a log-prob is logit − lse; no vocabulary-sized
+        # log-softmax tensor per step)
+        lsm = [(s, torch.logsumexp(s.float(), dim=-1)) for s in out.logits] if logprobs is not None else None
         results = []
         for i, prompt_ids in enumerate(ids_list):
             res = GenResult([], len(prompt_ids), logprobs=[] if lsm is not None else None)
@@ -265,12 +267,12 @@ class HFEngine(TokenizingEngine):
     def _logprobs(self, lsm: list, row: int, seq: list[int], k: int) -> list[TokenLogprob]:
         out = []
         for j, t in enumerate(seq):
-            step = lsm[j][row]
+            logits, lse = lsm[j][0][row], lsm[j][1][row]
             top = []
             if k > 0:
-                vals, idx = step.topk(k)
-                top = [(self.tok.decode([int(ti)]), float(v)) for v, ti in zip(vals.tolist(), idx.tolist())]
-            out.append(TokenLogprob(self.tok.decode([t]), float(step[t]), top, t))
+                vals, idx = logits.topk(k)
+                top = [(self.tok.decode([int(ti)]), float(v - lse)) for v, ti in zip(vals, idx.tolist())]
+            out.append(TokenLogprob(self.tok.decode([t]), float(logits[t] - lse), top, t))
         return out
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
