@@ -23,8 +23,9 @@ same steps and the reward per step. On one CPU box generation and training share
 (the background rollout thread and the trainer split the torch threads), so the overlap gains
 little here; with the engines on their own devices (engine actors, `engines` / `engine_gpus`) the
 step time becomes max(sampling, training) instead of their sum.
-Writes benchmarks/results/<date>-grpo-cpu[-quick].md; the header names the command, the commit,
-the load average and the library versions.
+Writes benchmarks/results/<date>-grpo-cpu[-quick].md (<date>-grpo-bf16-cpu[-quick].md when only
+bf16 sides run); the header names the command, the commit, the load average and the library
+versions. ``--steps 21`` gives 20 timed steps per side.
 """
 
 from __future__ import annotations
@@ -278,7 +279,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from report import save_report
 
-    save_report(report(a, res, (load_before[0], os.getloadavg()[0])), "grpo", a.quick)
+    # the bf16 pair alone writes a file of its own (it does not replace the fp32 / async report)
+    name = "grpo-bf16" if all(side.endswith("-bf16") for side in res) else "grpo"
+    save_report(report(a, res, (load_before[0], os.getloadavg()[0])), name, a.quick)
 
 
 if __name__ == "__main__":

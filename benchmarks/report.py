@@ -50,7 +50,8 @@ def _git(*args: str) -> str:
 def commit_line() -> str:
     """HEAD, and the changed files under src/ and benchmarks/ when the tree differs from it."""
     sha = _git("rev-parse", "HEAD") or "unknown (not a git checkout)"
-    dirty = [line[3:] for line in _git("status", "--porcelain", "--", "src", "benchmarks").splitlines()]
+    # porcelain lines are "XY path"; `_git` strips the output, so the first line may have lost a space
+    dirty = [line[2:].strip() for line in _git("status", "--porcelain", "--", "src", "benchmarks").splitlines()]
     dirty = [p for p in dirty if not p.startswith("benchmarks/results/") and p != "benchmarks/COMMANDS.md"]
     if not dirty:
         return f"`{sha}` (clean)"

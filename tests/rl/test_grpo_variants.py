@@ -1,5 +1,5 @@
 """The variants run end to end in one process and log what they promise: KL to a frozen reference
-(k3 ≥ 0, growing as the policy leaves it), μ = 2 updates per rollout batch (ratios move off 1), RLOO
+(k3 > 0 once the policy left it), μ = 2 updates per rollout batch (ratios move off 1), RLOO
 and Dr. GRPO advantages; and a GRPO stage validates inside a pipeline after sft."""
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ def test_kl_reference_inner_epochs_and_rloo(tmp_path):
         assert r["kl"] >= 0.0
         assert r["reward/length"] == pytest.approx(r["reward_mean"])  # one part, weight 1
         assert r["response_length"] > 0 and r["rollout_tokens_per_s"] > 0 and r["tokens_per_s"] > 0
-    # step 1's first update starts at the reference (k3 = 0); the policy then moves away from it
-    assert recs[0]["kl"] < recs[-1]["kl"]
+    # step 1's first update starts at the reference (k3 = 0), its second one after an update at lr 5e-2:
+    # from then on the policy differs from the reference. (k3 is estimated on each step's own samples,
+    # so its size need not grow from one step to the next.)
+    assert all(r["kl"] > 1e-3 for r in recs)
     assert any(abs(r["ratio_mean"] - 1.0) > 1e-6 for r in recs)  # the second update sees ρ ≠ 1
     assert result.metrics["kl"] == recs[-1]["kl"]
     assert result.stage == "grpo" and result.checkpoint

@@ -50,7 +50,8 @@ from rayalign.rl.env import EnvConfig
 def rollout_seed(seed: int, step: int, row: int) -> int:
     """The sampling seed of one prompt's group: a pure function of the run seed, the step and the
     prompt's row in the prompt set — not of the rank, the engine or the world size — so a resumed
-    run, or the same run on more workers, samples the very same responses."""
+    run samples the very same responses, and the same run on more workers the same ones up to the
+    float rounding of another batch shape (the hf engine's `SeededSampler`)."""
     digest = hashlib.sha256(f"{seed}:{step}:{row}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
