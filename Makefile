@@ -6,6 +6,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.stamp-install
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
+# two test processes (pytest-xdist, whole files per process): one runs while the other waits on Ray,
+# vLLM or a subprocess; each has its own Ray cluster and temp dir (tests/conftest.py). 0 = one process
+PYTEST_WORKERS ?= 2
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
@@ -40,10 +43,10 @@ browser:
 		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 test: install browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install browser
-	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not vllm" $(PYTEST_ARGS)
 
 quickstart: install
 	$(BIN)/python rayjobs/quickstart.py
