@@ -272,12 +272,14 @@ def main() -> None:
             out = side_rayalign(work, a.model, a.steps, a.threads, int(name[1:]), bf16)
         Path(a.result).write_text(json.dumps(out))
         return
+    # imported before the run: the results header's "at the start" load is taken when report is imported
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import save_report
+
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         work = Path(tmp)
         res = {name: run_side(name, work, a) for name in a.sides.split(",")}
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from report import save_report
 
     # the bf16 pair alone writes a file of its own (it does not replace the fp32 / async report)
     name = "grpo-bf16" if all(side.endswith("-bf16") for side in res) else "grpo"
