@@ -141,6 +141,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    # imported before the run: the results header's "at the start" load is taken when report is imported
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import save_report
+
     a.steps = a.steps or (4 if a.quick else 16)
     a.dev_tasks = a.dev_tasks or (16 if a.quick else 48)
     import torch
@@ -152,9 +156,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tools-") as tmp:
         final, recs, seconds = train(Path(tmp), train_rows, a)
         after = evaluate(final, dev, a)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from report import save_report
-
     save_report(report(a, dev, before, after, recs, seconds), "tools", a.quick)
 
 
