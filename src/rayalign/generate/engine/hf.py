@@ -18,7 +18,7 @@ share one batched `generate` call, and a row's draws never depend on the other r
 the same seed gives the same sample alone or batched, with other seeds, prompts and lengths, so
 long as the model's logits for the row are the same in both batches. Left padding is masked, but
 another batch shape may round differently in the kernels, and a token changes when its draw
-falls within that rounding of a boundary between two tokens' cumulative probabilities. Measured
+falls within that rounding of a boundary between two tokens' cumulative probabilities. Measured once, by hand
 (fp32, CPU, 32 new tokens, n = 4, each request alone vs all in one call): tiny-random llama, 16
 prompts, every token the same and log-probs equal to the bit; SmolLM2-135M, 8 prompts, 31 of 32
 samples the same, 977 of 1004 tokens before the first difference, log-probs within 3.2e-5. So a
