@@ -9,6 +9,9 @@ PYTEST_ARGS ?=
 # two test processes (pytest-xdist, whole files per process): one runs while the other waits on Ray,
 # vLLM or a subprocess; each has its own Ray cluster and temp dir (tests/conftest.py). 0 = one process
 PYTEST_WORKERS ?= 2
+# whole files to each process, in the order tests/conftest.py sorts them (the longest recorded in
+# tests/durations.json first), not xdist's default (files with the most tests first)
+PYTEST_DIST := --dist loadfile --no-loadscope-reorder
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
@@ -43,10 +46,10 @@ browser:
 		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 test: install browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_DIST) $(PYTEST_ARGS)
 
 test-fast: install browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not vllm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_DIST) -m "not slow and not vllm" $(PYTEST_ARGS)
 
 quickstart: install
 	$(BIN)/python rayjobs/quickstart.py

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,50 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 TINY = "tiny-random:llama"
+# seconds per test file (setup + call + teardown) from an earlier full run, written by
+# `pytest --record-durations tests/durations.json`: `make test` hands whole files to its two
+# processes longest first, so that no long file starts last and leaves one process working alone
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--record-durations",
+        metavar="PATH",
+        help="write each test file's seconds (setup + call + teardown) to PATH as JSON, for tests/durations.json",
+    )
+
+
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def longest_files_first(items: list) -> None:
+    """Reorder `items` in place: files by their recorded seconds (longest first), then files with no
+    record in collection order; the tests of a file keep their order."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(file_of(item.nodeid), i)
+    items.sort(key=lambda item: (-seconds.get(file_of(item.nodeid), 0.0), first_seen[file_of(item.nodeid)]))
+
+
+_file_seconds: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _file_seconds[file_of(report.nodeid)] += report.duration
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("record_durations")
+    if path and not hasattr(session.config, "workerinput"):  # the controller gets every worker's reports
+        ranked = sorted(_file_seconds.items(), key=lambda kv: -kv[1])
+        Path(path).write_text(json.dumps({f: round(s, 1) for f, s in ranked}, indent=1) + "\n")
 
 
 def pytest_collection_modifyitems(config, items):
+    longest_files_first(items)
     try:
         import torch
 
