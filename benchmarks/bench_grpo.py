@@ -54,8 +54,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ["cats", "rain", "bread", "music", "rivers", "stars", "chess", "tea"]
@@ -66,8 +66,7 @@ LORA = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "
 LAST = 5  # "final reward": the mean reward of the last LAST steps (one step's 16 samples are noisy)
 
 
-@dataclass(frozen=True)
-class Side:
+class Side(NamedTuple):
     """A side's name, parsed: ``kN`` rayalign at max_staleness N, ``lora`` rayalign's LoRA policy
     (k 0), ``trl`` TRL's GRPOTrainer; suffixes ``-bf16``, ``-vllm`` (rayalign's engine on vLLM),
     ``-lora`` (TRL with a peft LoRA config)."""
