@@ -89,9 +89,11 @@ def load_into_vllm(engine: Any, state: dict[str, torch.Tensor]) -> None:
     tensors, seen = {}, set()
     for name, t in state.items():
         t = t.detach().to("cpu").contiguous()
-        if t.data_ptr() in seen and t.numel():  # tied weights (embeddings = LM head): a file holds each once
+        storage = t.untyped_storage().data_ptr()
+        if storage in seen and t.numel():  # tied weights (embeddings = LM head), views: a file holds each once
             t = t.clone()
-        seen.add(t.data_ptr())
+            storage = t.untyped_storage().data_ptr()
+        seen.add(storage)
         tensors[name] = t
     folder = shared_folder(sum(t.numel() * t.element_size() for t in tensors.values()))
     if folder is None:
