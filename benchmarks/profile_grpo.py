@@ -9,8 +9,10 @@ Python stacks of every thread that is not idle, 100 per second). Every sample is
 phase its stack shows, looked for in this order: generation (transformers' `generate`, with the
 logits processors / token choice apart from the rest of it), backward, optimizer step, weight
 sync to the engine, training forward (the model's forward outside `generate`), reward, and the
-rest; start-up (imports, model loading, the prompt stage) is looked for first. Seconds per step
-are the phase's samples ÷ the rate ÷ steps; start-up is reported in seconds for the whole run.
+rest; start-up (imports, model loading, the prompt stage) is looked for first, then rayalign's one
+checkpoint save after the last step (which `bench_grpo.py` leaves out of its timed steps and TRL,
+saving nothing, does not do). Seconds per step are the phase's samples ÷ the rate ÷ steps; start-up
+and the final save are reported in seconds for the whole run, apart from the step phases.
 Writes benchmarks/results/<date>-grpo-profile-cpu[-quick].md (-quick: the tiny model); needs py-spy
 (the dev extra).
 """
@@ -31,14 +33,19 @@ from report import save_report  # noqa: E402  (imported first: the header's star
 
 RATE = 100
 OTHER = "other (data, batching, bookkeeping, logging)"
+STARTUP = "start-up (imports, model loading, prompt stage)"
+SAVE = "final checkpoint save (once, after the last step)"
+ONCE = (STARTUP, SAVE)  # per run, not per step
 
 # (phase, substrings of a frame that put a sample in it); the first phase whose pattern appears
 # anywhere in the stack wins, so a forward inside `generate` counts as generation
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     (
-        "start-up (imports, model loading, prompt stage)",
+        STARTUP,
         ("_find_and_load", "from_pretrained", "load_model", "run_prepare", "_call_with_frames_removed"),
     ),
+    # rayalign's one checkpoint after the last step (bench_grpo times none of it; TRL saves nothing)
+    (SAVE, ("save_checkpoint (", "flush_checkpoint (", "save_extra (")),
     ("generation: sampling step (logits processors, token choice)", ("SeededSampler", "logits_process.py")),
     ("generation: the rest (decoder forward, cache, stopping)", ("generation/utils.py",)),
     ("backward", ("run_backward", "_engine_run_backward", "backward (torch/_tensor.py")),
@@ -100,14 +107,14 @@ def main() -> None:
         both = {side: profile_side(side, a, Path(tmp)) for side in a.sides.split(",")}
     res = {side: counts for side, (counts, _) in both.items()}
     sides = list(res)
-    names = [n for n, _ in PHASES if not n.startswith("start-up")] + [OTHER]
+    names = [n for n, _ in PHASES if n not in ONCE] + [OTHER]
     lines = [
         f"# GRPO step profile (py-spy): {', '.join(sides)}",
         "",
         f"Model `{a.model}`, {a.steps} steps per side, torch threads {a.threads}, the equal-work settings of "
         "`benchmarks/bench_grpo.py`; py-spy wall-clock samples at "
         f"{RATE}/s of non-idle threads. Seconds per step = samples ÷ {RATE} ÷ {a.steps} (the first step's "
-        "warm-up included); start-up is the whole run's.",
+        "warm-up included); start-up and the final checkpoint save are the whole run's.",
         "",
         "| phase | " + " | ".join(f"{s}: s/step | {s}: share of step" for s in sides) + " |",
         "|---|" + "---|---|" * len(sides),
@@ -115,16 +122,17 @@ def main() -> None:
     for name in names:
         cells = []
         for s in sides:
-            step_total = sum(v for k, v in res[s].items() if not k.startswith("start-up"))
+            step_total = sum(v for k, v in res[s].items() if k not in ONCE)
             cells += [f"{res[s][name] / RATE / a.steps:.2f}", f"{100 * res[s][name] / max(step_total, 1):.0f}%"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     totals = []
     for s in sides:
-        step_total = sum(v for k, v in res[s].items() if not k.startswith("start-up"))
+        step_total = sum(v for k, v in res[s].items() if k not in ONCE)
         totals += [f"{step_total / RATE / a.steps:.2f}", "100%"]
     lines.append("| all step phases | " + " | ".join(totals) + " |")
-    startup = [f"{res[s]['start-up (imports, model loading, prompt stage)'] / RATE:.1f} s" for s in sides]
-    lines += ["", "Start-up per side (not per step): " + ", ".join(f"{s} {t}" for s, t in zip(sides, startup)) + "."]
+    for name in ONCE:
+        each = ", ".join(f"{s} {res[s][name] / RATE:.1f} s" for s in sides)
+        lines += ["", f"{name[0].upper()}{name[1:]}, per side (not per step): {each}."]
     for side, (_, other) in both.items():
         top = ", ".join(f"`{frame}` {n / RATE / a.steps:.2f}" for frame, n in other.most_common(6))
         lines += ["", f'{side}, the largest parts of "other" (innermost library frame, s/step): {top}.']
