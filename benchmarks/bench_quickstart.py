@@ -2,17 +2,20 @@
 
     python benchmarks/bench_quickstart.py                       # dev split only (choose recipes here)
     python benchmarks/bench_quickstart.py --heldout             # then the held-out suite, read once
+    python benchmarks/bench_quickstart.py --run-dir runs/old --rescore runs/old-dev2 --name quickstart-old
     python benchmarks/bench_quickstart.py --run-dir runs/q --set stages.clair.config.length_contrast=true \
         --name quickstart-length-contrast --compare runs/quickstart-dev    # a variant against another run
 
 Runs `rayjobs/configs/quickstart.yaml` (the embedded SmolLM2-135M-Instruct: sample → CLAIR → reference
 → APO-zero) with its eval stage scoring base vs aligned on the dev split
-(`rayjobs/data/dev_suite.jsonl`, prompts of the training prompts' make that nothing trains on) and
-no promotion gate. A finished run folder is reused (the pipeline skips finished stages), so the
-held-out read can follow a dev run without training again. With `--heldout` the trained model and
-the base are then scored once on the independent held-out suite (`suite: heldout`: own phrasings,
-kinds never trained); the eval stage counts the read in `$RAYALIGN_CACHE/suite_reads.json` and the
-report quotes that count.
+(`rayjobs/data/dev_suite.jsonl`: the training prompts' tasks and kinds, worded in a phrasing family
+no training prompt uses, so it reads transfer to new wordings) and no promotion gate. A finished run
+folder is reused (the pipeline skips finished stages), so the held-out read can follow a dev run
+without training again; `--rescore DIR` trains nothing and scores a finished run's model and the
+base on the current dev split into DIR/eval (after the dev split changed, say). With `--heldout`
+the trained model and the base are then scored once on the independent held-out suite
+(`suite: heldout`: own phrasings, kinds never trained); the eval stage counts the read in
+`$RAYALIGN_CACHE/suite_reads.json` and the report quotes that count.
 
 Writes benchmarks/results/<date>-quickstart-cpu.md: stage times as the run recorded them, each
 suite's headline with its 95% paired bootstrap interval, seen/unseen kinds, format leaks and
@@ -98,6 +101,33 @@ def compare_lines(run_dir: str, other: str) -> list[str]:
     return [*lines, ""]
 
 
+def score(run_dir: str, suite: str, out: str) -> None:
+    """The eval stage as the quickstart configures it (engine, sampling), scoring `run_dir`'s trained
+    model and the base on `suite` into `out`, with no gate."""
+    import yaml
+
+    from rayalign.eval.stage import EvalConfig, run_eval
+    from rayalign.pipeline import read_summary
+
+    stages = {s.get("id"): s for s in (read_summary(run_dir) or {})["stages"]}
+    spec = yaml.safe_load(CONFIG.read_text())
+    stage_cfg = next(s for s in spec["stages"] if s["name"] == "eval")["config"]
+    cfg = EvalConfig.model_validate(
+        {
+            **stage_cfg,  # the quickstart's own engine and sampling settings
+            "model": stages["prefer"]["checkpoint"],
+            "baseline_model": spec["defaults"]["model"],
+            "heldout_pairs": None,  # the run's own eval scored the held-out pairs
+            "output": out,
+            "suite": suite,
+            "gate": None,
+            "run_dir": run_dir,
+            "torch_threads": int(os.environ["RAYALIGN_TORCH_THREADS"]),
+        }
+    )
+    run_eval(cfg)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", default=str(REPO / "runs" / "quickstart-dev"), help="the pipeline run folder")
@@ -107,16 +137,37 @@ def main() -> None:
     )
     p.add_argument("--name", default="quickstart", help="results file name: <date>-<name>-cpu.md")
     p.add_argument("--compare", metavar="RUN", help="a finished run folder to compare this run's aligned model with")
+    p.add_argument(
+        "--rescore",
+        metavar="DIR",
+        help="no training: score --run-dir's trained model and the base on the current dev split into DIR/eval",
+    )
     a = p.parse_args()
 
     from quickstart import thread_overrides  # rayjobs/quickstart.py: torch threads = the free cores
 
     from rayalign import storage
-    from rayalign.eval.stage import EvalConfig, run_eval
     from rayalign.pipeline import main as run_pipeline
     from rayalign.pipeline import read_summary
 
     t0 = time.time()
+    if a.rescore:
+        thread_overrides()
+        score(a.run_dir, DEV, storage.join(a.rescore, "eval"))
+        dev = storage.read_json(storage.join(a.rescore, "eval", "results.json"))
+        dev_md = storage.read_text(storage.join(a.rescore, "eval", "report", "report.md"))
+        lines = [
+            f"# Quickstart quality, re-scored — {time.strftime('%Y-%m-%d')}",
+            "",
+            f"The trained model of `{a.run_dir}` and the base, scored on the dev split `{DEV}` by "
+            f"`{CONFIG.relative_to(REPO)}`'s eval stage into `{a.rescore}` (nothing trained).",
+            "",
+            f"This invocation: {time.time() - t0:.0f} s.",
+            "",
+            *suite_lines("Dev split (recipes are chosen here)", dev, dev_md),
+        ]
+        save_report(lines, a.name)
+        return
     overrides = [
         f"run_dir={a.run_dir}",
         f"stages.eval.config.suite={DEV}",
@@ -148,27 +199,9 @@ def main() -> None:
         lines += compare_lines(a.run_dir, a.compare)
 
     if a.heldout:
-        import yaml
-
-        stages = {s.get("id"): s for s in summary["stages"]}
-        spec = yaml.safe_load(CONFIG.read_text())
-        stage_cfg = next(s for s in spec["stages"] if s["name"] == "eval")["config"]
         out = storage.join(a.run_dir, "eval-heldout")
-        cfg = EvalConfig.model_validate(
-            {
-                **stage_cfg,  # the quickstart's own engine and sampling settings
-                "model": stages["prefer"]["checkpoint"],
-                "baseline_model": spec["defaults"]["model"],
-                "heldout_pairs": None,  # the dev run's eval already scored the held-out pairs
-                "output": out,
-                "suite": "heldout",
-                "gate": None,
-                "run_dir": a.run_dir,
-                "torch_threads": int(os.environ["RAYALIGN_TORCH_THREADS"]),
-            }
-        )
         t1 = time.time()
-        run_eval(cfg)
+        score(a.run_dir, "heldout", out)
         held = storage.read_json(storage.join(out, "results.json"))
         held_md = storage.read_text(storage.join(out, "report", "report.md"))
         lines += [f"Held-out eval: {time.time() - t1:.0f} s.", ""]

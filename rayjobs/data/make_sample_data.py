@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from rayalign.generate.instructions import CONFLICTS, SECONDARY, instruction
+from rayalign.generate.instructions import CONFLICTS, DEV_FAMILY, SECONDARY, TRAIN_FAMILIES, instruction
 
 HERE = Path(__file__).parent
 
@@ -203,9 +203,12 @@ N_CONSTRAINT_PROMPTS, N_DEV = 300, 60
 
 def constraint_prompts(rng: random.Random) -> list[dict]:
     """Training prompts over every constraint kind that has a rule-based fix (all the eval checks but
-    `min_words`), then a dev split of the same make: `N_DEV` more rows, kept out of training, for
-    choosing recipes. Tasks are `prompt_tasks`' (subjects disjoint from the eval suite's); the pairing
-    rules (`CONFLICTS`) are the same as the packaged suite's, so no prompt asks for two instructions that contradict each other."""
+    `min_words`), each instruction in a phrasing family drawn from `TRAIN_FAMILIES`; then the dev
+    split: `N_DEV` more rows, kept out of training, whose instructions all use `DEV_FAMILY`, a
+    phrasing of each kind that no training prompt carries, so choosing recipes on dev rewards
+    transfer to new wordings rather than recall of the training sentences. Tasks are
+    `prompt_tasks`' (subjects disjoint from the eval suite's); the pairing rules (`CONFLICTS`) are the
+    same as the packaged suite's, so no prompt asks for two instructions that contradict each other."""
     from rayalign.generate.verify import FIXES
 
     kinds = sorted(FIXES)
@@ -213,19 +216,22 @@ def constraint_prompts(rng: random.Random) -> list[dict]:
     seen: set[str] = set()
     i = 0
     while len(rows) < N_CONSTRAINT_PROMPTS + N_DEV:
+        dev = len(rows) >= N_CONSTRAINT_PROMPTS
         task, keywords = prompt_tasks(rng)
         first = kinds[i % len(kinds)]
-        text, c = instruction(first, rng, keywords)
+        family = DEV_FAMILY if dev else rng.choice(TRAIN_FAMILIES)
+        text, c = instruction(first, rng, keywords, family)
         texts, cons = [text], [c]
         allowed = [k for k in SECONDARY if k not in CONFLICTS.get(first, set()) and k != first]
         if i % 3 == 0 and allowed:
-            text, c = instruction(rng.choice(allowed), rng, keywords)
+            family = DEV_FAMILY if dev else rng.choice(TRAIN_FAMILIES)
+            text, c = instruction(rng.choice(allowed), rng, keywords, family)
             texts.append(text)
             cons.append(c)
         i += 1
         prompt = " ".join([task, *texts])
-        if len(rows) >= N_CONSTRAINT_PROMPTS and prompt in seen:
-            continue  # a dev prompt never repeats a training prompt
+        if dev and prompt in seen:
+            continue  # a dev prompt never repeats a training prompt (nor another dev prompt)
         seen.add(prompt)
         rows.append({"id": f"cprompt-{len(rows):04d}", "prompt": prompt, "meta": {"constraints": cons}})
     return rows

@@ -3,8 +3,9 @@
 - the training side (bundled-data generators, generate/, rl/, prefer/, train/) imports nothing
   from the eval package, so no training prompt can be built from an eval suite's generator;
 - no run of five words of held-out instruction text occurs in any training or dev prompt (n-gram
-  overlap, not only whole-prompt equality); the allowance is zero shared 5-grams: the generator
-  was written to meet it, and a shared 5-gram would be a phrase a model could learn verbatim;
+  overlap, not only whole-prompt equality), nor in any phrasing family of the training generator
+  rendered over many parameter draws; the allowance is zero shared 5-grams: the generators were
+  written to meet it, and a shared 5-gram would be a phrase a model could learn verbatim;
 - the unseen kinds (`rayalign.checks.HELDOUT_KINDS`) have no rule fix and occur in no training
   prompt file.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 from rayalign.checks import CHECKS, HELDOUT_KINDS, WORD, check_response
 from rayalign.eval import heldout, make_suite
-from rayalign.generate import verify
+from rayalign.generate import instructions, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "rayjobs" / "data"
@@ -98,6 +100,21 @@ def test_no_shared_five_word_run_with_training_or_dev_prompts():
     tasks = {t for t, _ in heldout.TASKS}
     assert not any(p.startswith(t) for p in prompt_texts(DATA / "constraint_prompts.jsonl") for t in tasks)
     assert not tasks & {t for t, _ in make_suite.TOPICS}
+
+
+def test_no_training_phrasing_family_shares_a_five_word_run_with_the_heldout_suite():
+    """Every phrasing family of the training generator, rendered for every kind over many parameter
+    draws (not only the draws the bundled files happen to hold), stays clear of held-out text."""
+    held = set().union(*(grams(t) for t in heldout.instruction_texts(heldout.build())))
+    rendered: set[tuple[str, ...]] = set()
+    for kind in instructions.PHRASINGS:
+        assert len(instructions.PHRASINGS[kind]) == instructions.N_FAMILIES, kind
+        for family in range(instructions.N_FAMILIES):
+            for seed in range(30):
+                text, _ = instructions.instruction(kind, random.Random(seed), ["habit", "daily", "sleep"], family)
+                rendered |= grams(text)
+    assert len(rendered) > 800  # all four families of all kinds are really there
+    assert not held & rendered, sorted(held & rendered)[:5]
 
 
 def test_ngram_check_catches_a_paraphrase_that_reuses_training_words():

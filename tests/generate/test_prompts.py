@@ -298,3 +298,67 @@ def test_constraint_prompts_match_their_generator_and_dev_is_held_apart():
         assert not any(r["prompt"].startswith(t) for t in suite_tasks), r["id"]
     assert not {r["prompt"] for r in build()} & {r["prompt"] for r in train + dev}
     assert {c["kind"] for r in train for c in r["meta"]["constraints"]} == set(verify.FIXES)
+
+
+def five_grams(text: str) -> set[tuple[str, ...]]:
+    from rayalign.checks import WORD
+
+    w = [x.lower() for x in WORD.findall(text)]
+    return {tuple(w[i : i + 5]) for i in range(len(w) - 4)}
+
+
+def test_dev_split_is_phrased_in_a_family_no_training_prompt_uses():
+    """The dev split measures transfer to new wordings: its instructions are all in `DEV_FAMILY`, the
+    training prompts' in `TRAIN_FAMILIES` (several per kind, each really used), and no run of five
+    words of a dev instruction occurs in a training instruction (parameter values such as a closing
+    phrase aside: they are the constraint, not its wording)."""
+    import json
+    import random
+    from collections import defaultdict
+    from pathlib import Path
+
+    from rayalign.generate import instructions as ins
+
+    data = Path(__file__).parents[2] / "rayjobs" / "data"
+    train = [json.loads(x) for x in (data / "constraint_prompts.jsonl").read_text().splitlines()]
+    dev = [json.loads(x) for x in (data / "dev_suite.jsonl").read_text().splitlines()]
+    assert ins.DEV_FAMILY not in ins.TRAIN_FAMILIES and len(ins.TRAIN_FAMILIES) >= 3
+
+    def families(row: dict, constraints: list[dict]) -> list[int]:
+        """Which family wrote each instruction: the one whose rendering of the constraint is in the prompt."""
+        out = []
+        for c in constraints:
+            params = {k: v for k, v in c.items() if k != "kind"}
+            hits = [f for f, render in enumerate(ins.PHRASINGS[c["kind"]]) if render(**params) in row["prompt"]]
+            assert len(hits) == 1, (row["id"], c, hits)
+            out += hits
+        return out
+
+    used: dict[str, set[int]] = defaultdict(set)
+    for r in train:
+        for c, f in zip(r["meta"]["constraints"], families(r, r["meta"]["constraints"])):
+            assert f in ins.TRAIN_FAMILIES, r["id"]
+            used[c["kind"]].add(f)
+    assert all(fams == set(ins.TRAIN_FAMILIES) for fams in used.values()), dict(used)
+    assert all(f == ins.DEV_FAMILY for r in dev for f in families(r, r["constraints"]))
+
+    def instruction_text(prompt: str) -> str:
+        return prompt.split(". ", 1)[1]  # the task is the first sentence
+
+    values = set().union(*(five_grams(p) for p in ins.OPENERS + ins.CLOSERS))
+    trained = set().union(*(five_grams(instruction_text(r["prompt"])) for r in train)) - values
+    dev_grams = set().union(*(five_grams(instruction_text(r["prompt"])) for r in dev)) - values
+    assert len(dev_grams) > 150 and not dev_grams & trained, sorted(dev_grams & trained)[:5]
+    # and over every parameter draw, not only the bundled ones
+    rendered = {
+        f: set().union(
+            *(
+                five_grams(ins.instruction(k, random.Random(s), ["habit", "daily", "sleep"], f)[0])
+                for k in ins.PHRASINGS
+                for s in range(30)
+            )
+        )
+        - values
+        for f in range(ins.N_FAMILIES)
+    }
+    assert not rendered[ins.DEV_FAMILY] & set().union(*(rendered[f] for f in ins.TRAIN_FAMILIES))
