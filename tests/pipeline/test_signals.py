@@ -93,7 +93,8 @@ def test_sigterm_stops_the_run_and_its_ray_cluster(tmp_path):
     procs = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out + err)[-3000:]
+    logs = "".join(f.read_text(errors="replace") for f in (run_dir / "logs").glob("*.log"))
+    assert proc.returncode == 130, (out + err + logs)[-3000:]
     assert "interrupted; run the same command again to resume" in err
     rec = json.loads(record.read_text())
     assert rec["status"] == "failed" and rec["error"].startswith("KeyboardInterrupt")
