@@ -149,16 +149,24 @@ def ray_start(
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen, temp_dir: str) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop(procs: list[tuple[subprocess.Popen, str]], grace_s: float = 5) -> None:
+    """SIGTERM every node at once, give them `grace_s` together, then SIGKILL what is left of them
+    (any process whose command line names a node's temp dir). `ray start --block` took the whole
+    20 s it was once given, one node after the other: nothing here needs a graceful stop."""
+    for proc, _ in procs:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    dirs = [temp_dir for _, temp_dir in procs]
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != os.getpid():
             try:
-                if temp_dir in (d / "cmdline").read_bytes().decode(errors="replace"):
+                cmdline = (d / "cmdline").read_bytes().decode(errors="replace")
+                if any(temp_dir in cmdline for temp_dir in dirs):
                     os.kill(int(d.name), signal.SIGKILL)
             except (OSError, ProcessLookupError):
                 pass
@@ -260,8 +268,7 @@ def two_nodes(s3_server, hub, tmp_path_factory):
         yield {"bin": bin_dir, "env": env, "dashboard": f"http://127.0.0.1:{dash}", "node_dir": node_dir,
                "hf_homes": homes}  # fmt: skip
     finally:
-        for proc, temp_dir in reversed(procs):
-            stop(proc, temp_dir)
+        stop(list(reversed(procs)))
         shutil.rmtree(head_dir, ignore_errors=True)
         shutil.rmtree(node_dir, ignore_errors=True)
 

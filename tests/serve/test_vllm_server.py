@@ -101,7 +101,7 @@ def test_concurrent_streams_progress_together_and_equal_single_requests(client):
 
     def one(p):
         first, parts = None, []
-        for c in client.completions.create(model=MODEL, prompt=p, max_tokens=48, temperature=0, stream=True):
+        for c in client.completions.create(model=MODEL, prompt=p, max_tokens=32, temperature=0, stream=True):
             if c.choices and c.choices[0].text and first is None:
                 first = time.monotonic() - t0
             parts.append(c.choices[0].text if c.choices else "")
@@ -113,7 +113,7 @@ def test_concurrent_streams_progress_together_and_equal_single_requests(client):
     assert all(f is not None for f in firsts)
     assert max(firsts) < min(ends), (firsts, ends)
     alone = [
-        client.completions.create(model=MODEL, prompt=p, max_tokens=48, temperature=0).choices[0].text for p in prompts
+        client.completions.create(model=MODEL, prompt=p, max_tokens=32, temperature=0).choices[0].text for p in prompts
     ]
     assert [r[2] for r in results] == alone
 
