@@ -120,7 +120,7 @@ def ray_head():
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=15)  # it drains first; anything left after that is killed below
+            proc.wait(timeout=5)  # `ray start --block` used the whole 15 s once given; what is left is killed below
         except subprocess.TimeoutExpired:
             proc.kill()
         for pid in _pids_under(temp_dir):
