@@ -14,13 +14,19 @@ from rayalign.config import ConfigError
 
 
 def _stage_main(stage: str, argv: list[str]) -> int:
+    from rayalign.raycluster import ray_running, shutdown_ray
     from rayalign.stages import run_stage
 
     p = argparse.ArgumentParser(prog=f"rayalign {stage}", description=f"run the {stage} stage")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = p.parse_args(argv)
-    result = run_stage(stage, args.config, args.overrides)
+    ray_before = ray_running()
+    try:
+        result = run_stage(stage, args.config, args.overrides)
+    finally:
+        if not ray_before:  # before exit: an interrupted dataset's threads are joined first
+            shutdown_ray()
     print(json.dumps(result.to_json(), indent=2, default=str)[:4000])
     return 0
 

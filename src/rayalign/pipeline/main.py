@@ -10,7 +10,6 @@ import shlex
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from rayalign import storage
 from rayalign.config import ConfigError
 from rayalign.pipeline.spec import PipelineConfig
 from rayalign.pipeline.status import RUN_FILE
+from rayalign.raycluster import ensure_ray, ray_running, shutdown_ray
 
 LOG_DIR = "logs"
 # lines in library logs worth one line of the user's attention (the rest stays in the log file)
@@ -112,29 +112,6 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _ray_running() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
-def _shutdown_ray(grace_s: float = 30.0) -> None:
-    """Stop the Ray cluster this run started (a joined cluster via RAY_ADDRESS only disconnects).
-
-    A dataset interrupted mid-run (Ctrl-C, SIGTERM) leaves its executor thread finishing a
-    scheduling step: Ray Data waits 2 s for it, and if that thread calls into Ray after
-    `ray.shutdown()`, Ray's core worker ends the whole process with exit code 1 (measured: 1 in 3
-    interrupted runs on a loaded 2-core box), which a scheduler would read as a failure rather than
-    a stop. So those threads are joined first, for at most `grace_s`.
-    """
-    if not _ray_running():
-        return
-    deadline = time.monotonic() + grace_s
-    for thread in threading.enumerate():
-        if thread.name.startswith("StreamingExecutor-") and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
-    sys.modules["ray"].shutdown()
-
-
 def _run(pipe: PipelineConfig, args: argparse.Namespace) -> None:
     """Run with library output in the run's log, SIGTERM as Ctrl-C, and Ray stopped at the end."""
     from rayalign.pipeline.render import make_display
@@ -148,13 +125,11 @@ def _run(pipe: PipelineConfig, args: argparse.Namespace) -> None:
         storage.join(pipe.run_dir, RUN_FILE),
         {"command": resume, "pipeline": str(Path(args.pipeline).resolve()), "overrides": list(args.overrides)},
     )
-    ray_before = _ray_running()
+    ray_before = ray_running()
     with library_logs_to_file(pipe.run_dir, args.verbose, args.progress == "json") as (stream, _):
         display = make_display(stream, mode=args.progress)
         try:
             if pipe.start_ray:
-                from rayalign.raycluster import ensure_ray
-
                 ensure_ray()
             # after ray.init, which installs a SIGTERM handler of its own: a scheduler's stop
             # unwinds like Ctrl-C, so the stage is recorded and the cluster shut down below
@@ -163,7 +138,7 @@ def _run(pipe: PipelineConfig, args: argparse.Namespace) -> None:
         finally:
             display.close()
             if not ray_before:
-                _shutdown_ray()
+                shutdown_ray()
 
 
 def main(argv: list[str] | None = None) -> int:
