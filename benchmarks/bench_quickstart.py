@@ -5,13 +5,17 @@
     python benchmarks/bench_quickstart.py --run-dir runs/old --rescore runs/old-dev2 --name quickstart-old
     python benchmarks/bench_quickstart.py --run-dir runs/q --set stages.clair.config.length_contrast=true \
         --name quickstart-length-contrast --compare runs/quickstart-dev    # a variant against another run
+    python benchmarks/bench_quickstart.py --reuse runs/quickstart-dev --run-dir runs/q2 \
+        --set stages.prefer.config.objective.beta=0.2 --name quickstart-beta --compare runs/quickstart-dev
 
 Runs `rayjobs/configs/quickstart.yaml` (the embedded SmolLM2-135M-Instruct: sample → CLAIR → reference
 → APO-zero) with its eval stage scoring base vs aligned on the dev split
 (`rayjobs/data/dev_suite.jsonl`: the training prompts' tasks and kinds, worded in a phrasing family
 no training prompt uses, so it reads transfer to new wordings) and no promotion gate. A finished run
 folder is reused (the pipeline skips finished stages), so the held-out read can follow a dev run
-without training again; `--rescore DIR` trains nothing and scores a finished run's model and the
+without training again, and `--reuse RUN` starts a new run folder from a finished run's, keeping
+the stages whose config the variant leaves unchanged (a plain copy of the folder re-runs every stage:
+each stage's config names its own output folder); `--rescore DIR` trains nothing and scores a finished run's model and the
 base on the current dev split into DIR/eval (after the dev split changed, say). With `--heldout`
 the trained model and the base are then scored once on the independent held-out suite
 (`suite: heldout`: own phrasings, kinds never trained); the eval stage counts the read in
@@ -22,7 +26,7 @@ suite's headline with its 95% paired bootstrap interval, seen/unseen kinds, form
 repetition (the eval stage's own report sections follow). `--name` names a variant's file
 (<date>-<name>-cpu.md) so that it does not replace the recipe's; `--compare RUN` adds this run's
 aligned model against RUN's aligned model on the same dev prompts (paired interval, per kind, answer
-length where the prompt sets none).
+length where the prompt sets none, answers that loop a phrase).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def compare_lines(run_dir: str, other: str) -> list[str]:
     """This run's aligned model against `other`'s on the dev split: the paired prompt-level interval,
     the pass rate per kind, and answer length where the prompt sets none."""
     from rayalign import storage
+    from rayalign.checks import repeated_phrase
     from rayalign.eval.leaks import answer_lengths
     from rayalign.eval.stats import paired
 
@@ -98,6 +103,11 @@ def compare_lines(run_dir: str, other: str) -> list[str]:
     lines.append(
         f"| under 20 words | {us['n']} | {base['short']['count']} | {them['short']['count']} | {us['short']['count']} |"
     )
+    loops = [
+        sum(repeated_phrase(r[side]["response"]) for r in run)
+        for run, side in [(ours, "baseline"), (theirs, "aligned"), (ours, "aligned")]
+    ]
+    lines.append(f"| repeating a 4-word phrase 4+ times (all prompts) | {len(ours)} | {' | '.join(map(str, loops))} |")
     return [*lines, ""]
 
 
@@ -142,9 +152,14 @@ def main() -> None:
         metavar="DIR",
         help="no training: score --run-dir's trained model and the base on the current dev split into DIR/eval",
     )
+    p.add_argument(
+        "--reuse",
+        metavar="RUN",
+        help="start --run-dir (new) as a copy of the finished run RUN: only the stages --set changes and later ones run",
+    )
     a = p.parse_args()
 
-    from quickstart import thread_overrides  # rayjobs/quickstart.py: torch threads = the free cores
+    from quickstart import reuse_run, thread_overrides  # rayjobs/quickstart.py
 
     from rayalign import storage
     from rayalign.pipeline import main as run_pipeline
@@ -174,14 +189,20 @@ def main() -> None:
         "stages.eval.config.gate=null",
         *a.set,
     ]
-    rc = run_pipeline([str(CONFIG), *thread_overrides(), *overrides])
+    args = [*thread_overrides(), *overrides]
+    reused = ""
+    if a.reuse:
+        kept = reuse_run(a.reuse, a.run_dir, CONFIG, args)
+        storage.remove_tree(storage.join(a.run_dir, "eval-heldout"))  # RUN's held-out read is not this run's
+        reused = f" Stages kept from `{a.reuse}` (their config unchanged): {', '.join(kept) or 'none'}."
+    rc = run_pipeline([str(CONFIG), *args])
     if rc != 0:
         sys.exit(f"the quickstart pipeline failed (exit {rc}); see {a.run_dir}")
     summary = read_summary(a.run_dir) or {}
     lines = [
         f"# Quickstart quality — {time.strftime('%Y-%m-%d')}",
         "",
-        f"`{CONFIG.relative_to(REPO)}` with `{' '.join(overrides[1:])}`; run folder `{a.run_dir}`.",
+        f"`{CONFIG.relative_to(REPO)}` with `{' '.join(overrides[1:])}`; run folder `{a.run_dir}`.{reused}",
         "",
         "| stage | seconds (as recorded when it ran) |",
         "|---|---:|",

@@ -13,7 +13,10 @@ Re-running skips finished stages; a killed run resumes. At the end it prints the
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -79,6 +82,43 @@ def thread_overrides() -> list[str]:
     with 2 threads than with 1 on a busy 2-core box). $RAYALIGN_TORCH_THREADS, if set, decides."""
     threads = os.environ.setdefault("RAYALIGN_TORCH_THREADS", str(free_cores()))
     return [f"stages.prefer.config.torch_threads={threads}", f"stages.eval.config.torch_threads={threads}"]
+
+
+def reuse_run(src: str, dst: str, config: str | Path, overrides: list[str]) -> list[str]:
+    """Start run folder `dst` (local, absent) as a copy of the finished run `src` that keeps every
+    stage whose resolved config under `overrides` is the recorded one, so a variant re-runs only the
+    stage it changes and those after it. A stage's config holds its own output path, which moves with
+    the folder, so a plain copy would re-run everything: the copy's records get the paths of `dst`
+    and, where the config is otherwise unchanged, the hash the runner computes for it now. Returns the
+    kept stage ids (in order; the first changed stage and all later ones run again)."""
+    from rayalign.pipeline import records, steps
+    from rayalign.pipeline.refs import Entry
+    from rayalign.pipeline.runner import State, resolve_step, where_of
+    from rayalign.results import Status
+
+    if Path(dst).exists():
+        raise FileExistsError(f"{dst} exists: reuse copies a finished run into a new folder")
+    shutil.copytree(src, dst)
+    moved = re.compile(re.escape(json_str(src.rstrip("/"))) + r'(?=[/"])')
+    for f in [*Path(dst).rglob(records.STAGE_RECORD), *Path(dst).rglob("manifest.json")]:
+        f.write_text(moved.sub(json_str(dst.rstrip("/")), f.read_text()))
+    pipe = load_pipeline(config, [*overrides, f"run_dir={dst}"])
+    state, kept = State(pipe), []
+    for i, step in enumerate(steps(pipe)):
+        r = resolve_step(pipe, step, state.scope(step), where_of(str(config), i, step))
+        old = records.read_record(dst, step.id)
+        if old is None or old.status != Status.COMPLETE or old.config != r.cfg.model_dump(mode="json"):
+            break
+        old.config_hash = r.hash
+        records.write_record(dst, step.id, old)
+        state.add(step, Entry(old.config, old.result, r.hash))
+        kept.append(step.id)
+    return kept
+
+
+def json_str(s: str) -> str:
+    """`s` as it appears inside a JSON string."""
+    return json.dumps(s)[1:-1]
 
 
 def main(argv: list[str]) -> int:
