@@ -29,7 +29,9 @@ rollout engine in bf16 and TIS for the engine's log-probs (its trainer stays fp3
 worker are processes of their own: the worker's OpenMP threads bound to core 1, the trainer, and
 with it the engine core's scheduler, pinned to core 0; full weights into vLLM after every step; the vLLM runs here had ``VLLM_HOST_IP=127.0.0.1`` in their environment, as the tests
 do); ``lora``: rayalign's LoRA policy (r 16, alpha 32, q/k/v/o), ``lora-vllm`` the same on
-vLLM (each version loaded as an adapter by name), ``trl-lora`` TRL with the same peft LoraConfig.
+vLLM (each version loaded as an adapter by name), ``lora-vllm-merged`` the same with
+``lora_sync: merged`` (each version folded into vLLM's weights, no LoRA kernels), ``trl-lora`` TRL
+with the same peft LoraConfig.
 
 Then rayalign alone with ``asynchronous.max_staleness`` 0 (synchronous), 1 and 2: wall time to the
 same steps and the reward per step. On one CPU box generation and training share the same cores
@@ -77,16 +79,21 @@ class Side(NamedTuple):
     lora: bool
     bf16: bool
     vllm: bool
+    merged: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Side:
         head, *tail = name.split("-")
         flags = set(tail)
         ok = head in ("trl", "lora") or (head[:1] == "k" and head[1:].isdigit())
-        if not ok or not flags <= {"bf16", "vllm", "lora"} or (head == "trl" and "vllm" in flags):
-            raise SystemExit(f"--sides: unknown side {name!r} (kN, lora, trl; suffixes -bf16, -vllm, -lora)")
+        lora = head == "lora" or "lora" in flags
+        bad = not flags <= {"bf16", "vllm", "lora", "merged"} or (head == "trl" and "vllm" in flags)
+        if not ok or bad or ("merged" in flags and not (lora and "vllm" in flags and head != "trl")):
+            raise SystemExit(
+                f"--sides: unknown side {name!r} (kN, lora, trl; suffixes -bf16, -vllm, -lora; lora-vllm-merged)"
+            )
         staleness = int(head[1:]) if head.startswith("k") else 0
-        return cls(head == "trl", staleness, head == "lora" or "lora" in flags, "bf16" in flags, "vllm" in flags)
+        return cls(head == "trl", staleness, lora, "bf16" in flags, "vllm" in flags, "merged" in flags)
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -99,6 +106,14 @@ def _status_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _resident_kib(pid: int) -> int:
+    """A process's resident set in KiB from /proc/PID/statm (cheap: no page-table walk); 0 once ended."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _descendants(pid: int) -> list[int]:
@@ -117,11 +132,17 @@ def _descendants(pid: int) -> list[int]:
 
 class PeakMemory:
     """The side's peak memory. One process: its peak resident set (VmHWM). A side that starts
-    processes of its own (vLLM's engine core and worker): the largest total, sampled every 0.2 s, of
-    the proportional set sizes (PSS: a shared page counts once, split over the processes that map
-    it) of this process and all its descendants, or this process's VmHWM alone if that is larger.
-    (Summing each process's own peak would count the libraries they share, and peaks that never
-    coincide, several times.)"""
+    processes of its own (vLLM's engine core and worker): the largest total of the proportional set
+    sizes (PSS: a shared page counts once, split over the processes that map it) of this process
+    and all its descendants, or this process's VmHWM alone if that is larger. (Summing each
+    process's own peak would count the libraries they share, and peaks that never coincide,
+    several times.)
+
+    Reading PSS (``smaps_rollup``) walks a process's page tables: ~60 ms for a 4 GB process, and it
+    runs in this process, on the trainer's pinned core. So the tree's resident sets (``statm``, a
+    few µs) are sampled every 0.2 s and PSS is read only when their sum reaches a new high (at most
+    once a second): the peak is still caught, and the sampler no longer takes a large share of the
+    trainer's core (sampling PSS every 0.2 s did, and slowed the vLLM sides several-fold)."""
 
     def __init__(self) -> None:
         self.tree_peak = 0
@@ -131,12 +152,17 @@ class PeakMemory:
         self.thread.start()
 
     def poll(self) -> None:
+        rss_high, last = 0, 0.0
         while not self.done.wait(0.2):
             kids = _descendants(os.getpid())
-            if kids:
-                self.children = True
-                total = sum(_status_kib(p, "Pss") for p in [os.getpid(), *kids])
-                self.tree_peak = max(self.tree_peak, total)
+            if not kids:
+                continue
+            self.children = True
+            tree = [os.getpid(), *kids]
+            rss = sum(_resident_kib(p) for p in tree)
+            if rss > rss_high and time.monotonic() - last >= 1.0:
+                rss_high, last = rss, time.monotonic()
+                self.tree_peak = max(self.tree_peak, sum(_status_kib(p, "Pss") for p in tree))
 
     def mib(self) -> float:
         self.done.set()
@@ -191,6 +217,8 @@ def side_rayalign(work: Path, name: str, a: argparse.Namespace, side: Side) -> d
     }
     if side.lora:
         cfg["peft"] = {"method": "lora", **LORA}
+    if side.merged:
+        cfg["lora_sync"] = "merged"
     run_stage("grpo", data=cfg)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     wall = recs[-1]["time"] - recs[0]["time"]
@@ -200,6 +228,9 @@ def side_rayalign(work: Path, name: str, a: argparse.Namespace, side: Side) -> d
         "cpu_s_per_step": (recs[-1]["cpu_time"] - recs[0]["cpu_time"]) / (a.steps - 1),
         "rewards": [r["reward_mean"] for r in recs],
         "staleness": [r["staleness_mean"] for r in recs],
+        # the time the trainer waited for each step's samples (loading the version into the engine,
+        # generation, scoring), steps 2 … n: 16 responses of response_length tokens at the logged rate
+        "rollout_s": [GROUP * PROMPTS_PER_STEP * r["response_length"] / r["rollout_tokens_per_s"] for r in recs[1:]],
     }
 
 
@@ -306,6 +337,9 @@ def pair_rows(ra: dict, trl: dict, steps: int, left: str, right: str) -> list[st
         f"| peak memory (RSS, MiB) | {ra['peak_rss_mib']:.0f} | {trl['peak_rss_mib']:.0f} | "
         f"{ra['peak_rss_mib'] / trl['peak_rss_mib']:.2f}× | ≤ 1.0× |",
         f"| wall time, steps 2 … {steps} (s) | {ra['wall_s']:.1f} | {trl['wall_s']:.1f} | | |",
+        f"| rayalign: waiting for samples, s/step (version load + generation + reward), steps 2 … {steps} | "
+        + (f"{sum(ra['rollout_s']) / len(ra['rollout_s']):.2f}" if ra.get("rollout_s") else "–")
+        + " | | | |",
         f"| reward per step | {', '.join(f'{x:.2f}' for x in ra['rewards'])} | "
         f"{', '.join(f'{x:.2f}' for x in trl['rewards'])} | | |",
     ]
@@ -350,6 +384,15 @@ PAIRS = [
         "rayalign's vLLM engine (threads as above) loads each policy version as an adapter by name; only "
         "the adapter is sent. Peak memory covers the trainer's and vLLM's processes (PSS sum); CPU seconds "
         "the trainer's process only.",
+    ),
+    (
+        "lora-vllm-merged",
+        "trl-lora",
+        f"LoRA (r {LORA['r']}, alpha {LORA['alpha']}, {', '.join(LORA['target_modules'])}), merged into vLLM's "
+        "weights (`lora_sync: merged`) vs TRL on HF generation",
+        "rayalign's vLLM engine (threads as above) runs without vLLM's LoRA: the trainer sends the adapter "
+        "only, the engine folds it into the adapted layers' base weights and reloads those layers in place "
+        "before the version's first rollout. Peak memory and CPU seconds as above.",
     ),
 ]
 

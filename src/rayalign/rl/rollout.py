@@ -88,6 +88,7 @@ class VersionedEngine:
         self.lora: Any = None  # hf: the engine's model with the same LoRA layers as the trainer's
         self.adapter_name: str | None = None  # vllm: the loaded version's adapter, named per version
         self.adapter_dir: str | None = None  # vllm: where the versions' adapter folders are written
+        self.base: dict[str, torch.Tensor] | None = None  # vllm without LoRA: the adapted layers' base weights
 
     def receive(
         self, state: dict[str, torch.Tensor], version: int, keep: int = 1, adapter: PeftConfig | None = None
@@ -130,11 +131,17 @@ class VersionedEngine:
     def load_adapter(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Swap the engine's LoRA weights for `state` (the trainer's trainable tensors, by the
         trainer's names). hf: the first time, the engine's model gets the same LoRA layers in place,
-        then their tensors are replaced. vllm: the tensors become a peft adapter folder on this
-        node, loaded by name as ``policy-v<version>`` (a new vLLM adapter id per version) and the
-        previous version's adapter is unloaded; the base weights never move."""
+        then their tensors are replaced. vllm built with ``enable_lora``: the tensors become a peft
+        adapter folder on this node, loaded by name as ``policy-v<version>`` (a new vLLM adapter id
+        per version) and the previous version's adapter is unloaded; the base weights never move.
+        vllm without LoRA: the adapter is merged into the adapted layers' base weights here and
+        those layers are overwritten in the engine (`load_vllm_merged`)."""
         if getattr(self.engine, "llm", None) is not None:
-            self.load_vllm_adapter(state, version)
+            cfg = getattr(self.engine, "cfg", None)
+            if cfg is not None and not cfg.vllm_kwargs.get("enable_lora"):
+                self.load_vllm_merged(state)
+            else:
+                self.load_vllm_adapter(state, version)
             return
         model = getattr(self.engine, "model", None)
         if model is None:
@@ -171,6 +178,23 @@ class VersionedEngine:
         if old is not None:
             self.engine.unload_adapter(old)  # type: ignore[attr-defined]
             shutil.rmtree(os.path.join(self.adapter_dir, old), ignore_errors=True)
+
+    def load_vllm_merged(self, state: dict[str, torch.Tensor]) -> None:
+        """The policy's adapted layers, W + B·A·alpha/r, into the vLLM engine in place (with the
+        unadapted parts of the layers vLLM fuses them into, e.g. k_proj beside q_proj and v_proj).
+        W is the checkpoint's base weight of each of these layers, read once from the engine's model
+        folder and kept here (fp32), so each version is merged from the base, never onto the last."""
+        from rayalign.models.loader import parse_dtype, resolve_model_path
+        from rayalign.rl.vllm_weights import base_weights, fused_siblings, lora_modules, merge_lora, update_vllm
+
+        assert self.adapter is not None
+        cfg = self.engine.cfg  # type: ignore[attr-defined]  # a VLLMEngine
+        if self.base is None:
+            packed = self.engine.collective_rpc("rayalign_packed_modules")[0]  # type: ignore[attr-defined]
+            layers = fused_siblings(sorted(lora_modules(state)), packed)
+            self.base = base_weights(resolve_model_path(cfg.model), layers)
+        merged = merge_lora(self.base, state, self.adapter.alpha / self.adapter.r, parse_dtype(cfg.dtype))
+        update_vllm(self.engine, merged)
 
     def close(self) -> None:
         self.engine.close()
