@@ -188,10 +188,15 @@ def wait_for_nodes(dashboard: str, n: int, proc: subprocess.Popen, log: Path, ti
     deadline = time.time() + timeout
     while True:
         assert proc.poll() is None, f"ray node exited early: {log.read_text()[-3000:]}"
-        with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=20", timeout=10) as r:
-            if r.read().decode().count('"ALIVE"') >= n:
-                return
-        assert time.time() < deadline, f"{n} nodes did not register in {timeout} s"
+        try:  # the state API may drop a connection while the dashboard is still starting
+            with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=20", timeout=10) as r:
+                if r.read().decode().count('"ALIVE"') >= n:
+                    return
+        except OSError as e:
+            error: OSError | None = e
+        else:
+            error = None
+        assert time.time() < deadline, f"{n} nodes did not register in {timeout} s (last error: {error!r})"
         time.sleep(1)
 
 
