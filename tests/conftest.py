@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +21,8 @@ os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 # in one worker never finds (and joins) a cluster the other worker started
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("RAY_TMPDIR", f"/tmp/rayalign-{os.environ['PYTEST_XDIST_WORKER']}")
+    # an earlier run's Ray sessions (logs, spilled objects) go: the disk holds one run's at most
+    shutil.rmtree(os.path.join(os.environ["RAY_TMPDIR"], "ray"), ignore_errors=True)
     os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 TINY = "tiny-random:llama"

@@ -603,6 +603,27 @@ def upload_dir(local: str | os.PathLike, target: str | os.PathLike) -> None:
                 shutil.copyfileobj(fh, out, length=8 << 20)
 
 
+@contextlib.contextmanager
+def local_output(target: str | os.PathLike, prefix: str = "rayalign-out-") -> Iterator[Path]:
+    """A local folder to write `target`'s files into.
+
+    A local target is the folder itself. For a URI, the files are written to a temporary folder,
+    uploaded when the block ends without an error (after whatever was at `target` is removed),
+    and the temporary folder is deleted either way: a node's disk keeps no copy of an upload.
+    """
+    s = str(target)
+    if not is_uri(s):
+        yield Path(s).expanduser()
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+        remove_tree(s)
+        upload_dir(tmp, s)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def download_dir(source: str | os.PathLike, local: str | os.PathLike) -> None:
     """Copy every file under `source` into the local folder `local` (created)."""
     dst = Path(str(local))

@@ -56,6 +56,23 @@ def test_local_copy_downloads_once_per_content(s3_bucket, tmp_path, monkeypatch)
     assert storage.local_copy(str(src)) == src  # local paths pass through
 
 
+def test_local_output_replaces_the_target_and_keeps_no_local_copy(root, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    target = storage.join(root, "model")
+    storage.write_text(storage.join(target, "stale.txt"), "old")
+    with storage.local_output(target) as folder:
+        (folder / "sub").mkdir(parents=True, exist_ok=True)
+        (folder / "sub" / "w.bin").write_bytes(b"\x07" * 10)
+    assert storage.read_text(storage.join(target, "sub", "w.bin")) == "\x07" * 10
+    assert storage.is_uri(root) != storage.exists(storage.join(target, "stale.txt"))  # a URI is replaced whole
+    with pytest.raises(RuntimeError), storage.local_output(target) as folder:
+        (folder / "half.bin").write_bytes(b"x")
+        raise RuntimeError("failed mid-write")
+    assert not storage.exists(storage.join(target, "half.bin")) or not storage.is_uri(root)
+    assert list((tmp_path / "tmp").iterdir()) == []  # no temporary folder left behind
+
+
 def test_join_parent_basename():
     assert storage.join("s3://b/run", "x", "y.json") == "s3://b/run/x/y.json"
     assert storage.parent("s3://b/run/x") == "s3://b/run"

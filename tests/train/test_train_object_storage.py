@@ -20,6 +20,7 @@ import yaml
 from train_helpers import base_config
 
 from rayalign import storage
+from rayalign.train import checkpoint as ckpt
 from rayalign.train.config import TrainConfig
 from rayalign.train.launcher import launch
 from rayalign.train.metrics import read_metrics
@@ -40,7 +41,10 @@ def _sft(config: Path) -> subprocess.Popen:
 
 
 @pytest.mark.timeout(400)
-def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(tmp_path, chat_packed, tiny_model_path, s3_bucket):
+def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(
+    tmp_path, chat_packed, tiny_model_path, s3_bucket, monkeypatch
+):
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "cache"))  # the runs' node-local staging, seen below
     storage.upload_dir(tiny_model_path, f"{s3_bucket}/models/tiny")
     storage.upload_dir(chat_packed, f"{s3_bucket}/data/chat")
     common = dict(max_steps=STEPS, checkpoint={"every": 2, "keep_last": 2})
@@ -75,6 +79,9 @@ def test_stage_killed_after_a_checkpoint_resumes_from_the_bucket(tmp_path, chat_
     assert summary["checkpoint"] == f"{out}/final" and storage.exists(f"{out}/final/.rayalign-export.json")
     kept = [storage.basename(p) for p in storage.glob(f"{out}/checkpoints", "step-*")]
     assert kept == ["step-000010", "step-000012"]  # keep_last on the bucket too
+    for step in range(4, STEPS + 1, 2):  # an uploaded checkpoint leaves no copy on the node's disk
+        staged = ckpt.staging_dir(ckpt.step_dir(out, step))
+        assert staged.parent == tmp_path / "cache" / "staging" and not staged.exists()
 
     import torch
     from transformers import AutoModelForCausalLM

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -87,24 +86,20 @@ def export_checkpoint(checkpoint: str, output: str, card: dict | None = None, sh
         raise FileNotFoundError(
             f"{checkpoint}: not a rayalign checkpoint (no model/ folder); give a checkpoints/step-NNNNNN folder"
         )
-    staging = Path(tempfile.mkdtemp(prefix="export-")) / "hf" if storage.is_uri(output) else Path(output)
-    if staging.exists() and not storage.is_uri(output):
-        shutil.rmtree(staging)
-    if storage.is_uri(model_dir):  # config, tokenizer (or the adapter): small
-        storage.download_dir(model_dir, staging)
-    else:
-        shutil.copytree(model_dir, staging)
-    config = json.loads((staging / "config.json").read_text()) if (staging / "config.json").exists() else {}
-    adapter = (staging / "adapter_config.json").exists() or (staging / "aligner_config.json").exists()
-    if not adapter:
-        dcp_dir = storage.join(str(checkpoint), "dcp")
-        export_weights(dcp_dir, staging, shard_bytes, tied=bool(config.get("tie_word_embeddings")))
-    info = {"checkpoint": str(checkpoint), "adapter": adapter, **(card or {})}
-    write_model_card(staging, info)
-    if storage.is_uri(output):
-        storage.remove_tree(output)
-        storage.upload_dir(staging, output)
-        shutil.rmtree(staging.parent, ignore_errors=True)
+    if not storage.is_uri(output):
+        shutil.rmtree(Path(output), ignore_errors=True)
+    with storage.local_output(output, prefix="rayalign-export-") as staging:
+        if storage.is_uri(model_dir):  # config, tokenizer (or the adapter): small
+            storage.download_dir(model_dir, staging)
+        else:
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        config = json.loads((staging / "config.json").read_text()) if (staging / "config.json").exists() else {}
+        adapter = (staging / "adapter_config.json").exists() or (staging / "aligner_config.json").exists()
+        if not adapter:
+            dcp_dir = storage.join(str(checkpoint), "dcp")
+            export_weights(dcp_dir, staging, shard_bytes, tied=bool(config.get("tie_word_embeddings")))
+        info = {"checkpoint": str(checkpoint), "adapter": adapter, **(card or {})}
+        write_model_card(staging, info)
     storage.write_json(storage.join(output, MARKER), {"checkpoint": str(checkpoint), "adapter": adapter})
     return output
 

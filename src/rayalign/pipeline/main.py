@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def library_logs_to_file(run_dir: str, verbose: bool, as_json: bool = False) -> 
             storage.write_bytes(final, local.read_bytes())
     _warning_line(local, final, display, as_json)
     display.close()
+    if storage.is_uri(run_dir):
+        shutil.rmtree(local.parent, ignore_errors=True)
 
 
 def _warning_line(local: Path, final: str, out: IO[str], as_json: bool = False) -> None:

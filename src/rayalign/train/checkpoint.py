@@ -239,6 +239,8 @@ def commit(pending: PendingSave, rank: int, distributed: bool) -> str:
             storage.join(pending.path, COMPLETE), json.dumps({"step": pending.step, "files": files}, sort_keys=True)
         )
     _barrier(distributed)
+    if storage.is_uri(pending.path):  # uploaded: the node keeps no copy (ranks on one node share the folder)
+        shutil.rmtree(pending.local, ignore_errors=True)
     return pending.path
 
 

@@ -101,20 +101,15 @@ def export_final(trainer: FinishedRun, checkpoint: str) -> dict[str, str]:
 
 def merge_adapter(base_spec: str, adapter_dir: str, target: str, info: dict) -> str:
     """Fold a LoRA adapter into a CPU copy of the base and save a plain HF folder (small models)."""
-    import tempfile
-    from pathlib import Path
-
     from rayalign.models.adapters import apply_adapter, merge_lora
     from rayalign.models.export import write_model_card
     from rayalign.models.loader import load_model, load_tokenizer
 
     merged = merge_lora(apply_adapter(load_model(base_spec, dtype="fp32"), storage.local_copy(adapter_dir)))
-    local = Path(tempfile.mkdtemp(prefix="merged-")) if storage.is_uri(target) else Path(target)
-    merged.save_pretrained(str(local), safe_serialization=True)
-    load_tokenizer(base_spec).save_pretrained(str(local))
-    write_model_card(local, {**info, "adapter": False, "path": target})
-    if storage.is_uri(target):
-        storage.upload_dir(local, target)
+    with storage.local_output(target, prefix="rayalign-merged-") as local:
+        merged.save_pretrained(str(local), safe_serialization=True)
+        load_tokenizer(base_spec).save_pretrained(str(local))
+        write_model_card(local, {**info, "adapter": False, "path": target})
     return target
 
 
