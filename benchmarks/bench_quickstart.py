@@ -111,7 +111,7 @@ def compare_lines(run_dir: str, other: str) -> list[str]:
     return [*lines, ""]
 
 
-def score(run_dir: str, suite: str, out: str) -> None:
+def score(run_dir: str, suite: str, out: str, config: Path = CONFIG) -> None:
     """The eval stage as the quickstart configures it (engine, sampling), scoring `run_dir`'s trained
     model and the base on `suite` into `out`, with no gate."""
     import yaml
@@ -119,13 +119,14 @@ def score(run_dir: str, suite: str, out: str) -> None:
     from rayalign.eval.stage import EvalConfig, run_eval
     from rayalign.pipeline import read_summary
 
-    stages = {s.get("id"): s for s in (read_summary(run_dir) or {})["stages"]}
-    spec = yaml.safe_load(CONFIG.read_text())
+    summary = read_summary(run_dir) or {}
+    stages = {s.get("id"): s for s in summary["stages"]}
+    spec = yaml.safe_load(config.read_text())
     stage_cfg = next(s for s in spec["stages"] if s["name"] == "eval")["config"]
     cfg = EvalConfig.model_validate(
         {
             **stage_cfg,  # the quickstart's own engine and sampling settings
-            "model": stages["prefer"]["checkpoint"],
+            "model": summary.get("final_model") or stages["prefer"]["checkpoint"],
             "baseline_model": spec["defaults"]["model"],
             "heldout_pairs": None,  # the run's own eval scored the held-out pairs
             "output": out,
@@ -141,6 +142,9 @@ def score(run_dir: str, suite: str, out: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", default=str(REPO / "runs" / "quickstart-dev"), help="the pipeline run folder")
+    p.add_argument(
+        "--config", type=Path, default=CONFIG, help="the pipeline: the recipe, or a variant with other stages"
+    )
     p.add_argument("--heldout", action="store_true", help="after the dev run, score the held-out suite once")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides: a recipe variant to measure"
@@ -158,6 +162,7 @@ def main() -> None:
         help="start --run-dir (new) as a copy of the finished run RUN: only the stages --set changes and later ones run",
     )
     a = p.parse_args()
+    config = a.config.resolve()
 
     from quickstart import reuse_run, thread_overrides  # rayjobs/quickstart.py
 
@@ -168,14 +173,14 @@ def main() -> None:
     t0 = time.time()
     if a.rescore:
         thread_overrides()
-        score(a.run_dir, DEV, storage.join(a.rescore, "eval"))
+        score(a.run_dir, DEV, storage.join(a.rescore, "eval"), config)
         dev = storage.read_json(storage.join(a.rescore, "eval", "results.json"))
         dev_md = storage.read_text(storage.join(a.rescore, "eval", "report", "report.md"))
         lines = [
             f"# Quickstart quality, re-scored — {time.strftime('%Y-%m-%d')}",
             "",
             f"The trained model of `{a.run_dir}` and the base, scored on the dev split `{DEV}` by "
-            f"`{CONFIG.relative_to(REPO)}`'s eval stage into `{a.rescore}` (nothing trained).",
+            f"`{config.relative_to(REPO)}`'s eval stage into `{a.rescore}` (nothing trained).",
             "",
             f"This invocation: {time.time() - t0:.0f} s.",
             "",
@@ -192,17 +197,17 @@ def main() -> None:
     args = [*thread_overrides(), *overrides]
     reused = ""
     if a.reuse:
-        kept = reuse_run(a.reuse, a.run_dir, CONFIG, args)
+        kept = reuse_run(a.reuse, a.run_dir, config, args)
         storage.remove_tree(storage.join(a.run_dir, "eval-heldout"))  # RUN's held-out read is not this run's
         reused = f" Stages kept from `{a.reuse}` (their config unchanged): {', '.join(kept) or 'none'}."
-    rc = run_pipeline([str(CONFIG), *args])
+    rc = run_pipeline([str(config), *args])
     if rc != 0:
         sys.exit(f"the quickstart pipeline failed (exit {rc}); see {a.run_dir}")
     summary = read_summary(a.run_dir) or {}
     lines = [
         f"# Quickstart quality — {time.strftime('%Y-%m-%d')}",
         "",
-        f"`{CONFIG.relative_to(REPO)}` with `{' '.join(overrides[1:])}`; run folder `{a.run_dir}`.{reused}",
+        f"`{config.relative_to(REPO)}` with `{' '.join(overrides[1:])}`; run folder `{a.run_dir}`.{reused}",
         "",
         "| stage | seconds (as recorded when it ran) |",
         "|---|---:|",
@@ -222,7 +227,7 @@ def main() -> None:
     if a.heldout:
         out = storage.join(a.run_dir, "eval-heldout")
         t1 = time.time()
-        score(a.run_dir, "heldout", out)
+        score(a.run_dir, "heldout", out, config)
         held = storage.read_json(storage.join(out, "results.json"))
         held_md = storage.read_text(storage.join(out, "report", "report.md"))
         lines += [f"Held-out eval: {time.time() - t1:.0f} s.", ""]
