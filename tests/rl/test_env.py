@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import ClassVar
 
 import pytest
 from grpo_helpers import TINY, grpo_config
@@ -155,6 +156,50 @@ def test_episodes_are_token_in_token_out(monkeypatch):
                 [res] = engine.generate([req])
                 assert [t.token_id for t in res.logprobs[0]] == ep.response_ids[a:b], (j, turn)
             assert ep.reward == float(len(ep.text))
+    finally:
+        engine.close()
+
+
+class Record(Echo):
+    """Echo that keeps every reply it was given."""
+
+    seen: ClassVar[list[str]] = []
+
+    def step(self, action):
+        Record.seen.append(action)
+        return super().step(action)
+
+
+def test_the_environment_sees_the_stop_string_that_ended_a_turn(monkeypatch):
+    """With `rollout.stop`, the engine's text leaves the stop string out, but the sampled ids end
+    with it: the environment gets those ids decoded (a `</calc>` stop keeps the call's closing tag)."""
+    monkeypatch.setitem(envmod.ENVIRONMENTS, "record", Record)
+    engine = make_engine(EngineConfig(model=TINY))
+    try:
+        rows = [{"id": "a", "messages": [{"role": "user", "content": "Hi."}]}]
+
+        def episode(stop: list[str]) -> tuple[envmod.Episode, list[str]]:
+            Record.seen = []
+            params = SamplingParams(temperature=1.0, max_tokens=8, n=1, seed=3, stop=stop)
+            cfg = EnvConfig(name="record", max_turns=1)
+            [[ep]] = run_episodes(engine, [GenRequest(messages=rows[0]["messages"], params=params)], rows, cfg)
+            return ep, Record.seen
+
+        free, [reply] = episode([])
+        assert len(free.response_ids) == 8 and reply == engine.tok.decode(free.response_ids, skip_special_tokens=True)
+        stop = reply[len(reply) // 2 : len(reply) // 2 + 2]  # two characters the seeded sample writes mid-reply
+        cut, [seen] = episode([stop])
+        assert stop in seen and seen == engine.tok.decode(cut.response_ids, skip_special_tokens=True)
+        assert len(cut.response_ids) < 8 and cut.response_ids == free.response_ids[: len(cut.response_ids)]
+        [res] = engine.generate(
+            [
+                GenRequest(
+                    messages=rows[0]["messages"],
+                    params=SamplingParams(temperature=1.0, max_tokens=8, n=1, seed=envmod._seed(3, 0, 0), stop=[stop]),
+                )
+            ]
+        )
+        assert stop not in res.texts[0] and seen.startswith(res.texts[0] + stop)  # the engine's text drops it
     finally:
         engine.close()
 

@@ -3,7 +3,10 @@ sandboxed calculator tool and a verifiable multi-step arithmetic task set genera
 
 An environment (`Environment`) is reset with a prompt row and returns the episode's first messages;
 each `step` takes the assistant's reply text and returns a `Step`: an observation (a message the
-environment adds, e.g. a tool result), a reward and whether the episode is done.
+environment adds, e.g. a tool result), a reward and whether the episode is done. The reply text is
+the decoded ids the engine sampled, the very ids trained on: with `rollout.stop` it ends with the
+stop string that ended the turn (``stop: ["</calc>"]`` keeps the call's closing tag), where an
+engine's returned text would leave it out.
 
 `run_episodes` runs G episodes per prompt on an engine, token in, token out: the prompt is rendered
 to ids once; every turn the engine continues from the episode's ids (``GenRequest.prompt_ids``) and
@@ -244,9 +247,10 @@ def run_episodes(engine: Any, requests: list[GenRequest], rows: list[dict], cfg:
             ep.response_ids += sampled
             ep.mask += [1] * len(sampled)
             ep.logps += [t.logprob for t in res.logprobs[0]]
-            ep.text += res.texts[0]
+            reply = tok.decode(sampled, skip_special_tokens=True)  # the stop string included, if one ended it
+            ep.text += reply
             ep.turns += 1
-            step = env.step(res.texts[0])
+            step = env.step(reply)
             ep.reward += step.reward
             if step.done or step.observation is None or turn == cfg.max_turns - 1:
                 continue
