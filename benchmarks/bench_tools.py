@@ -3,6 +3,7 @@
     python benchmarks/bench_tools.py            # SmolLM2-135M-Instruct, 16 GRPO steps, 48 dev tasks
     python benchmarks/bench_tools.py --quick    # 4 steps, 16 dev tasks (checks the path, not learning)
     python benchmarks/bench_tools.py --seed 2 --name tools-seed2    # the same run from another seed
+    python benchmarks/bench_tools.py --stop '</calc>' --name tools-stop    # every turn ends at its call
 
 The task set is `rl.env.calculator_tasks` with a few-shot prompt (a system message stating the tool
 format and one worked exchange: a ``<calc>`` call, its ``<result>``, the ``<answer>``): compute a
@@ -54,7 +55,9 @@ def success(model: str, rows: list[dict], temperature: float, n: int, a: argpars
         reqs = [
             GenRequest(
                 messages=r["messages"],
-                params=SamplingParams(temperature=temperature, max_tokens=a.max_tokens, n=n, seed=1000 + i),
+                params=SamplingParams(
+                    temperature=temperature, max_tokens=a.max_tokens, n=n, seed=1000 + i, stop=a.stop
+                ),
                 request_id=r["id"],
             )
             for i, r in enumerate(rows)
@@ -103,7 +106,7 @@ def train(work: Path, rows: list[dict], a: argparse.Namespace) -> tuple[str, lis
         "seed": a.seed,
         "progress": False,
         "torch_threads": a.threads,
-        "rollout": {"temperature": a.temperature, "max_tokens": a.max_tokens},
+        "rollout": {"temperature": a.temperature, "max_tokens": a.max_tokens, "stop": a.stop},
         "engine": {"batch_size": 16},
         "aggregation": "token",
         "optim": {"lr": a.lr, "min_lr_ratio": 1.0, "max_grad_norm": 1.0},
@@ -127,7 +130,8 @@ def report(a, dev, before, after, recs, seconds) -> list[str]:
         f"Tasks: `calculator_tasks(steps={a.task_steps}, few_shot=True)`; {a.train_tasks} training tasks (seed 1), "
         f"{len(dev)} dev tasks (seed 2, none of their expressions among the training tasks). GRPO: full model, "
         f"{a.steps} steps × 4 tasks × 4 episodes, seed {a.seed}, ≤ {a.max_turns} turns of ≤ {a.max_tokens} tokens, "
-        f"temperature {a.temperature}, lr {a.lr:g}, token-level averaging, torch threads {a.threads}; "
+        f"temperature {a.temperature}, stop strings {a.stop or 'none'} (training and dev), lr {a.lr:g}, "
+        f"token-level averaging, torch threads {a.threads}; "
         f"training took {seconds:.0f} s. Intervals: 95% bootstrap over dev tasks.",
         "",
         "| dev success | before | after | after − before [95% CI] | p |",
@@ -170,6 +174,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=1, help="the GRPO run's seed (rollout sampling, data order)")
+    p.add_argument("--stop", nargs="*", default=[], help="stop strings of every turn (training and dev), e.g. </calc>")
     p.add_argument("--name", default="tools", help="results file name: <date>-<name>-cpu.md")
     a = p.parse_args()
     # imported before the run: the results header's "at the start" load is taken when report is imported
