@@ -43,6 +43,8 @@ def test_cli_serves_until_ctrl_c(ray_cluster, tmp_path):
             stderr=subprocess.STDOUT,
             env=env,
             cwd=Path(__file__).resolve().parents[2],
+            # started as a shell script's background job is: SIGINT ignored (the CLI must still stop)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         try:
             wait_for_line(proc, log, "serving tiny-random:llama", 180)

@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     from rayalign.serve.server import start, stop
 
     cfg = parse_config(list(argv or []))
-    # SIGTERM (kubectl, systemd, `ray job stop`) shuts down as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM (kubectl, systemd, `ray job stop`) shuts down as cleanly as Ctrl-C does. SIGINT gets
+    # the handler too: a process started with SIGINT ignored (a background job of a shell script,
+    # some launchers) keeps it ignored, and Ctrl-C / `kill -INT` would never stop it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_interrupt)
     try:
         url = start(cfg)
         signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own SIGTERM handler
