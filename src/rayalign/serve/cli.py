@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own SIGTERM handler
         print(f"rayalign: serving {cfg.model_name} ({cfg.backend}) at {url}/v1  (Ctrl-C to stop)", flush=True)
         while True:
-            # short sleeps: a signal that lands on one of Ray's threads only sets a flag that the
-            # main thread reads when it next runs Python code (a long sleep ignored Ctrl-C for a minute)
-            time.sleep(0.5)
+            time.sleep(3600)
     except KeyboardInterrupt:
         print("rayalign: shutting down", flush=True)
         return 0
