@@ -53,6 +53,18 @@ def test_length_penalty_numbers():
     assert chars([row("x")] * 2, ["a" * 10, "a" * 15]) == [0.0, -0.5]
 
 
+def test_repetition_penalty_marks_answers_that_loop_a_phrase():
+    fn = build_reward(RewardSpec(name="repetition"))
+    loop = "Here is my answer: " * 4  # "here is my answer" four times
+    three = "Here is my answer. " * 3 + "Done."  # three times: not a loop
+    mixed = "A b c d. a B c D! a b C d, and A b c d."  # case and punctuation do not hide it
+    assert fn([row("x")] * 4, [loop, three, mixed, ""]) == [-1.0, 0.0, -1.0, 0.0]
+    twice = build_reward(RewardSpec(name="repetition", params={"n": 2, "times": 2}))
+    assert twice([row("x")] * 2, ["red fox red fox", "red fox blue fox"]) == [-1.0, 0.0]
+    with pytest.raises(ConfigError, match="repetition needs"):
+        build_reward(RewardSpec(name="repetition", params={"times": 1}))
+
+
 def test_weights_combine_into_the_total():
     rewards = Rewards(
         [

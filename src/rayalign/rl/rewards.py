@@ -3,6 +3,7 @@
     rewards:
       - {name: constraints}                     # the eval suite's verifiable checks, from prompt meta
       - {name: length, weight: 0.1, params: {target: 64}}
+      - {name: repetition}                      # −1 for an answer that loops a phrase
       - {name: reward_model, weight: 0.5, params: {model: runs/x/reward/checkpoints/step-000100/model}}
       - {name: judge, params: {engine: {backend: hf, model: builtin:smollm2-135m-instruct}}}
 
@@ -29,7 +30,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from rayalign.checks import check_response
+from rayalign.checks import check_response, repeated_phrase
 from rayalign.config import Cfg, ConfigError
 from rayalign.generate.prompts import template_text
 
@@ -46,7 +47,7 @@ def register(name: str):
 
 
 class RewardSpec(Cfg):
-    name: str  # a registered reward: constraints, length, reward_model, judge, ...
+    name: str  # a registered reward: constraints, length, repetition, reward_model, judge, ...
     weight: float = 1.0  # its weight in the total reward
     params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the reward's factory
 
@@ -85,6 +86,19 @@ def length_reward(target: int = 128, unit: str = "words") -> RewardFn:
     def score(prompts: list[dict], responses: list[str]) -> list[float]:
         sizes = [len(t.split()) if unit == "words" else len(t) for t in responses]
         return [-max(0, n - target) / target for n in sizes]
+
+    return score
+
+
+@register("repetition")
+def repetition_reward(n: int = 4, times: int = 4) -> RewardFn:
+    """A degeneration penalty: −1 for a response in which some run of `n` words occurs `times` or more
+    times (case-insensitive; the eval report's repetition detector), else 0."""
+    if n < 1 or times < 2:
+        raise ConfigError(f"rewards: repetition needs n ≥ 1 and times ≥ 2, not n={n}, times={times}")
+
+    def score(prompts: list[dict], responses: list[str]) -> list[float]:
+        return [-1.0 if repeated_phrase(t, n, times) else 0.0 for t in responses]
 
     return score
 
