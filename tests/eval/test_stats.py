@@ -86,7 +86,9 @@ def test_eval_stats_shape_and_values():
     json.dumps(s)  # plain JSON types only
     md = "\n".join(stats.stats_md(s))
     assert "**aligned - baseline** (prompt_level, paired over 2 prompts): +0.500" in md
-    assert "| no_commas | 2 | 1.000 [1.000, 1.000] | 0.500 [0.000, 1.000] |" in md  # aligned, baseline
+    # the baseline's column first, whatever order the rates came in
+    assert "| kind | n | baseline | aligned |" in md
+    assert "| no_commas | 2 | 0.500 [0.000, 1.000] | 1.000 [1.000, 1.000] |" in md
 
 
 def test_gate_passes_fails_and_explains():

@@ -175,8 +175,12 @@ def stats_md(stats: dict) -> list[str]:
     s = stats.get("suite") or {}
     if s:
         lines += [f"Suite `{s.get('name')}` ({s.get('path')}), scored {s.get('reads')} time(s) so far.", ""]
+    # the compared-against model (baseline) first, as in the report's other tables
+    against = {name.split(" - ", 1)[1] for name in stats.get("paired", {})}
+    tags = sorted(stats["rates"], key=lambda t: t not in against)
     lines += ["| model | prompt level | instruction level |", "|---|---|---|"]
-    for tag, r in stats["rates"].items():
+    for tag in tags:
+        r = stats["rates"][tag]
         p, i = r["prompt_level"], r["instruction_level"]
         lines.append(f"| {tag} | {_ci(p)} (n {p['n']}) | {_ci(i)} (n {i['n']}) |")
     for name, d in stats.get("paired", {}).items():
@@ -186,7 +190,6 @@ def stats_md(stats: dict) -> list[str]:
             f"**{name}** ({d['metric']}, paired over {d['n']} prompts): {d['diff']:+.3f} "
             f"[{d['lo']:+.3f}, {d['hi']:+.3f}], p = {d['p_value']:.4f} — {verdict}",
         ]
-    tags = list(stats["rates"])
     kinds = sorted({k for r in stats["rates"].values() for k in r["kinds"]})
     lines += ["", "| kind | n | " + " | ".join(tags) + " |", "|---|---:|" + "---|" * len(tags)]
     for k in kinds:
