@@ -151,7 +151,7 @@ def test_page_content_without_a_browser(tmp_path):
     # the headline with its intervals, the paired difference and the suite's reads
     assert "95% CI 16.7% – 83.3%, n=6" in page
     assert "+16.7 pts" in page and "p=0.62" in page and "within noise" in page
-    assert "scored 3 time(s)" in page
+    assert "scored 3 time(s) on this machine" in page
     assert "2/6 aligned answers were cut at max_tokens" in page and "baseline answers were cut" not in page
     assert "(empty answer: 5 whitespace characters)" in page
     # the pair's word-level edit, and the pair with no edit left out
@@ -159,6 +159,41 @@ def test_page_content_without_a_browser(tmp_path):
     assert ">c1<" not in page
     assert page.count('<svg class="chart"') == 3  # prefer: loss, margins, tokens/s
     assert "2 / 2 / 2" in page  # counts stored as floats print as integers
+
+
+def leaks(quotes: int, loops: int, median: float) -> dict:
+    """The eval stage's `leaks` for 6 prompts: 5 not asking for quotes, 4 asking for no format."""
+    rate = lambda count, n: {"rate": count / n, "count": count, "n": n}  # noqa: E731
+    return {
+        "quotes": rate(quotes, 5),
+        "json": rate(0, 6),
+        "postscript": rate(0, 6),
+        "title": rate(0, 6),
+        "any": rate(min(quotes, 4), 4),
+        "repetition": rate(loops, 6),
+        "length": {"n": 3, "median": median, "mean": median, "short": rate(1, 3)},
+    }
+
+
+def test_side_effects_show_leaks_repetition_and_length_per_model(tmp_path):
+    out, results = make_eval(tmp_path)
+    results["baseline"]["leaks"] = leaks(quotes=0, loops=2, median=52.0)
+    results["aligned"]["leaks"] = leaks(quotes=3, loops=1, median=13.0)
+    write_report(out / "report", results)
+    page = (out / "report" / "report.html").read_text()
+    assert '<a href="#effects">Side effects</a>' in page
+    section = page[page.index('<section id="effects">') : page.index('<section id="kinds">')]
+    # quotes: 0/5 → 3/5, more is worse (red); repetition 2/6 → 1/6, fewer is better (green)
+    assert "<td>starts with a quote</td><td class=num>5</td><td class=num>0.0% (0)</td>" in section
+    assert '<td class=num>60.0% (3)</td><td class="num down">+3</td>' in section
+    assert '<td class=num>33.3% (2)</td><td class=num>16.7% (1)</td><td class="num up">-1</td>' in section
+    assert "<td class=num>52</td><td class=num>13</td><td class=num>-39</td>" in section
+    assert '<td class=num>33.3% (1)</td><td class=num>33.3% (1)</td><td class="num ">+0</td>' in section
+    # results written before the leak measures: no section, no link
+    del results["aligned"]["leaks"]
+    write_report(out / "report", results)
+    page = (out / "report" / "report.html").read_text()
+    assert 'id="effects"' not in page and 'href="#effects"' not in page
 
 
 def test_without_stats_the_point_estimates_are_shown(tmp_path):

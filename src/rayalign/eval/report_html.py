@@ -2,11 +2,11 @@
 
 Sections: the headline (prompt- and instruction-level pass rates with their 95% intervals and the
 paired difference, from `results["stats"]` when the eval computed it, else the point estimates),
-pass rate by constraint kind, training curves (inline SVG, from each training stage's
-`metrics.jsonl` under the run folder), every suite prompt with the baseline and aligned answers side
-by side and each check's pass/fail (filterable by kind and by whether the outcome changed), sample
-training pairs (chosen vs rejected, word-level edit highlighted) when a pairs dataset is known, and
-the pipeline's stages.
+side effects (format leaks, repetition, answer length), pass rate by constraint kind, training
+curves (inline SVG, from each training stage's `metrics.jsonl` under the run folder), every suite
+prompt with the baseline and aligned answers side by side and each check's pass/fail (filterable by
+kind and by whether the outcome changed), sample training pairs (chosen vs rejected, word-level edit
+highlighted) when a pairs dataset is known, and the pipeline's stages.
 
 Every piece of text is HTML-escaped: answers are model output and may hold markup of any kind.
 """
@@ -94,8 +94,8 @@ def headline(results: dict) -> str:
     note = ""
     if isinstance(suite, dict) and suite.get("reads"):
         note = (
-            f'<p class="note">Held-out suite {esc(suite.get("name"))} has been scored {int(suite["reads"])} '
-            f"time(s); every read spends some of its independence.</p>"
+            f'<p class="note">Suite {esc(suite.get("name"))} has been scored {int(suite["reads"])} time(s) on '
+            f"this machine; every read of a held-out suite spends some of its independence.</p>"
         )
     for tag in tags:
         cut = results[tag].get("truncated")
@@ -131,6 +131,57 @@ def extra_scores(results: dict) -> str:
     head = "<tr><th>score</th>" + "".join(f"<th>{esc(t)}</th>" for t in tags) + "</tr>"
     table = f"<table>{head}{''.join(rows)}</table>" if rows else ""
     return f'<section id="scores"><h2>Other scores</h2>{table}{judge}</section>'
+
+
+# ---------------------------------------------------------------------------------------------
+# side effects: what pass rates hide (format leaks, repetition, answer length)
+
+LEAK_LABELS = {
+    "quotes": "starts with a quote",
+    "json": "wrapped in JSON",
+    "postscript": "adds a P.S.",
+    "title": "adds a title",
+    "any": "any of these",
+    "repetition": "repeats a 4-word phrase 4+ times",
+}
+
+
+def side_effects(results: dict) -> str:
+    """Format leaks and repetition per model (share and count, n = the prompts each is counted over),
+    the aligned model's change coloured (more is worse), and answer length where no length is asked."""
+    tags = _tags(results)
+    if not tags or not all(isinstance(results[t].get("leaks"), dict) for t in tags):
+        return ""
+    leaks = [results[t]["leaks"] for t in tags]
+    head = "<tr><th>answers that</th><th>n</th>" + "".join(f"<th>{esc(t)}</th>" for t in tags)
+    head += "<th>Δ</th></tr>" if len(tags) == 2 else "</tr>"
+    rows = []
+    for key, label in LEAK_LABELS.items():
+        if not all(key in x for x in leaks):
+            continue
+        cells = "".join(f"<td class=num>{pct(x[key]['rate'])} ({int(x[key]['count'])})</td>" for x in leaks)
+        delta = ""
+        if len(tags) == 2:
+            d = leaks[1][key]["count"] - leaks[0][key]["count"]
+            delta = f'<td class="num {"down" if d > 0 else "up" if d < 0 else ""}">{d:+d}</td>'
+        rows.append(f"<tr><td>{esc(label)}</td><td class=num>{int(leaks[0][key]['n'])}</td>{cells}{delta}</tr>")
+    if all("length" in x for x in leaks):
+        lengths = [x["length"] for x in leaks]
+        n = int(lengths[0]["n"])
+        median = "".join(f"<td class=num>{x['median']:.0f}</td>" for x in lengths)
+        short = "".join(f"<td class=num>{pct(x['short']['rate'])} ({int(x['short']['count'])})</td>" for x in lengths)
+        if len(tags) == 2:  # the median's change in words (uncoloured); more short answers is worse
+            median += f"<td class=num>{lengths[1]['median'] - lengths[0]['median']:+.0f}</td>"
+            d = int(lengths[1]["short"]["count"] - lengths[0]["short"]["count"])
+            short += f'<td class="num {"down" if d > 0 else "up" if d < 0 else ""}">{d:+d}</td>'
+        rows.append(f"<tr><td>median words (prompts setting no length)</td><td class=num>{n}</td>{median}</tr>")
+        rows.append(f"<tr><td>under 20 words (prompts setting no length)</td><td class=num>{n}</td>{short}</tr>")
+    return (
+        '<section id="effects"><h2>Side effects</h2><p class="note">What pass rates hide: a format the '
+        "prompt did not ask for (counted over the prompts not asking for it), a looping phrase (every "
+        "prompt), and answer length where the prompt sets none.</p>"
+        f'<table class="kinds">{head}{"".join(rows)}</table></section>'
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,13 +554,20 @@ def render(
     body = [
         headline(results),
         extra_scores(results),
+        side_effects(results),
         by_kind(results),
         curves(logs),
         answers(records),
         pairs_section(pairs, pairs_source),
         stages(summary),
     ]
-    sections = [("headline", "Headline"), ("kinds", "By kind"), ("curves", "Training"), ("answers", "Answers")]
+    sections = [
+        ("headline", "Headline"),
+        ("effects", "Side effects"),
+        ("kinds", "By kind"),
+        ("curves", "Training"),
+        ("answers", "Answers"),
+    ]
     sections += [("pairs", "Pairs"), ("stages", "Stages")]
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in sections if f'id="{sid}"' in "".join(body))
     return (
