@@ -102,6 +102,17 @@ def _rate(hits: list[bool]) -> dict:
     return {"rate": sum(hits) / len(hits) if hits else 0.0, "count": sum(hits), "n": len(hits)}
 
 
+# the report's row label of each measure `leak_rates` returns (report.md and report.html)
+LEAK_LABELS = {
+    "quotes": "starts with a quote",
+    "json": "JSON wrapper",
+    "postscript": "P.S.",
+    "title": "title",
+    "any": "any of these",
+    "repetition": "repeated 4-word phrase",
+}
+
+
 def leaks_md(results: dict, tags: list[str]) -> list[str]:
     if not all("leaks" in results.get(t, {}) for t in tags) or not tags:
         return []
@@ -115,9 +126,7 @@ def leaks_md(results: dict, tags: list[str]) -> list[str]:
         "| | n | " + " | ".join(tags) + " |",
         "|---|---:|" + "---:|" * len(tags),
     ]
-    labels = {"quotes": "starts with a quote", "json": "JSON wrapper", "postscript": "P.S.", "title": "title"}
-    labels |= {"any": "any of these", "repetition": "repeated 4-word phrase"}
-    for key, label in labels.items():
+    for key, label in LEAK_LABELS.items():
         cells = [f"{results[t]['leaks'][key]['rate']:.3f} ({results[t]['leaks'][key]['count']})" for t in tags]
         md.append(f"| {label} | {results[tags[0]]['leaks'][key]['n']} | " + " | ".join(cells) + " |")
     if all("length" in results[t]["leaks"] for t in tags):  # results written before the length measure lack it

@@ -19,6 +19,7 @@ import json
 import re
 from typing import Any
 
+from rayalign.eval.leaks import LEAK_LABELS, SHORT_WORDS
 from rayalign.results import summary_warnings
 from rayalign.textfmt import number
 
@@ -136,14 +137,10 @@ def extra_scores(results: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # side effects: what pass rates hide (format leaks, repetition, answer length)
 
-LEAK_LABELS = {
-    "quotes": "starts with a quote",
-    "json": "wrapped in JSON",
-    "postscript": "adds a P.S.",
-    "title": "adds a title",
-    "any": "any of these",
-    "repetition": "repeats a 4-word phrase 4+ times",
-}
+
+def _more_is_worse(d: float) -> str:
+    """A change's cell class where an increase is the bad direction."""
+    return "down" if d > 0 else "up" if d < 0 else ""
 
 
 def side_effects(results: dict) -> str:
@@ -153,7 +150,7 @@ def side_effects(results: dict) -> str:
     if not tags or not all(isinstance(results[t].get("leaks"), dict) for t in tags):
         return ""
     leaks = [results[t]["leaks"] for t in tags]
-    head = "<tr><th>answers that</th><th>n</th>" + "".join(f"<th>{esc(t)}</th>" for t in tags)
+    head = "<tr><th>answers</th><th>n</th>" + "".join(f"<th>{esc(t)}</th>" for t in tags)
     head += "<th>Δ</th></tr>" if len(tags) == 2 else "</tr>"
     rows = []
     for key, label in LEAK_LABELS.items():
@@ -163,7 +160,7 @@ def side_effects(results: dict) -> str:
         delta = ""
         if len(tags) == 2:
             d = leaks[1][key]["count"] - leaks[0][key]["count"]
-            delta = f'<td class="num {"down" if d > 0 else "up" if d < 0 else ""}">{d:+d}</td>'
+            delta = f'<td class="num {_more_is_worse(d)}">{d:+d}</td>'
         rows.append(f"<tr><td>{esc(label)}</td><td class=num>{int(leaks[0][key]['n'])}</td>{cells}{delta}</tr>")
     if all("length" in x for x in leaks):
         lengths = [x["length"] for x in leaks]
@@ -173,9 +170,11 @@ def side_effects(results: dict) -> str:
         if len(tags) == 2:  # the median's change in words (uncoloured); more short answers is worse
             median += f"<td class=num>{lengths[1]['median'] - lengths[0]['median']:+.0f}</td>"
             d = int(lengths[1]["short"]["count"] - lengths[0]["short"]["count"])
-            short += f'<td class="num {"down" if d > 0 else "up" if d < 0 else ""}">{d:+d}</td>'
+            short += f'<td class="num {_more_is_worse(d)}">{d:+d}</td>'
         rows.append(f"<tr><td>median words (prompts setting no length)</td><td class=num>{n}</td>{median}</tr>")
-        rows.append(f"<tr><td>under 20 words (prompts setting no length)</td><td class=num>{n}</td>{short}</tr>")
+        rows.append(
+            f"<tr><td>under {SHORT_WORDS} words (prompts setting no length)</td><td class=num>{n}</td>{short}</tr>"
+        )
     return (
         '<section id="effects"><h2>Side effects</h2><p class="note">What pass rates hide: a format the '
         "prompt did not ask for (counted over the prompts not asking for it), a looping phrase (every "
