@@ -242,3 +242,53 @@ def test_models_run_in_process_with_the_configured_torch_threads(tmp_path):
         assert torch.get_num_threads() == before
     assert EvalConfig(model="m", output=str(tmp_path)).torch_threads == 1
     assert "torch_threads" not in EvalConfig(model="m", output=str(tmp_path)).hash_data()  # a resource, not a result
+
+
+@pytest.mark.timeout(300)
+def test_an_adapter_checkpoint_is_scored_on_its_base_and_the_baseline_runs_without_it(tmp_path):
+    """A preference stage run with `peft` and no merge saves an adapter folder as its checkpoint; the
+    eval's `adapter` applies it to the aligned model only. The answers must be exactly what the engine
+    gives with and without the adapter, and an adapter set on the shared engine (it would reach the
+    baseline too) is refused."""
+    import torch
+
+    from rayalign.config import ConfigError
+    from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
+    from rayalign.models.aligner import add_aligner, save_aligner
+    from rayalign.models.loader import load_model
+
+    model = add_aligner(load_model("tiny-random:llama"), tokens=2, start_layer=0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # nonzero gates: the adapter really changes the answers
+        model.aligner.gate.copy_(torch.randn(model.aligner.gate.shape, generator=g))
+        model.aligner.prefix.copy_(torch.randn(model.aligner.prefix.shape, generator=g))
+    adapter = str(save_aligner(model, tmp_path / "adapter"))
+
+    params = {"max_tokens": 10}
+    cfg = EvalConfig(
+        model="tiny-random:llama",
+        adapter=adapter,
+        baseline_model="tiny-random:llama",
+        output=str(tmp_path / "eval"),
+        limit=6,
+        params=params,
+    )
+    out = run_eval(cfg, log=lambda *_: None)
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "responses.jsonl").read_text().splitlines()]
+
+    def answers(ecfg: EngineConfig) -> list[str]:
+        engine = make_engine(ecfg)
+        sp = SamplingParams(**params)
+        got = engine.generate(
+            [GenRequest(messages=[{"role": "user", "content": r["prompt"]}], params=sp) for r in rows]
+        )
+        engine.close()
+        return [r.texts[0] for r in got]
+
+    assert [r["aligned"]["response"] for r in rows] == answers(EngineConfig(model="tiny-random:llama", adapter=adapter))
+    assert [r["baseline"]["response"] for r in rows] == answers(EngineConfig(model="tiny-random:llama"))
+    assert any(r["aligned"]["response"] != r["baseline"]["response"] for r in rows)
+    assert json.loads(Path(out.details["results"]).read_text())["adapter"] == adapter
+
+    with pytest.raises((ConfigError, ValueError), match="baseline too; set the eval's own `adapter`"):
+        EvalConfig(model="m", output=str(tmp_path), engine={"adapter": adapter})

@@ -155,16 +155,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_tasks(cfg: LmEvalConfig, model: str, log=print) -> dict:
-    """lm-eval's own run of `cfg.tasks` against the model through rayalign's endpoint: {task: metrics}."""
+def run_tasks(cfg: LmEvalConfig, model: str, log=print, adapter: str | None = None) -> dict:
+    """lm-eval's own run of `cfg.tasks` against the model (with `adapter` applied when given) through
+    rayalign's endpoint: {task: metrics}."""
     if not cfg.tasks:
         return {}
     if cfg.base_url:
         return _evaluate(cfg, cfg.base_url, cfg.serve.get("served_model_name") or model, log)
+    from rayalign import storage
     from rayalign.serve.config import ServeConfig
     from rayalign.serve.server import start, stop
 
-    scfg = ServeConfig(**{"model": model, "port": free_port(), "app_name": "rayalign-lm-eval", **cfg.serve})
+    local = str(storage.local_copy(adapter)) if adapter else None
+    scfg = ServeConfig(
+        **{"model": model, "adapter": local, "port": free_port(), "app_name": "rayalign-lm-eval", **cfg.serve}
+    )
     log(f"[eval] lm-eval: serving {model} for {', '.join(cfg.tasks)}")
     url = start(scfg)
     try:

@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayalign import storage
 from rayalign.checks import HELDOUT_KINDS, check_response
@@ -56,6 +56,10 @@ from rayalign.results import StageResult
 
 class EvalConfig(Cfg):
     model: str  # the aligned model (checkpoint folder, builtin:NAME or hub id)
+    # an adapter folder (LoRA in peft format, or Aligner) the aligned model applies on `model`: a
+    # preference or SFT stage run with `peft` and no merge saves one as its checkpoint, so set
+    # `model` to that stage's base and `adapter: ${prefer.checkpoint}`; the baseline runs without it
+    adapter: str | None = None
     baseline_model: str | None = None  # the model it is compared with (None: no comparison)
     output: str  # the eval folder: results.json, report.md, report.html
     # a packaged suite by name — "heldout" (independent: own phrasings, unseen kinds), "builtin" (the
@@ -94,6 +98,16 @@ class EvalConfig(Cfg):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
 
     resource_fields = frozenset({"num_gpus", "report_to", "torch_threads"})
+
+    @model_validator(mode="after")
+    def _one_adapter_field(self) -> EvalConfig:
+        for name, engine in (("engine", self.engine), ("judge_engine", self.judge_engine)):
+            if engine is not None and (engine.adapter or engine.adapters):
+                raise ValueError(
+                    f"{name}.adapter/{name}.adapters would apply to every model the eval runs, the "
+                    "baseline too; set the eval's own `adapter` (the aligned model's adapter folder)"
+                )
+        return self
 
 
 PACKAGED_SUITES = {"builtin": "suite/ifeval.jsonl", "heldout": "suite/heldout.jsonl"}
@@ -151,13 +165,17 @@ def on_device(cfg: EvalConfig, fn, *args, engine: EngineConfig | None = None):
     return run_on_gpus(fn, args, num_gpus=min(cfg.num_gpus, 1.0), tp=engine_gpus([engine]))
 
 
-def generate(cfg: EvalConfig, model: str, prompts: list[str], on_done=None) -> tuple[list[str], int]:
+def generate(
+    cfg: EvalConfig, model: str, prompts: list[str], on_done=None, adapter: str | None = None
+) -> tuple[list[str], int]:
     """Greedy (by default) answers through the Engine, and how many were cut at max_tokens; a failed
-    row answers "" (and fails its checks). `on_done(n)` is told how many have returned, as they return."""
+    row answers "" (and fails its checks). `on_done(n)` is told how many have returned, as they return.
+    `adapter`: an adapter folder (or URI, copied to this node) applied on `model`."""
     from rayalign.eval.answering import generate_reporting
     from rayalign.generate.engine import GenRequest, make_engine
 
-    ecfg = cfg.engine.model_copy(update={"model": model})
+    local = str(storage.local_copy(adapter)) if adapter else None
+    ecfg = cfg.engine.model_copy(update={"model": model, "adapter": local})
     engine = make_engine(ecfg)
     requests = [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
     results = generate_reporting(engine, requests, ecfg.capacity(), on_done)
@@ -242,13 +260,14 @@ def judge_win_rate(cfg: EvalConfig, prompts: list[str], ours: list[str], base: l
     return {"pairs": n, "wins": wins, "losses": losses, "ties": ties, "win_rate": (wins + 0.5 * ties) / max(n, 1)}
 
 
-def heldout_accuracy(model: str, dataset: str, limit: int | None) -> dict:
+def heldout_accuracy(model: str, dataset: str, limit: int | None, adapter: str | None = None) -> dict:
     from rayalign.models.loader import load_model, load_tokenizer
 
     acc = _accuracy()
     rows = acc.load_rows(dataset, limit)
     tok = load_tokenizer(model)
-    return acc.preference_accuracy(load_model(model, dtype="fp32"), rows, tok.pad_token_id)
+    local = str(storage.local_copy(adapter)) if adapter else None
+    return acc.preference_accuracy(load_model(model, dtype="fp32", adapter=local), rows, tok.pad_token_id)
 
 
 def _accuracy():
@@ -268,12 +287,16 @@ def _answered(cfg: EvalConfig, phase: str, before: int, total: int, n: int) -> N
 
 
 def score_model(
-    cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print, on_done=None
+    cfg: EvalConfig, tag: str, spec: str, suite: list[dict], log=print, on_done=None, adapter: str | None = None
 ) -> tuple[dict, list[str], list]:
-    """(scores, responses, per-prompt passes) of one model: suite, reward model, held-out pairs."""
+    """(scores, responses, per-prompt passes) of one model (`spec`, with `adapter` applied when
+    given): suite, reward model, held-out pairs."""
     prompts = [r["prompt"] for r in suite]
-    log(f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}")
-    responses, cut = on_device(cfg, generate, cfg, spec, prompts, on_done, engine=cfg.engine)
+    log(
+        f"[eval] {tag}: answering {len(prompts)} suite prompts with {spec}"
+        + (f" + adapter {adapter}" if adapter else "")
+    )
+    responses, cut = on_device(cfg, generate, cfg, spec, prompts, on_done, adapter, engine=cfg.engine)
     scores: dict = {"truncated": cut}
     scores["ifeval"], passes = instruction_scores(suite, responses)
     scores["leaks"] = leak_rates(suite, responses)
@@ -281,7 +304,7 @@ def score_model(
         rewards = on_device(cfg, reward_scores, cfg.reward_model, prompts, responses, cfg.engine.batch_size)
         scores["reward"] = {"mean": sum(rewards) / max(len(rewards), 1), "n": len(rewards)}
     if cfg.heldout_pairs:
-        scores["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit)
+        scores["heldout"] = on_device(cfg, heldout_accuracy, spec, cfg.heldout_pairs, cfg.heldout_limit, adapter)
     if cfg.lm_eval is not None:
         from rayalign.eval import lmeval
 
@@ -290,7 +313,7 @@ def score_model(
             agreement = scores["lm_eval_ifeval"]["agreement"]
             log(f"[eval] {tag}: rayalign checks agree with lm-eval's IFEval checkers on {agreement}")
         if cfg.lm_eval.tasks:
-            scores["lm_eval"] = lmeval.run_tasks(cfg.lm_eval, spec, log)
+            scores["lm_eval"] = lmeval.run_tasks(cfg.lm_eval, spec, log, adapter)
     ife = scores["ifeval"]
     log(
         f"[eval] {tag}: prompt accuracy {ife['prompt_accuracy']:.3f}, instruction accuracy "
@@ -323,13 +346,16 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     if cfg.baseline_model:
         models["baseline"] = cfg.baseline_model
     results: dict = {"models": models, "suite": cfg.suite, "prompts": len(suite)}
+    if cfg.adapter:
+        results["adapter"] = cfg.adapter
     responses: dict[str, list[str]] = {}
     passes: dict[str, list[list[bool]]] = {}
     for k, (tag, spec) in enumerate(models.items()):
         phase, before, total = f"answering ({tag})", k * len(suite), len(models) * len(suite)
         _progress(cfg, phase, before, total)
         answered = partial(_answered, cfg, phase, before, total)
-        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log, answered)
+        adapter = cfg.adapter if tag == "aligned" else None
+        results[tag], responses[tag], passes[tag] = score_model(cfg, tag, spec, suite, log, answered, adapter)
     _progress(cfg, "judging", len(models) * len(suite), len(models) * len(suite))
     if cfg.judge_model and cfg.baseline_model:
         log(f"[eval] judging aligned vs baseline with {cfg.judge_model}")
