@@ -288,7 +288,10 @@ def test_an_adapter_checkpoint_is_scored_on_its_base_and_the_baseline_runs_witho
     assert [r["aligned"]["response"] for r in rows] == answers(EngineConfig(model="tiny-random:llama", adapter=adapter))
     assert [r["baseline"]["response"] for r in rows] == answers(EngineConfig(model="tiny-random:llama"))
     assert any(r["aligned"]["response"] != r["baseline"]["response"] for r in rows)
-    assert json.loads(Path(out.details["results"]).read_text())["adapter"] == adapter
+    results = json.loads(Path(out.details["results"]).read_text())
+    assert results["adapter"] == adapter
+    assert results["models"] == {"aligned": f"tiny-random:llama + adapter {adapter}", "baseline": "tiny-random:llama"}
+    assert f"- aligned: `tiny-random:llama + adapter {adapter}`" in Path(out.details["report"]).read_text()
 
     with pytest.raises((ConfigError, ValueError), match="baseline too; set the eval's own `adapter`"):
         EvalConfig(model="m", output=str(tmp_path), engine={"adapter": adapter})

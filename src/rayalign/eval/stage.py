@@ -345,7 +345,12 @@ def run_eval(cfg: EvalConfig, log=print) -> StageResult:
     models = {"aligned": cfg.model}
     if cfg.baseline_model:
         models["baseline"] = cfg.baseline_model
-    results: dict = {"models": models, "suite": cfg.suite, "prompts": len(suite)}
+    # what each model is, as the reports name it (an adapter is part of the aligned model)
+    shown = {
+        tag: f"{spec} + adapter {cfg.adapter}" if tag == "aligned" and cfg.adapter else spec
+        for tag, spec in models.items()
+    }
+    results: dict = {"models": shown, "suite": cfg.suite, "prompts": len(suite)}
     if cfg.adapter:
         results["adapter"] = cfg.adapter
     responses: dict[str, list[str]] = {}
