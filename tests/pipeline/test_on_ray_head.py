@@ -96,13 +96,14 @@ def test_ray_job_submit_runs_pipeline(ray_head, tmp_path):
     assert [x["skipped"] for x in s["stages"]] == [False, False, False]
 
 
-def alive_actors(dashboard: str) -> dict[str, str]:
-    """{actor id: "class resources"} of the cluster's live actors that hold resources (Ray Data's
-    detached bookkeeping actors hold none and outlive every job by design)."""
+def pool_actors(dashboard: str, since: set[str] | None = None) -> dict[str, str]:
+    """{actor id: state} of the cluster's actors that hold resources (a stage's pool; Ray Data's
+    detached bookkeeping actors hold none and outlive every job by design), dead ones included,
+    leaving out the ids in `since` (actors of earlier tests on this head)."""
     from ray.util.state import list_actors
 
-    alive = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True, timeout=20)
-    return {a.actor_id: f"{a.class_name} {a.required_resources}" for a in alive if a.required_resources}
+    actors = list_actors(address=dashboard, detail=True, timeout=20, limit=10_000)
+    return {a.actor_id: a.state for a in actors if a.required_resources and a.actor_id not in (since or set())}
 
 
 def available_cpus(env: dict) -> float:
@@ -115,34 +116,37 @@ def available_cpus(env: dict) -> float:
 @pytest.mark.timeout(300)
 def test_kill_mid_pipeline_then_resume(ray_head, tmp_path):
     run_dir = tmp_path / "run"
-    p = pipeline_yaml(tmp_path, run_dir, pairs_shard_rows=8)  # ~29 shards: the kill lands mid-stage
+    p = pipeline_yaml(tmp_path, run_dir, pairs_shard_rows=4)  # ~57 shards: the kill lands mid-stage
     env = {**ray_head["env"], "RAY_ADDRESS": ray_head["gcs"]}
+    before = set(pool_actors(ray_head["dashboard"]))
     runner = [str(VENV_BIN / "rayalign"), "run", str(p)]
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - the child writes it until killed below
     proc = subprocess.Popen(runner, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
-    # wait until the first stage is complete and the second has finished at least one shard
+    # wait until the first stage is complete and the second has finished at least one shard, then
+    # kill at once (nothing slow in between: on a loaded box the stage would finish meanwhile)
     while len(finished_shards(run_dir / "pairs")) < 1:
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.time() < deadline, "the second stage never started"
-        time.sleep(0.05)
-    held = alive_actors(ray_head["dashboard"])
-    assert held, "the stage's actor pool should be running"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     log.close()
-    # the dead driver's actors are gone (Ray's state API) and their CPUs back, within a bound
+    # the dead driver's pool actors (Ray's state API, dead ones included) are gone and their CPUs
+    # back, within a bound
     deadline = time.time() + 60
-    while set(held) & set(alive_actors(ray_head["dashboard"])):
-        left = {k: v for k, v in alive_actors(ray_head["dashboard"]).items() if k in held}
-        assert time.time() < deadline, f"actors of the killed driver still alive: {left}"
+    while True:
+        pool = pool_actors(ray_head["dashboard"], since=before)
+        held = {k: v for k, v in pool.items() if v != "DEAD"}
+        if pool and not held and available_cpus(env) == 2:
+            break
+        assert time.time() < deadline, f"the killed driver still holds actors or CPUs: {held or 'no pool seen'}"
         time.sleep(0.5)
-    while time.time() < deadline and available_cpus(env) < 2:
-        time.sleep(0.5)
-    assert available_cpus(env) == 2
     assert json.loads((run_dir / "chat" / "stage.json").read_text())["status"] == "complete"
     assert json.loads((run_dir / "pairs" / "stage.json").read_text())["status"] == "running"
     shards_done = len(finished_shards(run_dir / "pairs"))
+    planned = json.loads((run_dir / "pairs" / "_plan.json").read_text())["shards"]
+    assert shards_done < planned, "the kill must land mid-stage"
     assert not (run_dir / "prompts").exists()
 
     out = subprocess.run(runner, env=env, cwd=REPO, capture_output=True, text=True, timeout=200)
@@ -150,11 +154,10 @@ def test_kill_mid_pipeline_then_resume(ray_head, tmp_path):
     assert out.returncode == 0, text[-4000:]
     assert "chat (prepare): already complete" in text
     assert "resuming an unfinished run" in text
-    planned = json.loads((run_dir / "pairs" / "_plan.json").read_text())["shards"]
-    if shards_done < planned:  # the killed stage resumed by shard instead of starting over
-        # stages' own lines go to the run's log file (the terminal shows the progress display)
-        logs = "".join(p.read_text() for p in sorted((run_dir / "logs").glob("run-*.log")))
-        assert f"{planned} shard(s), rows counted as read; {shards_done} done" in logs
+    # the killed stage resumed by shard instead of starting over; stages' own lines go to the run's
+    # log file (the terminal shows the progress display)
+    logs = "".join(p.read_text() for p in sorted((run_dir / "logs").glob("run-*.log")))
+    assert f"{planned} shard(s), rows counted as read; {shards_done} done" in logs
     s = check_summary(run_dir)
     assert [x["skipped"] for x in s["stages"]] == [True, False, False]
     # every pair row written exactly once across the killed and the resumed run
