@@ -49,10 +49,13 @@ def node_processes(node) -> list[psutil.Process]:
 
 
 def sigkill_all(procs: list[psutil.Process]) -> list[str]:
+    """SIGKILL each process; their names, an actor's as `ray::Class` (Ray titles an actor that is
+    running a method `ray::Class.method`, e.g. a train worker answering `poll_status`)."""
     names = []
     for p in procs:
         with contextlib.suppress(psutil.Error):
-            names.append(p.name())
+            name = p.name()
+            names.append(name.split(".")[0] if name.startswith("ray::") else name)
             p.send_signal(signal.SIGKILL)
     return names
 

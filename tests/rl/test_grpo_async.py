@@ -1,7 +1,8 @@
 """Asynchronous GRPO (`asynchronous.max_staleness`) and the weight sync it rests on.
 
-- k = 0 is the synchronous run as it was before asynchronous rollouts existed: the same losses,
-  gradient norms and rewards, bit for bit (values recorded from the synchronous trainer).
+- k = 0 is the synchronous run as it was before asynchronous rollouts existed: the same rewards
+  exactly, and the same losses and gradient norms to float rounding (values recorded from the
+  synchronous trainer on one CPU; another CPU's kernels round differently, at ~1e-7).
 - k = 2: step s's groups come from policy version max(0, s − k), recorded per sample; the staleness
   metrics say so, and the behaviour log-probs feed TIS.
 - a checkpoint of a run with rollouts in flight holds them; resumed with a smaller k, the groups
@@ -52,11 +53,14 @@ def records(out) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_max_staleness_zero_is_the_synchronous_run_bit_for_bit(tmp_path):
+def test_max_staleness_zero_is_the_synchronous_run(tmp_path):
     run_stage("grpo", data=config(tmp_path / "run", write_prompts(tmp_path / "p.jsonl")))
-    got = [(r["loss"], r["grad_norm"], r["reward_mean"]) for r in records(tmp_path / "run")]
-    assert got == SYNC
-    for r in records(tmp_path / "run"):
+    recs = records(tmp_path / "run")
+    # rewards are sums of exact binary fractions: equal on every CPU; the losses and gradient norms
+    # were recorded on another machine and read up to 7e-7 apart (relative) on an AMD EPYC (AVX-512)
+    assert [r["reward_mean"] for r in recs] == [s[2] for s in SYNC]
+    assert [(r["loss"], r["grad_norm"]) for r in recs] == [pytest.approx(s[:2], rel=1e-5) for s in SYNC]
+    for r in recs:
         assert r["staleness_max"] == 0.0 and r["dropped_groups"] == 0.0
         assert 0.0 <= r["mismatch_kl"] < 0.05  # the engine's and the trainer's log-probs of one policy
 
