@@ -80,11 +80,14 @@ def main() -> None:
 
     from rayalign.eval.stats import paired
 
-    seeds = []
+    seeds, ids = [], None
     for recipe, variant in a.pair:
         r, v = responses(recipe), responses(variant)
         if [x["id"] for x in r] != [x["id"] for x in v]:
             sys.exit(f"{recipe} and {variant} answered different prompts: not a pair")
+        if ids is not None and [x["id"] for x in r] != ids:
+            sys.exit("the pairs were scored on different dev prompts: every pair must answer the same split")
+        ids = [x["id"] for x in r]
         same_base = sum(x["baseline"]["response"] == y["baseline"]["response"] for x, y in zip(r, v))
         seeds.append(
             {
@@ -97,10 +100,6 @@ def main() -> None:
                 "n": len(r),
             }
         )
-    if len({s["n"] for s in seeds}) != 1 or any(
-        [x["id"] for x in responses(recipe)] != [x["id"] for x in responses(a.pair[0][0])] for recipe, _ in a.pair
-    ):
-        sys.exit("the pairs were scored on different dev prompts: every pair must answer the same split")
 
     lines = [
         "# A recipe variant against the recipe over training seeds (dev split)",

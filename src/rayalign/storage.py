@@ -695,3 +695,8 @@ def local_copy(source: str | os.PathLike) -> Path:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+def local_copy_or_none(source: str | os.PathLike | None) -> str | None:
+    """`local_copy` of an optional folder (an adapter, say) as a string; None stays None."""
+    return str(local_copy(source)) if source else None

@@ -166,7 +166,7 @@ def run_tasks(cfg: LmEvalConfig, model: str, log=print, adapter: str | None = No
     from rayalign.serve.config import ServeConfig
     from rayalign.serve.server import start, stop
 
-    local = str(storage.local_copy(adapter)) if adapter else None
+    local = storage.local_copy_or_none(adapter)
     scfg = ServeConfig(
         **{"model": model, "adapter": local, "port": free_port(), "app_name": "rayalign-lm-eval", **cfg.serve}
     )
