@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from rayalign import storage
+from rayalign.eval.stats import kinds_down
 from rayalign.pipeline import load_pipeline, read_summary
 from rayalign.pipeline import main as run_pipeline
 
@@ -43,10 +44,21 @@ def eval_headline(r: dict) -> list[str]:
             f"  95% paired interval [{100 * paired['lo']:+.1f}, {100 * paired['hi']:+.1f}] points, "
             f"p = {paired['p_value']:.3f} ({noise})"
         )
+    groups = ((r.get("stats") or {}).get("paired_groups") or {}).get("aligned - baseline", {})
     for group in ("seen", "unseen"):
         b, a = base.get(f"{group}_instruction_accuracy"), aligned.get(f"{group}_instruction_accuracy")
         if a is not None and b is not None:
-            lines.append(f"  {group} kinds, instruction level: {b:.3f} → {a:.3f} ({100 * (a - b):+.1f} points)")
+            d = groups.get(group)
+            ci = f", paired [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]" if d else ""
+            lines.append(f"  {group} kinds, instruction level: {b:.3f} → {a:.3f} ({100 * (a - b):+.1f} points{ci})")
+    kinds = ((r.get("stats") or {}).get("paired_kinds") or {}).get("aligned - baseline")
+    if kinds is not None:
+        down = kinds_down(r["stats"]).get("aligned - baseline", [])
+        listed = [
+            f"{k} {100 * kinds[k]['diff']:+.1f} [{100 * kinds[k]['lo']:+.1f}, {100 * kinds[k]['hi']:+.1f}]"
+            for k in down
+        ]
+        lines.append(f"  kinds down beyond noise: {', '.join(listed) or 'none'}")
     if "judge" in r:
         lines.append(f"LLM-judge win rate of aligned vs base: {r['judge']['win_rate']:.3f}")
     return lines

@@ -132,6 +132,9 @@ def test_eval_tiny_model_end_to_end(tmp_path):
         and results["aligned"]["leaks"]["repetition"]["n"] == 8
     )
     assert results["stats"]["paired"]["aligned - baseline"]["diff"] == 0.0 and m["paired/p_value"] == 1.0
+    kinds = results["stats"]["paired_kinds"]["aligned - baseline"]
+    assert kinds and all(d["diff"] == 0.0 and d["within_noise"] for d in kinds.values())
+    assert m["paired/kinds_down"] == 0.0
     assert [s["id"] for s in results["samples"]] == [f"ifeval-{i:04d}" for i in range(8)]
     if LM_EVAL:  # the same answers re-scored by lm-eval's IFEval checkers (where they have a counterpart)
         a = results["aligned"]["lm_eval_ifeval"]

@@ -74,6 +74,19 @@ def make_eval(tmp_path: Path, with_stats: bool = True) -> tuple[Path, dict]:
                     "within_noise": True,
                 }
             },
+            "paired_kinds": {
+                "aligned - baseline": {
+                    "uppercase": {
+                        "diff": 0.0,
+                        "lo": -0.75,
+                        "hi": -0.25,
+                        "p_value": 0.01,
+                        "n": 3,
+                        "within_noise": False,
+                    },
+                    "lowercase": {"diff": 0.0, "lo": -0.5, "hi": 0.5, "p_value": 1.0, "n": 3, "within_noise": True},
+                }
+            },
             "suite": {"name": "builtin", "path": "builtin", "reads": 3},
         }
     return out, results
@@ -159,6 +172,11 @@ def test_page_content_without_a_browser(tmp_path):
     assert ">c1<" not in page
     assert page.count('<svg class="chart"') == 3  # prefer: loss, margins, tokens/s
     assert "2 / 2 / 2" in page  # counts stored as floats print as integers
+    # by kind: the change's paired interval on the cell, and a mark where it excludes 0
+    kinds = page[page.index('<section id="kinds">') :]
+    assert "the paired 95% interval of the change excludes 0" in kinds
+    assert '<td class="num " title="paired 95% CI -75.0 – -25.0">+0.0*</td>' in kinds
+    assert '<td class="num " title="paired 95% CI -50.0 – +50.0">+0.0</td>' in kinds
 
 
 def leaks(quotes: int, loops: int, median: float) -> dict:

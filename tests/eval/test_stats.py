@@ -68,7 +68,8 @@ def test_eval_stats_shape_and_values():
     level 3/3 vs 1/3, paired diff 0.5 with n 2."""
     passes = {"aligned": [[True, True], [True]], "baseline": [[False, False], [True]]}
     s = stats.eval_stats(SUITE, passes, "baseline", {"name": "x", "path": "/x", "reads": 1})
-    assert set(s) == {"rates", "paired", "suite"} and s["suite"] == {"name": "x", "path": "/x", "reads": 1}
+    assert set(s) == {"rates", "paired", "paired_kinds", "paired_groups", "suite"}
+    assert s["suite"] == {"name": "x", "path": "/x", "reads": 1}
     al, bl = s["rates"]["aligned"], s["rates"]["baseline"]
     assert set(al) == {"prompt_level", "instruction_level", "kinds"}
     assert al["prompt_level"]["mean"] == 1.0 and bl["prompt_level"]["mean"] == 0.5
@@ -82,13 +83,58 @@ def test_eval_stats_shape_and_values():
     assert p["metric"] == "prompt_level" and p["diff"] == 0.5 and p["n"] == 2
     for r in (al["prompt_level"], *bl["kinds"].values()):
         assert set(r) == {"mean", "lo", "hi", "n"} and r["lo"] <= r["mean"] <= r["hi"]
-    assert stats.eval_stats(SUITE, {"aligned": passes["aligned"]}, None, {})["paired"] == {}
+    # per kind, instruction level: no_commas 2 of 2 against 1 of 2, lowercase 1 of 1 against 0 of 1;
+    # seen kinds 3 of 3 against 1 of 3 (both kinds are trained ones); no unseen kind in this suite
+    pk = s["paired_kinds"]["aligned - baseline"]
+    assert (pk["no_commas"]["diff"], pk["no_commas"]["n"]) == (0.5, 2)
+    assert (pk["lowercase"]["diff"], pk["lowercase"]["lo"], pk["lowercase"]["hi"]) == (1.0, 1.0, 1.0)
+    groups = s["paired_groups"]["aligned - baseline"]
+    assert set(groups) == {"seen"} and groups["seen"]["diff"] == pytest.approx(2 / 3) and groups["seen"]["n"] == 2
+    assert stats.kinds_down(s) == {}
+    bare = stats.eval_stats(SUITE, {"aligned": passes["aligned"]}, None, {})
+    assert bare["paired"] == bare["paired_kinds"] == bare["paired_groups"] == {}
     json.dumps(s)  # plain JSON types only
     md = "\n".join(stats.stats_md(s))
     assert "**aligned - baseline** (prompt_level, paired over 2 prompts): +0.500" in md
     # the baseline's column first, whatever order the rates came in
     assert "| kind | n | baseline | aligned |" in md
     assert "| no_commas | 2 | 0.500 [0.000, 1.000] | 1.000 [1.000, 1.000] |" in md
+
+
+def test_paired_ratio_pools_a_prompts_constraints_and_resamples_prompts():
+    """Σ(a − b) / Σm over prompts: 3 prompts holding 2, 1 and 1 constraints of the kinds, passed 2/0,
+    0/1 and 1/1 by A/B: (2 + (−1) + 0) / 4 = 0.25; `paired` is the case of one unit per item."""
+    d = stats.paired_ratio([2, 0, 1], [0, 1, 1], [2, 1, 1])
+    assert d["diff"] == 0.25 and d["n"] == 3 and d["lo"] <= 0.25 <= d["hi"]
+    # every resample's value is Σ(a − b) / Σm of some multiset of the three prompts
+    ratios = {(2 * i - j) / (2 * i + j + k) for i in range(4) for j in range(4) for k in range(4) if i + j + k == 3}
+    assert min(ratios) <= d["lo"] and d["hi"] <= max(ratios)
+    assert stats.paired_ratio([1, 0, 1], [0, 0, 1], [1, 1, 1]) == stats.paired([1, 0, 1], [0, 0, 1])
+    with pytest.raises(ValueError, match="a size per item"):
+        stats.paired_ratio([1], [1], [1, 1])
+
+
+def test_a_kind_down_beyond_noise_is_named_and_the_unseen_kinds_are_paired():
+    """The baseline passes all 10 min_words constraints, the aligned model none (-1.0, interval
+    [-1, -1]: down beyond noise); no_commas 5 of 10 each way on other prompts (within noise)."""
+    suite = [{"id": f"m{i}", "prompt": "p", "constraints": [{"kind": "min_words"}]} for i in range(10)]
+    suite += [{"id": f"c{i}", "prompt": "p", "constraints": [{"kind": "no_commas"}]} for i in range(10)]
+    passes = {
+        "aligned": [[False]] * 10 + [[i % 2 == 0] for i in range(10)],
+        "baseline": [[True]] * 10 + [[i % 2 == 1] for i in range(10)],
+    }
+    s = stats.eval_stats(suite, passes, "baseline", {})
+    pk = s["paired_kinds"]["aligned - baseline"]
+    assert (pk["min_words"]["diff"], pk["min_words"]["lo"], pk["min_words"]["hi"]) == (-1.0, -1.0, -1.0)
+    assert pk["no_commas"]["diff"] == 0.0 and pk["no_commas"]["within_noise"]
+    assert stats.kinds_down(s) == {"aligned - baseline": ["min_words"]}
+    groups = s["paired_groups"]["aligned - baseline"]
+    assert groups["unseen"]["diff"] == -1.0 and groups["unseen"]["n"] == 10  # min_words is never trained
+    assert groups["seen"]["diff"] == 0.0
+    md = "\n".join(stats.stats_md(s))
+    assert "Kinds down beyond noise (aligned - baseline: the paired interval below 0): min_words." in md
+    assert "| min_words | 10 | 1.000 [1.000, 1.000] | 0.000 [0.000, 0.000] | -1.000 [-1.000, -1.000] **down** |" in md
+    assert "**aligned - baseline**, unseen kinds (instruction level, paired over 10 prompts): -1.000" in md
 
 
 def test_gate_passes_fails_and_explains():

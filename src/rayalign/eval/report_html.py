@@ -195,6 +195,8 @@ def by_kind(results: dict) -> str:
     stats = results.get("stats") or {}
     head = "<tr><th>kind</th><th>n</th>" + "".join(f"<th>{esc(t)}</th>" for t in tags)
     head += "<th>Δ</th></tr>" if len(tags) == 2 else "</tr>"
+    labels = [_stat_label(stats, t) for t in tags]
+    paired = (stats.get("paired_kinds") or {}).get(f"{labels[-1]} - {labels[0]}", {}) if len(tags) == 2 else {}
     rows = []
     for kind in sorted(ife.get("by_kind", {})):
         cells = []
@@ -210,10 +212,18 @@ def by_kind(results: dict) -> str:
         delta = ""
         if len(tags) == 2 and None not in vals:
             d = vals[1] - vals[0]
-            delta = f'<td class="num {"up" if d > 0 else "down" if d < 0 else ""}">{100 * d:+.1f}</td>'
+            pk = paired.get(kind)
+            title = f' title="paired 95% CI {100 * pk["lo"]:+.1f} – {100 * pk["hi"]:+.1f}"' if pk else ""
+            # beyond noise (the paired interval excludes 0): marked, so a kind really down stands out
+            mark = "*" if pk and not pk["within_noise"] else ""
+            delta = f'<td class="num {"up" if d > 0 else "down" if d < 0 else ""}"{title}>{100 * d:+.1f}{mark}</td>'
         n = int(ife.get("kind_counts", {}).get(kind, 0))
         rows.append(f"<tr><td>{esc(kind)}</td><td class=num>{n}</td>{''.join(cells)}{delta}</tr>")
-    return f'<section id="kinds"><h2>Pass rate by constraint kind</h2><table class="kinds">{head}{"".join(rows)}</table></section>'
+    note = '<p class="note">* the paired 95% interval of the change excludes 0 (beyond noise).</p>' if paired else ""
+    return (
+        f'<section id="kinds"><h2>Pass rate by constraint kind</h2>{note}<table class="kinds">{head}'
+        f"{''.join(rows)}</table></section>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

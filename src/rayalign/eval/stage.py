@@ -23,7 +23,8 @@ For `model` and (if given) `baseline_model`:
    IFEval checker code (how often the two implementations agree, and where they differ).
 7. statistics (`eval/stats.py`): every pass rate with a 95% bootstrap interval, aligned − baseline
    as a paired bootstrap interval with its p-value ("within noise" when it covers 0), per kind
-   with n: `results["stats"]`; with `gate`, whether the paired lower bound clears it
+   with n, and paired per kind and for the seen and unseen kinds (a kind whose interval lies below
+   0 is "down beyond noise"): `results["stats"]`; with `gate`, whether the paired lower bound clears it
    (`results["gate"]`, metric `gate/passed`; a pipeline then withholds `final_model`).
 
 Writes `<output>/results.json`, `<output>/responses.jsonl` and the report folder (`report.md` +
@@ -49,7 +50,7 @@ from rayalign.checks import HELDOUT_KINDS, check_response
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.leaks import leak_rates
 from rayalign.eval.lmeval import LmEvalConfig
-from rayalign.eval.stats import GateConfig, eval_stats, gate, record_read
+from rayalign.eval.stats import GateConfig, eval_stats, gate, kinds_down, record_read
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.results import StageResult
 
@@ -174,7 +175,7 @@ def generate(
     from rayalign.eval.answering import generate_reporting
     from rayalign.generate.engine import GenRequest, make_engine
 
-    local = str(storage.local_copy(adapter)) if adapter else None
+    local = storage.local_copy_or_none(adapter)
     ecfg = cfg.engine.model_copy(update={"model": model, "adapter": local})
     engine = make_engine(ecfg)
     requests = [GenRequest(messages=[{"role": "user", "content": p}], params=cfg.params) for p in prompts]
@@ -266,7 +267,7 @@ def heldout_accuracy(model: str, dataset: str, limit: int | None, adapter: str |
     acc = _accuracy()
     rows = acc.load_rows(dataset, limit)
     tok = load_tokenizer(model)
-    local = str(storage.local_copy(adapter)) if adapter else None
+    local = storage.local_copy_or_none(adapter)
     return acc.preference_accuracy(load_model(model, dtype="fp32", adapter=local), rows, tok.pad_token_id)
 
 
@@ -485,6 +486,9 @@ def flat_metrics(results: dict) -> dict:
         m["judge/win_rate"] = results["judge"]["win_rate"]
     for d in results.get("stats", {}).get("paired", {}).values():
         m.update({f"paired/{k}": float(d[k]) for k in ("diff", "lo", "hi", "p_value")})
+    if results.get("stats", {}).get("paired_kinds"):
+        down = kinds_down(results["stats"])
+        m["paired/kinds_down"] = float(sum(len(v) for v in down.values()))
     if "gate" in results:
         m["gate/passed"] = 1.0 if results["gate"]["passed"] else 0.0
     return m

@@ -7,9 +7,12 @@
   two-sided bootstrap p-value — the share of resampled differences at least as far from the
   observed one as the observed one is from 0 (the bootstrap distribution shifted to the null),
   (count + 1) / (N_BOOT + 1). A difference is "within noise" when its interval covers 0.
+- `paired_ratio`: `paired` for a pooled rate (a prompt's constraints of some kinds are its units;
+  prompts are resampled).
 - `eval_stats`: the `results["stats"]` block of the eval stage (prompt level, instruction level —
   the prompts resampled with their constraints — and per kind, with n; paired for every model
-  against the baseline).
+  against the baseline: prompt level, per kind — a kind "down beyond noise" when its interval lies
+  below 0 — and the seen and unseen kinds).
 - `gate`: does the paired lower bound clear `min_lower_bound`? (a pipeline promotes `final_model`
   only when it does).
 - `record_read`: how many times a suite has been scored, counted in `$RAYALIGN_CACHE/suite_reads.json`
@@ -26,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from rayalign import storage
+from rayalign.checks import HELDOUT_KINDS
 from rayalign.config import Cfg
 from rayalign.eval.leaks import leaks_md, samples_md
 from rayalign.eval.lmeval import lmeval_md
@@ -65,13 +69,30 @@ def ratio_rate(passed: list[int], total: list[int], n_boot: int = N_BOOT, seed: 
 
 def paired(a: list[float] | list[bool], b: list[float] | list[bool], n_boot: int = N_BOOT, seed: int = SEED) -> dict:
     """{diff, lo, hi, p_value, n, within_noise} of mean(a - b), a and b scored on the same items."""
+    return paired_ratio(a, b, [1] * len(a), n_boot, seed)
+
+
+def paired_ratio(
+    a: list[float] | list[bool] | list[int],
+    b: list[float] | list[bool] | list[int],
+    m: list[int],
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> dict:
+    """`paired` for pooled rates: item i holds m[i] units (a prompt's constraints of some kinds), of
+    which a[i] and b[i] passed for the two models; the difference is Σ(a − b) / Σm, and the items
+    (prompts) are resampled, so units of one prompt stay together."""
     if len(a) != len(b):
         raise ValueError(f"paired statistics need the same items: {len(a)} vs {len(b)} scores")
+    if len(m) != len(a):
+        raise ValueError(f"paired_ratio needs a size per item: {len(m)} sizes for {len(a)} items")
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.size == 0:
+    units = np.asarray(m, dtype=np.float64)
+    if d.size == 0 or units.sum() == 0:
         return {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_value": 1.0, "n": 0, "within_noise": True}
-    boots = d[_resample(d.size, n_boot, seed)].mean(axis=1)
-    diff = float(d.mean())
+    idx = _resample(d.size, n_boot, seed)
+    boots = d[idx].sum(axis=1) / np.maximum(units[idx].sum(axis=1), 1)
+    diff = float(d.sum() / units.sum())
     lo, hi = _interval(boots)
     extreme = int(np.sum(np.abs(boots - diff) >= abs(diff) - 1e-12))
     p = (extreme + 1) / (n_boot + 1)
@@ -91,6 +112,22 @@ def model_rates(suite: list[dict], passes: list[list[bool]], n_boot: int = N_BOO
     }
 
 
+def paired_kinds(
+    suite: list[dict], a: list[list[bool]], b: list[list[bool]], kinds: set[str], n_boot: int = N_BOOT, seed: int = SEED
+) -> dict:
+    """`paired_ratio` of the constraints whose kind is in `kinds`: per prompt that has any, how many
+    model A and model B passed and how many there are (instruction level, prompts resampled)."""
+    rows = []
+    for row, pa, pb in zip(suite, a, b):
+        mine = [i for i, c in enumerate(row["constraints"]) if c["kind"] in kinds]
+        if mine:
+            rows.append((sum(pa[i] for i in mine), sum(pb[i] for i in mine), len(mine)))
+    if not rows:
+        return paired_ratio([], [], [], n_boot, seed)
+    ka, kb, m = zip(*rows)
+    return paired_ratio(list(ka), list(kb), list(m), n_boot, seed)
+
+
 def eval_stats(
     suite: list[dict],
     passes: dict[str, list[list[bool]]],
@@ -99,15 +136,41 @@ def eval_stats(
     n_boot: int = N_BOOT,
     seed: int = SEED,
 ) -> dict:
-    """`results["stats"]`: rates per model label, each model minus `base` (prompt level), the suite read."""
-    out: dict = {"rates": {tag: model_rates(suite, p, n_boot, seed) for tag, p in passes.items()}, "paired": {}}
+    """`results["stats"]`: rates per model label; each model minus `base` at prompt level (`paired`),
+    per kind (`paired_kinds`: a kind "down beyond noise" has its interval below 0) and for the seen
+    and unseen kinds (`paired_groups`, instruction level); the suite read."""
+    out: dict = {
+        "rates": {tag: model_rates(suite, p, n_boot, seed) for tag, p in passes.items()},
+        "paired": {},
+        "paired_kinds": {},
+        "paired_groups": {},
+    }
     if base is not None and base in passes:
+        present = {c["kind"] for row in suite for c in row["constraints"]}
+        groups = {"seen": present - set(HELDOUT_KINDS), "unseen": present & set(HELDOUT_KINDS)}
         for tag, p in passes.items():
             if tag == base:
                 continue
+            name = f"{tag} - {base}"
             diff = paired([all(ok) for ok in p], [all(ok) for ok in passes[base]], n_boot, seed)
-            out["paired"][f"{tag} - {base}"] = {"metric": "prompt_level", **diff}
+            out["paired"][name] = {"metric": "prompt_level", **diff}
+            out["paired_kinds"][name] = {
+                k: paired_kinds(suite, p, passes[base], {k}, n_boot, seed) for k in sorted(present)
+            }
+            out["paired_groups"][name] = {
+                g: paired_kinds(suite, p, passes[base], kinds, n_boot, seed) for g, kinds in groups.items() if kinds
+            }
     out["suite"] = suite_info
+    return out
+
+
+def kinds_down(stats: dict) -> dict[str, list[str]]:
+    """{comparison: the kinds whose paired interval lies below 0}, for comparisons that have any."""
+    out = {}
+    for name, kinds in (stats.get("paired_kinds") or {}).items():
+        down = [k for k, d in kinds.items() if d["n"] and d["hi"] < 0]
+        if down:
+            out[name] = down
     return out
 
 
@@ -190,10 +253,31 @@ def stats_md(stats: dict) -> list[str]:
             f"**{name}** ({d['metric']}, paired over {d['n']} prompts): {d['diff']:+.3f} "
             f"[{d['lo']:+.3f}, {d['hi']:+.3f}], p = {d['p_value']:.4f} — {verdict}",
         ]
+    for name, groups in (stats.get("paired_groups") or {}).items():
+        for g, d in groups.items():
+            verdict = "within noise" if d["within_noise"] else "outside noise"
+            lines += [
+                "",
+                f"**{name}**, {g} kinds (instruction level, paired over {d['n']} prompts): {d['diff']:+.3f} "
+                f"[{d['lo']:+.3f}, {d['hi']:+.3f}] — {verdict}",
+            ]
+    per_kind = stats.get("paired_kinds") or {}
+    down = kinds_down(stats)
+    for name in per_kind:
+        listed = ", ".join(down.get(name, [])) or "none"
+        lines += ["", f"Kinds down beyond noise ({name}: the paired interval below 0): {listed}."]
     kinds = sorted({k for r in stats["rates"].values() for k in r["kinds"]})
-    lines += ["", "| kind | n | " + " | ".join(tags) + " |", "|---|---:|" + "---|" * len(tags)]
+    lines += [
+        "",
+        "| kind | n | " + " | ".join([*tags, *(f"{name} (paired)" for name in per_kind)]) + " |",
+        "|---|---:|" + "---|" * (len(tags) + len(per_kind)),
+    ]
     for k in kinds:
         cells = [_ci(stats["rates"][t]["kinds"][k]) if k in stats["rates"][t]["kinds"] else "" for t in tags]
+        for name, by_kind in per_kind.items():
+            d = by_kind.get(k)
+            mark = " **down**" if k in down.get(name, []) else ""
+            cells.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{mark}" if d else "")
         n = next(stats["rates"][t]["kinds"][k]["n"] for t in tags if k in stats["rates"][t]["kinds"])
         lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
     return [*lines, ""]
