@@ -11,15 +11,23 @@ prompts. One training run cannot choose a recipe: the quickstart recipe's own de
 averaged over the seeds, and the paired bootstrap resamples prompts (the same prompt is hard or easy
 in every seed, so prompts, not prompt-seed rows, are the independent unit).
 
-The rule, fixed before the runs it judges were read. The variant replaces the recipe when all three
-hold:
+The rule, fixed before the runs it judges were read, by the variant's goal (`--goal`). The variant
+replaces the recipe when all three hold:
 
 1. pass rate (prompt level) not worse: variant − recipe ≥ −`--margin` points (default 3.3, two
    prompts of 60) and the 95% interval's upper bound ≥ 0;
-2. less looping: answers repeating a 4-word phrase 4+ times, variant − recipe, has its 95% interval's
-   upper bound below 0;
-3. no length collapse: on prompts that set no length, the share of answers under 20 words is at most
-   5 points above the recipe's (short answers cannot loop, so fewer loops alone can mean this).
+2. the goal met beyond noise:
+   - `loops` (default): less looping: answers repeating a 4-word phrase 4+ times, variant − recipe,
+     has its 95% interval's upper bound below 0;
+   - `length`: longer answers: on prompts that set no length, words per answer, variant − recipe,
+     has its 95% interval's lower bound above 0 (the recipe's answers are shorter than the base's,
+     and it fails requests for a minimum length);
+3. the other measure no worse:
+   - `loops`: no length collapse: on prompts that set no length, the share of answers under 20 words
+     is at most 5 points above the recipe's (short answers cannot loop, so fewer loops alone can mean
+     this);
+   - `length`: no more looping: the looping difference's 95% interval's lower bound is at most 0
+     (longer answers have more room to loop).
 
 Writes benchmarks/results/<date>-<name>-cpu.md: per seed, both models' gains over the base, the
 paired difference, looping and length; pooled, the three measures with intervals and the verdict.
@@ -76,6 +84,9 @@ def main() -> None:
     p.add_argument("--pair", nargs=2, action="append", required=True, metavar=("RECIPE", "VARIANT"))
     p.add_argument("--name", required=True, help="results file name: <date>-<name>-cpu.md")
     p.add_argument("--margin", type=float, default=3.3, help="rule 1: points the pass rate may fall at most")
+    p.add_argument(
+        "--goal", choices=("loops", "length"), default="loops", help="rules 2 and 3: what the variant is for"
+    )
     a = p.parse_args()
 
     from rayalign.eval.stats import paired
@@ -129,22 +140,35 @@ def main() -> None:
     d_pass = paired(pooled("v", "pass"), pooled("r", "pass"))
     d_loop = paired(pooled("v", "loop"), pooled("r", "loop"))
     d_short = paired(pooled("v", "short"), pooled("r", "short"))
-    rules = [
-        (
-            f"pass rate not worse: variant − recipe ≥ −{a.margin:.1f} points and upper bound ≥ 0",
-            interval(d_pass),
-            100 * d_pass["diff"] >= -a.margin and d_pass["hi"] >= 0,
-        ),
-        ("less looping: variant − recipe upper bound < 0", interval(d_loop), d_loop["hi"] < 0),
-        (
-            f"no length collapse: short answers variant − recipe ≤ +{100 * SHORT_MARGIN:.0f} points",
-            interval(d_short),
-            d_short["diff"] <= SHORT_MARGIN,
-        ),
-    ]
+    d_words = paired(pooled("v", "words"), pooled("r", "words"))
+    rule_pass = (
+        f"pass rate not worse: variant − recipe ≥ −{a.margin:.1f} points and upper bound ≥ 0",
+        interval(d_pass),
+        100 * d_pass["diff"] >= -a.margin and d_pass["hi"] >= 0,
+    )
+    words = f"{d_words['diff']:+.1f} [{d_words['lo']:+.1f}, {d_words['hi']:+.1f}] words"
+    if a.goal == "loops":
+        rules = [
+            rule_pass,
+            ("less looping: variant − recipe upper bound < 0", interval(d_loop), d_loop["hi"] < 0),
+            (
+                f"no length collapse: short answers variant − recipe ≤ +{100 * SHORT_MARGIN:.0f} points",
+                interval(d_short),
+                d_short["diff"] <= SHORT_MARGIN,
+            ),
+        ]
+    else:
+        rules = [
+            rule_pass,
+            ("longer answers (prompts setting no length): variant − recipe lower bound > 0", words, d_words["lo"] > 0),
+            ("no more looping: variant − recipe lower bound ≤ 0", interval(d_loop), d_loop["lo"] <= 0),
+        ]
     lines += [
         "",
         f"## Pooled over {len(seeds)} seeds ({seeds[0]['n']} prompts, each averaged over the seeds)",
+        "",
+        f"The variant's goal (`--goal`): {a.goal}. Words per answer on prompts setting no length, variant − "
+        f"recipe: {words}; looping {interval(d_loop)}; short answers {interval(d_short)}.",
         "",
         "| rule | variant − recipe | met |",
         "|---|---:|---|",

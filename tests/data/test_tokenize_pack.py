@@ -120,3 +120,23 @@ def test_packed_loss_equals_unpacked(tokenizer, attn):
     with torch.no_grad():
         leaky, _ = _token_loss_sum(model, torch.tensor([r.input_ids]), torch.tensor([r.labels]))
     assert abs(leaky.item() / k - total.item() / n) > 1e-4
+
+
+def test_an_open_side_is_a_prefix_without_the_end_of_turn(tokenizer):
+    """A side marked open (an answer cut off at the sampling budget) is tokenised as the same answer's
+    ids with the end-of-turn dropped; `pair_ids` reads the flags off a pairs row."""
+    from rayalign.data.tokenize import pair_ids
+
+    prompt = [{"role": "user", "content": "Q"}]
+    closed = tokenize_pair(tokenizer, prompt, "Yes, it is the", "No.")
+    p = tokenize_pair(tokenizer, prompt, "Yes, it is the", "No.", open_ends=(True, False))
+    assert tokenizer.decode(p["chosen_ids"]) == "Yes, it is the"
+    assert p["chosen_ids"] == closed["chosen_ids"][: len(p["chosen_ids"])]
+    assert tokenizer.decode(closed["chosen_ids"][len(p["chosen_ids"]) :]) == "<|im_end|>\n"
+    assert p["rejected_ids"] == closed["rejected_ids"] and p["prompt_ids"] == closed["prompt_ids"]
+    row = {"prompt": prompt, "chosen": "Yes.", "rejected": "No, it is the ", "rejected_open": True}
+    q = pair_ids(tokenizer, row)
+    assert (tokenizer.decode(q["chosen_ids"]), tokenizer.decode(q["rejected_ids"])) == (
+        "Yes.<|im_end|>\n",
+        "No, it is the",
+    )

@@ -245,3 +245,42 @@ def test_length_contrast_pairs_prefer_the_whole_answer_unless_brevity_was_asked(
     assert out.stats["length_contrast_pairs"] == 2 and out.stats["revision_pairs"] == 2
     statuses = {k: v for k, v in out.stats.items() if k.startswith("status.")}
     assert statuses == {"status.rule_fixed": 2, "status.length_contrast": 1}
+
+
+def test_open_cut_offs_leave_the_end_of_a_cut_off_answer_open(tmp_path):
+    """With open_cut_offs, a pair side built from a sampled answer cut off at max_tokens (status
+    "truncated") that still ends where the cut was is marked open; a fix that cuts the answer shorter
+    or adds words at its end, and every side of an answer that ended, is not. Off, nothing is open."""
+    from rayalign.generate.contrast import UNASKED_FORMATS, same_ending
+
+    assert same_ending("hello friend. tea is warm and", "Hello, friend. Tea is warm, and")
+    assert not same_ending("Hello friend.", "Hello, friend. Tea is warm, and") and not same_ending("", "")
+    cut = "Hello, friend. Tea is warm and the leaves are"
+    no_commas = [{"kind": "no_commas"}]
+    rows = [
+        {"id": "cut", "prompt": "Hi", "response": cut, "status": "truncated", "meta": {"constraints": no_commas}},
+        {"id": "ended", "prompt": "Hi", "response": cut, "status": "ok", "meta": {"constraints": no_commas}},
+        {
+            "id": "short",
+            "prompt": "Hi",
+            "response": "Tea is warm. It grows on hills and the leaves are",
+            "status": "truncated",
+            "meta": {"constraints": [{"kind": "max_words", "max": 5}]},
+        },
+    ]
+    cfg = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True, open_cut_offs=True)
+    by_id = {r["id"]: r for r in ClairProcessor(cfg).process(rows).rows}
+    assert sorted(by_id) == ["cut", "cut-fmt", "ended", "ended-fmt", "short", "short-fmt"]
+    opened = {k: (r["chosen_open"], r["rejected_open"]) for k, r in by_id.items()}
+    assert by_id["cut"]["chosen"] == "Hello friend. Tea is warm and the leaves are"
+    assert opened["cut"] == (True, True)  # the fix keeps the cut end: both sides are prefixes
+    assert opened["ended"] == (False, False)
+    assert by_id["short"]["chosen"] == "Tea is warm." and opened["short"] == (False, True)  # the fix ends it
+    assert opened["short-fmt"] == (False, False)  # its plain answer ended, and so did the format added
+    name = by_id["cut-fmt"]["raw"].removeprefix("format: ")
+    assert by_id["cut-fmt"]["rejected"] == UNASKED_FORMATS[name][2](by_id["cut"]["chosen"])
+    # a P.S. added after the cut ends the rejected side; quotes, JSON or a title leave the cut end last
+    assert opened["cut-fmt"] == (True, name != "postscript")
+    assert opened["ended-fmt"] == (False, False)
+    off = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True)
+    assert {(r["chosen_open"], r["rejected_open"]) for r in ClairProcessor(off).process(rows).rows} == {(False, False)}

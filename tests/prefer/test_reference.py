@@ -165,3 +165,35 @@ def test_unlikely_revisions_are_quarantined_by_per_token_change(in_process, tmp_
     assert kept == set(changes) - expected_out
     c = result.counts.to_json()
     assert c["by_reason"] == {"unlikely_revision": len(expected_out)} and c["in"] == c["ok"] + c["quarantined"] == 24
+
+
+def test_open_sides_of_a_clair_folder_are_scored_without_the_end_of_turn(tmp_path, tokenizer):
+    """A CLAIR folder's `chosen_open` / `rejected_open` flags reach the tokens the reference model
+    scores: an open side is its text's ids alone, a closed one ends with the end-of-turn."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayalign.generate.clair import CLAIR_SCHEMA
+
+    folder = tmp_path / "clair"
+    (folder / "data").mkdir(parents=True)
+    base = {n: None for n in CLAIR_SCHEMA.names} | {"prompt": [{"role": "user", "content": "Tell me about tea."}]}
+    rows = [
+        base | {"id": "a", "chosen": "Tea is warm and", "rejected": "Tea is warm, and", "chosen_open": True},
+        base | {"id": "b", "chosen": "Tea.", "rejected": "Tea is warm, and", "rejected_open": True},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=CLAIR_SCHEMA), folder / "data" / "shard-00000.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"stage": "clair", "complete": True}))
+    out = tmp_path / "ref"
+    run_reference(
+        ReferenceConfig(inputs=[str(folder)], output=str(out), model=TINY, pool={"workers": 0}), log=lambda m: None
+    )
+    got = {r["id"]: r for r in read_dataset(out).to_pylist()}
+    texts = {k: (tokenizer.decode(r["chosen_ids"]), tokenizer.decode(r["rejected_ids"])) for k, r in got.items()}
+    assert texts == {
+        "a": ("Tea is warm and", "Tea is warm, and<|im_end|>\n"),
+        "b": ("Tea.<|im_end|>\n", "Tea is warm, and"),
+    }
+    assert got["a"]["chosen_tokens"] == len(got["a"]["chosen_ids"])

@@ -113,15 +113,44 @@ def tokenize_prompt(tokenizer, messages: list[dict]) -> list[int]:
     )
 
 
-def tokenize_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str) -> dict:
-    """Prompt ids once, and each response as the ids it adds after the prompt (end-of-turn included)."""
+def tokenize_pair(
+    tokenizer, prompt: list[dict], chosen: str, rejected: str, open_ends: tuple[bool, bool] = (False, False)
+) -> dict:
+    """Prompt ids once, and each response as the ids it adds after the prompt (end-of-turn included).
+
+    `open_ends` (chosen, rejected): a side marked open is an answer that did not end (cut off at the
+    sampling budget), so it gets no end-of-turn: it is a prefix, and training on it must not teach
+    the model to end its answer there."""
     out = {}
     prompt_text = render(tokenizer, prompt, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     out["prompt_ids"] = list(prompt_ids)
-    for name, response in (("chosen", chosen), ("rejected", rejected)):
+    for name, response, is_open in (("chosen", chosen, open_ends[0]), ("rejected", rejected, open_ends[1])):
         full = render(tokenizer, [*prompt, {"role": "assistant", "content": response}])
         if not full.startswith(prompt_text):
             raise TemplateError("chat template is not prefix-stable")
-        out[f"{name}_ids"] = list(tokenizer(full[len(prompt_text) :], add_special_tokens=False)["input_ids"])
+        body = full[len(prompt_text) :]
+        if is_open:
+            body = without_end(body, response)
+        out[f"{name}_ids"] = list(tokenizer(body, add_special_tokens=False)["input_ids"])
     return out
+
+
+def without_end(body: str, response: str) -> str:
+    """The rendered assistant turn `body` cut right after the response's text (its end-of-turn dropped)."""
+    text = response.strip()
+    at = body.rfind(text) if text else -1
+    if at < 0:
+        raise TemplateError("the chat template changes the answer's text, so its end cannot be left open")
+    return body[: at + len(text)]
+
+
+def pair_ids(tokenizer, row: dict) -> dict:
+    """`tokenize_pair` of a pairs row, honouring its optional `chosen_open` / `rejected_open` flags."""
+    return tokenize_pair(
+        tokenizer,
+        row["prompt"],
+        row["chosen"],
+        row["rejected"],
+        (bool(row.get("chosen_open")), bool(row.get("rejected_open"))),
+    )

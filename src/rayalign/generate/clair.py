@@ -59,7 +59,13 @@ from rayalign.generate.common import (
     quarantine,
     run_gen_stage,
 )
-from rayalign.generate.contrast import contrast_stats, format_contrast, length_contrast, unasked_formats
+from rayalign.generate.contrast import (
+    contrast_stats,
+    format_contrast,
+    length_contrast,
+    same_ending,
+    unasked_formats,
+)
 from rayalign.generate.engine import EngineConfig, SamplingParams
 from rayalign.generate.prompts import parse_revision, prompt_text, template_version, user_turn
 from rayalign.results import Manifest, StageResult
@@ -75,6 +81,8 @@ CLAIR_SCHEMA = pa.schema(
         ("sample_id", pa.string()),
         ("reviser_model", pa.string()),
         ("prompt_version", pa.string()),
+        ("chosen_open", pa.bool_()),
+        ("rejected_open", pa.bool_()),
     ]
 )
 PAIR_STATUSES = ("revised", "verified", "rule_fixed")
@@ -101,6 +109,11 @@ class ClairConfig(GenStageConfig):
     # also pair every plain answer to a prompt that sets no length limit against the same answer cut
     # after its first sentences (as a max_words / max_sentences fix cuts): brevity only when asked
     length_contrast: bool = False
+    # a sampled answer cut off at the sampling budget (status "truncated") did not end: a pair side
+    # that ends where it was cut (its last words) is marked open (chosen_open / rejected_open) and
+    # tokenised without the end-of-turn, so preference training does not teach the model to stop
+    # there. Off: every side ends with the end-of-turn, as if the model had ended the answer
+    open_cut_offs: bool = False
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
@@ -119,6 +132,7 @@ def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str,
     if not isinstance(resp, str) or not resp.strip():
         return None, "input_no_response", "field 'response' is missing or empty"
     norm["response"] = resp
+    norm["cut_off"] = status == "truncated"
     return norm, "ok", ""
 
 
@@ -237,7 +251,13 @@ class ClairProcessor:
             "sample_id": r["id"],
             "reviser_model": self.reviser_model,
             "prompt_version": self.version,
+            "chosen_open": self._open(r, chosen),
+            "rejected_open": self._open(r, rejected),
         }
+
+    def _open(self, r: dict, side: str) -> bool:
+        """A side is open when its answer was cut off and it still ends where the cut was."""
+        return self.cfg.open_cut_offs and r["cut_off"] and same_ending(side, r["response"])
 
     def process(self, rows: list[dict]) -> ProcessResult:
         good, quarantined, stats = [], [], {"jaccard_sum": 0.0, "edit_distance_sum": 0.0}

@@ -36,6 +36,14 @@ def words(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+def same_ending(a: str, b: str, n: int = 3) -> bool:
+    """Whether two texts end with the same `n` words (case and punctuation aside): a revision that
+    lowercases or drops commas still ends where its original did; one cut shorter or with words
+    added at the end does not."""
+    wa, wb = checks.WORD.findall(a.lower())[-n:], checks.WORD.findall(b.lower())[-n:]
+    return bool(wa) and wa == wb
+
+
 def token_jaccard(a: str, b: str) -> float:
     """|A ∩ B| / |A ∪ B| over the token sets; two empty texts are identical (1.0)."""
     sa, sb = set(words(a)), set(words(b))

@@ -83,11 +83,11 @@ class ReferenceProcessor:
         self.output_schema = reference_schema()
 
     def _tokenised(self, row: dict) -> tuple[dict | None, tuple[str, str] | None]:
-        from rayalign.data.tokenize import TemplateError, tokenize_pair
+        from rayalign.data.tokenize import TemplateError, pair_ids
 
         if row.get("prompt_ids") is None:
             try:
-                row = {**row, **tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])}
+                row = {**row, **pair_ids(self.tok, row)}
             except TemplateError as e:
                 return None, ("template_error", str(e))
         longest = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
