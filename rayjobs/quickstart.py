@@ -98,14 +98,15 @@ def thread_overrides() -> list[str]:
 
 def reuse_run(src: str, dst: str, config: str | Path, overrides: list[str]) -> list[str]:
     """Start run folder `dst` (local, absent) as a copy of the finished run `src` that keeps every
-    stage whose resolved config under `overrides` is the recorded one, so a variant re-runs only the
+    stage whose resolved config under `overrides` is the recorded one (options added since the record
+    was written taking their defaults), so a variant re-runs only the
     stage it changes and those after it. A stage's config holds its own output path, which moves with
     the folder, so a plain copy would re-run everything: the copy's records get the paths of `dst`
     and, where the config is otherwise unchanged, the hash the runner computes for it now. Returns the
     kept stage ids (in order; the first changed stage and all later ones run again)."""
     from rayalign.pipeline import records, steps
     from rayalign.pipeline.refs import Entry
-    from rayalign.pipeline.runner import State, resolve_step, where_of
+    from rayalign.pipeline.runner import State, resolve_step, where_of, with_todays_defaults
     from rayalign.results import Status
 
     if Path(dst).exists():
@@ -119,7 +120,8 @@ def reuse_run(src: str, dst: str, config: str | Path, overrides: list[str]) -> l
     for i, step in enumerate(steps(pipe)):
         r = resolve_step(pipe, step, state.scope(step), where_of(str(config), i, step))
         old = records.read_record(dst, step.id)
-        if old is None or old.status != Status.COMPLETE or old.config != r.cfg.model_dump(mode="json"):
+        then = with_todays_defaults(old, type(r.cfg)) if old is not None else None
+        if old is None or old.status != Status.COMPLETE or then is None or then != r.cfg:
             break
         old.config_hash = r.hash
         records.write_record(dst, step.id, old)

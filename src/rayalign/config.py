@@ -72,8 +72,13 @@ class Cfg(BaseModel):
 
     def hash(self) -> str:
         """Stable hash of what changes results, used to tell whether finished output still matches."""
-        blob = json.dumps(self.hash_data(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest(self.hash_data())
+
+
+def digest(data: Any) -> str:
+    """The 16-hex-digit hash of JSON-able data (keys sorted): config hashes are made of this."""
+    blob = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _plain(value: Any) -> Any:

@@ -72,3 +72,20 @@ def test_reuse_keeps_unchanged_stages_and_reruns_from_the_change(tmp_path):
 
     with pytest.raises(FileExistsError, match="exists"):
         reuse_run(str(src), str(variant), p, [])
+
+
+def test_reuse_reads_records_of_an_earlier_version_with_todays_defaults(tmp_path):
+    """A run recorded before an option existed (its records' configs lack it) is reused as far as
+    today's config, the option at its default, matches: a variant that sets it re-runs from there."""
+    from rayalign.pipeline import records
+
+    p = pipeline(tmp_path)
+    src = tmp_path / "runs" / "base"
+    assert main([str(p), f"run_dir={src}"]) == 0
+    for step in ("chat", "pairs", "more"):
+        rec = read_record(str(src), step)
+        assert rec is not None
+        older = {k: v for k, v in rec.config.items() if k != "overlength"}
+        records.write_record(str(src), step, rec.model_copy(update={"config": older}))
+    assert reuse_run(str(src), str(tmp_path / "runs" / "same"), p, []) == ["chat", "pairs", "more"]
+    assert reuse_run(str(src), str(tmp_path / "runs" / "v"), p, ["stages.pairs.config.overlength=truncate"]) == ["chat"]

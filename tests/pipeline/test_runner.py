@@ -239,6 +239,22 @@ def test_bad_later_stage_fails_before_anything_runs(tmp_path):
     assert not (tmp_path / "run" / "a").exists()
 
 
+def a_then_b() -> list[dict]:
+    """Two prepare stages: a validates the bundled pairs, b reads a's output."""
+    return [
+        {
+            "name": "a",
+            "stage": "prepare",
+            "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")], "pool": INLINE},
+        },
+        {
+            "name": "b",
+            "stage": "prepare",
+            "config": {"kind": "pairs", "inputs": ["${stages.a.output}/data"], "pool": INLINE},
+        },
+    ]
+
+
 @pytest.mark.timeout(120)
 def test_upstream_change_reruns_downstream(tmp_path, capsys):
     """b reads a's output through an unchanged path; when a's config changes, b must not be skipped
@@ -246,16 +262,7 @@ def test_upstream_change_reruns_downstream(tmp_path, capsys):
     p = write_pipeline(
         tmp_path,
         [
-            {
-                "name": "a",
-                "stage": "prepare",
-                "config": {"kind": "pairs", "inputs": [str(DATA / "pairs.jsonl")], "pool": INLINE},
-            },
-            {
-                "name": "b",
-                "stage": "prepare",
-                "config": {"kind": "pairs", "inputs": ["${stages.a.output}/data"], "pool": INLINE},
-            },
+            *a_then_b(),
             {
                 "name": "c",
                 "stage": "prepare",
@@ -284,3 +291,65 @@ def test_stop_after(tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "partial" and [x["name"] for x in s["stages"]] == ["one"]
     assert read_record(str(tmp_path / "run"), "two") is None
+
+
+def _as_an_earlier_version_wrote_it(run: Path, step: str, upstream: dict[str, str], missing: str) -> str:
+    """Rewrite a complete record as a rayalign without option `missing` would have written it: the
+    option absent from its config, and the hash that version computed (sha256 of the sorted JSON of
+    its hashed options, then of [stage, that, upstream record hashes]). Returns that hash."""
+    import hashlib
+
+    from rayalign.pipeline import records
+    from rayalign.stages import get_stage
+
+    def sha(blob: str) -> str:
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    rec = read_record(str(run), step)
+    assert rec is not None and missing in rec.config
+    cfg_cls, _ = get_stage(rec.stage)
+    data = cfg_cls.model_validate(rec.config).hash_data()
+    del data[missing]
+    old = sha(json.dumps([rec.stage, sha(json.dumps(data, sort_keys=True)), sorted(upstream.items())]))
+    config = {k: v for k, v in rec.config.items() if k != missing}
+    records.write_record(str(run), step, rec.model_copy(update={"config": config, "config_hash": old}))
+    return old
+
+
+@pytest.mark.timeout(120)
+def test_records_of_an_earlier_version_are_kept_when_only_new_options_differ(tmp_path, capsys):
+    """Upgrading rayalign adds options (at defaults that keep the old behaviour) and so changes every
+    config hash. A finished stage whose record an earlier version wrote is still complete when its
+    config, read with today's defaults, is today's and its hash is what that version computed from
+    its own options and its upstream records: then nothing re-runs and the records take today's
+    hashes. A record whose upstream stage ran again since, or whose config differs, re-runs."""
+    p = write_pipeline(
+        tmp_path,
+        a_then_b(),
+    )
+    run = tmp_path / "run"
+    assert main([str(p)]) == 0
+    today = {s: read_record(str(run), s).config_hash for s in "ab"}  # type: ignore[union-attr]
+    a_old = _as_an_earlier_version_wrote_it(run, "a", {}, "overlength")
+    _as_an_earlier_version_wrote_it(run, "b", {"a": a_old}, "overlength")
+    capsys.readouterr()
+    assert main([str(p)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already complete (recorded by an earlier rayalign") == 2
+    assert all(s["skipped"] for s in json.loads((run / "summary.json").read_text())["stages"])
+    for s in "ab":
+        rec = read_record(str(run), s)
+        assert rec is not None and rec.config_hash == today[s] and rec.config["overlength"] == "quarantine"
+    assert main([str(p)]) == 0 and capsys.readouterr().out.count("already complete (config") == 2
+
+    # b's record computed from an upstream hash that a's record no longer holds: a ran again since
+    _as_an_earlier_version_wrote_it(run, "a", {}, "overlength")
+    _as_an_earlier_version_wrote_it(run, "b", {"a": "0123456789abcdef"}, "overlength")
+    assert main([str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "a (prepare): already complete (recorded by an earlier rayalign" in out
+    assert "b (prepare): its config or an upstream stage changed" in out
+    # an earlier version's record with a setting that differs from today's config: a re-runs, then b
+    _as_an_earlier_version_wrote_it(run, "a", {}, "overlength")
+    assert main([str(p), "stages.a.config.max_length=300"]) == 0
+    assert [s["skipped"] for s in json.loads((run / "summary.json").read_text())["stages"]] == [False, False]

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from rayalign import storage
-from rayalign.config import Cfg, ConfigError, validate_config
+from rayalign.config import Cfg, ConfigError, digest, validate_config
 from rayalign.pipeline import records
 from rayalign.pipeline.records import OUTPUT_FIELDS, RunSummary, StageRecord, StageSummary
 from rayalign.pipeline.refs import Entry, Scope, Unresolved, interpolate, resolve
@@ -42,6 +44,7 @@ class Resolved:
     cfg: Cfg
     run: Callable[[Cfg], StageResult]
     hash: str
+    upstream: frozenset[str] = frozenset()  # the earlier steps whose results the config references
 
 
 class State:
@@ -51,6 +54,7 @@ class State:
         self.pipe = pipe
         self.entries: dict[str, Entry] = {}
         self.names: dict[str, str] = {}
+        self.recorded: dict[str, str] = {}  # per step id, the hash its record held when this run read it
 
     def scope(self, step: Step | None = None) -> Scope:
         return Scope(self.pipe.run_dir, self.pipe.defaults, dict(self.entries), dict(self.names), step)
@@ -79,7 +83,7 @@ def resolve_step(pipe: PipelineConfig, step: Step, scope: Scope, where: str) -> 
             raw[key] = stage_dir(pipe.run_dir, step.id)
     raw, used = resolve(raw, scope, f"{where}.config")
     cfg = validate_config(cfg_cls, raw, where)
-    return Resolved(cfg, run_fn, stage_hash(spec, cfg, {u: scope.entries[u].hash for u in used}))
+    return Resolved(cfg, run_fn, stage_hash(spec, cfg, {u: scope.entries[u].hash for u in used}), used)
 
 
 def stage_hash(spec: StageSpec, cfg: Cfg, upstream: dict[str, str]) -> str:
@@ -89,8 +93,44 @@ def stage_hash(spec: StageSpec, cfg: Cfg, upstream: dict[str, str]) -> str:
     (sft re-trained with a new lr still writes checkpoints/step-000020): a change upstream now
     re-runs every stage that reads from it, transitively.
     """
-    blob = json.dumps([spec.stage, cfg.hash(), sorted(upstream.items())])
+    return combined_hash(spec.stage, cfg.hash(), upstream)
+
+
+def combined_hash(stage: str, cfg_hash: str, upstream: dict[str, str]) -> str:
+    blob = json.dumps([stage, cfg_hash, sorted(upstream.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recorded_before_new_options(old: StageRecord, r: Resolved, stage: str, recorded: dict[str, str]) -> bool:
+    """Whether a complete record was written by an earlier rayalign for this very work: its config,
+    read with today's defaults for the options added since, is today's config, and the hash it holds
+    is the one that version computed from its own options (the record's keys) and from the hashes
+    its upstream stages' records held. A new option's default keeps the old behaviour, so upgrading
+    rayalign does not re-run finished stages; any changed setting, or an upstream stage that ran
+    again, still re-runs it."""
+    if old.status != Status.COMPLETE or any(u not in recorded for u in r.upstream):
+        return False
+    then = with_todays_defaults(old, type(r.cfg))
+    if then is None or then.hash() != r.cfg.hash():
+        return False
+    own = digest(_keys_of(then.hash_data(), old.config))
+    return combined_hash(stage, own, {u: recorded[u] for u in r.upstream}) == old.config_hash
+
+
+def with_todays_defaults(old: StageRecord, cfg_cls: type[Cfg]) -> Cfg | None:
+    """A record's config read by today's config class (options added since take their defaults);
+    None when it no longer reads (an option that no longer exists, a value no longer valid)."""
+    try:
+        return cfg_cls.model_validate(old.config)
+    except ValidationError:
+        return None
+
+
+def _keys_of(data: Any, old: Any) -> Any:
+    """`data` restricted, at every dict level, to the keys `old` has."""
+    if not isinstance(data, dict) or not isinstance(old, dict):
+        return data
+    return {k: _keys_of(v, old[k]) for k, v in data.items() if k in old}
 
 
 def where_of(source: str, index: int, step: Step) -> str:
@@ -207,9 +247,20 @@ class _Run:
         if old and old.complete_with(r.hash):
             self.display.note(f"✓ {label}: already complete (config {r.hash}); skipping", style="green")
             record, skipped = old, True
+        elif old and recorded_before_new_options(old, r, step.spec.stage, self.state.recorded):
+            self.display.note(
+                f"✓ {label}: already complete (recorded by an earlier rayalign, config {old.config_hash}; "
+                f"the options added since are at their defaults); skipping",
+                style="green",
+            )
+            record = old.model_copy(update={"config_hash": r.hash, "config": r.cfg.model_dump(mode="json")})
+            skipped = True
+            records.write_record(run_dir, step.id, record)
         else:
             self._announce(label, step, old, r.hash)
             record, skipped = self._execute(i, step, r), False
+        # what a later stage's record, if an earlier rayalign wrote it, was computed from
+        self.state.recorded[step.id] = old.config_hash if old and skipped else r.hash
         self.state.add(step, Entry(record.config, record.result, r.hash))
         self.summaries.append(records.stage_summary(step, record, skipped))
         self.write(Status.RUNNING)
