@@ -35,6 +35,7 @@ DATA = Path(__file__).resolve().parents[2] / "rayjobs" / "data"
         ("pairs", {"prompt": "q", "chosen": "a"}, "missing_field"),
         ("pairs", {"prompt": "q", "chosen": "a", "rejected": None}, "null_value"),
         ("pairs", {"id": True, "prompt": "q", "chosen": "a", "rejected": "b"}, "wrong_type"),
+        ("pairs", {"prompt": "q", "chosen": "a", "rejected": "b", "chosen_open": "yes"}, "wrong_type"),
     ],
 )
 def test_reason_codes(kind, raw, code):
@@ -52,6 +53,10 @@ def test_good_rows_are_normalised():
         "pairs", {"id": 7, "prompt": "q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}
     )
     assert row["id"] == "7" and row["chosen"] == "A" and row["prompt"] == [{"role": "user", "content": "q"}]
+    assert "chosen_open" not in row and "rejected_open" not in row
+    flags = {"chosen_open": True, "rejected_open": None}
+    row, _ = validate_row("pairs", {"prompt": "q", "chosen": "A cut", "rejected": "B", **flags})
+    assert (row["chosen_open"], "rejected_open" in row) == (True, False)
 
 
 # every bundled file carries one row of each of these; the kinds add their own

@@ -186,14 +186,15 @@ def test_open_sides_of_a_clair_folder_are_scored_without_the_end_of_turn(tmp_pat
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=CLAIR_SCHEMA), folder / "data" / "shard-00000.parquet")
     (folder / "manifest.json").write_text(json.dumps({"stage": "clair", "complete": True}))
-    out = tmp_path / "ref"
-    run_reference(
-        ReferenceConfig(inputs=[str(folder)], output=str(out), model=TINY, pool={"workers": 0}), log=lambda m: None
-    )
-    got = {r["id"]: r for r in read_dataset(out).to_pylist()}
-    texts = {k: (tokenizer.decode(r["chosen_ids"]), tokenizer.decode(r["rejected_ids"])) for k, r in got.items()}
-    assert texts == {
-        "a": ("Tea is warm and", "Tea is warm, and<|im_end|>\n"),
-        "b": ("Tea.<|im_end|>\n", "Tea is warm, and"),
-    }
-    assert got["a"]["chosen_tokens"] == len(got["a"]["chosen_ids"])
+    # the folder read as is, and its parquet files validated as pairs (how a pipeline names CLAIR's output)
+    for name, inputs in (("as-is", [str(folder)]), ("validated", [str(folder / "data")])):
+        out = tmp_path / name
+        cfg = ReferenceConfig(inputs=inputs, output=str(out), model=TINY, pool={"workers": 0})
+        run_reference(cfg, log=lambda m: None)
+        got = {r["id"]: r for r in read_dataset(out).to_pylist()}
+        texts = {k: (tokenizer.decode(r["chosen_ids"]), tokenizer.decode(r["rejected_ids"])) for k, r in got.items()}
+        assert texts == {
+            "a": ("Tea is warm and", "Tea is warm, and<|im_end|>\n"),
+            "b": ("Tea.<|im_end|>\n", "Tea is warm, and"),
+        }, name
+        assert got["a"]["chosen_tokens"] == len(got["a"]["chosen_ids"])

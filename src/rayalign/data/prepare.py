@@ -16,7 +16,7 @@ from rayalign.data.formats import Format
 from rayalign.data.packing import pack, packing_efficiency
 from rayalign.data.schemas import PACKED_SCHEMA, PAIR_TOKEN_SCHEMA, SCHEMAS
 from rayalign.data.shards import PoolConfig, ProcessResult, quarantine_row, run_sharded
-from rayalign.data.tokenize import TemplateError, Tokenized, tokenize_chats, tokenize_pair, tokenize_texts
+from rayalign.data.tokenize import TemplateError, Tokenized, pair_ids, tokenize_chats, tokenize_texts
 from rayalign.results import StageResult
 
 
@@ -81,7 +81,7 @@ class PrepareProcessor:
         out, quarantine = [], []
         for row in rows:
             try:
-                p = tokenize_pair(self.tok, row["prompt"], row["chosen"], row["rejected"])
+                p = pair_ids(self.tok, row)
             except TemplateError as e:
                 quarantine.append(self._reject(row, "template_error", str(e)))
                 continue

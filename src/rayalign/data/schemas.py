@@ -179,6 +179,22 @@ def _prompt_messages(raw: dict, name: str = "prompt") -> list[dict]:
     return msgs
 
 
+OPEN_FIELDS = ("chosen_open", "rejected_open")
+
+
+def _open_ends(raw: dict) -> dict[str, bool]:
+    """A pair's optional `chosen_open` / `rejected_open` flags, those that are true: that side is an
+    answer cut off before it ended, tokenised without the end-of-turn. Absent or null: it ended."""
+    out = {}
+    for name in OPEN_FIELDS:
+        value = _field(raw, name, required=False)
+        if value is not None and not isinstance(value, bool):
+            raise RowError("wrong_type", f"field {name!r} must be true or false, got {type(value).__name__}")
+        if value:
+            out[name] = True
+    return out
+
+
 def _response(raw: dict, name: str) -> str:
     value = _field(raw, name)
     if isinstance(value, list):  # a message list: take its last assistant turn
@@ -212,6 +228,7 @@ def validate_row(kind: str, raw: Any, default_id: str = "") -> tuple[dict | None
             if chosen.strip() == rejected.strip():
                 raise RowError("chosen_equals_rejected", "chosen and rejected are identical: no preference signal")
             row = {"id": rid, "prompt": prompt, "chosen": chosen, "rejected": rejected, "meta": _meta(raw)}
+            row.update(_open_ends(raw))
         else:
             raise ValueError(f"unknown dataset kind {kind!r}; allowed: {', '.join(KINDS)}")
         return row, None

@@ -152,5 +152,5 @@ def pair_ids(tokenizer, row: dict) -> dict:
         row["prompt"],
         row["chosen"],
         row["rejected"],
-        (bool(row.get("chosen_open")), bool(row.get("rejected_open"))),
+        (bool(row.get("chosen_open")), bool(row.get("rejected_open"))),  # schemas.OPEN_FIELDS
     )
