@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rayalign.constants import IGNORE
+from rayalign.data.schemas import OPEN_FIELDS
 
 
 class TemplateError(ValueError):
@@ -147,10 +148,5 @@ def without_end(body: str, response: str) -> str:
 
 def pair_ids(tokenizer, row: dict) -> dict:
     """`tokenize_pair` of a pairs row, honouring its optional `chosen_open` / `rejected_open` flags."""
-    return tokenize_pair(
-        tokenizer,
-        row["prompt"],
-        row["chosen"],
-        row["rejected"],
-        (bool(row.get("chosen_open")), bool(row.get("rejected_open"))),  # schemas.OPEN_FIELDS
-    )
+    chosen_open, rejected_open = (bool(row.get(name)) for name in OPEN_FIELDS)
+    return tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], (chosen_open, rejected_open))
