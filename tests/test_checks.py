@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rayalign.checks import CHECKS, check_response, count_sentences
+from rayalign.checks import CHECKS, check_response, count_sentences, kind_groups
 from rayalign.eval import make_suite
 
 CASES = [  # (constraint, passing response, failing response)
@@ -91,3 +91,10 @@ def test_suite_is_generated_and_checkable():
     assert len(kinds) >= 12 and kinds <= set(CHECKS)
     for r in rows:  # every constraint runs (parameters complete) on an arbitrary response
         assert len(check_response(r["constraints"], "some answer")) == len(r["constraints"])
+
+
+def test_kind_groups_split_seen_from_unseen():
+    """The held-out kinds are "unseen", every other kind "seen"; both sorted, duplicates once."""
+    got = kind_groups(["no_commas", "min_words", "title", "two_responses", "title"])
+    assert got == {"seen": ["no_commas", "title"], "unseen": ["min_words", "two_responses"]}
+    assert kind_groups([]) == {"seen": [], "unseen": []}

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
 BULLET = re.compile(r"^\s*(?:[-*•])\s+\S", re.MULTILINE)
@@ -187,6 +187,14 @@ def repeated_phrase(r: str, n: int = 4, times: int = 4) -> bool:
 
 # kinds kept out of every training path (data, revisers, rewards): the held-out suite's "unseen kinds"
 HELDOUT_KINDS = ("min_words", "highlights", "numbered_items", "ends_with_question", "two_responses")
+
+
+def kind_groups(kinds: Iterable[str]) -> dict[str, list[str]]:
+    """{"seen": the kinds training targets, "unseen": those in `HELDOUT_KINDS`}, each sorted: the one
+    place the eval splits a suite's kinds for its seen/unseen scores and paired intervals."""
+    present = set(kinds)
+    return {"seen": sorted(present - set(HELDOUT_KINDS)), "unseen": sorted(present & set(HELDOUT_KINDS))}
+
 
 CHECKS: dict[str, Callable[..., bool]] = {
     f.__name__: f

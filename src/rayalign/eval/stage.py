@@ -46,7 +46,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rayalign import storage
-from rayalign.checks import HELDOUT_KINDS, check_response
+from rayalign.checks import check_response, kind_groups
 from rayalign.config import Cfg, ConfigError
 from rayalign.eval.leaks import leak_rates
 from rayalign.eval.lmeval import LmEvalConfig
@@ -192,8 +192,9 @@ def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, l
         for c, v in zip(r["constraints"], ok):
             by_kind[c["kind"]].append(v)
     flat = [v for ok in passes for v in ok]
-    seen = [v for k, vs in by_kind.items() if k not in HELDOUT_KINDS for v in vs]
-    unseen = [v for k, vs in by_kind.items() if k in HELDOUT_KINDS for v in vs]
+    groups = kind_groups(by_kind)
+    seen = [v for k in groups["seen"] for v in by_kind[k]]
+    unseen = [v for k in groups["unseen"] for v in by_kind[k]]
     scores = {
         "prompt_accuracy": sum(all(ok) for ok in passes) / max(len(passes), 1),
         "instruction_accuracy": sum(flat) / max(len(flat), 1),
@@ -201,8 +202,8 @@ def instruction_scores(suite: list[dict], responses: list[str]) -> tuple[dict, l
         "kind_counts": {k: len(v) for k, v in sorted(by_kind.items())},
         # constraint-level pass rates of the kinds training targets ("seen") and of the kinds no
         # training path targets (`rayalign.checks.HELDOUT_KINDS`: "unseen"); None when absent
-        "seen_kinds": sorted(k for k in by_kind if k not in HELDOUT_KINDS),
-        "unseen_kinds": sorted(k for k in by_kind if k in HELDOUT_KINDS),
+        "seen_kinds": groups["seen"],
+        "unseen_kinds": groups["unseen"],
         "seen_instruction_accuracy": sum(seen) / len(seen) if seen else None,
         "unseen_instruction_accuracy": sum(unseen) / len(unseen) if unseen else None,
     }

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from rayalign import storage
-from rayalign.checks import HELDOUT_KINDS
+from rayalign.checks import kind_groups
 from rayalign.config import Cfg
 from rayalign.eval.leaks import leaks_md, samples_md
 from rayalign.eval.lmeval import lmeval_md
@@ -147,7 +147,7 @@ def eval_stats(
     }
     if base is not None and base in passes:
         present = {c["kind"] for row in suite for c in row["constraints"]}
-        groups = {"seen": present - set(HELDOUT_KINDS), "unseen": present & set(HELDOUT_KINDS)}
+        groups = kind_groups(present)
         for tag, p in passes.items():
             if tag == base:
                 continue
@@ -158,7 +158,9 @@ def eval_stats(
                 k: paired_kinds(suite, p, passes[base], {k}, n_boot, seed) for k in sorted(present)
             }
             out["paired_groups"][name] = {
-                g: paired_kinds(suite, p, passes[base], kinds, n_boot, seed) for g, kinds in groups.items() if kinds
+                g: paired_kinds(suite, p, passes[base], set(kinds), n_boot, seed)
+                for g, kinds in groups.items()
+                if kinds
             }
     out["suite"] = suite_info
     return out
