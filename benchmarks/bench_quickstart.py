@@ -3,6 +3,7 @@
     python benchmarks/bench_quickstart.py                       # dev split only (choose recipes here)
     python benchmarks/bench_quickstart.py --heldout             # then the held-out suite, read once
     python benchmarks/bench_quickstart.py --run-dir runs/old --rescore runs/old-dev2 --name quickstart-old
+    python benchmarks/bench_quickstart.py --run-dir runs/q --rescore runs/q-256 --max-tokens 256 --name q-256
     python benchmarks/bench_quickstart.py --run-dir runs/q --set stages.clair.config.length_contrast=true \
         --name quickstart-length-contrast --compare runs/quickstart-dev    # a variant against another run
     python benchmarks/bench_quickstart.py --reuse runs/quickstart-dev --run-dir runs/q2 \
@@ -16,7 +17,8 @@ folder is reused (the pipeline skips finished stages), so the held-out read can 
 without training again, and `--reuse RUN` starts a new run folder from a finished run's, keeping
 the stages whose config the variant leaves unchanged (a plain copy of the folder re-runs every stage:
 each stage's config names its own output folder); `--rescore DIR` trains nothing and scores a finished run's model and the
-base on the current dev split into DIR/eval (after the dev split changed, say). With `--heldout`
+base on the current dev split into DIR/eval (after the dev split changed, say; with `--max-tokens N`
+at another answer budget, to see whether a gain holds where fewer answers are cut off). With `--heldout`
 the trained model and the base are then scored once on the independent held-out suite
 (`suite: heldout`: own phrasings, kinds never trained); the eval stage counts the read in
 `$RAYALIGN_CACHE/suite_reads.json` and the report quotes that count.
@@ -50,6 +52,12 @@ def suite_lines(title: str, results: dict, report_md: str) -> list[str]:
     from quickstart import eval_headline  # rayjobs/quickstart.py: the headline `make quickstart` prints
 
     lines = [f"## {title}", "", *(f"- {line.strip()}" for line in eval_headline(results))]
+    cut = {t: (results.get(t) or {}).get("truncated") for t in ("baseline", "aligned")}
+    if None not in cut.values():
+        lines.append(
+            f"- answers cut off at the token budget: base {cut['baseline']}, aligned {cut['aligned']} "
+            f"(of {results.get('prompts')})"
+        )
     reads = ((results.get("stats") or {}).get("suite") or {}).get("reads")
     if reads is not None:
         lines.append(f"- times this suite has been scored on this machine (this read included): {reads}")
@@ -111,9 +119,10 @@ def compare_lines(run_dir: str, other: str) -> list[str]:
     return [*lines, ""]
 
 
-def score(run_dir: str, suite: str, out: str, config: Path = CONFIG) -> None:
-    """The eval stage as the quickstart configures it (engine, sampling), scoring `run_dir`'s trained
-    model and the base on `suite` into `out`, with no gate."""
+def score(run_dir: str, suite: str, out: str, config: Path = CONFIG, max_tokens: int | None = None) -> None:
+    """The eval stage as the quickstart configures it (engine, sampling; `max_tokens`, if given, is the
+    answer budget instead of the quickstart's), scoring `run_dir`'s trained model and the base on
+    `suite` into `out`, with no gate."""
     import yaml
 
     from rayalign.eval.stage import EvalConfig, run_eval
@@ -134,6 +143,7 @@ def score(run_dir: str, suite: str, out: str, config: Path = CONFIG) -> None:
             "gate": None,
             "run_dir": run_dir,
             "torch_threads": int(os.environ["RAYALIGN_TORCH_THREADS"]),
+            **({"params": {**stage_cfg["params"], "max_tokens": max_tokens}} if max_tokens else {}),
         }
     )
     run_eval(cfg)
@@ -161,8 +171,17 @@ def main() -> None:
         metavar="RUN",
         help="start --run-dir (new) as a copy of the finished run RUN: only the stages --set changes and later ones run",
     )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="with --rescore: each answer's token budget (default: the quickstart eval's), to see whether "
+        "a gain holds when fewer answers are cut off",
+    )
     a = p.parse_args()
     config = a.config.resolve()
+    if a.max_tokens is not None and not a.rescore:
+        p.error("--max-tokens applies to --rescore only (a pipeline run scores with the config's budget)")
 
     from quickstart import reuse_run, thread_overrides  # rayjobs/quickstart.py
 
@@ -173,14 +192,15 @@ def main() -> None:
     t0 = time.time()
     if a.rescore:
         thread_overrides()
-        score(a.run_dir, DEV, storage.join(a.rescore, "eval"), config)
+        score(a.run_dir, DEV, storage.join(a.rescore, "eval"), config, a.max_tokens)
         dev = storage.read_json(storage.join(a.rescore, "eval", "results.json"))
         dev_md = storage.read_text(storage.join(a.rescore, "eval", "report", "report.md"))
         lines = [
             f"# Quickstart quality, re-scored — {time.strftime('%Y-%m-%d')}",
             "",
             f"The trained model of `{a.run_dir}` and the base, scored on the dev split `{DEV}` by "
-            f"`{config.relative_to(REPO)}`'s eval stage into `{a.rescore}` (nothing trained).",
+            f"`{config.relative_to(REPO)}`'s eval stage into `{a.rescore}` (nothing trained)"
+            + (f", each answer's budget {a.max_tokens} tokens instead of the quickstart's." if a.max_tokens else "."),
             "",
             f"This invocation: {time.time() - t0:.0f} s.",
             "",
