@@ -12,7 +12,7 @@ averaged over the seeds, and the paired bootstrap resamples prompts (the same pr
 in every seed, so prompts, not prompt-seed rows, are the independent unit).
 
 The rule, fixed before the runs it judges were read, by the variant's goal (`--goal`). The variant
-replaces the recipe when all three hold:
+replaces the recipe when all hold (three for `loops`, four for `length`):
 
 1. pass rate (prompt level) not worse: variant − recipe ≥ −`--margin` points (default 3.3, two
    prompts of 60) and the 95% interval's upper bound ≥ 0;
@@ -27,7 +27,10 @@ replaces the recipe when all three hold:
      is at most 5 points above the recipe's (short answers cannot loop, so fewer loops alone can mean
      this);
    - `length`: no more looping: the looping difference's 95% interval's lower bound is at most 0
-     (longer answers have more room to loop).
+     (longer answers have more room to loop);
+4. `length` only: no format leaks: in every seed, the variant's answers add a format the prompt did
+   not ask for (quotes, a JSON wrapper, a P.S., a title) no more often than the base's (a variant
+   that lengthens answers by dropping contrast pairs brings the quote leak back).
 
 Writes benchmarks/results/<date>-<name>-cpu.md: per seed, both models' gains over the base, the
 paired difference, looping and length; pooled, the three measures with intervals and the verdict.
@@ -60,10 +63,16 @@ def responses(run: str) -> list[dict]:
 def measures(rows: list[dict], side: str) -> dict[str, list[float]]:
     """Per prompt: passed every constraint, loops a phrase, and (prompts setting no length) is short."""
     from rayalign.checks import WORD, repeated_phrase
-    from rayalign.eval.leaks import LENGTH_KINDS, SHORT_WORDS
+    from rayalign.eval.leaks import LEAKS, LENGTH_KINDS, SHORT_WORDS
 
-    free = [not {c["kind"] for c in r["constraints"]} & LENGTH_KINDS for r in rows]
+    asked = [{c["kind"] for c in r["constraints"]} for r in rows]
+    free = [not kinds & LENGTH_KINDS for kinds in asked]
     return {
+        # adds a format (quotes, JSON, P.S., title) the prompt did not ask for
+        "leak": [
+            float(any(detect(r[side]["response"]) for detect, kinds in LEAKS.values() if not kinds & k))
+            for r, k in zip(rows, asked)
+        ],
         "pass": [float(all(r[side]["passed"])) for r in rows],
         "loop": [float(repeated_phrase(r[side]["response"])) for r in rows],
         "short": [float(len(WORD.findall(r[side]["response"])) < SHORT_WORDS) for r, f in zip(rows, free) if f],
@@ -162,6 +171,11 @@ def main() -> None:
             rule_pass,
             ("longer answers (prompts setting no length): variant − recipe lower bound > 0", words, d_words["lo"] > 0),
             ("no more looping: variant − recipe lower bound ≤ 0", interval(d_loop), d_loop["lo"] <= 0),
+            (
+                "no format leaks: the variant adds an unasked format no more often than the base, in every seed",
+                " / ".join(f"{sum(s['v']['leak']):.0f} vs {sum(s['base']['leak']):.0f}" for s in seeds),
+                all(sum(s["v"]["leak"]) <= sum(s["base"]["leak"]) for s in seeds),
+            ),
         ]
     lines += [
         "",

@@ -284,3 +284,41 @@ def test_open_cut_offs_leave_the_end_of_a_cut_off_answer_open(tmp_path):
     assert opened["ended-fmt"] == (False, False)
     off = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True)
     assert {(r["chosen_open"], r["rejected_open"]) for r in ClairProcessor(off).process(rows).rows} == {(False, False)}
+
+
+def test_open_contrasts_open_both_sides_of_every_format_contrast(tmp_path):
+    """With open_contrasts every format-contrast pair (quotes, JSON, P.S., title) has both sides open,
+    so it prefers no ending, only no format; the revision pairs keep their ends (open_cut_offs off)."""
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": "Hi",
+            "response": text,
+            "status": status,
+            "meta": {"constraints": [{"kind": "no_commas"}]},
+        }
+        for i, (text, status) in enumerate(
+            [
+                ("Tea, warm and calm, grows on hills.", "ok"),
+                ("Tea is calm. It grows on hills.", "ok"),
+                ("Tea is calm, and the leaves are", "truncated"),
+                ("Rice grows in water.", "ok"),
+            ]
+        )
+    ]
+    cfg = ClairConfig(
+        inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True, open_contrasts=True
+    )
+    by_id = {r["id"]: r for r in ClairProcessor(cfg).process(rows).rows}
+    assert sorted(by_id) == ["r0", "r0-fmt", "r1-fmt", "r2", "r2-fmt", "r3-fmt"]
+    opened = {k: (r["chosen_open"], r["rejected_open"]) for k, r in by_id.items()}
+    assert opened == {
+        "r0": (False, False),
+        "r2": (False, False),
+        **{f"r{i}-fmt": (True, True) for i in range(4)},
+    }
+    assert by_id["r1-fmt"]["chosen"] == "Tea is calm. It grows on hills."
+    formats = {r["raw"] for k, r in by_id.items() if k.endswith("-fmt")}
+    assert len(formats) >= 2, formats  # the test covers more than one kind of format added
+    off = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True)
+    assert {(r["chosen_open"], r["rejected_open"]) for r in ClairProcessor(off).process(rows).rows} == {(False, False)}

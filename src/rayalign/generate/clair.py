@@ -23,7 +23,10 @@ passes its checks — also gives a format-contrast pair (generate/contrast.py): 
 rejected = the same answer with one format the prompt did not ask for added, status
 ``format_contrast``, id ``<sample id>-fmt``. Minimal revisions alone teach a format's first token
 everywhere (a quotation fix differs from its original only in the quotes); these pairs make it
-conditional on being asked.
+conditional on being asked. With `open_contrasts` both sides of a format-contrast pair are marked
+open (``chosen_open`` / ``rejected_open``) and tokenised without the end-of-turn: a P.S. or a
+closing quote is added after the plain answer, so a closed pair also prefers ending right there to
+going on, for every prompt; open, the pair differs only in the format.
 
 With `length_contrast` every plain answer to a prompt that sets no length limit also gives a
 length-contrast pair (status ``length_contrast``, id ``<sample id>-len``): chosen = the answer,
@@ -114,6 +117,10 @@ class ClairConfig(GenStageConfig):
     # tokenised without the end-of-turn, so preference training does not teach the model to stop
     # there. Off: every side ends with the end-of-turn, as if the model had ended the answer
     open_cut_offs: bool = False
+    # format-contrast pairs teach the format only, not where an answer ends: both sides are marked open
+    # and tokenised without the end-of-turn. Closed, a P.S. or closing-quote contrast prefers ending
+    # right after the plain answer to going on, a preference for stopping that reaches every prompt
+    open_contrasts: bool = False
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
@@ -223,7 +230,17 @@ class ClairProcessor:
         out = []
         made = format_contrast(plain, asked, row["id"]) if self.cfg.format_contrast else None
         if made is not None:
-            out.append(self._pair(row, plain, made[1], CONTRAST_STATUS, f"format: {made[0]}", f"{row['id']}-fmt"))
+            out.append(
+                self._pair(
+                    row,
+                    plain,
+                    made[1],
+                    CONTRAST_STATUS,
+                    f"format: {made[0]}",
+                    f"{row['id']}-fmt",
+                    opened=self.cfg.open_contrasts,
+                )
+            )
         cut = length_contrast(plain, asked) if self.cfg.length_contrast else None
         if cut is not None:
             out.append(
@@ -237,7 +254,10 @@ class ClairProcessor:
             stats[key] = stats.get(key, 0) + 1
         out.extend(pairs)
 
-    def _pair(self, r: dict, chosen: str, rejected: str, status: str, raw: str, pair_id: str) -> dict:
+    def _pair(
+        self, r: dict, chosen: str, rejected: str, status: str, raw: str, pair_id: str, opened: bool = False
+    ) -> dict:
+        """A pair row; `opened`: both sides open whatever their ending (see `_open` otherwise)."""
         return {
             "id": pair_id,
             "prompt": r["messages"],
@@ -251,8 +271,8 @@ class ClairProcessor:
             "sample_id": r["id"],
             "reviser_model": self.reviser_model,
             "prompt_version": self.version,
-            "chosen_open": self._open(r, chosen),
-            "rejected_open": self._open(r, rejected),
+            "chosen_open": opened or self._open(r, chosen),
+            "rejected_open": opened or self._open(r, rejected),
         }
 
     def _open(self, r: dict, side: str) -> bool:
