@@ -61,7 +61,8 @@ def responses(run: str) -> list[dict]:
 
 
 def measures(rows: list[dict], side: str) -> dict[str, list[float]]:
-    """Per prompt: passed every constraint, loops a phrase, and (prompts setting no length) is short."""
+    """Per prompt: adds an unasked format, passed every constraint, loops a phrase, and (prompts setting
+    no length) is short and how many words it has."""
     from rayalign.checks import WORD, repeated_phrase
     from rayalign.eval.leaks import LEAKS, LENGTH_KINDS, SHORT_WORDS
 
