@@ -4,13 +4,16 @@ every rule fix's output on the eval suite passing them, and the CLAIR stage quar
 from __future__ import annotations
 
 import json
+import typing
 
+import pydantic
 import pytest
 
 from rayalign.eval.make_suite import build
 from rayalign.generate import verify
 from rayalign.generate.acceptable import revision_problem
 from rayalign.generate.clair import ClairConfig, ClairProcessor
+from rayalign.generate.contrast import UNASKED_FORMATS, FormatName
 
 
 @pytest.mark.parametrize(
@@ -322,3 +325,42 @@ def test_open_contrasts_open_both_sides_of_every_format_contrast(tmp_path):
     assert len(formats) >= 2, formats  # the test covers more than one kind of format added
     off = ClairConfig(inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True)
     assert {(r["chosen_open"], r["rejected_open"]) for r in ClairProcessor(off).process(rows).rows} == {(False, False)}
+
+
+def test_open_contrasts_as_a_list_opens_the_pairs_of_those_formats_only(tmp_path):
+    """open_contrasts: [postscript] opens the P.S. contrast pairs and leaves every other format's
+    pairs closed; the names it takes are exactly the formats a contrast can add."""
+    texts = [
+        "Tea is calm. It grows on hills.",
+        "Rice grows in water.",
+        "Cats sleep a lot.",
+        "Rain falls on the roof.",
+        "Dogs run in parks.",
+        "Bread is baked daily.",
+    ]
+    rows = [
+        {"id": f"r{i}", "prompt": "Hi", "response": t, "status": "ok", "meta": {"constraints": [{"kind": "no_commas"}]}}
+        for i, t in enumerate(texts)
+    ]
+    assert set(typing.get_args(FormatName)) == set(UNASKED_FORMATS)
+
+    def opened(chosen):
+        cfg = ClairConfig(
+            inputs=["unused"], output=str(tmp_path), reviser="rule", format_contrast=True, open_contrasts=chosen
+        )
+        return {
+            r["id"]: (r["raw"], r["chosen_open"], r["rejected_open"]) for r in ClairProcessor(cfg).process(rows).rows
+        }
+
+    assert opened(["postscript"]) == {
+        "r0-fmt": ("format: title", False, False),
+        "r1-fmt": ("format: json", False, False),
+        "r2-fmt": ("format: title", False, False),
+        "r3-fmt": ("format: json", False, False),
+        "r4-fmt": ("format: postscript", True, True),
+        "r5-fmt": ("format: quotes", False, False),
+    }
+    two = opened(["quotes", "title"])
+    assert sorted(k for k, (_, c, r) in two.items() if c and r) == ["r0-fmt", "r2-fmt", "r5-fmt"]
+    with pytest.raises(pydantic.ValidationError, match="open_contrasts"):
+        ClairConfig(inputs=["unused"], output=str(tmp_path), open_contrasts=["ps"])

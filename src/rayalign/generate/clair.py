@@ -23,10 +23,10 @@ passes its checks — also gives a format-contrast pair (generate/contrast.py): 
 rejected = the same answer with one format the prompt did not ask for added, status
 ``format_contrast``, id ``<sample id>-fmt``. Minimal revisions alone teach a format's first token
 everywhere (a quotation fix differs from its original only in the quotes); these pairs make it
-conditional on being asked. With `open_contrasts` both sides of a format-contrast pair are marked
-open (``chosen_open`` / ``rejected_open``) and tokenised without the end-of-turn: a P.S. or a
-closing quote is added after the plain answer, so a closed pair also prefers ending right there to
-going on, for every prompt; open, the pair differs only in the format.
+conditional on being asked. With `open_contrasts` (true, or a list of formats) both sides of a
+format-contrast pair are marked open (``chosen_open`` / ``rejected_open``) and tokenised without the
+end-of-turn: a P.S. or a closing quote is added after the plain answer, so a closed pair also prefers
+ending right there to going on, for every prompt; open, the pair differs only in the format.
 
 With `length_contrast` every plain answer to a prompt that sets no length limit also gives a
 length-contrast pair (status ``length_contrast``, id ``<sample id>-len``): chosen = the answer,
@@ -63,6 +63,7 @@ from rayalign.generate.common import (
     run_gen_stage,
 )
 from rayalign.generate.contrast import (
+    FormatName,
     contrast_stats,
     format_contrast,
     length_contrast,
@@ -118,9 +119,10 @@ class ClairConfig(GenStageConfig):
     # there. Off: every side ends with the end-of-turn, as if the model had ended the answer
     open_cut_offs: bool = False
     # format-contrast pairs teach the format only, not where an answer ends: both sides are marked open
-    # and tokenised without the end-of-turn. Closed, a P.S. or closing-quote contrast prefers ending
-    # right after the plain answer to going on, a preference for stopping that reaches every prompt
-    open_contrasts: bool = False
+    # and tokenised without the end-of-turn (true: every format's pairs; a list: the pairs of those
+    # formats only, e.g. [postscript]). Closed, a P.S. or closing-quote contrast prefers ending right
+    # after the plain answer to going on, a preference for stopping that reaches every prompt
+    open_contrasts: bool | list[FormatName] = False
 
 
 def read_input(row: dict, revise_statuses: list[str]) -> tuple[dict | None, str, str]:
@@ -238,7 +240,7 @@ class ClairProcessor:
                     CONTRAST_STATUS,
                     f"format: {made[0]}",
                     f"{row['id']}-fmt",
-                    opened=self.cfg.open_contrasts,
+                    opened=self._opens(made[0]),
                 )
             )
         cut = length_contrast(plain, asked) if self.cfg.length_contrast else None
@@ -247,6 +249,11 @@ class ClairProcessor:
                 self._pair(row, plain, cut, LENGTH_STATUS, "length: cut after its first sentences", f"{row['id']}-len")
             )
         return out
+
+    def _opens(self, fmt: str) -> bool:
+        """Whether the format-contrast pairs of format `fmt` are opened (`open_contrasts`)."""
+        chosen = self.cfg.open_contrasts
+        return chosen if isinstance(chosen, bool) else fmt in chosen
 
     def _add_contrasts(self, out: list[dict], stats: dict, pairs: list[dict]) -> None:
         for pair in pairs:

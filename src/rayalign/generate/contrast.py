@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable
+from typing import Literal
 
 from rayalign import checks
 from rayalign.generate import verify
@@ -81,6 +82,8 @@ def contrast_stats(rejected: str, chosen: str) -> dict[str, float]:
 def _shows_quotes(text: str) -> bool:
     return text.strip()[:1] in ('"', "“")
 
+
+FormatName = Literal["quotes", "json", "postscript", "title"]  # the keys of UNASKED_FORMATS
 
 UNASKED_FORMATS: dict[str, tuple[frozenset[str], Callable[[str], bool], Callable[[str], str]]] = {
     "quotes": (frozenset({"quotation"}), _shows_quotes, verify.FIXES["quotation"]),
