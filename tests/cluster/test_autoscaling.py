@@ -69,8 +69,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def keep_logs(temp: str, keep: Path) -> None:
+    """Copy the head's output and the cluster's log files (GCS, autoscaler monitor, raylets) out of
+    its temp folder, which teardown removes: pytest keeps `keep` when the run fails (pyproject:
+    tmp_path_retention_policy = "failed"), so a cluster that stopped answering can be read afterwards."""
+    for f in [Path(temp) / "head.log", *Path(temp).glob("session_2*/logs/*")]:
+        if f.is_file():
+            with contextlib.suppress(OSError):
+                shutil.copy2(f, keep / f.name)
+
+
 @pytest.fixture(scope="module")
-def autoscaling_cluster():
+def autoscaling_cluster(tmp_path_factory):
     head_resources, workers = aws_node_types()
     temp = tempfile.mkdtemp(prefix="rayalign-as-", dir="/tmp")
     port = free_port()
@@ -144,6 +154,7 @@ def autoscaling_cluster():
         for pid in pids_with_env(f"RAY_TMPDIR={temp}"):  # the fake nodes the autoscaler started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        keep_logs(temp, tmp_path_factory.mktemp("autoscaling-logs"))
         shutil.rmtree(temp, ignore_errors=True)
 
 
