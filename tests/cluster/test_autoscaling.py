@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from ray_ports import free_port, listener_flags
 from shard_kill_helpers import pids_with_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,12 +61,6 @@ def aws_node_types() -> tuple[dict, dict]:
         if name != doc["head_node_type"]
     }
     return dict(head["resources"]), workers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keep_logs(temp: str, keep: Path) -> None:
@@ -135,7 +129,7 @@ def autoscaling_cluster(tmp_path_factory):
     cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            f"--temp-dir={temp}", f"--autoscaling-config={path}", "--include-dashboard=false",
            f"--num-cpus={int(head_resources.get('CPU', 0))}", f"--num-gpus={int(head_resources.get('GPU', 0))}",
-           "--disable-usage-stats"]  # fmt: skip
+           "--disable-usage-stats", *listener_flags(head=True)]  # fmt: skip
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:

@@ -47,6 +47,7 @@ import pytest
 
 from hub_server import COMMIT, MODEL_FILES, TOKEN, file_gets, serve_hub, vllm_loadable_tiny
 from ray_job_helpers import ray_job_submit
+from ray_ports import free_port, listener_flags
 from rayalign import storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,20 +60,7 @@ TINY_INPUTS = {"rewrite": "corpus.jsonl", "pas": "chat.jsonl", "sample": "prompt
 pytestmark = [pytest.mark.slow]
 
 
-_PORTS: list[int] = []
 _WORKER_BASES = random.sample(range(12000, 31000, 1000), 8)
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1, never one this test handed out before (the kernel may reuse a
-    released port at once, and two Ray components on one port abort `ray start`)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS:
-            _PORTS.append(port)
-            return port
 
 
 def python_without_rayalign(root: Path) -> Path:
@@ -121,17 +109,7 @@ def ray_start(
     # this node's worker ports: below the kernel's ephemeral range (32768+), where `free_port` picks
     # the components' ports, and a block no other node of this test uses
     base = _WORKER_BASES.pop()
-    ports = [
-        f"--{flag}={free_port()}"
-        for flag in (
-            "object-manager-port",
-            "node-manager-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-        )
-    ]
+    ports = listener_flags(head=False)
     cmd = [
         str(bin_dir / "ray"),
         "start",

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from ray_ports import free_port, listener_flags
+
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def head_env() -> dict[str, str]:
@@ -61,20 +56,7 @@ def _pids_under(temp_dir: str) -> list[int]:
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayalign-head-", dir="/tmp")
     gcs_port, dash_port = free_port(), free_port()
-    # every fixed default port (agent 52365, client server 10001, ...) could be taken by another
-    # cluster on this shared machine: give each listener a free one
-    extra_ports = [
-        f"--{flag}={free_port()}"
-        for flag in (
-            "object-manager-port",
-            "node-manager-port",
-            "ray-client-server-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-        )
-    ]
+    extra_ports = listener_flags(head=True)  # no fixed default port another cluster may hold
     log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 - open until the head is stopped below
     proc = subprocess.Popen(
         [

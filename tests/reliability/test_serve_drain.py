@@ -14,8 +14,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_helpers import free_port
-
+from ray_ports import free_port
 from rayalign.serve.config import ServeConfig
 
 TINY = "tiny-random:llama"

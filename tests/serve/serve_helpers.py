@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (Serve's HTTP proxy binds it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_for_line(proc, log, text: str, timeout_s: float) -> None:
     """Wait until a subprocess's log file holds `text`; fail with the log tail if it dies or stalls."""

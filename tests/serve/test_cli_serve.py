@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_helpers import free_port, wait_for_line
+from serve_helpers import wait_for_line
+
+from ray_ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_helpers import free_port
 
+from ray_ports import free_port
 from rayalign.serve.config import ServeConfig
 
 TINY = "tiny-random:llama"

@@ -15,8 +15,9 @@ import time
 import httpx
 import openai
 import pytest
-from serve_helpers import engine_stats, free_port
+from serve_helpers import engine_stats
 
+from ray_ports import free_port
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, cut_at_stop, make_engine
 from rayalign.serve.config import ServeConfig
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
-from serve_helpers import free_port, wait_for_line
+from serve_helpers import wait_for_line
 
+from ray_ports import free_port
 from rayalign.serve.config import ServeConfig
 
 TINY = "tiny-random:llama"

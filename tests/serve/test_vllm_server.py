@@ -22,8 +22,9 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from serve_helpers import engine_stats, free_port
+from serve_helpers import engine_stats
 
+from ray_ports import free_port
 from rayalign.generate.engine import EngineConfig, GenRequest, SamplingParams, make_engine
 from rayalign.models.loader import BUILTIN_SMOLLM2 as MODEL
 from rayalign.serve.config import ServeConfig

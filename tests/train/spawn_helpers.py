@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ray_ports import free_port
 
 
 def _worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
