@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quickstart.py                       # dev split only (choose recipes here)
     python benchmarks/bench_quickstart.py --heldout             # then the held-out suite, read once
+    python benchmarks/bench_quickstart.py --shipped --run-dir runs/qs-shipped --name quickstart-shipped
     python benchmarks/bench_quickstart.py --run-dir runs/old --rescore runs/old-dev2 --name quickstart-old
     python benchmarks/bench_quickstart.py --run-dir runs/q --rescore runs/q-256 --max-tokens 256 --name q-256
     python benchmarks/bench_quickstart.py --run-dir runs/q --set stages.clair.config.length_contrast=true \
@@ -21,7 +22,9 @@ base on the current dev split into DIR/eval (after the dev split changed, say; w
 at another answer budget, to see whether a gain holds where fewer answers are cut off). With `--heldout`
 the trained model and the base are then scored once on the independent held-out suite
 (`suite: heldout`: own phrasings, kinds never trained); the eval stage counts the read in
-`$RAYALIGN_CACHE/suite_reads.json` and the report quotes that count.
+`$RAYALIGN_CACHE/suite_reads.json` and the report quotes that count. `--shipped` runs the quickstart
+as `make quickstart` does (`rayjobs/quickstart.py`: the held-out suite, the gate) in a new run folder
+and times the whole invocation, start to end: the number the quickstart's time goal is about.
 
 Writes benchmarks/results/<date>-quickstart-cpu.md: stage times as the run recorded them, each
 suite's headline with its 95% paired bootstrap interval, seen/unseen kinds, format leaks and
@@ -149,6 +152,50 @@ def score(run_dir: str, suite: str, out: str, config: Path = CONFIG, max_tokens:
     run_eval(cfg)
 
 
+def shipped(a: argparse.Namespace, t0: float) -> None:
+    """`make quickstart`'s own command (`rayjobs/quickstart.py`, the shipped config) into a new run
+    folder, timed from start to end; its stage times, held-out headline and gate."""
+    import subprocess
+
+    from rayalign import storage
+    from rayalign.pipeline import read_summary
+
+    if a.set or a.reuse or a.compare or a.heldout or a.config.resolve() != CONFIG:
+        sys.exit("--shipped runs the quickstart as shipped: no --set, --reuse, --compare, --heldout or --config")
+    if Path(a.run_dir).exists():
+        sys.exit(f"{a.run_dir} exists: --shipped times a whole run, from an empty run folder")
+    cmd = [sys.executable, str(REPO / "rayjobs" / "quickstart.py"), f"run_dir={a.run_dir}"]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.time() - t0
+    if run.returncode != 0:
+        sys.exit(f"the quickstart failed (exit {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
+    summary = read_summary(a.run_dir) or {}
+    printed = run.stdout.strip().splitlines()
+    lines = [
+        f"# The quickstart as shipped — {time.strftime('%Y-%m-%d')}",
+        "",
+        f"`make quickstart`'s command, `python rayjobs/quickstart.py run_dir={a.run_dir}` "
+        f"(`{CONFIG.relative_to(REPO)}` unchanged; torch threads per stage: "
+        f"{os.environ.get('RAYALIGN_TORCH_THREADS', 'the free cores at the start')}), from an empty run folder.",
+        "",
+        f"**Whole invocation, start to end: {wall:.0f} s ({wall / 60:.1f} min).**",
+        "",
+        "| stage | seconds (as recorded when it ran) |",
+        "|---|---:|",
+    ]
+    total = 0.0
+    for s in summary.get("stages", []):
+        sec = s.get("seconds") or 0.0
+        total += sec
+        lines.append(f"| {s.get('id')} | {sec:.0f} |")
+    lines += [f"| stages in all | {total:.0f} |", "", "Its last lines:", ""]
+    lines += ["    " + x for x in printed[-12:]] + [""]
+    held = storage.read_json(storage.join(a.run_dir, "eval", "results.json"))
+    held_md = storage.read_text(storage.join(a.run_dir, "eval", "report", "report.md"))
+    lines += suite_lines("Independent held-out suite (the quickstart's own eval stage)", held, held_md)
+    save_report(lines, a.name)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", default=str(REPO / "runs" / "quickstart-dev"), help="the pipeline run folder")
@@ -172,6 +219,11 @@ def main() -> None:
         help="start --run-dir (new) as a copy of the finished run RUN: only the stages --set changes and later ones run",
     )
     p.add_argument(
+        "--shipped",
+        action="store_true",
+        help="run `make quickstart`'s command (held-out suite, gate) into a new --run-dir and time it end to end",
+    )
+    p.add_argument(
         "--max-tokens",
         type=int,
         metavar="N",
@@ -190,6 +242,9 @@ def main() -> None:
     from rayalign.pipeline import read_summary
 
     t0 = time.time()
+    if a.shipped:
+        shipped(a, t0)
+        return
     if a.rescore:
         thread_overrides()
         score(a.run_dir, DEV, storage.join(a.rescore, "eval"), config, a.max_tokens)
