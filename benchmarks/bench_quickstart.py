@@ -152,6 +152,17 @@ def score(run_dir: str, suite: str, out: str, config: Path = CONFIG, max_tokens:
     run_eval(cfg)
 
 
+def stage_table(summary: dict) -> list[str]:
+    """A run's stage times as its summary recorded them, and their total, as a markdown table."""
+    lines = ["| stage | seconds (as recorded when it ran) |", "|---|---:|"]
+    total = 0.0
+    for s in summary.get("stages", []):
+        sec = s.get("seconds") or 0.0
+        total += sec
+        lines.append(f"| {s.get('id')} | {sec:.0f} |")
+    return [*lines, f"| total | {total:.0f} |"]
+
+
 def shipped(a: argparse.Namespace, t0: float) -> None:
     """`make quickstart`'s own command (`rayjobs/quickstart.py`, the shipped config) into a new run
     folder, timed from start to end; its stage times, held-out headline and gate."""
@@ -180,15 +191,11 @@ def shipped(a: argparse.Namespace, t0: float) -> None:
         "",
         f"**Whole invocation, start to end: {wall:.0f} s ({wall / 60:.1f} min).**",
         "",
-        "| stage | seconds (as recorded when it ran) |",
-        "|---|---:|",
+        *stage_table(summary),
+        "",
+        "Its last lines:",
+        "",
     ]
-    total = 0.0
-    for s in summary.get("stages", []):
-        sec = s.get("seconds") or 0.0
-        total += sec
-        lines.append(f"| {s.get('id')} | {sec:.0f} |")
-    lines += [f"| stages in all | {total:.0f} |", "", "Its last lines:", ""]
     lines += ["    " + x for x in printed[-12:]] + [""]
     held = storage.read_json(storage.join(a.run_dir, "eval", "results.json"))
     held_md = storage.read_text(storage.join(a.run_dir, "eval", "report", "report.md"))
@@ -284,15 +291,11 @@ def main() -> None:
         "",
         f"`{config.relative_to(REPO)}` with `{' '.join(overrides[1:])}`; run folder `{a.run_dir}`.{reused}",
         "",
-        "| stage | seconds (as recorded when it ran) |",
-        "|---|---:|",
+        *stage_table(summary),
+        "",
+        f"This invocation: {time.time() - t0:.0f} s.",
+        "",
     ]
-    total = 0.0
-    for s in summary.get("stages", []):
-        sec = s.get("seconds") or 0.0
-        total += sec
-        lines.append(f"| {s.get('id')} | {sec:.0f} |")
-    lines += [f"| total | {total:.0f} |", "", f"This invocation: {time.time() - t0:.0f} s.", ""]
     dev = storage.read_json(storage.join(a.run_dir, "eval", "results.json"))
     dev_md = storage.read_text(storage.join(a.run_dir, "eval", "report", "report.md"))
     lines += suite_lines("Dev split (recipes are chosen here)", dev, dev_md)
