@@ -171,8 +171,10 @@ def shipped(a: argparse.Namespace, t0: float) -> None:
     from rayalign import storage
     from rayalign.pipeline import read_summary
 
-    if a.set or a.reuse or a.compare or a.heldout or a.config.resolve() != CONFIG:
-        sys.exit("--shipped runs the quickstart as shipped: no --set, --reuse, --compare, --heldout or --config")
+    if a.set or a.reuse or a.compare or a.heldout or a.rescore or a.config.resolve() != CONFIG:
+        sys.exit(
+            "--shipped runs the quickstart as shipped: no --set, --reuse, --compare, --heldout, --rescore or --config"
+        )
     if Path(a.run_dir).exists():
         sys.exit(f"{a.run_dir} exists: --shipped times a whole run, from an empty run folder")
     cmd = [sys.executable, str(REPO / "rayjobs" / "quickstart.py"), f"run_dir={a.run_dir}"]
