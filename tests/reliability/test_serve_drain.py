@@ -5,15 +5,12 @@ model on the hf backend; the same stream without the grace is cut (so the drain 
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from ray_ports import free_port
 from rayalign.serve.config import ServeConfig
 
